@@ -1,0 +1,89 @@
+//! charter-config: typed configs. TOML in, validated types out, then
+//! canonical bytes, a content hash and a fingerprint.
+//!
+//! - [`units`]: durations (`30s 15m 2h 1d`), sizes (`512MiB 4GiB`), cores (`2`, `0.5`, `"500m"`).
+//! - [`reader`]: a spanned TOML reader that collects *every* error with file,
+//!   line and field, and what was expected.
+//! - [`lease`], [`node`]: the config kinds of the control plane.
+//! - [`canonical`]: canonical serialisation and the sha256 content hash.
+//! - [`fingerprint`]: identities of submitted config versions from a template.
+//!
+//! [`load`] reads any Charter config and tells which kind it is.
+
+pub mod canonical;
+mod error;
+pub mod fingerprint;
+pub mod lease;
+pub mod node;
+pub mod reader;
+pub mod units;
+
+pub use error::{Diagnostic, Diagnostics};
+
+use reader::{Ctx, Fields};
+
+/// A parsed, validated config of any kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyConfig {
+    /// A lease request (`charter lease request -f`).
+    Lease(lease::LeaseConfig),
+    /// A node offer (`charter node register -f`).
+    Node(node::NodeConfig),
+}
+
+impl AnyConfig {
+    /// The kind's name, as written in `kind = "..."`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyConfig::Lease(_) => "lease",
+            AnyConfig::Node(_) => "node",
+        }
+    }
+
+    /// Canonical bytes of the config.
+    pub fn canonical(&self) -> Vec<u8> {
+        match self {
+            AnyConfig::Lease(c) => canonical::to_bytes(c),
+            AnyConfig::Node(c) => canonical::to_bytes(c),
+        }
+    }
+}
+
+/// The kinds [`load`] recognises.
+pub const KINDS: &[&str] = &["lease", "node"];
+
+/// Parses `src` (named `file` in messages) as whichever kind it declares with
+/// `kind = "..."`; without one, a file is a lease request.
+pub fn load(file: &str, src: &str) -> Result<AnyConfig, Diagnostics> {
+    let ctx = Ctx::new(file, src);
+    let doc = ctx.parse()?;
+    let top = Fields::root(&ctx, doc.as_table());
+    let kind = top.str("kind").unwrap_or_else(|| "lease".to_string());
+    let out = match kind.as_str() {
+        "lease" => lease::LeaseConfig::read(&top).map(AnyConfig::Lease),
+        "node" => node::NodeConfig::read(&top).map(AnyConfig::Node),
+        other => {
+            top.error_at(
+                "kind",
+                format!("expected one of {}, got \"{other}\"", KINDS.join(", ")),
+            );
+            None
+        }
+    };
+    top.finish();
+    ctx.result(out)
+}
+
+/// Reads and parses a config file.
+pub fn load_file(path: &std::path::Path) -> Result<AnyConfig, Diagnostics> {
+    let name = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic {
+            file: name.clone(),
+            line: 0,
+            field: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    load(&name, &src)
+}

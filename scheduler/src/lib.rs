@@ -1,0 +1,25 @@
+//! charter-scheduler: the replicated scheduler.
+//!
+//! - [`state`]: the replicated state machine (`Command`, `State::apply`); pure.
+//! - [`placement`]: feasibility checkers and ranking; pure.
+//! - [`storage`]: raft-rs `Storage` on sled, and in memory.
+//! - [`transport`]: how raft messages reach peers: gRPC, or a test double.
+//! - [`raft_driver`] (`raft/`): the raft-rs `RawNode` driver: one thread, raft-rs's Ready order.
+//! - [`service`]: tonic services and auth; followers forward writes to the leader.
+//! - [`controller`]: leader-only loops (lease expiry).
+//! - [`server`]: wires a member together from flags.
+//! - [`clock`]: the `Clock` trait; the only place that reads the wall clock.
+
+pub mod clock;
+pub mod controller;
+mod error;
+pub mod placement;
+#[path = "raft/mod.rs"]
+pub mod raft_driver;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod storage;
+pub mod transport;
+
+pub use error::{Error, Result};

@@ -1,0 +1,688 @@
+//! The member thread: owns the `RawNode`, storage, transport and state machine.
+
+use super::{MemberHandle, Role, Status};
+use crate::clock::Clock;
+use crate::state::{Outcome, Proposal, State};
+use crate::storage::LogStore;
+use crate::transport::{Report, Transport};
+use crate::{Error, Result};
+use ::raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use ::raft::{Config, RawNode, ReadOnlyOption, ReadState, SnapshotStatus, StateRole};
+use protobuf::Message as _;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Most inputs taken in one loop turn before the Ready is processed.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+
+/// How a member runs.
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    /// This member's raft id (non-zero).
+    pub id: u64,
+    /// The raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before a follower campaigns (randomised up to twice this).
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_tick: usize,
+    /// Applied entries between log compactions.
+    pub snapshot_entries: u64,
+    /// The initial members and their peer addresses (used to bootstrap and to find peers).
+    pub peers: BTreeMap<u64, String>,
+    /// Start empty and wait to be added, instead of bootstrapping from `peers`.
+    pub join: bool,
+}
+
+impl MemberConfig {
+    /// Defaults for member `id` with `peers`: 50 ms ticks, elections after
+    /// 0.5–1 s without a leader, heartbeats every 100 ms.
+    pub fn new(id: u64, peers: BTreeMap<u64, String>) -> MemberConfig {
+        MemberConfig {
+            id,
+            tick: Duration::from_millis(50),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_entries: 10_000,
+            peers,
+            join: false,
+        }
+    }
+}
+
+/// What the driver thread is asked to do.
+pub enum Input {
+    /// A raft message from a peer.
+    Raft(Message),
+    /// A client write, on the leader.
+    Propose {
+        /// The write.
+        proposal: Proposal,
+        /// Answered once applied.
+        reply: oneshot::Sender<Result<Outcome>>,
+    },
+    /// A linearizable read barrier.
+    Read {
+        /// Answered once the read index is applied here.
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Add (`Some(addr)`) or remove (`None`) a member.
+    ConfChange {
+        /// The member id.
+        id: u64,
+        /// Its peer address when adding.
+        addr: Option<String>,
+        /// Answered with the members once applied.
+        reply: oneshot::Sender<Result<BTreeMap<u64, String>>>,
+    },
+    /// Delivery feedback from the transport.
+    Report(Report),
+    /// Stop after this turn.
+    Shutdown,
+}
+
+type MembersReply = oneshot::Sender<Result<BTreeMap<u64, String>>>;
+
+enum Waiter {
+    Batch(Vec<oneshot::Sender<Result<Outcome>>>),
+    Conf(MembersReply),
+}
+
+/// The member: raft, storage, transport and the state machine, on one thread.
+pub struct Driver<S: LogStore, T: Transport> {
+    raw: RawNode<S>,
+    transport: T,
+    rx: Receiver<Input>,
+    state: Arc<RwLock<State>>,
+    status: Arc<Mutex<Status>>,
+    clock: Arc<dyn Clock>,
+    cfg: MemberConfig,
+    nonce: u64,
+    seq: u64,
+    batch: Vec<(Proposal, oneshot::Sender<Result<Outcome>>)>,
+    waiters: HashMap<Vec<u8>, Waiter>,
+    reads_new: Vec<oneshot::Sender<Result<()>>>,
+    reads_sent: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<()>>>>,
+    reads_ready: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
+    applied: u64,
+    snapshot_index: u64,
+    was_leader: bool,
+    stop: bool,
+}
+
+fn logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
+}
+
+/// Forwards raft-rs's slog records to tracing.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(
+        &self,
+        r: &slog::Record<'_>,
+        _: &slog::OwnedKVList,
+    ) -> std::result::Result<(), slog::Never> {
+        match r.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", r.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", r.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", r.msg()),
+            _ => tracing::trace!(target: "raft", "{}", r.msg()),
+        }
+        Ok(())
+    }
+}
+
+fn corrupt(index: u64, reason: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        index,
+        reason: reason.to_string(),
+    }
+}
+
+impl<S: LogStore, T: Transport> Driver<S, T> {
+    /// Opens a member over `store`. A fresh store bootstraps from `cfg.peers`
+    /// unless `cfg.join`. `tx`/`rx` are the driver's inbox (`std::sync::mpsc::channel()`),
+    /// made by the caller so the transport can report into it.
+    pub fn new(
+        cfg: MemberConfig,
+        mut store: S,
+        mut transport: T,
+        clock: Arc<dyn Clock>,
+        tx: Sender<Input>,
+        rx: Receiver<Input>,
+        nonce: u64,
+    ) -> Result<(Driver<S, T>, MemberHandle)> {
+        if cfg.id == 0 {
+            return Err(Error::Config("member id must be 1 or more".into()));
+        }
+        let fresh = store.initial_state()?.hard_state == Default::default()
+            && store.latest_snapshot().is_none()
+            && store.last_index()? == 0;
+        if fresh && !cfg.join {
+            if !cfg.peers.contains_key(&cfg.id) {
+                return Err(Error::Config(format!(
+                    "--peers does not name this member's id {}; list every initial member as ID=ADDR",
+                    cfg.id
+                )));
+            }
+            let mut snap = Snapshot::default();
+            snap.set_data(State::new(cfg.peers.clone()).to_bytes().into());
+            let m = snap.mut_metadata();
+            m.index = 1;
+            m.term = 1;
+            m.mut_conf_state().voters = cfg.peers.keys().copied().collect();
+            store.apply_snapshot(&snap)?;
+            store.sync()?;
+        }
+        let (state, applied) = match store.latest_snapshot() {
+            Some(s) => (
+                State::from_bytes(&s.data).map_err(|e| corrupt(s.get_metadata().index, e))?,
+                s.get_metadata().index,
+            ),
+            None => (State::default(), 0),
+        };
+        let mut peers = cfg.peers.clone();
+        peers.extend(state.members.clone());
+        for (id, addr) in &peers {
+            if *id != cfg.id {
+                transport.set_peer(*id, addr);
+            }
+        }
+        let rcfg = Config {
+            id: cfg.id,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Config::default()
+        };
+        rcfg.validate()?;
+        let raw = RawNode::new(&rcfg, store, &logger())?;
+        let snapshot_index = raw
+            .store()
+            .latest_snapshot()
+            .map_or(0, |s| s.get_metadata().index);
+        let state = Arc::new(RwLock::new(state));
+        let status = Arc::new(Mutex::new(Status {
+            id: cfg.id,
+            applied,
+            snapshot_index,
+            members: peers,
+            ..Status::default()
+        }));
+        let handle = MemberHandle {
+            id: cfg.id,
+            tx,
+            state: state.clone(),
+            status: status.clone(),
+            clock: clock.clone(),
+        };
+        let driver = Driver {
+            raw,
+            transport,
+            rx,
+            state,
+            status,
+            clock,
+            cfg,
+            nonce,
+            seq: 0,
+            batch: Vec::new(),
+            waiters: HashMap::new(),
+            reads_new: Vec::new(),
+            reads_sent: HashMap::new(),
+            reads_ready: Vec::new(),
+            applied,
+            snapshot_index,
+            was_leader: false,
+            stop: false,
+        };
+        Ok((driver, handle))
+    }
+
+    /// Runs until shutdown or a fatal error. Blocking: call it on its own thread.
+    pub fn run(mut self) -> Result<()> {
+        let mut next_tick = Instant::now() + self.cfg.tick;
+        let result = loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(i) => self.handle(i),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break Ok(()),
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                self.gc_reads();
+                next_tick += self.cfg.tick;
+                if next_tick < now {
+                    next_tick = now + self.cfg.tick;
+                }
+            }
+            if let Err(e) = self.turn() {
+                break Err(e);
+            }
+            if self.stop {
+                break Ok(());
+            }
+        };
+        if let Err(e) = &result {
+            tracing::error!(member = self.cfg.id, error = %e, "member stopped on a fatal error");
+            if let Ok(mut s) = self.status.lock() {
+                s.fatal = Some(e.to_string());
+            }
+        }
+        self.fail_all(|| Error::Stopped);
+        // Best effort: make what was written durable before the thread ends.
+        let _ = self.raw.mut_store().sync();
+        result
+    }
+
+    /// One step after input arrived: drain the inbox, propose, read, process the Ready.
+    pub fn turn(&mut self) -> Result<()> {
+        for _ in 0..MAX_INPUTS_PER_TURN {
+            match self.rx.try_recv() {
+                Ok(i) => self.handle(i),
+                Err(_) => break,
+            }
+        }
+        self.flush_proposals();
+        self.flush_reads();
+        self.on_ready()
+    }
+
+    fn next_ctx(&mut self) -> Vec<u8> {
+        self.seq += 1;
+        let mut c = Vec::with_capacity(24);
+        c.extend_from_slice(&self.cfg.id.to_be_bytes());
+        c.extend_from_slice(&self.nonce.to_be_bytes());
+        c.extend_from_slice(&self.seq.to_be_bytes());
+        c
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Raft(m) => {
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(member = self.cfg.id, error = %e, "raft message ignored");
+                }
+            }
+            Input::Propose { proposal, reply } => {
+                if self.is_leader() {
+                    self.batch.push((proposal, reply));
+                } else {
+                    let _ = reply.send(Err(Error::NotLeader));
+                }
+            }
+            Input::Read { reply } => self.reads_new.push(reply),
+            Input::ConfChange { id, addr, reply } => self.propose_conf_change(id, addr, reply),
+            Input::Report(Report::Unreachable(id)) => self.raw.report_unreachable(id),
+            Input::Report(Report::Snapshot(id, ok)) => {
+                let s = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(id, s);
+            }
+            Input::Shutdown => self.stop = true,
+        }
+    }
+
+    fn propose_conf_change(&mut self, id: u64, addr: Option<String>, reply: MembersReply) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(Error::NotLeader));
+            return;
+        }
+        let members = self.read_members();
+        let refuse = |why: String| Err(Error::Config(why));
+        let check = match &addr {
+            _ if id == 0 => refuse("member id must be 1 or more".into()),
+            Some(_) if members.contains_key(&id) => refuse(format!(
+                "member {id} is already in the cluster; remove it first to change its address"
+            )),
+            None if !members.contains_key(&id) => {
+                refuse(format!("member {id} is not in the cluster"))
+            }
+            None if members.len() == 1 => refuse("cannot remove the last member".into()),
+            _ if self.raw.raft.has_pending_conf() => refuse(
+                "another membership change is still being applied; retry when it is done".into(),
+            ),
+            _ => Ok(()),
+        };
+        if let Err(e) = check {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let mut cc = ConfChange::default();
+        cc.node_id = id;
+        match &addr {
+            Some(a) => {
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.context = a.clone().into_bytes().into();
+            }
+            None => cc.set_change_type(ConfChangeType::RemoveNode),
+        }
+        let ctx = self.next_ctx();
+        match self.raw.propose_conf_change(ctx.clone(), cc) {
+            Ok(()) => {
+                self.waiters.insert(ctx, Waiter::Conf(reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    fn read_members(&self) -> BTreeMap<u64, String> {
+        match self.state.read() {
+            Ok(s) => s.members.clone(),
+            Err(p) => p.into_inner().members.clone(),
+        }
+    }
+
+    fn flush_proposals(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if !self.is_leader() {
+            for (_, r) in batch {
+                let _ = r.send(Err(Error::NotLeader));
+            }
+            return;
+        }
+        let at = self.clock.now();
+        let (mut props, replies): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
+        for p in &mut props {
+            p.at = at;
+        }
+        let data = match serde_json::to_vec(&props) {
+            Ok(d) => d,
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(Error::Config(format!(
+                        "cannot encode the proposal: {e}"
+                    ))));
+                }
+                return;
+            }
+        };
+        let ctx = self.next_ctx();
+        match self.raw.propose(ctx.clone(), data) {
+            Ok(()) => {
+                self.waiters.insert(ctx, Waiter::Batch(replies));
+            }
+            Err(_) => {
+                for r in replies {
+                    let _ = r.send(Err(Error::LeaderChanged));
+                }
+            }
+        }
+    }
+
+    fn flush_reads(&mut self) {
+        if self.reads_new.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads_new);
+        if self.raw.raft.leader_id == 0 {
+            for r in reads {
+                let _ = r.send(Err(Error::NoLeader));
+            }
+            return;
+        }
+        let ctx = self.next_ctx();
+        self.raw.read_index(ctx.clone());
+        self.reads_sent.insert(ctx, reads);
+    }
+
+    /// Drops reads whose callers gave up (e.g. the leader went away meanwhile).
+    fn gc_reads(&mut self) {
+        self.reads_sent
+            .retain(|_, ws| ws.iter().any(|w| !w.is_closed()));
+    }
+
+    fn on_read_states(&mut self, states: Vec<ReadState>) {
+        for rs in states {
+            if let Some(ws) = self.reads_sent.remove(&rs.request_ctx) {
+                self.reads_ready.push((rs.index, ws));
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            self.after_turn();
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(&snap)?;
+        }
+        self.on_read_states(ready.take_read_states());
+        self.apply(ready.take_committed_entries())?;
+        let mut dirty = false;
+        if !ready.entries().is_empty() {
+            self.raw.mut_store().append(ready.entries())?;
+            dirty = true;
+        }
+        if let Some(hs) = ready.hs() {
+            self.raw.mut_store().set_hard_state(hs)?;
+            dirty = true;
+        }
+        if dirty || ready.must_sync() {
+            self.raw.mut_store().sync()?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.maybe_compact()?;
+        self.after_turn();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let index = snap.get_metadata().index;
+        let state = State::from_bytes(&snap.data).map_err(|e| corrupt(index, e))?;
+        self.raw.mut_store().apply_snapshot(snap)?;
+        self.raw.mut_store().sync()?;
+        for (id, addr) in &state.members {
+            if *id != self.cfg.id {
+                self.transport.set_peer(*id, addr);
+            }
+        }
+        match self.state.write() {
+            Ok(mut g) => *g = state,
+            Err(p) => *p.into_inner() = state,
+        }
+        self.applied = index;
+        self.snapshot_index = index;
+        tracing::info!(
+            member = self.cfg.id,
+            index,
+            "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {}
+                EntryType::EntryNormal => self.apply_batch(&e)?,
+                EntryType::EntryConfChange => self.apply_conf_change(&e)?,
+                EntryType::EntryConfChangeV2 => {
+                    return Err(corrupt(
+                        e.index,
+                        "joint-consensus conf changes are not used by Charter",
+                    ));
+                }
+            }
+            self.applied = e.index;
+        }
+        Ok(())
+    }
+
+    fn apply_batch(&mut self, e: &Entry) -> Result<()> {
+        let props: Vec<Proposal> =
+            serde_json::from_slice(&e.data).map_err(|err| corrupt(e.index, err))?;
+        let outcomes: Vec<Outcome> = {
+            let mut st = match self.state.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            props.iter().map(|p| st.apply(p)).collect()
+        };
+        if let Some(Waiter::Batch(replies)) = self.waiters.remove(&e.context[..]) {
+            for (r, o) in replies.into_iter().zip(outcomes) {
+                let _ = r.send(Ok(o));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<()> {
+        let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| corrupt(e.index, err))?;
+        let cs = self.raw.apply_conf_change(&cc)?;
+        self.raw.mut_store().set_conf_state(&cs)?;
+        let addr = match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                Some(String::from_utf8(cc.context.to_vec()).map_err(|err| corrupt(e.index, err))?)
+            }
+            ConfChangeType::RemoveNode => None,
+        };
+        match &addr {
+            Some(a) if cc.node_id != self.cfg.id => self.transport.set_peer(cc.node_id, a),
+            None => self.transport.remove_peer(cc.node_id),
+            _ => {}
+        }
+        let members = {
+            let mut st = match self.state.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            st.set_member(cc.node_id, addr);
+            st.members.clone()
+        };
+        tracing::info!(
+            member = self.cfg.id,
+            changed = cc.node_id,
+            ?members,
+            "membership changed"
+        );
+        if let Some(Waiter::Conf(r)) = self.waiters.remove(&e.context[..]) {
+            let _ = r.send(Ok(members));
+        }
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) -> Result<()> {
+        if self.applied < self.snapshot_index + self.cfg.snapshot_entries.max(1) {
+            return Ok(());
+        }
+        let data = match self.state.read() {
+            Ok(g) => g.to_bytes(),
+            Err(p) => p.into_inner().to_bytes(),
+        };
+        let index = self.applied;
+        self.raw.mut_store().compact_to(index, data)?;
+        self.snapshot_index = index;
+        tracing::debug!(
+            member = self.cfg.id,
+            index,
+            "compacted the log into a snapshot"
+        );
+        Ok(())
+    }
+
+    /// Publishes status, answers reads that are now applied, and fails
+    /// in-flight writes when leadership was lost.
+    fn after_turn(&mut self) {
+        let applied = self.applied;
+        let mut i = 0;
+        while i < self.reads_ready.len() {
+            if self.reads_ready[i].0 <= applied {
+                let (_, ws) = self.reads_ready.swap_remove(i);
+                for w in ws {
+                    let _ = w.send(Ok(()));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let leader = self.is_leader();
+        if self.was_leader && !leader {
+            self.fail_all(|| Error::LeaderChanged);
+        }
+        self.was_leader = leader;
+        let r = &self.raw.raft;
+        let role = match r.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Follower => Role::Follower,
+        };
+        let (leader_id, term, commit) = (r.leader_id, r.term, r.raft_log.committed);
+        let members = self.read_members();
+        if let Ok(mut s) = self.status.lock() {
+            s.leader_id = (leader_id != 0).then_some(leader_id);
+            s.term = term;
+            s.role = role;
+            s.commit = commit;
+            s.applied = applied;
+            s.snapshot_index = self.snapshot_index;
+            if s.members != members && !members.is_empty() {
+                s.members = members;
+            }
+        }
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> Error) {
+        for (_, w) in self.waiters.drain() {
+            match w {
+                Waiter::Batch(rs) => {
+                    for r in rs {
+                        let _ = r.send(Err(err()));
+                    }
+                }
+                Waiter::Conf(r) => {
+                    let _ = r.send(Err(err()));
+                }
+            }
+        }
+        for (_, r) in self.batch.drain(..) {
+            let _ = r.send(Err(err()));
+        }
+    }
+}

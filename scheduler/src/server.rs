@@ -1,0 +1,200 @@
+//! One member, wired together: sled storage, the raft driver thread, the gRPC
+//! transport and services, the HTTP endpoints and the controllers.
+
+use crate::clock::{Clock, SystemClock};
+use crate::raft_driver::{Driver, Input, MemberConfig, MemberHandle};
+use crate::service::auth::Tokens;
+use crate::service::{Api, Peer, http};
+use crate::storage::SledStore;
+use crate::transport::{GrpcTransport, MAX_PEER_MESSAGE};
+use crate::{Error, Result, controller};
+use charter_proto as pb;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Everything a member needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Raft member id.
+    pub id: u64,
+    /// Data directory (raft storage lives in `DIR/raft`).
+    pub data: PathBuf,
+    /// gRPC listen address (API and peers).
+    pub listen: SocketAddr,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Initial members (id → gRPC address).
+    pub peers: BTreeMap<u64, String>,
+    /// Who may call.
+    pub tokens: Tokens,
+    /// Start empty and wait to be added.
+    pub join: bool,
+    /// Applied entries between log compactions.
+    pub snapshot_entries: u64,
+    /// Raft tick.
+    pub tick: Duration,
+}
+
+/// A running member.
+pub struct Server {
+    /// Handle to the member.
+    pub member: MemberHandle,
+    /// The bound gRPC address.
+    pub listen: SocketAddr,
+    /// The bound HTTP address.
+    pub http: SocketAddr,
+    stop: watch::Sender<bool>,
+    driver: Option<std::thread::JoinHandle<Result<()>>>,
+    driver_done: tokio::sync::oneshot::Receiver<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens storage, binds both ports and starts everything. Errors say what
+    /// failed and what to do; nothing is left running on error.
+    pub async fn start(opts: ServerOptions) -> Result<Server> {
+        let grpc_listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot listen on {} for gRPC: {e}; choose another --listen",
+                    opts.listen
+                ))
+            })?;
+        let http_listener = tokio::net::TcpListener::bind(opts.http)
+            .await
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot listen on {} for HTTP: {e}; choose another --http",
+                    opts.http
+                ))
+            })?;
+        let listen = grpc_listener
+            .local_addr()
+            .map_err(|e| Error::Config(format!("cannot read the bound gRPC address: {e}")))?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|e| Error::Config(format!("cannot read the bound HTTP address: {e}")))?;
+        let raft_dir = opts.data.join("raft");
+        let store = SledStore::open(&raft_dir).map_err(|e| {
+            Error::Config(format!(
+                "{e}; check that --data {} is a writable directory Charter owns",
+                opts.data.display()
+            ))
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel::<Input>();
+        let report_tx = std::sync::Mutex::new(tx.clone());
+        let transport = GrpcTransport::new(
+            opts.id,
+            opts.tokens.peer_token(),
+            tokio::runtime::Handle::current(),
+            Arc::new(move |r| {
+                if let Ok(t) = report_tx.lock() {
+                    let _ = t.send(Input::Report(r));
+                }
+            }),
+        );
+        let mut cfg = MemberConfig::new(opts.id, opts.peers.clone());
+        cfg.join = opts.join;
+        cfg.snapshot_entries = opts.snapshot_entries;
+        cfg.tick = opts.tick;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (driver, member) = Driver::new(cfg, store, transport, clock, tx, rx, rand::random())?;
+        let (done_tx, driver_done) = tokio::sync::oneshot::channel();
+        let driver = std::thread::Builder::new()
+            .name(format!("raft-{}", opts.id))
+            .spawn(move || {
+                let r = driver.run();
+                let _ = done_tx.send(());
+                r
+            })
+            .map_err(|e| Error::Config(format!("cannot start the raft thread: {e}")))?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let api = Api::new(member.clone(), opts.tokens.peer_token());
+        let icpt = opts.tokens.interceptor();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(pb::cluster_server::ClusterServer::with_interceptor(
+                api.clone(),
+                icpt.clone(),
+            ))
+            .add_service(pb::nodes_server::NodesServer::with_interceptor(
+                api.clone(),
+                icpt.clone(),
+            ))
+            .add_service(pb::leases_server::LeasesServer::with_interceptor(
+                api,
+                icpt.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                pb::raft_peer_server::RaftPeerServer::new(Peer::new(member.clone()))
+                    .max_decoding_message_size(MAX_PEER_MESSAGE)
+                    .max_encoding_message_size(MAX_PEER_MESSAGE),
+                icpt,
+            ));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let mut grpc_stop = stop_rx.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = grpc_stop.changed().await;
+            };
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        })];
+        let mut http_stop = stop_rx.clone();
+        let app = http::router(member.clone());
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = http_stop.changed().await;
+            };
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+        tasks.push(tokio::spawn(controller::expiry(member.clone(), stop_rx)));
+        Ok(Server {
+            member,
+            listen,
+            http: http_addr,
+            stop,
+            driver: Some(driver),
+            driver_done,
+            tasks,
+        })
+    }
+
+    /// Resolves when the raft thread has ended (a fatal error, or shutdown).
+    pub async fn driver_stopped(&mut self) {
+        let _ = (&mut self.driver_done).await;
+    }
+
+    /// Stops serving, stops the raft thread (which syncs storage) and waits.
+    /// Returns the raft thread's error, if it ended on one.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.member.shutdown();
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        match self.driver.take() {
+            Some(h) => tokio::task::spawn_blocking(move || h.join())
+                .await
+                .map_err(|e| Error::Config(format!("raft thread join failed: {e}")))?
+                .map_err(|_| Error::Config("the raft thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}

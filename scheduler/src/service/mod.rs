@@ -1,0 +1,467 @@
+//! The gRPC services. One listen address serves the client API (Cluster,
+//! Nodes, Leases) and the peer service (RaftPeer).
+//!
+//! Writes: the member that receives a write turns it into a [`Proposal`] with
+//! an idempotency key (the client's, or a fresh one), then proposes it when it
+//! leads or forwards it to the leader (`RaftPeer.Forward`). While there is no
+//! leader or leadership moves, it retries for a few seconds with the same key,
+//! so a retry never applies twice; after that the client gets `UNAVAILABLE`
+//! with a message saying to retry.
+//!
+//! Reads are linearizable unless the request asks for `stale`: the member
+//! waits on a ReadIndex barrier, then reads its applied state.
+
+pub mod auth;
+mod convert;
+pub mod http;
+
+use crate::Error;
+use crate::raft_driver::{MemberHandle, Role};
+use crate::state::{
+    Applied, Command, Constraint, LeaseSpec, LeaseState, Outcome, Proposal, Refusal,
+};
+use auth::{Principal, principal, require_admin};
+use charter_proto as pb;
+use charter_proto::raft_peer_client::RaftPeerClient;
+use protobuf::Message as _;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// How long a write keeps retrying through elections before giving up.
+const WRITE_RETRY: Duration = Duration::from_secs(5);
+/// How long a read waits for its ReadIndex barrier.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The API of one member.
+#[derive(Clone)]
+pub struct Api {
+    member: MemberHandle,
+    peer_token: Option<String>,
+    clients: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+/// Maps a scheduler error to a gRPC status; retryable ones are `UNAVAILABLE`.
+pub fn to_status(e: Error) -> Status {
+    if e.is_retryable() {
+        Status::unavailable(format!(
+            "{e} (retry: the cluster is electing a leader or restarting)"
+        ))
+    } else if let Error::Config(m) = e {
+        Status::failed_precondition(m)
+    } else {
+        Status::internal(e.to_string())
+    }
+}
+
+fn refusal_status(r: Refusal) -> Status {
+    let msg = r.to_string();
+    match r {
+        Refusal::Invalid { .. } => Status::invalid_argument(msg),
+        Refusal::NoCapacity { .. } => Status::resource_exhausted(msg),
+        Refusal::NotFound { .. } => Status::not_found(msg),
+        Refusal::NotYours { .. } => Status::permission_denied(msg),
+        Refusal::Ended { .. } => Status::failed_precondition(msg),
+    }
+}
+
+fn fresh_key() -> String {
+    format!(
+        "auto-{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
+
+impl Api {
+    /// The API over `member`; `peer_token` authenticates forwarded calls.
+    pub fn new(member: MemberHandle, peer_token: Option<String>) -> Api {
+        Api {
+            member,
+            peer_token,
+            clients: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut cs = self
+            .clients
+            .lock()
+            .map_err(|_| Status::internal("client cache poisoned"))?;
+        if let Some(c) = cs.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad leader address {addr}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        cs.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn authed<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Some(t) = &self.peer_token
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            req.metadata_mut().insert("authorization", v);
+        }
+        req
+    }
+
+    async fn forward(&self, addr: &str, p: &Proposal) -> Result<Outcome, Error> {
+        let ch = self.channel(addr).map_err(|_| Error::NoLeader)?;
+        let bytes = serde_json::to_vec(p).map_err(|e| Error::Config(e.to_string()))?;
+        let mut req = self.authed(pb::ForwardRequest { proposal: bytes });
+        req.set_timeout(WRITE_RETRY);
+        let reply = RaftPeerClient::new(ch)
+            .forward(req)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::FailedPrecondition => Error::Config(s.message().to_string()),
+                _ => Error::LeaderChanged,
+            })?;
+        serde_json::from_slice(&reply.into_inner().outcome)
+            .map_err(|e| Error::Config(format!("leader sent an unreadable outcome: {e}")))
+    }
+
+    /// Proposes `cmd` for `who` through the leader, retrying through elections.
+    pub async fn submit(
+        &self,
+        who: &Principal,
+        key: &str,
+        cmd: Command,
+    ) -> Result<Applied, Status> {
+        let key = if key.is_empty() {
+            fresh_key()
+        } else {
+            key.to_string()
+        };
+        let p = Proposal {
+            at: 0,
+            principal: who.name.clone(),
+            admin: who.admin,
+            key: Some(key),
+            cmd,
+        };
+        let deadline = Instant::now() + WRITE_RETRY;
+        loop {
+            let st = self.member.status();
+            let res = if st.role == Role::Leader {
+                self.member.propose(p.clone()).await
+            } else if let Some(addr) = st.leader_id.and_then(|l| st.members.get(&l)) {
+                self.forward(addr, &p).await
+            } else {
+                Err(Error::NoLeader)
+            };
+            match res {
+                Ok(outcome) => return outcome.map_err(refusal_status),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(to_status(e)),
+            }
+        }
+    }
+
+    /// Waits until a linearizable read may be served here (unless `stale`).
+    pub async fn barrier(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            return Ok(());
+        }
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            let res = tokio::time::timeout(READ_TIMEOUT, self.member.read_barrier()).await;
+            match res {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(e)) => return Err(to_status(e)),
+                Err(_) => return Err(to_status(Error::NoLeader)),
+            }
+        }
+    }
+
+    async fn forward_membership(
+        &self,
+        req: pb::AddMemberRequest,
+        remove: bool,
+    ) -> Result<pb::MembershipReply, Status> {
+        let st = self.member.status();
+        let Some(addr) = st.leader_id.and_then(|l| st.members.get(&l)) else {
+            return Err(to_status(Error::NoLeader));
+        };
+        let mut client = pb::cluster_client::ClusterClient::new(self.channel(addr)?);
+        let reply = if remove {
+            client
+                .remove_member(self.authed(pb::RemoveMemberRequest { id: req.id }))
+                .await?
+        } else {
+            client.add_member(self.authed(req)).await?
+        };
+        Ok(reply.into_inner())
+    }
+
+    async fn change_member(
+        &self,
+        who: &Principal,
+        id: u64,
+        addr: Option<String>,
+    ) -> Result<pb::MembershipReply, Status> {
+        require_admin(who, "changing cluster membership")?;
+        if let Some(a) = &addr
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Status::invalid_argument(format!(
+                "member address `{a}` is not HOST:PORT with a numeric host, e.g. 127.0.0.1:7704"
+            )));
+        }
+        let deadline = Instant::now() + WRITE_RETRY;
+        loop {
+            let res = if self.member.is_leader() {
+                self.member.change_member(id, addr.clone()).await
+            } else {
+                let req = pb::AddMemberRequest {
+                    id,
+                    addr: addr.clone().unwrap_or_default(),
+                };
+                return self.forward_membership(req, addr.is_none()).await;
+            };
+            match res {
+                Ok(members) => return Ok(convert::members(&members)),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(to_status(e)),
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Api {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        principal(&req)?;
+        self.barrier(req.get_ref().stale).await?;
+        let st = self.member.status();
+        Ok(Response::new(pb::StatusReply {
+            id: st.id,
+            leader_id: st.leader_id.unwrap_or(0),
+            term: st.term,
+            commit_index: st.commit,
+            applied_index: st.applied,
+            role: st.role.as_str().to_string(),
+            members: convert::members(&st.members).members,
+            snapshot_index: st.snapshot_index,
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.change_member(&who, r.id, Some(r.addr)).await?,
+        ))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.change_member(&who, r.id, None).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::nodes_server::Nodes for Api {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "registering a node")?;
+        let r = req.into_inner();
+        if r.name.trim().is_empty() {
+            return Err(Status::invalid_argument("node name is empty; give a NAME"));
+        }
+        let cap = r.capacity.unwrap_or_default();
+        let cmd = Command::RegisterNode {
+            name: r.name,
+            capacity: convert::resources_in(&cap),
+            labels: r.labels.into_iter().collect(),
+            pool: if r.pool.is_empty() {
+                "default".into()
+            } else {
+                r.pool
+            },
+            cost_per_hour: r.cost_per_hour,
+        };
+        match self.submit(&who, &r.idempotency_key, cmd).await? {
+            Applied::Node(n) => Ok(Response::new(pb::NodeReply {
+                node: Some(convert::node(&n)),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesReply>, Status> {
+        principal(&req)?;
+        self.barrier(req.get_ref().stale).await?;
+        let nodes = self
+            .member
+            .read(|s| s.nodes.values().map(convert::node).collect());
+        Ok(Response::new(pb::ListNodesReply { nodes }))
+    }
+}
+
+fn parse_constraint(s: &str) -> Result<Constraint, Status> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok(Constraint {
+            key: k.trim().to_string(),
+            value: v.trim().to_string(),
+        }),
+        _ => Err(Status::invalid_argument(format!(
+            "constraint `{s}` is not KEY=VALUE, e.g. gpu=a100"
+        ))),
+    }
+}
+
+fn lease_reply(a: Applied) -> Result<Response<pb::LeaseReply>, Status> {
+    match a {
+        Applied::Lease(l) => Ok(Response::new(pb::LeaseReply {
+            lease: Some(convert::lease(&l)),
+        })),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::leases_server::Leases for Api {
+    async fn request(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        if r.duration_ms == 0 {
+            return Err(Status::invalid_argument(
+                "lease duration is zero; pass --for, e.g. --for 2h",
+            ));
+        }
+        let constraints = r
+            .constraints
+            .iter()
+            .map(|c| parse_constraint(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = LeaseSpec {
+            resources: convert::resources_in(&r.resources.unwrap_or_default()),
+            constraints,
+            duration_ms: r.duration_ms,
+            reason: r.reason,
+        };
+        lease_reply(
+            self.submit(&who, &r.idempotency_key, Command::RequestLease(spec))
+                .await?,
+        )
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        lease_reply(
+            self.submit(&who, &r.idempotency_key, Command::ReleaseLease { id: r.id })
+                .await?,
+        )
+    }
+
+    async fn show(
+        &self,
+        req: Request<pb::ShowLeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let who = principal(&req)?;
+        self.barrier(false).await?;
+        let id = req.get_ref().id;
+        let lease = self.member.read(|s| s.leases.get(&id).cloned());
+        match lease {
+            Some(l) if l.principal == who.name || who.admin => lease_reply(Applied::Lease(l)),
+            _ => Err(Status::not_found(format!(
+                "lease {id} not found; `charter lease list` shows yours"
+            ))),
+        }
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.get_ref();
+        self.barrier(r.stale).await?;
+        let all = r.all;
+        let leases = self.member.read(|s| {
+            s.leases
+                .values()
+                .filter(|l| all || l.state == LeaseState::Granted)
+                .filter(|l| who.admin || l.principal == who.name)
+                .map(convert::lease)
+                .collect()
+        });
+        Ok(Response::new(pb::ListLeasesReply { leases }))
+    }
+}
+
+/// The peer service: raft messages in, forwarded writes handled on the leader.
+#[derive(Clone)]
+pub struct Peer {
+    member: MemberHandle,
+}
+
+impl Peer {
+    /// The peer service of `member`.
+    pub fn new(member: MemberHandle) -> Peer {
+        Peer { member }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_peer_server::RaftPeer for Peer {
+    async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
+        require_admin(&principal(&req)?, "raft peer traffic")?;
+        for b in req.into_inner().msgs {
+            let m = ::raft::eraftpb::Message::parse_from_bytes(&b)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            self.member.step(m).map_err(to_status)?;
+        }
+        Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
+        require_admin(&principal(&req)?, "forwarding writes")?;
+        let p: Proposal = serde_json::from_slice(&req.get_ref().proposal)
+            .map_err(|e| Status::invalid_argument(format!("undecodable proposal: {e}")))?;
+        let outcome = self.member.propose(p).await.map_err(to_status)?;
+        let bytes = serde_json::to_vec(&outcome).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ForwardReply { outcome: bytes }))
+    }
+}

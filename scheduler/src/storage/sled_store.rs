@@ -1,0 +1,328 @@
+//! [`LogStore`] on sled. Layout: tree `raft_log` maps the big-endian index to
+//! `term (8 bytes BE) ++ encoded Entry`, so `term()` needs no decode; tree
+//! `raft_meta` holds `hard_state`, `conf_state` and `snapshot` (encoded
+//! protobuf). The whole store is mirrored in small in-memory fields except the
+//! entries themselves.
+//!
+//! Durability: sled 0.34's `flush()` writes its buffers and calls
+//! `sync_file_range`, which neither flushes the drive cache nor file metadata.
+//! [`SledStore::sync`] therefore follows it with `fsync` on the database file
+//! (through a second descriptor; fsync acts on the inode).
+
+use super::{LogStore, StoreResult};
+use crate::Error;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+const HARD_STATE: &[u8] = b"hard_state";
+const CONF_STATE: &[u8] = b"conf_state";
+const SNAPSHOT: &[u8] = b"snapshot";
+
+/// Raft storage in a sled database directory.
+pub struct SledStore {
+    /// The database; kept so it is flushed and closed with the store.
+    db: sled::Db,
+    /// index → term ++ entry.
+    log: sled::Tree,
+    /// hard state, conf state, snapshot.
+    meta: sled::Tree,
+    /// The database file, fsynced after every flush.
+    db_file: File,
+    /// Where the database lives, for error messages.
+    dir: PathBuf,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: Option<Snapshot>,
+    /// Index of the first entry in the log (snapshot index + 1).
+    first: u64,
+    /// Index of the last entry (or the snapshot index when the log is empty).
+    last: u64,
+}
+
+fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("{}: {what}: {e}", dir.display()))
+}
+
+fn to_raft(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> StoreResult<SledStore> {
+        std::fs::create_dir_all(dir).map_err(|e| st(dir, "cannot create the data directory", e))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| st(dir, "cannot open the raft database", e))?;
+        let log = db
+            .open_tree("raft_log")
+            .map_err(|e| st(dir, "cannot open tree raft_log", e))?;
+        let meta = db
+            .open_tree("raft_meta")
+            .map_err(|e| st(dir, "cannot open tree raft_meta", e))?;
+        let db_file = File::open(dir.join("db"))
+            .map_err(|e| st(dir, "cannot open the database file for fsync", e))?;
+        let decode = |key: &[u8]| -> StoreResult<Option<sled::IVec>> {
+            meta.get(key)
+                .map_err(|e| st(dir, "cannot read raft metadata", e))
+        };
+        let mut hard_state = HardState::default();
+        if let Some(b) = decode(HARD_STATE)? {
+            hard_state =
+                HardState::parse_from_bytes(&b).map_err(|e| st(dir, "corrupt hard state", e))?;
+        }
+        let mut conf_state = ConfState::default();
+        if let Some(b) = decode(CONF_STATE)? {
+            conf_state =
+                ConfState::parse_from_bytes(&b).map_err(|e| st(dir, "corrupt conf state", e))?;
+        }
+        let mut snapshot = None;
+        if let Some(b) = decode(SNAPSHOT)? {
+            snapshot =
+                Some(Snapshot::parse_from_bytes(&b).map_err(|e| st(dir, "corrupt snapshot", e))?);
+        }
+        let snap_index = snapshot.as_ref().map_or(0, |s| s.get_metadata().index);
+        let index_of = |k: &[u8]| -> StoreResult<u64> {
+            let arr: [u8; 8] = k
+                .try_into()
+                .map_err(|_| st(dir, "corrupt log key", "not 8 bytes"))?;
+            Ok(u64::from_be_bytes(arr))
+        };
+        let first_key = log.first().map_err(|e| st(dir, "cannot read the log", e))?;
+        let last_key = log.last().map_err(|e| st(dir, "cannot read the log", e))?;
+        let (first, last) = match (first_key, last_key) {
+            (Some((f, _)), Some((l, _))) => (index_of(&f)?, index_of(&l)?),
+            _ => (snap_index + 1, snap_index),
+        };
+        if first != snap_index + 1 {
+            return Err(st(
+                dir,
+                "corrupt raft log",
+                format!("log starts at {first} but the snapshot is at {snap_index}"),
+            ));
+        }
+        Ok(SledStore {
+            db,
+            log,
+            meta,
+            db_file,
+            dir: dir.to_path_buf(),
+            hard_state,
+            conf_state,
+            snapshot,
+            first,
+            last,
+        })
+    }
+
+    /// Whether the store holds no raft state at all (a fresh directory).
+    pub fn is_fresh(&self) -> bool {
+        self.snapshot.is_none() && self.last == 0 && self.hard_state == HardState::default()
+    }
+
+    fn put_meta(&self, key: &[u8], m: &impl protobuf::Message) -> StoreResult<()> {
+        let b = m
+            .write_to_bytes()
+            .map_err(|e| st(&self.dir, "cannot encode raft metadata", e))?;
+        self.meta
+            .insert(key, b)
+            .map_err(|e| st(&self.dir, "cannot write raft metadata", e))?;
+        Ok(())
+    }
+
+    fn remove_range(&self, from: u64, to_inclusive: u64) -> StoreResult<()> {
+        if from > to_inclusive {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for kv in self
+            .log
+            .range(from.to_be_bytes()..=to_inclusive.to_be_bytes())
+        {
+            let (k, _) = kv.map_err(|e| st(&self.dir, "cannot read the log", e))?;
+            batch.remove(k);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| st(&self.dir, "cannot truncate the log", e))
+    }
+}
+
+impl raft::Storage for SledStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        for kv in self.log.range(low.to_be_bytes()..high.to_be_bytes()) {
+            let (_, v) = kv.map_err(to_raft)?;
+            let e = Entry::parse_from_bytes(&v[8..]).map_err(to_raft)?;
+            out.push(e);
+        }
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if let Some(s) = &self.snapshot
+            && s.get_metadata().index == idx
+        {
+            return Ok(s.get_metadata().term);
+        }
+        if idx == 0 {
+            return Ok(0);
+        }
+        if idx < self.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self.log.get(idx.to_be_bytes()).map_err(to_raft)? {
+            Some(v) if v.len() >= 8 => {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&v[..8]);
+                Ok(u64::from_be_bytes(t))
+            }
+            _ => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.snapshot {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+            _ => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
+    }
+}
+
+impl LogStore for SledStore {
+    fn append(&mut self, entries: &[Entry]) -> StoreResult<()> {
+        let Some(first_new) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        if first_new < self.first {
+            return Err(st(
+                &self.dir,
+                "append below the snapshot",
+                format!("entry {first_new} < first index {}", self.first),
+            ));
+        }
+        // Conflicting suffix: raft-rs only appends entries that replace it.
+        self.remove_range(first_new, self.last)?;
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            let mut v = Vec::with_capacity(8 + e.compute_size() as usize);
+            v.extend_from_slice(&e.term.to_be_bytes());
+            e.write_to_vec(&mut v)
+                .map_err(|err| st(&self.dir, "cannot encode a log entry", err))?;
+            batch.insert(&e.index.to_be_bytes(), v);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| st(&self.dir, "cannot append to the log", e))?;
+        self.last = entries.last().map_or(self.last, |e| e.index);
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) -> StoreResult<()> {
+        self.hard_state = hs.clone();
+        self.put_meta(HARD_STATE, hs)
+    }
+
+    fn set_commit(&mut self, commit: u64) -> StoreResult<()> {
+        if self.hard_state.commit == commit {
+            return Ok(());
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(&hs)
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) -> StoreResult<()> {
+        self.conf_state = cs.clone();
+        self.put_meta(CONF_STATE, cs)
+    }
+
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
+        let meta = snap.get_metadata();
+        self.remove_range(self.first, self.last)?;
+        self.put_meta(SNAPSHOT, snap)?;
+        self.snapshot = Some(snap.clone());
+        self.first = meta.index + 1;
+        self.last = meta.index;
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        self.set_hard_state(&hs)?;
+        self.set_conf_state(meta.get_conf_state())
+    }
+
+    fn compact_to(&mut self, index: u64, data: Vec<u8>) -> StoreResult<()> {
+        if index < self.first || index > self.last {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self, index)
+            .map_err(|e| st(&self.dir, "cannot read the term to snapshot at", e))?;
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let m = snap.mut_metadata();
+        m.index = index;
+        m.term = term;
+        m.set_conf_state(self.conf_state.clone());
+        // Write the snapshot before dropping the entries it replaces.
+        self.put_meta(SNAPSHOT, &snap)?;
+        self.snapshot = Some(snap);
+        self.remove_range(self.first, index)?;
+        self.first = index + 1;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> StoreResult<()> {
+        self.db
+            .flush()
+            .map_err(|e| st(&self.dir, "cannot flush the raft database", e))?;
+        self.db_file
+            .sync_all()
+            .map_err(|e| st(&self.dir, "cannot fsync the raft database", e))
+    }
+
+    fn latest_snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    fn hard_state(&self) -> HardState {
+        self.hard_state.clone()
+    }
+}

@@ -1,0 +1,111 @@
+use super::*;
+use raft::{GetEntriesContext, Storage};
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = data.to_vec().into();
+    e
+}
+
+#[test]
+fn log_and_hard_state_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = SledStore::open(dir.path()).unwrap();
+        assert!(s.is_fresh());
+        s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 2, b"c")])
+            .unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.vote = 3;
+        hs.commit = 2;
+        s.set_hard_state(&hs).unwrap();
+        s.sync().unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    assert!(!s.is_fresh());
+    assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 3));
+    assert_eq!(s.term(3).unwrap(), 2);
+    let es = s
+        .entries(1, 4, None, GetEntriesContext::empty(false))
+        .unwrap();
+    assert_eq!(
+        es.iter().map(|e| e.data.to_vec()).collect::<Vec<_>>(),
+        vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+    );
+    let st = s.initial_state().unwrap();
+    assert_eq!(
+        (st.hard_state.term, st.hard_state.vote, st.hard_state.commit),
+        (2, 3, 2)
+    );
+}
+
+#[test]
+fn append_truncates_a_conflicting_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SledStore::open(dir.path()).unwrap();
+    s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+        .unwrap();
+    s.append(&[entry(2, 2, b"B")]).unwrap();
+    assert_eq!(s.last_index().unwrap(), 2);
+    assert_eq!(s.term(2).unwrap(), 2);
+    assert!(
+        s.entries(1, 4, None, GetEntriesContext::empty(false))
+            .is_err()
+    );
+}
+
+#[test]
+fn compaction_keeps_a_snapshot_and_drops_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = SledStore::open(dir.path()).unwrap();
+        let es: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
+        s.append(&es).unwrap();
+        s.compact_to(7, b"state@7".to_vec()).unwrap();
+        s.sync().unwrap();
+        assert_eq!(s.first_index().unwrap(), 8);
+        assert!(matches!(
+            s.entries(5, 9, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(raft::StorageError::Compacted))
+        ));
+        assert_eq!(s.term(7).unwrap(), 1);
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (8, 10));
+    let snap = s.snapshot(0, 2).unwrap();
+    assert_eq!(snap.get_metadata().index, 7);
+    assert_eq!(&snap.data[..], b"state@7");
+}
+
+#[test]
+fn a_received_snapshot_replaces_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SledStore::open(dir.path()).unwrap();
+    s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
+    let mut snap = Snapshot::default();
+    snap.mut_metadata().index = 50;
+    snap.mut_metadata().term = 4;
+    snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+    s.apply_snapshot(&snap).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (51, 50)
+    );
+    assert_eq!(s.term(50).unwrap(), 4);
+    assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(s.hard_state().commit, 50);
+}
+
+#[test]
+fn a_directory_that_is_a_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("data");
+    std::fs::write(&f, b"not a dir").unwrap();
+    let err = SledStore::open(&f)
+        .err()
+        .expect("opening a file as a data dir fails");
+    assert!(err.to_string().contains("data"), "{err}");
+}
