@@ -300,7 +300,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         }
         self.flush_proposals();
         self.flush_reads();
-        self.on_ready()
+        self.on_ready()?;
+        self.maybe_compact()
     }
 
     fn next_ctx(&mut self) -> Vec<u8> {
@@ -504,7 +505,6 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         self.transport.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
-        self.maybe_compact()?;
         self.after_turn();
         Ok(())
     }
@@ -608,7 +608,9 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     }
 
     fn maybe_compact(&mut self) -> Result<()> {
-        if self.applied < self.snapshot_index + self.cfg.snapshot_entries.max(1) {
+        let wanted = self.raw.mut_store().take_snapshot_request();
+        let due = self.applied >= self.snapshot_index + self.cfg.snapshot_entries.max(1);
+        if !(due || wanted) || self.applied <= self.snapshot_index {
             return Ok(());
         }
         let data = match self.state.read() {

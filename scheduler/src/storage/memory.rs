@@ -6,12 +6,14 @@ use crate::Error;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Raft storage held in memory.
 #[derive(Default)]
 pub struct MemStore {
     inner: MemStorage,
     snapshot: Option<Snapshot>,
+    snapshot_wanted: AtomicBool,
 }
 
 impl MemStore {
@@ -47,12 +49,15 @@ impl raft::Storage for MemStore {
     fn last_index(&self) -> raft::Result<u64> {
         self.inner.last_index()
     }
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &self.snapshot {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
-            _ => Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            )),
+            Some(s) if super::snapshot_usable(s, request_index, to) => Ok(s.clone()),
+            _ => {
+                self.snapshot_wanted.store(true, Ordering::SeqCst);
+                Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
         }
     }
 }
@@ -100,5 +105,8 @@ impl LogStore for MemStore {
     }
     fn hard_state(&self) -> HardState {
         self.inner.rl().hard_state().clone()
+    }
+    fn take_snapshot_request(&mut self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::SeqCst)
     }
 }

@@ -40,6 +40,18 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn latest_snapshot(&self) -> Option<&Snapshot>;
     /// The hard state as stored.
     fn hard_state(&self) -> HardState;
+    /// Whether raft asked for a snapshot the store could not give (it was
+    /// made before the receiving member joined); clears the request. The
+    /// driver then makes a fresh one.
+    fn take_snapshot_request(&mut self) -> bool;
+}
+
+/// Whether a stored snapshot can be sent to member `to`: its conf state must
+/// already include `to`, or the receiver would refuse it.
+pub(crate) fn snapshot_usable(snap: &Snapshot, request_index: u64, to: u64) -> bool {
+    let cs = snap.get_metadata().get_conf_state();
+    snap.get_metadata().index >= request_index
+        && (cs.voters.contains(&to) || cs.learners.contains(&to))
 }
 
 #[cfg(test)]

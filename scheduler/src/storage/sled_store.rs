@@ -16,6 +16,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
@@ -40,6 +41,8 @@ pub struct SledStore {
     first: u64,
     /// Index of the last entry (or the snapshot index when the log is empty).
     last: u64,
+    /// Set when raft asked for a snapshot that the stored one cannot serve.
+    snapshot_wanted: AtomicBool,
 }
 
 fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -117,6 +120,7 @@ impl SledStore {
             snapshot,
             first,
             last,
+            snapshot_wanted: AtomicBool::new(false),
         })
     }
 
@@ -217,12 +221,15 @@ impl raft::Storage for SledStore {
         Ok(self.last)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &self.snapshot {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
-            _ => Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            )),
+            Some(s) if super::snapshot_usable(s, request_index, to) => Ok(s.clone()),
+            _ => {
+                self.snapshot_wanted.store(true, Ordering::SeqCst);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
         }
     }
 }
@@ -324,5 +331,9 @@ impl LogStore for SledStore {
 
     fn hard_state(&self) -> HardState {
         self.hard_state.clone()
+    }
+
+    fn take_snapshot_request(&mut self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::SeqCst)
     }
 }

@@ -64,6 +64,9 @@ fn compaction_keeps_a_snapshot_and_drops_the_prefix() {
         let mut s = SledStore::open(dir.path()).unwrap();
         let es: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
         s.append(&es).unwrap();
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2];
+        s.set_conf_state(&cs).unwrap();
         s.compact_to(7, b"state@7".to_vec()).unwrap();
         s.sync().unwrap();
         assert_eq!(s.first_index().unwrap(), 8);
@@ -78,6 +81,32 @@ fn compaction_keeps_a_snapshot_and_drops_the_prefix() {
     let snap = s.snapshot(0, 2).unwrap();
     assert_eq!(snap.get_metadata().index, 7);
     assert_eq!(&snap.data[..], b"state@7");
+}
+
+#[test]
+fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SledStore::open(dir.path()).unwrap();
+    let es: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
+    s.append(&es).unwrap();
+    let mut cs = ConfState::default();
+    cs.voters = vec![1, 2, 3];
+    s.set_conf_state(&cs).unwrap();
+    s.compact_to(3, b"old".to_vec()).unwrap();
+    assert!(!s.take_snapshot_request());
+    // Member 4 joined after that snapshot: it would refuse it.
+    assert!(matches!(
+        s.snapshot(0, 4),
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable
+        ))
+    ));
+    assert!(s.take_snapshot_request());
+    assert!(!s.take_snapshot_request(), "the request is taken once");
+    cs.voters.push(4);
+    s.set_conf_state(&cs).unwrap();
+    s.compact_to(5, b"new".to_vec()).unwrap();
+    assert_eq!(&s.snapshot(0, 4).unwrap().data[..], b"new");
 }
 
 #[test]

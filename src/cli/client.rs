@@ -1,0 +1,178 @@
+//! Talking to the servers: token discovery, one channel per server address,
+//! and retries. A call goes to the first address; when that member is down
+//! or answers `UNAVAILABLE` (no leader yet), the next address is tried, for
+//! up to [`RETRY_FOR`]. Writes carry an idempotency key made here, so a retry
+//! never applies twice.
+
+use super::output::UserError;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// How long a call keeps retrying through elections and restarts.
+pub const RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// Flags every command shares.
+#[derive(Clone, Debug)]
+pub struct Global {
+    /// Comma-separated server addresses.
+    pub servers: String,
+    /// The token given with `--token` / `CHARTER_TOKEN`.
+    pub token: Option<String>,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// `$CHARTER_HOME`, else `~/.charter`.
+pub fn charter_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("CHARTER_HOME") {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".charter")
+}
+
+/// Where `charter dev` leaves its token for the CLI.
+pub fn dev_token_path() -> PathBuf {
+    charter_home().join("dev-token")
+}
+
+/// A fresh idempotency key.
+pub fn new_key() -> String {
+    format!(
+        "cli-{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
+
+/// A connection to the cluster.
+pub struct Client {
+    addrs: Vec<String>,
+    channels: Vec<Channel>,
+    token: Option<String>,
+}
+
+impl Client {
+    /// Builds channels (lazily connected) to every `--server` address.
+    pub fn new(g: &Global) -> anyhow::Result<Client> {
+        let token = g.token.clone().filter(|t| !t.is_empty()).or_else(|| {
+            std::fs::read_to_string(dev_token_path())
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        });
+        let addrs: Vec<String> = g
+            .servers
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(super::output::fail(
+                "no server address",
+                "--server is empty",
+                "pass --server HOST:PORT or set CHARTER_SERVER",
+            ));
+        }
+        let mut channels = Vec::new();
+        for a in &addrs {
+            let url = if a.starts_with("http://") {
+                a.clone()
+            } else {
+                format!("http://{a}")
+            };
+            let ep = Endpoint::from_shared(url).map_err(|e| {
+                super::output::fail(
+                    format!("bad server address `{a}`"),
+                    e.to_string(),
+                    "use HOST:PORT, e.g. 127.0.0.1:7700",
+                )
+            })?;
+            channels.push(
+                ep.connect_timeout(Duration::from_millis(500))
+                    .timeout(Duration::from_secs(10))
+                    .tcp_nodelay(true)
+                    .connect_lazy(),
+            );
+        }
+        Ok(Client {
+            addrs,
+            channels,
+            token,
+        })
+    }
+
+    /// Wraps a message with the bearer token.
+    pub fn req<M>(&self, m: M) -> Request<M> {
+        let mut r = Request::new(m);
+        if let Some(t) = &self.token
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    }
+
+    /// Calls `f` on a server channel, moving to the next server on
+    /// unavailability, until it succeeds or [`RETRY_FOR`] has passed.
+    pub async fn call<T, F, Fut>(&self, what: &str, f: F) -> anyhow::Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut i = 0usize;
+        loop {
+            let idx = i % self.channels.len();
+            match f(self.channels[idx].clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if retryable(&s) && Instant::now() < deadline => {
+                    i += 1;
+                    if i % self.channels.len() == 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Err(s) => return Err(status_error(what, &self.addrs[idx], &s).into()),
+            }
+        }
+    }
+}
+
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Cancelled)
+        || (s.code() == Code::Unknown && s.message().contains("transport"))
+}
+
+/// Turns a gRPC status into a three-part error.
+pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
+    let msg = s.message().to_string();
+    let hint = match s.code() {
+        Code::Unauthenticated => {
+            "pass --token or set CHARTER_TOKEN to a token from the server's token file (or run `charter dev`, which writes a dev token)"
+        }
+        Code::PermissionDenied => "ask an admin, or use a token of the principal that owns it",
+        Code::Unavailable => {
+            "the cluster may be electing a leader or down: check `charter cluster status`, or start one with `charter dev`; then retry"
+        }
+        Code::InvalidArgument => "fix the request as the message says",
+        Code::NotFound => "list what exists with the matching `list` command",
+        Code::ResourceExhausted => {
+            "ask for less, add a node with `charter node register`, or wait for a lease to end"
+        }
+        Code::FailedPrecondition => "check the current state with `show`/`list`, then retry",
+        Code::DeadlineExceeded => {
+            "the server took too long; check `charter cluster status` and retry"
+        }
+        _ => "",
+    };
+    UserError {
+        what: format!("{what} failed"),
+        why: vec![format!("{msg} (server {addr}, code {:?})", s.code())],
+        hint: Some(hint.to_string()).filter(|h| !h.is_empty()),
+    }
+}

@@ -1,0 +1,76 @@
+//! The command line: `charter <noun> <verb>`. Global flags: `--server`
+//! (env `CHARTER_SERVER`, a comma-separated list tried in order), `--token`
+//! (env `CHARTER_TOKEN`, else the dev token), `--json`.
+
+mod client;
+mod cluster;
+mod lease;
+mod node;
+pub mod output;
+mod server;
+mod validate;
+
+use clap::{Parser, Subcommand};
+
+/// Charter: a lease-based cluster scheduler and deploy daemon.
+#[derive(Parser, Debug)]
+#[command(name = "charter", version, about, propagate_version = true)]
+pub struct Args {
+    /// Server gRPC address(es), comma-separated; tried in order.
+    #[arg(
+        long,
+        global = true,
+        env = "CHARTER_SERVER",
+        default_value = "127.0.0.1:7700"
+    )]
+    pub server: String,
+    /// API token (else the dev token written by `charter dev`).
+    #[arg(long, global = true, env = "CHARTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Machine-readable JSON output (snake_case fields).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The nouns.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a cluster member.
+    Server(server::ServerArgs),
+    /// Run a one-member cluster for local use, with data in a default directory.
+    Dev(server::DevArgs),
+    /// Cluster membership and status.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// Nodes: the servers that offer capacity.
+    #[command(subcommand)]
+    Node(node::NodeCmd),
+    /// Leases: time-bounded claims on a node's capacity.
+    #[command(subcommand)]
+    Lease(lease::LeaseCmd),
+    /// Check any Charter config file; exits non-zero with every problem found.
+    Validate(validate::ValidateArgs),
+}
+
+/// Runs a command; returns the process exit code.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let g = client::Global {
+        servers: args.server.clone(),
+        token: args.token.clone(),
+        json: args.json,
+    };
+    match args.cmd {
+        Cmd::Server(a) => rt.block_on(server::run_server(a)),
+        Cmd::Dev(a) => rt.block_on(server::run_dev(a)),
+        Cmd::Cluster(c) => rt.block_on(cluster::run(&g, c)),
+        Cmd::Node(c) => rt.block_on(node::run(&g, c)),
+        Cmd::Lease(c) => rt.block_on(lease::run(&g, c)),
+        Cmd::Validate(a) => validate::run(&g, a),
+    }
+}

@@ -1,0 +1,272 @@
+//! `charter node register|list`.
+
+use super::client::{Client, Global, new_key};
+use super::output::{self, fail};
+use charter_config::units;
+use charter_proto as pb;
+use charter_proto::nodes_client::NodesClient;
+use clap::Subcommand;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Node verbs.
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Add a node record with no agent behind it (for tests, benchmarks, simulated fleets).
+    Register {
+        /// The node's name (omit with -f).
+        name: Option<String>,
+        /// Cores it offers, e.g. 16 or 0.5.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Memory it offers, e.g. 64GiB.
+        #[arg(long)]
+        mem: Option<String>,
+        /// Disk it offers, e.g. 500GiB.
+        #[arg(long)]
+        disk: Option<String>,
+        /// GPUs it has.
+        #[arg(long, default_value_t = 0)]
+        gpu: u32,
+        /// A label, `key=value`; repeat for more.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Its pool.
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// Its price per hour.
+        #[arg(long, default_value_t = 0.0)]
+        cost: f64,
+        /// Read the node from a node.toml instead (kind = "node").
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
+    /// List nodes.
+    List {
+        /// Read local state without a ReadIndex round (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+/// `node list --json` rows: a stable interface.
+#[derive(Serialize)]
+pub struct NodeJson {
+    name: String,
+    state: String,
+    pool: String,
+    cpu_millis: u64,
+    memory_bytes: u64,
+    disk_bytes: u64,
+    gpus: u32,
+    allocated_cpu_millis: u64,
+    allocated_memory_bytes: u64,
+    labels: BTreeMap<String, String>,
+    cost_per_hour: f64,
+    leases: u32,
+    registered_at: String,
+}
+
+fn node_json(n: &pb::Node) -> NodeJson {
+    let cap = n.capacity.unwrap_or_default();
+    let al = n.allocated.unwrap_or_default();
+    NodeJson {
+        name: n.name.clone(),
+        state: n.state.clone(),
+        pool: n.pool.clone(),
+        cpu_millis: cap.cpu_millis,
+        memory_bytes: cap.memory_bytes,
+        disk_bytes: cap.disk_bytes,
+        gpus: cap.gpus,
+        allocated_cpu_millis: al.cpu_millis,
+        allocated_memory_bytes: al.memory_bytes,
+        labels: n.labels.clone().into_iter().collect(),
+        cost_per_hour: n.cost_per_hour,
+        leases: n.leases,
+        registered_at: output::time(n.registered_at_ms),
+    }
+}
+
+/// Parses `key=value` labels.
+pub fn parse_labels(ls: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in ls {
+        match l.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => {
+                return Err(fail(
+                    format!("bad --label `{l}`"),
+                    "a label is key=value",
+                    "write e.g. --label gpu=a100",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn unit<T>(
+    flag: &str,
+    v: &Option<String>,
+    parse: fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<T>> {
+    match v {
+        None => Ok(None),
+        Some(s) => parse(s).map(Some).map_err(|e| {
+            fail(
+                format!("bad {flag} `{s}`"),
+                e,
+                format!("see `charter --help` for {flag}"),
+            )
+        }),
+    }
+}
+
+/// Runs a node verb.
+pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
+    match cmd {
+        NodeCmd::Register {
+            name,
+            cpu,
+            mem,
+            disk,
+            gpu,
+            labels,
+            pool,
+            cost,
+            file,
+        } => {
+            let req = match file {
+                Some(f) => match charter_config::load_file(&f) {
+                    Ok(charter_config::AnyConfig::Node(n)) => pb::RegisterNodeRequest {
+                        idempotency_key: new_key(),
+                        name: n.name,
+                        capacity: Some(pb::Resources {
+                            cpu_millis: n.cpu_millis,
+                            memory_bytes: n.memory_bytes,
+                            disk_bytes: n.disk_bytes,
+                            gpus: n.gpus,
+                        }),
+                        labels: n.labels.into_iter().collect(),
+                        pool: n.pool,
+                        cost_per_hour: n.cost_per_hour,
+                    },
+                    Ok(other) => {
+                        return Err(fail(
+                            format!("{} is a {} config, not a node", f.display(), other.kind()),
+                            "",
+                            "add kind = \"node\" to a node file",
+                        ));
+                    }
+                    Err(d) => {
+                        return Err(fail(
+                            format!("{} is not a valid node config", f.display()),
+                            d.to_string(),
+                            "fix the lines above",
+                        ));
+                    }
+                },
+                None => {
+                    let Some(name) = name else {
+                        return Err(fail(
+                            "node register needs a NAME",
+                            "",
+                            "charter node register n1 --cpu 16 --mem 64GiB",
+                        ));
+                    };
+                    if !charter_config::node::valid_name(&name) {
+                        return Err(fail(
+                            format!("bad node name `{name}`"),
+                            "expected 1-63 letters, digits, '-', '.' or '_'",
+                            "pick another name",
+                        ));
+                    }
+                    let cpu = unit("--cpu", &cpu, units::parse_cores)?
+                        .ok_or_else(|| fail("node register needs --cpu", "", "e.g. --cpu 16"))?;
+                    let mem = unit("--mem", &mem, units::parse_size)?
+                        .ok_or_else(|| fail("node register needs --mem", "", "e.g. --mem 64GiB"))?;
+                    let disk = unit("--disk", &disk, units::parse_size)?.unwrap_or(0);
+                    if !(cost.is_finite() && cost >= 0.0) {
+                        return Err(fail(
+                            format!("bad --cost {cost}"),
+                            "a price per hour is a number >= 0",
+                            "e.g. --cost 0.8",
+                        ));
+                    }
+                    pb::RegisterNodeRequest {
+                        idempotency_key: new_key(),
+                        name,
+                        capacity: Some(pb::Resources {
+                            cpu_millis: cpu,
+                            memory_bytes: mem,
+                            disk_bytes: disk,
+                            gpus: gpu,
+                        }),
+                        labels: parse_labels(&labels)?.into_iter().collect(),
+                        pool,
+                        cost_per_hour: cost,
+                    }
+                }
+            };
+            let c = Client::new(g)?;
+            let r = c
+                .call("node register", |ch| {
+                    let req = c.req(req.clone());
+                    async move { NodesClient::new(ch).register(req).await }
+                })
+                .await?;
+            let n = r.node.unwrap_or_default();
+            if g.json {
+                output::json(&node_json(&n))?;
+            } else {
+                println!("node {} registered", n.name);
+            }
+        }
+        NodeCmd::List { stale } => {
+            let c = Client::new(g)?;
+            let r = c
+                .call("node list", |ch| {
+                    let req = c.req(pb::ListNodesRequest { stale });
+                    async move { NodesClient::new(ch).list(req).await }
+                })
+                .await?;
+            let rows: Vec<NodeJson> = r.nodes.iter().map(node_json).collect();
+            if g.json {
+                output::json(&serde_json::json!({ "nodes": rows }))?;
+            } else {
+                output::table(
+                    &["NAME", "STATE", "POOL", "CPU", "MEM", "LEASES", "LABELS"],
+                    rows.iter()
+                        .map(|n| {
+                            vec![
+                                n.name.clone(),
+                                n.state.clone(),
+                                n.pool.clone(),
+                                format!(
+                                    "{}/{}",
+                                    units::format_cores(n.allocated_cpu_millis),
+                                    units::format_cores(n.cpu_millis)
+                                ),
+                                format!(
+                                    "{}/{}",
+                                    units::format_size(n.allocated_memory_bytes),
+                                    units::format_size(n.memory_bytes)
+                                ),
+                                n.leases.to_string(),
+                                n.labels
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+    Ok(0)
+}

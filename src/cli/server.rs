@@ -1,0 +1,315 @@
+//! `charter server` and `charter dev`: run a member until SIGINT/SIGTERM.
+
+use super::client::{charter_home, dev_token_path};
+use super::output::fail;
+use charter_scheduler::server::{Server, ServerOptions};
+use charter_scheduler::service::auth::Tokens;
+use clap::Args as ClapArgs;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `charter server`.
+#[derive(ClapArgs, Debug)]
+pub struct ServerArgs {
+    /// This member's raft id (1, 2, 3, …).
+    #[arg(long)]
+    pub id: u64,
+    /// Data directory (created if missing).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// gRPC address for the API and peers.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: String,
+    /// HTTP address for /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:7780")]
+    pub http: String,
+    /// Initial members, `ID=ADDR,ID=ADDR,…` (their gRPC addresses), including this one.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Token file: lines `<token> <principal> [admin]`.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Run without authentication (every caller is admin). Not for production.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Start empty and wait to be added with `charter cluster add`.
+    #[arg(long)]
+    pub join: bool,
+    /// Applied entries between log compactions.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+    /// Raft tick in milliseconds (elections after 10–20 ticks without a leader).
+    #[arg(long, default_value_t = 50)]
+    pub tick_ms: u64,
+}
+
+/// `charter dev`.
+#[derive(ClapArgs, Debug)]
+pub struct DevArgs {
+    /// Data directory (default: ~/.charter/dev, or $CHARTER_HOME/dev).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: String,
+    /// HTTP address.
+    #[arg(long, default_value = "127.0.0.1:7780")]
+    pub http: String,
+    /// Token file (default: one generated in the data directory).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn addr(flag: &str, s: &str) -> anyhow::Result<SocketAddr> {
+    s.parse().map_err(|e| {
+        fail(
+            format!("bad {flag} `{s}`"),
+            format!("{e}"),
+            format!("use IP:PORT, e.g. {flag} 127.0.0.1:7700"),
+        )
+    })
+}
+
+/// Parses `1=127.0.0.1:7701,2=127.0.0.1:7702`.
+pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = |why: String| {
+            fail(
+                format!("bad --peers entry `{part}`"),
+                why,
+                "write ID=IP:PORT pairs separated by commas, e.g. --peers 1=127.0.0.1:7701,2=127.0.0.1:7702",
+            )
+        };
+        let (id, a) = part.split_once('=').ok_or_else(|| bad("no `=`".into()))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("`{id}` is not a member id (1, 2, 3, …)")))?;
+        if id == 0 {
+            return Err(bad("member ids start at 1".into()));
+        }
+        a.trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| bad(format!("`{a}` is not IP:PORT: {e}")))?;
+        if out.insert(id, a.trim().to_string()).is_some() {
+            return Err(bad(format!("member {id} is listed twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,raft=warn,sled=warn,h2=warn,tower=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(fail(
+            format!("data directory {} is not a directory", dir.display()),
+            "a file is in the way",
+            "pass --data with a directory path",
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        fail(
+            format!("cannot create data directory {}", dir.display()),
+            e.to_string(),
+            "pass --data with a directory you can write",
+        )
+    })?;
+    let probe = dir.join(".charter-write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| {
+        fail(
+            format!("data directory {} is not writable", dir.display()),
+            e.to_string(),
+            "fix its permissions or pass another --data",
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Runs a member until a signal or a fatal error.
+pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
+    init_tracing();
+    let listen = addr("--listen", &a.listen)?;
+    let http = addr("--http", &a.http)?;
+    if a.id == 0 {
+        return Err(fail(
+            "bad --id 0",
+            "member ids start at 1",
+            "pass --id 1 (2, 3, …)",
+        ));
+    }
+    let tokens = match (&a.token_file, a.insecure) {
+        (Some(f), _) => Tokens::load(f).map_err(|e| {
+            fail(
+                "cannot use the token file",
+                e,
+                "fix the file; each line is `<token> <principal> [admin]`",
+            )
+        })?,
+        (None, true) => {
+            tracing::warn!(
+                "--insecure: no authentication; every caller is an admin. Do not use this in production."
+            );
+            eprintln!(
+                "warning: running with --insecure: no authentication, every caller is an admin"
+            );
+            Tokens::insecure()
+        }
+        (None, false) => {
+            return Err(fail(
+                "refusing to start without authentication",
+                "no --token-file was given",
+                "pass --token-file FILE (lines `<token> <principal> [admin]`), or --insecure for a throwaway cluster",
+            ));
+        }
+    };
+    let peers = match &a.peers {
+        Some(p) => parse_peers(p)?,
+        None => BTreeMap::from([(a.id, listen.to_string())]),
+    };
+    if !a.join && !peers.contains_key(&a.id) {
+        return Err(fail(
+            format!("--peers does not list this member (id {})", a.id),
+            format!("--peers names {:?}", peers.keys().collect::<Vec<_>>()),
+            format!(
+                "add {}={} to --peers, or pass --join to be added later",
+                a.id, listen
+            ),
+        ));
+    }
+    check_data_dir(&a.data)?;
+    let opts = ServerOptions {
+        id: a.id,
+        data: a.data.clone(),
+        listen,
+        http,
+        peers,
+        tokens,
+        join: a.join,
+        snapshot_entries: a.snapshot_entries.max(1),
+        tick: Duration::from_millis(a.tick_ms.max(1)),
+    };
+    serve(opts).await
+}
+
+async fn serve(opts: ServerOptions) -> anyhow::Result<i32> {
+    let data = opts.data.clone();
+    let mut server = Server::start(opts)
+        .await
+        .map_err(|e| fail("cannot start the server", e.to_string(), ""))?;
+    tracing::info!(id = server.member.id(), grpc = %server.listen, http = %server.http, data = %data.display(), "charter member serving");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let fatal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        _ = server.driver_stopped() => true,
+    };
+    let status = server.member.status();
+    tracing::info!("shutting down");
+    server.shutdown().await.map_err(|e| {
+        fail(
+            "the member stopped on a fatal error",
+            e.to_string(),
+            "see the log above; the data directory is left as it was",
+        )
+    })?;
+    if fatal {
+        return Err(fail(
+            "the member stopped on a fatal error",
+            status
+                .fatal
+                .unwrap_or_else(|| "the raft thread ended".into()),
+            "see the log above",
+        ));
+    }
+    Ok(0)
+}
+
+fn ensure_dev_tokens(data: &Path) -> anyhow::Result<PathBuf> {
+    let file = data.join("tokens");
+    let token = match std::fs::read_to_string(&file) {
+        Ok(text) => text.split_whitespace().next().map(str::to_string),
+        Err(_) => None,
+    };
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let t = format!("dev-{:032x}", rand::random::<u128>());
+            let user = std::env::var("USER").unwrap_or_else(|_| "dev".into());
+            std::fs::write(&file, format!("{t} {user} admin\n")).map_err(|e| {
+                fail(
+                    format!("cannot write {}", file.display()),
+                    e.to_string(),
+                    "pass a writable --data",
+                )
+            })?;
+            t
+        }
+    };
+    let dev_token = dev_token_path();
+    if let Some(dir) = dev_token.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&dev_token, format!("{token}\n")).map_err(|e| {
+        fail(
+            format!("cannot write {}", dev_token.display()),
+            e.to_string(),
+            "set CHARTER_HOME to a writable directory",
+        )
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    for f in [&file, &dev_token] {
+        let _ = std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(file)
+}
+
+/// Runs the one-member dev cluster.
+pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
+    init_tracing();
+    let data = a.data.unwrap_or_else(|| charter_home().join("dev"));
+    let listen = addr("--listen", &a.listen)?;
+    let http = addr("--http", &a.http)?;
+    check_data_dir(&data)?;
+    let token_file = match a.token_file {
+        Some(f) => f,
+        None => ensure_dev_tokens(&data)?,
+    };
+    let tokens = Tokens::load(&token_file).map_err(|e| {
+        fail(
+            "cannot use the token file",
+            e,
+            "fix it or remove it to get a fresh dev token",
+        )
+    })?;
+    eprintln!(
+        "charter dev: data in {}\n  gRPC {listen}, HTTP http://{http}\n  token file {} (the CLI reads the dev token from {})",
+        data.display(),
+        token_file.display(),
+        dev_token_path().display()
+    );
+    let opts = ServerOptions {
+        id: 1,
+        data,
+        listen,
+        http,
+        peers: BTreeMap::from([(1, listen.to_string())]),
+        tokens,
+        join: false,
+        snapshot_entries: 10_000,
+        tick: Duration::from_millis(50),
+    };
+    serve(opts).await
+}

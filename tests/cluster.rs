@@ -1,0 +1,303 @@
+//! The replicated control plane end to end: real member processes, real sled
+//! directories, gRPC on 127.0.0.1, `kill -9` where a test says so.
+
+mod common;
+
+use charter_proto as pb;
+use charter_proto::nodes_client::NodesClient;
+use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+const ELECTION: Duration = Duration::from_secs(15);
+
+fn register(c: &Cluster, member: usize, name: &str) {
+    let out = c.cli_on(
+        member,
+        &["node", "register", name, "--cpu", "4", "--mem", "8GiB"],
+    );
+    assert!(
+        out.status.success(),
+        "register {name} via member {}: {}",
+        member + 1,
+        stderr(&out)
+    );
+}
+
+fn nodes_on(c: &Cluster, member: usize) -> Vec<String> {
+    node_names(&json_ok(&c.cli_on(member, &["node", "list", "--json"])))
+}
+
+#[test]
+fn three_members_elect_and_replicate_writes_from_any_member() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION);
+    // A write through every member, leader and followers alike.
+    for i in 0..3 {
+        register(&c, i, &format!("via-{}", i + 1));
+    }
+    let want = vec!["via-1".to_string(), "via-2".into(), "via-3".into()];
+    // Linearizable reads: each member sees all three writes at once.
+    for i in 0..3 {
+        assert_eq!(nodes_on(&c, i), want, "member {}", i + 1);
+    }
+    let s = c.status(leader).unwrap();
+    assert_eq!(s["role"], "leader");
+    assert_eq!(s["members"].as_array().unwrap().len(), 3);
+    // A lease granted through a follower carries a fencing token and absolute times.
+    let follower = (leader + 1) % 3;
+    let l = json_ok(&c.cli_on(
+        follower,
+        &["lease", "request", "--cpu", "1", "--for", "1h", "--json"],
+    ));
+    assert_eq!(l["fencing_token"], 1);
+    assert_eq!(l["state"], "granted");
+}
+
+fn channels(addrs: &[String]) -> Vec<Channel> {
+    addrs
+        .iter()
+        .map(|a| {
+            Endpoint::from_shared(format!("http://{a}"))
+                .unwrap()
+                .connect_timeout(Duration::from_millis(300))
+                .timeout(Duration::from_secs(3))
+                .connect_lazy()
+        })
+        .collect()
+}
+
+/// Registers nodes `w0, w1, …` one at a time, failing over between members,
+/// and records each acknowledged name with the time of its acknowledgement.
+async fn write_stream(
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+) {
+    let chans = channels(&addrs);
+    let mut cur = 0;
+    let mut seq = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let name = format!("w{seq}");
+        loop {
+            let mut req = tonic::Request::new(pb::RegisterNodeRequest {
+                idempotency_key: name.clone(),
+                name: name.clone(),
+                capacity: Some(pb::Resources {
+                    cpu_millis: 1000,
+                    memory_bytes: 1 << 30,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+            match NodesClient::new(chans[cur].clone()).register(req).await {
+                Ok(_) => {
+                    acked.lock().unwrap().push((name.clone(), Instant::now()));
+                    break;
+                }
+                Err(_) => {
+                    cur = (cur + 1) % chans.len();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+        }
+        seq += 1;
+    }
+}
+
+#[test]
+fn kill_9_of_the_leader_under_writes_loses_nothing_acknowledged() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let addrs: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
+    let task = rt.spawn(write_stream(addrs, stop.clone(), acked.clone()));
+    let wait_acks = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "writes stalled at {}",
+                acked.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_acks(30);
+    let killed_at = Instant::now();
+    c.kill9(leader);
+    let before = acked.lock().unwrap().len();
+    wait_acks(before + 30);
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(task).unwrap();
+    let acks = acked.lock().unwrap().clone();
+    let first_after = acks
+        .iter()
+        .find(|(_, t)| *t > killed_at)
+        .map(|(_, t)| t.duration_since(killed_at))
+        .unwrap();
+    // Generous bound: elections take 0.5-1 s here; CI machines are busy.
+    assert!(
+        first_after < Duration::from_secs(5),
+        "first write after the kill took {first_after:?}"
+    );
+    eprintln!("first acknowledged write {first_after:?} after kill -9 of the leader");
+    let new_leader = c.wait_leader(ELECTION);
+    assert_ne!(new_leader, leader);
+    let have = nodes_on(&c, new_leader);
+    for (name, _) in &acks {
+        assert!(
+            have.contains(name),
+            "acknowledged write {name} is missing after failover"
+        );
+    }
+    // The killed member comes back from its data and catches up.
+    c.spawn(leader, false);
+    let commit = c.status(new_leader).unwrap()["commit_index"]
+        .as_u64()
+        .unwrap();
+    c.wait_applied(leader, commit, ELECTION);
+    let back = node_names(&json_ok(
+        &c.cli_on(leader, &["node", "list", "--json", "--stale"]),
+    ));
+    for (name, _) in &acks {
+        assert!(back.contains(name), "restarted member lacks {name}");
+    }
+}
+
+#[test]
+fn all_members_restarted_from_their_data_have_the_same_state() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_leader(ELECTION);
+    for i in 0..10 {
+        register(&c, i % 3, &format!("n{i}"));
+    }
+    let lease = json_ok(&c.cli(&["lease", "request", "--cpu", "2", "--for", "1h", "--json"]));
+    let nodes_before = json_ok(&c.cli(&["node", "list", "--json"]));
+    let leases_before = json_ok(&c.cli(&["lease", "list", "--all", "--json"]));
+    for i in 0..3 {
+        assert_eq!(
+            c.stop(i),
+            Some(0),
+            "member {} exits cleanly on SIGTERM",
+            i + 1
+        );
+    }
+    for i in 0..3 {
+        c.spawn(i, false);
+    }
+    c.wait_leader(ELECTION);
+    for i in 0..3 {
+        assert_eq!(
+            json_ok(&c.cli_on(i, &["node", "list", "--json"])),
+            nodes_before,
+            "member {}",
+            i + 1
+        );
+        assert_eq!(
+            json_ok(&c.cli_on(i, &["lease", "list", "--all", "--json"])),
+            leases_before,
+            "member {}",
+            i + 1
+        );
+    }
+    // The fencing token keeps growing across the restart.
+    let next = json_ok(&c.cli(&["lease", "request", "--cpu", "1", "--for", "1h", "--json"]));
+    assert!(next["fencing_token"].as_u64() > lease["fencing_token"].as_u64());
+}
+
+#[test]
+fn a_member_down_during_compaction_catches_up_through_a_snapshot() {
+    let mut c = Cluster::start(3, &["--snapshot-entries", "20"]);
+    let leader = c.wait_leader(ELECTION);
+    let lagger = (leader + 1) % 3;
+    register(&c, leader, "before");
+    c.kill9(lagger);
+    let live = (0..3).find(|i| *i != lagger).unwrap();
+    for i in 0..60 {
+        register(&c, live, &format!("n{i}"));
+    }
+    let leader = c.wait_leader(ELECTION);
+    let s = c.status(leader).unwrap();
+    assert!(
+        s["snapshot_index"].as_u64().unwrap() > 20,
+        "leader compacted: {s}"
+    );
+    c.spawn(lagger, false);
+    c.wait_applied(lagger, s["commit_index"].as_u64().unwrap(), ELECTION);
+    let names = node_names(&json_ok(&c.cli_on(lagger, &["node", "list", "--json"])));
+    assert_eq!(names.len(), 61, "lagger has every node: {names:?}");
+    let log = std::fs::read_to_string(&c.members[lagger].log).unwrap();
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "the lagger caught up by snapshot:\n{log}"
+    );
+}
+
+#[test]
+fn members_are_added_and_removed_while_writes_continue() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let addrs: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
+    let task = rt.spawn(write_stream(addrs, stop.clone(), acked.clone()));
+
+    let four = c.add_joiner(&[]);
+    let addr4 = c.members[four].grpc.clone();
+    let out = c.cli(&["cluster", "add", "4", &addr4, "--json"]);
+    let members = json_ok(&out);
+    assert_eq!(members["members"].as_array().unwrap().len(), 4, "{members}");
+    let commit = c.status(leader).unwrap()["commit_index"].as_u64().unwrap();
+    c.wait_applied(four, commit, ELECTION);
+
+    // Remove a follower that is not the new member.
+    let gone = (0..3).find(|i| *i != leader).unwrap();
+    let out = c.cli(&[
+        "cluster",
+        "remove",
+        &(gone as u64 + 1).to_string(),
+        "--json",
+    ]);
+    let members = json_ok(&out);
+    assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
+    c.stop(gone);
+
+    let n = acked.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < n + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "writes stopped after the membership changes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(task).unwrap();
+    // The new member serves linearizable reads with every acknowledged write.
+    let names = node_names(&json_ok(&c.cli_on(four, &["node", "list", "--json"])));
+    for (name, _) in acked.lock().unwrap().iter() {
+        assert!(names.contains(name), "member 4 lacks acknowledged {name}");
+    }
+    let s = c.status(four).unwrap();
+    let ids: Vec<u64> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !ids.contains(&(gone as u64 + 1)) && ids.contains(&4),
+        "{ids:?}"
+    );
+}
