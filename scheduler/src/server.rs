@@ -39,6 +39,63 @@ pub struct ServerOptions {
     pub tick: Duration,
 }
 
+/// The file in the data directory that says which member it belongs to.
+const IDENTITY: &str = "member-id";
+
+/// Refuses a data directory of another member, and one whose raft data
+/// vanished (sled recovers a damaged file as empty: starting over would
+/// forget this member's votes and log).
+fn check_identity(opts: &ServerOptions, fresh: bool) -> Result<()> {
+    let path = opts.data.join(IDENTITY);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let id: u64 = text.trim().parse().map_err(|_| {
+        Error::Config(format!(
+            "{} is corrupt (expected a member id, got {:?}); the data directory is damaged",
+            path.display(),
+            text.trim()
+        ))
+    })?;
+    if id != opts.id {
+        return Err(Error::Config(format!(
+            "data directory {} belongs to member {id}, not {}; pass --id {id} or another --data",
+            opts.data.display(),
+            opts.id
+        )));
+    }
+    // A joiner may restart before the leader's snapshot arrived.
+    if fresh && !opts.join {
+        return Err(Error::Config(format!(
+            "the raft data in {} is missing or unreadable, but member {id} has run from this directory before; \
+             its log and votes are lost or corrupt. Restore the directory from a backup, or remove the member \
+             (`charter cluster remove {id}`), delete the directory and start it again with --join",
+            opts.data.join("raft").display()
+        )));
+    }
+    Ok(())
+}
+
+fn write_identity(opts: &ServerOptions) -> Result<()> {
+    let path = opts.data.join(IDENTITY);
+    if path.exists() {
+        return Ok(());
+    }
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&path, format!("{}\n", opts.id))?;
+        std::fs::File::open(&path)?.sync_all()?;
+        std::fs::File::open(&opts.data)?.sync_all()
+    };
+    write().map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
+}
+
 /// A running member.
 pub struct Server {
     /// Handle to the member.
@@ -86,6 +143,7 @@ impl Server {
                 opts.data.display()
             ))
         })?;
+        check_identity(&opts, store.is_fresh())?;
         let (tx, rx) = std::sync::mpsc::channel::<Input>();
         let report_tx = std::sync::Mutex::new(tx.clone());
         let transport = GrpcTransport::new(
@@ -104,6 +162,7 @@ impl Server {
         cfg.tick = opts.tick;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let (driver, member) = Driver::new(cfg, store, transport, clock, tx, rx, rand::random())?;
+        write_identity(&opts)?;
         let (done_tx, driver_done) = tokio::sync::oneshot::channel();
         let driver = std::thread::Builder::new()
             .name(format!("raft-{}", opts.id))

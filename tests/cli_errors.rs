@@ -1,0 +1,382 @@
+//! Bad input gets a clear error that says what was wrong and what to do,
+//! never a panic, and changes nothing.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn charter(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env(
+            "CHARTER_HOME",
+            std::env::temp_dir().join("charter-tests-no-home"),
+        )
+        .env_remove("CHARTER_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn assert_clear_error(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr:\n{err}");
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error:\n{err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+}
+
+/// Runs a server that is expected to exit by itself; kills it after 20 s.
+fn server_exits(args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("server kept running on bad input: {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn bad_flags_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let d = data.to_str().unwrap();
+    let tokens = dir.path().join("t");
+    std::fs::write(&tokens, "tok-12345678 root admin\n").unwrap();
+    let t = tokens.to_str().unwrap();
+    assert_clear_error(
+        &charter(&["server", "--id", "x", "--data", d]),
+        2,
+        &["invalid value 'x' for '--id"],
+    );
+    assert_clear_error(
+        &server_exits(&[
+            "server",
+            "--id",
+            "1",
+            "--data",
+            d,
+            "--token-file",
+            t,
+            "--peers",
+            "1=nowhere",
+        ]),
+        1,
+        &[
+            "bad --peers entry `1=nowhere`",
+            "hint: write ID=IP:PORT pairs",
+        ],
+    );
+    assert_clear_error(
+        &server_exits(&[
+            "server",
+            "--id",
+            "1",
+            "--data",
+            d,
+            "--token-file",
+            t,
+            "--listen",
+            "localhost",
+        ]),
+        1,
+        &["bad --listen `localhost`", "hint: use IP:PORT"],
+    );
+    assert_clear_error(
+        &server_exits(&[
+            "server",
+            "--id",
+            "4",
+            "--data",
+            d,
+            "--token-file",
+            t,
+            "--peers",
+            "1=127.0.0.1:1,2=127.0.0.1:2",
+        ]),
+        1,
+        &["--peers does not list this member (id 4)"],
+    );
+    assert_clear_error(
+        &server_exits(&["server", "--id", "1", "--data", d]),
+        1,
+        &["refusing to start without authentication", "--insecure"],
+    );
+    std::fs::write(&tokens, "tok-12345678 root superuser\n").unwrap();
+    assert_clear_error(
+        &server_exits(&["server", "--id", "1", "--data", d, "--token-file", t]),
+        1,
+        &[":1: expected `admin` or nothing after the principal, got `superuser`"],
+    );
+    assert_clear_error(
+        &charter(&[
+            "--server",
+            "127.0.0.1:1",
+            "lease",
+            "request",
+            "--for",
+            "forever",
+        ]),
+        1,
+        &[
+            "bad --for `forever`",
+            "expected a duration like 30s, 15m, 2h or 1d",
+        ],
+    );
+    assert_clear_error(
+        &charter(&[
+            "--server",
+            "127.0.0.1:1",
+            "node",
+            "register",
+            "n1",
+            "--cpu",
+            "two",
+            "--mem",
+            "1GiB",
+        ]),
+        1,
+        &["bad --cpu `two`", "expected cores like 2 or 0.5"],
+    );
+    assert!(
+        !data.join("raft").exists(),
+        "refused starts leave no data behind"
+    );
+}
+
+#[test]
+fn insecure_warns_at_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let listen = format!("127.0.0.1:{}", ports[0]);
+    let http = format!("127.0.0.1:{}", ports[1]);
+    let mut child = Command::new(BIN)
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--insecure",
+            "--listen",
+            &listen,
+            "--http",
+            &http,
+            "--data",
+        ])
+        .arg(dir.path().join("d"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Any caller is accepted, without a token.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = cli(&listen, "", &["cluster", "status", "--json"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "insecure server never answered: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("warning: running with --insecure"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn wrong_tokens_and_non_admins_are_refused() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    let out = cli(&c.servers(), "not-a-known-token", &["node", "list"]);
+    assert_clear_error(
+        &out,
+        1,
+        &[
+            "node list failed",
+            "unknown token",
+            "hint: pass --token or set CHARTER_TOKEN",
+        ],
+    );
+    let out = cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["node", "register", "n1", "--cpu", "1", "--mem", "1GiB"],
+    );
+    assert_clear_error(
+        &out,
+        1,
+        &["registering a node needs an admin token; ann is not an admin"],
+    );
+    // Nothing changed.
+    assert!(node_names(&json_ok(&c.cli(&["node", "list", "--json"]))).is_empty());
+    // Principal A cannot release principal B's lease.
+    json_ok(&c.cli(&[
+        "node", "register", "n1", "--cpu", "4", "--mem", "4GiB", "--json",
+    ]));
+    let l = json_ok(&cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "request", "--cpu", "1", "--for", "1h", "--json"],
+    ));
+    let id = l["id"].to_string();
+    let out = cli(
+        &c.servers(),
+        "test-user-token-0003",
+        &["lease", "release", &id],
+    );
+    assert_clear_error(&out, 1, &["belongs to ann, not to bob"]);
+    let still = json_ok(&cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "show", &id, "--json"],
+    ));
+    assert_eq!(still["state"], "granted");
+}
+
+#[test]
+fn unusable_or_corrupt_data_dirs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("t");
+    std::fs::write(&tokens, "tok-12345678 root admin\n").unwrap();
+    let t = tokens.to_str().unwrap();
+    // A path that cannot be created, even by root.
+    assert_clear_error(
+        &server_exits(&[
+            "server",
+            "--id",
+            "1",
+            "--data",
+            "/proc/charter-cannot-exist",
+            "--token-file",
+            t,
+        ]),
+        1,
+        &[
+            "cannot create data directory /proc/charter-cannot-exist",
+            "hint: pass --data with a directory you can write",
+        ],
+    );
+    // A file where the directory should be.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    assert_clear_error(
+        &server_exits(&[
+            "server",
+            "--id",
+            "1",
+            "--data",
+            file.to_str().unwrap(),
+            "--token-file",
+            t,
+        ]),
+        1,
+        &["is not a directory"],
+    );
+    // A member's directory whose raft database was destroyed.
+    let mut c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    json_ok(&c.cli(&[
+        "node", "register", "n1", "--cpu", "4", "--mem", "4GiB", "--json",
+    ]));
+    c.stop(0);
+    let data = c.members[0].data.clone();
+    let db = data.join("raft").join("db");
+    let len = std::fs::metadata(&db).unwrap().len() as usize;
+    std::fs::write(&db, vec![0xA5u8; len]).unwrap();
+    let ports = free_ports(2);
+    let (l, h) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let out = server_exits(&[
+        "server",
+        "--id",
+        "1",
+        "--data",
+        data.to_str().unwrap(),
+        "--token-file",
+        t,
+        "--listen",
+        &l,
+        "--http",
+        &h,
+    ]);
+    assert_clear_error(&out, 1, &["cannot start the server"]);
+    // The same directory under another id is refused too.
+    let out = server_exits(&[
+        "server",
+        "--id",
+        "2",
+        "--data",
+        data.to_str().unwrap(),
+        "--token-file",
+        t,
+        "--listen",
+        &l,
+        "--http",
+        &h,
+        "--peers",
+        &format!("2={l}"),
+    ]);
+    assert_clear_error(&out, 1, &["belongs to member 1, not 2"]);
+}
+
+#[test]
+fn validate_reports_every_problem_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("lease.toml");
+    std::fs::write(
+        &bad,
+        "cpu = \"two\"\nmem = \"lots\"\nfor = \"1h\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let out = charter(&["validate", bad.to_str().unwrap()]);
+    assert_clear_error(
+        &out,
+        1,
+        &[
+            "lease.toml:1: cpu: expected cores like 2 or 0.5, got \"two\"",
+            "lease.toml:2: mem: expected a size like 512MiB or 4GiB, got \"lots\"",
+            "lease.toml:4: colour: unknown field",
+        ],
+    );
+    let good = dir.path().join("ok.toml");
+    std::fs::write(&good, "cpu = 2\nmem = \"1GiB\"\nfor = \"2h\"\n").unwrap();
+    let out = charter(&["validate", "--json", good.to_str().unwrap()]);
+    let v = json_ok(&out);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["kind"], "lease");
+    assert_eq!(v["hash"].as_str().unwrap().len(), 64);
+    let out = charter(&[
+        "validate",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, 1, &["missing.toml: cannot read the file"]);
+}
