@@ -166,7 +166,7 @@ fn insecure_warns_at_every_start() {
     let ports = free_ports(2);
     let listen = format!("127.0.0.1:{}", ports[0]);
     let http = format!("127.0.0.1:{}", ports[1]);
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "server",
             "--id",
@@ -246,11 +246,7 @@ fn wrong_tokens_and_non_admins_are_refused() {
         &["lease", "request", "--cpu", "1", "--for", "1h", "--json"],
     ));
     let id = l["id"].to_string();
-    let out = cli(
-        &c.servers(),
-        "test-user-token-0003",
-        &["lease", "release", &id],
-    );
+    let out = cli(&c.servers(), OTHER_TOKEN, &["lease", "release", &id]);
     assert_clear_error(&out, 1, &["belongs to ann, not to bob"]);
     let still = json_ok(&cli(
         &c.servers(),
@@ -379,4 +375,19 @@ fn validate_reports_every_problem_and_exits_non_zero() {
         dir.path().join("missing.toml").to_str().unwrap(),
     ]);
     assert_clear_error(&out, 1, &["missing.toml: cannot read the file"]);
+}
+
+#[test]
+fn the_examples_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let out = charter(&["validate", p.to_str().unwrap()]);
+            assert!(out.status.success(), "{}: {}", p.display(), stderr(&out));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "examples/ has its configs");
 }

@@ -50,7 +50,7 @@ pub fn format_duration(ms: u64) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut s = ms / 1000;
@@ -99,7 +99,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Formats bytes with the largest binary unit that keeps it whole: `4GiB`, `1536MiB`.
 pub fn format_size(b: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if b >= 1 << shift && b % (1 << shift) == 0 {
+        if b >= 1 << shift && b.is_multiple_of(1 << shift) {
             return format!("{}{unit}", b >> shift);
         }
     }
@@ -131,7 +131,7 @@ pub fn parse_cores(s: &str) -> Result<u64, String> {
 
 /// Formats millicores as cores: `2`, `0.5`.
 pub fn format_cores(m: u64) -> String {
-    if m % 1000 == 0 {
+    if m.is_multiple_of(1000) {
         format!("{}", m / 1000)
     } else {
         let s = format!("{:.3}", m as f64 / 1000.0);

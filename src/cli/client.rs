@@ -133,7 +133,7 @@ impl Client {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) && Instant::now() < deadline => {
                     i += 1;
-                    if i % self.channels.len() == 0 {
+                    if i.is_multiple_of(self.channels.len()) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }

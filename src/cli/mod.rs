@@ -2,6 +2,7 @@
 //! (env `CHARTER_SERVER`, a comma-separated list tried in order), `--token`
 //! (env `CHARTER_TOKEN`, else the dev token), `--json`.
 
+mod bench;
 mod client;
 mod cluster;
 mod lease;
@@ -52,6 +53,8 @@ pub enum Cmd {
     Lease(lease::LeaseCmd),
     /// Check any Charter config file; exits non-zero with every problem found.
     Validate(validate::ValidateArgs),
+    /// Measure Charter on this machine: starts a cluster on 127.0.0.1, prints figures, stops it.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a command; returns the process exit code.
@@ -72,5 +75,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Node(c) => rt.block_on(node::run(&g, c)),
         Cmd::Lease(c) => rt.block_on(lease::run(&g, c)),
         Cmd::Validate(a) => validate::run(&g, a),
+        Cmd::Bench(a) => bench::run(&rt, g.json, a),
     }
 }

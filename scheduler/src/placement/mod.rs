@@ -39,49 +39,78 @@ impl NoFit {
     }
 }
 
-/// Why `node` cannot hold `spec`, or `None` when it can.
-pub fn check(node: &Node, spec: &LeaseSpec) -> Option<String> {
+/// Why a node cannot hold a request: a small value, so ruling out thousands
+/// of nodes allocates nothing. [`NoFit`] formats it only when asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// The node is draining or down.
+    State(NodeState),
+    /// Constraint `i` of the request does not hold.
+    Label(usize),
+    /// Not enough free CPU (needed, free) in millicores.
+    Cpu(u64, u64),
+    /// Not enough free memory (needed, free) in bytes.
+    Memory(u64, u64),
+    /// Not enough free disk (needed, free) in bytes.
+    Disk(u64, u64),
+    /// Not enough free GPUs (needed, free).
+    Gpus(u32, u32),
+}
+
+/// The first checker that rules `node` out for `spec`, cheapest first.
+pub fn rule_out(node: &Node, spec: &LeaseSpec) -> Option<Why> {
     if node.state != NodeState::Ready {
-        return Some(format!("node is {}", node.state.as_str()));
+        return Some(Why::State(node.state));
     }
-    for c in &spec.constraints {
-        match node.labels.get(&c.key) {
-            Some(v) if *v == c.value => {}
-            Some(v) => return Some(format!("needs {}={}, has {}={v}", c.key, c.value, c.key)),
-            None => return Some(format!("needs {}={}, has no {}", c.key, c.value, c.key)),
+    for (i, c) in spec.constraints.iter().enumerate() {
+        if node.labels.get(&c.key) != Some(&c.value) {
+            return Some(Why::Label(i));
         }
     }
     let free = node.free();
     let r = &spec.resources;
     if r.cpu_millis > free.cpu_millis {
-        return Some(format!(
-            "needs {} cores, {} free",
-            cores(r.cpu_millis),
-            cores(free.cpu_millis)
-        ));
+        return Some(Why::Cpu(r.cpu_millis, free.cpu_millis));
     }
     if r.memory_bytes > free.memory_bytes {
-        return Some(format!(
-            "needs {} MiB memory, {} MiB free",
-            r.memory_bytes >> 20,
-            free.memory_bytes >> 20
-        ));
+        return Some(Why::Memory(r.memory_bytes, free.memory_bytes));
     }
     if r.disk_bytes > free.disk_bytes {
-        return Some(format!(
-            "needs {} MiB disk, {} MiB free",
-            r.disk_bytes >> 20,
-            free.disk_bytes >> 20
-        ));
+        return Some(Why::Disk(r.disk_bytes, free.disk_bytes));
     }
     if r.gpus > free.gpus {
-        return Some(format!("needs {} gpus, {} free", r.gpus, free.gpus));
+        return Some(Why::Gpus(r.gpus, free.gpus));
     }
     None
 }
 
+/// A reason in words, e.g. `needs gpu=a100, has gpu=t4` or `needs 8 cores, 2.5 free`.
+pub fn explain(node: &Node, spec: &LeaseSpec, why: Why) -> String {
+    match why {
+        Why::State(s) => format!("node is {}", s.as_str()),
+        Why::Label(i) => {
+            let c = &spec.constraints[i];
+            match node.labels.get(&c.key) {
+                Some(v) => format!("needs {}={}, has {}={v}", c.key, c.value, c.key),
+                None => format!("needs {}={}, has no {}", c.key, c.value, c.key),
+            }
+        }
+        Why::Cpu(need, free) => format!("needs {} cores, {} free", cores(need), cores(free)),
+        Why::Memory(need, free) => {
+            format!("needs {} MiB memory, {} MiB free", need >> 20, free >> 20)
+        }
+        Why::Disk(need, free) => format!("needs {} MiB disk, {} MiB free", need >> 20, free >> 20),
+        Why::Gpus(need, free) => format!("needs {need} gpus, {free} free"),
+    }
+}
+
+/// Why `node` cannot hold `spec` in words, or `None` when it can.
+pub fn check(node: &Node, spec: &LeaseSpec) -> Option<String> {
+    rule_out(node, spec).map(|w| explain(node, spec, w))
+}
+
 fn cores(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}", millis / 1000)
     } else {
         format!("{:.3}", millis as f64 / 1000.0)
@@ -93,10 +122,8 @@ fn cores(millis: u64) -> String {
 /// Picks the node for `spec`: feasible nodes ranked by binpack, ties by name.
 pub fn place(state: &State, spec: &LeaseSpec) -> Result<String, NoFit> {
     let mut best: Option<(&Node, u64)> = None;
-    let mut nofit = NoFit::default();
     for node in state.nodes.values() {
-        if let Some(why) = check(node, spec) {
-            nofit.per_node.push((node.name.clone(), why));
+        if rule_out(node, spec).is_some() {
             continue;
         }
         let left = node.free().cpu_millis - spec.resources.cpu_millis;
@@ -105,7 +132,18 @@ pub fn place(state: &State, spec: &LeaseSpec) -> Result<String, NoFit> {
             best = Some((node, left));
         }
     }
-    best.map(|(n, _)| n.name.clone()).ok_or(nofit)
+    best.map(|(n, _)| n.name.clone())
+        .ok_or_else(|| why_not(state, spec))
+}
+
+/// Every node's reason for refusing `spec`, in words (the slow path).
+pub fn why_not(state: &State, spec: &LeaseSpec) -> NoFit {
+    let per_node = state
+        .nodes
+        .values()
+        .filter_map(|n| rule_out(n, spec).map(|w| (n.name.clone(), explain(n, spec, w))))
+        .collect();
+    NoFit { per_node }
 }
 
 #[cfg(test)]

@@ -44,19 +44,22 @@ fn spec(cpu: u64, constraints: &[(&str, &str)]) -> LeaseSpec {
     }
 }
 
+/// (node cpu, used, labels, state, request cpu, constraints, expected reason)
+type Case = (
+    u64,
+    u64,
+    Vec<(&'static str, &'static str)>,
+    NodeState,
+    u64,
+    Vec<(&'static str, &'static str)>,
+    Option<&'static str>,
+);
+
 #[test]
 fn checker_table() {
     use NodeState::*;
     // (node cpu, used, labels, state, request cpu, constraints, expected reason)
-    let cases: Vec<(
-        u64,
-        u64,
-        Vec<(&str, &str)>,
-        NodeState,
-        u64,
-        Vec<(&str, &str)>,
-        Option<&str>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (4000, 0, vec![], Ready, 1000, vec![], None),
         (4000, 3000, vec![], Ready, 1000, vec![], None),
         (

@@ -371,8 +371,10 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             let _ = reply.send(Err(e));
             return;
         }
-        let mut cc = ConfChange::default();
-        cc.node_id = id;
+        let mut cc = ConfChange {
+            node_id: id,
+            ..Default::default()
+        };
         match &addr {
             Some(a) => {
                 cc.set_change_type(ConfChangeType::AddNode);

@@ -2,11 +2,12 @@ use super::*;
 use raft::{GetEntriesContext, Storage};
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.to_vec().into();
-    e
+    Entry {
+        index,
+        term,
+        data: data.to_vec().into(),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -17,10 +18,12 @@ fn log_and_hard_state_survive_reopen() {
         assert!(s.is_fresh());
         s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 2, b"c")])
             .unwrap();
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.vote = 3;
-        hs.commit = 2;
+        let hs = HardState {
+            term: 2,
+            vote: 3,
+            commit: 2,
+            ..Default::default()
+        };
         s.set_hard_state(&hs).unwrap();
         s.sync().unwrap();
     }
@@ -64,8 +67,10 @@ fn compaction_keeps_a_snapshot_and_drops_the_prefix() {
         let mut s = SledStore::open(dir.path()).unwrap();
         let es: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
         s.append(&es).unwrap();
-        let mut cs = ConfState::default();
-        cs.voters = vec![1, 2];
+        let cs = ConfState {
+            voters: vec![1, 2],
+            ..Default::default()
+        };
         s.set_conf_state(&cs).unwrap();
         s.compact_to(7, b"state@7".to_vec()).unwrap();
         s.sync().unwrap();
@@ -89,8 +94,10 @@ fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew() {
     let mut s = SledStore::open(dir.path()).unwrap();
     let es: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
     s.append(&es).unwrap();
-    let mut cs = ConfState::default();
-    cs.voters = vec![1, 2, 3];
+    let mut cs = ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
     s.set_conf_state(&cs).unwrap();
     s.compact_to(3, b"old".to_vec()).unwrap();
     assert!(!s.take_snapshot_request());

@@ -1,0 +1,439 @@
+//! `charter bench`: starts what it measures on 127.0.0.1 in temporary
+//! directories (a 3-member cluster with fsync on, a registered fleet), prints
+//! the figures, and stops everything it started. Benchmarks, not tests:
+//! nothing here asserts a speed.
+//!
+//! Scenarios:
+//! - `grant`: lease grants/s and p50/p99/p999 latency at 1, 16 and 64
+//!   concurrent clients, through the leader and through a follower;
+//! - `placement`: placement decisions/s and ns per decision at 1k/10k/50k
+//!   nodes with a label constraint (in process; placement is a pure function);
+//! - `failover`: time from `kill -9` of the leader process to the first
+//!   acknowledged write, over several rounds.
+
+use super::output::{self, fail};
+use charter::harness::{Cluster, TOKEN};
+use charter_config::units;
+use charter_proto as pb;
+use charter_proto::leases_client::LeasesClient;
+use charter_proto::nodes_client::NodesClient;
+use charter_scheduler::placement;
+use charter_scheduler::state::{Constraint, LeaseSpec, Node, NodeState, Resources, State};
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// `charter bench`.
+#[derive(ClapArgs, Debug)]
+pub struct BenchArgs {
+    /// grant, placement, failover, or all.
+    #[arg(long, default_value = "all")]
+    pub scenario: String,
+    /// How long each measured run lasts, e.g. 5s.
+    #[arg(long, default_value = "5s")]
+    pub duration: String,
+    /// Nodes registered for `grant`.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// Rounds of `failover`.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Node counts for `placement`, comma-separated.
+    #[arg(long, default_value = "1000,10000,50000")]
+    pub placement_nodes: String,
+}
+
+/// One scenario's figures.
+#[derive(Serialize)]
+pub struct Report {
+    scenario: String,
+    metrics: BTreeMap<String, f64>,
+}
+
+const SCENARIOS: &[&str] = &["grant", "placement", "failover"];
+
+/// Runs the chosen scenarios and prints their figures.
+pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Result<i32> {
+    let dur = units::parse_duration(&a.duration).map_err(|e| {
+        fail(
+            format!("bad --duration `{}`", a.duration),
+            e,
+            "e.g. --duration 5s",
+        )
+    })?;
+    let dur = Duration::from_millis(dur.max(1));
+    let chosen: Vec<&str> = if a.scenario == "all" {
+        SCENARIOS.to_vec()
+    } else {
+        a.scenario.split(',').map(str::trim).collect()
+    };
+    for s in &chosen {
+        if !SCENARIOS.contains(s) {
+            return Err(fail(
+                format!("unknown scenario `{s}`"),
+                format!("known: {}", SCENARIOS.join(", ")),
+                "pass --scenario NAME or all",
+            ));
+        }
+    }
+    let sizes = a
+        .placement_nodes
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            fail(
+                "bad --placement-nodes",
+                e.to_string(),
+                "e.g. --placement-nodes 1000,10000",
+            )
+        })?;
+    let exe = std::env::current_exe()?;
+    let mut reports = Vec::new();
+    for s in chosen {
+        eprintln!("bench: running {s}…");
+        let r = match s {
+            "grant" => grant(rt, &exe, dur, a.nodes)?,
+            "placement" => placement_bench(&sizes, dur),
+            "failover" => failover(rt, &exe, a.rounds)?,
+            _ => unreachable!("checked above"),
+        };
+        reports.push(r);
+    }
+    if json {
+        output::json(&reports)?;
+    } else {
+        let mut rows = Vec::new();
+        for r in &reports {
+            for (k, v) in &r.metrics {
+                rows.push(vec![r.scenario.clone(), k.clone(), format!("{v:.3}")]);
+            }
+        }
+        output::table(&["SCENARIO", "METRIC", "VALUE"], rows);
+    }
+    Ok(0)
+}
+
+fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+fn authed<M>(m: M) -> tonic::Request<M> {
+    let mut r = tonic::Request::new(m);
+    if let Ok(v) = format!("Bearer {TOKEN}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+fn start_cluster(exe: &std::path::Path) -> anyhow::Result<(Cluster, usize)> {
+    let c =
+        Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    let leader = c
+        .wait_leader(Duration::from_secs(20))
+        .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
+    Ok((c, leader))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn grant(
+    rt: &tokio::runtime::Runtime,
+    exe: &std::path::Path,
+    dur: Duration,
+    nodes: usize,
+) -> anyhow::Result<Report> {
+    let (c, leader) = start_cluster(exe)?;
+    let follower = (leader + 1) % 3;
+    let mut metrics = BTreeMap::new();
+    rt.block_on(async {
+        let ch = channel(&c.members[leader].grpc)?;
+        // Register the fleet, 32 at a time.
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let ch = ch.clone();
+            let next = next.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                    if i >= nodes {
+                        return Ok::<(), tonic::Status>(());
+                    }
+                    let req = authed(pb::RegisterNodeRequest {
+                        idempotency_key: format!("bench-node-{i}"),
+                        name: format!("b{i}"),
+                        capacity: Some(pb::Resources {
+                            cpu_millis: 64_000,
+                            memory_bytes: 256 << 30,
+                            ..Default::default()
+                        }),
+                        labels: [("zone".to_string(), format!("z{}", i % 4))].into(),
+                        pool: "bench".into(),
+                        cost_per_hour: 1.0,
+                    });
+                    NodesClient::new(ch.clone()).register(req).await?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        for (target, idx) in [("leader", leader), ("follower", follower)] {
+            let ch = channel(&c.members[idx].grpc)?;
+            for clients in [1usize, 16, 64] {
+                let (count, lat) = load(ch.clone(), clients, dur).await;
+                let secs = dur.as_secs_f64();
+                metrics.insert(
+                    format!("{target}_c{clients}_grants_per_s"),
+                    count as f64 / secs,
+                );
+                metrics.insert(
+                    format!("{target}_c{clients}_p50_ms"),
+                    percentile(&lat, 0.50),
+                );
+                metrics.insert(
+                    format!("{target}_c{clients}_p99_ms"),
+                    percentile(&lat, 0.99),
+                );
+                metrics.insert(
+                    format!("{target}_c{clients}_p999_ms"),
+                    percentile(&lat, 0.999),
+                );
+            }
+        }
+        metrics.insert("nodes".into(), nodes as f64);
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(Report {
+        scenario: "grant".into(),
+        metrics,
+    })
+}
+
+/// `clients` concurrent loops of lease requests for `dur`; returns the
+/// number granted and every latency in µs, sorted.
+async fn load(ch: Channel, clients: usize, dur: Duration) -> (u64, Vec<u64>) {
+    let deadline = Instant::now() + dur;
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..clients {
+        let ch = ch.clone();
+        let lat = lat.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let req = authed(pb::LeaseRequest {
+                    idempotency_key: format!("bench-{w}-{n}-{}", rand::random::<u32>()),
+                    resources: Some(pb::Resources {
+                        cpu_millis: 10,
+                        ..Default::default()
+                    }),
+                    constraints: vec![],
+                    duration_ms: 3_600_000,
+                    reason: "bench".into(),
+                });
+                let t = Instant::now();
+                if LeasesClient::new(ch.clone()).request(req).await.is_ok() {
+                    mine.push(t.elapsed().as_micros() as u64);
+                }
+                n += 1;
+            }
+            if let Ok(mut l) = lat.lock() {
+                l.extend(mine);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    v.sort_unstable();
+    (v.len() as u64, v)
+}
+
+fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
+    let mut metrics = BTreeMap::new();
+    for &n in sizes {
+        let mut s = State::new(BTreeMap::new());
+        for i in 0..n {
+            let name = format!("n{i:06}");
+            s.nodes.insert(
+                name.clone(),
+                Node {
+                    name,
+                    capacity: Resources {
+                        cpu_millis: 64_000,
+                        memory_bytes: 256 << 30,
+                        disk_bytes: 0,
+                        gpus: (i % 8 == 0) as u32 * 4,
+                    },
+                    allocated: Resources {
+                        cpu_millis: (i as u64 * 7919) % 64_000,
+                        ..Resources::default()
+                    },
+                    labels: [
+                        ("zone".to_string(), format!("z{}", i % 4)),
+                        (
+                            "gpu".to_string(),
+                            if i % 8 == 0 { "a100" } else { "none" }.to_string(),
+                        ),
+                    ]
+                    .into(),
+                    pool: "bench".into(),
+                    cost_per_hour: 1.0,
+                    state: NodeState::Ready,
+                    registered_at: 0,
+                    leases: Default::default(),
+                },
+            );
+        }
+        let spec = LeaseSpec {
+            resources: Resources {
+                cpu_millis: 2000,
+                memory_bytes: 4 << 30,
+                disk_bytes: 0,
+                gpus: 1,
+            },
+            constraints: vec![
+                Constraint {
+                    key: "gpu".into(),
+                    value: "a100".into(),
+                },
+                Constraint {
+                    key: "zone".into(),
+                    value: "z0".into(),
+                },
+            ],
+            duration_ms: 1,
+            reason: String::new(),
+        };
+        let start = Instant::now();
+        let mut decisions = 0u64;
+        while start.elapsed() < dur || decisions == 0 {
+            std::hint::black_box(placement::place(std::hint::black_box(&s), &spec).ok());
+            decisions += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        metrics.insert(format!("n{n}_decisions_per_s"), decisions as f64 / secs);
+        metrics.insert(
+            format!("n{n}_us_per_decision"),
+            secs * 1e6 / decisions as f64,
+        );
+    }
+    Report {
+        scenario: "placement".into(),
+        metrics,
+    }
+}
+
+fn failover(
+    rt: &tokio::runtime::Runtime,
+    exe: &std::path::Path,
+    rounds: usize,
+) -> anyhow::Result<Report> {
+    let _ctx = rt.enter();
+    let (mut c, mut leader) = start_cluster(exe)?;
+    let mut times = Vec::new();
+    for round in 0..rounds.max(1) {
+        let chans: Vec<Channel> = c
+            .members
+            .iter()
+            .map(|m| channel(&m.grpc))
+            .collect::<Result<_, _>>()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::<Instant>::new()));
+        let writer = rt.spawn(write_loop(chans, stop.clone(), acks.clone(), round));
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Instant::now();
+        c.kill9(leader);
+        let deadline = killed + Duration::from_secs(30);
+        let first = loop {
+            let after = acks
+                .lock()
+                .ok()
+                .and_then(|a| a.iter().find(|t| **t > killed).copied());
+            if let Some(t) = after {
+                break t.duration_since(killed);
+            }
+            if Instant::now() > deadline {
+                return Err(fail(
+                    "no write was acknowledged within 30 s of the kill",
+                    c.logs(),
+                    "",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        stop.store(true, Ordering::SeqCst);
+        let _ = rt.block_on(writer);
+        times.push(first.as_secs_f64() * 1000.0);
+        c.spawn(leader, false)
+            .map_err(|e| fail("cannot restart the killed member", e, ""))?;
+        leader = c
+            .wait_leader(Duration::from_secs(20))
+            .map_err(|e| fail("no leader after restart", e, ""))?;
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mut metrics = BTreeMap::new();
+    for (i, t) in times.iter().enumerate() {
+        metrics.insert(format!("round{}_ms", i + 1), *t);
+    }
+    metrics.insert("median_ms".into(), sorted[sorted.len() / 2]);
+    metrics.insert("max_ms".into(), sorted[sorted.len() - 1]);
+    Ok(Report {
+        scenario: "failover".into(),
+        metrics,
+    })
+}
+
+async fn write_loop(
+    chans: Vec<Channel>,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Instant>>>,
+    round: usize,
+) {
+    let mut cur = 0;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let mut req = authed(pb::RegisterNodeRequest {
+            idempotency_key: format!("failover-{round}-{seq}"),
+            name: format!("f{round}-{seq}"),
+            capacity: Some(pb::Resources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_millis(1500));
+        match NodesClient::new(chans[cur].clone()).register(req).await {
+            Ok(_) => {
+                if let Ok(mut a) = acks.lock() {
+                    a.push(Instant::now());
+                }
+                seq += 1;
+            }
+            Err(_) => {
+                cur = (cur + 1) % chans.len();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! A cluster of real `charter server` processes on 127.0.0.1, each with its
+//! own sled directory under one temporary directory. Used by the end-to-end
+//! tests and by `charter bench`; both pass the `charter` binary to run.
+//!
+//! Limitations: free ports are found by binding port 0 and closing it, so
+//! another process could take one in between (the start then fails clearly).
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The admin token every harness cluster accepts (principal `root`).
+pub const TOKEN: &str = "test-admin-token-0001";
+/// A non-admin token (principal `ann`).
+pub const USER_TOKEN: &str = "test-user-token-0002";
+/// Another non-admin token (principal `bob`).
+pub const OTHER_TOKEN: &str = "test-user-token-0003";
+
+/// What can go wrong driving the harness.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// `n` free loopback ports.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let mut ls = Vec::new();
+    for _ in 0..n {
+        ls.push(
+            TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| format!("cannot bind a free port: {e}"))?,
+        );
+    }
+    ls.iter()
+        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// One member process.
+pub struct Member {
+    /// Raft id.
+    pub id: u64,
+    /// gRPC address.
+    pub grpc: String,
+    /// HTTP address.
+    pub http: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+    /// The process, while it runs.
+    pub child: Option<Child>,
+    /// Extra `charter server` flags.
+    pub extra: Vec<String>,
+}
+
+/// A cluster of member processes.
+pub struct Cluster {
+    /// The `charter` binary.
+    pub bin: PathBuf,
+    /// Holds every member's data and logs; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The members, by index (member id = index + 1).
+    pub members: Vec<Member>,
+    /// The token file all members use.
+    pub token_file: PathBuf,
+    /// The `--peers` value.
+    pub peers: String,
+}
+
+impl Cluster {
+    /// Starts `n` members of a fresh cluster with extra server flags.
+    pub fn start(bin: &Path, n: usize, extra: &[&str]) -> Result<Cluster> {
+        let dir =
+            tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+        let token_file = dir.path().join("tokens");
+        std::fs::write(
+            &token_file,
+            format!("{TOKEN} root admin\n{USER_TOKEN} ann\n{OTHER_TOKEN} bob\n"),
+        )
+        .map_err(|e| format!("cannot write the token file: {e}"))?;
+        let ports = free_ports(2 * n)?;
+        let mut members = Vec::new();
+        for i in 0..n {
+            let id = i as u64 + 1;
+            members.push(Member {
+                id,
+                grpc: format!("127.0.0.1:{}", ports[2 * i]),
+                http: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                data: dir.path().join(format!("m{id}")),
+                log: dir.path().join(format!("m{id}.log")),
+                child: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        let peers = members
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            bin: bin.to_path_buf(),
+            dir,
+            members,
+            token_file,
+            peers,
+        };
+        for i in 0..n {
+            c.spawn(i, false)?;
+        }
+        Ok(c)
+    }
+
+    /// Starts member `i` (again), from its data directory.
+    pub fn spawn(&mut self, i: usize, join: bool) -> Result<()> {
+        let m = &self.members[i];
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&m.log)
+                .map_err(|e| format!("cannot open {}: {e}", m.log.display()))
+        };
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["server", "--id", &m.id.to_string()])
+            .arg("--data")
+            .arg(&m.data)
+            .args([
+                "--listen",
+                &m.grpc,
+                "--http",
+                &m.http,
+                "--peers",
+                &self.peers,
+            ])
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .args(&m.extra)
+            .env("RUST_LOG", "info,raft=warn")
+            .stdin(Stdio::null())
+            .stdout(open()?)
+            .stderr(open()?);
+        if join {
+            cmd.arg("--join");
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Adds a member started with `--join` (not yet in the cluster); returns its index.
+    pub fn add_joiner(&mut self, extra: &[&str]) -> Result<usize> {
+        let ports = free_ports(2)?;
+        let id = self.members.len() as u64 + 1;
+        let m = Member {
+            id,
+            grpc: format!("127.0.0.1:{}", ports[0]),
+            http: format!("127.0.0.1:{}", ports[1]),
+            data: self.dir.path().join(format!("m{id}")),
+            log: self.dir.path().join(format!("m{id}.log")),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        self.peers.push_str(&format!(",{id}={}", m.grpc));
+        self.members.push(m);
+        let i = self.members.len() - 1;
+        self.spawn(i, true)?;
+        Ok(i)
+    }
+
+    /// SIGKILLs member `i` and reaps it.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs member `i` and waits up to 10 s; returns its exit code.
+    pub fn stop(&mut self, i: usize) -> Result<Option<i32>> {
+        let Some(mut c) = self.members[i].child.take() else {
+            return Ok(None);
+        };
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = c.try_wait().map_err(|e| e.to_string())? {
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return Err(format!(
+                    "member {} did not stop within 10 s of SIGTERM",
+                    i + 1
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether member `i` has a running process.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// All member gRPC addresses, comma-separated (for `--server`).
+    pub fn servers(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.grpc.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs the CLI against `servers` with `token`, isolated from the user's home.
+    pub fn cli_as(&self, servers: &str, token: &str, args: &[&str]) -> Result<Output> {
+        Command::new(&self.bin)
+            .args(["--server", servers, "--token", token])
+            .args(args)
+            .env("CHARTER_HOME", self.dir.path().join("cli-home"))
+            .env_remove("CHARTER_TOKEN")
+            .env_remove("CHARTER_SERVER")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))
+    }
+
+    /// `cluster status --json --stale` of member `i`, if it answers.
+    pub fn status(&self, i: usize) -> Option<Value> {
+        let out = self
+            .cli_as(
+                &self.members[i].grpc,
+                TOKEN,
+                &["cluster", "status", "--stale", "--json"],
+            )
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until every running member names the same running leader; returns its index.
+    pub fn wait_leader(&self, within: Duration) -> Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            let mut all = true;
+            for i in (0..self.members.len()).filter(|i| self.is_running(*i)) {
+                match self.status(i).and_then(|s| s["leader_id"].as_u64()) {
+                    Some(l) => leaders.push(l),
+                    None => all = false,
+                }
+            }
+            if all && !leaders.is_empty() && leaders.iter().all(|l| *l == leaders[0]) {
+                let idx = (leaders[0] - 1) as usize;
+                if idx < self.members.len() && self.is_running(idx) {
+                    return Ok(idx);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no agreed leader within {within:?}; logs:\n{}",
+                    self.logs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until member `i` has applied at least `index`.
+    pub fn wait_applied(&self, i: usize, index: u64, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.status(i)
+                && s["applied_index"].as_u64().unwrap_or(0) >= index
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "member {} did not apply {index} within {within:?}; logs:\n{}",
+                    i + 1,
+                    self.logs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for m in &self.members {
+            let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            s.push_str(&format!("--- member {} ---\n", m.id));
+            for l in tail.into_iter().rev() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

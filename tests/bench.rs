@@ -1,0 +1,73 @@
+//! `charter bench` runs every scenario once with tiny sizes, so the harness
+//! cannot rot. No speed is asserted: benchmarks are not tests.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+
+#[test]
+fn every_scenario_runs_once_and_reports_json() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--json",
+            "--scenario",
+            "all",
+            "--duration",
+            "200ms",
+            "--nodes",
+            "5",
+            "--rounds",
+            "1",
+            "--placement-nodes",
+            "50",
+        ])
+        .env(
+            "CHARTER_HOME",
+            std::env::temp_dir().join("charter-tests-no-home"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let v = json_ok(&out);
+    let reports = v.as_array().unwrap();
+    let names: Vec<&str> = reports
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["grant", "placement", "failover"]);
+    let grant = &reports[0]["metrics"];
+    for k in [
+        "leader_c1_grants_per_s",
+        "follower_c64_p99_ms",
+        "leader_c16_p999_ms",
+    ] {
+        assert!(grant[k].as_f64().is_some(), "grant lacks {k}: {grant}");
+    }
+    assert!(
+        grant["leader_c1_grants_per_s"].as_f64().unwrap() > 0.0,
+        "no grant succeeded: {grant}"
+    );
+    assert!(
+        reports[1]["metrics"]["n50_us_per_decision"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(reports[2]["metrics"]["round1_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn unknown_scenarios_are_refused() {
+    let out = Command::new(BIN)
+        .args(["bench", "--scenario", "warp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown scenario `warp`"),
+        "{}",
+        stderr(&out)
+    );
+}
