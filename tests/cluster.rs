@@ -301,3 +301,72 @@ fn members_are_added_and_removed_while_writes_continue() {
         "{ids:?}"
     );
 }
+
+#[test]
+fn without_a_quorum_writes_and_reads_fail_with_a_retryable_error() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION);
+    register(&c, leader, "before");
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != survivor {
+            c.kill9(i);
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _ctx = rt.enter();
+    let ch = Endpoint::from_shared(format!("http://{}", c.members[survivor].grpc))
+        .unwrap()
+        .connect_lazy();
+    let started = Instant::now();
+    let err = rt.block_on(async {
+        let mut req = tonic::Request::new(pb::RegisterNodeRequest {
+            idempotency_key: "nq".into(),
+            name: "no-quorum".into(),
+            capacity: Some(pb::Resources {
+                cpu_millis: 1000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        req.set_timeout(Duration::from_secs(20));
+        NodesClient::new(ch.clone())
+            .register(req)
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("retry"),
+        "the error says to retry: {}",
+        err.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answered in bounded time"
+    );
+    // A linearizable read cannot be served either; a stale one can.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--server",
+            &c.members[survivor].grpc,
+            "--token",
+            TOKEN,
+            "node",
+            "list",
+            "--json",
+        ])
+        .env("CHARTER_RETRY_FOR", "1s")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("code Unavailable"),
+        "{}",
+        stderr(&out)
+    );
+    let stale = json_ok(&c.cli_on(survivor, &["node", "list", "--json", "--stale"]));
+    assert_eq!(node_names(&stale), vec!["before".to_string()]);
+}

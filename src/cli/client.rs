@@ -11,8 +11,16 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-/// How long a call keeps retrying through elections and restarts.
+/// How long a call keeps retrying through elections and restarts, unless
+/// `CHARTER_RETRY_FOR` (a duration like `5s`) says otherwise.
 pub const RETRY_FOR: Duration = Duration::from_secs(15);
+
+fn retry_for() -> Duration {
+    std::env::var("CHARTER_RETRY_FOR")
+        .ok()
+        .and_then(|v| charter_config::units::parse_duration(&v).ok())
+        .map_or(RETRY_FOR, Duration::from_millis)
+}
 
 /// Flags every command shares.
 #[derive(Clone, Debug)]
@@ -125,7 +133,7 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + retry_for();
         let mut i = 0usize;
         loop {
             let idx = i % self.channels.len();
