@@ -6,7 +6,7 @@ use crate::state::{Outcome, Proposal, State};
 use crate::storage::LogStore;
 use crate::transport::{Report, Transport};
 use crate::{Error, Result};
-use ::raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use ::raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
 use ::raft::{Config, RawNode, ReadOnlyOption, ReadState, SnapshotStatus, StateRole};
 use protobuf::Message as _;
 use std::collections::{BTreeMap, HashMap};
@@ -80,6 +80,17 @@ pub enum Input {
     },
     /// Delivery feedback from the transport.
     Report(Report),
+    /// A snapshot of the state at `index`, serialised off the raft thread.
+    SnapshotData {
+        /// The applied index the state was taken at.
+        index: u64,
+        /// The conf state at that index.
+        conf_state: ConfState,
+        /// The serialised state.
+        data: Vec<u8>,
+    },
+    /// Writing a snapshot's data failed: fatal for the member.
+    SnapshotFailed(Error),
     /// Stop after this turn.
     Shutdown,
 }
@@ -95,6 +106,8 @@ enum Waiter {
 pub struct Driver<S: LogStore, T: Transport> {
     raw: RawNode<S>,
     transport: T,
+    /// Our own inbox's sender: snapshot threads report back through it.
+    tx: Sender<Input>,
     rx: Receiver<Input>,
     state: Arc<RwLock<State>>,
     status: Arc<Mutex<Status>>,
@@ -109,6 +122,10 @@ pub struct Driver<S: LogStore, T: Transport> {
     reads_ready: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
     applied: u64,
     snapshot_index: u64,
+    /// A snapshot is being serialised in the background.
+    snapshotting: bool,
+    /// A fatal error met while handling input; ends the thread at the turn's end.
+    fatal: Option<Error>,
     was_leader: bool,
     stop: bool,
 }
@@ -224,7 +241,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         }));
         let handle = MemberHandle {
             id: cfg.id,
-            tx,
+            tx: tx.clone(),
             state: state.clone(),
             status: status.clone(),
             clock: clock.clone(),
@@ -232,6 +249,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let driver = Driver {
             raw,
             transport,
+            tx,
             rx,
             state,
             status,
@@ -246,6 +264,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             reads_ready: Vec::new(),
             applied,
             snapshot_index,
+            snapshotting: false,
+            fatal: None,
             was_leader: false,
             stop: false,
         };
@@ -298,10 +318,14 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 Err(_) => break,
             }
         }
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
+        }
         self.flush_proposals();
         self.flush_reads();
         self.on_ready()?;
-        self.maybe_compact()
+        self.maybe_compact();
+        Ok(())
     }
 
     fn next_ctx(&mut self) -> Vec<u8> {
@@ -341,6 +365,29 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                     SnapshotStatus::Failure
                 };
                 self.raw.report_snapshot(id, s);
+            }
+            Input::SnapshotData {
+                index,
+                conf_state,
+                data,
+            } => {
+                self.snapshotting = false;
+                match self.raw.mut_store().compact_to(index, &conf_state, data) {
+                    Ok(true) => {
+                        self.snapshot_index = self.snapshot_index.max(index);
+                        tracing::debug!(
+                            member = self.cfg.id,
+                            index,
+                            "compacted the log into a snapshot"
+                        );
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.fatal = Some(e),
+                }
+            }
+            Input::SnapshotFailed(e) => {
+                self.snapshotting = false;
+                self.fatal = Some(e);
             }
             Input::Shutdown => self.stop = true,
         }
@@ -609,25 +656,48 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         Ok(())
     }
 
-    fn maybe_compact(&mut self) -> Result<()> {
+    /// Starts a snapshot when enough entries were applied since the last one
+    /// or raft asked for a fresh one. The state is cloned here (a consistent
+    /// cut at `applied`) and serialised on another thread, so a large state
+    /// does not stall raft; the driver compacts when the bytes come back.
+    fn maybe_compact(&mut self) {
         let wanted = self.raw.mut_store().take_snapshot_request();
         let due = self.applied >= self.snapshot_index + self.cfg.snapshot_entries.max(1);
-        if !(due || wanted) || self.applied <= self.snapshot_index {
-            return Ok(());
+        if self.snapshotting || !(due || wanted) || self.applied <= self.snapshot_index {
+            return;
         }
-        let data = match self.state.read() {
-            Ok(g) => g.to_bytes(),
-            Err(p) => p.into_inner().to_bytes(),
+        let state = match self.state.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         };
         let index = self.applied;
-        self.raw.mut_store().compact_to(index, data)?;
-        self.snapshot_index = index;
-        tracing::debug!(
-            member = self.cfg.id,
-            index,
-            "compacted the log into a snapshot"
-        );
-        Ok(())
+        let conf_state = self.raw.store().conf_state();
+        let writer = self.raw.store().snapshot_writer();
+        let tx = self.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("snapshot-{}", self.cfg.id))
+            .spawn(move || {
+                let data = state.to_bytes();
+                match writer(index, &data) {
+                    // The driver may have stopped meanwhile; then nobody needs it.
+                    Ok(()) => {
+                        let _ = tx.send(Input::SnapshotData {
+                            index,
+                            conf_state,
+                            data,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Input::SnapshotFailed(e));
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => self.snapshotting = true,
+            Err(e) => {
+                tracing::warn!(member = self.cfg.id, error = %e, "cannot start a snapshot thread; will retry")
+            }
+        }
     }
 
     /// Publishes status, answers reads that are now applied, and fails

@@ -11,6 +11,10 @@
 //! `apply` is deterministic: no clock, no randomness, no IO. Time comes in the
 //! proposal (`at`, stamped by the leader) and state time is `max(previous, at)`.
 //!
+//! The large collections are persistent maps (`imbl`): cloning the state for
+//! a snapshot is O(1) and shares structure, so the raft thread never stalls
+//! copying it.
+//!
 //! Limitations: placement runs inside `apply` (so it is trivially consistent);
 //! with very large fleets the leader should place with an overlay of its
 //! in-flight grants and `apply` only re-check. Ended leases and idempotency
@@ -22,8 +26,9 @@ mod types;
 
 pub use types::*;
 
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Milliseconds since the Unix epoch, UTC. All state time is in this unit.
 pub type Millis = i64;
@@ -140,17 +145,17 @@ pub struct State {
     /// State time: the largest `at` applied so far.
     pub time: Millis,
     /// Nodes by name.
-    pub nodes: BTreeMap<String, Node>,
+    pub nodes: OrdMap<String, Node>,
     /// Leases by id, live and ended.
-    pub leases: BTreeMap<u64, Lease>,
+    pub leases: OrdMap<u64, Lease>,
     /// Granted leases ordered by expiry: `(expires_at, id)`.
-    pub expiries: BTreeSet<(Millis, u64)>,
+    pub expiries: OrdSet<(Millis, u64)>,
     /// The id the next lease gets.
     pub next_lease_id: u64,
     /// The last fencing token handed out; the next grant gets a larger one.
     pub fencing_token: u64,
     /// First outcomes by `principal/key`.
-    pub applied_keys: BTreeMap<String, Outcome>,
+    pub applied_keys: OrdMap<String, Outcome>,
     /// Raft members and their peer addresses, changed by conf-change entries.
     pub members: BTreeMap<u64, String>,
 }

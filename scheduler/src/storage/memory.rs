@@ -1,7 +1,7 @@
 //! [`LogStore`] in memory, on raft-rs's `MemStorage`. For unit tests and the
 //! simulation; `sync` is a no-op.
 
-use super::{LogStore, StoreResult};
+use super::{LogStore, SnapshotWriter, StoreResult};
 use crate::Error;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
@@ -83,19 +83,27 @@ impl LogStore for MemStore {
         self.snapshot = Some(snap.clone());
         Ok(())
     }
-    fn compact_to(&mut self, index: u64, data: Vec<u8>) -> StoreResult<()> {
+    fn compact_to(&mut self, index: u64, cs: &ConfState, data: Vec<u8>) -> StoreResult<bool> {
+        let first = raft::Storage::first_index(&self.inner).map_err(err)?;
+        let last = raft::Storage::last_index(&self.inner).map_err(err)?;
+        if index < first || index > last {
+            return Ok(false);
+        }
         let term = raft::Storage::term(&self.inner, index).map_err(err)?;
-        let cs = raft::Storage::initial_state(&self.inner)
-            .map_err(err)?
-            .conf_state;
         let mut snap = Snapshot::default();
         snap.set_data(data.into());
         let m = snap.mut_metadata();
         m.index = index;
         m.term = term;
-        m.set_conf_state(cs);
+        m.set_conf_state(cs.clone());
         self.snapshot = Some(snap);
-        self.inner.wl().compact(index + 1).map_err(err)
+        self.inner.wl().compact(index + 1).map_err(err)?;
+        Ok(true)
+    }
+    fn conf_state(&self) -> ConfState {
+        raft::Storage::initial_state(&self.inner)
+            .map(|s| s.conf_state)
+            .unwrap_or_default()
     }
     fn sync(&mut self) -> StoreResult<()> {
         Ok(())
@@ -105,6 +113,9 @@ impl LogStore for MemStore {
     }
     fn hard_state(&self) -> HardState {
         self.inner.rl().hard_state().clone()
+    }
+    fn snapshot_writer(&self) -> SnapshotWriter {
+        std::sync::Arc::new(|_, _| Ok(()))
     }
     fn take_snapshot_request(&mut self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::SeqCst)

@@ -13,7 +13,11 @@ mod memory;
 mod sled_store;
 
 pub use memory::MemStore;
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, SnapshotData};
+
+/// Writes a snapshot's data durably (from any thread) before the driver
+/// records it with [`LogStore::compact_to`].
+pub type SnapshotWriter = std::sync::Arc<dyn Fn(u64, &[u8]) -> StoreResult<()> + Send + Sync>;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
@@ -32,8 +36,15 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn set_conf_state(&mut self, cs: &ConfState) -> StoreResult<()>;
     /// Replaces the log with a snapshot received from the leader.
     fn apply_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()>;
-    /// Stores a snapshot of the state at `index` (already applied) and drops the log before it.
-    fn compact_to(&mut self, index: u64, data: Vec<u8>) -> StoreResult<()>;
+    /// Records a snapshot of the state at `index` (already applied), whose
+    /// conf state was `cs`, and drops the log up to it. `data` must already
+    /// have gone through [`LogStore::snapshot_writer`]. Returns false (and
+    /// changes nothing) when `index` is no longer in the log.
+    fn compact_to(&mut self, index: u64, cs: &ConfState, data: Vec<u8>) -> StoreResult<bool>;
+    /// The conf state as stored (that of the last applied conf change).
+    fn conf_state(&self) -> ConfState;
+    /// A handle that writes snapshot data durably from another thread.
+    fn snapshot_writer(&self) -> SnapshotWriter;
     /// Makes every write so far durable.
     fn sync(&mut self) -> StoreResult<()>;
     /// The newest snapshot, if any (its data is the state at its index).

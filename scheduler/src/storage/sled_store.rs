@@ -1,21 +1,25 @@
 //! [`LogStore`] on sled. Layout: tree `raft_log` maps the big-endian index to
 //! `term (8 bytes BE) ++ encoded Entry`, so `term()` needs no decode; tree
 //! `raft_meta` holds `hard_state`, `conf_state` and `snapshot` (encoded
-//! protobuf). The whole store is mirrored in small in-memory fields except the
-//! entries themselves.
+//! protobuf, the snapshot's metadata only). Snapshot data lives in a second
+//! sled database, `snapshots/` beside the first, keyed by index: a large
+//! state is written and fsynced there by a background thread, so the raft
+//! thread's own fsyncs never wait for it. The newest two snapshots are kept,
+//! so a crash between writing a snapshot and recording it loses nothing.
 //!
 //! Durability: sled 0.34's `flush()` writes its buffers and calls
 //! `sync_file_range`, which neither flushes the drive cache nor file metadata.
 //! [`SledStore::sync`] therefore follows it with `fsync` on the database file
 //! (through a second descriptor; fsync acts on the inode).
 
-use super::{LogStore, StoreResult};
+use super::{LogStore, SnapshotWriter, StoreResult};
 use crate::Error;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const HARD_STATE: &[u8] = b"hard_state";
@@ -43,6 +47,65 @@ pub struct SledStore {
     last: u64,
     /// Set when raft asked for a snapshot that the stored one cannot serve.
     snapshot_wanted: AtomicBool,
+    /// Where snapshot data is written (shared with background writers).
+    sink: SnapshotData,
+}
+
+/// The snapshot-data database: thread-safe, so a background thread can
+/// write a snapshot while the raft thread goes on.
+#[derive(Clone)]
+pub struct SnapshotData {
+    db: sled::Db,
+    file: Arc<File>,
+    dir: PathBuf,
+}
+
+impl SnapshotData {
+    fn open(dir: &Path) -> StoreResult<SnapshotData> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| st(dir, "cannot open the snapshot database", e))?;
+        let file = File::open(dir.join("db"))
+            .map_err(|e| st(dir, "cannot open the snapshot file for fsync", e))?;
+        Ok(SnapshotData {
+            db,
+            file: Arc::new(file),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Writes the data of the snapshot at `index` and makes it durable.
+    pub fn write(&self, index: u64, data: &[u8]) -> StoreResult<()> {
+        self.db
+            .insert(index.to_be_bytes(), data)
+            .map_err(|e| st(&self.dir, "cannot write snapshot data", e))?;
+        self.db
+            .flush()
+            .map_err(|e| st(&self.dir, "cannot flush snapshot data", e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| st(&self.dir, "cannot fsync snapshot data", e))
+    }
+
+    fn read(&self, index: u64) -> StoreResult<Option<sled::IVec>> {
+        self.db
+            .get(index.to_be_bytes())
+            .map_err(|e| st(&self.dir, "cannot read snapshot data", e))
+    }
+
+    /// Drops snapshot data older than `keep_from` (not synced: losing the
+    /// removal in a crash only leaves garbage behind).
+    fn prune(&self, keep_from: u64) -> StoreResult<()> {
+        for kv in self.db.range(..keep_from.to_be_bytes()) {
+            let (k, _) = kv.map_err(|e| st(&self.dir, "cannot read snapshot data", e))?;
+            self.db
+                .remove(k)
+                .map_err(|e| st(&self.dir, "cannot prune snapshot data", e))?;
+        }
+        Ok(())
+    }
 }
 
 fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -84,10 +147,21 @@ impl SledStore {
             conf_state =
                 ConfState::parse_from_bytes(&b).map_err(|e| st(dir, "corrupt conf state", e))?;
         }
+        let sink = SnapshotData::open(&dir.join("snapshots"))?;
         let mut snapshot = None;
         if let Some(b) = decode(SNAPSHOT)? {
-            snapshot =
-                Some(Snapshot::parse_from_bytes(&b).map_err(|e| st(dir, "corrupt snapshot", e))?);
+            let mut snap =
+                Snapshot::parse_from_bytes(&b).map_err(|e| st(dir, "corrupt snapshot", e))?;
+            let index = snap.get_metadata().index;
+            let data = sink.read(index)?.ok_or_else(|| {
+                st(
+                    dir,
+                    "corrupt snapshot",
+                    format!("the data of the snapshot at index {index} is missing"),
+                )
+            })?;
+            snap.set_data(data.to_vec().into());
+            snapshot = Some(snap);
         }
         let snap_index = snapshot.as_ref().map_or(0, |s| s.get_metadata().index);
         let index_of = |k: &[u8]| -> StoreResult<u64> {
@@ -121,6 +195,7 @@ impl SledStore {
             first,
             last,
             snapshot_wanted: AtomicBool::new(false),
+            sink,
         })
     }
 
@@ -136,6 +211,19 @@ impl SledStore {
         self.meta
             .insert(key, b)
             .map_err(|e| st(&self.dir, "cannot write raft metadata", e))?;
+        Ok(())
+    }
+
+    /// Records `snap` (whose data is already in the sink) as the newest
+    /// snapshot, keeping the previous one's data until the next.
+    fn record_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
+        let mut meta_only = snap.clone();
+        meta_only.set_data(Default::default());
+        self.put_meta(SNAPSHOT, &meta_only)?;
+        if let Some(prev) = &self.snapshot {
+            self.sink.prune(prev.get_metadata().index)?;
+        }
+        self.snapshot = Some(snap.clone());
         Ok(())
     }
 
@@ -284,9 +372,9 @@ impl LogStore for SledStore {
 
     fn apply_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
         let meta = snap.get_metadata();
+        self.sink.write(meta.index, &snap.data)?;
+        self.record_snapshot(snap)?;
         self.remove_range(self.first, self.last)?;
-        self.put_meta(SNAPSHOT, snap)?;
-        self.snapshot = Some(snap.clone());
         self.first = meta.index + 1;
         self.last = meta.index;
         let mut hs = self.hard_state.clone();
@@ -296,9 +384,9 @@ impl LogStore for SledStore {
         self.set_conf_state(meta.get_conf_state())
     }
 
-    fn compact_to(&mut self, index: u64, data: Vec<u8>) -> StoreResult<()> {
+    fn compact_to(&mut self, index: u64, cs: &ConfState, data: Vec<u8>) -> StoreResult<bool> {
         if index < self.first || index > self.last {
-            return Ok(());
+            return Ok(false);
         }
         let term = raft::Storage::term(self, index)
             .map_err(|e| st(&self.dir, "cannot read the term to snapshot at", e))?;
@@ -307,13 +395,22 @@ impl LogStore for SledStore {
         let m = snap.mut_metadata();
         m.index = index;
         m.term = term;
-        m.set_conf_state(self.conf_state.clone());
-        // Write the snapshot before dropping the entries it replaces.
-        self.put_meta(SNAPSHOT, &snap)?;
-        self.snapshot = Some(snap);
+        m.set_conf_state(cs.clone());
+        // The data is durable already (written by the caller through the
+        // sink); record the snapshot before dropping the entries it replaces.
+        self.record_snapshot(&snap)?;
         self.remove_range(self.first, index)?;
         self.first = index + 1;
-        Ok(())
+        Ok(true)
+    }
+
+    fn conf_state(&self) -> ConfState {
+        self.conf_state.clone()
+    }
+
+    fn snapshot_writer(&self) -> SnapshotWriter {
+        let sink = self.sink.clone();
+        Arc::new(move |index, data| sink.write(index, data))
     }
 
     fn sync(&mut self) -> StoreResult<()> {

@@ -72,7 +72,12 @@ fn compaction_keeps_a_snapshot_and_drops_the_prefix() {
             ..Default::default()
         };
         s.set_conf_state(&cs).unwrap();
-        s.compact_to(7, b"state@7".to_vec()).unwrap();
+        (s.snapshot_writer())(7, b"state@7").unwrap();
+        assert!(s.compact_to(7, &cs, b"state@7".to_vec()).unwrap());
+        assert!(
+            !s.compact_to(3, &cs, b"gone".to_vec()).unwrap(),
+            "below the log"
+        );
         s.sync().unwrap();
         assert_eq!(s.first_index().unwrap(), 8);
         assert!(matches!(
@@ -99,7 +104,8 @@ fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew() {
         ..Default::default()
     };
     s.set_conf_state(&cs).unwrap();
-    s.compact_to(3, b"old".to_vec()).unwrap();
+    (s.snapshot_writer())(3, b"old").unwrap();
+    s.compact_to(3, &cs, b"old".to_vec()).unwrap();
     assert!(!s.take_snapshot_request());
     // Member 4 joined after that snapshot: it would refuse it.
     assert!(matches!(
@@ -111,8 +117,8 @@ fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew() {
     assert!(s.take_snapshot_request());
     assert!(!s.take_snapshot_request(), "the request is taken once");
     cs.voters.push(4);
-    s.set_conf_state(&cs).unwrap();
-    s.compact_to(5, b"new".to_vec()).unwrap();
+    (s.snapshot_writer())(5, b"new").unwrap();
+    s.compact_to(5, &cs, b"new".to_vec()).unwrap();
     assert_eq!(&s.snapshot(0, 4).unwrap().data[..], b"new");
 }
 
@@ -144,4 +150,29 @@ fn a_directory_that_is_a_file_is_a_clear_error() {
         .err()
         .expect("opening a file as a data dir fails");
     assert!(err.to_string().contains("data"), "{err}");
+}
+
+#[test]
+fn a_snapshot_whose_data_vanished_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = SledStore::open(dir.path()).unwrap();
+        let es: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
+        s.append(&es).unwrap();
+        let cs = ConfState {
+            voters: vec![1],
+            ..Default::default()
+        };
+        // Recorded without its data going through the writer first.
+        s.compact_to(4, &cs, b"lost".to_vec()).unwrap();
+        s.sync().unwrap();
+    }
+    let err = SledStore::open(dir.path())
+        .err()
+        .expect("missing data is refused");
+    assert!(
+        err.to_string()
+            .contains("the data of the snapshot at index 4 is missing"),
+        "{err}"
+    );
 }
