@@ -9,6 +9,7 @@
 //! - [`controller`]: leader-only loops (lease expiry).
 //! - [`server`]: wires a member together from flags.
 //! - [`clock`]: the `Clock` trait; the only place that reads the wall clock.
+//! - [`sim`]: a deterministic simulation of a whole cluster with invariants.
 
 pub mod clock;
 pub mod controller;
@@ -18,6 +19,7 @@ pub mod placement;
 pub mod raft_driver;
 pub mod server;
 pub mod service;
+pub mod sim;
 pub mod state;
 pub mod storage;
 pub mod transport;

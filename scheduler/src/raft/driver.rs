@@ -35,6 +35,12 @@ pub struct MemberConfig {
     pub peers: BTreeMap<u64, String>,
     /// Start empty and wait to be added, instead of bootstrapping from `peers`.
     pub join: bool,
+    /// Serialise snapshots on a background thread (off for deterministic simulation).
+    pub background_snapshots: bool,
+    /// Election timeout spread: raft-rs picks a timeout in
+    /// `[election_tick, election_tick + spread)` with its own RNG; a spread of
+    /// 1 makes it deterministic (for simulation).
+    pub election_spread: usize,
 }
 
 impl MemberConfig {
@@ -49,6 +55,8 @@ impl MemberConfig {
             snapshot_entries: 10_000,
             peers,
             join: false,
+            background_snapshots: true,
+            election_spread: 10,
         }
     }
 }
@@ -98,8 +106,21 @@ pub enum Input {
 type MembersReply = oneshot::Sender<Result<BTreeMap<u64, String>>>;
 
 enum Waiter {
-    Batch(Vec<oneshot::Sender<Result<Outcome>>>),
+    /// Clients of one proposed entry, with a digest of the entry's data: an
+    /// entry from another proposer that happens to carry the same context is
+    /// never mistaken for ours.
+    Batch(u64, Vec<oneshot::Sender<Result<Outcome>>>),
     Conf(MembersReply),
+}
+
+/// FNV-1a of an entry's data.
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
 }
 
 /// The member: raft, storage, transport and the state machine, on one thread.
@@ -223,6 +244,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             read_only_option: ReadOnlyOption::Safe,
+            min_election_tick: cfg.election_tick,
+            max_election_tick: cfg.election_tick + cfg.election_spread.max(1),
             ..Config::default()
         };
         rcfg.validate()?;
@@ -284,8 +307,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.raw.tick();
-                self.gc_reads();
+                self.tick();
                 next_tick += self.cfg.tick;
                 if next_tick < now {
                     next_tick = now + self.cfg.tick;
@@ -308,6 +330,22 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         // Best effort: make what was written durable before the thread ends.
         let _ = self.raw.mut_store().sync();
         result
+    }
+
+    /// One raft tick (elections, heartbeats), and cleanup of abandoned reads.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.gc_reads();
+    }
+
+    /// This member's applied index.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The raft storage (read-only).
+    pub fn store(&self) -> &S {
+        self.raw.store()
     }
 
     /// One step after input arrived: drain the inbox, propose, read, process the Ready.
@@ -475,9 +513,10 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             }
         };
         let ctx = self.next_ctx();
+        let sum = digest(&data);
         match self.raw.propose(ctx.clone(), data) {
             Ok(()) => {
-                self.waiters.insert(ctx, Waiter::Batch(replies));
+                self.waiters.insert(ctx, Waiter::Batch(sum, replies));
             }
             Err(_) => {
                 for r in replies {
@@ -613,9 +652,16 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             };
             props.iter().map(|p| st.apply(p)).collect()
         };
-        if let Some(Waiter::Batch(replies)) = self.waiters.remove(&e.context[..]) {
-            for (r, o) in replies.into_iter().zip(outcomes) {
-                let _ = r.send(Ok(o));
+        if let Some(Waiter::Batch(sum, replies)) = self.waiters.remove(&e.context[..]) {
+            if sum == digest(&e.data) && replies.len() == outcomes.len() {
+                for (r, o) in replies.into_iter().zip(outcomes) {
+                    let _ = r.send(Ok(o));
+                }
+            } else {
+                // Not our entry: ours was lost; the clients retry with their keys.
+                for r in replies {
+                    let _ = r.send(Err(Error::LeaderChanged));
+                }
             }
         }
         Ok(())
@@ -674,6 +720,20 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let conf_state = self.raw.store().conf_state();
         let writer = self.raw.store().snapshot_writer();
         let tx = self.tx.clone();
+        if !self.cfg.background_snapshots {
+            let data = state.to_bytes();
+            let input = match writer(index, &data) {
+                Ok(()) => Input::SnapshotData {
+                    index,
+                    conf_state,
+                    data,
+                },
+                Err(e) => Input::SnapshotFailed(e),
+            };
+            self.snapshotting = true;
+            self.handle(input);
+            return;
+        }
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-{}", self.cfg.id))
             .spawn(move || {
@@ -745,7 +805,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     fn fail_all(&mut self, err: impl Fn() -> Error) {
         for (_, w) in self.waiters.drain() {
             match w {
-                Waiter::Batch(rs) => {
+                Waiter::Batch(_, rs) => {
                     for r in rs {
                         let _ = r.send(Err(err()));
                     }

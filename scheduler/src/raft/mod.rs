@@ -135,6 +135,11 @@ impl MemberHandle {
         self.tx.send(i).map_err(|_| Error::Stopped)
     }
 
+    /// Hands any input to the driver (used by simulation).
+    pub fn send_input(&self, i: Input) -> Result<()> {
+        self.send(i)
+    }
+
     /// Hands a raft message from a peer to the driver.
     pub fn step(&self, m: ::raft::eraftpb::Message) -> Result<()> {
         self.send(Input::Raft(m))

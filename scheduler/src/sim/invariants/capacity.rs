@@ -1,0 +1,53 @@
+//! No node's granted resources exceed its capacity, and a node's allocation
+//! is exactly the sum of its granted leases.
+
+use super::MemberView;
+use crate::state::{LeaseState, Resources};
+
+/// Fails on an over-committed node or an allocation that does not add up.
+pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
+    for v in views {
+        for n in v.state.nodes.values() {
+            let mut sum = Resources::default();
+            for id in &n.leases {
+                match v.state.leases.get(id) {
+                    Some(l) if l.state == LeaseState::Granted && l.node == n.name => {
+                        sum = sum.plus(&l.resources)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "member {}: node {} lists lease {id}, which is not granted on it",
+                            v.id, n.name
+                        ));
+                    }
+                }
+            }
+            if sum != n.allocated {
+                return Err(format!(
+                    "member {}: node {} allocation {:?} != leases {:?}",
+                    v.id, n.name, n.allocated, sum
+                ));
+            }
+            // A re-registration may shrink a node under its leases; new grants never overshoot.
+        }
+        for l in v
+            .state
+            .leases
+            .values()
+            .filter(|l| l.state == LeaseState::Granted)
+        {
+            let on = v
+                .state
+                .nodes
+                .get(&l.node)
+                .is_some_and(|n| n.leases.contains(&l.id));
+            if !on {
+                return Err(format!(
+                    "member {}: granted lease {} is not on node {}",
+                    v.id, l.id, l.node
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! Invariants the simulation checks after every step, one per file.
+
+pub mod acknowledged;
+pub mod capacity;
+pub mod committed_entries;
+pub mod equal_state;
+pub mod fencing;
+pub mod one_leader_per_term;
+
+use super::store::SimStore;
+use crate::raft_driver::Role;
+use crate::state::State;
+use std::collections::BTreeMap;
+
+/// What one running member looks like after a step.
+pub struct MemberView<'a> {
+    /// Member id.
+    pub id: u64,
+    /// Its role.
+    pub role: Role,
+    /// Its term.
+    pub term: u64,
+    /// Its commit index.
+    pub commit: u64,
+    /// Its applied index.
+    pub applied: u64,
+    /// Its state (a cheap persistent clone).
+    pub state: State,
+    /// Its raft storage.
+    pub store: &'a SimStore,
+}
+
+/// What the invariants remember across steps.
+#[derive(Default)]
+pub struct History {
+    /// The leader seen in each term.
+    pub leaders: BTreeMap<u64, u64>,
+    /// `(term, data hash)` of every committed index seen.
+    pub committed: BTreeMap<u64, (u64, u64)>,
+    /// Hash of the state at each applied index.
+    pub states: BTreeMap<u64, u64>,
+    /// Per member: the applied index last hashed and the commit index last checked.
+    pub checked: BTreeMap<u64, (u64, u64)>,
+}
+
+/// Runs every per-step invariant.
+pub fn check_all(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String> {
+    one_leader_per_term::check(h, views)?;
+    committed_entries::check(h, views)?;
+    capacity::check(views)?;
+    fencing::check(views)?;
+    equal_state::check(h, views)?;
+    Ok(())
+}
+
+/// A stable hash of bytes (FNV-1a), the same in every run.
+pub fn hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

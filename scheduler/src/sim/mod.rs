@@ -1,0 +1,559 @@
+//! Deterministic simulation of a whole cluster in one thread: raft drivers,
+//! storage that loses unsynced writes, the state machine and the expiry
+//! controller's logic, over a faulty in-memory network, with virtual time
+//! and one seeded RNG. After every step the invariants in [`invariants`] are
+//! checked; a run ends with a liveness phase that heals everything and
+//! requires the cluster to converge and serve.
+//!
+//! A failing seed reproduces exactly: the driver's own randomness is pinned
+//! (`election_spread = 1`, per-member election timeouts instead), snapshots
+//! are taken inline, and nothing reads the wall clock.
+//!
+//! Limitations: no membership changes and no Hydra ticks yet; a step is one
+//! raft tick (10 virtual ms) for every member at once.
+
+pub mod invariants;
+pub mod net;
+pub mod store;
+
+use crate::clock::{Clock, ManualClock};
+use crate::raft_driver::{Driver, Input, MemberConfig, MemberHandle, Role};
+use crate::state::{Command, LeaseSpec, Outcome, Proposal, Resources};
+use crate::transport::Report;
+use crate::{Error, Result};
+use invariants::{History, MemberView};
+use net::{Envelope, Net, SimTransport};
+use raft::eraftpb::MessageType;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use store::{Durable, SimStore};
+use tokio::sync::oneshot;
+
+/// How a simulation runs.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed; the same seed gives the same run.
+    pub seed: u64,
+    /// Cluster size (3 or 5).
+    pub members: usize,
+    /// Steps of the fault phase.
+    pub steps: u64,
+    /// Most steps the liveness phase may take.
+    pub liveness_steps: u64,
+}
+
+impl SimConfig {
+    /// Defaults for `seed`.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            members: if seed.is_multiple_of(4) { 5 } else { 3 },
+            steps: 600,
+            liveness_steps: 3000,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// Faults injected (drops, duplicates, delays, partitions, crashes, clock steps).
+    pub faults: u64,
+    /// Requests acknowledged to clients.
+    pub acknowledged: usize,
+    /// Highest term reached.
+    pub max_term: u64,
+    /// Steps the liveness phase needed.
+    pub liveness_steps: u64,
+}
+
+type Reply = oneshot::Receiver<Result<Outcome>>;
+
+struct Member {
+    id: u64,
+    cfg: MemberConfig,
+    durable: Arc<Mutex<Durable>>,
+    clock: Arc<ManualClock>,
+    node: Option<(Driver<SimStore, SimTransport>, MemberHandle)>,
+}
+
+struct Request {
+    key: String,
+    cmd: Command,
+    reply: Option<Reply>,
+    retry_at: u64,
+}
+
+/// A simulated cluster.
+pub struct Sim {
+    cfg: SimConfig,
+    rng: StdRng,
+    net: Arc<Mutex<Net>>,
+    members: Vec<Member>,
+    step: u64,
+    history: History,
+    requests: Vec<Request>,
+    acked: BTreeMap<String, Outcome>,
+    next_key: u64,
+    report: SimReport,
+    /// Message fault rates for this run (per mille).
+    drop_pm: u32,
+    dup_pm: u32,
+    delay_pm: u32,
+}
+
+const EPOCH: i64 = 1_800_000_000_000;
+
+impl Sim {
+    /// A fresh cluster for `cfg`.
+    pub fn new(cfg: SimConfig) -> Result<Sim> {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let net = Arc::new(Mutex::new(Net::default()));
+        let peers: BTreeMap<u64, String> = (1..=cfg.members as u64)
+            .map(|id| (id, format!("sim-{id}")))
+            .collect();
+        let mut members = Vec::new();
+        for id in 1..=cfg.members as u64 {
+            let mut mc = MemberConfig::new(id, peers.clone());
+            // Distinct, fixed election timeouts stand in for raft-rs's RNG.
+            mc.election_tick = 10 + 4 * (id as usize - 1);
+            mc.election_spread = 1;
+            mc.heartbeat_tick = 2;
+            mc.snapshot_entries = rng.random_range(20..80);
+            mc.background_snapshots = false;
+            members.push(Member {
+                id,
+                cfg: mc,
+                durable: Arc::new(Mutex::new(Durable::default())),
+                clock: Arc::new(ManualClock::new(EPOCH)),
+                node: None,
+            });
+        }
+        let mut sim = Sim {
+            drop_pm: rng.random_range(0..100),
+            dup_pm: rng.random_range(0..50),
+            delay_pm: rng.random_range(0..200),
+            cfg,
+            rng,
+            net,
+            members,
+            step: 0,
+            history: History::default(),
+            requests: Vec::new(),
+            acked: BTreeMap::new(),
+            next_key: 0,
+            report: SimReport::default(),
+        };
+        for i in 0..sim.members.len() {
+            sim.start(i)?;
+        }
+        Ok(sim)
+    }
+
+    fn start(&mut self, i: usize) -> Result<()> {
+        let m = &mut self.members[i];
+        let store = SimStore::recover(m.durable.clone())?;
+        let transport = SimTransport {
+            from: m.id,
+            net: self.net.clone(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let clock: Arc<dyn Clock> = m.clock.clone();
+        let (driver, handle) = Driver::new(
+            m.cfg.clone(),
+            store,
+            transport,
+            clock,
+            tx,
+            rx,
+            self.cfg.seed ^ m.id,
+        )?;
+        m.node = Some((driver, handle));
+        Ok(())
+    }
+
+    fn up(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|i| self.members[*i].node.is_some())
+            .collect()
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.up().into_iter().find(|i| {
+            self.members[*i]
+                .node
+                .as_ref()
+                .is_some_and(|(_, h)| h.status().role == Role::Leader)
+        })
+    }
+
+    fn inject_fault(&mut self) {
+        let n = self.members.len();
+        match self.rng.random_range(0..100) {
+            0..=2 => {
+                let i = self.rng.random_range(0..n);
+                let id = self.members[i].id;
+                let ids = self.ids();
+                if let Ok(mut net) = self.net.lock() {
+                    net.isolate(id, &ids);
+                }
+                self.report.faults += 1;
+            }
+            3..=4 => {
+                // A one-way cut: `a` can no longer reach `b`.
+                let a = self.rng.random_range(1..=n as u64);
+                let b = self.rng.random_range(1..=n as u64);
+                if a != b
+                    && let Ok(mut net) = self.net.lock()
+                {
+                    net.blocked.insert((a, b));
+                    self.report.faults += 1;
+                }
+            }
+            5..=8 => {
+                if let Ok(mut net) = self.net.lock() {
+                    net.blocked.clear();
+                }
+            }
+            9..=10 => {
+                // Crash: whatever was not synced is lost with the process.
+                let up = self.up();
+                if up.len() > 1 {
+                    let i = up[self.rng.random_range(0..up.len())];
+                    self.members[i].node = None;
+                    self.report.faults += 1;
+                }
+            }
+            11..=14 => {
+                let down: Vec<usize> = (0..n).filter(|i| self.members[*i].node.is_none()).collect();
+                if let Some(&i) = down.first() {
+                    // Restart failures surface as a failed run below.
+                    let _ = self.start(i);
+                }
+            }
+            15 => {
+                let i = self.rng.random_range(0..n);
+                let jump = self.rng.random_range(-5_000..5_000);
+                self.members[i].clock.advance(jump);
+                self.report.faults += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn new_request(&mut self) {
+        let key = format!("k{}", self.next_key);
+        self.next_key += 1;
+        let cmd = match self.rng.random_range(0..10) {
+            0..=2 => Command::RegisterNode {
+                name: format!("n{}", self.rng.random_range(0..4)),
+                capacity: Resources {
+                    cpu_millis: self.rng.random_range(1..5) * 1000,
+                    memory_bytes: 8 << 30,
+                    ..Resources::default()
+                },
+                labels: Default::default(),
+                pool: "sim".into(),
+                cost_per_hour: 1.0,
+            },
+            3..=7 => Command::RequestLease(LeaseSpec {
+                resources: Resources {
+                    cpu_millis: self.rng.random_range(1..8) * 250,
+                    ..Resources::default()
+                },
+                constraints: vec![],
+                duration_ms: self.rng.random_range(50..3000),
+                reason: "sim".into(),
+            }),
+            _ => Command::ReleaseLease {
+                id: self.rng.random_range(1..(self.next_key / 2).max(2)),
+            },
+        };
+        self.requests.push(Request {
+            key,
+            cmd,
+            reply: None,
+            retry_at: self.step,
+        });
+    }
+
+    fn send_requests(&mut self) {
+        let leader = self.leader();
+        for r in &mut self.requests {
+            if r.reply.is_some() || r.retry_at > self.step {
+                continue;
+            }
+            // Mostly to the leader, sometimes to whoever (and get NotLeader).
+            let target = match leader {
+                Some(l) if self.rng.random_range(0..10) < 9 => Some(l),
+                _ => {
+                    let up: Vec<usize> = (0..self.members.len())
+                        .filter(|i| self.members[*i].node.is_some())
+                        .collect();
+                    (!up.is_empty()).then(|| up[self.rng.random_range(0..up.len())])
+                }
+            };
+            let Some(t) = target else { continue };
+            let Some((_, h)) = &self.members[t].node else {
+                continue;
+            };
+            let (reply, rx) = oneshot::channel();
+            let p = Proposal {
+                at: 0,
+                principal: "sim".into(),
+                admin: true,
+                key: Some(r.key.clone()),
+                cmd: r.cmd.clone(),
+            };
+            if h.send_input(Input::Propose { proposal: p, reply }).is_ok() {
+                r.reply = Some(rx);
+            }
+        }
+    }
+
+    fn collect_replies(&mut self) {
+        let step = self.step;
+        let mut done = Vec::new();
+        for (i, r) in self.requests.iter_mut().enumerate() {
+            let Some(rx) = &mut r.reply else { continue };
+            match rx.try_recv() {
+                Ok(Ok(outcome)) => {
+                    self.acked.insert(r.key.clone(), outcome);
+                    done.push(i);
+                }
+                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {
+                    // Retryable (not leader, leader changed, crashed): same key later.
+                    r.reply = None;
+                    r.retry_at = step + 5;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        for i in done.into_iter().rev() {
+            self.requests.swap_remove(i);
+        }
+    }
+
+    fn propose_expiries(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let now = self.members[l].clock.now();
+        let Some((_, h)) = &self.members[l].node else {
+            return;
+        };
+        let due = h.read(|s| s.due_expiries(now, 100));
+        if due.is_empty() {
+            return;
+        }
+        let (reply, _rx) = oneshot::channel();
+        let p = Proposal {
+            at: now,
+            principal: "charter:expiry".into(),
+            admin: true,
+            key: None,
+            cmd: Command::ExpireLeases { ids: due },
+        };
+        let _ = h.send_input(Input::Propose { proposal: p, reply });
+    }
+
+    fn deliver(&mut self, faults: bool) {
+        let mut net = match self.net.lock() {
+            Ok(n) => n,
+            Err(p) => p.into_inner(),
+        };
+        net.now = self.step;
+        let now = self.step;
+        let mut due = Vec::new();
+        let mut later = Vec::new();
+        for e in net.in_flight.drain(..) {
+            if e.at <= now {
+                due.push(e);
+            } else {
+                later.push(e);
+            }
+        }
+        net.in_flight = later;
+        // Reorder what is due, then drop, delay or duplicate some of it.
+        for i in (1..due.len()).rev() {
+            if faults {
+                let j = self.rng.random_range(0..=i);
+                due.swap(i, j);
+            }
+        }
+        let mut deliver = Vec::new();
+        let mut lost = Vec::new();
+        for e in due {
+            if net.is_blocked(e.from, e.to) {
+                lost.push(e);
+                continue;
+            }
+            if faults {
+                let r = self.rng.random_range(0..1000);
+                if r < self.drop_pm {
+                    self.report.faults += 1;
+                    lost.push(e);
+                    continue;
+                }
+                if r < self.drop_pm + self.delay_pm {
+                    let mut e = e;
+                    e.at = now + self.rng.random_range(1..20);
+                    net.in_flight.push(e);
+                    self.report.faults += 1;
+                    continue;
+                }
+                if r < self.drop_pm + self.delay_pm + self.dup_pm {
+                    let mut d = e.clone();
+                    d.at = now + self.rng.random_range(1..10);
+                    net.in_flight.push(d);
+                    self.report.faults += 1;
+                }
+            }
+            deliver.push(e);
+        }
+        drop(net);
+        // Like the gRPC transport, tell the sender how a snapshot fared.
+        let report = |members: &[Member], e: &Envelope, ok: bool| {
+            if e.msg.get_msg_type() == MessageType::MsgSnapshot
+                && let Some((_, h)) = members
+                    .iter()
+                    .find(|m| m.id == e.from)
+                    .and_then(|m| m.node.as_ref())
+            {
+                let _ = h.send_input(Input::Report(Report::Snapshot(e.to, ok)));
+            }
+        };
+        for e in &lost {
+            report(&self.members, e, false);
+        }
+        for e in deliver {
+            let target = self
+                .members
+                .iter()
+                .find(|m| m.id == e.to)
+                .and_then(|m| m.node.as_ref());
+            match target {
+                Some((_, h)) => {
+                    report(&self.members, &e, true);
+                    let _ = h.step(e.msg);
+                }
+                None => report(&self.members, &e, false),
+            }
+        }
+    }
+
+    /// One step: time passes, faults, client traffic, delivery, ticks, Ready.
+    fn run_step(&mut self, faults: bool) -> std::result::Result<(), String> {
+        self.step += 1;
+        for m in &self.members {
+            m.clock.advance(10);
+        }
+        if faults {
+            self.inject_fault();
+        }
+        if self.rng.random_range(0..3) == 0 {
+            self.new_request();
+        }
+        self.send_requests();
+        if self.step.is_multiple_of(5) {
+            self.propose_expiries();
+        }
+        self.deliver(faults);
+        for m in &mut self.members {
+            if let Some((d, _)) = &mut m.node {
+                d.tick();
+                d.turn()
+                    .map_err(|e| format!("member {} failed: {e}", m.id))?;
+            }
+        }
+        self.collect_replies();
+        let views = views(&self.members);
+        for v in &views {
+            self.report.max_term = self.report.max_term.max(v.term);
+        }
+        let step = self.step;
+        invariants::check_all(&mut self.history, &views).map_err(|e| format!("step {step}: {e}"))
+    }
+
+    fn views(&self) -> Vec<MemberView<'_>> {
+        views(&self.members)
+    }
+
+    /// Runs the fault phase, then heals and requires liveness.
+    pub fn run(mut self) -> std::result::Result<SimReport, String> {
+        for _ in 0..self.cfg.steps {
+            self.run_step(true)?;
+        }
+        // Liveness: heal the network, restart everyone, let requests finish.
+        if let Ok(mut net) = self.net.lock() {
+            net.blocked.clear();
+        }
+        for i in 0..self.members.len() {
+            if self.members[i].node.is_none() {
+                self.start(i)
+                    .map_err(|e| format!("restart of member {} failed: {e}", i + 1))?;
+            }
+        }
+        let healed_at = self.step;
+        loop {
+            self.run_step(false)?;
+            let quiet = self.requests.is_empty();
+            let views = self.views();
+            let converged = !views.is_empty()
+                && views.len() == self.members.len()
+                && views
+                    .iter()
+                    .all(|v| v.applied == views[0].applied && v.applied == v.commit)
+                && views.iter().any(|v| v.role == Role::Leader);
+            if quiet && converged && self.step - healed_at > 20 {
+                break;
+            }
+            if self.step - healed_at > self.cfg.liveness_steps {
+                return Err(format!(
+                    "no convergence {} steps after healing: {} requests pending, applied {:?}",
+                    self.cfg.liveness_steps,
+                    self.requests.len(),
+                    views
+                        .iter()
+                        .map(|v| (v.id, v.role.as_str(), v.applied, v.commit))
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        self.report.liveness_steps = self.step - healed_at;
+        invariants::acknowledged::check(&self.acked, &self.views())?;
+        self.report.acknowledged = self.acked.len();
+        Ok(self.report)
+    }
+}
+
+fn views(members: &[Member]) -> Vec<MemberView<'_>> {
+    members
+        .iter()
+        .filter_map(|m| {
+            let (d, h) = m.node.as_ref()?;
+            let st = h.status();
+            Some(MemberView {
+                id: m.id,
+                role: st.role,
+                term: st.term,
+                commit: st.commit,
+                applied: d.applied(),
+                state: h.read(|s| s.clone()),
+                store: d.store(),
+            })
+        })
+        .collect()
+}
+
+/// Runs one seed; on failure the error names the command that replays it.
+pub fn run_seed(seed: u64) -> std::result::Result<SimReport, String> {
+    let sim = Sim::new(SimConfig::new(seed)).map_err(|e: Error| e.to_string())?;
+    sim.run().map_err(|e| {
+        format!("seed {seed} failed: {e}\nreplay: CHARTER_SIM_SEED={seed} cargo test -p charter-scheduler --test sim -- --nocapture")
+    })
+}
