@@ -112,34 +112,64 @@ async fn write_stream(
     }
 }
 
+/// A background stream of node registrations through every member.
+struct Writer {
+    rt: tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(c: &Cluster) -> Writer {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let addrs: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
+        let task = rt.spawn(write_stream(addrs, stop.clone(), acked.clone()));
+        Writer {
+            rt,
+            stop,
+            acked,
+            task,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` writes in all were acknowledged.
+    fn wait_for(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "writes stalled at {}",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops writing; returns every acknowledged write.
+    fn finish(self) -> Vec<(String, Instant)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.rt.block_on(self.task).unwrap();
+        self.acked.lock().unwrap().clone()
+    }
+}
+
 #[test]
 fn kill_9_of_the_leader_under_writes_loses_nothing_acknowledged() {
     let mut c = Cluster::start(3, &[]);
     let leader = c.wait_leader(ELECTION);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let addrs: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
-    let task = rt.spawn(write_stream(addrs, stop.clone(), acked.clone()));
-    let wait_acks = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while acked.lock().unwrap().len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "writes stalled at {}",
-                acked.lock().unwrap().len()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_acks(30);
+    let w = Writer::start(&c);
+    w.wait_for(30, Duration::from_secs(30));
     let killed_at = Instant::now();
     c.kill9(leader);
-    let before = acked.lock().unwrap().len();
-    wait_acks(before + 30);
-    stop.store(true, Ordering::SeqCst);
-    rt.block_on(task).unwrap();
-    let acks = acked.lock().unwrap().clone();
+    w.wait_for(w.count() + 30, Duration::from_secs(30));
+    let acks = w.finish();
     let first_after = acks
         .iter()
         .find(|(_, t)| *t > killed_at)
@@ -247,11 +277,7 @@ fn a_member_down_during_compaction_catches_up_through_a_snapshot() {
 fn members_are_added_and_removed_while_writes_continue() {
     let mut c = Cluster::start(3, &[]);
     let leader = c.wait_leader(ELECTION);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let addrs: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
-    let task = rt.spawn(write_stream(addrs, stop.clone(), acked.clone()));
+    let w = Writer::start(&c);
 
     let four = c.add_joiner(&[]);
     let addr4 = c.members[four].grpc.clone();
@@ -273,20 +299,12 @@ fn members_are_added_and_removed_while_writes_continue() {
     assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
     c.stop(gone);
 
-    let n = acked.lock().unwrap().len();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked.lock().unwrap().len() < n + 20 {
-        assert!(
-            Instant::now() < deadline,
-            "writes stopped after the membership changes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::SeqCst);
-    rt.block_on(task).unwrap();
+    // Writes go on after both membership changes.
+    w.wait_for(w.count() + 20, Duration::from_secs(20));
+    let acks = w.finish();
     // The new member serves linearizable reads with every acknowledged write.
     let names = node_names(&json_ok(&c.cli_on(four, &["node", "list", "--json"])));
-    for (name, _) in acked.lock().unwrap().iter() {
+    for (name, _) in &acks {
         assert!(names.contains(name), "member 4 lacks acknowledged {name}");
     }
     let s = c.status(four).unwrap();

@@ -6,7 +6,7 @@
 //!   once, since `expires_at` is absolute and in the log.
 
 use crate::raft_driver::MemberHandle;
-use crate::state::{Applied, Command, Proposal};
+use crate::state::{Applied, Command, Millis, Proposal, State};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -14,6 +14,19 @@ use tokio::sync::watch;
 pub const EXPIRY_PERIOD: Duration = Duration::from_millis(20);
 /// The most leases one expiry proposal ends.
 const EXPIRY_BATCH: usize = 1000;
+
+/// The proposal that expires every lease due at `now` (up to a batch), if any.
+/// Pure: the expiry loop and the simulation both use it.
+pub fn expiry_proposal(state: &State, now: Millis) -> Option<Proposal> {
+    let due = state.due_expiries(now, EXPIRY_BATCH);
+    (!due.is_empty()).then(|| Proposal {
+        at: now,
+        principal: "charter:expiry".into(),
+        admin: true,
+        key: None,
+        cmd: Command::ExpireLeases { ids: due },
+    })
+}
 
 /// Runs the expiry loop until `stop` turns true.
 pub async fn expiry(member: MemberHandle, mut stop: watch::Receiver<bool>) {
@@ -28,16 +41,8 @@ pub async fn expiry(member: MemberHandle, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let now = member.clock().now();
-        let due = member.read(|s| s.due_expiries(now, EXPIRY_BATCH));
-        if due.is_empty() {
+        let Some(p) = member.read(|s| expiry_proposal(s, now)) else {
             continue;
-        }
-        let p = Proposal {
-            at: now,
-            principal: "charter:expiry".into(),
-            admin: true,
-            key: None,
-            cmd: Command::ExpireLeases { ids: due },
         };
         match member.propose(p).await {
             Ok(Ok(Applied::Expired { ids })) => {

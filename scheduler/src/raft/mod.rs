@@ -175,3 +175,6 @@ impl MemberHandle {
         let _ = self.tx.send(Input::Shutdown);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -346,19 +346,11 @@ impl Sim {
         let Some((_, h)) = &self.members[l].node else {
             return;
         };
-        let due = h.read(|s| s.due_expiries(now, 100));
-        if due.is_empty() {
+        let Some(proposal) = h.read(|s| crate::controller::expiry_proposal(s, now)) else {
             return;
-        }
-        let (reply, _rx) = oneshot::channel();
-        let p = Proposal {
-            at: now,
-            principal: "charter:expiry".into(),
-            admin: true,
-            key: None,
-            cmd: Command::ExpireLeases { ids: due },
         };
-        let _ = h.send_input(Input::Propose { proposal: p, reply });
+        let (reply, _rx) = oneshot::channel();
+        let _ = h.send_input(Input::Propose { proposal, reply });
     }
 
     fn deliver(&mut self, faults: bool) {

@@ -1,0 +1,156 @@
+//! Driver tests on one member with in-memory parts.
+
+use super::{Driver, Input, MemberConfig, Role};
+use crate::Error;
+use crate::clock::{Clock, ManualClock};
+use crate::state::{Applied, Command, Proposal, Resources};
+use crate::storage::{LogStore, MemStore, SnapshotWriter, StoreResult};
+use crate::transport::Transport;
+use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::oneshot;
+
+struct NoNet;
+
+impl Transport for NoNet {
+    fn send(&mut self, _: Vec<Message>) {}
+    fn set_peer(&mut self, _: u64, _: &str) {}
+    fn remove_peer(&mut self, _: u64) {}
+}
+
+/// A store whose fsync starts failing when told to.
+struct FailingStore {
+    inner: MemStore,
+    fail: Arc<AtomicBool>,
+}
+
+impl Storage for FailingStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.inner.initial_state()
+    }
+    fn entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        max: impl Into<Option<u64>>,
+        c: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.inner.entries(lo, hi, max, c)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.inner.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.inner.last_index()
+    }
+    fn snapshot(&self, i: u64, to: u64) -> raft::Result<Snapshot> {
+        self.inner.snapshot(i, to)
+    }
+}
+
+impl LogStore for FailingStore {
+    fn append(&mut self, e: &[Entry]) -> StoreResult<()> {
+        self.inner.append(e)
+    }
+    fn set_hard_state(&mut self, hs: &HardState) -> StoreResult<()> {
+        self.inner.set_hard_state(hs)
+    }
+    fn set_commit(&mut self, c: u64) -> StoreResult<()> {
+        self.inner.set_commit(c)
+    }
+    fn set_conf_state(&mut self, cs: &ConfState) -> StoreResult<()> {
+        self.inner.set_conf_state(cs)
+    }
+    fn apply_snapshot(&mut self, s: &Snapshot) -> StoreResult<()> {
+        self.inner.apply_snapshot(s)
+    }
+    fn compact_to(&mut self, i: u64, cs: &ConfState, d: Vec<u8>) -> StoreResult<bool> {
+        self.inner.compact_to(i, cs, d)
+    }
+    fn sync(&mut self) -> StoreResult<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Error::Storage("injected: fsync failed (EIO)".into()));
+        }
+        self.inner.sync()
+    }
+    fn latest_snapshot(&self) -> Option<&Snapshot> {
+        self.inner.latest_snapshot()
+    }
+    fn hard_state(&self) -> HardState {
+        self.inner.hard_state()
+    }
+    fn take_snapshot_request(&mut self) -> bool {
+        self.inner.take_snapshot_request()
+    }
+    fn conf_state(&self) -> ConfState {
+        self.inner.conf_state()
+    }
+    fn snapshot_writer(&self) -> SnapshotWriter {
+        self.inner.snapshot_writer()
+    }
+}
+
+fn register(name: &str) -> Proposal {
+    Proposal {
+        at: 0,
+        principal: "root".into(),
+        admin: true,
+        key: Some(name.into()),
+        cmd: Command::RegisterNode {
+            name: name.into(),
+            capacity: Resources {
+                cpu_millis: 1000,
+                ..Resources::default()
+            },
+            labels: Default::default(),
+            pool: "p".into(),
+            cost_per_hour: 0.0,
+        },
+    }
+}
+
+#[test]
+fn a_failed_fsync_stops_the_member_and_answers_nobody() {
+    let fail = Arc::new(AtomicBool::new(false));
+    let store = FailingStore {
+        inner: MemStore::new(),
+        fail: fail.clone(),
+    };
+    let cfg = MemberConfig::new(1, [(1, "m1".to_string())].into());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000));
+    let (mut d, h) = Driver::new(cfg, store, NoNet, clock, tx, rx, 7).unwrap();
+    // Campaign and win alone.
+    for _ in 0..30 {
+        d.tick();
+        d.turn().unwrap();
+    }
+    assert_eq!(h.status().role, Role::Leader);
+    let (reply, mut ok_rx) = oneshot::channel();
+    h.send_input(Input::Propose {
+        proposal: register("a"),
+        reply,
+    })
+    .unwrap();
+    d.turn().unwrap();
+    assert!(matches!(ok_rx.try_recv(), Ok(Ok(Ok(Applied::Node(_))))));
+
+    fail.store(true, Ordering::SeqCst);
+    let (reply, mut lost_rx) = oneshot::channel();
+    h.send_input(Input::Propose {
+        proposal: register("b"),
+        reply,
+    })
+    .unwrap();
+    let err = d.turn().unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    assert!(err.to_string().contains("fsync failed"), "{err}");
+    // The write that could not be made durable was never acknowledged.
+    assert!(lost_rx.try_recv().is_err());
+    assert!(h.read(|s| !s.nodes.contains_key("b")));
+}
