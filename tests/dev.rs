@@ -1,0 +1,85 @@
+//! `charter dev`: one command, a default data directory it prints, a dev
+//! token the CLI finds without being told, and a clean stop on SIGINT.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn dev_runs_with_a_token_the_cli_finds_and_stops_on_sigint() {
+    let home = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let listen = format!("127.0.0.1:{}", ports[0]);
+    let http = format!("127.0.0.1:{}", ports[1]);
+    let child = Command::new(BIN)
+        .args(["dev", "--listen", &listen, "--http", &http])
+        .env("CHARTER_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The CLI, given neither --token nor CHARTER_TOKEN, uses the dev token.
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--server", &listen])
+            .args(args)
+            .env("CHARTER_HOME", home.path())
+            .env_remove("CHARTER_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli(&["cluster", "status", "--json"]);
+        if out.status.success() {
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if s["role"] == "leader" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev never became leader: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    json_ok(&cli(&[
+        "node", "register", "laptop", "--cpu", "2", "--mem", "4GiB", "--json",
+    ]));
+    let l = json_ok(&cli(&[
+        "lease", "request", "--cpu", "1", "--for", "10m", "--json",
+    ]));
+    assert_eq!(l["node"], "laptop");
+    // A wrong token is still refused: the dev token is only a default.
+    let out = Command::new(BIN)
+        .args([
+            "--server",
+            &listen,
+            "--token",
+            "wrong-token-123",
+            "node",
+            "list",
+        ])
+        .env("CHARTER_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        home.path().join("dev").join("raft").is_dir(),
+        "data in the default directory"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("data in {}", home.path().join("dev").display())),
+        "prints its data directory:\n{err}"
+    );
+}
