@@ -53,7 +53,7 @@ fn dev_runs_with_a_token_the_cli_finds_and_stops_on_sigint() {
     let l = json_ok(&cli(&[
         "lease", "request", "--cpu", "1", "--for", "10m", "--json",
     ]));
-    assert_eq!(l["node"], "laptop");
+    assert_eq!(l["nodes"], serde_json::json!(["laptop"]));
     // A wrong token is still refused: the dev token is only a default.
     let out = Command::new(BIN)
         .args([

@@ -1,14 +1,22 @@
 //! A lease request as a file (`charter lease request -f lease.toml`):
 //!
 //! ```toml
-//! cpu = 4                 # cores, or "500m"
+//! cpu = 4                 # cores per node, or "500m"
 //! mem = "8GiB"
 //! gpu = 1
-//! labels = { gpu = "a100" }
+//! labels = { gpu = "a100" }             # exact labels
+//! constraints = ["zone in (a,b)", "cuda>=12.0", "!spot"]
+//! count = 2               # nodes, all or none
 //! for = "2h"
+//! max_total = "8h"        # renewals up to this long after the grant
+//! wait = "30m"            # how long it may queue
+//! priority = 10
+//! max_cost = 2.5          # per node per hour
+//! prefer = "cheapest"     # binpack | spread | cheapest
 //! reason = "training run"
 //! ```
 
+use crate::constraint::Constraint;
 use crate::reader::Fields;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -16,18 +24,32 @@ use std::collections::BTreeMap;
 /// A validated lease request.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct LeaseConfig {
-    /// CPU in millicores.
+    /// CPU in millicores, per node.
     pub cpu_millis: u64,
-    /// Memory in bytes.
+    /// Memory in bytes, per node.
     pub memory_bytes: u64,
-    /// Disk in bytes.
+    /// Disk in bytes, per node.
     pub disk_bytes: u64,
-    /// Whole GPUs.
+    /// Whole GPUs, per node.
     pub gpus: u32,
-    /// Labels the node must have, exactly.
+    /// Labels the nodes must have, exactly.
     pub labels: BTreeMap<String, String>,
+    /// Further constraints, as written.
+    pub constraints: Vec<String>,
+    /// Nodes, all or none (0 = 1).
+    pub count: u32,
     /// How long, in ms.
     pub duration_ms: u64,
+    /// Renewals up to this long after the grant, in ms (0 = the duration).
+    pub max_total_ms: u64,
+    /// How long it may wait in the queue, in ms.
+    pub wait_ms: u64,
+    /// Queue priority; higher first.
+    pub priority: i32,
+    /// Price limit per node per hour.
+    pub max_cost: Option<f64>,
+    /// binpack, spread or cheapest (empty = binpack).
+    pub prefer: String,
     /// Why.
     pub reason: String,
 }
@@ -40,7 +62,25 @@ impl LeaseConfig {
         let disk = f.size("disk");
         let gpus = f.u64("gpu");
         let labels = f.str_map("labels");
+        let constraints = f.str_list("constraints");
+        for c in &constraints {
+            if let Err(e) = Constraint::parse(c) {
+                f.error_at("constraints", e);
+            }
+        }
+        let count = f.u64("count");
         let dur = f.duration("for");
+        let max_total = f.duration("max_total").unwrap_or(0);
+        let wait = f.duration("wait").unwrap_or(0);
+        let priority = f.i64("priority").unwrap_or(0);
+        let max_cost = f.f64("max_cost");
+        let prefer = f.str("prefer").unwrap_or_default();
+        if !matches!(prefer.as_str(), "" | "binpack" | "spread" | "cheapest") {
+            f.error_at(
+                "prefer",
+                format!("expected binpack, spread or cheapest, got \"{prefer}\""),
+            );
+        }
         let reason = f.str("reason").unwrap_or_default();
         let gpus = match gpus.map(u32::try_from) {
             Some(Ok(g)) => g,
@@ -49,6 +89,21 @@ impl LeaseConfig {
                 return None;
             }
             None => 0,
+        };
+        let count = match count.map(u32::try_from) {
+            Some(Ok(c)) if c >= 1 => c,
+            Some(_) => {
+                f.error_at("count", "expected a number of nodes from 1 up");
+                return None;
+            }
+            None => 1,
+        };
+        let Ok(priority) = i32::try_from(priority) else {
+            f.error_at(
+                "priority",
+                "expected a priority between -2147483648 and 2147483647",
+            );
+            return None;
         };
         let Some(duration_ms) = dur else {
             if !f.has("for") {
@@ -60,13 +115,24 @@ impl LeaseConfig {
             f.error_at("for", "a lease must last longer than 0s");
             return None;
         }
+        if max_total != 0 && max_total < duration_ms {
+            f.error_at("max_total", "must be at least `for`");
+            return None;
+        }
         Some(LeaseConfig {
             cpu_millis: cpu.unwrap_or(0),
             memory_bytes: mem.unwrap_or(0),
             disk_bytes: disk.unwrap_or(0),
             gpus,
             labels,
+            constraints,
+            count,
             duration_ms,
+            max_total_ms: max_total,
+            wait_ms: wait,
+            priority,
+            max_cost,
+            prefer,
             reason,
         })
     }

@@ -4,6 +4,7 @@
 //! - [`units`]: durations (`30s 15m 2h 1d`), sizes (`512MiB 4GiB`), cores (`2`, `0.5`, `"500m"`).
 //! - [`reader`]: a spanned TOML reader that collects *every* error with file,
 //!   line and field, and what was expected.
+//! - [`constraint`]: label constraints (`gpu=a100`, `zone in (a,b)`, `cuda>=12`).
 //! - [`lease`], [`node`]: the config kinds of the control plane.
 //! - [`canonical`]: canonical serialisation and the sha256 content hash.
 //! - [`fingerprint`]: identities of submitted config versions from a template.
@@ -11,6 +12,7 @@
 //! [`load`] reads any Charter config and tells which kind it is.
 
 pub mod canonical;
+pub mod constraint;
 mod error;
 pub mod fingerprint;
 pub mod lease;

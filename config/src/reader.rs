@@ -190,6 +190,18 @@ impl<'c, 'a> Fields<'c, 'a> {
         }
     }
 
+    /// A whole number (may be negative).
+    pub fn i64(&self, key: &str) -> Option<i64> {
+        let v = self.value(key)?;
+        match v.as_integer() {
+            Some(i) => Some(i),
+            None => {
+                self.error_at(key, format!("expected a whole number, got {}", shown(v)));
+                None
+            }
+        }
+    }
+
     /// A non-negative number.
     pub fn f64(&self, key: &str) -> Option<f64> {
         let v = self.value(key)?;

@@ -22,7 +22,7 @@ fn diagnostics_table() {
         ),
         (
             "cpu = 1\nfor = \"1h\"\nmemory = \"1GiB\"\n",
-            "lease.toml:3: memory: unknown field; expected one of: cpu, disk, for, gpu, kind, labels, mem, reason",
+            "lease.toml:3: memory: unknown field; expected one of: constraints, count, cpu, disk, for, gpu, kind, labels, max_cost, max_total, mem, prefer, priority, reason, wait",
         ),
         (
             "cpu = 1\nfor = \"1h\"\nlabels = { gpu = 100 }\n",
@@ -89,4 +89,26 @@ fn typed_values() {
         ),
         ("n1", 16000, "gpu", 2.5)
     );
+}
+
+#[test]
+fn lease_queue_and_constraint_fields() {
+    let src = "cpu = 1\nfor = \"1h\"\nconstraints = [\"zone in (a,b)\", \"cuda>=12\"]\ncount = 2\nwait = \"10m\"\nmax_total = \"4h\"\npriority = -3\nmax_cost = 1.5\nprefer = \"spread\"\n";
+    let AnyConfig::Lease(l) = load("l.toml", src).unwrap() else {
+        panic!("not a lease")
+    };
+    assert_eq!(
+        (l.count, l.wait_ms, l.max_total_ms, l.priority),
+        (2, 600_000, 14_400_000, -3)
+    );
+    assert_eq!((l.max_cost, l.prefer.as_str()), (Some(1.5), "spread"));
+    let bad = "cpu = 1\nfor = \"2h\"\nconstraints = [\"zone in a\"]\nprefer = \"random\"\nmax_total = \"1h\"\ncount = 0\n";
+    let err = load("l.toml", bad).unwrap_err().to_string();
+    for want in [
+        "l.toml:3: constraints: constraint `zone in a`: the values of `in` go in parentheses",
+        "l.toml:4: prefer: expected binpack, spread or cheapest, got \"random\"",
+        "l.toml:6: count: expected a number of nodes from 1 up",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
 }

@@ -223,7 +223,7 @@ impl Server {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }));
-        tasks.push(tokio::spawn(controller::expiry(member.clone(), stop_rx)));
+        tasks.push(tokio::spawn(controller::ticks(member.clone(), stop_rx)));
         Ok(Server {
             member,
             listen,

@@ -244,9 +244,9 @@ async fn load(ch: Channel, clients: usize, dur: Duration) -> (u64, Vec<u64>) {
                         cpu_millis: 10,
                         ..Default::default()
                     }),
-                    constraints: vec![],
                     duration_ms: 3_600_000,
                     reason: "bench".into(),
+                    ..Default::default()
                 });
                 let t = Instant::now();
                 if LeasesClient::new(ch.clone()).request(req).await.is_ok() {
@@ -303,26 +303,16 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
                 },
             );
         }
-        let spec = LeaseSpec {
-            resources: Resources {
+        let mut spec = LeaseSpec::simple(
+            Resources {
                 cpu_millis: 2000,
                 memory_bytes: 4 << 30,
                 disk_bytes: 0,
                 gpus: 1,
             },
-            constraints: vec![
-                Constraint {
-                    key: "gpu".into(),
-                    value: "a100".into(),
-                },
-                Constraint {
-                    key: "zone".into(),
-                    value: "z0".into(),
-                },
-            ],
-            duration_ms: 1,
-            reason: String::new(),
-        };
+            1,
+        );
+        spec.constraints = vec![Constraint::eq("gpu", "a100"), Constraint::eq("zone", "z0")];
         let start = Instant::now();
         let mut decisions = 0u64;
         while start.elapsed() < dur || decisions == 0 {

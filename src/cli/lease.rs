@@ -1,50 +1,30 @@
-//! `charter lease request|list|show|release`.
+//! `charter lease request|list|show|renew|release|revoke|why`.
 
 use super::client::{Client, Global, new_key};
-use super::node::parse_labels;
 use super::output::{self, fail};
+use charter_config::constraint::Constraint;
 use charter_config::units;
 use charter_proto as pb;
 use charter_proto::leases_client::LeasesClient;
 use clap::Subcommand;
 use serde::Serialize;
+use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Lease verbs.
 #[derive(Subcommand, Debug)]
 pub enum LeaseCmd {
-    /// Ask for capacity for a time; prints the lease id, node, expiry and fencing token.
-    Request {
-        /// Cores, e.g. 4 or 0.5.
-        #[arg(long)]
-        cpu: Option<String>,
-        /// Memory, e.g. 8GiB.
-        #[arg(long)]
-        mem: Option<String>,
-        /// GPUs.
-        #[arg(long)]
-        gpu: Option<u32>,
-        /// A label the node must have, `key=value`; repeat for more.
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// How long, e.g. 30m or 2h.
-        #[arg(long = "for")]
-        duration: Option<String>,
-        /// Why (shown in listings).
-        #[arg(long, default_value = "")]
-        reason: String,
-        /// Idempotency key (default: a fresh one); the same key never grants twice.
-        #[arg(long)]
-        key: Option<String>,
-        /// Read the request from a lease.toml; flags override it.
-        #[arg(short = 'f', long = "file")]
-        file: Option<PathBuf>,
-    },
-    /// List your granted leases (admins see everyone's).
+    /// Ask for capacity for a time; prints the lease id, nodes, expiry, fencing token and cost.
+    Request(Box<RequestArgs>),
+    /// List your live leases (admins see everyone's).
     List {
         /// Include ended leases.
         #[arg(long)]
         all: bool,
+        /// Only leases in this state (pending, granted, released, expired, revoked, lost, timed_out).
+        #[arg(long)]
+        state: Option<String>,
         /// Read local state without a ReadIndex round (may be stale).
         #[arg(long)]
         stale: bool,
@@ -54,11 +34,79 @@ pub enum LeaseCmd {
         /// The lease id.
         id: u64,
     },
-    /// End a lease early.
+    /// Extend a lease to now + D, up to its max total.
+    Renew {
+        /// The lease id.
+        id: u64,
+        /// How long from now, e.g. 1h (default: the lease's own duration).
+        #[arg(long = "for")]
+        duration: Option<String>,
+    },
+    /// End a lease early, or cancel a pending request.
     Release {
         /// The lease id.
         id: u64,
     },
+    /// End anyone's lease at once (admin).
+    Revoke {
+        /// The lease id.
+        id: u64,
+    },
+    /// Explain a pending request node by node.
+    Why {
+        /// The lease id.
+        id: u64,
+    },
+}
+
+/// `charter lease request`.
+#[derive(clap::Args, Debug)]
+pub struct RequestArgs {
+    /// Cores per node, e.g. 4 or 0.5.
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory per node, e.g. 8GiB.
+    #[arg(long)]
+    mem: Option<String>,
+    /// GPUs per node.
+    #[arg(long)]
+    gpu: Option<u32>,
+    /// A label the node must have, `key=value`; repeat for more.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// A constraint: key=value, key!=value, "key in (a,b)", key, !key, key>=1.2, key<2.
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// How long, e.g. 30m or 2h.
+    #[arg(long = "for")]
+    duration: Option<String>,
+    /// Renewals may extend the lease up to this long after its grant (default: --for).
+    #[arg(long)]
+    max_total: Option<String>,
+    /// Nodes, all or none.
+    #[arg(long)]
+    count: Option<u32>,
+    /// Wait up to D in the queue, showing a live status, until granted.
+    #[arg(long)]
+    wait: Option<String>,
+    /// Queue priority; higher goes first.
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i32>,
+    /// Only nodes at or under this price per hour.
+    #[arg(long)]
+    max_cost: Option<f64>,
+    /// binpack (default), spread or cheapest.
+    #[arg(long)]
+    prefer: Option<String>,
+    /// Why (shown in listings).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Idempotency key (default: a fresh one); the same key never grants twice.
+    #[arg(long)]
+    key: Option<String>,
+    /// Read the request from a lease.toml; flags override it.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
 }
 
 /// A lease in `--json` output: a stable interface.
@@ -66,32 +114,51 @@ pub enum LeaseCmd {
 pub struct LeaseJson {
     id: u64,
     principal: String,
-    node: String,
+    nodes: Vec<String>,
     state: String,
     cpu_millis: u64,
     memory_bytes: u64,
     gpus: u32,
-    granted_at: String,
-    expires_at: String,
+    constraints: Vec<String>,
+    priority: i32,
+    requested_at: String,
+    wait_until: String,
+    granted_at: Option<String>,
+    expires_at: Option<String>,
     ended_at: Option<String>,
+    max_total_ms: u64,
     fencing_token: u64,
+    cost_per_hour: f64,
+    cost: f64,
     reason: String,
+}
+
+fn opt_time(ms: i64, present: bool) -> Option<String> {
+    present.then(|| output::time(ms))
 }
 
 fn lease_json(l: &pb::Lease) -> LeaseJson {
     let r = l.resources.unwrap_or_default();
+    let granted = l.fencing_token != 0;
     LeaseJson {
         id: l.id,
         principal: l.principal.clone(),
-        node: l.node.clone(),
+        nodes: l.nodes.clone(),
         state: l.state.clone(),
         cpu_millis: r.cpu_millis,
         memory_bytes: r.memory_bytes,
         gpus: r.gpus,
-        granted_at: output::time(l.granted_at_ms),
-        expires_at: output::time(l.expires_at_ms),
-        ended_at: (l.ended_at_ms != 0).then(|| output::time(l.ended_at_ms)),
+        constraints: l.constraints.clone(),
+        priority: l.priority,
+        requested_at: output::time(l.requested_at_ms),
+        wait_until: output::time(l.wait_until_ms),
+        granted_at: opt_time(l.granted_at_ms, granted),
+        expires_at: opt_time(l.expires_at_ms, granted),
+        ended_at: opt_time(l.ended_at_ms, l.ended_at_ms != 0),
+        max_total_ms: l.max_total_ms,
         fencing_token: l.fencing_token,
+        cost_per_hour: l.cost_per_hour,
+        cost: l.cost,
         reason: l.reason.clone(),
     }
 }
@@ -101,11 +168,20 @@ fn print_lease(g: &Global, l: &pb::Lease) -> anyhow::Result<()> {
     if g.json {
         return output::json(&j);
     }
-    println!("lease {} {} on {}", j.id, j.state, j.node);
-    println!("  expires  {}", j.expires_at);
-    println!("  fencing  {}", j.fencing_token);
+    if j.nodes.is_empty() {
+        println!("lease {} {}", j.id, j.state);
+        println!("  waits until {}", j.wait_until);
+    } else {
+        println!("lease {} {} on {}", j.id, j.state, j.nodes.join(", "));
+        println!("  expires  {}", j.expires_at.clone().unwrap_or_default());
+        println!("  fencing  {}", j.fencing_token);
+        println!(
+            "  cost     {:.4}/h ({:.4} for the lease)",
+            j.cost_per_hour, j.cost
+        );
+    }
     println!(
-        "  holds    {} cores, {}{}",
+        "  holds    {} cores, {}{} per node",
         units::format_cores(j.cpu_millis),
         units::format_size(j.memory_bytes),
         if j.gpus > 0 {
@@ -130,99 +206,174 @@ fn parse_flag<T>(flag: &str, v: &str, parse: fn(&str) -> Result<T, String>) -> a
     })
 }
 
+fn build_request(a: RequestArgs) -> anyhow::Result<pb::LeaseRequest> {
+    let mut base = match &a.file {
+        Some(f) => match charter_config::load_file(f) {
+            Ok(charter_config::AnyConfig::Lease(l)) => l,
+            Ok(other) => {
+                return Err(fail(
+                    format!(
+                        "{} is a {} config, not a lease request",
+                        f.display(),
+                        other.kind()
+                    ),
+                    "",
+                    "pass a lease.toml",
+                ));
+            }
+            Err(d) => {
+                return Err(fail(
+                    format!("{} is not a valid lease request", f.display()),
+                    d.to_string(),
+                    "fix the lines above",
+                ));
+            }
+        },
+        None => charter_config::lease::LeaseConfig::default(),
+    };
+    if let Some(v) = &a.cpu {
+        base.cpu_millis = parse_flag("--cpu", v, units::parse_cores)?;
+    }
+    if let Some(v) = &a.mem {
+        base.memory_bytes = parse_flag("--mem", v, units::parse_size)?;
+    }
+    if let Some(v) = a.gpu {
+        base.gpus = v;
+    }
+    if let Some(v) = &a.duration {
+        base.duration_ms = parse_flag("--for", v, units::parse_duration)?;
+    }
+    if let Some(v) = &a.max_total {
+        base.max_total_ms = parse_flag("--max-total", v, units::parse_duration)?;
+    }
+    if let Some(v) = &a.wait {
+        base.wait_ms = parse_flag("--wait", v, units::parse_duration)?;
+    }
+    base.labels.extend(super::node::parse_labels(&a.labels)?);
+    let mut constraints: Vec<String> = base
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    constraints.extend(base.constraints.iter().cloned());
+    for c in &a.constraints {
+        Constraint::parse(c).map_err(|e| {
+            fail(
+                format!("bad --constraint `{c}`"),
+                e,
+                "e.g. --constraint 'zone in (a,b)'",
+            )
+        })?;
+        constraints.push(c.clone());
+    }
+    if base.duration_ms == 0 {
+        return Err(fail(
+            "lease request needs a duration",
+            "no --for was given",
+            "add e.g. --for 2h",
+        ));
+    }
+    Ok(pb::LeaseRequest {
+        idempotency_key: a.key.unwrap_or_else(new_key),
+        resources: Some(pb::Resources {
+            cpu_millis: base.cpu_millis,
+            memory_bytes: base.memory_bytes,
+            disk_bytes: base.disk_bytes,
+            gpus: base.gpus,
+        }),
+        constraints,
+        duration_ms: base.duration_ms,
+        reason: a.reason.unwrap_or(base.reason),
+        count: a.count.unwrap_or(base.count),
+        max_total_ms: base.max_total_ms,
+        priority: a.priority.unwrap_or(base.priority),
+        wait_ms: base.wait_ms,
+        max_cost_per_hour: a.max_cost.or(base.max_cost),
+        prefer: a.prefer.unwrap_or(base.prefer),
+    })
+}
+
+async fn show(c: &Client, id: u64) -> anyhow::Result<pb::Lease> {
+    let r = c
+        .call("lease show", |ch| {
+            let req = c.req(pb::ShowLeaseRequest { id });
+            async move { LeasesClient::new(ch).show(req).await }
+        })
+        .await?;
+    Ok(r.lease.unwrap_or_default())
+}
+
+async fn why(c: &Client, id: u64) -> anyhow::Result<pb::WhyReply> {
+    c.call("lease why", |ch| {
+        let req = c.req(pb::ShowLeaseRequest { id });
+        async move { LeasesClient::new(ch).why(req).await }
+    })
+    .await
+}
+
+/// Waits for a pending lease, with a one-line status on stderr, until it is
+/// granted or gives up.
+async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Result<pb::Lease> {
+    let tty = !g.json;
+    while l.state == "pending" {
+        if tty {
+            let w = why(c, l.id).await.map(|w| w.summary).unwrap_or_default();
+            let mut e = std::io::stderr();
+            let _ = write!(
+                e,
+                "\r\x1b[2Klease {} pending until {}: {}",
+                l.id,
+                output::time(l.wait_until_ms),
+                w
+            );
+            let _ = e.flush();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        l = show(c, l.id).await?;
+    }
+    if tty {
+        eprintln!("\r\x1b[2Klease {} {}", l.id, l.state);
+    }
+    Ok(l)
+}
+
 /// Runs a lease verb.
 pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {
-        LeaseCmd::Request {
-            cpu,
-            mem,
-            gpu,
-            labels,
-            duration,
-            reason,
-            key,
-            file,
-        } => {
-            let mut base = match &file {
-                Some(f) => match charter_config::load_file(f) {
-                    Ok(charter_config::AnyConfig::Lease(l)) => l,
-                    Ok(other) => {
-                        return Err(fail(
-                            format!(
-                                "{} is a {} config, not a lease request",
-                                f.display(),
-                                other.kind()
-                            ),
-                            "",
-                            "pass a lease.toml",
-                        ));
-                    }
-                    Err(d) => {
-                        return Err(fail(
-                            format!("{} is not a valid lease request", f.display()),
-                            d.to_string(),
-                            "fix the lines above",
-                        ));
-                    }
-                },
-                None => charter_config::lease::LeaseConfig::default(),
-            };
-            if let Some(v) = &cpu {
-                base.cpu_millis = parse_flag("--cpu", v, units::parse_cores)?;
-            }
-            if let Some(v) = &mem {
-                base.memory_bytes = parse_flag("--mem", v, units::parse_size)?;
-            }
-            if let Some(v) = gpu {
-                base.gpus = v;
-            }
-            if let Some(v) = &duration {
-                base.duration_ms = parse_flag("--for", v, units::parse_duration)?;
-            }
-            base.labels.extend(parse_labels(&labels)?);
-            if !reason.is_empty() {
-                base.reason = reason;
-            }
-            if base.duration_ms == 0 {
-                return Err(fail(
-                    "lease request needs a duration",
-                    "no --for was given",
-                    "add e.g. --for 2h",
-                ));
-            }
-            let req = pb::LeaseRequest {
-                idempotency_key: key.unwrap_or_else(new_key),
-                resources: Some(pb::Resources {
-                    cpu_millis: base.cpu_millis,
-                    memory_bytes: base.memory_bytes,
-                    disk_bytes: base.disk_bytes,
-                    gpus: base.gpus,
-                }),
-                constraints: base
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
-                duration_ms: base.duration_ms,
-                reason: base.reason,
-            };
+        LeaseCmd::Request(a) => {
+            let req = build_request(*a)?;
             let r = c
                 .call("lease request", |ch| {
                     let req = c.req(req.clone());
                     async move { LeasesClient::new(ch).request(req).await }
                 })
                 .await?;
-            print_lease(g, &r.lease.unwrap_or_default())?;
+            let mut l = r.lease.unwrap_or_default();
+            if l.state == "pending" {
+                l = wait_for_grant(g, &c, l).await?;
+            }
+            print_lease(g, &l)?;
+            if l.state != "granted" {
+                return Ok(1);
+            }
         }
-        LeaseCmd::List { all, stale } => {
+        LeaseCmd::List { all, state, stale } => {
             let r = c
                 .call("lease list", |ch| {
-                    let req = c.req(pb::ListLeasesRequest { all, stale });
+                    let req = c.req(pb::ListLeasesRequest {
+                        all: all || state.is_some(),
+                        stale,
+                    });
                     async move { LeasesClient::new(ch).list(req).await }
                 })
                 .await?;
-            let rows: Vec<LeaseJson> = r.leases.iter().map(lease_json).collect();
+            let rows: Vec<LeaseJson> = r
+                .leases
+                .iter()
+                .filter(|l| state.as_ref().is_none_or(|s| *s == l.state))
+                .map(lease_json)
+                .collect();
             if g.json {
                 output::json(&serde_json::json!({ "leases": rows }))?;
             } else {
@@ -230,35 +381,50 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
                     &[
                         "ID",
                         "STATE",
-                        "NODE",
+                        "NODES",
                         "PRINCIPAL",
                         "CPU",
                         "MEM",
                         "EXPIRES",
                         "FENCING",
+                        "COST/H",
                     ],
                     rows.iter()
                         .map(|l| {
                             vec![
                                 l.id.to_string(),
                                 l.state.clone(),
-                                l.node.clone(),
+                                l.nodes.join(","),
                                 l.principal.clone(),
                                 units::format_cores(l.cpu_millis),
                                 units::format_size(l.memory_bytes),
-                                l.expires_at.clone(),
+                                l.expires_at.clone().unwrap_or_else(|| "-".into()),
                                 l.fencing_token.to_string(),
+                                format!("{:.2}", l.cost_per_hour),
                             ]
                         })
                         .collect(),
                 );
             }
         }
-        LeaseCmd::Show { id } => {
+        LeaseCmd::Show { id } => print_lease(g, &show(&c, id).await?)?,
+        LeaseCmd::Renew { id, duration } => {
+            let duration_ms = match duration {
+                Some(d) => parse_flag("--for", &d, units::parse_duration)?,
+                None => {
+                    let l = show(&c, id).await?;
+                    (l.expires_at_ms - l.granted_at_ms).max(1) as u64
+                }
+            };
+            let key = new_key();
             let r = c
-                .call("lease show", |ch| {
-                    let req = c.req(pb::ShowLeaseRequest { id });
-                    async move { LeasesClient::new(ch).show(req).await }
+                .call("lease renew", |ch| {
+                    let req = c.req(pb::RenewLeaseRequest {
+                        idempotency_key: key.clone(),
+                        id,
+                        duration_ms,
+                    });
+                    async move { LeasesClient::new(ch).renew(req).await }
                 })
                 .await?;
             print_lease(g, &r.lease.unwrap_or_default())?;
@@ -275,6 +441,32 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
                 })
                 .await?;
             print_lease(g, &r.lease.unwrap_or_default())?;
+        }
+        LeaseCmd::Revoke { id } => {
+            let key = new_key();
+            let r = c
+                .call("lease revoke", |ch| {
+                    let req = c.req(pb::ReleaseLeaseRequest {
+                        idempotency_key: key.clone(),
+                        id,
+                    });
+                    async move { LeasesClient::new(ch).revoke(req).await }
+                })
+                .await?;
+            print_lease(g, &r.lease.unwrap_or_default())?;
+        }
+        LeaseCmd::Why { id } => {
+            let w = why(&c, id).await?;
+            if g.json {
+                output::json(
+                    &serde_json::json!({"state": w.state, "summary": w.summary, "reasons": w.reasons}),
+                )?;
+            } else {
+                println!("lease {id}: {}", w.summary);
+                for r in &w.reasons {
+                    println!("  {r}");
+                }
+            }
         }
     }
     Ok(0)

@@ -48,6 +48,54 @@ pub enum NodeCmd {
         #[arg(long)]
         stale: bool,
     },
+    /// Show one node.
+    Show {
+        /// The node's name.
+        name: String,
+    },
+    /// Stop new grants on a node; its leases stay (admin).
+    Drain {
+        /// The node's name.
+        name: String,
+    },
+    /// Resume grants on a drained node (admin).
+    Undrain {
+        /// The node's name.
+        name: String,
+    },
+}
+
+async fn list(c: &Client, stale: bool) -> anyhow::Result<Vec<pb::Node>> {
+    let r = c
+        .call("node list", |ch| {
+            let req = c.req(pb::ListNodesRequest { stale });
+            async move { NodesClient::new(ch).list(req).await }
+        })
+        .await?;
+    Ok(r.nodes)
+}
+
+fn print_node(g: &Global, n: &pb::Node) -> anyhow::Result<()> {
+    let j = node_json(n);
+    if g.json {
+        return output::json(&j);
+    }
+    println!("node {} {} (pool {})", j.name, j.state, j.pool);
+    println!(
+        "  cpu      {} of {} cores allocated",
+        units::format_cores(j.allocated_cpu_millis),
+        units::format_cores(j.cpu_millis)
+    );
+    println!(
+        "  memory   {} of {}",
+        units::format_size(j.allocated_memory_bytes),
+        units::format_size(j.memory_bytes)
+    );
+    println!("  leases   {}", j.leases);
+    println!("  cost     {}/h", j.cost_per_hour);
+    let labels: Vec<String> = j.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("  labels   {}", labels.join(", "));
+    Ok(())
 }
 
 /// `node list --json` rows: a stable interface.
@@ -86,6 +134,27 @@ fn node_json(n: &pb::Node) -> NodeJson {
         leases: n.leases,
         registered_at: output::time(n.registered_at_ms),
     }
+}
+
+async fn set_draining(g: &Global, name: String, draining: bool) -> anyhow::Result<()> {
+    let c = Client::new(g)?;
+    let key = new_key();
+    let what = if draining {
+        "node drain"
+    } else {
+        "node undrain"
+    };
+    let r = c
+        .call(what, |ch| {
+            let req = c.req(pb::SetDrainingRequest {
+                idempotency_key: key.clone(),
+                name: name.clone(),
+                draining,
+            });
+            async move { NodesClient::new(ch).set_draining(req).await }
+        })
+        .await?;
+    print_node(g, &r.node.unwrap_or_default())
 }
 
 /// Parses `key=value` labels.
@@ -225,15 +294,26 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
                 println!("node {} registered", n.name);
             }
         }
+        NodeCmd::Show { name } => {
+            let c = Client::new(g)?;
+            let nodes = list(&c, false).await?;
+            match nodes.iter().find(|n| n.name == name) {
+                Some(n) => print_node(g, n)?,
+                None => {
+                    return Err(fail(
+                        format!("node {name} not found"),
+                        "",
+                        "`charter node list` shows the nodes",
+                    ));
+                }
+            }
+        }
+        NodeCmd::Drain { name } => set_draining(g, name, true).await?,
+        NodeCmd::Undrain { name } => set_draining(g, name, false).await?,
         NodeCmd::List { stale } => {
             let c = Client::new(g)?;
-            let r = c
-                .call("node list", |ch| {
-                    let req = c.req(pb::ListNodesRequest { stale });
-                    async move { NodesClient::new(ch).list(req).await }
-                })
-                .await?;
-            let rows: Vec<NodeJson> = r.nodes.iter().map(node_json).collect();
+            let nodes = list(&c, stale).await?;
+            let rows: Vec<NodeJson> = nodes.iter().map(node_json).collect();
             if g.json {
                 output::json(&serde_json::json!({ "nodes": rows }))?;
             } else {

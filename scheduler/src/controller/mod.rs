@@ -1,36 +1,36 @@
 //! Leader-only loops. Each reads replicated state, calculates with the
 //! clock's `now`, and proposes commands; on a follower it does nothing.
 //!
-//! - expiry: at `expires_at` the leader proposes `ExpireLeases`. After a
-//!   failover the new leader finds every lease that expired meanwhile due at
-//!   once, since `expires_at` is absolute and in the log.
+//! - ticks: when [`State::next_due`] has passed (a lease's `expires_at`, a
+//!   queued request's wait limit), the leader proposes `Tick`, which expires,
+//!   times out and grants in one deterministic step. After a failover the new
+//!   leader finds everything that fell due meanwhile due at once, since the
+//!   times are absolute and in the log.
 
 use crate::raft_driver::MemberHandle;
 use crate::state::{Applied, Command, Millis, Proposal, State};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often the expiry loop looks for due leases.
-pub const EXPIRY_PERIOD: Duration = Duration::from_millis(20);
-/// The most leases one expiry proposal ends.
-const EXPIRY_BATCH: usize = 1000;
+/// How often the tick loop looks at `next_due`.
+pub const TICK_PERIOD: Duration = Duration::from_millis(20);
 
-/// The proposal that expires every lease due at `now` (up to a batch), if any.
-/// Pure: the expiry loop and the simulation both use it.
-pub fn expiry_proposal(state: &State, now: Millis) -> Option<Proposal> {
-    let due = state.due_expiries(now, EXPIRY_BATCH);
-    (!due.is_empty()).then(|| Proposal {
+/// The proposal that applies everything due at `now`, if anything is.
+/// Pure: the tick loop and the simulation both use it.
+pub fn tick_proposal(state: &State, now: Millis) -> Option<Proposal> {
+    let due = state.next_due()?;
+    (due <= now).then(|| Proposal {
         at: now,
-        principal: "charter:expiry".into(),
+        principal: "charter:tick".into(),
         admin: true,
         key: None,
-        cmd: Command::ExpireLeases { ids: due },
+        cmd: Command::Tick,
     })
 }
 
-/// Runs the expiry loop until `stop` turns true.
-pub async fn expiry(member: MemberHandle, mut stop: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(EXPIRY_PERIOD);
+/// Runs the tick loop until `stop` turns true.
+pub async fn ticks(member: MemberHandle, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(TICK_PERIOD);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
@@ -41,15 +41,24 @@ pub async fn expiry(member: MemberHandle, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let now = member.clock().now();
-        let Some(p) = member.read(|s| expiry_proposal(s, now)) else {
+        let Some(p) = member.read(|s| tick_proposal(s, now)) else {
             continue;
         };
         match member.propose(p).await {
-            Ok(Ok(Applied::Expired { ids })) => {
-                tracing::debug!(count = ids.len(), "expired leases");
+            Ok(Ok(Applied::Ticked {
+                expired,
+                timed_out,
+                granted,
+            })) => {
+                tracing::debug!(
+                    expired = expired.len(),
+                    timed_out = timed_out.len(),
+                    granted = granted.len(),
+                    "tick"
+                );
             }
-            Ok(other) => tracing::warn!(?other, "unexpected expiry outcome"),
-            Err(e) => tracing::debug!(error = %e, "expiry proposal failed; will retry"),
+            Ok(other) => tracing::warn!(?other, "unexpected tick outcome"),
+            Err(e) => tracing::debug!(error = %e, "tick proposal failed; will retry"),
         }
     }
 }

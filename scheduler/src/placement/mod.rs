@@ -1,19 +1,27 @@
-//! Placement: which node gets a lease. Pure functions over a [`State`] view.
+//! Placement: which nodes get a lease. Pure functions over a [`State`] view.
 //!
 //! Checkers run per node, cheapest first, and the first that fails names the
-//! reason: node state (one enum compare), then label constraints (a few map
-//! lookups), then resources (four compares, but the only check that changes
-//! with load). Feasible nodes are then ranked; the default, binpack, prefers
-//! the node that is left with the least free CPU, so large requests still
-//! find room elsewhere. Ties break by name, so every member picks the same.
+//! reason: node state (one enum compare), price (one float compare), label
+//! constraints (a few map lookups), then resources (four compares, the only
+//! check that changes with load). Checkers return a small [`Why`] so ruling
+//! out thousands of nodes allocates nothing; words are made only for
+//! `lease why` and refusals. Feasible nodes are then ranked by the request's
+//! preference (binpack, spread, cheapest) and the best `count` taken; ties
+//! break by name, so every member picks the same.
 //!
-//! Limitations: equality constraints only; one node per lease; binpack only.
+//! Limitations: placement scans every node (no label index); a gang request
+//! ranks nodes independently (no topology).
 
-use crate::state::{LeaseSpec, Node, NodeState, State};
+use crate::state::{LeaseSpec, Node, NodeState, Prefer, State};
+use std::cmp::Ordering;
 
-/// Why no node could take a request: one line per node, by name.
+/// Why no set of nodes could take a request: one line per node, by name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NoFit {
+    /// Nodes needed.
+    pub needed: u32,
+    /// Nodes that would fit.
+    pub fitting: u32,
     /// `(node, reason)` for each node that was ruled out.
     pub per_node: Vec<(String, String)>,
 }
@@ -21,30 +29,34 @@ pub struct NoFit {
 impl NoFit {
     /// A one-line summary: the reasons of the first few nodes.
     pub fn summary(&self) -> String {
-        if self.per_node.is_empty() {
+        if self.per_node.is_empty() && self.fitting == 0 {
             return "no nodes are registered".to_string();
         }
-        let shown: Vec<String> = self
-            .per_node
-            .iter()
-            .take(5)
-            .map(|(n, r)| format!("{n}: {r}"))
-            .collect();
-        let more = self.per_node.len().saturating_sub(shown.len());
-        if more > 0 {
-            format!("{}; and {more} more", shown.join("; "))
-        } else {
-            shown.join("; ")
+        let mut parts = Vec::new();
+        if self.needed > 1 {
+            parts.push(format!("needs {} nodes, {} fit", self.needed, self.fitting));
         }
+        parts.extend(
+            self.per_node
+                .iter()
+                .take(5)
+                .map(|(n, r)| format!("{n}: {r}")),
+        );
+        let more = self.per_node.len().saturating_sub(5);
+        if more > 0 {
+            parts.push(format!("and {more} more"));
+        }
+        parts.join("; ")
     }
 }
 
-/// Why a node cannot hold a request: a small value, so ruling out thousands
-/// of nodes allocates nothing. [`NoFit`] formats it only when asked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a node cannot hold a request.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Why {
     /// The node is draining or down.
     State(NodeState),
+    /// The node costs more per hour than the request allows (price, limit).
+    Cost(f64, f64),
     /// Constraint `i` of the request does not hold.
     Label(usize),
     /// Not enough free CPU (needed, free) in millicores.
@@ -58,16 +70,21 @@ pub enum Why {
 }
 
 /// The first checker that rules `node` out for `spec`, cheapest first.
-pub fn rule_out(node: &Node, spec: &LeaseSpec) -> Option<Why> {
-    if node.state != NodeState::Ready {
+/// With `ever`, the node's state and current load are ignored: could it
+/// hold the request at all?
+pub fn rule_out(node: &Node, spec: &LeaseSpec, ever: bool) -> Option<Why> {
+    if !ever && node.state != NodeState::Ready {
         return Some(Why::State(node.state));
     }
-    for (i, c) in spec.constraints.iter().enumerate() {
-        if node.labels.get(&c.key) != Some(&c.value) {
-            return Some(Why::Label(i));
-        }
+    if let Some(max) = spec.max_cost_per_hour
+        && node.cost_per_hour > max
+    {
+        return Some(Why::Cost(node.cost_per_hour, max));
     }
-    let free = node.free();
+    if let Some(i) = spec.constraints.iter().position(|c| !c.holds(&node.labels)) {
+        return Some(Why::Label(i));
+    }
+    let free = if ever { node.capacity } else { node.free() };
     let r = &spec.resources;
     if r.cpu_millis > free.cpu_millis {
         return Some(Why::Cpu(r.cpu_millis, free.cpu_millis));
@@ -88,11 +105,12 @@ pub fn rule_out(node: &Node, spec: &LeaseSpec) -> Option<Why> {
 pub fn explain(node: &Node, spec: &LeaseSpec, why: Why) -> String {
     match why {
         Why::State(s) => format!("node is {}", s.as_str()),
+        Why::Cost(price, max) => format!("costs {price}/h, limit {max}/h"),
         Why::Label(i) => {
             let c = &spec.constraints[i];
             match node.labels.get(&c.key) {
-                Some(v) => format!("needs {}={}, has {}={v}", c.key, c.value, c.key),
-                None => format!("needs {}={}, has no {}", c.key, c.value, c.key),
+                Some(v) => format!("needs {c}, has {}={v}", c.key),
+                None => format!("needs {c}, has no {}", c.key),
             }
         }
         Why::Cpu(need, free) => format!("needs {} cores, {} free", cores(need), cores(free)),
@@ -104,9 +122,9 @@ pub fn explain(node: &Node, spec: &LeaseSpec, why: Why) -> String {
     }
 }
 
-/// Why `node` cannot hold `spec` in words, or `None` when it can.
+/// Why `node` cannot hold `spec` now, in words, or `None` when it can.
 pub fn check(node: &Node, spec: &LeaseSpec) -> Option<String> {
-    rule_out(node, spec).map(|w| explain(node, spec, w))
+    rule_out(node, spec, false).map(|w| explain(node, spec, w))
 }
 
 fn cores(millis: u64) -> String {
@@ -119,31 +137,91 @@ fn cores(millis: u64) -> String {
     }
 }
 
-/// Picks the node for `spec`: feasible nodes ranked by binpack, ties by name.
-pub fn place(state: &State, spec: &LeaseSpec) -> Result<String, NoFit> {
-    let mut best: Option<(&Node, u64)> = None;
-    for node in state.nodes.values() {
-        if rule_out(node, spec).is_some() {
-            continue;
+/// Ranking: smaller is better.
+fn better(prefer: Prefer, a: (&Node, u64), b: (&Node, u64)) -> Ordering {
+    let by_left = a.1.cmp(&b.1);
+    let primary = match prefer {
+        Prefer::Binpack => by_left,
+        Prefer::Spread => by_left.reverse(),
+        Prefer::Cheapest => {
+            a.0.cost_per_hour
+                .total_cmp(&b.0.cost_per_hour)
+                .then(by_left)
         }
-        let left = node.free().cpu_millis - spec.resources.cpu_millis;
-        // Strictly less keeps the first (smallest) name among equals.
-        if best.is_none_or(|(_, b)| left < b) {
-            best = Some((node, left));
-        }
-    }
-    best.map(|(n, _)| n.name.clone())
-        .ok_or_else(|| why_not(state, spec))
+    };
+    primary.then_with(|| a.0.name.cmp(&b.0.name))
 }
 
-/// Every node's reason for refusing `spec`, in words (the slow path).
-pub fn why_not(state: &State, spec: &LeaseSpec) -> NoFit {
-    let per_node = state
+/// Picks `spec.count` nodes for `spec`, best first by its preference.
+pub fn place(state: &State, spec: &LeaseSpec) -> Result<Vec<String>, NoFit> {
+    let count = spec.count.max(1) as usize;
+    let left = |n: &Node| n.free().cpu_millis - spec.resources.cpu_millis;
+    if count == 1 {
+        // The common case: one pass, no allocation.
+        let mut best: Option<(&Node, u64)> = None;
+        for node in state.nodes.values() {
+            if rule_out(node, spec, false).is_some() {
+                continue;
+            }
+            let cand = (node, left(node));
+            if best.is_none_or(|b| better(spec.prefer, cand, b) == Ordering::Less) {
+                best = Some(cand);
+            }
+        }
+        return best
+            .map(|(n, _)| vec![n.name.clone()])
+            .ok_or_else(|| why_not(state, spec));
+    }
+    let mut fits: Vec<(&Node, u64)> = state
         .nodes
         .values()
-        .filter_map(|n| rule_out(n, spec).map(|w| (n.name.clone(), explain(n, spec, w))))
+        .filter(|n| rule_out(n, spec, false).is_none())
+        .map(|n| (n, left(n)))
         .collect();
-    NoFit { per_node }
+    if fits.len() < count {
+        return Err(why_not(state, spec));
+    }
+    fits.sort_by(|a, b| better(spec.prefer, *a, *b));
+    Ok(fits
+        .into_iter()
+        .take(count)
+        .map(|(n, _)| n.name.clone())
+        .collect())
+}
+
+/// Every node's reason for refusing `spec` now, in words (the slow path).
+pub fn why_not(state: &State, spec: &LeaseSpec) -> NoFit {
+    let mut nf = NoFit {
+        needed: spec.count.max(1),
+        ..NoFit::default()
+    };
+    for n in state.nodes.values() {
+        match rule_out(n, spec, false) {
+            Some(w) => nf.per_node.push((n.name.clone(), explain(n, spec, w))),
+            None => nf.fitting += 1,
+        }
+    }
+    nf
+}
+
+/// Whether any `count` registered nodes could ever hold `spec` (ignoring
+/// their state and load); if not, every node's reason.
+pub fn could_ever_fit(state: &State, spec: &LeaseSpec) -> Result<(), NoFit> {
+    let mut nf = NoFit {
+        needed: spec.count.max(1),
+        ..NoFit::default()
+    };
+    for n in state.nodes.values() {
+        match rule_out(n, spec, true) {
+            Some(w) => nf.per_node.push((n.name.clone(), explain(n, spec, w))),
+            None => nf.fitting += 1,
+        }
+    }
+    if nf.fitting >= nf.needed {
+        Ok(())
+    } else {
+        Err(nf)
+    }
 }
 
 #[cfg(test)]

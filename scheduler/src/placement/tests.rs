@@ -2,7 +2,14 @@ use super::*;
 use crate::state::{Constraint, Resources};
 use std::collections::BTreeMap;
 
-fn node(name: &str, cpu: u64, used: u64, labels: &[(&str, &str)], state: NodeState) -> Node {
+fn node(
+    name: &str,
+    cpu: u64,
+    used: u64,
+    labels: &[(&str, &str)],
+    state: NodeState,
+    cost: f64,
+) -> Node {
     Node {
         name: name.into(),
         capacity: Resources {
@@ -19,29 +26,26 @@ fn node(name: &str, cpu: u64, used: u64, labels: &[(&str, &str)], state: NodeSta
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         pool: "default".into(),
-        cost_per_hour: 0.0,
+        cost_per_hour: cost,
         state,
         registered_at: 0,
         leases: Default::default(),
     }
 }
 
-fn spec(cpu: u64, constraints: &[(&str, &str)]) -> LeaseSpec {
-    LeaseSpec {
-        resources: Resources {
+fn spec(cpu: u64, constraints: &[&str]) -> LeaseSpec {
+    let mut s = LeaseSpec::simple(
+        Resources {
             cpu_millis: cpu,
             ..Resources::default()
         },
-        constraints: constraints
-            .iter()
-            .map(|(k, v)| Constraint {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        duration_ms: 1000,
-        reason: String::new(),
-    }
+        1000,
+    );
+    s.constraints = constraints
+        .iter()
+        .map(|c| Constraint::parse(c).unwrap())
+        .collect();
+    s
 }
 
 /// (node cpu, used, labels, state, request cpu, constraints, expected reason)
@@ -51,14 +55,13 @@ type Case = (
     Vec<(&'static str, &'static str)>,
     NodeState,
     u64,
-    Vec<(&'static str, &'static str)>,
+    Vec<&'static str>,
     Option<&'static str>,
 );
 
 #[test]
 fn checker_table() {
     use NodeState::*;
-    // (node cpu, used, labels, state, request cpu, constraints, expected reason)
     let cases: Vec<Case> = vec![
         (4000, 0, vec![], Ready, 1000, vec![], None),
         (4000, 3000, vec![], Ready, 1000, vec![], None),
@@ -86,7 +89,7 @@ fn checker_table() {
             vec![("gpu", "t4")],
             Ready,
             1000,
-            vec![("gpu", "a100")],
+            vec!["gpu=a100"],
             Some("needs gpu=a100, has gpu=t4"),
         ),
         (
@@ -95,7 +98,7 @@ fn checker_table() {
             vec![],
             Ready,
             1000,
-            vec![("gpu", "a100")],
+            vec!["gpu=a100"],
             Some("needs gpu=a100, has no gpu"),
         ),
         (
@@ -104,8 +107,35 @@ fn checker_table() {
             vec![("gpu", "a100")],
             Ready,
             1000,
-            vec![("gpu", "a100")],
+            vec!["gpu=a100"],
             None,
+        ),
+        (
+            4000,
+            0,
+            vec![("zone", "c")],
+            Ready,
+            1000,
+            vec!["zone in (a,b)"],
+            Some("needs zone in (a,b), has zone=c"),
+        ),
+        (
+            4000,
+            0,
+            vec![("cuda", "11.8")],
+            Ready,
+            1000,
+            vec!["cuda>=12.0"],
+            Some("needs cuda>=12.0, has cuda=11.8"),
+        ),
+        (
+            4000,
+            0,
+            vec![("spot", "1")],
+            Ready,
+            1000,
+            vec!["!spot"],
+            Some("needs !spot, has spot=1"),
         ),
         (
             4000,
@@ -123,37 +153,119 @@ fn checker_table() {
             vec![("gpu", "t4")],
             Down,
             2000,
-            vec![("gpu", "a100")],
+            vec!["gpu=a100"],
             Some("node is down"),
         ),
     ];
     for (i, (cpu, used, labels, st, req, cons, want)) in cases.into_iter().enumerate() {
-        let n = node("n1", cpu, used, &labels, st);
+        let n = node("n1", cpu, used, &labels, st, 1.0);
         assert_eq!(check(&n, &spec(req, &cons)).as_deref(), want, "case {i}");
     }
 }
 
-#[test]
-fn binpack_prefers_the_fullest_node_then_name() {
+fn fleet() -> State {
     let mut s = State::new(BTreeMap::new());
     for n in [
-        node("a", 8000, 0, &[], NodeState::Ready),
-        node("b", 8000, 6000, &[], NodeState::Ready),
-        node("c", 8000, 6000, &[], NodeState::Ready),
-        node("d", 8000, 7500, &[], NodeState::Ready),
+        node("a", 8000, 0, &[("zone", "1")], NodeState::Ready, 3.0),
+        node("b", 8000, 6000, &[("zone", "1")], NodeState::Ready, 1.0),
+        node("c", 8000, 6000, &[("zone", "2")], NodeState::Ready, 2.0),
+        node("d", 8000, 7500, &[("zone", "2")], NodeState::Ready, 0.5),
     ] {
         s.nodes.insert(n.name.clone(), n);
     }
-    assert_eq!(place(&s, &spec(1000, &[])).unwrap(), "b");
-    assert_eq!(place(&s, &spec(500, &[])).unwrap(), "d");
-    assert_eq!(place(&s, &spec(4000, &[])).unwrap(), "a");
-    let err = place(&s, &spec(9000, &[])).unwrap_err();
-    assert_eq!(err.per_node.len(), 4);
+    s
+}
+
+/// (cpu, count, prefer, max cost, constraints, expected nodes or refusal prefix)
+type RankCase = (
+    u64,
+    u32,
+    Prefer,
+    Option<f64>,
+    Vec<&'static str>,
+    Result<Vec<&'static str>, &'static str>,
+);
+
+#[test]
+fn ranking_table() {
+    let s = fleet();
+    // (cpu, count, prefer, max cost, constraints, expected nodes)
+    let cases: Vec<RankCase> = vec![
+        (1000, 1, Prefer::Binpack, None, vec![], Ok(vec!["b"])),
+        (500, 1, Prefer::Binpack, None, vec![], Ok(vec!["d"])),
+        (4000, 1, Prefer::Binpack, None, vec![], Ok(vec!["a"])),
+        (1000, 1, Prefer::Spread, None, vec![], Ok(vec!["a"])),
+        (500, 1, Prefer::Cheapest, None, vec![], Ok(vec!["d"])),
+        (1000, 1, Prefer::Cheapest, None, vec![], Ok(vec!["b"])),
+        (
+            1000,
+            1,
+            Prefer::Binpack,
+            Some(0.9),
+            vec![],
+            Err("a: costs 3/h, limit 0.9/h"),
+        ),
+        (1000, 2, Prefer::Binpack, None, vec![], Ok(vec!["b", "c"])),
+        (
+            1000,
+            3,
+            Prefer::Spread,
+            None,
+            vec![],
+            Ok(vec!["a", "b", "c"]),
+        ),
+        (
+            1000,
+            4,
+            Prefer::Binpack,
+            None,
+            vec![],
+            Err("needs 4 nodes, 3 fit"),
+        ),
+        (
+            1000,
+            2,
+            Prefer::Binpack,
+            None,
+            vec!["zone=2"],
+            Err("needs 2 nodes, 1 fit"),
+        ),
+        (
+            9000,
+            1,
+            Prefer::Binpack,
+            None,
+            vec![],
+            Err("a: needs 9 cores, 8 free"),
+        ),
+    ];
+    for (i, (cpu, count, prefer, max_cost, cons, want)) in cases.into_iter().enumerate() {
+        let mut sp = spec(cpu, &cons);
+        sp.count = count;
+        sp.prefer = prefer;
+        sp.max_cost_per_hour = max_cost;
+        match (place(&s, &sp), want) {
+            (Ok(got), Ok(w)) => assert_eq!(got, w, "case {i}"),
+            (Err(nf), Err(w)) => assert!(nf.summary().starts_with(w), "case {i}: {}", nf.summary()),
+            (got, w) => panic!("case {i}: got {got:?}, want {w:?}"),
+        }
+    }
+}
+
+#[test]
+fn could_ever_fit_ignores_load_but_not_capacity() {
+    let s = fleet();
     assert!(
-        err.summary().starts_with("a: needs 9 cores, 8 free"),
-        "{}",
-        err.summary()
+        could_ever_fit(&s, &spec(8000, &[])).is_ok(),
+        "a full node could free up"
     );
+    let nf = could_ever_fit(&s, &spec(1000, &["gpu=a100"])).unwrap_err();
+    assert_eq!(nf.per_node.len(), 4);
+    assert_eq!(
+        nf.per_node[0],
+        ("a".to_string(), "needs gpu=a100, has no gpu".to_string())
+    );
+    assert!(could_ever_fit(&s, &spec(9000, &[])).is_err());
 }
 
 #[test]

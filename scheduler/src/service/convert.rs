@@ -1,8 +1,9 @@
 //! Domain types to protobuf and back, at the edge.
 
-use crate::state::{Lease, Node, Resources};
+use crate::state::{Constraint, Lease, LeaseSpec, Node, Prefer, Resources};
 use charter_proto as pb;
 use std::collections::BTreeMap;
+use tonic::Status;
 
 pub fn resources_in(r: &pb::Resources) -> Resources {
     Resources {
@@ -40,15 +41,61 @@ pub fn lease(l: &Lease) -> pb::Lease {
     pb::Lease {
         id: l.id,
         principal: l.principal.clone(),
-        node: l.node.clone(),
-        resources: Some(resources_out(&l.resources)),
+        nodes: l.nodes.clone(),
+        resources: Some(resources_out(&l.spec.resources)),
         state: l.state.as_str().to_string(),
         granted_at_ms: l.granted_at,
         expires_at_ms: l.expires_at,
         fencing_token: l.fencing_token,
-        reason: l.reason.clone(),
+        reason: l.spec.reason.clone(),
         ended_at_ms: l.ended_at.unwrap_or(0),
+        requested_at_ms: l.requested_at,
+        wait_until_ms: l.wait_until,
+        priority: l.spec.priority,
+        cost_per_hour: l.cost_per_hour,
+        cost: l.cost(),
+        max_total_ms: l.spec.max_total_ms,
+        constraints: l.spec.constraints.iter().map(|c| c.to_string()).collect(),
     }
+}
+
+/// A lease request from the wire, checked: every problem is `INVALID_ARGUMENT`.
+pub fn lease_spec(r: pb::LeaseRequest) -> Result<LeaseSpec, Status> {
+    if r.duration_ms == 0 {
+        return Err(Status::invalid_argument(
+            "lease duration is zero; pass --for, e.g. --for 2h",
+        ));
+    }
+    let constraints = r
+        .constraints
+        .iter()
+        .map(|c| Constraint::parse(c).map_err(Status::invalid_argument))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prefer = Prefer::parse(&r.prefer).map_err(Status::invalid_argument)?;
+    if let Some(c) = r.max_cost_per_hour
+        && !(c.is_finite() && c >= 0.0)
+    {
+        return Err(Status::invalid_argument(format!(
+            "max cost {c} is not a price >= 0"
+        )));
+    }
+    if r.max_total_ms != 0 && r.max_total_ms < r.duration_ms {
+        return Err(Status::invalid_argument(
+            "max total is shorter than the duration; raise --max-total",
+        ));
+    }
+    Ok(LeaseSpec {
+        resources: resources_in(&r.resources.unwrap_or_default()),
+        constraints,
+        count: r.count.max(1),
+        duration_ms: r.duration_ms,
+        max_total_ms: r.max_total_ms,
+        priority: r.priority,
+        wait_ms: r.wait_ms,
+        max_cost_per_hour: r.max_cost_per_hour,
+        prefer,
+        reason: r.reason,
+    })
 }
 
 pub fn members(m: &BTreeMap<u64, String>) -> pb::MembershipReply {

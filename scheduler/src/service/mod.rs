@@ -17,9 +17,7 @@ pub mod http;
 
 use crate::Error;
 use crate::raft_driver::{MemberHandle, Role};
-use crate::state::{
-    Applied, Command, Constraint, LeaseSpec, LeaseState, Outcome, Proposal, Refusal,
-};
+use crate::state::{Applied, Command, LeaseState, Outcome, Proposal, Refusal};
 use auth::{Principal, principal, require_admin};
 use charter_proto as pb;
 use charter_proto::raft_peer_client::RaftPeerClient;
@@ -64,6 +62,7 @@ fn refusal_status(r: Refusal) -> Status {
         Refusal::NotFound { .. } => Status::not_found(msg),
         Refusal::NotYours { .. } => Status::permission_denied(msg),
         Refusal::Ended { .. } => Status::failed_precondition(msg),
+        Refusal::Denied { .. } => Status::permission_denied(msg),
     }
 }
 
@@ -316,6 +315,25 @@ impl pb::nodes_server::Nodes for Api {
         }
     }
 
+    async fn set_draining(
+        &self,
+        req: Request<pb::SetDrainingRequest>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "draining a node")?;
+        let r = req.into_inner();
+        let cmd = Command::SetDraining {
+            name: r.name,
+            draining: r.draining,
+        };
+        match self.submit(&who, &r.idempotency_key, cmd).await? {
+            Applied::Node(n) => Ok(Response::new(pb::NodeReply {
+                node: Some(convert::node(&n)),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn list(
         &self,
         req: Request<pb::ListNodesRequest>,
@@ -326,18 +344,6 @@ impl pb::nodes_server::Nodes for Api {
             .member
             .read(|s| s.nodes.values().map(convert::node).collect());
         Ok(Response::new(pb::ListNodesReply { nodes }))
-    }
-}
-
-fn parse_constraint(s: &str) -> Result<Constraint, Status> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok(Constraint {
-            key: k.trim().to_string(),
-            value: v.trim().to_string(),
-        }),
-        _ => Err(Status::invalid_argument(format!(
-            "constraint `{s}` is not KEY=VALUE, e.g. gpu=a100"
-        ))),
     }
 }
 
@@ -358,26 +364,78 @@ impl pb::leases_server::Leases for Api {
     ) -> Result<Response<pb::LeaseReply>, Status> {
         let who = principal(&req)?;
         let r = req.into_inner();
+        let key = r.idempotency_key.clone();
+        let spec = convert::lease_spec(r)?;
+        lease_reply(self.submit(&who, &key, Command::RequestLease(spec)).await?)
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
         if r.duration_ms == 0 {
             return Err(Status::invalid_argument(
-                "lease duration is zero; pass --for, e.g. --for 2h",
+                "renewal duration is zero; pass --for, e.g. --for 1h",
             ));
         }
-        let constraints = r
-            .constraints
-            .iter()
-            .map(|c| parse_constraint(c))
-            .collect::<Result<Vec<_>, _>>()?;
-        let spec = LeaseSpec {
-            resources: convert::resources_in(&r.resources.unwrap_or_default()),
-            constraints,
+        let cmd = Command::RenewLease {
+            id: r.id,
             duration_ms: r.duration_ms,
-            reason: r.reason,
         };
+        lease_reply(self.submit(&who, &r.idempotency_key, cmd).await?)
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "revoking a lease")?;
+        let r = req.into_inner();
         lease_reply(
-            self.submit(&who, &r.idempotency_key, Command::RequestLease(spec))
+            self.submit(&who, &r.idempotency_key, Command::RevokeLease { id: r.id })
                 .await?,
         )
+    }
+
+    async fn why(
+        &self,
+        req: Request<pb::ShowLeaseRequest>,
+    ) -> Result<Response<pb::WhyReply>, Status> {
+        let who = principal(&req)?;
+        self.barrier(false).await?;
+        let id = req.get_ref().id;
+        let reply = self.member.read(|s| {
+            let l = s
+                .leases
+                .get(&id)
+                .filter(|l| l.principal == who.name || who.admin)?;
+            let (reasons, summary) = match l.state {
+                LeaseState::Pending => {
+                    let nf = crate::placement::why_not(s, &l.spec);
+                    let lines = nf
+                        .per_node
+                        .iter()
+                        .map(|(n, r)| format!("{n}: {r}"))
+                        .collect();
+                    (lines, format!("pending: {}", nf.summary()))
+                }
+                LeaseState::Granted => (vec![], format!("granted on {}", l.nodes.join(", "))),
+                other => (vec![], format!("{other}; nothing is waiting")),
+            };
+            Some(pb::WhyReply {
+                state: l.state.as_str().to_string(),
+                reasons,
+                summary,
+            })
+        });
+        reply.map(Response::new).ok_or_else(|| {
+            Status::not_found(format!(
+                "lease {id} not found; `charter lease list` shows yours"
+            ))
+        })
     }
 
     async fn release(
@@ -419,7 +477,7 @@ impl pb::leases_server::Leases for Api {
         let leases = self.member.read(|s| {
             s.leases
                 .values()
-                .filter(|l| all || l.state == LeaseState::Granted)
+                .filter(|l| all || !l.state.is_ended())
                 .filter(|l| who.admin || l.principal == who.name)
                 .map(convert::lease)
                 .collect()

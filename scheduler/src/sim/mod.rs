@@ -18,7 +18,7 @@ pub mod store;
 
 use crate::clock::{Clock, ManualClock};
 use crate::raft_driver::{Driver, Input, MemberConfig, MemberHandle, Role};
-use crate::state::{Command, LeaseSpec, Outcome, Proposal, Resources};
+use crate::state::{Command, Constraint, LeaseSpec, Outcome, Prefer, Proposal, Resources};
 use crate::transport::Report;
 use crate::{Error, Result};
 use invariants::{History, MemberView};
@@ -250,29 +250,55 @@ impl Sim {
     fn new_request(&mut self) {
         let key = format!("k{}", self.next_key);
         self.next_key += 1;
-        let cmd = match self.rng.random_range(0..10) {
-            0..=2 => Command::RegisterNode {
+        let some_lease = self.rng.random_range(1..(self.next_key / 2).max(2));
+        let cmd = match self.rng.random_range(0..20) {
+            0..=4 => Command::RegisterNode {
                 name: format!("n{}", self.rng.random_range(0..4)),
                 capacity: Resources {
                     cpu_millis: self.rng.random_range(1..5) * 1000,
                     memory_bytes: 8 << 30,
                     ..Resources::default()
                 },
-                labels: Default::default(),
+                labels: [(
+                    "zone".to_string(),
+                    format!("z{}", self.rng.random_range(0..2)),
+                )]
+                .into(),
                 pool: "sim".into(),
-                cost_per_hour: 1.0,
+                cost_per_hour: f64::from(self.rng.random_range(1..4u32)),
             },
-            3..=7 => Command::RequestLease(LeaseSpec {
-                resources: Resources {
-                    cpu_millis: self.rng.random_range(1..8) * 250,
-                    ..Resources::default()
-                },
-                constraints: vec![],
-                duration_ms: self.rng.random_range(50..3000),
-                reason: "sim".into(),
-            }),
-            _ => Command::ReleaseLease {
-                id: self.rng.random_range(1..(self.next_key / 2).max(2)),
+            5..=13 => {
+                let duration_ms = self.rng.random_range(50..3000);
+                let mut spec = LeaseSpec::simple(
+                    Resources {
+                        cpu_millis: self.rng.random_range(1..8) * 250,
+                        ..Resources::default()
+                    },
+                    duration_ms,
+                );
+                spec.count = self.rng.random_range(1..3);
+                spec.max_total_ms = duration_ms * self.rng.random_range(1..4);
+                spec.priority = self.rng.random_range(-1..2);
+                spec.wait_ms = [0, 0, 500, 5000][self.rng.random_range(0..4)];
+                spec.prefer = [Prefer::Binpack, Prefer::Spread, Prefer::Cheapest]
+                    [self.rng.random_range(0..3)];
+                if self.rng.random_range(0..4) == 0 {
+                    spec.constraints.push(Constraint::eq("zone", "z0"));
+                }
+                if self.rng.random_range(0..4) == 0 {
+                    spec.max_cost_per_hour = Some(2.0);
+                }
+                Command::RequestLease(spec)
+            }
+            14..=15 => Command::ReleaseLease { id: some_lease },
+            16..=17 => Command::RenewLease {
+                id: some_lease,
+                duration_ms: self.rng.random_range(100..3000),
+            },
+            18 => Command::RevokeLease { id: some_lease },
+            _ => Command::SetDraining {
+                name: format!("n{}", self.rng.random_range(0..4)),
+                draining: self.rng.random_bool(0.5),
             },
         };
         self.requests.push(Request {
@@ -346,7 +372,7 @@ impl Sim {
         let Some((_, h)) = &self.members[l].node else {
             return;
         };
-        let Some(proposal) = h.read(|s| crate::controller::expiry_proposal(s, now)) else {
+        let Some(proposal) = h.read(|s| crate::controller::tick_proposal(s, now)) else {
             return;
         };
         let (reply, _rx) = oneshot::channel();

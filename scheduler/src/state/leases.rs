@@ -1,52 +1,114 @@
-//! Lease grant, release and expiry.
+//! Leases: request (grant, queue or refuse), release, renew, revoke, and the
+//! time-based changes of a tick (expiry, queue timeouts, queue grants).
 
 use super::{Applied, Lease, LeaseSpec, LeaseState, Millis, Outcome, Refusal, State};
 use crate::placement;
 
+fn ms(v: u64) -> Millis {
+    Millis::try_from(v).unwrap_or(Millis::MAX)
+}
+
 impl State {
     pub(super) fn request_lease(&mut self, principal: &str, spec: &LeaseSpec) -> Outcome {
+        let invalid = |reason: &str| {
+            Err(Refusal::Invalid {
+                reason: reason.into(),
+            })
+        };
         if spec.duration_ms == 0 {
-            return Err(Refusal::Invalid {
-                reason: "lease duration must be positive".into(),
-            });
+            return invalid("lease duration must be positive");
         }
-        let node_name = placement::place(self, spec).map_err(|why| Refusal::NoCapacity {
-            reason: why.summary(),
-        })?;
+        if spec.count == 0 {
+            return invalid("count must be at least 1");
+        }
+        if spec.max_total_ms != 0 && spec.max_total_ms < spec.duration_ms {
+            return invalid("max total must be at least the duration");
+        }
+        let mut spec = spec.clone();
+        if spec.max_total_ms == 0 {
+            spec.max_total_ms = spec.duration_ms;
+        }
+        let placed = placement::place(self, &spec);
+        let nodes = match placed {
+            Ok(nodes) => Some(nodes),
+            Err(nf) if spec.wait_ms == 0 => {
+                return Err(Refusal::NoCapacity {
+                    reason: nf.summary(),
+                });
+            }
+            Err(_) => {
+                if let Err(nf) = placement::could_ever_fit(self, &spec) {
+                    return Err(Refusal::NoCapacity {
+                        reason: format!("no node could ever hold it: {}", nf.summary()),
+                    });
+                }
+                None
+            }
+        };
         let id = self.next_lease_id;
         self.next_lease_id += 1;
-        self.fencing_token += 1;
-        let expires_at = self
-            .time
-            .saturating_add(Millis::try_from(spec.duration_ms).unwrap_or(Millis::MAX));
         let lease = Lease {
             id,
             principal: principal.to_string(),
-            node: node_name.clone(),
-            resources: spec.resources,
-            state: LeaseState::Granted,
-            granted_at: self.time,
-            expires_at,
-            fencing_token: self.fencing_token,
-            reason: spec.reason.clone(),
+            nodes: Vec::new(),
+            state: LeaseState::Pending,
+            requested_at: self.time,
+            wait_until: self.time.saturating_add(ms(spec.wait_ms)),
+            granted_at: 0,
+            expires_at: 0,
+            fencing_token: 0,
+            cost_per_hour: 0.0,
             ended_at: None,
+            spec,
         };
-        let node = self
-            .nodes
-            .get_mut(&node_name)
-            .expect("placement returned a node that exists");
-        node.allocated = node.allocated.plus(&spec.resources);
-        assert!(
-            node.allocated.fits_in(&node.capacity),
-            "invariant broken: node {node_name} over-committed by a grant"
-        );
-        node.leases.insert(id);
-        self.expiries.insert((expires_at, id));
         self.leases.insert(id, lease.clone());
-        Ok(Applied::Lease(lease))
+        match nodes {
+            Some(nodes) => self.grant(id, nodes),
+            None => {
+                self.queue
+                    .insert((-(lease.spec.priority as i64), lease.requested_at, id));
+                self.timeouts.insert((lease.wait_until, id));
+            }
+        }
+        Ok(Applied::Lease(self.leases[&id].clone()))
     }
 
-    pub(super) fn release_lease(&mut self, id: u64, principal: &str, admin: bool) -> Outcome {
+    /// Grants pending lease `id` on `nodes` (placement checked them).
+    fn grant(&mut self, id: u64, nodes: Vec<String>) {
+        let now = self.time;
+        self.fencing_token += 1;
+        let token = self.fencing_token;
+        let lease = self
+            .leases
+            .get_mut(&id)
+            .expect("grant of a lease that exists");
+        let mut cost = 0.0;
+        for name in &nodes {
+            let node = self
+                .nodes
+                .get_mut(name)
+                .expect("placement returned a node that exists");
+            node.allocated = node.allocated.plus(&lease.spec.resources);
+            assert!(
+                node.allocated.fits_in(&node.capacity),
+                "invariant broken: node {name} over-committed by lease {id}"
+            );
+            node.leases.insert(id);
+            cost += node.cost_per_hour;
+        }
+        self.queue
+            .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
+        self.timeouts.remove(&(lease.wait_until, id));
+        lease.nodes = nodes;
+        lease.state = LeaseState::Granted;
+        lease.granted_at = now;
+        lease.expires_at = now.saturating_add(ms(lease.spec.duration_ms));
+        lease.fencing_token = token;
+        lease.cost_per_hour = cost;
+        self.expiries.insert((lease.expires_at, id));
+    }
+
+    fn owned(&self, id: u64, principal: &str, admin: bool) -> Result<&Lease, Refusal> {
         let lease = self.leases.get(&id).ok_or_else(|| Refusal::NotFound {
             what: format!("lease {id}"),
         })?;
@@ -57,54 +119,150 @@ impl State {
                 principal: principal.to_string(),
             });
         }
+        if lease.state.is_ended() {
+            return Err(Refusal::Ended {
+                id,
+                state: lease.state,
+            });
+        }
+        Ok(lease)
+    }
+
+    pub(super) fn release_lease(&mut self, id: u64, principal: &str, admin: bool) -> Outcome {
+        self.owned(id, principal, admin)?;
+        let lease = self.end_lease(id, LeaseState::Released);
+        self.grant_queue();
+        Ok(Applied::Lease(lease))
+    }
+
+    pub(super) fn revoke_lease(&mut self, id: u64, admin: bool) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: format!("revoking lease {id} needs an admin token"),
+            });
+        }
+        self.owned(id, "", true)?;
+        let lease = self.end_lease(id, LeaseState::Revoked);
+        self.grant_queue();
+        Ok(Applied::Lease(lease))
+    }
+
+    pub(super) fn renew_lease(
+        &mut self,
+        id: u64,
+        principal: &str,
+        admin: bool,
+        duration_ms: u64,
+    ) -> Outcome {
+        let lease = self.owned(id, principal, admin)?;
         if lease.state != LeaseState::Granted {
             return Err(Refusal::Ended {
                 id,
                 state: lease.state,
             });
         }
-        Ok(Applied::Lease(self.end_lease(id, LeaseState::Released)))
+        if duration_ms == 0 {
+            return Err(Refusal::Invalid {
+                reason: "renewal duration must be positive".into(),
+            });
+        }
+        let cap = lease.granted_at.saturating_add(ms(lease.spec.max_total_ms));
+        if lease.expires_at >= cap {
+            return Err(Refusal::Denied {
+                reason: format!(
+                    "lease {id} has reached its max total of {} s; request a new lease",
+                    lease.spec.max_total_ms / 1000
+                ),
+            });
+        }
+        let old = lease.expires_at;
+        let new = self.time.saturating_add(ms(duration_ms)).min(cap).max(old);
+        let lease = self.leases.get_mut(&id).expect("checked above");
+        lease.expires_at = new;
+        self.expiries.remove(&(old, id));
+        self.expiries.insert((new, id));
+        Ok(Applied::Lease(lease.clone()))
     }
 
-    pub(super) fn expire_leases(&mut self, ids: &[u64]) -> Applied {
-        let mut done = Vec::new();
-        for &id in ids {
-            let due = self
-                .leases
-                .get(&id)
-                .is_some_and(|l| l.state == LeaseState::Granted && l.expires_at <= self.time);
-            if due {
-                self.end_lease(id, LeaseState::Expired);
-                done.push(id);
+    /// Expires due leases, times out due requests, then grants what fits.
+    pub(super) fn tick(&mut self) -> Applied {
+        let now = self.time;
+        let expired: Vec<u64> = self
+            .expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in &expired {
+            self.end_lease(*id, LeaseState::Expired);
+        }
+        let timed_out: Vec<u64> = self
+            .timeouts
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in &timed_out {
+            self.end_lease(*id, LeaseState::TimedOut);
+        }
+        let granted = self.grant_queue();
+        Applied::Ticked {
+            expired,
+            timed_out,
+            granted,
+        }
+    }
+
+    /// Grants queued requests in priority order, each that fits (first fit).
+    pub(super) fn grant_queue(&mut self) -> Vec<u64> {
+        let mut granted = Vec::new();
+        let queued: Vec<u64> = self.queue.iter().map(|(_, _, id)| *id).collect();
+        for id in queued {
+            let spec = &self.leases[&id].spec;
+            if let Ok(nodes) = placement::place(self, spec) {
+                self.grant(id, nodes);
+                granted.push(id);
             }
         }
-        Applied::Expired { ids: done }
+        granted
     }
 
-    /// Ends a granted lease and frees its resources.
+    /// Ends a pending or granted lease and frees what it held.
     fn end_lease(&mut self, id: u64, to: LeaseState) -> Lease {
         let now = self.time;
         let lease = self
             .leases
             .get_mut(&id)
             .expect("caller checked the lease exists");
+        match lease.state {
+            LeaseState::Pending => {
+                self.queue
+                    .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
+                self.timeouts.remove(&(lease.wait_until, id));
+            }
+            LeaseState::Granted => {
+                self.expiries.remove(&(lease.expires_at, id));
+                for name in &lease.nodes {
+                    if let Some(node) = self.nodes.get_mut(name) {
+                        node.allocated = node.allocated.minus(&lease.spec.resources);
+                        node.leases.remove(&id);
+                    }
+                }
+            }
+            _ => return lease.clone(),
+        }
         lease.state = to;
         lease.ended_at = Some(now);
-        self.expiries.remove(&(lease.expires_at, id));
-        if let Some(node) = self.nodes.get_mut(&lease.node) {
-            node.allocated = node.allocated.minus(&lease.resources);
-            node.leases.remove(&id);
-        }
         lease.clone()
     }
 
-    /// Granted leases whose `expires_at` is at or before `now`, oldest first.
-    pub fn due_expiries(&self, now: Millis, limit: usize) -> Vec<u64> {
-        self.expiries
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .take(limit)
-            .map(|(_, id)| *id)
-            .collect()
+    /// When the next time-based change is due: an expiry or a queue timeout.
+    pub fn next_due(&self) -> Option<Millis> {
+        let e = self.expiries.iter().next().map(|(at, _)| *at);
+        let t = self.timeouts.iter().next().map(|(at, _)| *at);
+        match (e, t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

@@ -5,6 +5,8 @@
 //! - a node's allocated resources are the sum of its granted leases' resources,
 //!   and never exceed its capacity;
 //! - fencing tokens strictly increase with every grant;
+//! - a pending request is in the queue, a granted lease in the expiry index,
+//!   and an ended one in neither;
 //! - a proposal whose idempotency key was already applied changes nothing and
 //!   returns the first outcome.
 //!
@@ -17,13 +19,15 @@
 //!
 //! Limitations: placement runs inside `apply` (so it is trivially consistent);
 //! with very large fleets the leader should place with an overlay of its
-//! in-flight grants and `apply` only re-check. Ended leases and idempotency
-//! keys are kept forever.
+//! in-flight grants and `apply` only re-check. The queue is first-fit in
+//! priority order (a large request can be passed by smaller ones). Ended
+//! leases and idempotency keys are kept forever.
 
 mod leases;
 mod nodes;
 mod types;
 
+pub use charter_config::constraint::{Constraint, Op, version_cmp};
 pub use types::*;
 
 use imbl::{OrdMap, OrdSet};
@@ -50,18 +54,36 @@ pub enum Command {
         /// Its price per hour.
         cost_per_hour: f64,
     },
-    /// Asks for a lease; placed at apply time.
+    /// Stops (or resumes) new grants on a node; its leases stay. Admin only.
+    SetDraining {
+        /// The node.
+        name: String,
+        /// Drain (true) or undrain (false).
+        draining: bool,
+    },
+    /// Asks for a lease: granted now, queued, or refused.
     RequestLease(LeaseSpec),
-    /// Ends a granted lease early.
+    /// Ends a granted lease early, or cancels a pending one.
     ReleaseLease {
         /// The lease id.
         id: u64,
     },
-    /// Ends leases whose `expires_at` has passed (proposed by the leader's expiry controller).
-    ExpireLeases {
-        /// The lease ids.
-        ids: Vec<u64>,
+    /// Extends a granted lease to `now + duration_ms`, up to its max total.
+    RenewLease {
+        /// The lease id.
+        id: u64,
+        /// How long from now.
+        duration_ms: u64,
     },
+    /// Ends a lease at once whoever holds it. Admin only.
+    RevokeLease {
+        /// The lease id.
+        id: u64,
+    },
+    /// Applies every time-based change due at the proposal's time: leases
+    /// expire, queued requests time out, and the queue is granted what fits.
+    /// The leader proposes it when [`State::next_due`] has passed.
+    Tick,
 }
 
 /// A command with the context it was proposed in.
@@ -90,10 +112,14 @@ pub enum Applied {
     Node(Node),
     /// A lease after the change.
     Lease(Lease),
-    /// Leases that were expired.
-    Expired {
-        /// Their ids.
-        ids: Vec<u64>,
+    /// What a tick changed.
+    Ticked {
+        /// Leases that expired.
+        expired: Vec<u64>,
+        /// Queued requests that gave up.
+        timed_out: Vec<u64>,
+        /// Queued requests granted.
+        granted: Vec<u64>,
     },
 }
 
@@ -129,13 +155,19 @@ pub enum Refusal {
         /// Who asked.
         principal: String,
     },
-    /// The lease has already ended.
-    #[error("lease {id} is already {state}")]
+    /// The lease has already ended, or is not in a state that allows this.
+    #[error("lease {id} is {state}")]
     Ended {
         /// The lease id.
         id: u64,
-        /// Its final state.
+        /// Its state.
         state: LeaseState,
+    },
+    /// The principal may not do this, or a limit forbids it.
+    #[error("{reason}")]
+    Denied {
+        /// Why.
+        reason: String,
     },
 }
 
@@ -150,6 +182,10 @@ pub struct State {
     pub leases: OrdMap<u64, Lease>,
     /// Granted leases ordered by expiry: `(expires_at, id)`.
     pub expiries: OrdSet<(Millis, u64)>,
+    /// The queue: `(-priority, requested_at, id)` of pending requests.
+    pub queue: OrdSet<(i64, Millis, u64)>,
+    /// Pending requests ordered by when they give up: `(wait_until, id)`.
+    pub timeouts: OrdSet<(Millis, u64)>,
     /// The id the next lease gets.
     pub next_lease_id: u64,
     /// The last fencing token handed out; the next grant gets a larger one.
@@ -188,9 +224,14 @@ impl State {
                 pool,
                 cost_per_hour,
             } => self.register_node(name, capacity, labels, pool, *cost_per_hour),
+            Command::SetDraining { name, draining } => self.set_draining(name, *draining, p.admin),
             Command::RequestLease(spec) => self.request_lease(&p.principal, spec),
             Command::ReleaseLease { id } => self.release_lease(*id, &p.principal, p.admin),
-            Command::ExpireLeases { ids } => Ok(self.expire_leases(ids)),
+            Command::RenewLease { id, duration_ms } => {
+                self.renew_lease(*id, &p.principal, p.admin, *duration_ms)
+            }
+            Command::RevokeLease { id } => self.revoke_lease(*id, p.admin),
+            Command::Tick => Ok(self.tick()),
         };
         if let Some(k) = key {
             self.applied_keys.insert(k, out.clone());

@@ -40,6 +40,29 @@ impl State {
         node.labels = labels.clone();
         node.pool = pool.to_string();
         node.cost_per_hour = cost_per_hour;
-        Ok(Applied::Node(node.clone()))
+        let out = node.clone();
+        self.grant_queue();
+        Ok(Applied::Node(out))
+    }
+
+    pub(super) fn set_draining(&mut self, name: &str, draining: bool, admin: bool) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: format!("draining node {name} needs an admin token"),
+            });
+        }
+        let node = self.nodes.get_mut(name).ok_or_else(|| Refusal::NotFound {
+            what: format!("node {name}"),
+        })?;
+        node.state = match (node.state, draining) {
+            (NodeState::Down, _) => NodeState::Down,
+            (_, true) => NodeState::Draining,
+            (_, false) => NodeState::Ready,
+        };
+        let out = node.clone();
+        if !draining {
+            self.grant_queue();
+        }
+        Ok(Applied::Node(out))
     }
 }

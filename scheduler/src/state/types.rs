@@ -1,6 +1,7 @@
 //! The records the state holds: resources, nodes, leases.
 
 use super::Millis;
+use charter_config::constraint::Constraint;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -100,48 +101,122 @@ impl Node {
     }
 }
 
-/// A label constraint of a lease request. Issue-2 scope: equality only.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Constraint {
-    /// The label key.
-    pub key: String,
-    /// The value it must have.
-    pub value: String,
+/// How feasible nodes are ranked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prefer {
+    /// Fill nodes up: the node left with the least free CPU first.
+    #[default]
+    Binpack,
+    /// Spread out: the node left with the most free CPU first.
+    Spread,
+    /// The lowest cost per hour first, then binpack.
+    Cheapest,
+}
+
+impl Prefer {
+    /// Parses `binpack`, `spread` or `cheapest`.
+    pub fn parse(s: &str) -> Result<Prefer, String> {
+        match s {
+            "binpack" | "" => Ok(Prefer::Binpack),
+            "spread" => Ok(Prefer::Spread),
+            "cheapest" => Ok(Prefer::Cheapest),
+            other => Err(format!(
+                "unknown preference `{other}`; expected binpack, spread or cheapest"
+            )),
+        }
+    }
+
+    /// The snake_case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Prefer::Binpack => "binpack",
+            Prefer::Spread => "spread",
+            Prefer::Cheapest => "cheapest",
+        }
+    }
 }
 
 /// What a lease request asks for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LeaseSpec {
-    /// Resources on one node.
+    /// Resources on each node.
     pub resources: Resources,
-    /// Label constraints, all of which must hold.
+    /// Label constraints, all of which must hold on each node.
     pub constraints: Vec<Constraint>,
-    /// How long the lease lasts from its grant, in ms.
+    /// How many nodes: all are granted together, or none.
+    pub count: u32,
+    /// How long the lease lasts from its grant (or a renewal), in ms.
     pub duration_ms: u64,
+    /// Renewals may extend the lease up to this long after its grant, in ms.
+    pub max_total_ms: u64,
+    /// Higher goes first in the queue.
+    pub priority: i32,
+    /// How long the request may wait in the queue, in ms; 0 = now or never.
+    pub wait_ms: u64,
+    /// Only nodes at or under this price per hour.
+    pub max_cost_per_hour: Option<f64>,
+    /// How feasible nodes are ranked.
+    pub prefer: Prefer,
     /// Why it is wanted (shown in listings).
     pub reason: String,
+}
+
+impl LeaseSpec {
+    /// A one-node request for `resources` over `duration_ms`, granted now or refused.
+    pub fn simple(resources: Resources, duration_ms: u64) -> LeaseSpec {
+        LeaseSpec {
+            resources,
+            constraints: Vec::new(),
+            count: 1,
+            duration_ms,
+            max_total_ms: duration_ms,
+            priority: 0,
+            wait_ms: 0,
+            max_cost_per_hour: None,
+            prefer: Prefer::Binpack,
+            reason: String::new(),
+        }
+    }
 }
 
 /// Where a lease is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseState {
+    /// Waiting in the queue for capacity.
+    Pending,
     /// Holds its resources until `expires_at`.
     Granted,
-    /// Ended early by its holder.
+    /// Ended early by its holder (or cancelled while pending).
     Released,
     /// Ended at `expires_at`.
     Expired,
+    /// Ended early by an admin.
+    Revoked,
+    /// Its node went down.
+    Lost,
+    /// Waited in the queue longer than it was willing to.
+    TimedOut,
 }
 
 impl LeaseState {
     /// The snake_case name used in output.
     pub fn as_str(&self) -> &'static str {
         match self {
+            LeaseState::Pending => "pending",
             LeaseState::Granted => "granted",
             LeaseState::Released => "released",
             LeaseState::Expired => "expired",
+            LeaseState::Revoked => "revoked",
+            LeaseState::Lost => "lost",
+            LeaseState::TimedOut => "timed_out",
         }
+    }
+
+    /// Whether the lease has ended (holds nothing and never will).
+    pub fn is_ended(&self) -> bool {
+        !matches!(self, LeaseState::Pending | LeaseState::Granted)
     }
 }
 
@@ -151,27 +226,43 @@ impl std::fmt::Display for LeaseState {
     }
 }
 
-/// A principal's claim on resources of one node until `expires_at`.
+/// A principal's claim on resources of some nodes until `expires_at`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     /// Unique, increasing id.
     pub id: u64,
     /// Who holds it.
     pub principal: String,
-    /// The node it is on.
-    pub node: String,
-    /// What it holds there.
-    pub resources: Resources,
-    /// Granted, released or expired.
+    /// What was asked for.
+    pub spec: LeaseSpec,
+    /// The nodes it holds (empty while pending).
+    pub nodes: Vec<String>,
+    /// Pending, granted, or how it ended.
     pub state: LeaseState,
-    /// When it was granted (absolute; never reset by a leader change).
+    /// When it was requested.
+    pub requested_at: Millis,
+    /// When a pending request gives up.
+    pub wait_until: Millis,
+    /// When it was granted (absolute; never reset by a leader change); 0 while pending.
     pub granted_at: Millis,
-    /// When it ends by itself (absolute).
+    /// When it ends by itself (absolute); 0 while pending.
     pub expires_at: Millis,
-    /// Strictly increasing with every grant, so a resource can refuse a superseded holder.
+    /// Strictly increasing with every grant, so a resource can refuse a
+    /// superseded holder; 0 while pending.
     pub fencing_token: u64,
-    /// The holder's reason.
-    pub reason: String,
+    /// The summed price per hour of its nodes at grant.
+    pub cost_per_hour: f64,
     /// When it ended, once it has.
     pub ended_at: Option<Millis>,
+}
+
+impl Lease {
+    /// The cost of the lease so far or in all: price per hour × granted hours.
+    pub fn cost(&self) -> f64 {
+        if self.fencing_token == 0 {
+            return 0.0; // never granted
+        }
+        let end = self.ended_at.unwrap_or(self.expires_at);
+        self.cost_per_hour * (end - self.granted_at).max(0) as f64 / 3_600_000.0
+    }
 }

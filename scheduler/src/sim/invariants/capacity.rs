@@ -11,8 +11,8 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
             let mut sum = Resources::default();
             for id in &n.leases {
                 match v.state.leases.get(id) {
-                    Some(l) if l.state == LeaseState::Granted && l.node == n.name => {
-                        sum = sum.plus(&l.resources)
+                    Some(l) if l.state == LeaseState::Granted && l.nodes.contains(&n.name) => {
+                        sum = sum.plus(&l.spec.resources)
                     }
                     _ => {
                         return Err(format!(
@@ -36,15 +36,26 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
             .values()
             .filter(|l| l.state == LeaseState::Granted)
         {
-            let on = v
-                .state
-                .nodes
-                .get(&l.node)
-                .is_some_and(|n| n.leases.contains(&l.id));
-            if !on {
+            for name in &l.nodes {
+                let on = v
+                    .state
+                    .nodes
+                    .get(name)
+                    .is_some_and(|n| n.leases.contains(&l.id));
+                if !on {
+                    return Err(format!(
+                        "member {}: granted lease {} is not on node {name}",
+                        v.id, l.id
+                    ));
+                }
+            }
+            if l.nodes.len() != l.spec.count as usize {
                 return Err(format!(
-                    "member {}: granted lease {} is not on node {}",
-                    v.id, l.id, l.node
+                    "member {}: lease {} holds {} nodes of {}",
+                    v.id,
+                    l.id,
+                    l.nodes.len(),
+                    l.spec.count
                 ));
             }
         }

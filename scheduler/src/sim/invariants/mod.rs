@@ -6,6 +6,7 @@ pub mod committed_entries;
 pub mod equal_state;
 pub mod fencing;
 pub mod one_leader_per_term;
+pub mod queue;
 
 use super::store::SimStore;
 use crate::raft_driver::Role;
@@ -49,6 +50,7 @@ pub fn check_all(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String
     committed_entries::check(h, views)?;
     capacity::check(views)?;
     fencing::check(views)?;
+    queue::check(views)?;
     equal_state::check(h, views)?;
     Ok(())
 }
