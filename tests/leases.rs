@@ -289,3 +289,78 @@ fn renew_drain_and_revoke_from_the_cli() {
     assert_eq!(rv["state"], "revoked");
     json_ok(&c.cli(&["node", "undrain", &node, "--json"]));
 }
+
+#[test]
+fn quotas_and_heartbeats_from_the_cli() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION);
+    fleet(&c, 1, "8");
+    let out = cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["quota", "set", "ann", "--max-cores", "2"],
+    );
+    assert!(
+        stderr(&out).contains("needs an admin token"),
+        "{}",
+        stderr(&out)
+    );
+    json_ok(&c.cli(&[
+        "quota",
+        "set",
+        "ann",
+        "--max-cores",
+        "2",
+        "--max-leases",
+        "5",
+        "--max-duration",
+        "2h",
+        "--json",
+    ]));
+    let qs = json_ok(&c.cli(&["quota", "list", "--json"]));
+    assert_eq!(qs["quotas"][0]["max_cpu_millis"], 2000);
+    json_ok(&cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "request", "--cpu", "1.5", "--for", "1h", "--json"],
+    ));
+    let out = cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "request", "--cpu", "1", "--for", "1h"],
+    );
+    assert!(
+        stderr(&out).contains("quota: ann may hold at most 2 cores; holds 1.5, asked for 1 more"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "request", "--cpu", "0.1", "--for", "3h"],
+    );
+    assert!(stderr(&out).contains("at most 7200 s"), "{}", stderr(&out));
+
+    // A node with a heartbeat TTL that stops beating goes down; its lease is lost.
+    let out = c.cli(&[
+        "node", "register", "beating", "--cpu", "4", "--mem", "1GiB", "--ttl", "1s", "--label",
+        "hb=1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let l = json_ok(&c.cli(&[
+        "lease", "request", "--cpu", "1", "--label", "hb=1", "--for", "1h", "--json",
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = json_ok(&c.cli(&["lease", "show", &l["id"].to_string(), "--json"]));
+        if s["state"] == "lost" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease never lost: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let n = json_ok(&c.cli(&["node", "show", "beating", "--json"]));
+    assert_eq!(n["state"], "down");
+    let n = json_ok(&c.cli(&["node", "heartbeat", "beating", "--json"]));
+    assert_eq!(n["state"], "ready", "a heartbeat brings it back");
+}

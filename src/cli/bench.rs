@@ -185,6 +185,7 @@ fn grant(
                         labels: [("zone".to_string(), format!("z{}", i % 4))].into(),
                         pool: "bench".into(),
                         cost_per_hour: 1.0,
+                        ttl_ms: 0,
                     });
                     NodesClient::new(ch.clone()).register(req).await?;
                 }
@@ -299,6 +300,8 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
                     cost_per_hour: 1.0,
                     state: NodeState::Ready,
                     registered_at: 0,
+                    ttl_ms: None,
+                    last_seen: 0,
                     leases: Default::default(),
                 },
             );

@@ -98,6 +98,10 @@ pub struct RequestArgs {
     /// binpack (default), spread or cheapest.
     #[arg(long)]
     prefer: Option<String>,
+    /// Finish by this time (RFC 3339, or +D from now, e.g. +6h): waits for the
+    /// cheapest capacity while the deadline allows, then takes any price.
+    #[arg(long)]
+    deadline: Option<String>,
     /// Why (shown in listings).
     #[arg(long)]
     reason: Option<String>,
@@ -130,6 +134,7 @@ pub struct LeaseJson {
     fencing_token: u64,
     cost_per_hour: f64,
     cost: f64,
+    deadline: Option<String>,
     reason: String,
 }
 
@@ -159,6 +164,7 @@ fn lease_json(l: &pb::Lease) -> LeaseJson {
         fencing_token: l.fencing_token,
         cost_per_hour: l.cost_per_hour,
         cost: l.cost,
+        deadline: opt_time(l.deadline_ms, l.deadline_ms != 0),
         reason: l.reason.clone(),
     }
 }
@@ -290,7 +296,26 @@ fn build_request(a: RequestArgs) -> anyhow::Result<pb::LeaseRequest> {
         wait_ms: base.wait_ms,
         max_cost_per_hour: a.max_cost.or(base.max_cost),
         prefer: a.prefer.unwrap_or(base.prefer),
+        deadline_ms: a.deadline.as_deref().map(parse_deadline).transpose()?,
     })
+}
+
+/// `+6h` from now, or an RFC 3339 time.
+fn parse_deadline(s: &str) -> anyhow::Result<i64> {
+    let bad = |why: String| {
+        fail(
+            format!("bad --deadline `{s}`"),
+            why,
+            "give an RFC 3339 time like 2026-11-23T06:00:00Z, or +6h",
+        )
+    };
+    if let Some(d) = s.strip_prefix('+') {
+        let ms = units::parse_duration(d).map_err(bad)?;
+        return Ok(chrono::Utc::now().timestamp_millis() + ms as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| bad(e.to_string()))
 }
 
 async fn show(c: &Client, id: u64) -> anyhow::Result<pb::Lease> {

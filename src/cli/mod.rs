@@ -8,6 +8,7 @@ mod cluster;
 mod lease;
 mod node;
 pub mod output;
+mod quota;
 mod server;
 mod validate;
 
@@ -51,6 +52,9 @@ pub enum Cmd {
     /// Leases: time-bounded claims on a node's capacity.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
+    /// Per-principal limits: max cores, leases and duration.
+    #[command(subcommand)]
+    Quota(quota::QuotaCmd),
     /// Check any Charter config file; exits non-zero with every problem found.
     Validate(validate::ValidateArgs),
     /// Measure Charter on this machine: starts a cluster on 127.0.0.1, prints figures, stops it.
@@ -74,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Cluster(c) => rt.block_on(cluster::run(&g, c)),
         Cmd::Node(c) => rt.block_on(node::run(&g, c)),
         Cmd::Lease(c) => rt.block_on(lease::run(&g, c)),
+        Cmd::Quota(c) => rt.block_on(quota::run(&g, c)),
         Cmd::Validate(a) => validate::run(&g, a),
         Cmd::Bench(a) => bench::run(&rt, g.json, a),
     }

@@ -38,6 +38,10 @@ pub enum NodeCmd {
         /// Its price per hour.
         #[arg(long, default_value_t = 0.0)]
         cost: f64,
+        /// Heartbeat TTL, e.g. 15s: without a heartbeat for that long the node
+        /// is down and its leases lost (default: none, for records without an agent).
+        #[arg(long)]
+        ttl: Option<String>,
         /// Read the node from a node.toml instead (kind = "node").
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
@@ -60,6 +64,11 @@ pub enum NodeCmd {
     },
     /// Resume grants on a drained node (admin).
     Undrain {
+        /// The node's name.
+        name: String,
+    },
+    /// Report a node alive (what its agent does; for tests and simulated fleets).
+    Heartbeat {
         /// The node's name.
         name: String,
     },
@@ -114,6 +123,8 @@ pub struct NodeJson {
     cost_per_hour: f64,
     leases: u32,
     registered_at: String,
+    ttl_ms: u64,
+    last_seen: String,
 }
 
 fn node_json(n: &pb::Node) -> NodeJson {
@@ -133,6 +144,8 @@ fn node_json(n: &pb::Node) -> NodeJson {
         cost_per_hour: n.cost_per_hour,
         leases: n.leases,
         registered_at: output::time(n.registered_at_ms),
+        ttl_ms: n.ttl_ms,
+        last_seen: output::time(n.last_seen_ms),
     }
 }
 
@@ -206,8 +219,10 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
             labels,
             pool,
             cost,
+            ttl,
             file,
         } => {
+            let ttl_ms = unit("--ttl", &ttl, units::parse_duration)?.unwrap_or(0);
             let req = match file {
                 Some(f) => match charter_config::load_file(&f) {
                     Ok(charter_config::AnyConfig::Node(n)) => pb::RegisterNodeRequest {
@@ -222,6 +237,7 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
                         labels: n.labels.into_iter().collect(),
                         pool: n.pool,
                         cost_per_hour: n.cost_per_hour,
+                        ttl_ms,
                     },
                     Ok(other) => {
                         return Err(fail(
@@ -277,6 +293,7 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
                         labels: parse_labels(&labels)?.into_iter().collect(),
                         pool,
                         cost_per_hour: cost,
+                        ttl_ms,
                     }
                 }
             };
@@ -309,6 +326,16 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
             }
         }
         NodeCmd::Drain { name } => set_draining(g, name, true).await?,
+        NodeCmd::Heartbeat { name } => {
+            let c = Client::new(g)?;
+            let r = c
+                .call("node heartbeat", |ch| {
+                    let req = c.req(pb::HeartbeatRequest { name: name.clone() });
+                    async move { NodesClient::new(ch).heartbeat(req).await }
+                })
+                .await?;
+            print_node(g, &r.node.unwrap_or_default())?;
+        }
         NodeCmd::Undrain { name } => set_draining(g, name, false).await?,
         NodeCmd::List { stale } => {
             let c = Client::new(g)?;

@@ -49,7 +49,16 @@ pub async fn ticks(member: MemberHandle, mut stop: watch::Receiver<bool>) {
                 expired,
                 timed_out,
                 granted,
+                down,
+                lost,
             })) => {
+                if !down.is_empty() {
+                    tracing::warn!(
+                        ?down,
+                        lost = lost.len(),
+                        "nodes missed their heartbeat: down, their leases lost"
+                    );
+                }
                 tracing::debug!(
                     expired = expired.len(),
                     timed_out = timed_out.len(),

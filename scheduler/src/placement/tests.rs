@@ -29,6 +29,8 @@ fn node(
         cost_per_hour: cost,
         state,
         registered_at: 0,
+        ttl_ms: None,
+        last_seen: 0,
         leases: Default::default(),
     }
 }

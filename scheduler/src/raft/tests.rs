@@ -110,6 +110,7 @@ fn register(name: &str) -> Proposal {
             labels: Default::default(),
             pool: "p".into(),
             cost_per_hour: 0.0,
+            ttl_ms: None,
         },
     }
 }

@@ -1,6 +1,6 @@
 //! Domain types to protobuf and back, at the edge.
 
-use crate::state::{Constraint, Lease, LeaseSpec, Node, Prefer, Resources};
+use crate::state::{Constraint, Lease, LeaseSpec, Node, Prefer, Quota, Resources};
 use charter_proto as pb;
 use std::collections::BTreeMap;
 use tonic::Status;
@@ -34,6 +34,8 @@ pub fn node(n: &Node) -> pb::Node {
         state: n.state.as_str().to_string(),
         registered_at_ms: n.registered_at,
         leases: n.leases.len() as u32,
+        ttl_ms: n.ttl_ms.unwrap_or(0),
+        last_seen_ms: n.last_seen,
     }
 }
 
@@ -56,6 +58,7 @@ pub fn lease(l: &Lease) -> pb::Lease {
         cost: l.cost(),
         max_total_ms: l.spec.max_total_ms,
         constraints: l.spec.constraints.iter().map(|c| c.to_string()).collect(),
+        deadline_ms: l.spec.deadline.unwrap_or(0),
     }
 }
 
@@ -94,6 +97,7 @@ pub fn lease_spec(r: pb::LeaseRequest) -> Result<LeaseSpec, Status> {
         wait_ms: r.wait_ms,
         max_cost_per_hour: r.max_cost_per_hour,
         prefer,
+        deadline: r.deadline_ms,
         reason: r.reason,
     })
 }
@@ -107,5 +111,14 @@ pub fn members(m: &BTreeMap<u64, String>) -> pb::MembershipReply {
                 addr: addr.clone(),
             })
             .collect(),
+    }
+}
+
+pub fn quota(principal: &str, q: &Quota) -> pb::Quota {
+    pb::Quota {
+        principal: principal.to_string(),
+        max_cpu_millis: q.max_cpu_millis,
+        max_leases: q.max_leases,
+        max_duration_ms: q.max_duration_ms,
     }
 }

@@ -306,8 +306,24 @@ impl pb::nodes_server::Nodes for Api {
                 r.pool
             },
             cost_per_hour: r.cost_per_hour,
+            ttl_ms: (r.ttl_ms > 0).then_some(r.ttl_ms),
         };
         match self.submit(&who, &r.idempotency_key, cmd).await? {
+            Applied::Node(n) => Ok(Response::new(pb::NodeReply {
+                node: Some(convert::node(&n)),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "a node heartbeat")?;
+        let name = req.into_inner().name;
+        match self.submit(&who, "", Command::Heartbeat { name }).await? {
             Applied::Node(n) => Ok(Response::new(pb::NodeReply {
                 node: Some(convert::node(&n)),
             })),
@@ -398,6 +414,49 @@ impl pb::leases_server::Leases for Api {
             self.submit(&who, &r.idempotency_key, Command::RevokeLease { id: r.id })
                 .await?,
         )
+    }
+
+    async fn set_quota(
+        &self,
+        req: Request<pb::SetQuotaRequest>,
+    ) -> Result<Response<pb::QuotaReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "setting a quota")?;
+        let r = req.into_inner();
+        let q = r.quota.unwrap_or_default();
+        let quota = crate::state::Quota {
+            max_cpu_millis: q.max_cpu_millis,
+            max_leases: q.max_leases,
+            max_duration_ms: q.max_duration_ms,
+        };
+        match self
+            .submit(
+                &who,
+                &r.idempotency_key,
+                Command::SetQuota {
+                    principal: q.principal,
+                    quota,
+                },
+            )
+            .await?
+        {
+            Applied::Quota { principal, quota } => Ok(Response::new(pb::QuotaReply {
+                quota: Some(convert::quota(&principal, &quota)),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list_quotas(
+        &self,
+        req: Request<pb::ListQuotasRequest>,
+    ) -> Result<Response<pb::ListQuotasReply>, Status> {
+        principal(&req)?;
+        self.barrier(false).await?;
+        let quotas = self
+            .member
+            .read(|s| s.quotas.iter().map(|(p, q)| convert::quota(p, q)).collect());
+        Ok(Response::new(pb::ListQuotasReply { quotas }))
     }
 
     async fn why(

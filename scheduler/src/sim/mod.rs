@@ -106,6 +106,10 @@ pub struct Sim {
 
 const EPOCH: i64 = 1_800_000_000_000;
 
+fn ms_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 impl Sim {
     /// A fresh cluster for `cfg`.
     pub fn new(cfg: SimConfig) -> Result<Sim> {
@@ -266,6 +270,7 @@ impl Sim {
                 .into(),
                 pool: "sim".into(),
                 cost_per_hour: f64::from(self.rng.random_range(1..4u32)),
+                ttl_ms: [None, Some(2_000), Some(5_000)][self.rng.random_range(0..3)],
             },
             5..=13 => {
                 let duration_ms = self.rng.random_range(50..3000);
@@ -288,6 +293,11 @@ impl Sim {
                 if self.rng.random_range(0..4) == 0 {
                     spec.max_cost_per_hour = Some(2.0);
                 }
+                if self.rng.random_range(0..6) == 0 {
+                    let now = self.members[0].clock.now();
+                    spec.deadline =
+                        Some(now + ms_i64(duration_ms) + self.rng.random_range(0..4000));
+                }
                 Command::RequestLease(spec)
             }
             14..=15 => Command::ReleaseLease { id: some_lease },
@@ -295,7 +305,15 @@ impl Sim {
                 id: some_lease,
                 duration_ms: self.rng.random_range(100..3000),
             },
-            18 => Command::RevokeLease { id: some_lease },
+            18 => {
+                if self.rng.random_bool(0.7) {
+                    Command::Heartbeat {
+                        name: format!("n{}", self.rng.random_range(0..4)),
+                    }
+                } else {
+                    Command::RevokeLease { id: some_lease }
+                }
+            }
             _ => Command::SetDraining {
                 name: format!("n{}", self.rng.random_range(0..4)),
                 draining: self.rng.random_bool(0.5),

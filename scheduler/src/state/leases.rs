@@ -28,7 +28,36 @@ impl State {
         if spec.max_total_ms == 0 {
             spec.max_total_ms = spec.duration_ms;
         }
-        let placed = placement::place(self, &spec);
+        self.check_quota(principal, &spec)?;
+        // A deadline: the request may wait until it could still finish in
+        // time, and takes only the cheapest capacity for the first half of that.
+        let mut wait_ms = spec.wait_ms;
+        let mut cheap_until = self.time;
+        if let Some(d) = spec.deadline {
+            let latest_start = d.saturating_sub(ms(spec.duration_ms));
+            if latest_start < self.time {
+                return Err(Refusal::Invalid {
+                    reason: format!(
+                        "the deadline leaves {} s, less than the lease's {} s",
+                        (d - self.time).max(0) / 1000,
+                        spec.duration_ms / 1000
+                    ),
+                });
+            }
+            let room = u64::try_from(latest_start - self.time).unwrap_or(0);
+            wait_ms = if wait_ms == 0 {
+                room
+            } else {
+                wait_ms.min(room)
+            };
+            cheap_until = self.time.saturating_add(ms(room / 2));
+        }
+        spec.wait_ms = wait_ms;
+        let placed = if cheap_until > self.time {
+            placement::place(self, &self.cheap_only(&spec))
+        } else {
+            placement::place(self, &spec)
+        };
         let nodes = match placed {
             Ok(nodes) => Some(nodes),
             Err(nf) if spec.wait_ms == 0 => {
@@ -54,6 +83,7 @@ impl State {
             state: LeaseState::Pending,
             requested_at: self.time,
             wait_until: self.time.saturating_add(ms(spec.wait_ms)),
+            cheap_until,
             granted_at: 0,
             expires_at: 0,
             fencing_token: 0,
@@ -68,6 +98,9 @@ impl State {
                 self.queue
                     .insert((-(lease.spec.priority as i64), lease.requested_at, id));
                 self.timeouts.insert((lease.wait_until, id));
+                if lease.cheap_until > lease.requested_at {
+                    self.price_steps.insert((lease.cheap_until, id));
+                }
             }
         }
         Ok(Applied::Lease(self.leases[&id].clone()))
@@ -99,6 +132,7 @@ impl State {
         self.queue
             .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
         self.timeouts.remove(&(lease.wait_until, id));
+        self.price_steps.remove(&(lease.cheap_until, id));
         lease.nodes = nodes;
         lease.state = LeaseState::Granted;
         lease.granted_at = now;
@@ -187,6 +221,16 @@ impl State {
     /// Expires due leases, times out due requests, then grants what fits.
     pub(super) fn tick(&mut self) -> Applied {
         let now = self.time;
+        let (down, lost) = self.nodes_down();
+        let stepped: Vec<(Millis, u64)> = self
+            .price_steps
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .copied()
+            .collect();
+        for k in stepped {
+            self.price_steps.remove(&k);
+        }
         let expired: Vec<u64> = self
             .expiries
             .iter()
@@ -210,6 +254,8 @@ impl State {
             expired,
             timed_out,
             granted,
+            down,
+            lost,
         }
     }
 
@@ -218,8 +264,7 @@ impl State {
         let mut granted = Vec::new();
         let queued: Vec<u64> = self.queue.iter().map(|(_, _, id)| *id).collect();
         for id in queued {
-            let spec = &self.leases[&id].spec;
-            if let Ok(nodes) = placement::place(self, spec) {
+            if let Ok(nodes) = self.place_pending(&self.leases[&id]) {
                 self.grant(id, nodes);
                 granted.push(id);
             }
@@ -239,6 +284,7 @@ impl State {
                 self.queue
                     .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
                 self.timeouts.remove(&(lease.wait_until, id));
+                self.price_steps.remove(&(lease.cheap_until, id));
             }
             LeaseState::Granted => {
                 self.expiries.remove(&(lease.expires_at, id));
@@ -256,13 +302,98 @@ impl State {
         lease.clone()
     }
 
-    /// When the next time-based change is due: an expiry or a queue timeout.
-    pub fn next_due(&self) -> Option<Millis> {
-        let e = self.expiries.iter().next().map(|(at, _)| *at);
-        let t = self.timeouts.iter().next().map(|(at, _)| *at);
-        match (e, t) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// A lease lost with its node: it holds nothing any more.
+    pub(super) fn lose_lease(&mut self, id: u64) {
+        if self
+            .leases
+            .get(&id)
+            .is_some_and(|l| l.state == LeaseState::Granted)
+        {
+            self.end_lease(id, LeaseState::Lost);
         }
+    }
+
+    /// Where a pending lease would go now (only the cheapest capacity while
+    /// its deadline allows).
+    pub fn place_pending(&self, l: &Lease) -> Result<Vec<String>, placement::NoFit> {
+        if l.cheap_until > self.time {
+            placement::place(self, &self.cheap_only(&l.spec))
+        } else {
+            placement::place(self, &l.spec)
+        }
+    }
+
+    /// `spec` limited to the lowest price among nodes that could ever hold it.
+    fn cheap_only(&self, spec: &LeaseSpec) -> LeaseSpec {
+        let cheapest = self
+            .nodes
+            .values()
+            .filter(|n| placement::rule_out(n, spec, true).is_none())
+            .map(|n| n.cost_per_hour)
+            .min_by(f64::total_cmp);
+        let mut s = spec.clone();
+        if let Some(c) = cheapest {
+            s.max_cost_per_hour = Some(s.max_cost_per_hour.map_or(c, |m| m.min(c)));
+        }
+        s
+    }
+
+    fn check_quota(&self, principal: &str, spec: &LeaseSpec) -> Result<(), Refusal> {
+        let Some(q) = self.quotas.get(principal).or_else(|| self.quotas.get("*")) else {
+            return Ok(());
+        };
+        let deny = |reason: String| Err(Refusal::Denied { reason });
+        if let Some(max) = q.max_duration_ms
+            && spec.max_total_ms > max
+        {
+            return deny(format!(
+                "quota: {principal} may hold a lease for at most {} s, asked for {} s (with renewals); ask for less or have an admin raise it",
+                max / 1000,
+                spec.max_total_ms / 1000
+            ));
+        }
+        let live: Vec<&Lease> = self
+            .leases
+            .values()
+            .filter(|l| l.principal == principal && !l.state.is_ended())
+            .collect();
+        if let Some(max) = q.max_leases
+            && live.len() as u64 >= u64::from(max)
+        {
+            return deny(format!(
+                "quota: {principal} may hold at most {max} leases at once and holds {}; release one first",
+                live.len()
+            ));
+        }
+        if let Some(max) = q.max_cpu_millis {
+            let held: u64 = live
+                .iter()
+                .map(|l| l.spec.resources.cpu_millis * u64::from(l.spec.count.max(1)))
+                .sum();
+            let asked = spec.resources.cpu_millis * u64::from(spec.count.max(1));
+            if held + asked > max {
+                return deny(format!(
+                    "quota: {principal} may hold at most {} cores; holds {}, asked for {} more",
+                    max as f64 / 1000.0,
+                    held as f64 / 1000.0,
+                    asked as f64 / 1000.0
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// When the next time-based change is due: an expiry, a queue timeout,
+    /// a deadline request's price step, or a missed heartbeat.
+    pub fn next_due(&self) -> Option<Millis> {
+        [
+            self.expiries.iter().next().map(|(at, _)| *at),
+            self.timeouts.iter().next().map(|(at, _)| *at),
+            self.price_steps.iter().next().map(|(at, _)| *at),
+            self.heartbeats.iter().next().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }

@@ -53,6 +53,21 @@ pub enum Command {
         pool: String,
         /// Its price per hour.
         cost_per_hour: f64,
+        /// Heartbeat TTL (agents); `None` for records without an agent.
+        #[serde(default)]
+        ttl_ms: Option<u64>,
+    },
+    /// A node's agent is alive; a down node comes back.
+    Heartbeat {
+        /// The node.
+        name: String,
+    },
+    /// Sets a principal's limits (`*` is everyone's default). Admin only.
+    SetQuota {
+        /// The principal, or `*`.
+        principal: String,
+        /// Its limits.
+        quota: Quota,
     },
     /// Stops (or resumes) new grants on a node; its leases stay. Admin only.
     SetDraining {
@@ -75,14 +90,16 @@ pub enum Command {
         /// How long from now.
         duration_ms: u64,
     },
-    /// Ends a lease at once whoever holds it. Admin only.
+    /// Ends a lease at once, whoever holds it. Admin only.
     RevokeLease {
         /// The lease id.
         id: u64,
     },
     /// Applies every time-based change due at the proposal's time: leases
-    /// expire, queued requests time out, and the queue is granted what fits.
-    /// The leader proposes it when [`State::next_due`] has passed.
+    /// expire, queued requests time out, nodes that missed their heartbeat go
+    /// down, and the queue is granted what fits. Every command does this
+    /// first; the leader proposes `Tick` when [`State::next_due`] has passed
+    /// and nothing else brought the time forward.
     Tick,
 }
 
@@ -120,6 +137,19 @@ pub enum Applied {
         timed_out: Vec<u64>,
         /// Queued requests granted.
         granted: Vec<u64>,
+        /// Nodes that missed their heartbeat.
+        #[serde(default)]
+        down: Vec<String>,
+        /// Leases lost with those nodes.
+        #[serde(default)]
+        lost: Vec<u64>,
+    },
+    /// A principal's limits after the change.
+    Quota {
+        /// The principal, or `*`.
+        principal: String,
+        /// Its limits.
+        quota: Quota,
     },
 }
 
@@ -186,6 +216,15 @@ pub struct State {
     pub queue: OrdSet<(i64, Millis, u64)>,
     /// Pending requests ordered by when they give up: `(wait_until, id)`.
     pub timeouts: OrdSet<(Millis, u64)>,
+    /// Pending deadline requests ordered by when they start taking any price.
+    #[serde(default)]
+    pub price_steps: OrdSet<(Millis, u64)>,
+    /// Nodes with a heartbeat TTL ordered by when they are due: `(last_seen + ttl, name)`.
+    #[serde(default)]
+    pub heartbeats: OrdSet<(Millis, String)>,
+    /// Limits by principal; `*` is the default.
+    #[serde(default)]
+    pub quotas: OrdMap<String, Quota>,
     /// The id the next lease gets.
     pub next_lease_id: u64,
     /// The last fencing token handed out; the next grant gets a larger one.
@@ -210,6 +249,12 @@ impl State {
     /// the same result on every member.
     pub fn apply(&mut self, p: &Proposal) -> Outcome {
         self.time = self.time.max(p.at);
+        // Whatever fell due by now happens first, whichever command brought
+        // the time: no lease is ever granted past its expiry in any state.
+        let due = match self.next_due() {
+            Some(at) if at <= self.time => Some(self.tick()),
+            _ => None,
+        };
         let key = p.key.as_ref().map(|k| format!("{}/{}", p.principal, k));
         if let Some(k) = &key
             && let Some(first) = self.applied_keys.get(k)
@@ -223,7 +268,10 @@ impl State {
                 labels,
                 pool,
                 cost_per_hour,
-            } => self.register_node(name, capacity, labels, pool, *cost_per_hour),
+                ttl_ms,
+            } => self.register_node(name, capacity, labels, pool, *cost_per_hour, *ttl_ms),
+            Command::Heartbeat { name } => self.heartbeat(name),
+            Command::SetQuota { principal, quota } => self.set_quota(principal, quota, p.admin),
             Command::SetDraining { name, draining } => self.set_draining(name, *draining, p.admin),
             Command::RequestLease(spec) => self.request_lease(&p.principal, spec),
             Command::ReleaseLease { id } => self.release_lease(*id, &p.principal, p.admin),
@@ -231,7 +279,7 @@ impl State {
                 self.renew_lease(*id, &p.principal, p.admin, *duration_ms)
             }
             Command::RevokeLease { id } => self.revoke_lease(*id, p.admin),
-            Command::Tick => Ok(self.tick()),
+            Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
         };
         if let Some(k) = key {
             self.applied_keys.insert(k, out.clone());

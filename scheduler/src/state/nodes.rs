@@ -1,6 +1,10 @@
 //! Node registration.
 
-use super::{Applied, Node, NodeState, Outcome, Refusal, Resources, State};
+use super::{Applied, Millis, Node, NodeState, Outcome, Quota, Refusal, Resources, State};
+
+fn ms(v: u64) -> Millis {
+    Millis::try_from(v).unwrap_or(Millis::MAX)
+}
 use std::collections::{BTreeMap, BTreeSet};
 
 impl State {
@@ -11,6 +15,7 @@ impl State {
         labels: &BTreeMap<String, String>,
         pool: &str,
         cost_per_hour: f64,
+        ttl_ms: Option<u64>,
     ) -> Outcome {
         if name.is_empty() {
             return Err(Refusal::Invalid {
@@ -32,17 +37,104 @@ impl State {
             cost_per_hour,
             state: NodeState::Ready,
             registered_at: now,
+            ttl_ms: None,
+            last_seen: now,
             leases: BTreeSet::new(),
         });
+        let old_due = node
+            .ttl_ms
+            .map(|t| (node.last_seen.saturating_add(ms(t)), node.name.clone()));
         // A re-registration updates the offer; leases already granted stay, so
         // a shrunk node may be over its new capacity until they end.
         node.capacity = *capacity;
         node.labels = labels.clone();
         node.pool = pool.to_string();
         node.cost_per_hour = cost_per_hour;
+        node.ttl_ms = ttl_ms.filter(|t| *t > 0);
+        node.last_seen = now;
+        if node.state == NodeState::Down {
+            node.state = NodeState::Ready;
+        }
+        let new_due = node
+            .ttl_ms
+            .map(|t| (now.saturating_add(ms(t)), node.name.clone()));
         let out = node.clone();
+        if let Some(d) = old_due {
+            self.heartbeats.remove(&d);
+        }
+        if let Some(d) = new_due {
+            self.heartbeats.insert(d);
+        }
         self.grant_queue();
         Ok(Applied::Node(out))
+    }
+
+    pub(super) fn heartbeat(&mut self, name: &str) -> Outcome {
+        let now = self.time;
+        let node = self.nodes.get_mut(name).ok_or_else(|| Refusal::NotFound {
+            what: format!("node {name}"),
+        })?;
+        let came_back = node.state == NodeState::Down;
+        if let Some(t) = node.ttl_ms {
+            self.heartbeats
+                .remove(&(node.last_seen.saturating_add(ms(t)), name.to_string()));
+            self.heartbeats
+                .insert((now.saturating_add(ms(t)), name.to_string()));
+        }
+        node.last_seen = now;
+        if came_back {
+            node.state = NodeState::Ready;
+        }
+        let out = node.clone();
+        if came_back {
+            self.grant_queue();
+        }
+        Ok(Applied::Node(out))
+    }
+
+    /// Marks nodes whose heartbeat is overdue as down; their leases are lost.
+    pub(super) fn nodes_down(&mut self) -> (Vec<String>, Vec<u64>) {
+        let now = self.time;
+        let due: Vec<(Millis, String)> = self
+            .heartbeats
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .cloned()
+            .collect();
+        let mut down = Vec::new();
+        let mut lost = Vec::new();
+        for key in due {
+            self.heartbeats.remove(&key);
+            let Some(node) = self.nodes.get_mut(&key.1) else {
+                continue;
+            };
+            node.state = NodeState::Down;
+            let ids: Vec<u64> = node.leases.iter().copied().collect();
+            down.push(key.1);
+            for id in ids {
+                self.lose_lease(id);
+                lost.push(id);
+            }
+        }
+        (down, lost)
+    }
+
+    pub(super) fn set_quota(&mut self, principal: &str, quota: &Quota, admin: bool) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: format!("setting {principal}'s quota needs an admin token"),
+            });
+        }
+        if principal.is_empty() {
+            return Err(Refusal::Invalid {
+                reason: "quota principal is empty; name one, or `*` for everyone".into(),
+            });
+        }
+        self.quotas.insert(principal.to_string(), quota.clone());
+        Ok(Applied::Quota {
+            principal: principal.to_string(),
+            quota: quota.clone(),
+        })
     }
 
     pub(super) fn set_draining(&mut self, name: &str, draining: bool, admin: bool) -> Outcome {

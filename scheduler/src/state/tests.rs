@@ -21,6 +21,22 @@ fn register(name: &str, cpu: u64) -> Command {
         labels: Default::default(),
         pool: "default".into(),
         cost_per_hour: 0.5,
+        ttl_ms: None,
+    }
+}
+
+fn priced(name: &str, cpu: u64, cost: f64, ttl_ms: Option<u64>) -> Command {
+    Command::RegisterNode {
+        name: name.into(),
+        capacity: Resources {
+            cpu_millis: cpu,
+            memory_bytes: 1 << 30,
+            ..Resources::default()
+        },
+        labels: Default::default(),
+        pool: "default".into(),
+        cost_per_hour: cost,
+        ttl_ms,
     }
 }
 
@@ -58,6 +74,7 @@ fn tick(s: &mut State, at: Millis) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
             expired,
             timed_out,
             granted,
+            ..
         }) => (expired, timed_out, granted),
         other => panic!("expected a tick, got {other:?}"),
     }
@@ -328,4 +345,139 @@ fn snapshot_bytes_round_trip() {
     got(s.apply(&p(2, "ann", Some("z"), queued(4000, 1000, 100, 3))));
     let back = State::from_bytes(&s.to_bytes()).unwrap();
     assert_eq!(back, s);
+}
+
+#[test]
+fn quotas_refuse_with_a_clear_message_and_change_nothing() {
+    let mut s = State::new(Default::default());
+    s.apply(&p(0, "root", None, register("n1", 8000))).unwrap();
+    let q = Quota {
+        max_cpu_millis: Some(3000),
+        max_leases: Some(2),
+        max_duration_ms: Some(3_600_000),
+    };
+    let r = s.apply(&p(
+        0,
+        "ann",
+        None,
+        Command::SetQuota {
+            principal: "*".into(),
+            quota: q.clone(),
+        },
+    ));
+    assert!(
+        matches!(r, Err(Refusal::Denied { .. })),
+        "only admins set quotas: {r:?}"
+    );
+    s.apply(&p(
+        0,
+        "root",
+        None,
+        Command::SetQuota {
+            principal: "ann".into(),
+            quota: q,
+        },
+    ))
+    .unwrap();
+    let deny = |r: Outcome, want: &str| match r {
+        Err(Refusal::Denied { reason }) => assert!(reason.contains(want), "{reason}"),
+        other => panic!("expected a quota refusal, got {other:?}"),
+    };
+    deny(
+        s.apply(&p(1, "ann", None, lease(1000, 7_200_000))),
+        "at most 3600 s, asked for 7200 s",
+    );
+    got(s.apply(&p(1, "ann", None, lease(2000, 1000))));
+    deny(
+        s.apply(&p(2, "ann", None, lease(2000, 1000))),
+        "at most 3 cores; holds 2, asked for 2 more",
+    );
+    got(s.apply(&p(2, "ann", None, lease(1000, 1000))));
+    deny(
+        s.apply(&p(3, "ann", None, lease(100, 1000))),
+        "at most 2 leases at once and holds 2",
+    );
+    assert_eq!(s.leases.len(), 2, "refusals change nothing");
+    // Others have no quota.
+    got(s.apply(&p(3, "bob", None, lease(4000, 7_200_000))));
+}
+
+#[test]
+fn a_node_that_misses_its_heartbeat_is_down_and_its_leases_lost() {
+    let mut s = State::new(Default::default());
+    s.apply(&p(0, "root", None, priced("a", 2000, 1.0, Some(1000))))
+        .unwrap();
+    s.apply(&p(0, "root", None, priced("b", 2000, 1.0, None)))
+        .unwrap();
+    let on_a = got(s.apply(&p(0, "ann", None, lease(2000, 100_000))));
+    assert_eq!(on_a.nodes, vec!["a".to_string()]);
+    assert_eq!(s.next_due(), Some(1000));
+    s.apply(&p(
+        900,
+        "root",
+        None,
+        Command::Heartbeat { name: "a".into() },
+    ))
+    .unwrap();
+    assert_eq!(s.next_due(), Some(1900));
+    match s.apply(&p(1900, "charter:tick", None, Command::Tick)) {
+        Ok(Applied::Ticked { down, lost, .. }) => {
+            assert_eq!((down, lost), (vec!["a".to_string()], vec![on_a.id]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.nodes["a"].state, NodeState::Down);
+    assert_eq!(s.leases[&on_a.id].state, LeaseState::Lost);
+    assert_eq!(s.nodes["a"].allocated.cpu_millis, 0);
+    // Nothing is granted on a down node; a heartbeat brings it back.
+    let waiting = got(s.apply(&p(2000, "ann", None, queued(2000, 1000, 60_000, 0))));
+    assert_eq!(waiting.nodes, vec!["b".to_string()]);
+    let next = got(s.apply(&p(2000, "ann", None, queued(2000, 1000, 60_000, 0))));
+    assert_eq!(next.state, LeaseState::Pending);
+    s.apply(&p(
+        2100,
+        "root",
+        None,
+        Command::Heartbeat { name: "a".into() },
+    ))
+    .unwrap();
+    assert_eq!(s.nodes["a"].state, NodeState::Ready);
+    assert_eq!(s.leases[&next.id].state, LeaseState::Granted);
+}
+
+#[test]
+fn a_deadline_waits_for_cheap_capacity_then_takes_what_there_is() {
+    let mut s = State::new(Default::default());
+    s.apply(&p(0, "root", None, priced("cheap", 1000, 1.0, None)))
+        .unwrap();
+    s.apply(&p(0, "root", None, priced("dear", 1000, 5.0, None)))
+        .unwrap();
+    got(s.apply(&p(0, "bob", None, lease(1000, 100_000))));
+    assert_eq!(
+        s.nodes["cheap"].allocated.cpu_millis, 1000,
+        "bob holds the cheap node"
+    );
+    // Finish within 10 s of work by t=20 s: latest start 10 s; cheap-only until 5 s.
+    let mut sp = spec(1000, 10_000);
+    sp.deadline = Some(20_000);
+    let l = got(s.apply(&p(0, "ann", None, Command::RequestLease(sp.clone()))));
+    assert_eq!(
+        l.state,
+        LeaseState::Pending,
+        "waits although the dear node is free"
+    );
+    assert_eq!((l.cheap_until, l.wait_until), (5_000, 10_000));
+    assert_eq!(s.next_due(), Some(5_000));
+    let (_, _, granted) = tick(&mut s, 5_000);
+    assert_eq!(
+        granted,
+        vec![l.id],
+        "past the halfway point it takes the dear node"
+    );
+    assert_eq!(s.leases[&l.id].nodes, vec!["dear".to_string()]);
+    assert_eq!(s.leases[&l.id].cost_per_hour, 5.0);
+    // A deadline that cannot be met is refused at once.
+    sp.deadline = Some(15_000);
+    let r = s.apply(&p(6_000, "ann", None, Command::RequestLease(sp)));
+    assert!(matches!(r, Err(Refusal::Invalid { .. })), "{r:?}");
 }

@@ -90,6 +90,13 @@ pub struct Node {
     pub state: NodeState,
     /// When it first registered.
     pub registered_at: Millis,
+    /// Heartbeat time-to-live: missing it marks the node down and its leases
+    /// lost. `None` for records without an agent (`node register`).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// The last registration or heartbeat.
+    #[serde(default)]
+    pub last_seen: Millis,
     /// Ids of the granted leases on it.
     pub leases: BTreeSet<u64>,
 }
@@ -158,6 +165,11 @@ pub struct LeaseSpec {
     pub max_cost_per_hour: Option<f64>,
     /// How feasible nodes are ranked.
     pub prefer: Prefer,
+    /// Finish by this time: the request waits for the cheapest capacity while
+    /// the deadline allows, takes any price after that, and gives up when it
+    /// could no longer finish in time.
+    #[serde(default)]
+    pub deadline: Option<Millis>,
     /// Why it is wanted (shown in listings).
     pub reason: String,
 }
@@ -175,6 +187,7 @@ impl LeaseSpec {
             wait_ms: 0,
             max_cost_per_hour: None,
             prefer: Prefer::Binpack,
+            deadline: None,
             reason: String::new(),
         }
     }
@@ -226,6 +239,17 @@ impl std::fmt::Display for LeaseState {
     }
 }
 
+/// Per-principal limits. `None` is no limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Most CPU held by pending and granted leases together, in millicores.
+    pub max_cpu_millis: Option<u64>,
+    /// Most pending and granted leases at once.
+    pub max_leases: Option<u32>,
+    /// Longest lease, renewals included, in ms.
+    pub max_duration_ms: Option<u64>,
+}
+
 /// A principal's claim on resources of some nodes until `expires_at`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
@@ -243,6 +267,9 @@ pub struct Lease {
     pub requested_at: Millis,
     /// When a pending request gives up.
     pub wait_until: Millis,
+    /// Until when a pending request with a deadline takes only the cheapest capacity.
+    #[serde(default)]
+    pub cheap_until: Millis,
     /// When it was granted (absolute; never reset by a leader change); 0 while pending.
     pub granted_at: Millis,
     /// When it ends by itself (absolute); 0 while pending.

@@ -4,7 +4,6 @@
 //! fits (whatever freed capacity also granted what it could).
 
 use super::MemberView;
-use crate::placement;
 use crate::state::LeaseState;
 
 /// Fails on an index out of step with a lease, or a pending request that fits.
@@ -31,7 +30,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
                     (queued, timing, expiring)
                 ));
             }
-            if l.state == LeaseState::Pending && placement::place(s, &l.spec).is_ok() {
+            if l.state == LeaseState::Pending && s.place_pending(l).is_ok() {
                 return Err(format!(
                     "member {}: pending lease {} fits but was not granted",
                     v.id, l.id
