@@ -122,3 +122,44 @@ pub fn quota(principal: &str, q: &Quota) -> pb::Quota {
         max_duration_ms: q.max_duration_ms,
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! API request decoding: no bytes on the wire make decoding panic, and a
+    //! decoded request is either a valid spec or `INVALID_ARGUMENT`.
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message as _;
+    use protobuf::Message as _;
+
+    proptest! {
+        #[test]
+        fn lease_requests_decode_or_refuse(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(r) = pb::LeaseRequest::decode(&bytes[..])
+                && let Err(s) = lease_spec(r)
+            {
+                prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            }
+        }
+
+        #[test]
+        fn built_requests_decode_or_refuse(
+            duration_ms in 0u64..10_000,
+            constraints in prop::collection::vec("[a-z!<>=(), .0-9]{0,16}", 0..3),
+            prefer in "[a-z]{0,9}",
+            cost in prop::option::of(-5.0f64..5.0),
+            max_total_ms in 0u64..20_000,
+        ) {
+            let r = pb::LeaseRequest { duration_ms, constraints, prefer, max_cost_per_hour: cost, max_total_ms, ..Default::default() };
+            if let Err(s) = lease_spec(r) {
+                prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            }
+        }
+
+        #[test]
+        fn raft_messages_and_proposals_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = ::raft::eraftpb::Message::parse_from_bytes(&bytes);
+            let _ = serde_json::from_slice::<Vec<crate::state::Proposal>>(&bytes);
+        }
+    }
+}
