@@ -175,6 +175,7 @@ impl Server {
 
         let (stop, stop_rx) = watch::channel(false);
         let api = Api::new(member.clone(), opts.tokens.peer_token());
+        let peer = Peer::new(member.clone(), &api);
         let icpt = opts.tokens.interceptor();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -191,7 +192,7 @@ impl Server {
                 icpt.clone(),
             ))
             .add_service(tonic::service::interceptor::InterceptedService::new(
-                pb::raft_peer_server::RaftPeerServer::new(Peer::new(member.clone()))
+                pb::raft_peer_server::RaftPeerServer::new(peer)
                     .max_decoding_message_size(MAX_PEER_MESSAGE)
                     .max_encoding_message_size(MAX_PEER_MESSAGE),
                 icpt,

@@ -24,6 +24,7 @@ pub fn tick_proposal(state: &State, now: Millis) -> Option<Proposal> {
         principal: "charter:tick".into(),
         admin: true,
         key: None,
+        hint: None,
         cmd: Command::Tick,
     })
 }

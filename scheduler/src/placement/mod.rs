@@ -12,7 +12,7 @@
 //! Limitations: placement scans every node (no label index); a gang request
 //! ranks nodes independently (no topology).
 
-use crate::state::{LeaseSpec, Node, NodeState, Prefer, State};
+use crate::state::{LeaseSpec, Node, NodeState, Prefer, Resources, State};
 use std::cmp::Ordering;
 
 /// Why no set of nodes could take a request: one line per node, by name.
@@ -73,6 +73,17 @@ pub enum Why {
 /// With `ever`, the node's state and current load are ignored: could it
 /// hold the request at all?
 pub fn rule_out(node: &Node, spec: &LeaseSpec, ever: bool) -> Option<Why> {
+    rule_out_with(node, spec, ever, &Resources::default())
+}
+
+/// [`rule_out`] with `reserved` held back on the node as well (the leader's
+/// in-flight grants).
+pub fn rule_out_with(
+    node: &Node,
+    spec: &LeaseSpec,
+    ever: bool,
+    reserved: &Resources,
+) -> Option<Why> {
     if !ever && node.state != NodeState::Ready {
         return Some(Why::State(node.state));
     }
@@ -84,7 +95,11 @@ pub fn rule_out(node: &Node, spec: &LeaseSpec, ever: bool) -> Option<Why> {
     if let Some(i) = spec.constraints.iter().position(|c| !c.holds(&node.labels)) {
         return Some(Why::Label(i));
     }
-    let free = if ever { node.capacity } else { node.free() };
+    let free = if ever {
+        node.capacity
+    } else {
+        node.free().minus(reserved)
+    };
     let r = &spec.resources;
     if r.cpu_millis > free.cpu_millis {
         return Some(Why::Cpu(r.cpu_millis, free.cpu_millis));
@@ -154,13 +169,25 @@ fn better(prefer: Prefer, a: (&Node, u64), b: (&Node, u64)) -> Ordering {
 
 /// Picks `spec.count` nodes for `spec`, best first by its preference.
 pub fn place(state: &State, spec: &LeaseSpec) -> Result<Vec<String>, NoFit> {
+    place_with(state, spec, &|_| None)
+}
+
+/// [`place`] with some resources of some nodes held back (`reserved`).
+pub fn place_with(
+    state: &State,
+    spec: &LeaseSpec,
+    reserved: &dyn Fn(&str) -> Option<Resources>,
+) -> Result<Vec<String>, NoFit> {
     let count = spec.count.max(1) as usize;
-    let left = |n: &Node| n.free().cpu_millis - spec.resources.cpu_millis;
+    let none = Resources::default();
+    let held = |n: &Node| reserved(&n.name).unwrap_or(none);
+    let left = |n: &Node| n.free().minus(&held(n)).cpu_millis - spec.resources.cpu_millis;
+    let out = |n: &Node| rule_out_with(n, spec, false, &held(n)).is_some();
     if count == 1 {
         // The common case: one pass, no allocation.
         let mut best: Option<(&Node, u64)> = None;
         for node in state.nodes.values() {
-            if rule_out(node, spec, false).is_some() {
+            if out(node) {
                 continue;
             }
             let cand = (node, left(node));
@@ -175,7 +202,7 @@ pub fn place(state: &State, spec: &LeaseSpec) -> Result<Vec<String>, NoFit> {
     let mut fits: Vec<(&Node, u64)> = state
         .nodes
         .values()
-        .filter(|n| rule_out(n, spec, false).is_none())
+        .filter(|n| !out(n))
         .map(|n| (n, left(n)))
         .collect();
     if fits.len() < count {

@@ -101,6 +101,7 @@ fn register(name: &str) -> Proposal {
         principal: "root".into(),
         admin: true,
         key: Some(name.into()),
+        hint: None,
         cmd: Command::RegisterNode {
             name: name.into(),
             capacity: Resources {

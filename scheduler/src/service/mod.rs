@@ -14,6 +14,7 @@
 pub mod auth;
 mod convert;
 pub mod http;
+mod placer;
 
 use crate::Error;
 use crate::raft_driver::{MemberHandle, Role};
@@ -37,6 +38,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub struct Api {
     member: MemberHandle,
+    placer: Arc<placer::Placer>,
     peer_token: Option<String>,
     clients: Arc<Mutex<HashMap<String, Channel>>>,
 }
@@ -78,6 +80,7 @@ impl Api {
     /// The API over `member`; `peer_token` authenticates forwarded calls.
     pub fn new(member: MemberHandle, peer_token: Option<String>) -> Api {
         Api {
+            placer: Arc::new(placer::Placer::default()),
             member,
             peer_token,
             clients: Arc::new(Mutex::new(HashMap::new())),
@@ -144,13 +147,16 @@ impl Api {
             principal: who.name.clone(),
             admin: who.admin,
             key: Some(key),
+            hint: None,
             cmd,
         };
         let deadline = Instant::now() + WRITE_RETRY;
         loop {
             let st = self.member.status();
             let res = if st.role == Role::Leader {
-                self.member.propose(p.clone()).await
+                let mut p = p.clone();
+                let _held = self.placer.hint(&self.member, &mut p);
+                self.member.propose(p).await
             } else if let Some(addr) = st.leader_id.and_then(|l| st.members.get(&l)) {
                 self.forward(addr, &p).await
             } else {
@@ -549,12 +555,16 @@ impl pb::leases_server::Leases for Api {
 #[derive(Clone)]
 pub struct Peer {
     member: MemberHandle,
+    placer: Arc<placer::Placer>,
 }
 
 impl Peer {
-    /// The peer service of `member`.
-    pub fn new(member: MemberHandle) -> Peer {
-        Peer { member }
+    /// The peer service of `member`, placing forwarded requests with `api`'s overlay.
+    pub fn new(member: MemberHandle, api: &Api) -> Peer {
+        Peer {
+            member,
+            placer: api.placer.clone(),
+        }
     }
 }
 
@@ -575,8 +585,13 @@ impl pb::raft_peer_server::RaftPeer for Peer {
         req: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::ForwardReply>, Status> {
         require_admin(&principal(&req)?, "forwarding writes")?;
-        let p: Proposal = serde_json::from_slice(&req.get_ref().proposal)
+        let mut p: Proposal = serde_json::from_slice(&req.get_ref().proposal)
             .map_err(|e| Status::invalid_argument(format!("undecodable proposal: {e}")))?;
+        let _held = if self.member.is_leader() {
+            self.placer.hint(&self.member, &mut p)
+        } else {
+            None
+        };
         let outcome = self.member.propose(p).await.map_err(to_status)?;
         let bytes = serde_json::to_vec(&outcome).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ForwardReply { outcome: bytes }))

@@ -348,11 +348,25 @@ impl Sim {
                 continue;
             };
             let (reply, rx) = oneshot::channel();
+            // Like the leader's placer, but sometimes stale or wrong on
+            // purpose: apply must re-check and never over-commit.
+            let hint = match (&r.cmd, self.rng.random_range(0..4)) {
+                (Command::RequestLease(spec), 0 | 1) => {
+                    h.read(|s| crate::placement::place(s, spec).ok())
+                }
+                (Command::RequestLease(spec), 2) => Some(
+                    (0..spec.count)
+                        .map(|_| format!("n{}", self.rng.random_range(0..5)))
+                        .collect(),
+                ),
+                _ => None,
+            };
             let p = Proposal {
                 at: 0,
                 principal: "sim".into(),
                 admin: true,
                 key: Some(r.key.clone()),
+                hint,
                 cmd: r.cmd.clone(),
             };
             if h.send_input(Input::Propose { proposal: p, reply }).is_ok() {

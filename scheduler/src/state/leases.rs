@@ -9,7 +9,12 @@ fn ms(v: u64) -> Millis {
 }
 
 impl State {
-    pub(super) fn request_lease(&mut self, principal: &str, spec: &LeaseSpec) -> Outcome {
+    pub(super) fn request_lease(
+        &mut self,
+        principal: &str,
+        spec: &LeaseSpec,
+        hint: Option<&[String]>,
+    ) -> Outcome {
         let invalid = |reason: &str| {
             Err(Refusal::Invalid {
                 reason: reason.into(),
@@ -53,10 +58,14 @@ impl State {
             cheap_until = self.time.saturating_add(ms(room / 2));
         }
         spec.wait_ms = wait_ms;
-        let placed = if cheap_until > self.time {
-            placement::place(self, &self.cheap_only(&spec))
+        let effective = if cheap_until > self.time {
+            self.cheap_only(&spec)
         } else {
-            placement::place(self, &spec)
+            spec.clone()
+        };
+        let placed = match hint.filter(|h| self.hint_fits(h, &effective)) {
+            Some(h) => Ok(h.to_vec()),
+            None => placement::place(self, &effective),
         };
         let nodes = match placed {
             Ok(nodes) => Some(nodes),
@@ -311,6 +320,20 @@ impl State {
         {
             self.end_lease(id, LeaseState::Lost);
         }
+    }
+
+    /// Whether the leader's placement still holds: `count` distinct nodes
+    /// that each fit now (the re-check that keeps a node from over-commit,
+    /// whatever the leader believed).
+    fn hint_fits(&self, hint: &[String], spec: &LeaseSpec) -> bool {
+        let distinct = hint.iter().collect::<std::collections::BTreeSet<_>>().len() == hint.len();
+        distinct
+            && hint.len() == spec.count.max(1) as usize
+            && hint.iter().all(|n| {
+                self.nodes
+                    .get(n)
+                    .is_some_and(|node| placement::rule_out(node, spec, false).is_none())
+            })
     }
 
     /// Where a pending lease would go now (only the cheapest capacity while

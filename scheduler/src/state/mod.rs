@@ -114,6 +114,10 @@ pub struct Proposal {
     pub admin: bool,
     /// The client's idempotency key; the same key applied twice is a no-op.
     pub key: Option<String>,
+    /// For lease requests: the nodes the leader placed it on. `apply` checks
+    /// them in O(count) and falls back to placing itself when they no longer fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<Vec<String>>,
     /// What to do.
     pub cmd: Command,
 }
@@ -273,7 +277,9 @@ impl State {
             Command::Heartbeat { name } => self.heartbeat(name),
             Command::SetQuota { principal, quota } => self.set_quota(principal, quota, p.admin),
             Command::SetDraining { name, draining } => self.set_draining(name, *draining, p.admin),
-            Command::RequestLease(spec) => self.request_lease(&p.principal, spec),
+            Command::RequestLease(spec) => {
+                self.request_lease(&p.principal, spec, p.hint.as_deref())
+            }
             Command::ReleaseLease { id } => self.release_lease(*id, &p.principal, p.admin),
             Command::RenewLease { id, duration_ms } => {
                 self.renew_lease(*id, &p.principal, p.admin, *duration_ms)

@@ -6,6 +6,7 @@ fn p(at: Millis, principal: &str, key: Option<&str>, cmd: Command) -> Proposal {
         principal: principal.into(),
         admin: principal == "root",
         key: key.map(String::from),
+        hint: None,
         cmd,
     }
 }
@@ -480,4 +481,42 @@ fn a_deadline_waits_for_cheap_capacity_then_takes_what_there_is() {
     sp.deadline = Some(15_000);
     let r = s.apply(&p(6_000, "ann", None, Command::RequestLease(sp)));
     assert!(matches!(r, Err(Refusal::Invalid { .. })), "{r:?}");
+}
+
+#[test]
+fn apply_rechecks_the_leaders_placement_and_never_overcommits() {
+    let mut s = State::new(Default::default());
+    for n in ["a", "b", "c"] {
+        s.apply(&p(0, "root", None, register(n, 2000))).unwrap();
+    }
+    let hinted = |nodes: &[&str], cpu: u64, count: u32| {
+        let mut sp = spec(cpu, 1000);
+        sp.count = count;
+        let mut pr = p(1, "ann", None, Command::RequestLease(sp));
+        pr.hint = Some(nodes.iter().map(|n| n.to_string()).collect());
+        pr
+    };
+    // A valid hint is taken as is (binpack alone would pick "a").
+    let l = got(s.apply(&hinted(&["c"], 1500, 1)));
+    assert_eq!(l.nodes, vec!["c".to_string()]);
+    // A hint that no longer fits (the leader raced itself) is re-placed.
+    let l = got(s.apply(&hinted(&["c"], 1500, 1)));
+    assert_eq!(l.nodes, vec!["a".to_string()]);
+    // Wrong count, duplicates and unknown nodes are ignored the same way.
+    for bad in [
+        hinted(&["b"], 100, 2),
+        hinted(&["b", "b"], 100, 2),
+        hinted(&["zz"], 100, 1),
+    ] {
+        let l = got(s.apply(&bad));
+        assert!(!l.nodes.iter().any(|n| n == "zz"));
+        assert_eq!(l.nodes.len(), l.spec.count as usize);
+    }
+    for n in s.nodes.values() {
+        assert!(
+            n.allocated.fits_in(&n.capacity),
+            "{} over-committed",
+            n.name
+        );
+    }
 }
