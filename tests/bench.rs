@@ -36,7 +36,7 @@ fn every_scenario_runs_once_and_reports_json() {
         .iter()
         .map(|r| r["scenario"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["grant", "placement", "failover"]);
+    assert_eq!(names, ["grant", "placement", "failover", "memory"]);
     let grant = &reports[0]["metrics"];
     for k in [
         "leader_c1_grants_per_s",
@@ -56,6 +56,7 @@ fn every_scenario_runs_once_and_reports_json() {
             > 0.0
     );
     assert!(reports[2]["metrics"]["round1_ms"].as_f64().unwrap() > 0.0);
+    assert!(reports[3]["metrics"]["member1_rss_mib"].as_f64().unwrap() > 1.0);
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! - `placement`: placement decisions/s and ns per decision at 1k/10k/50k
 //!   nodes with a label constraint (in process; placement is a pure function);
 //! - `failover`: time from `kill -9` of the leader process to the first
-//!   acknowledged write, over several rounds.
+//!   acknowledged write, over several rounds;
+//! - `memory`: each member's resident memory with N leases held.
 
 use super::output::{self, fail};
 use charter::harness::{Cluster, TOKEN};
@@ -42,6 +43,9 @@ pub struct BenchArgs {
     /// Rounds of `failover`.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Leases held for `memory`.
+    #[arg(long, default_value_t = 100_000)]
+    pub leases: usize,
     /// Node counts for `placement`, comma-separated.
     #[arg(long, default_value = "1000,10000,50000")]
     pub placement_nodes: String,
@@ -54,7 +58,7 @@ pub struct Report {
     metrics: BTreeMap<String, f64>,
 }
 
-const SCENARIOS: &[&str] = &["grant", "placement", "failover"];
+const SCENARIOS: &[&str] = &["grant", "placement", "failover", "memory"];
 
 /// Runs the chosen scenarios and prints their figures.
 pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Result<i32> {
@@ -98,6 +102,7 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
         eprintln!("bench: running {s}…");
         let r = match s {
             "grant" => grant(rt, &exe, dur, a.nodes)?,
+            "memory" => memory(rt, &exe, a.leases)?,
             "placement" => placement_bench(&sizes, dur),
             "failover" => failover(rt, &exe, a.rounds)?,
             _ => unreachable!("checked above"),
@@ -333,6 +338,92 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
         scenario: "placement".into(),
         metrics,
     }
+}
+
+/// Resident memory of a process in MiB, from /proc.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn memory(
+    rt: &tokio::runtime::Runtime,
+    exe: &std::path::Path,
+    leases: usize,
+) -> anyhow::Result<Report> {
+    let (c, leader) = start_cluster(exe)?;
+    let pids: Vec<u32> = c
+        .members
+        .iter()
+        .filter_map(|m| m.child.as_ref().map(|ch| ch.id()))
+        .collect();
+    let mut metrics = BTreeMap::new();
+    metrics.insert("idle_member_rss_mib".into(), rss_mib(pids[0]));
+    rt.block_on(async {
+        let ch = channel(&c.members[leader].grpc)?;
+        // Enough nodes that every lease fits: 64 cores each, 10 millicores a lease.
+        let nodes = leases / 6000 + 1;
+        for i in 0..nodes {
+            let req = authed(pb::RegisterNodeRequest {
+                idempotency_key: format!("mem-node-{i}"),
+                name: format!("m{i}"),
+                capacity: Some(pb::Resources {
+                    cpu_millis: 64_000,
+                    memory_bytes: 256 << 30,
+                    ..Default::default()
+                }),
+                pool: "bench".into(),
+                ..Default::default()
+            });
+            NodesClient::new(ch.clone()).register(req).await?;
+        }
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let ch = ch.clone();
+            let next = next.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                    if i >= leases {
+                        return Ok::<(), tonic::Status>(());
+                    }
+                    let req = authed(pb::LeaseRequest {
+                        idempotency_key: format!("mem-{i}"),
+                        resources: Some(pb::Resources {
+                            cpu_millis: 10,
+                            ..Default::default()
+                        }),
+                        duration_ms: 24 * 3_600_000,
+                        reason: "memory bench".into(),
+                        ..Default::default()
+                    });
+                    LeasesClient::new(ch.clone()).request(req).await?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    for (i, pid) in pids.iter().enumerate() {
+        metrics.insert(format!("member{}_rss_mib", i + 1), rss_mib(*pid));
+    }
+    metrics.insert("leases".into(), leases as f64);
+    Ok(Report {
+        scenario: "memory".into(),
+        metrics,
+    })
 }
 
 fn failover(
