@@ -167,38 +167,7 @@ fn grant(
     let mut metrics = BTreeMap::new();
     rt.block_on(async {
         let ch = channel(&c.members[leader].grpc)?;
-        // Register the fleet, 32 at a time.
-        let next = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..32 {
-            let ch = ch.clone();
-            let next = next.clone();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst) as usize;
-                    if i >= nodes {
-                        return Ok::<(), tonic::Status>(());
-                    }
-                    let req = authed(pb::RegisterNodeRequest {
-                        idempotency_key: format!("bench-node-{i}"),
-                        name: format!("b{i}"),
-                        capacity: Some(pb::Resources {
-                            cpu_millis: 64_000,
-                            memory_bytes: 256 << 30,
-                            ..Default::default()
-                        }),
-                        labels: [("zone".to_string(), format!("z{}", i % 4))].into(),
-                        pool: "bench".into(),
-                        cost_per_hour: 1.0,
-                        ttl_ms: 0,
-                    });
-                    NodesClient::new(ch.clone()).register(req).await?;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
+        register_fleet(&ch, nodes).await?;
         for (target, idx) in [("leader", leader), ("follower", follower)] {
             let ch = channel(&c.members[idx].grpc)?;
             for clients in [1usize, 16, 64] {
@@ -229,6 +198,42 @@ fn grant(
         scenario: "grant".into(),
         metrics,
     })
+}
+
+/// Registers nodes `b0..bN` (64 cores, 256 GiB, zone labels), 32 at a time.
+async fn register_fleet(ch: &Channel, nodes: usize) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let ch = ch.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                if i >= nodes {
+                    return Ok::<(), tonic::Status>(());
+                }
+                let req = authed(pb::RegisterNodeRequest {
+                    idempotency_key: format!("bench-node-{i}"),
+                    name: format!("b{i}"),
+                    capacity: Some(pb::Resources {
+                        cpu_millis: 64_000,
+                        memory_bytes: 256 << 30,
+                        ..Default::default()
+                    }),
+                    labels: [("zone".to_string(), format!("z{}", i % 4))].into(),
+                    pool: "bench".into(),
+                    cost_per_hour: 1.0,
+                    ttl_ms: 0,
+                });
+                NodesClient::new(ch.clone()).register(req).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
 }
 
 /// `clients` concurrent loops of lease requests for `dur`; returns the
@@ -370,21 +375,7 @@ fn memory(
     rt.block_on(async {
         let ch = channel(&c.members[leader].grpc)?;
         // Enough nodes that every lease fits: 64 cores each, 10 millicores a lease.
-        let nodes = leases / 6000 + 1;
-        for i in 0..nodes {
-            let req = authed(pb::RegisterNodeRequest {
-                idempotency_key: format!("mem-node-{i}"),
-                name: format!("m{i}"),
-                capacity: Some(pb::Resources {
-                    cpu_millis: 64_000,
-                    memory_bytes: 256 << 30,
-                    ..Default::default()
-                }),
-                pool: "bench".into(),
-                ..Default::default()
-            });
-            NodesClient::new(ch.clone()).register(req).await?;
-        }
+        register_fleet(&ch, leases / 6000 + 1).await?;
         let next = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for _ in 0..64 {
