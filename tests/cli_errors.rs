@@ -324,7 +324,14 @@ fn unusable_or_corrupt_data_dirs_are_clear_errors() {
         "--http",
         &h,
     ]);
-    assert_clear_error(&out, 1, &["cannot start the server"]);
+    assert_clear_error(
+        &out,
+        1,
+        &[
+            "cannot start the server",
+            "is missing or unreadable, but member 1 has run from this directory before",
+        ],
+    );
     // The same directory under another id is refused too.
     let out = server_exits(&[
         "server",
