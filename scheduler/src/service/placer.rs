@@ -54,9 +54,13 @@ impl Placer {
         if spec.deadline.is_some() {
             return None;
         }
-        let state = member.read(|s| s.clone()); // persistent maps: O(1)
         let mut r = self.reserved.lock().ok()?;
-        let nodes = placement::place_with(&state, spec, &|n| r.get(n).copied()).ok()?;
+        // Place under the state's read lock rather than on a copy: a copy of
+        // the persistent maps is O(1), but the raft thread's next write would
+        // then copy whole chunks of nodes (lease sets included) to stay apart.
+        let nodes = member
+            .read(|state| placement::place_with(state, spec, &|n| r.get(n).copied()))
+            .ok()?;
         for n in &nodes {
             let held = r.entry(n.clone()).or_default();
             *held = held.plus(&spec.resources);
