@@ -142,7 +142,9 @@ fn twenty_rounds_of_kill_9_keep_every_acknowledged_lease() {
         acks.len()
     );
 
-    // Let every member catch up, then compare them.
+    // Let every lease run out (they last 1.5 s) so ticks stop changing the
+    // state, let every member catch up, then compare them.
+    std::thread::sleep(Duration::from_secs(3));
     let leader = c.wait_leader(Duration::from_secs(20));
     let commit = c.status(leader).unwrap()["commit_index"].as_u64().unwrap();
     let mut views = Vec::new();
