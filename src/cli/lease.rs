@@ -318,6 +318,34 @@ fn parse_deadline(s: &str) -> anyhow::Result<i64> {
         .map_err(|e| bad(e.to_string()))
 }
 
+/// Releases (the holder) or revokes (an admin) a lease, with one
+/// idempotency key across retries.
+async fn end_lease(c: &Client, id: u64, revoke: bool) -> anyhow::Result<pb::Lease> {
+    let key = new_key();
+    let what = if revoke {
+        "lease revoke"
+    } else {
+        "lease release"
+    };
+    let r = c
+        .call(what, |ch| {
+            let req = c.req(pb::ReleaseLeaseRequest {
+                idempotency_key: key.clone(),
+                id,
+            });
+            async move {
+                let mut client = LeasesClient::new(ch);
+                if revoke {
+                    client.revoke(req).await
+                } else {
+                    client.release(req).await
+                }
+            }
+        })
+        .await?;
+    Ok(r.lease.unwrap_or_default())
+}
+
 async fn show(c: &Client, id: u64) -> anyhow::Result<pb::Lease> {
     let r = c
         .call("lease show", |ch| {
@@ -454,32 +482,8 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
                 .await?;
             print_lease(g, &r.lease.unwrap_or_default())?;
         }
-        LeaseCmd::Release { id } => {
-            let key = new_key();
-            let r = c
-                .call("lease release", |ch| {
-                    let req = c.req(pb::ReleaseLeaseRequest {
-                        idempotency_key: key.clone(),
-                        id,
-                    });
-                    async move { LeasesClient::new(ch).release(req).await }
-                })
-                .await?;
-            print_lease(g, &r.lease.unwrap_or_default())?;
-        }
-        LeaseCmd::Revoke { id } => {
-            let key = new_key();
-            let r = c
-                .call("lease revoke", |ch| {
-                    let req = c.req(pb::ReleaseLeaseRequest {
-                        idempotency_key: key.clone(),
-                        id,
-                    });
-                    async move { LeasesClient::new(ch).revoke(req).await }
-                })
-                .await?;
-            print_lease(g, &r.lease.unwrap_or_default())?;
-        }
+        LeaseCmd::Release { id } => print_lease(g, &end_lease(&c, id, false).await?)?,
+        LeaseCmd::Revoke { id } => print_lease(g, &end_lease(&c, id, true).await?)?,
         LeaseCmd::Why { id } => {
             let w = why(&c, id).await?;
             if g.json {
