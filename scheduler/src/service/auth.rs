@@ -84,11 +84,6 @@ impl Tokens {
         Tokens::parse(&text, &path.display().to_string())
     }
 
-    /// Whether no tokens are checked.
-    pub fn is_insecure(&self) -> bool {
-        self.insecure
-    }
-
     /// The token members use to call each other: the first admin token by name.
     pub fn peer_token(&self) -> Option<String> {
         let mut admins: Vec<(&String, &Principal)> =
