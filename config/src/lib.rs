@@ -5,7 +5,7 @@
 //! - [`reader`]: a spanned TOML reader that collects *every* error with file,
 //!   line and field, and what was expected.
 //! - [`constraint`]: label constraints (`gpu=a100`, `zone in (a,b)`, `cuda>=12`).
-//! - [`lease`], [`node`]: the config kinds of the control plane.
+//! - [`lease`], [`node`], [`server`]: the config kinds of the control plane.
 //! - [`canonical`]: canonical serialisation and the sha256 content hash.
 //! - [`fingerprint`]: identities of submitted config versions from a template.
 //!
@@ -18,6 +18,7 @@ pub mod fingerprint;
 pub mod lease;
 pub mod node;
 pub mod reader;
+pub mod server;
 pub mod units;
 
 pub use error::{Diagnostic, Diagnostics};
@@ -31,6 +32,8 @@ pub enum AnyConfig {
     Lease(lease::LeaseConfig),
     /// A node offer (`charter node register -f`).
     Node(node::NodeConfig),
+    /// A server's own config (`charter server --config`).
+    Server(server::ServerConfig),
 }
 
 impl AnyConfig {
@@ -39,6 +42,7 @@ impl AnyConfig {
         match self {
             AnyConfig::Lease(_) => "lease",
             AnyConfig::Node(_) => "node",
+            AnyConfig::Server(_) => "server",
         }
     }
 
@@ -47,12 +51,13 @@ impl AnyConfig {
         match self {
             AnyConfig::Lease(c) => canonical::to_bytes(c),
             AnyConfig::Node(c) => canonical::to_bytes(c),
+            AnyConfig::Server(c) => canonical::to_bytes(c),
         }
     }
 }
 
 /// The kinds [`load`] recognises.
-pub const KINDS: &[&str] = &["lease", "node"];
+pub const KINDS: &[&str] = &["lease", "node", "server"];
 
 /// Parses `src` (named `file` in messages) as whichever kind it declares with
 /// `kind = "..."`; without one, a file is a lease request.
@@ -64,6 +69,7 @@ pub fn load(file: &str, src: &str) -> Result<AnyConfig, Diagnostics> {
     let out = match kind.as_str() {
         "lease" => lease::LeaseConfig::read(&top).map(AnyConfig::Lease),
         "node" => node::NodeConfig::read(&top).map(AnyConfig::Node),
+        "server" => server::ServerConfig::read(&top).map(AnyConfig::Server),
         other => {
             top.error_at(
                 "kind",

@@ -322,6 +322,27 @@ impl<'c, 'a> Fields<'c, 'a> {
         out
     }
 
+    /// An array of tables (`[[key]]`), each read with its own [`Fields`]
+    /// whose messages name it `key[i]`.
+    pub fn tables(&self, key: &str) -> Vec<Fields<'c, 'a>> {
+        let Some(item) = self.get(key) else {
+            return Vec::new();
+        };
+        let Some(arr) = item.as_array_of_tables() else {
+            self.error_at(key, format!("expected [[{key}]] tables"));
+            return Vec::new();
+        };
+        arr.iter()
+            .enumerate()
+            .map(|(i, t)| Fields {
+                ctx: self.ctx,
+                table: t as &dyn TableLike,
+                prefix: format!("{}[{i}]", self.path(key)),
+                seen: RefCell::new(Vec::new()),
+            })
+            .collect()
+    }
+
     /// Reports keys that no getter asked for.
     pub fn finish(self) {
         let seen = self.seen.borrow();

@@ -38,7 +38,7 @@ fn diagnostics_table() {
         ),
         (
             "kind = \"job\"\n",
-            "lease.toml:1: kind: expected one of lease, node, got \"job\"",
+            "lease.toml:1: kind: expected one of lease, node, server, got \"job\"",
         ),
         (
             "kind = \"node\"\nname = \"bad name\"\ncpu = 4\n",
@@ -108,6 +108,45 @@ fn lease_queue_and_constraint_fields() {
         "l.toml:3: constraints: constraint `zone in a`: the values of `in` go in parentheses",
         "l.toml:4: prefer: expected binpack, spread or cheapest, got \"random\"",
         "l.toml:6: count: expected a number of nodes from 1 up",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn server_pools() {
+    let src = "kind = \"server\"\n\n[[pool]]\nname = \"burst\"\nmax_nodes = 3\nidle = \"30s\"\ncpu = 4\nmem = \"8GiB\"\nlabels = { zone = \"b\" }\ncost = 0.25\nprovisioner = \"local\"\n\n[[pool]]\nname = \"cloud\"\nmax_nodes = 10\ncpu = 16\nmem = \"64GiB\"\nprovisioner = \"command\"\ncommand = [\"./add.sh\", \"--fast\"]\nretire = [\"./rm.sh\"]\n";
+    let AnyConfig::Server(c) = load("server.toml", src).unwrap() else {
+        panic!("not a server config")
+    };
+    assert_eq!(c.pools.len(), 2);
+    let b = &c.pools[0];
+    assert_eq!(
+        (
+            b.name.as_str(),
+            b.max_nodes,
+            b.idle_ms,
+            b.cpu_millis,
+            b.cost_per_hour
+        ),
+        ("burst", 3, 30_000, 4000, 0.25)
+    );
+    assert_eq!(b.provisioner, charter_config::server::Provisioner::Local);
+    assert_eq!(
+        c.pools[1].provisioner,
+        charter_config::server::Provisioner::Command {
+            argv: vec!["./add.sh".into(), "--fast".into()],
+            retire: vec!["./rm.sh".into()],
+            timeout_ms: 300_000,
+        }
+    );
+    let bad = "kind = \"server\"\n[[pool]]\nname = \"a\"\nmax_nodes = 0\ncpu = 1\nmem = \"1GiB\"\nprovisioner = \"cloud\"\nsize = 3\n[[pool]]\nname = \"a\"\nmax_nodes = 1\ncpu = 1\nmem = \"1GiB\"\nprovisioner = \"command\"\n";
+    let err = load("server.toml", bad).unwrap_err().to_string();
+    for want in [
+        "server.toml:4: pool[0].max_nodes: a pool that may hold 0 nodes never grows; use 1 or more",
+        "server.toml:7: pool[0].provisioner: expected \"local\" or \"command\", got \"cloud\"",
+        "server.toml:8: pool[0].size: unknown field",
+        "server.toml: pool[1].command: missing; expected the program to run",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

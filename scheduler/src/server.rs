@@ -37,6 +37,8 @@ pub struct ServerOptions {
     pub snapshot_entries: u64,
     /// Raft tick.
     pub tick: Duration,
+    /// Pools that can grow (from `--config`), and how to start local agents.
+    pub scaling: controller::provision::ScalingOptions,
 }
 
 /// The file in the data directory that says which member it belongs to.
@@ -224,7 +226,22 @@ impl Server {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }));
-        tasks.push(tokio::spawn(controller::ticks(member.clone(), stop_rx)));
+        tasks.push(tokio::spawn(controller::ticks(
+            member.clone(),
+            stop_rx.clone(),
+        )));
+        let mut scaling = opts.scaling.clone();
+        if scaling.dir.as_os_str().is_empty() {
+            scaling.dir = opts.data.join("pools");
+        }
+        if scaling.token.is_none() {
+            scaling.token = opts.tokens.peer_token();
+        }
+        tasks.push(tokio::spawn(controller::provision::run(
+            member.clone(),
+            scaling,
+            stop_rx,
+        )));
         Ok(Server {
             member,
             listen,

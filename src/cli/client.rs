@@ -5,10 +5,11 @@
 //! never applies twice.
 
 use super::output::UserError;
+use charter_agent::conn::Servers;
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use std::time::Duration;
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// How long a call keeps retrying through elections and restarts, unless
@@ -58,72 +59,39 @@ pub fn new_key() -> String {
     )
 }
 
+/// The token to call with: `--token`/`CHARTER_TOKEN`, else the dev token.
+pub fn find_token(g: &Global) -> Option<String> {
+    g.token.clone().filter(|t| !t.is_empty()).or_else(|| {
+        std::fs::read_to_string(dev_token_path())
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+}
+
 /// A connection to the cluster.
 pub struct Client {
-    addrs: Vec<String>,
-    channels: Vec<Channel>,
-    token: Option<String>,
+    servers: Servers,
 }
 
 impl Client {
     /// Builds channels (lazily connected) to every `--server` address.
     pub fn new(g: &Global) -> anyhow::Result<Client> {
-        let token = g.token.clone().filter(|t| !t.is_empty()).or_else(|| {
-            std::fs::read_to_string(dev_token_path())
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        });
-        let addrs: Vec<String> = g
-            .servers
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if addrs.is_empty() {
-            return Err(super::output::fail(
-                "no server address",
-                "--server is empty",
-                "pass --server HOST:PORT or set CHARTER_SERVER",
-            ));
-        }
-        let mut channels = Vec::new();
-        for a in &addrs {
-            let url = if a.starts_with("http://") {
-                a.clone()
-            } else {
-                format!("http://{a}")
-            };
-            let ep = Endpoint::from_shared(url).map_err(|e| {
-                super::output::fail(
-                    format!("bad server address `{a}`"),
-                    e.to_string(),
-                    "use HOST:PORT, e.g. 127.0.0.1:7700",
-                )
-            })?;
-            channels.push(
-                ep.connect_timeout(Duration::from_millis(500))
-                    .timeout(Duration::from_secs(10))
-                    .tcp_nodelay(true)
-                    .connect_lazy(),
-            );
-        }
-        Ok(Client {
-            addrs,
-            channels,
-            token,
-        })
+        let token = find_token(g);
+        let addrs: Vec<String> = g.servers.split(',').map(str::to_string).collect();
+        let servers = Servers::new(&addrs, token).map_err(|e| {
+            super::output::fail(
+                "cannot use --server",
+                e,
+                "pass --server HOST:PORT[,HOST:PORT…] or set CHARTER_SERVER, e.g. 127.0.0.1:7700",
+            )
+        })?;
+        Ok(Client { servers })
     }
 
     /// Wraps a message with the bearer token.
     pub fn req<M>(&self, m: M) -> Request<M> {
-        let mut r = Request::new(m);
-        if let Some(t) = &self.token
-            && let Ok(v) = format!("Bearer {t}").parse()
-        {
-            r.metadata_mut().insert("authorization", v);
-        }
-        r
+        self.servers.req(m)
     }
 
     /// Calls `f` on a server channel, moving to the next server on
@@ -133,27 +101,11 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + retry_for();
-        let mut i = 0usize;
-        loop {
-            let idx = i % self.channels.len();
-            match f(self.channels[idx].clone()).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if retryable(&s) && Instant::now() < deadline => {
-                    i += 1;
-                    if i.is_multiple_of(self.channels.len()) {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                Err(s) => return Err(status_error(what, &self.addrs[idx], &s).into()),
-            }
-        }
+        self.servers
+            .call(retry_for(), f)
+            .await
+            .map_err(|e| status_error(what, &e.addr, &e.status).into())
     }
-}
-
-fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Cancelled)
-        || (s.code() == Code::Unknown && s.message().contains("transport"))
 }
 
 /// Turns a gRPC status into a three-part error.

@@ -2,6 +2,7 @@
 //! (env `CHARTER_SERVER`, a comma-separated list tried in order), `--token`
 //! (env `CHARTER_TOKEN`, else the dev token), `--json`.
 
+mod agent;
 mod bench;
 mod client;
 mod cluster;
@@ -41,6 +42,8 @@ pub struct Args {
 pub enum Cmd {
     /// Run a cluster member.
     Server(server::ServerArgs),
+    /// Offer this machine to the cluster: register, heartbeat, run leases' work.
+    Agent(agent::AgentArgs),
     /// Run a one-member cluster for local use, with data in a default directory.
     Dev(server::DevArgs),
     /// Cluster membership and status.
@@ -75,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.cmd {
         Cmd::Server(a) => rt.block_on(server::run_server(a)),
         Cmd::Dev(a) => rt.block_on(server::run_dev(a)),
+        Cmd::Agent(a) => rt.block_on(agent::run(&g, a)),
         Cmd::Cluster(c) => rt.block_on(cluster::run(&g, c)),
         Cmd::Node(c) => rt.block_on(node::run(&g, c)),
         Cmd::Lease(c) => rt.block_on(lease::run(&g, c)),

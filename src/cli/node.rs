@@ -67,6 +67,17 @@ pub enum NodeCmd {
         /// The node's name.
         name: String,
     },
+    /// List the pools that grow with demand (from the servers' --config).
+    Pools {
+        /// Read local state without a ReadIndex round (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove a node that holds no live lease (admin); its agent exits.
+    Remove {
+        /// The node's name.
+        name: String,
+    },
     /// Report a node alive (what its agent does; for tests and simulated fleets).
     Heartbeat {
         /// The node's name.
@@ -337,6 +348,82 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
             print_node(g, &r.node.unwrap_or_default())?;
         }
         NodeCmd::Undrain { name } => set_draining(g, name, false).await?,
+        NodeCmd::Pools { stale } => {
+            let c = Client::new(g)?;
+            let r = c
+                .call("node pools", |ch| {
+                    let req = c.req(pb::ListNodesRequest { stale });
+                    async move { NodesClient::new(ch).pools(req).await }
+                })
+                .await?;
+            let rows: Vec<serde_json::Value> = r
+                .pools
+                .iter()
+                .map(|p| {
+                    let cap = p.capacity.unwrap_or_default();
+                    serde_json::json!({
+                        "name": p.name,
+                        "nodes": p.nodes,
+                        "max_nodes": p.max_nodes,
+                        "cpu_millis": cap.cpu_millis,
+                        "memory_bytes": cap.memory_bytes,
+                        "gpus": cap.gpus,
+                        "labels": p.labels.iter().collect::<BTreeMap<_, _>>(),
+                        "cost_per_hour": p.cost_per_hour,
+                        "idle_ms": p.idle_ms,
+                    })
+                })
+                .collect();
+            if g.json {
+                output::json(&serde_json::json!({ "pools": rows }))?;
+            } else {
+                output::table(
+                    &["POOL", "NODES", "NEW NODE", "COST/H", "IDLE", "LABELS"],
+                    r.pools
+                        .iter()
+                        .map(|p| {
+                            let cap = p.capacity.unwrap_or_default();
+                            let labels: BTreeMap<_, _> = p.labels.iter().collect();
+                            vec![
+                                p.name.clone(),
+                                format!("{}/{}", p.nodes, p.max_nodes),
+                                format!(
+                                    "{} cpu {} MiB",
+                                    cap.cpu_millis as f64 / 1000.0,
+                                    cap.memory_bytes >> 20
+                                ),
+                                p.cost_per_hour.to_string(),
+                                format!("{}s", p.idle_ms / 1000),
+                                labels
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        NodeCmd::Remove { name } => {
+            let c = Client::new(g)?;
+            let key = new_key();
+            let r = c
+                .call("node remove", |ch| {
+                    let req = c.req(pb::RemoveNodeRequest {
+                        idempotency_key: key.clone(),
+                        name: name.clone(),
+                    });
+                    async move { NodesClient::new(ch).remove(req).await }
+                })
+                .await?;
+            let n = r.node.unwrap_or_default();
+            if g.json {
+                output::json(&serde_json::json!({ "removed": n.name }))?;
+            } else {
+                println!("removed node {}", n.name);
+            }
+        }
         NodeCmd::List { stale } => {
             let c = Client::new(g)?;
             let nodes = list(&c, stale).await?;

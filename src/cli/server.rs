@@ -2,6 +2,7 @@
 
 use super::client::{charter_home, dev_token_path};
 use super::output::fail;
+use charter_scheduler::controller::provision::ScalingOptions;
 use charter_scheduler::server::{Server, ServerOptions};
 use charter_scheduler::service::auth::Tokens;
 use clap::Args as ClapArgs;
@@ -43,6 +44,9 @@ pub struct ServerArgs {
     /// Raft tick in milliseconds (elections after 10–20 ticks without a leader).
     #[arg(long, default_value_t = 50)]
     pub tick_ms: u64,
+    /// Server config (`kind = "server"`): pools that grow with demand.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// `charter dev`.
@@ -60,6 +64,9 @@ pub struct DevArgs {
     /// Token file (default: one generated in the data directory).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Server config (`kind = "server"`): pools that grow with demand.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 fn addr(flag: &str, s: &str) -> anyhow::Result<SocketAddr> {
@@ -101,7 +108,37 @@ pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(out)
 }
 
-fn init_tracing() {
+/// Reads `--config`: the pools that grow, and the binary local agents run.
+fn scaling(config: Option<&Path>) -> anyhow::Result<ScalingOptions> {
+    let Some(path) = config else {
+        return Ok(ScalingOptions::default());
+    };
+    let cfg = match charter_config::load_file(path) {
+        Ok(charter_config::AnyConfig::Server(c)) => c,
+        Ok(other) => {
+            return Err(fail(
+                format!("--config {} is not a server config", path.display()),
+                format!("it is a {} config", other.kind()),
+                "put kind = \"server\" at the top of the file, with [[pool]] tables",
+            ));
+        }
+        Err(d) => {
+            return Err(fail(
+                format!("--config {} is not valid", path.display()),
+                d.to_string(),
+                "fix the lines named above; `charter validate FILE` checks it",
+            ));
+        }
+    };
+    let exe = std::env::current_exe().ok();
+    Ok(ScalingOptions {
+        pools: cfg.pools,
+        exe,
+        ..ScalingOptions::default()
+    })
+}
+
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,raft=warn,sled=warn,h2=warn,tower=warn")
     });
@@ -190,6 +227,7 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         ));
     }
     check_data_dir(&a.data)?;
+    let scaling = scaling(a.config.as_deref())?;
     let opts = ServerOptions {
         id: a.id,
         data: a.data.clone(),
@@ -200,6 +238,7 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         join: a.join,
         snapshot_entries: a.snapshot_entries.max(1),
         tick: Duration::from_millis(a.tick_ms.max(1)),
+        scaling,
     };
     serve(opts).await
 }
@@ -283,6 +322,7 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
     let listen = addr("--listen", &a.listen)?;
     let http = addr("--http", &a.http)?;
     check_data_dir(&data)?;
+    let scaling = scaling(a.config.as_deref())?;
     let token_file = match a.token_file {
         Some(f) => f,
         None => ensure_dev_tokens(&data)?,
@@ -310,6 +350,7 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
         join: false,
         snapshot_entries: 10_000,
         tick: Duration::from_millis(50),
+        scaling,
     };
     serve(opts).await
 }

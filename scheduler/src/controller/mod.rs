@@ -7,6 +7,9 @@
 //!   leader finds everything that fell due meanwhile due at once, since the
 //!   times are absolute and in the log.
 
+pub mod provision;
+pub mod scaling;
+
 use crate::raft_driver::MemberHandle;
 use crate::state::{Applied, Command, Millis, Proposal, State};
 use std::time::Duration;

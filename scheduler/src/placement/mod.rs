@@ -231,8 +231,9 @@ pub fn why_not(state: &State, spec: &LeaseSpec) -> NoFit {
     nf
 }
 
-/// Whether any `count` registered nodes could ever hold `spec` (ignoring
-/// their state and load); if not, every node's reason.
+/// Whether any `count` nodes, registered or that a pool could still add,
+/// could ever hold `spec` (ignoring their state and load); if not, every
+/// node's and pool's reason.
 pub fn could_ever_fit(state: &State, spec: &LeaseSpec) -> Result<(), NoFit> {
     let mut nf = NoFit {
         needed: spec.count.max(1),
@@ -242,6 +243,18 @@ pub fn could_ever_fit(state: &State, spec: &LeaseSpec) -> Result<(), NoFit> {
         match rule_out(n, spec, true) {
             Some(w) => nf.per_node.push((n.name.clone(), explain(n, spec, w))),
             None => nf.fitting += 1,
+        }
+    }
+    // Nodes a pool could still add count too.
+    if nf.fitting < nf.needed {
+        for p in state.pools.values() {
+            let n = p.new_node("");
+            match rule_out(&n, spec, true) {
+                Some(w) => nf
+                    .per_node
+                    .push((format!("pool {}", p.name), explain(&n, spec, w))),
+                None => nf.fitting += state.pool_room(&p.name).min(nf.needed),
+            }
         }
     }
     if nf.fitting >= nf.needed {

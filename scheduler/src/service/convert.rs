@@ -1,6 +1,6 @@
 //! Domain types to protobuf and back, at the edge.
 
-use crate::state::{Constraint, Lease, LeaseSpec, Node, Prefer, Quota, Resources};
+use crate::state::{Constraint, Lease, LeaseSpec, Node, PoolOffer, Prefer, Quota, Resources};
 use charter_proto as pb;
 use std::collections::BTreeMap;
 use tonic::Status;
@@ -36,6 +36,18 @@ pub fn node(n: &Node) -> pb::Node {
         leases: n.leases.len() as u32,
         ttl_ms: n.ttl_ms.unwrap_or(0),
         last_seen_ms: n.last_seen,
+    }
+}
+
+pub fn pool(p: &PoolOffer, nodes: u32) -> pb::Pool {
+    pb::Pool {
+        name: p.name.clone(),
+        max_nodes: p.max_nodes,
+        capacity: Some(resources_out(&p.capacity)),
+        labels: p.labels.clone().into_iter().collect(),
+        cost_per_hour: p.cost_per_hour,
+        idle_ms: p.idle_ms,
+        nodes,
     }
 }
 

@@ -337,6 +337,22 @@ impl pb::nodes_server::Nodes for Api {
         }
     }
 
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "removing a node")?;
+        let r = req.into_inner();
+        let cmd = Command::RemoveNode { name: r.name };
+        match self.submit(&who, &r.idempotency_key, cmd).await? {
+            Applied::Node(n) => Ok(Response::new(pb::NodeReply {
+                node: Some(convert::node(&n)),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn set_draining(
         &self,
         req: Request<pb::SetDrainingRequest>,
@@ -366,6 +382,24 @@ impl pb::nodes_server::Nodes for Api {
             .member
             .read(|s| s.nodes.values().map(convert::node).collect());
         Ok(Response::new(pb::ListNodesReply { nodes }))
+    }
+
+    async fn pools(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListPoolsReply>, Status> {
+        principal(&req)?;
+        self.barrier(req.get_ref().stale).await?;
+        let pools = self.member.read(|s| {
+            s.pools
+                .values()
+                .map(|p| {
+                    let held = s.nodes.values().filter(|n| n.pool == p.name).count();
+                    convert::pool(p, u32::try_from(held).unwrap_or(u32::MAX))
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListPoolsReply { pools }))
     }
 }
 

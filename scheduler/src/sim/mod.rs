@@ -18,7 +18,9 @@ pub mod store;
 
 use crate::clock::{Clock, ManualClock};
 use crate::raft_driver::{Driver, Input, MemberConfig, MemberHandle, Role};
-use crate::state::{Command, Constraint, LeaseSpec, Outcome, Prefer, Proposal, Resources};
+use crate::state::{
+    Command, Constraint, LeaseSpec, Outcome, PoolOffer, Prefer, Proposal, Resources,
+};
 use crate::transport::Report;
 use crate::{Error, Result};
 use invariants::{History, MemberView};
@@ -314,9 +316,29 @@ impl Sim {
                     Command::RevokeLease { id: some_lease }
                 }
             }
-            _ => Command::SetDraining {
-                name: format!("n{}", self.rng.random_range(0..4)),
-                draining: self.rng.random_bool(0.5),
+            _ => match self.rng.random_range(0..4) {
+                0 => Command::RemoveNode {
+                    name: format!("n{}", self.rng.random_range(0..4)),
+                },
+                1 => Command::SetPools {
+                    pools: (0..self.rng.random_range(0..3))
+                        .map(|i| PoolOffer {
+                            name: format!("p{i}"),
+                            max_nodes: self.rng.random_range(1..3),
+                            capacity: Resources {
+                                cpu_millis: self.rng.random_range(1..5) * 1000,
+                                ..Resources::default()
+                            },
+                            labels: Default::default(),
+                            cost_per_hour: f64::from(self.rng.random_range(0..4u32)),
+                            idle_ms: 1_000,
+                        })
+                        .collect(),
+                },
+                _ => Command::SetDraining {
+                    name: format!("n{}", self.rng.random_range(0..4)),
+                    draining: self.rng.random_bool(0.5),
+                },
             },
         };
         self.requests.push(Request {

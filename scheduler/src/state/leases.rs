@@ -346,13 +346,22 @@ impl State {
         }
     }
 
-    /// `spec` limited to the lowest price among nodes that could ever hold it.
-    fn cheap_only(&self, spec: &LeaseSpec) -> LeaseSpec {
+    /// `spec` limited to the lowest price among nodes that could ever hold
+    /// it, including nodes a pool could still add.
+    pub fn cheap_only(&self, spec: &LeaseSpec) -> LeaseSpec {
+        let pooled = self
+            .pools
+            .values()
+            .filter(|p| self.pool_room(&p.name) > 0)
+            .map(|p| p.new_node(""))
+            .filter(|n| placement::rule_out(n, spec, true).is_none())
+            .map(|n| n.cost_per_hour);
         let cheapest = self
             .nodes
             .values()
             .filter(|n| placement::rule_out(n, spec, true).is_none())
             .map(|n| n.cost_per_hour)
+            .chain(pooled)
             .min_by(f64::total_cmp);
         let mut s = spec.clone();
         if let Some(c) = cheapest {

@@ -95,6 +95,17 @@ pub enum Command {
         /// The lease id.
         id: u64,
     },
+    /// Removes a node that holds no live lease (a retired pool node, or a
+    /// machine taken out of service). Admin only.
+    RemoveNode {
+        /// The node.
+        name: String,
+    },
+    /// Replaces the pools that can grow (the leader's server config). Admin only.
+    SetPools {
+        /// Every pool with a provisioner.
+        pools: Vec<PoolOffer>,
+    },
     /// Applies every time-based change due at the proposal's time: leases
     /// expire, queued requests time out, nodes that missed their heartbeat go
     /// down, and the queue is granted what fits. Every command does this
@@ -147,6 +158,11 @@ pub enum Applied {
         /// Leases lost with those nodes.
         #[serde(default)]
         lost: Vec<u64>,
+    },
+    /// The pools in force after the change.
+    Pools {
+        /// Every pool with a provisioner.
+        pools: Vec<PoolOffer>,
     },
     /// A principal's limits after the change.
     Quota {
@@ -229,6 +245,9 @@ pub struct State {
     /// Limits by principal; `*` is the default.
     #[serde(default)]
     pub quotas: OrdMap<String, Quota>,
+    /// Pools that can grow, by name.
+    #[serde(default)]
+    pub pools: OrdMap<String, PoolOffer>,
     /// The id the next lease gets.
     pub next_lease_id: u64,
     /// The last fencing token handed out; the next grant gets a larger one.
@@ -285,6 +304,8 @@ impl State {
                 self.renew_lease(*id, &p.principal, p.admin, *duration_ms)
             }
             Command::RevokeLease { id } => self.revoke_lease(*id, p.admin),
+            Command::RemoveNode { name } => self.remove_node(name, p.admin),
+            Command::SetPools { pools } => self.set_pools(pools, p.admin),
             Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
         };
         if let Some(k) = key {

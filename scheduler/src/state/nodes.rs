@@ -1,6 +1,8 @@
 //! Node registration.
 
-use super::{Applied, Millis, Node, NodeState, Outcome, Quota, Refusal, Resources, State};
+use super::{
+    Applied, Millis, Node, NodeState, Outcome, PoolOffer, Quota, Refusal, Resources, State,
+};
 
 fn ms(v: u64) -> Millis {
     Millis::try_from(v).unwrap_or(Millis::MAX)
@@ -156,5 +158,70 @@ impl State {
             self.grant_queue();
         }
         Ok(Applied::Node(out))
+    }
+
+    pub(super) fn remove_node(&mut self, name: &str, admin: bool) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: format!("removing node {name} needs an admin token"),
+            });
+        }
+        let node = self.nodes.get(name).ok_or_else(|| Refusal::NotFound {
+            what: format!("node {name}"),
+        })?;
+        if !node.leases.is_empty() {
+            let ids: Vec<String> = node.leases.iter().map(u64::to_string).collect();
+            return Err(Refusal::Denied {
+                reason: format!(
+                    "node {name} holds live leases ({}); drain it and wait for them to end, or revoke them first",
+                    ids.join(", ")
+                ),
+            });
+        }
+        let node = self.nodes.remove(name).expect("looked up above");
+        if let Some(t) = node.ttl_ms {
+            self.heartbeats
+                .remove(&(node.last_seen.saturating_add(ms(t)), name.to_string()));
+        }
+        // A deadline request's cheap price may have been this node's.
+        self.grant_queue();
+        Ok(Applied::Node(node))
+    }
+
+    pub(super) fn set_pools(&mut self, pools: &[PoolOffer], admin: bool) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: "setting the pools needs an admin token".into(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for p in pools {
+            if p.name.is_empty() || !seen.insert(p.name.as_str()) {
+                return Err(Refusal::Invalid {
+                    reason: format!("pool name {:?} is empty or given twice", p.name),
+                });
+            }
+            if !(p.cost_per_hour.is_finite() && p.cost_per_hour >= 0.0) {
+                return Err(Refusal::Invalid {
+                    reason: format!("pool {}: cost per hour must be a number >= 0", p.name),
+                });
+            }
+        }
+        self.pools = pools.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        // A deadline request's cheap price may have been a pool's.
+        self.grant_queue();
+        Ok(Applied::Pools {
+            pools: pools.to_vec(),
+        })
+    }
+
+    /// How many more nodes pool `name` may add (0 for an unknown pool).
+    pub fn pool_room(&self, name: &str) -> u32 {
+        let Some(p) = self.pools.get(name) else {
+            return 0;
+        };
+        let held = self.nodes.values().filter(|n| n.pool == name).count();
+        p.max_nodes
+            .saturating_sub(u32::try_from(held).unwrap_or(u32::MAX))
     }
 }

@@ -108,6 +108,44 @@ impl Node {
     }
 }
 
+/// What a pool that can grow would add: the shape of each new node and how
+/// many nodes the pool may hold. Replicated, so every member agrees whether a
+/// request could ever be met (by a node that exists or one a pool could add).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolOffer {
+    /// The pool's name.
+    pub name: String,
+    /// The most nodes the pool may hold.
+    pub max_nodes: u32,
+    /// What each new node offers.
+    pub capacity: Resources,
+    /// Labels of each new node.
+    pub labels: BTreeMap<String, String>,
+    /// Price per node per hour.
+    pub cost_per_hour: f64,
+    /// A node of the pool with no lease for this long is retired, in ms.
+    pub idle_ms: u64,
+}
+
+impl PoolOffer {
+    /// A fresh, empty node of this pool, as placement sees it.
+    pub fn new_node(&self, name: &str) -> Node {
+        Node {
+            name: name.to_string(),
+            capacity: self.capacity,
+            allocated: Resources::default(),
+            labels: self.labels.clone(),
+            pool: self.name.clone(),
+            cost_per_hour: self.cost_per_hour,
+            state: NodeState::Ready,
+            registered_at: 0,
+            ttl_ms: None,
+            last_seen: 0,
+            leases: BTreeSet::new(),
+        }
+    }
+}
+
 /// How feasible nodes are ranked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
