@@ -304,6 +304,10 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
                             "gpu".to_string(),
                             if i % 8 == 0 { "a100" } else { "none" }.to_string(),
                         ),
+                        (
+                            "rack".to_string(),
+                            if i % 1000 == 999 { "r0" } else { "r1" }.to_string(),
+                        ),
                     ]
                     .into(),
                     pool: "bench".into(),
@@ -325,19 +329,30 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
             },
             1,
         );
+        s.rebuild_index();
+        // `common`: 1 node in 8 meets the constraints; `rare`: 1 in 1,000
+        // (the free-CPU walk meets many nodes before a fit).
         spec.constraints = vec![Constraint::eq("gpu", "a100"), Constraint::eq("zone", "z0")];
-        let start = Instant::now();
-        let mut decisions = 0u64;
-        while start.elapsed() < dur || decisions == 0 {
-            std::hint::black_box(placement::place(std::hint::black_box(&s), &spec).ok());
-            decisions += 1;
+        let mut rare = spec.clone();
+        rare.resources.gpus = 0;
+        rare.constraints = vec![Constraint::eq("rack", "r0")];
+        for (label, spec) in [("", &spec), ("rare_", &rare)] {
+            let start = Instant::now();
+            let mut decisions = 0u64;
+            while start.elapsed() < dur || decisions == 0 {
+                std::hint::black_box(placement::place(std::hint::black_box(&s), spec).ok());
+                decisions += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            metrics.insert(
+                format!("n{n}_{label}decisions_per_s"),
+                decisions as f64 / secs,
+            );
+            metrics.insert(
+                format!("n{n}_{label}us_per_decision"),
+                secs * 1e6 / decisions as f64,
+            );
         }
-        let secs = start.elapsed().as_secs_f64();
-        metrics.insert(format!("n{n}_decisions_per_s"), decisions as f64 / secs);
-        metrics.insert(
-            format!("n{n}_us_per_decision"),
-            secs * 1e6 / decisions as f64,
-        );
     }
     Report {
         scenario: "placement".into(),

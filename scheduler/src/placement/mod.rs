@@ -9,11 +9,16 @@
 //! preference (binpack, spread, cheapest) and the best `count` taken; ties
 //! break by name, so every member picks the same.
 //!
-//! Limitations: placement scans every node (no label index); a gang request
-//! ranks nodes independently (no topology).
+//! Binpack and spread find candidates through the free-CPU index
+//! ([`State::by_free`]) instead of scanning the fleet; see [`pick`].
+//!
+//! Limitations: no label index (a constraint few nodes meet makes the walk
+//! long); `cheapest` scans every node; a gang request ranks nodes
+//! independently (no topology).
 
 use crate::state::{LeaseSpec, Node, NodeState, Prefer, Resources, State};
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 /// Why no set of nodes could take a request: one line per node, by name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -169,51 +174,108 @@ fn better(prefer: Prefer, a: (&Node, u64), b: (&Node, u64)) -> Ordering {
 
 /// Picks `spec.count` nodes for `spec`, best first by its preference.
 pub fn place(state: &State, spec: &LeaseSpec) -> Result<Vec<String>, NoFit> {
-    place_with(state, spec, &|_| None)
+    place_with(state, spec, &BTreeMap::new())
 }
 
-/// [`place`] with some resources of some nodes held back (`reserved`).
+/// [`place`] with some resources of some nodes held back (`reserved`: the
+/// leader's in-flight grants).
 pub fn place_with(
     state: &State,
     spec: &LeaseSpec,
-    reserved: &dyn Fn(&str) -> Option<Resources>,
+    reserved: &BTreeMap<String, Resources>,
 ) -> Result<Vec<String>, NoFit> {
+    pick(state, spec, reserved).ok_or_else(|| why_not(state, spec))
+}
+
+/// The best `spec.count` nodes, or `None` (no reasons: the fast path).
+///
+/// Binpack and spread walk [`State::by_free`] (ready nodes by free CPU)
+/// from the tightest or the loosest fit and stop at the first `count` that
+/// pass every checker, so a fleet of any size costs a few lookups when
+/// nodes are alike. Nodes with reservations are judged apart, since the
+/// index does not know what they hold back. Cheapest scans every node.
+pub fn pick(
+    state: &State,
+    spec: &LeaseSpec,
+    reserved: &BTreeMap<String, Resources>,
+) -> Option<Vec<String>> {
     let count = spec.count.max(1) as usize;
-    let none = Resources::default();
-    let held = |n: &Node| reserved(&n.name).unwrap_or(none);
-    let left = |n: &Node| n.free().minus(&held(n)).cpu_millis - spec.resources.cpu_millis;
-    let out = |n: &Node| rule_out_with(n, spec, false, &held(n)).is_some();
-    if count == 1 {
-        // The common case: one pass, no allocation.
-        let mut best: Option<(&Node, u64)> = None;
-        for node in state.nodes.values() {
-            if out(node) {
-                continue;
-            }
-            let cand = (node, left(node));
-            if best.is_none_or(|b| better(spec.prefer, cand, b) == Ordering::Less) {
-                best = Some(cand);
+    let need = spec.resources.cpu_millis;
+    let mut cands: Vec<(&Node, u64)> = Vec::with_capacity(count + reserved.len());
+    for (name, held) in reserved {
+        if let Some(n) = state.nodes.get(name)
+            && rule_out_with(n, spec, false, held).is_none()
+        {
+            cands.push((n, n.free().minus(held).cpu_millis - need));
+        }
+    }
+    let fits = |name: &String| -> Option<&Node> {
+        if reserved.contains_key(name) {
+            return None;
+        }
+        let n = state.nodes.get(name)?;
+        rule_out(n, spec, false).is_none().then_some(n)
+    };
+    let mut found = 0usize;
+    match spec.prefer {
+        Prefer::Binpack => {
+            for (free, name) in state.by_free.range((need, String::new())..) {
+                if let Some(n) = fits(name) {
+                    cands.push((n, free - need));
+                    found += 1;
+                    if found == count {
+                        break;
+                    }
+                }
             }
         }
-        return best
-            .map(|(n, _)| vec![n.name.clone()])
-            .ok_or_else(|| why_not(state, spec));
+        Prefer::Spread => {
+            // Free-CPU levels from the top; names ascending within a level.
+            let mut level = state.by_free.iter().next_back().map(|(f, _)| *f);
+            while let Some(l) = level {
+                if l < need || found == count {
+                    break;
+                }
+                let from = (l, String::new());
+                let entries: Box<dyn Iterator<Item = &(u64, String)>> = match l.checked_add(1) {
+                    Some(next) => Box::new(state.by_free.range(from..(next, String::new()))),
+                    None => Box::new(state.by_free.range(from..)),
+                };
+                for (free, name) in entries {
+                    if let Some(n) = fits(name) {
+                        cands.push((n, free - need));
+                        found += 1;
+                        if found == count {
+                            break;
+                        }
+                    }
+                }
+                level = state
+                    .by_free
+                    .range(..(l, String::new()))
+                    .next_back()
+                    .map(|(f, _)| *f);
+            }
+        }
+        Prefer::Cheapest => {
+            for n in state.nodes.values() {
+                if !reserved.contains_key(&n.name) && rule_out(n, spec, false).is_none() {
+                    cands.push((n, n.free().cpu_millis - need));
+                }
+            }
+        }
     }
-    let mut fits: Vec<(&Node, u64)> = state
-        .nodes
-        .values()
-        .filter(|n| !out(n))
-        .map(|n| (n, left(n)))
-        .collect();
-    if fits.len() < count {
-        return Err(why_not(state, spec));
+    if cands.len() < count {
+        return None;
     }
-    fits.sort_by(|a, b| better(spec.prefer, *a, *b));
-    Ok(fits
-        .into_iter()
-        .take(count)
-        .map(|(n, _)| n.name.clone())
-        .collect())
+    cands.sort_by(|a, b| better(spec.prefer, *a, *b));
+    Some(
+        cands
+            .into_iter()
+            .take(count)
+            .map(|(n, _)| n.name.clone())
+            .collect(),
+    )
 }
 
 /// Every node's reason for refusing `spec` now, in words (the slow path).

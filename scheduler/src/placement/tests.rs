@@ -175,6 +175,7 @@ fn fleet() -> State {
     ] {
         s.nodes.insert(n.name.clone(), n);
     }
+    s.rebuild_index();
     s
 }
 
@@ -277,4 +278,78 @@ fn empty_fleet_says_so() {
         place(&s, &spec(1, &[])).unwrap_err().summary(),
         "no nodes are registered"
     );
+}
+
+/// The index walk picks exactly what ranking every node would pick.
+mod index_matches_a_full_scan {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference(
+        s: &State,
+        spec: &LeaseSpec,
+        reserved: &BTreeMap<String, Resources>,
+    ) -> Option<Vec<String>> {
+        let none = Resources::default();
+        let mut fits: Vec<(&Node, u64)> = s
+            .nodes
+            .values()
+            .filter_map(|n| {
+                let held = reserved.get(&n.name).unwrap_or(&none);
+                rule_out_with(n, spec, false, held).is_none().then(|| {
+                    (
+                        n,
+                        n.free().minus(held).cpu_millis - spec.resources.cpu_millis,
+                    )
+                })
+            })
+            .collect();
+        let count = spec.count.max(1) as usize;
+        if fits.len() < count {
+            return None;
+        }
+        fits.sort_by(|a, b| better(spec.prefer, *a, *b));
+        Some(
+            fits.into_iter()
+                .take(count)
+                .map(|(n, _)| n.name.clone())
+                .collect(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #[test]
+        fn same_choice(
+            nodes in proptest::collection::vec((0u64..4, 0u64..5, 0u8..4, 0u8..3, 0u8..3), 0..30),
+            cpu in 0u64..5,
+            count in 1u32..4,
+            prefer in 0u8..3,
+            zone in proptest::option::of(0u8..3),
+            reserved in proptest::collection::vec((0usize..30, 0u64..3), 0..4),
+        ) {
+            let mut s = State::new(BTreeMap::new());
+            for (i, (cap, used, st, z, cost)) in nodes.iter().enumerate() {
+                let cap = (cap + 1) * 1000;
+                let state = [NodeState::Ready, NodeState::Ready, NodeState::Draining, NodeState::Down][*st as usize];
+                let zone = format!("z{z}");
+                let n = node(&format!("n{i:02}"), cap, (used * 500).min(cap), &[("zone", &zone)], state, f64::from(*cost));
+                s.nodes.insert(n.name.clone(), n);
+            }
+            s.rebuild_index();
+            let mut sp = spec(cpu * 500, &[]);
+            sp.count = count;
+            sp.prefer = [Prefer::Binpack, Prefer::Spread, Prefer::Cheapest][prefer as usize];
+            if let Some(z) = zone {
+                sp.constraints = vec![Constraint::eq("zone", &format!("z{z}"))];
+            }
+            let mut held = BTreeMap::new();
+            for (i, c) in reserved {
+                if i < nodes.len() {
+                    held.insert(format!("n{i:02}"), Resources { cpu_millis: c * 500, ..Resources::default() });
+                }
+            }
+            prop_assert_eq!(pick(&s, &sp, &held), reference(&s, &sp, &held));
+        }
+    }
 }

@@ -125,11 +125,13 @@ impl State {
             .get_mut(&id)
             .expect("grant of a lease that exists");
         let mut cost = 0.0;
+        let mut moved = Vec::with_capacity(nodes.len());
         for name in &nodes {
             let node = self
                 .nodes
                 .get_mut(name)
                 .expect("placement returned a node that exists");
+            let old_key = super::free_key(node);
             node.allocated = node.allocated.plus(&lease.spec.resources);
             assert!(
                 node.allocated.fits_in(&node.capacity),
@@ -137,6 +139,7 @@ impl State {
             );
             node.leases.insert(id);
             cost += node.cost_per_hour;
+            moved.push((old_key, super::free_key(node)));
         }
         self.queue
             .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
@@ -149,6 +152,9 @@ impl State {
         lease.fencing_token = token;
         lease.cost_per_hour = cost;
         self.expiries.insert((lease.expires_at, id));
+        for (old, new) in moved {
+            self.reindex(old, new);
+        }
     }
 
     fn owned(&self, id: u64, principal: &str, admin: bool) -> Result<&Lease, Refusal> {
@@ -273,7 +279,7 @@ impl State {
         let mut granted = Vec::new();
         let queued: Vec<u64> = self.queue.iter().map(|(_, _, id)| *id).collect();
         for id in queued {
-            if let Ok(nodes) = self.place_pending(&self.leases[&id]) {
+            if let Some(nodes) = self.place_pending(&self.leases[&id]) {
                 self.grant(id, nodes);
                 granted.push(id);
             }
@@ -297,12 +303,22 @@ impl State {
             }
             LeaseState::Granted => {
                 self.expiries.remove(&(lease.expires_at, id));
+                let mut moved = Vec::with_capacity(lease.nodes.len());
                 for name in &lease.nodes {
                     if let Some(node) = self.nodes.get_mut(name) {
+                        let old_key = super::free_key(node);
                         node.allocated = node.allocated.minus(&lease.spec.resources);
                         node.leases.remove(&id);
+                        moved.push((old_key, super::free_key(node)));
                     }
                 }
+                lease.state = to;
+                lease.ended_at = Some(now);
+                let out = lease.clone();
+                for (old, new) in moved {
+                    self.reindex(old, new);
+                }
+                return out;
             }
             _ => return lease.clone(),
         }
@@ -337,12 +353,13 @@ impl State {
     }
 
     /// Where a pending lease would go now (only the cheapest capacity while
-    /// its deadline allows).
-    pub fn place_pending(&self, l: &Lease) -> Result<Vec<String>, placement::NoFit> {
+    /// its deadline allows), or `None`.
+    pub fn place_pending(&self, l: &Lease) -> Option<Vec<String>> {
+        let none = std::collections::BTreeMap::new();
         if l.cheap_until > self.time {
-            placement::place(self, &self.cheap_only(&l.spec))
+            placement::pick(self, &self.cheap_only(&l.spec), &none)
         } else {
-            placement::place(self, &l.spec)
+            placement::pick(self, &l.spec, &none)
         }
     }
 

@@ -256,6 +256,16 @@ pub struct State {
     pub applied_keys: OrdMap<String, Outcome>,
     /// Raft members and their peer addresses, changed by conf-change entries.
     pub members: BTreeMap<u64, String>,
+    /// Ready nodes by free CPU, `(free cpu_millis, name)`: derived from
+    /// `nodes` (not serialised; rebuilt on load) so placement finds the
+    /// tightest or loosest fit without scanning the fleet.
+    #[serde(skip)]
+    pub by_free: OrdSet<(u64, String)>,
+}
+
+/// A node's key in [`State::by_free`]: only ready nodes take grants.
+pub fn free_key(n: &Node) -> Option<(u64, String)> {
+    (n.state == NodeState::Ready).then(|| (n.free().cpu_millis, n.name.clone()))
 }
 
 impl State {
@@ -334,7 +344,32 @@ impl State {
 
     /// Reads a snapshot's state.
     pub fn from_bytes(b: &[u8]) -> Result<State, serde_json::Error> {
-        serde_json::from_slice(b)
+        let mut s: State = serde_json::from_slice(b)?;
+        s.rebuild_index();
+        Ok(s)
+    }
+
+    /// Recomputes [`State::by_free`] from the nodes (after loading, or after
+    /// a test or benchmark filled `nodes` directly).
+    pub fn rebuild_index(&mut self) {
+        self.by_free = self.nodes.values().filter_map(free_key).collect();
+    }
+
+    /// Moves a node's entry in [`State::by_free`] from `old` to `new`.
+    fn reindex(&mut self, old: Option<(u64, String)>, new: Option<(u64, String)>) {
+        if old != new {
+            if let Some(o) = old {
+                self.by_free.remove(&o);
+            }
+            if let Some(n) = new {
+                self.by_free.insert(n);
+            }
+        }
+    }
+
+    /// A node's current key in [`State::by_free`], if it takes grants.
+    fn key_of(&self, name: &str) -> Option<(u64, String)> {
+        self.nodes.get(name).and_then(free_key)
     }
 }
 

@@ -30,6 +30,7 @@ impl State {
             });
         }
         let now = self.time;
+        let old_key = self.key_of(name);
         let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
             name: name.to_string(),
             capacity: *capacity,
@@ -67,6 +68,7 @@ impl State {
         if let Some(d) = new_due {
             self.heartbeats.insert(d);
         }
+        self.reindex(old_key, super::free_key(&out));
         self.grant_queue();
         Ok(Applied::Node(out))
     }
@@ -89,6 +91,7 @@ impl State {
         }
         let out = node.clone();
         if came_back {
+            self.reindex(None, super::free_key(&out));
             self.grant_queue();
         }
         Ok(Applied::Node(out))
@@ -107,11 +110,13 @@ impl State {
         let mut lost = Vec::new();
         for key in due {
             self.heartbeats.remove(&key);
+            let old_key = self.key_of(&key.1);
             let Some(node) = self.nodes.get_mut(&key.1) else {
                 continue;
             };
             node.state = NodeState::Down;
             let ids: Vec<u64> = node.leases.iter().copied().collect();
+            self.reindex(old_key, None);
             down.push(key.1);
             for id in ids {
                 self.lose_lease(id);
@@ -145,6 +150,7 @@ impl State {
                 reason: format!("draining node {name} needs an admin token"),
             });
         }
+        let old_key = self.key_of(name);
         let node = self.nodes.get_mut(name).ok_or_else(|| Refusal::NotFound {
             what: format!("node {name}"),
         })?;
@@ -154,6 +160,7 @@ impl State {
             (_, false) => NodeState::Ready,
         };
         let out = node.clone();
+        self.reindex(old_key, super::free_key(&out));
         if !draining {
             self.grant_queue();
         }
@@ -178,7 +185,9 @@ impl State {
                 ),
             });
         }
+        let old_key = self.key_of(name);
         let node = self.nodes.remove(name).expect("looked up above");
+        self.reindex(old_key, None);
         if let Some(t) = node.ttl_ms {
             self.heartbeats
                 .remove(&(node.last_seen.saturating_add(ms(t)), name.to_string()));

@@ -1,5 +1,6 @@
-//! No node's granted resources exceed its capacity, and a node's allocation
-//! is exactly the sum of its granted leases.
+//! No node's granted resources exceed its capacity, a node's allocation is
+//! exactly the sum of its granted leases, and placement's free-CPU index
+//! says what the nodes say.
 
 use super::MemberView;
 use crate::state::{LeaseState, Resources};
@@ -7,6 +8,18 @@ use crate::state::{LeaseState, Resources};
 /// Fails on an over-committed node or an allocation that does not add up.
 pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
     for v in views {
+        let want: imbl::OrdSet<(u64, String)> = v
+            .state
+            .nodes
+            .values()
+            .filter_map(crate::state::free_key)
+            .collect();
+        if want != v.state.by_free {
+            return Err(format!(
+                "member {}: the free-CPU index {:?} disagrees with the nodes {:?}",
+                v.id, v.state.by_free, want
+            ));
+        }
         for n in v.state.nodes.values() {
             let mut sum = Resources::default();
             for id in &n.leases {

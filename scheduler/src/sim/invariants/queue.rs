@@ -30,7 +30,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
                     (queued, timing, expiring)
                 ));
             }
-            if l.state == LeaseState::Pending && s.place_pending(l).is_ok() {
+            if l.state == LeaseState::Pending && s.place_pending(l).is_some() {
                 return Err(format!(
                     "member {}: pending lease {} fits but was not granted",
                     v.id, l.id
