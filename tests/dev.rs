@@ -1,5 +1,6 @@
 //! `charter dev`: one command, a default data directory it prints, a dev
-//! token the CLI finds without being told, and a clean stop on SIGINT.
+//! token the CLI finds without being told, a local agent that runs tasks,
+//! and a clean stop on SIGINT.
 
 mod common;
 
@@ -47,13 +48,38 @@ fn dev_runs_with_a_token_the_cli_finds_and_stops_on_sigint() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    json_ok(&cli(&[
-        "node", "register", "laptop", "--cpu", "2", "--mem", "4GiB", "--json",
+    // The dev agent offers this machine; a task runs on it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node_names(&json_ok(&cli(&["node", "list", "--json"]))).is_empty() {
+        assert!(Instant::now() < deadline, "the dev agent never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = json_ok(&cli(&[
+        "task",
+        "submit",
+        "--cpu",
+        "0.1",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo from-the-dev-agent",
     ]));
-    let l = json_ok(&cli(&[
-        "lease", "request", "--cpu", "1", "--for", "10m", "--json",
-    ]));
-    assert_eq!(l["nodes"], serde_json::json!(["laptop"]));
+    let id = t["id"].as_u64().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = json_ok(&cli(&["task", "show", &id, "--json"]));
+        if t["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the task never succeeded: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = cli(&["task", "logs", &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        "from-the-dev-agent\n"
+    );
     // A wrong token is still refused: the dev token is only a default.
     let out = Command::new(BIN)
         .args([

@@ -4,11 +4,20 @@
 //! - [`resources`]: what this machine offers (CPU, memory, disk), detected
 //!   from the OS and overridable by flags.
 //! - [`conn`]: channels to every server, with failover.
-//! - [`run`]: registration and heartbeats until stopped or removed.
+//! - [`run`]: registration, heartbeats, the assignment watch and reports.
+//! - [`supervisor`]: leases' runners, the batch and service amps, ending
+//!   every lease on the agent's own clock.
+//! - [`sandbox`]: working directory, session, scrubbed env, limits, kill.
+//! - [`health`]: HTTP, TCP and command checks of services.
+//! - [`logs`]: size-bounded output files; [`serve`]: logs for the servers.
 //!
-//! The assignment watch, sandboxes and amps arrive with the agents issue;
-//! the agent speaks to the scheduler only through gRPC.
+//! The agent speaks to the scheduler only through gRPC.
 
 pub mod conn;
+pub mod health;
+pub mod logs;
 pub mod resources;
 pub mod run;
+pub mod sandbox;
+pub mod serve;
+pub mod supervisor;

@@ -1,24 +1,42 @@
-//! The agent's life: register the node, then heartbeat until stopped or
-//! until the cluster removes the node.
+//! The agent's life: serve logs, register the node, then heartbeat, watch
+//! the node's assignments and report on its tasks, until stopped or until
+//! the cluster removes the node.
 //!
 //! - Registration retries through elections and restarts with backoff
 //!   (0.2 s doubling to 5 s); a refusal (bad token, not admin, bad offer) is
 //!   fatal and says why.
 //! - Heartbeats go every third of the TTL. A missed one is retried; the
-//!   node is only marked down by the servers when the whole TTL passes.
+//!   servers mark the node down only when the whole TTL passes.
+//! - The watch is a server stream of the node's assignments, sent on every
+//!   change and every few seconds as a keepalive. When it breaks or goes
+//!   quiet for [`WATCH_QUIET`], the agent reconnects (to the next server)
+//!   with backoff; leases keep running meanwhile and still end on time.
+//! - Reports go out in order, each retried until a server takes it.
 //! - A heartbeat answered `NOT_FOUND` means the node was removed (retired
-//!   by its pool, or `charter node remove`): the agent exits cleanly.
+//!   by its pool, or `charter node remove`): the agent stops its leases and
+//!   exits. A signal (SIGINT, SIGTERM) does the same: nothing may outlive
+//!   its lease without an agent to end it. An agent that crashes or is
+//!   killed leaves its leases' processes running; restarted, it adopts them.
 
 use crate::conn::{Servers, retryable};
+use crate::health::{Check, Probe};
+use crate::sandbox::Isolation;
+use crate::serve::AgentService;
+use crate::supervisor::{Ctx, LeaseInfo, Report, Supervisor, TaskInfo};
 use charter_proto as pb;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tonic::Code;
 
 /// How long one call keeps trying other members before the loop backs off.
 const CALL_RETRY: Duration = Duration::from_secs(2);
+/// A watch with no message for this long is reconnected.
+pub const WATCH_QUIET: Duration = Duration::from_secs(15);
 
 /// Everything the agent offers and where it reports.
 #[derive(Clone, Debug)]
@@ -47,6 +65,8 @@ pub struct AgentOptions {
     pub ttl: Duration,
     /// The agent's data directory.
     pub data: PathBuf,
+    /// Where to serve logs to the servers (port 0: any free port).
+    pub listen: SocketAddr,
 }
 
 /// How the agent ended.
@@ -77,13 +97,115 @@ fn refused(what: &str, addr: &str, s: &tonic::Status) -> AgentError {
 
 /// Runs the agent until `stop` resolves or the node is removed.
 pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<Exit, AgentError> {
-    let servers = Servers::new(&opts.servers, opts.token.clone()).map_err(|e| AgentError {
-        what: "cannot reach the servers".into(),
-        why: e,
+    let servers = Arc::new(
+        Servers::new(&opts.servers, opts.token.clone()).map_err(|e| AgentError {
+            what: "cannot reach the servers".into(),
+            why: e,
+        })?,
+    );
+    let iso = Isolation::detect();
+    match &iso {
+        Isolation::Cgroup(dir) => {
+            tracing::info!(cgroup = %dir.display(), "leases get cgroup v2 limits (cpu.max, memory.max)")
+        }
+        Isolation::Rlimits(why) => tracing::warn!(
+            "no cgroup v2 limits on this machine ({why}); leases get rlimits (address space, open files) instead"
+        ),
+    }
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| AgentError {
+            what: format!("cannot listen on {}", opts.listen),
+            why: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| AgentError {
+        what: "cannot read the bound address".into(),
+        why: e.to_string(),
     })?;
+    let secret = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+    let running = Arc::new(Mutex::new(BTreeSet::new()));
+    let service = AgentService {
+        data: opts.data.clone(),
+        secret: secret.clone(),
+        running: running.clone(),
+    };
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(pb::agent_server::AgentServer::new(service))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = serving_stopped.await;
+            })
+            .await;
+    });
+    let out = life(&opts, servers, iso, running, addr, secret, stop).await;
+    let _ = stop_serving.send(());
+    let _ = server.await;
+    out
+}
+
+async fn life(
+    opts: &AgentOptions,
+    servers: Arc<Servers>,
+    iso: Isolation,
+    running: Arc<Mutex<BTreeSet<u64>>>,
+    addr: SocketAddr,
+    secret: String,
+    stop: impl Future<Output = ()>,
+) -> Result<Exit, AgentError> {
     tokio::pin!(stop);
+    tokio::select! {
+        _ = &mut stop => return Ok(Exit::Stopped),
+        r = register(opts, &servers, addr, &secret) => r?,
+    }
+    tracing::info!(node = %opts.name, pool = %opts.pool, agent = %addr, "registered");
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let ctx = Ctx {
+        data: opts.data.clone(),
+        node: opts.name.clone(),
+        iso,
+        reports: reports_tx,
+        running,
+    };
+    let mut sup = Supervisor::new(ctx);
+    let (assign_tx, mut assign_rx) = mpsc::channel::<Vec<(LeaseInfo, Option<TaskInfo>)>>(4);
+    let reporter = tokio::spawn(report_loop(servers.clone(), opts.name.clone(), reports_rx));
+    let watcher = tokio::spawn(watch_loop(servers.clone(), opts.name.clone(), assign_tx));
+    let heart = heartbeat_loop(opts, &servers);
+    tokio::pin!(heart);
+    let out = loop {
+        tokio::select! {
+            _ = &mut stop => break Ok(Exit::Stopped),
+            r = &mut heart => break r,
+            a = assign_rx.recv() => match a {
+                Some(a) => sup.apply(a),
+                None => break Err(AgentError { what: "the watch loop ended".into(), why: String::new() }),
+            },
+        }
+    };
+    watcher.abort();
+    // Nothing may outlive its lease without an agent to end it: a stopped
+    // agent ends its leases' processes (a crashed one cannot; a restarted
+    // agent adopts what it left).
+    sup.stop_all().await;
+    // Let the last reports go out.
+    drop(sup);
+    let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
+    out
+}
+
+async fn register(
+    opts: &AgentOptions,
+    servers: &Servers,
+    addr: SocketAddr,
+    secret: &str,
+) -> Result<(), AgentError> {
     let mut backoff = Duration::from_millis(200);
-    // Register.
     loop {
         let req = pb::RegisterNodeRequest {
             idempotency_key: String::new(),
@@ -98,6 +220,8 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
             pool: opts.pool.clone(),
             cost_per_hour: opts.cost_per_hour,
             ttl_ms: opts.ttl.as_millis() as u64,
+            agent_addr: addr.to_string(),
+            agent_secret: secret.to_string(),
         };
         let res = servers
             .call(CALL_RETRY, |ch| {
@@ -106,7 +230,7 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
             })
             .await;
         match res {
-            Ok(_) => break,
+            Ok(_) => return Ok(()),
             Err(f) if retryable(&f.status) => {
                 tracing::warn!(error = %f.status.message(), "no server answered the registration; retrying");
             }
@@ -118,20 +242,16 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
                 ));
             }
         }
-        tokio::select! {
-            _ = &mut stop => return Ok(Exit::Stopped),
-            _ = tokio::time::sleep(backoff) => {}
-        }
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    tracing::info!(node = %opts.name, pool = %opts.pool, "registered");
+}
+
+async fn heartbeat_loop(opts: &AgentOptions, servers: &Servers) -> Result<Exit, AgentError> {
     let every = (opts.ttl / 3).max(Duration::from_millis(50));
     let mut down_since: Option<std::time::Instant> = None;
     loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(Exit::Stopped),
-            _ = tokio::time::sleep(every) => {}
-        }
+        tokio::time::sleep(every).await;
         let name = opts.name.clone();
         let res = servers
             .call(CALL_RETRY, |ch| {
@@ -158,4 +278,150 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
             Err(f) => return Err(refused("the heartbeat was refused", &f.addr, &f.status)),
         }
     }
+}
+
+async fn watch_loop(
+    servers: Arc<Servers>,
+    node: String,
+    out: mpsc::Sender<Vec<(LeaseInfo, Option<TaskInfo>)>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let stream = servers
+            .call(CALL_RETRY, |ch| {
+                let r = servers.req(pb::WatchRequest { node: node.clone() });
+                async move { pb::agents_client::AgentsClient::new(ch).watch(r).await }
+            })
+            .await;
+        match stream {
+            Ok(mut s) => {
+                backoff = Duration::from_millis(100);
+                loop {
+                    match tokio::time::timeout(WATCH_QUIET, s.message()).await {
+                        Ok(Ok(Some(a))) => {
+                            if out.send(assignments(a)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Ok(None)) => break,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e.message(), "the assignment watch broke; reconnecting");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!("the assignment watch went quiet; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(f) => {
+                tracing::warn!(error = %f.status.message(), "cannot watch assignments; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn report_loop(servers: Arc<Servers>, node: String, mut rx: mpsc::UnboundedReceiver<Report>) {
+    while let Some(r) = rx.recv().await {
+        let req = pb::TaskReportRequest {
+            task_id: r.task,
+            node: node.clone(),
+            state: r.state.to_string(),
+            exit_code: r.exit_code,
+            starts: r.starts,
+            health: r.health.clone(),
+            message: r.message.clone(),
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let res = servers
+                .call(CALL_RETRY, |ch| {
+                    let q = servers.req(req.clone());
+                    async move { pb::agents_client::AgentsClient::new(ch).report(q).await }
+                })
+                .await;
+            match res {
+                Ok(_) => break,
+                Err(f) if retryable(&f.status) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(f) => {
+                    tracing::warn!(task = r.task, error = %f.status.message(), "a task report was refused");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The watch's message in the supervisor's terms.
+pub fn assignments(a: pb::Assignments) -> Vec<(LeaseInfo, Option<TaskInfo>)> {
+    a.items
+        .into_iter()
+        .filter_map(|it| {
+            let l = it.lease?;
+            let r = l.resources.unwrap_or_default();
+            let lease = LeaseInfo {
+                id: l.id,
+                granted_at: l.granted_at_ms,
+                expires_at: l.expires_at_ms,
+                fencing_token: l.fencing_token,
+                cpu_millis: r.cpu_millis,
+                memory_bytes: r.memory_bytes,
+            };
+            let task = it.task.map(|t| {
+                let spec = t.spec.unwrap_or_default();
+                TaskInfo {
+                    id: t.id,
+                    amp: if spec.amp.is_empty() {
+                        "batch".into()
+                    } else {
+                        spec.amp
+                    },
+                    command: spec.command,
+                    env: spec.env.into_iter().collect(),
+                    retries: spec.retries,
+                    restart_always: spec.restart_always,
+                    max_restarts: spec.max_restarts,
+                    health: spec.health.and_then(check),
+                    grace_ms: spec.grace_ms,
+                    state: t.state,
+                    starts: t.starts,
+                }
+            });
+            Some((lease, task))
+        })
+        .collect()
+}
+
+fn check(h: pb::HealthCheck) -> Option<Check> {
+    let port = u16::try_from(h.port).ok();
+    let probe = match h.kind.as_str() {
+        "http" => Probe::Http {
+            port: port?,
+            path: if h.path.is_empty() {
+                "/".into()
+            } else {
+                h.path
+            },
+            status: u16::try_from(h.status)
+                .ok()
+                .filter(|s| *s > 0)
+                .unwrap_or(200),
+        },
+        "tcp" => Probe::Tcp { port: port? },
+        "command" => Probe::Command { argv: h.argv },
+        _ => return None,
+    };
+    Some(Check {
+        probe,
+        interval: Duration::from_millis(h.interval_ms.max(100)),
+        timeout: Duration::from_millis(h.timeout_ms.max(100)),
+        healthy_after: h.healthy_after.max(1),
+        unhealthy_after: h.unhealthy_after.max(1),
+    })
 }

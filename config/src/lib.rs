@@ -5,7 +5,7 @@
 //! - [`reader`]: a spanned TOML reader that collects *every* error with file,
 //!   line and field, and what was expected.
 //! - [`constraint`]: label constraints (`gpu=a100`, `zone in (a,b)`, `cuda>=12`).
-//! - [`lease`], [`node`], [`server`]: the config kinds of the control plane.
+//! - [`lease`], [`node`], [`server`], [`task`]: the config kinds.
 //! - [`canonical`]: canonical serialisation and the sha256 content hash.
 //! - [`fingerprint`]: identities of submitted config versions from a template.
 //!
@@ -19,6 +19,7 @@ pub mod lease;
 pub mod node;
 pub mod reader;
 pub mod server;
+pub mod task;
 pub mod units;
 
 pub use error::{Diagnostic, Diagnostics};
@@ -34,6 +35,8 @@ pub enum AnyConfig {
     Node(node::NodeConfig),
     /// A server's own config (`charter server --config`).
     Server(server::ServerConfig),
+    /// A task (`charter task submit -f`).
+    Task(Box<task::TaskConfig>),
 }
 
 impl AnyConfig {
@@ -43,6 +46,7 @@ impl AnyConfig {
             AnyConfig::Lease(_) => "lease",
             AnyConfig::Node(_) => "node",
             AnyConfig::Server(_) => "server",
+            AnyConfig::Task(_) => "task",
         }
     }
 
@@ -52,12 +56,13 @@ impl AnyConfig {
             AnyConfig::Lease(c) => canonical::to_bytes(c),
             AnyConfig::Node(c) => canonical::to_bytes(c),
             AnyConfig::Server(c) => canonical::to_bytes(c),
+            AnyConfig::Task(c) => canonical::to_bytes(c),
         }
     }
 }
 
 /// The kinds [`load`] recognises.
-pub const KINDS: &[&str] = &["lease", "node", "server"];
+pub const KINDS: &[&str] = &["lease", "node", "server", "task"];
 
 /// Parses `src` (named `file` in messages) as whichever kind it declares with
 /// `kind = "..."`; without one, a file is a lease request.
@@ -70,6 +75,7 @@ pub fn load(file: &str, src: &str) -> Result<AnyConfig, Diagnostics> {
         "lease" => lease::LeaseConfig::read(&top).map(AnyConfig::Lease),
         "node" => node::NodeConfig::read(&top).map(AnyConfig::Node),
         "server" => server::ServerConfig::read(&top).map(AnyConfig::Server),
+        "task" => task::TaskConfig::read(&top).map(|t| AnyConfig::Task(Box::new(t))),
         other => {
             top.error_at(
                 "kind",

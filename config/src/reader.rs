@@ -322,6 +322,21 @@ impl<'c, 'a> Fields<'c, 'a> {
         out
     }
 
+    /// A sub-table (`[key]` or `key = { ... }`), read with its own [`Fields`].
+    pub fn table(&self, key: &str) -> Option<Fields<'c, 'a>> {
+        let item = self.get(key)?;
+        let Some(t) = item.as_table_like() else {
+            self.error_at(key, format!("expected a table, like [{key}]"));
+            return None;
+        };
+        Some(Fields {
+            ctx: self.ctx,
+            table: t,
+            prefix: self.path(key),
+            seen: RefCell::new(Vec::new()),
+        })
+    }
+
     /// An array of tables (`[[key]]`), each read with its own [`Fields`]
     /// whose messages name it `key[i]`.
     pub fn tables(&self, key: &str) -> Vec<Fields<'c, 'a>> {

@@ -190,6 +190,14 @@ impl Server {
                 icpt.clone(),
             ))
             .add_service(pb::leases_server::LeasesServer::with_interceptor(
+                api.clone(),
+                icpt.clone(),
+            ))
+            .add_service(pb::tasks_server::TasksServer::with_interceptor(
+                api.clone(),
+                icpt.clone(),
+            ))
+            .add_service(pb::agents_server::AgentsServer::with_interceptor(
                 api,
                 icpt.clone(),
             ))

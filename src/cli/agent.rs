@@ -46,9 +46,13 @@ pub struct AgentArgs {
     /// Heartbeat TTL: the node is down after this long without a heartbeat.
     #[arg(long, default_value = "10s")]
     pub ttl: String,
+    /// Where to serve task logs to the servers (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
 }
 
-fn host_name() -> String {
+/// This machine's name, if it is a valid node name, else `node`.
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())
@@ -150,6 +154,13 @@ pub async fn run(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
         cost_per_hour: a.cost,
         ttl: Duration::from_millis(ttl),
         data,
+        listen: a.listen.parse().map_err(|e| {
+            fail(
+                format!("bad --listen `{}`", a.listen),
+                format!("{e}"),
+                "use IP:PORT, e.g. --listen 127.0.0.1:0",
+            )
+        })?,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {

@@ -225,6 +225,8 @@ async fn register_fleet(ch: &Channel, nodes: usize) -> anyhow::Result<()> {
                     pool: "bench".into(),
                     cost_per_hour: 1.0,
                     ttl_ms: 0,
+                    agent_addr: String::new(),
+                    agent_secret: String::new(),
                 });
                 NodesClient::new(ch.clone()).register(req).await?;
             }
@@ -315,6 +317,7 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
                     state: NodeState::Ready,
                     registered_at: 0,
                     ttl_ms: None,
+                    agent: None,
                     last_seen: 0,
                     leases: Default::default(),
                 },

@@ -16,7 +16,14 @@ use std::time::Duration;
 #[derive(Subcommand, Debug)]
 pub enum LeaseCmd {
     /// Ask for capacity for a time; prints the lease id, nodes, expiry, fencing token and cost.
-    Request(Box<RequestArgs>),
+    Request {
+        /// What to ask for.
+        #[command(flatten)]
+        args: Box<RequestArgs>,
+        /// Read the request from a lease.toml; flags override it.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
     /// List your live leases (admins see everyone's).
     List {
         /// Include ended leases.
@@ -108,9 +115,6 @@ pub struct RequestArgs {
     /// Idempotency key (default: a fresh one); the same key never grants twice.
     #[arg(long)]
     key: Option<String>,
-    /// Read the request from a lease.toml; flags override it.
-    #[arg(short = 'f', long = "file")]
-    file: Option<PathBuf>,
 }
 
 /// A lease in `--json` output: a stable interface.
@@ -212,8 +216,10 @@ fn parse_flag<T>(flag: &str, v: &str, parse: fn(&str) -> Result<T, String>) -> a
     })
 }
 
-fn build_request(a: RequestArgs) -> anyhow::Result<pb::LeaseRequest> {
-    let mut base = match &a.file {
+fn load_lease(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<charter_config::lease::LeaseConfig> {
+    Ok(match file {
         Some(f) => match charter_config::load_file(f) {
             Ok(charter_config::AnyConfig::Lease(l)) => l,
             Ok(other) => {
@@ -236,7 +242,14 @@ fn build_request(a: RequestArgs) -> anyhow::Result<pb::LeaseRequest> {
             }
         },
         None => charter_config::lease::LeaseConfig::default(),
-    };
+    })
+}
+
+/// The wire request: `base` (from a file, or defaults) with the flags on top.
+pub fn build_request(
+    a: RequestArgs,
+    mut base: charter_config::lease::LeaseConfig,
+) -> anyhow::Result<pb::LeaseRequest> {
     if let Some(v) = &a.cpu {
         base.cpu_millis = parse_flag("--cpu", v, units::parse_cores)?;
     }
@@ -394,8 +407,8 @@ async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Res
 pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {
-        LeaseCmd::Request(a) => {
-            let req = build_request(*a)?;
+        LeaseCmd::Request { args, file } => {
+            let req = build_request(*args, load_lease(file.as_deref())?)?;
             let r = c
                 .call("lease request", |ch| {
                     let req = c.req(req.clone());

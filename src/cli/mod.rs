@@ -11,6 +11,7 @@ mod node;
 pub mod output;
 mod quota;
 mod server;
+mod task;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +56,9 @@ pub enum Cmd {
     /// Leases: time-bounded claims on a node's capacity.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
+    /// Tasks: work run by an agent in a lease of its own.
+    #[command(subcommand)]
+    Task(task::TaskCmd),
     /// Per-principal limits: max cores, leases and duration.
     #[command(subcommand)]
     Quota(quota::QuotaCmd),
@@ -83,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Node(c) => rt.block_on(node::run(&g, c)),
         Cmd::Lease(c) => rt.block_on(lease::run(&g, c)),
         Cmd::Quota(c) => rt.block_on(quota::run(&g, c)),
+        Cmd::Task(c) => rt.block_on(task::run(&g, c)),
         Cmd::Validate(a) => validate::run(&g, a),
         Cmd::Bench(a) => bench::run(&rt, g.json, a),
     }

@@ -249,6 +249,7 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
                         pool: n.pool,
                         cost_per_hour: n.cost_per_hour,
                         ttl_ms,
+                        ..Default::default()
                     },
                     Ok(other) => {
                         return Err(fail(
@@ -305,6 +306,7 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
                         pool,
                         cost_per_hour: cost,
                         ttl_ms,
+                        ..Default::default()
                     }
                 }
             };

@@ -2,6 +2,7 @@
 
 use super::client::{charter_home, dev_token_path};
 use super::output::fail;
+use charter_agent::run::AgentOptions;
 use charter_scheduler::controller::provision::ScalingOptions;
 use charter_scheduler::server::{Server, ServerOptions};
 use charter_scheduler::service::auth::Tokens;
@@ -67,6 +68,43 @@ pub struct DevArgs {
     /// Server config (`kind = "server"`): pools that grow with demand.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Do not start the local agent that offers this machine.
+    #[arg(long)]
+    pub no_agent: bool,
+}
+
+/// The agent `charter dev` runs in its own process: this machine, detected.
+fn dev_agent(data: &Path, token: Option<String>) -> anyhow::Result<AgentOptions> {
+    let dir = data.join("agent");
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        fail(
+            format!("cannot create {}", dir.display()),
+            e.to_string(),
+            "pass a writable --data",
+        )
+    })?;
+    let found = charter_agent::resources::detect(&dir).map_err(|e| {
+        fail(
+            "cannot detect this machine's resources for the dev agent",
+            e.to_string(),
+            "pass --no-agent and start `charter agent` with --cpu/--mem/--disk",
+        )
+    })?;
+    Ok(AgentOptions {
+        servers: Vec::new(),
+        token,
+        name: super::agent::host_name(),
+        cpu_millis: found.cpu_millis,
+        memory_bytes: found.memory_bytes,
+        disk_bytes: found.disk_bytes,
+        gpus: 0,
+        labels: Default::default(),
+        pool: "dev".into(),
+        cost_per_hour: 0.0,
+        ttl: Duration::from_secs(10),
+        data: dir,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+    })
 }
 
 fn addr(flag: &str, s: &str) -> anyhow::Result<SocketAddr> {
@@ -240,15 +278,27 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         tick: Duration::from_millis(a.tick_ms.max(1)),
         scaling,
     };
-    serve(opts).await
+    serve(opts, None).await
 }
 
-async fn serve(opts: ServerOptions) -> anyhow::Result<i32> {
+async fn serve(opts: ServerOptions, agent: Option<AgentOptions>) -> anyhow::Result<i32> {
     let data = opts.data.clone();
     let mut server = Server::start(opts)
         .await
         .map_err(|e| fail("cannot start the server", e.to_string(), ""))?;
     tracing::info!(id = server.member.id(), grpc = %server.listen, http = %server.http, data = %data.display(), "charter member serving");
+    let (agent_stop, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = agent.map(|mut a| {
+        a.servers = vec![server.listen.to_string()];
+        tokio::spawn(async move {
+            let stop = async {
+                let _ = agent_stopped.await;
+            };
+            if let Err(e) = charter_agent::run::run(a, stop).await {
+                tracing::error!(error = %e, "the dev agent stopped");
+            }
+        })
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let fatal = tokio::select! {
         _ = tokio::signal::ctrl_c() => false,
@@ -257,6 +307,10 @@ async fn serve(opts: ServerOptions) -> anyhow::Result<i32> {
     };
     let status = server.member.status();
     tracing::info!("shutting down");
+    let _ = agent_stop.send(());
+    if let Some(a) = agent {
+        let _ = tokio::time::timeout(Duration::from_secs(15), a).await;
+    }
     server.shutdown().await.map_err(|e| {
         fail(
             "the member stopped on a fatal error",
@@ -340,6 +394,11 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
         token_file.display(),
         dev_token_path().display()
     );
+    let agent = if a.no_agent {
+        None
+    } else {
+        Some(dev_agent(&data, tokens.peer_token())?)
+    };
     let opts = ServerOptions {
         id: 1,
         data,
@@ -352,5 +411,5 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
         tick: Duration::from_millis(50),
         scaling,
     };
-    serve(opts).await
+    serve(opts, agent).await
 }

@@ -30,6 +30,7 @@ fn node(
         state,
         registered_at: 0,
         ttl_ms: None,
+        agent: None,
         last_seen: 0,
         leases: Default::default(),
     }

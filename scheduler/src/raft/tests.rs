@@ -112,6 +112,7 @@ fn register(name: &str) -> Proposal {
             pool: "p".into(),
             cost_per_hour: 0.0,
             ttl_ms: None,
+            agent: None,
         },
     }
 }

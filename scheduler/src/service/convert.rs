@@ -1,6 +1,9 @@
 //! Domain types to protobuf and back, at the edge.
 
-use crate::state::{Constraint, Lease, LeaseSpec, Node, PoolOffer, Prefer, Quota, Resources};
+use crate::state::{
+    Amp, Check, Constraint, Health, Lease, LeaseSpec, Node, PoolOffer, Prefer, Quota, Resources,
+    Task, TaskSpec,
+};
 use charter_proto as pb;
 use std::collections::BTreeMap;
 use tonic::Status;
@@ -36,6 +39,7 @@ pub fn node(n: &Node) -> pb::Node {
         leases: n.leases.len() as u32,
         ttl_ms: n.ttl_ms.unwrap_or(0),
         last_seen_ms: n.last_seen,
+        agent_addr: n.agent.as_ref().map(|a| a.addr.clone()).unwrap_or_default(),
     }
 }
 
@@ -133,6 +137,148 @@ pub fn quota(principal: &str, q: &Quota) -> pb::Quota {
         max_leases: q.max_leases,
         max_duration_ms: q.max_duration_ms,
     }
+}
+
+pub fn task(t: &Task, l: Option<&Lease>) -> pb::Task {
+    pb::Task {
+        id: t.id,
+        principal: t.principal.clone(),
+        lease_id: t.lease,
+        spec: Some(task_spec_out(&t.spec)),
+        state: t.state.as_str().to_string(),
+        exit_code: t.exit_code,
+        starts: t.starts,
+        health: t.health.clone(),
+        submitted_at_ms: t.submitted_at,
+        started_at_ms: t.started_at.unwrap_or(0),
+        ended_at_ms: t.ended_at.unwrap_or(0),
+        message: t.message.clone(),
+        node: l.and_then(|l| l.nodes.first().cloned()).unwrap_or_default(),
+    }
+}
+
+fn task_spec_out(s: &TaskSpec) -> pb::TaskSpec {
+    pb::TaskSpec {
+        name: s.name.clone(),
+        amp: s.amp.as_str().to_string(),
+        command: s.command.clone(),
+        env: s.env.clone().into_iter().collect(),
+        retries: s.retries,
+        restart_always: s.restart_always,
+        max_restarts: s.max_restarts,
+        health: s.health.as_ref().map(|h| {
+            let mut out = pb::HealthCheck {
+                interval_ms: h.interval_ms,
+                timeout_ms: h.timeout_ms,
+                healthy_after: h.healthy_after,
+                unhealthy_after: h.unhealthy_after,
+                ..Default::default()
+            };
+            match &h.check {
+                Check::Http { port, path, status } => {
+                    out.kind = "http".into();
+                    out.port = u32::from(*port);
+                    out.path = path.clone();
+                    out.status = u32::from(*status);
+                }
+                Check::Tcp { port } => {
+                    out.kind = "tcp".into();
+                    out.port = u32::from(*port);
+                }
+                Check::Command { argv } => {
+                    out.kind = "command".into();
+                    out.argv = argv.clone();
+                }
+            }
+            out
+        }),
+        grace_ms: s.grace_ms,
+    }
+}
+
+/// Reads and checks a task spec from the wire.
+pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
+    let bad = |m: String| Err(Status::invalid_argument(m));
+    let amp = Amp::parse(&s.amp).map_err(Status::invalid_argument)?;
+    if s.command.is_empty() || s.command[0].trim().is_empty() {
+        return bad(
+            "a task needs a command: put it after `--`, like `charter task submit -- ./run.sh`"
+                .into(),
+        );
+    }
+    let health = match s.health {
+        None => None,
+        Some(h) if h.kind.is_empty() => {
+            let _ = h;
+            None
+        }
+        Some(h) => {
+            let port = || {
+                u16::try_from(h.port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "health check port {} is not 1-65535",
+                            h.port
+                        ))
+                    })
+            };
+            let check = match h.kind.as_str() {
+                "http" => Check::Http {
+                    port: port()?,
+                    path: if h.path.is_empty() {
+                        "/".into()
+                    } else {
+                        h.path.clone()
+                    },
+                    status: u16::try_from(h.status)
+                        .ok()
+                        .filter(|s| *s > 0)
+                        .unwrap_or(200),
+                },
+                "tcp" => Check::Tcp { port: port()? },
+                "command" if !h.argv.is_empty() => Check::Command {
+                    argv: h.argv.clone(),
+                },
+                "command" => return bad("a command health check needs a command".into()),
+                other => {
+                    return bad(format!(
+                        "unknown health check `{other}`; expected http, tcp or command"
+                    ));
+                }
+            };
+            if amp != Amp::Service {
+                return bad("health checks are for service tasks; add --amp service".into());
+            }
+            Some(Health {
+                check,
+                interval_ms: if h.interval_ms == 0 {
+                    1_000
+                } else {
+                    h.interval_ms
+                },
+                timeout_ms: if h.timeout_ms == 0 {
+                    1_000
+                } else {
+                    h.timeout_ms
+                },
+                healthy_after: h.healthy_after.max(1),
+                unhealthy_after: h.unhealthy_after.max(1),
+            })
+        }
+    };
+    Ok(TaskSpec {
+        name: s.name,
+        amp,
+        command: s.command,
+        env: s.env.into_iter().collect(),
+        retries: s.retries,
+        restart_always: s.restart_always,
+        max_restarts: s.max_restarts,
+        health,
+        grace_ms: s.grace_ms,
+    })
 }
 
 #[cfg(test)]

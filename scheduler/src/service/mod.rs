@@ -15,10 +15,11 @@ pub mod auth;
 mod convert;
 pub mod http;
 mod placer;
+mod tasks;
 
 use crate::Error;
 use crate::raft_driver::{MemberHandle, Role};
-use crate::state::{Applied, Command, LeaseState, Outcome, Proposal, Refusal};
+use crate::state::{AgentEndpoint, Applied, Command, LeaseState, Outcome, Proposal, Refusal};
 use auth::{Principal, principal, require_admin};
 use charter_proto as pb;
 use charter_proto::raft_peer_client::RaftPeerClient;
@@ -142,11 +143,27 @@ impl Api {
         } else {
             key.to_string()
         };
+        self.submit_with(who, Some(key), cmd).await
+    }
+
+    /// [`Api::submit`] without an idempotency key, for commands that are
+    /// harmless to apply twice (heartbeats, task reports): their outcomes
+    /// are not kept in the state.
+    pub async fn submit_unkeyed(&self, who: &Principal, cmd: Command) -> Result<Applied, Status> {
+        self.submit_with(who, None, cmd).await
+    }
+
+    async fn submit_with(
+        &self,
+        who: &Principal,
+        key: Option<String>,
+        cmd: Command,
+    ) -> Result<Applied, Status> {
         let p = Proposal {
             at: 0,
             principal: who.name.clone(),
             admin: who.admin,
-            key: Some(key),
+            key,
             hint: None,
             cmd,
         };
@@ -313,6 +330,10 @@ impl pb::nodes_server::Nodes for Api {
             },
             cost_per_hour: r.cost_per_hour,
             ttl_ms: (r.ttl_ms > 0).then_some(r.ttl_ms),
+            agent: (!r.agent_addr.is_empty()).then_some(AgentEndpoint {
+                addr: r.agent_addr,
+                secret: r.agent_secret,
+            }),
         };
         match self.submit(&who, &r.idempotency_key, cmd).await? {
             Applied::Node(n) => Ok(Response::new(pb::NodeReply {
@@ -329,7 +350,10 @@ impl pb::nodes_server::Nodes for Api {
         let who = principal(&req)?;
         require_admin(&who, "a node heartbeat")?;
         let name = req.into_inner().name;
-        match self.submit(&who, "", Command::Heartbeat { name }).await? {
+        match self
+            .submit_unkeyed(&who, Command::Heartbeat { name })
+            .await?
+        {
             Applied::Node(n) => Ok(Response::new(pb::NodeReply {
                 node: Some(convert::node(&n)),
             })),

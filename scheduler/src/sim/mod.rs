@@ -273,6 +273,7 @@ impl Sim {
                 pool: "sim".into(),
                 cost_per_hour: f64::from(self.rng.random_range(1..4u32)),
                 ttl_ms: [None, Some(2_000), Some(5_000)][self.rng.random_range(0..3)],
+                agent: None,
             },
             5..=13 => {
                 let duration_ms = self.rng.random_range(50..3000);

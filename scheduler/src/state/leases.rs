@@ -288,7 +288,7 @@ impl State {
     }
 
     /// Ends a pending or granted lease and frees what it held.
-    fn end_lease(&mut self, id: u64, to: LeaseState) -> Lease {
+    pub(super) fn end_lease(&mut self, id: u64, to: LeaseState) -> Lease {
         let now = self.time;
         let lease = self
             .leases
@@ -318,13 +318,16 @@ impl State {
                 for (old, new) in moved {
                     self.reindex(old, new);
                 }
+                self.end_task_of(id, to);
                 return out;
             }
             _ => return lease.clone(),
         }
         lease.state = to;
         lease.ended_at = Some(now);
-        lease.clone()
+        let out = lease.clone();
+        self.end_task_of(id, to);
+        out
     }
 
     /// A lease lost with its node: it holds nothing any more.

@@ -25,7 +25,10 @@
 
 mod leases;
 mod nodes;
+mod tasks;
 mod types;
+
+pub use tasks::TaskReport;
 
 pub use charter_config::constraint::{Constraint, Op, version_cmp};
 pub use types::*;
@@ -56,6 +59,9 @@ pub enum Command {
         /// Heartbeat TTL (agents); `None` for records without an agent.
         #[serde(default)]
         ttl_ms: Option<u64>,
+        /// Where its agent serves logs, if it has one.
+        #[serde(default)]
+        agent: Option<AgentEndpoint>,
     },
     /// A node's agent is alive; a down node comes back.
     Heartbeat {
@@ -100,6 +106,20 @@ pub enum Command {
     RemoveNode {
         /// The node.
         name: String,
+    },
+    /// Asks for a one-node lease and binds a task to it.
+    SubmitTask {
+        /// The lease the task runs in.
+        lease: Box<LeaseSpec>,
+        /// What to run.
+        task: Box<TaskSpec>,
+    },
+    /// An agent's word on a task it runs. Admin (agent) only.
+    ReportTask(TaskReport),
+    /// Ends a task and releases its lease.
+    CancelTask {
+        /// The task id.
+        id: u64,
     },
     /// Replaces the pools that can grow (the leader's server config). Admin only.
     SetPools {
@@ -158,6 +178,13 @@ pub enum Applied {
         /// Leases lost with those nodes.
         #[serde(default)]
         lost: Vec<u64>,
+    },
+    /// A task and its lease after the change.
+    Task {
+        /// The task.
+        task: Box<Task>,
+        /// Its lease.
+        lease: Box<Lease>,
     },
     /// The pools in force after the change.
     Pools {
@@ -248,6 +275,15 @@ pub struct State {
     /// Pools that can grow, by name.
     #[serde(default)]
     pub pools: OrdMap<String, PoolOffer>,
+    /// Tasks by id, live and ended.
+    #[serde(default)]
+    pub tasks: OrdMap<u64, Task>,
+    /// The task bound to each lease that has one.
+    #[serde(default)]
+    pub lease_tasks: OrdMap<u64, u64>,
+    /// The id the next task gets.
+    #[serde(default)]
+    pub next_task_id: u64,
     /// The id the next lease gets.
     pub next_lease_id: u64,
     /// The last fencing token handed out; the next grant gets a larger one.
@@ -273,6 +309,7 @@ impl State {
     pub fn new(members: BTreeMap<u64, String>) -> State {
         State {
             next_lease_id: 1,
+            next_task_id: 1,
             members,
             ..State::default()
         }
@@ -302,7 +339,15 @@ impl State {
                 pool,
                 cost_per_hour,
                 ttl_ms,
-            } => self.register_node(name, capacity, labels, pool, *cost_per_hour, *ttl_ms),
+                agent,
+            } => self.register_node(
+                name,
+                capacity,
+                labels,
+                pool,
+                *cost_per_hour,
+                (*ttl_ms, agent.as_ref()),
+            ),
             Command::Heartbeat { name } => self.heartbeat(name),
             Command::SetQuota { principal, quota } => self.set_quota(principal, quota, p.admin),
             Command::SetDraining { name, draining } => self.set_draining(name, *draining, p.admin),
@@ -315,6 +360,9 @@ impl State {
             }
             Command::RevokeLease { id } => self.revoke_lease(*id, p.admin),
             Command::RemoveNode { name } => self.remove_node(name, p.admin),
+            Command::SubmitTask { lease, task } => self.submit_task(&p.principal, lease, task),
+            Command::ReportTask(r) => self.task_report(r, p.admin),
+            Command::CancelTask { id } => self.cancel_task(*id, &p.principal, p.admin),
             Command::SetPools { pools } => self.set_pools(pools, p.admin),
             Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
         };

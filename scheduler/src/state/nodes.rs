@@ -1,7 +1,8 @@
 //! Node registration.
 
 use super::{
-    Applied, Millis, Node, NodeState, Outcome, PoolOffer, Quota, Refusal, Resources, State,
+    AgentEndpoint, Applied, Millis, Node, NodeState, Outcome, PoolOffer, Quota, Refusal, Resources,
+    State,
 };
 
 fn ms(v: u64) -> Millis {
@@ -17,7 +18,7 @@ impl State {
         labels: &BTreeMap<String, String>,
         pool: &str,
         cost_per_hour: f64,
-        ttl_ms: Option<u64>,
+        (ttl_ms, agent): (Option<u64>, Option<&AgentEndpoint>),
     ) -> Outcome {
         if name.is_empty() {
             return Err(Refusal::Invalid {
@@ -41,6 +42,7 @@ impl State {
             state: NodeState::Ready,
             registered_at: now,
             ttl_ms: None,
+            agent: None,
             last_seen: now,
             leases: BTreeSet::new(),
         });
@@ -54,6 +56,7 @@ impl State {
         node.pool = pool.to_string();
         node.cost_per_hour = cost_per_hour;
         node.ttl_ms = ttl_ms.filter(|t| *t > 0);
+        node.agent = agent.cloned();
         node.last_seen = now;
         if node.state == NodeState::Down {
             node.state = NodeState::Ready;

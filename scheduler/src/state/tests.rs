@@ -23,6 +23,7 @@ fn register(name: &str, cpu: u64) -> Command {
         pool: "default".into(),
         cost_per_hour: 0.5,
         ttl_ms: None,
+        agent: None,
     }
 }
 
@@ -38,6 +39,7 @@ fn priced(name: &str, cpu: u64, cost: f64, ttl_ms: Option<u64>) -> Command {
         pool: "default".into(),
         cost_per_hour: cost,
         ttl_ms,
+        agent: None,
     }
 }
 

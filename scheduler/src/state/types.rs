@@ -71,6 +71,15 @@ impl NodeState {
     }
 }
 
+/// How the servers reach a node's agent (for logs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEndpoint {
+    /// Its gRPC address.
+    pub addr: String,
+    /// The bearer token it accepts (made by the agent at start).
+    pub secret: String,
+}
+
 /// A server that offers capacity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {
@@ -97,6 +106,9 @@ pub struct Node {
     /// The last registration or heartbeat.
     #[serde(default)]
     pub last_seen: Millis,
+    /// Where its agent serves logs, and the secret the servers call it with.
+    #[serde(default)]
+    pub agent: Option<AgentEndpoint>,
     /// Ids of the granted leases on it.
     pub leases: BTreeSet<u64>,
 }
@@ -140,6 +152,7 @@ impl PoolOffer {
             state: NodeState::Ready,
             registered_at: 0,
             ttl_ms: None,
+            agent: None,
             last_seen: 0,
             leases: BTreeSet::new(),
         }
@@ -330,4 +343,181 @@ impl Lease {
         let end = self.ended_at.unwrap_or(self.expires_at);
         self.cost_per_hour * (end - self.granted_at).max(0) as f64 / 3_600_000.0
     }
+}
+
+/// How an agent runs a task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Amp {
+    /// Runs to completion; retried with backoff on failure.
+    #[default]
+    Batch,
+    /// Long-running; restarted per its policy; health-checked.
+    Service,
+}
+
+impl Amp {
+    /// Parses `batch` or `service`.
+    pub fn parse(s: &str) -> Result<Amp, String> {
+        match s {
+            "batch" | "" => Ok(Amp::Batch),
+            "service" => Ok(Amp::Service),
+            other => Err(format!("unknown amp `{other}`; expected batch or service")),
+        }
+    }
+
+    /// The snake_case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Amp::Batch => "batch",
+            Amp::Service => "service",
+        }
+    }
+}
+
+/// A health check of a service task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Check {
+    /// `GET http://127.0.0.1:{port}{path}` must answer `status`.
+    Http {
+        /// Port on the node.
+        port: u16,
+        /// Path, like `/healthz`.
+        path: String,
+        /// Expected status.
+        status: u16,
+    },
+    /// A TCP connect to `127.0.0.1:{port}` must succeed.
+    Tcp {
+        /// Port on the node.
+        port: u16,
+    },
+    /// A command run in the sandbox must exit 0.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+}
+
+/// A task's health check with its timing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// What to check.
+    pub check: Check,
+    /// Between checks, in ms.
+    pub interval_ms: u64,
+    /// One check's time limit, in ms.
+    pub timeout_ms: u64,
+    /// Consecutive passes to become healthy.
+    pub healthy_after: u32,
+    /// Consecutive failures to become unhealthy.
+    pub unhealthy_after: u32,
+}
+
+/// What to run inside a lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// A name for listings (need not be unique).
+    pub name: String,
+    /// How it is run.
+    pub amp: Amp,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment (the sandbox starts from an empty one).
+    pub env: BTreeMap<String, String>,
+    /// Batch: further attempts after a failure.
+    pub retries: u32,
+    /// Service: restart when it exits (always), or only on failure.
+    pub restart_always: bool,
+    /// Service: the most restarts (0 = no limit).
+    pub max_restarts: u32,
+    /// Service: its health check, if any.
+    pub health: Option<Health>,
+    /// Between SIGTERM and SIGKILL at the lease's end, in ms (0 = 10 s).
+    pub grace_ms: u64,
+}
+
+/// Where a task is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for its lease or its agent.
+    Pending,
+    /// Its process runs.
+    Running,
+    /// Exited 0 (batch).
+    Succeeded,
+    /// Exited non-zero after every retry, or could not start.
+    Failed,
+    /// Cancelled, or its lease was released or revoked before it finished.
+    Cancelled,
+    /// Its lease expired before it finished; its processes were killed.
+    Expired,
+    /// Its node went down.
+    Lost,
+}
+
+impl TaskState {
+    /// The snake_case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Expired => "expired",
+            TaskState::Lost => "lost",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<TaskState> {
+        [
+            TaskState::Pending,
+            TaskState::Running,
+            TaskState::Succeeded,
+            TaskState::Failed,
+            TaskState::Cancelled,
+            TaskState::Expired,
+            TaskState::Lost,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+
+    /// Whether the task is over.
+    pub fn is_ended(&self) -> bool {
+        !matches!(self, TaskState::Pending | TaskState::Running)
+    }
+}
+
+/// A task: work bound to a lease, run by the lease's node's agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Unique, increasing id.
+    pub id: u64,
+    /// Who submitted it.
+    pub principal: String,
+    /// The lease it runs in (made for it by `task submit`).
+    pub lease: u64,
+    /// What to run.
+    pub spec: TaskSpec,
+    /// Its state.
+    pub state: TaskState,
+    /// The last exit code, once it exited.
+    pub exit_code: Option<i32>,
+    /// Processes started so far (attempts and restarts).
+    pub starts: u32,
+    /// Service health: `starting`, `healthy`, `unhealthy` (empty for batch).
+    pub health: String,
+    /// When it was submitted.
+    pub submitted_at: Millis,
+    /// When its first process started.
+    pub started_at: Option<Millis>,
+    /// When it ended.
+    pub ended_at: Option<Millis>,
+    /// The agent's last word on it (an error, a signal).
+    pub message: String,
 }

@@ -44,6 +44,7 @@ fn node(s: &mut State, at: Millis, name: &str, pool: &str, cpu: u64) {
             pool: pool.into(),
             cost_per_hour: 1.0,
             ttl_ms: None,
+            agent: None,
         },
     ))
     .unwrap();
@@ -231,6 +232,7 @@ fn a_deadline_request_scales_a_dearer_pool_only_once_its_cheap_phase_is_over() {
             pool: "default".into(),
             cost_per_hour: 0.1,
             ttl_ms: None,
+            agent: None,
         },
     ))
     .unwrap();

@@ -1,0 +1,581 @@
+//! The supervisor: turns the node's assignments into running leases and
+//! makes sure nothing of a lease outlives it.
+//!
+//! Each assigned lease gets a runner (one tokio task) that owns its
+//! sandbox and its task's processes. The runner ends the lease on its own
+//! clock: SIGTERM at `expires_at − grace`, SIGKILL at `expires_at` (grace
+//! is the task's, default 10 s, capped at a quarter of the lease), so the
+//! lease ends on time even when the agent is cut off from the servers. A
+//! lease that disappears from the assignments (released, revoked, its task
+//! cancelled) is stopped the same way, starting now.
+//!
+//! Exactly once: a runner is started once per lease for the agent's life
+//! (a lease whose runner finished is remembered). A task's command runs
+//! under a small `sh` wrapper that writes its exit code to
+//! `DATA/logs/task-ID/exit`, in the process's own session, so it survives
+//! an agent restart. A restarted agent, on its first assignments:
+//! - adopts a lease whose processes still run (waits for them, then reads
+//!   the exit file) instead of starting the task again;
+//! - reports a task whose exit file is there but was never reported;
+//! - kills the processes and removes the sandboxes of leases no longer
+//!   assigned.
+
+use crate::logs;
+use crate::sandbox::{self, Isolation, Launch};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+
+/// The default grace between SIGTERM and SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// A lease as the agent needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseInfo {
+    /// Id.
+    pub id: u64,
+    /// When it was granted (ms since the epoch).
+    pub granted_at: i64,
+    /// When it ends (ms since the epoch).
+    pub expires_at: i64,
+    /// Its fencing token.
+    pub fencing_token: u64,
+    /// CPU per node, in millicores.
+    pub cpu_millis: u64,
+    /// Memory per node, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// A task as the agent needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskInfo {
+    /// Id.
+    pub id: u64,
+    /// `batch` or `service`.
+    pub amp: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Batch: further attempts after a failure.
+    pub retries: u32,
+    /// Service: restart on any exit (else only on failure).
+    pub restart_always: bool,
+    /// Service: most restarts (0: no limit).
+    pub max_restarts: u32,
+    /// Service health check.
+    pub health: Option<crate::health::Check>,
+    /// Grace in ms (0: the default).
+    pub grace_ms: u64,
+    /// The servers' view of its state.
+    pub state: String,
+    /// Processes started so far, per the servers.
+    pub starts: u32,
+}
+
+/// A report for the servers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The task.
+    pub task: u64,
+    /// Its state: running, succeeded, failed.
+    pub state: &'static str,
+    /// The last exit code.
+    pub exit_code: Option<i32>,
+    /// Processes started so far.
+    pub starts: u32,
+    /// Service health.
+    pub health: String,
+    /// A note.
+    pub message: String,
+}
+
+/// Shared facts every runner needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The agent's data directory.
+    pub data: PathBuf,
+    /// The node's name.
+    pub node: String,
+    /// How processes are limited.
+    pub iso: Isolation,
+    /// Where reports go.
+    pub reports: mpsc::UnboundedSender<Report>,
+    /// Tasks whose processes run now (for `logs --follow`).
+    pub running: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+struct Runner {
+    expires: watch::Sender<i64>,
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the node's leases.
+pub struct Supervisor {
+    ctx: Ctx,
+    runners: BTreeMap<u64, Runner>,
+    /// Leases whose runner has finished: never started again.
+    finished: BTreeSet<u64>,
+    first: bool,
+}
+
+/// Milliseconds since the epoch on this machine's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn until(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms - now_ms()).unwrap_or(0))
+}
+
+impl Supervisor {
+    /// A supervisor with nothing running yet.
+    pub fn new(ctx: Ctx) -> Supervisor {
+        Supervisor {
+            ctx,
+            runners: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            first: true,
+        }
+    }
+
+    /// Leases with a live runner.
+    pub fn live(&self) -> Vec<u64> {
+        self.runners
+            .iter()
+            .filter(|(_, r)| !r.handle.is_finished())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Brings the running leases in line with `assigned`.
+    pub fn apply(&mut self, assigned: Vec<(LeaseInfo, Option<TaskInfo>)>) {
+        let wanted: BTreeSet<u64> = assigned.iter().map(|(l, _)| l.id).collect();
+        if std::mem::take(&mut self.first) {
+            self.clean_leftovers(&wanted);
+        }
+        for (lease, task) in assigned {
+            if let Some(r) = self.runners.get(&lease.id) {
+                r.expires.send_if_modified(|e| {
+                    let changed = *e != lease.expires_at;
+                    *e = lease.expires_at;
+                    changed
+                });
+                continue;
+            }
+            if self.finished.contains(&lease.id) || lease.expires_at <= now_ms() {
+                continue;
+            }
+            let (expires, expires_rx) = watch::channel(lease.expires_at);
+            let (stop, stop_rx) = watch::channel(false);
+            let ctx = self.ctx.clone();
+            let handle = tokio::spawn(run_lease(ctx, lease.clone(), task, expires_rx, stop_rx));
+            self.runners.insert(
+                lease.id,
+                Runner {
+                    expires,
+                    stop,
+                    handle,
+                },
+            );
+        }
+        for (id, r) in &self.runners {
+            if !wanted.contains(id) {
+                let _ = r.stop.send(true);
+            }
+        }
+        // Forget finished runners; leases gone from the assignments are
+        // forgotten entirely.
+        let done: Vec<u64> = self
+            .runners
+            .iter()
+            .filter(|(_, r)| r.handle.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.runners.remove(&id);
+            self.finished.insert(id);
+        }
+        self.finished.retain(|id| wanted.contains(id));
+    }
+
+    /// Kills what an earlier life of this agent left of leases that are no
+    /// longer assigned, and removes their sandboxes.
+    fn clean_leftovers(&self, wanted: &BTreeSet<u64>) {
+        for id in sandbox::leases_with_processes(&self.ctx.data) {
+            if !wanted.contains(&id) {
+                let n = sandbox::kill_all(&self.ctx.data, id, &self.ctx.iso);
+                tracing::info!(
+                    lease = id,
+                    processes = n,
+                    "killed the leftovers of an ended lease"
+                );
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(self.ctx.data.join("leases")) {
+            for e in dir.flatten() {
+                let id = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok());
+                if id.is_some_and(|id| !wanted.contains(&id)) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+
+    /// Stops every lease now: SIGTERM, its grace, SIGKILL (the agent is stopping).
+    pub async fn stop_all(&mut self) {
+        for r in self.runners.values() {
+            let _ = r.stop.send(true);
+        }
+        for (_, r) in std::mem::take(&mut self.runners) {
+            let _ = r.handle.await;
+        }
+    }
+}
+
+/// How a runner's wait ended.
+enum Wake {
+    Exited(Option<i32>),
+    Term,
+    Kill,
+    Stop,
+}
+
+async fn run_lease(
+    ctx: Ctx,
+    lease: LeaseInfo,
+    task: Option<TaskInfo>,
+    mut expires: watch::Receiver<i64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let dir = sandbox::lease_dir(&ctx.data, lease.id);
+    let grace_of = |t: &Option<TaskInfo>, expires_at: i64| {
+        let g = t
+            .as_ref()
+            .map(|t| t.grace_ms)
+            .filter(|g| *g > 0)
+            .map_or(GRACE, Duration::from_millis);
+        let quarter = u64::try_from((expires_at - lease.granted_at) / 4).unwrap_or(0);
+        g.min(Duration::from_millis(quarter))
+    };
+    let launch = Launch {
+        lease: lease.id,
+        node: ctx.node.clone(),
+        expires_at: lease.expires_at,
+        fencing_token: lease.fencing_token,
+        agent: ctx.data.clone(),
+        dir: dir.clone(),
+        cpu_millis: lease.cpu_millis,
+        memory_bytes: lease.memory_bytes,
+        env: task.as_ref().map(|t| t.env.clone()).unwrap_or_default(),
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(lease = lease.id, error = %e, "cannot create the sandbox");
+    }
+    let mut work = task.clone().map(|t| Work::new(&ctx, lease.id, t));
+    let mut termed = false;
+    loop {
+        let exp = *expires.borrow();
+        let grace = grace_of(&task, exp);
+        let term_at = exp - grace.as_millis() as i64;
+        // What to wait for now.
+        let wake = tokio::select! {
+            code = async {
+                match work.as_mut() {
+                    Some(w) => w.step(&launch).await,
+                    None => std::future::pending().await,
+                }
+            } => Wake::Exited(code),
+            _ = tokio::time::sleep(until(term_at)), if !termed => Wake::Term,
+            _ = tokio::time::sleep(until(exp)) => Wake::Kill,
+            r = stop.changed() => if r.is_err() || *stop.borrow() { Wake::Stop } else { continue },
+            r = expires.changed() => { if r.is_err() { Wake::Stop } else { termed = false; continue } },
+        };
+        match wake {
+            Wake::Exited(code) => {
+                if let Some(w) = work.as_mut() {
+                    w.exited(code);
+                }
+            }
+            Wake::Term => {
+                termed = true;
+                tracing::info!(lease = lease.id, "lease ends soon: SIGTERM");
+                if let Some(w) = work.as_mut() {
+                    w.stopping = true;
+                }
+                sandbox::term_all(&ctx.data, lease.id);
+            }
+            Wake::Kill => {
+                if let Some(w) = work.as_mut() {
+                    w.stopping = true;
+                }
+                let n = sandbox::kill_all(&ctx.data, lease.id, &ctx.iso);
+                tracing::info!(lease = lease.id, killed = n, "lease expired");
+                break;
+            }
+            Wake::Stop => {
+                if let Some(w) = work.as_mut() {
+                    w.stopping = true;
+                }
+                sandbox::term_all(&ctx.data, lease.id);
+                let deadline = now_ms() + grace.as_millis() as i64;
+                let deadline = deadline.min(exp);
+                while now_ms() < deadline && !sandbox::lease_pids(&ctx.data, lease.id).is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let n = sandbox::kill_all(&ctx.data, lease.id, &ctx.iso);
+                tracing::info!(lease = lease.id, killed = n, "lease ended");
+                break;
+            }
+        }
+    }
+    if let Some(w) = work.as_mut() {
+        w.reap().await;
+        ctx.running.lock().map(|mut r| r.remove(&w.task.id)).ok();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A task's processes within its lease.
+struct Work {
+    ctx: Ctx,
+    task: TaskInfo,
+    lease: u64,
+    child: Option<tokio::process::Child>,
+    /// Processes from an earlier life of the agent: waited for by marker.
+    adopted: bool,
+    starts: u32,
+    /// When the next start is due (ms); `None`: nothing to start.
+    next_start: Option<i64>,
+    stopping: bool,
+    health: Option<crate::health::Monitor>,
+}
+
+impl Work {
+    fn new(ctx: &Ctx, lease: u64, task: TaskInfo) -> Work {
+        let mut w = Work {
+            ctx: ctx.clone(),
+            lease,
+            starts: task.starts,
+            task,
+            child: None,
+            adopted: false,
+            next_start: None,
+            stopping: false,
+            health: None,
+        };
+        if !matches!(w.task.state.as_str(), "pending" | "running") {
+            return w;
+        }
+        let exit_file = w.logs().join("exit");
+        let earlier = w.task.state == "running"
+            || w.task.starts > 0
+            || exit_file.exists()
+            || !sandbox::lease_pids(&ctx.data, lease).is_empty();
+        if earlier {
+            // An earlier life of this agent started it: never start it twice.
+            w.adopted = true;
+            if let Ok(mut r) = ctx.running.lock() {
+                r.insert(w.task.id);
+            }
+            tracing::info!(
+                task = w.task.id,
+                lease,
+                "adopting a task started before this agent restarted"
+            );
+        } else {
+            w.next_start = Some(now_ms());
+        }
+        w
+    }
+
+    fn logs(&self) -> PathBuf {
+        logs::task_dir(&self.ctx.data, self.task.id)
+    }
+
+    fn report(&self, state: &'static str, exit_code: Option<i32>, message: String) {
+        let health = self
+            .health
+            .as_ref()
+            .map(|h| h.state().to_string())
+            .unwrap_or_default();
+        let _ = self.ctx.reports.send(Report {
+            task: self.task.id,
+            state,
+            exit_code,
+            starts: self.starts,
+            health,
+            message,
+        });
+    }
+
+    /// Starts the process when a start is due, then waits for it to exit;
+    /// returns its exit code.
+    async fn step(&mut self, l: &Launch) -> Option<i32> {
+        loop {
+            if self.child.is_some() || self.adopted {
+                return self.wait().await;
+            }
+            let Some(at) = self.next_start.filter(|_| !self.stopping) else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep(until(at)).await;
+            self.next_start = None;
+            self.start(l);
+        }
+    }
+
+    fn start(&mut self, l: &Launch) {
+        let dir = self.logs();
+        let _ = std::fs::create_dir_all(&dir);
+        let exit_file = dir.join("exit");
+        let _ = std::fs::remove_file(&exit_file);
+        let mut argv = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            "\"$@\"; c=$?; echo $c > \"$CHARTER_EXIT_FILE\"; exit $c".to_string(),
+            "charter-task".to_string(),
+        ];
+        argv.extend(self.task.command.iter().cloned());
+        let mut l = l.clone();
+        l.env
+            .insert("CHARTER_EXIT_FILE".into(), exit_file.display().to_string());
+        l.env
+            .insert("CHARTER_TASK_ID".into(), self.task.id.to_string());
+        match sandbox::spawn(&l, &self.ctx.iso, &argv, Stdio::piped(), Stdio::piped()) {
+            Ok(mut child) => {
+                self.starts += 1;
+                if let Some(out) = child.stdout.take() {
+                    tokio::spawn(logs::capture(out, dir.clone(), "stdout", logs::LIMIT));
+                }
+                if let Some(err) = child.stderr.take() {
+                    tokio::spawn(logs::capture(err, dir.clone(), "stderr", logs::LIMIT));
+                }
+                if let Ok(mut r) = self.ctx.running.lock() {
+                    r.insert(self.task.id);
+                }
+                self.child = Some(child);
+                if self.task.amp == "service" {
+                    self.health = self
+                        .task
+                        .health
+                        .clone()
+                        .map(|c| crate::health::Monitor::start(c, l.dir.clone()));
+                }
+                self.report("running", None, String::new());
+            }
+            Err(e) => {
+                self.report(
+                    "failed",
+                    None,
+                    format!("cannot start {:?}: {e}", self.task.command),
+                );
+            }
+        }
+    }
+
+    /// Waits for the process to exit (or, when adopted, for its pids to
+    /// go), reporting health changes meanwhile.
+    async fn wait(&mut self) -> Option<i32> {
+        if self.adopted {
+            while !sandbox::lease_pids(&self.ctx.data, self.lease).is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            self.adopted = false;
+            return self.exit_file_code().or(Some(-1));
+        }
+        loop {
+            let Some(h) = self.health.as_mut() else {
+                return wait_child(self.child.as_mut()).await;
+            };
+            tokio::select! {
+                st = h.changed() => {
+                    self.report("running", None, format!("health: {st}"));
+                }
+                code = wait_child(self.child.as_mut()) => return code,
+            }
+        }
+    }
+
+    fn exit_file_code(&self) -> Option<i32> {
+        std::fs::read_to_string(self.logs().join("exit"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Decides what follows an exit: done, or another start after a backoff.
+    fn exited(&mut self, status: Option<i32>) {
+        self.child = None;
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
+        if let Ok(mut r) = self.ctx.running.lock() {
+            r.remove(&self.task.id);
+        }
+        let code = self.exit_file_code().or(status);
+        if self.stopping {
+            return;
+        }
+        let ok = code == Some(0);
+        let backoff = |n: u32| now_ms() + (500i64 << n.min(6)).min(30_000);
+        if self.task.amp == "service" {
+            let again = self.task.restart_always || !ok;
+            let room = self.task.max_restarts == 0 || self.starts <= self.task.max_restarts;
+            if again && room {
+                self.next_start = Some(backoff(self.starts.saturating_sub(1)));
+                self.report("running", code, format!("exited with {code:?}; restarting"));
+                return;
+            }
+            let state = if ok { "succeeded" } else { "failed" };
+            self.report(state, code, format!("exited with {code:?}"));
+            return;
+        }
+        if ok {
+            self.report("succeeded", code, String::new());
+        } else if self.starts <= self.task.retries {
+            self.next_start = Some(backoff(self.starts - 1));
+            self.report(
+                "running",
+                code,
+                format!("attempt {} failed with {code:?}; retrying", self.starts),
+            );
+        } else {
+            let why = match code {
+                Some(-1) | None => {
+                    "its process ended while the agent was away; exit code unknown".to_string()
+                }
+                Some(c) => format!("exited with {c}"),
+            };
+            self.report("failed", code, why);
+        }
+    }
+
+    /// Waits for a killed child so it leaves no zombie.
+    async fn reap(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.wait()).await;
+        }
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
+    }
+}
+
+async fn wait_child(child: Option<&mut tokio::process::Child>) -> Option<i32> {
+    match child {
+        Some(c) => match c.wait().await {
+            Ok(s) => s.code().or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                s.signal().map(|sig| 128 + sig)
+            }),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,264 @@
+//! Tasks (for people and controllers) and Agents (for agents): submitting,
+//! inspecting and cancelling tasks, streaming their logs from the agent
+//! through this member, and the agents' assignment watch and reports.
+
+use super::auth::{principal, require_admin};
+use super::{Api, convert};
+use crate::state::{Applied, Command, State, TaskReport, TaskState};
+use charter_proto as pb;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio_stream::Stream;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+
+/// How often a watch looks for a new applied index.
+const WATCH_POLL: Duration = Duration::from_millis(10);
+/// A watch resends the assignments this often even when nothing changed.
+const WATCH_KEEPALIVE: Duration = Duration::from_secs(5);
+
+fn task_reply(a: Applied) -> Result<Response<pb::TaskReply>, Status> {
+    match a {
+        Applied::Task { task, lease } => Ok(Response::new(pb::TaskReply {
+            task: Some(convert::task(&task, Some(&lease))),
+            lease: Some(convert::lease(&lease)),
+        })),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// The assignments of `node` in wire form.
+fn assignments(s: &State, node: &str, applied: u64) -> pb::Assignments {
+    pb::Assignments {
+        items: s
+            .assignments(node)
+            .into_iter()
+            .map(|(l, t)| pb::Assignment {
+                task: t.as_ref().map(|t| convert::task(t, Some(&l))),
+                lease: Some(convert::lease(&l)),
+            })
+            .collect(),
+        applied_index: applied,
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Assignments, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::tasks_server::Tasks for Api {
+    type LogsStream = ChunkStream;
+
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::TaskReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        let lease = convert::lease_spec(r.lease.unwrap_or_default())?;
+        let task = convert::task_spec(r.task.unwrap_or_default())?;
+        task_reply(
+            self.submit(
+                &who,
+                &r.idempotency_key,
+                Command::SubmitTask {
+                    lease: Box::new(lease),
+                    task: Box::new(task),
+                },
+            )
+            .await?,
+        )
+    }
+
+    async fn show(
+        &self,
+        req: Request<pb::ShowTaskRequest>,
+    ) -> Result<Response<pb::TaskReply>, Status> {
+        let who = principal(&req)?;
+        self.barrier(req.get_ref().stale).await?;
+        let id = req.get_ref().id;
+        let found = self.member.read(|s| {
+            let t = s.tasks.get(&id)?;
+            Some((t.clone(), s.leases.get(&t.lease).cloned()))
+        });
+        match found {
+            Some((t, l)) if t.principal == who.name || who.admin => {
+                Ok(Response::new(pb::TaskReply {
+                    task: Some(convert::task(&t, l.as_ref())),
+                    lease: l.as_ref().map(convert::lease),
+                }))
+            }
+            Some((t, _)) => Err(Status::permission_denied(format!(
+                "task {id} belongs to {}, not to {}",
+                t.principal, who.name
+            ))),
+            None => Err(Status::not_found(format!("task {id} not found"))),
+        }
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        self.barrier(r.stale).await?;
+        let want = if r.state.is_empty() {
+            None
+        } else {
+            Some(TaskState::parse(&r.state).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown task state `{}`; expected pending, running, succeeded, failed, cancelled, expired or lost",
+                    r.state
+                ))
+            })?)
+        };
+        let tasks = self.member.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| who.admin || t.principal == who.name)
+                .filter(|t| match want {
+                    Some(st) => t.state == st,
+                    None => r.all || !t.state.is_ended(),
+                })
+                .map(|t| convert::task(t, s.leases.get(&t.lease)))
+                .collect()
+        });
+        Ok(Response::new(pb::ListTasksReply { tasks }))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::TaskReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        task_reply(
+            self.submit(&who, &r.idempotency_key, Command::CancelTask { id: r.id })
+                .await?,
+        )
+    }
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<ChunkStream>, Status> {
+        let who = principal(&req)?;
+        self.barrier(false).await?;
+        let r = req.into_inner();
+        let id = r.task_id;
+        let found = self.member.read(|s| {
+            let t = s.tasks.get(&id)?;
+            let node = s
+                .leases
+                .get(&t.lease)
+                .and_then(|l| l.nodes.first())
+                .and_then(|n| s.nodes.get(n))
+                .map(|n| (n.name.clone(), n.agent.clone()));
+            Some((t.principal.clone(), t.started_at.is_some(), node))
+        });
+        let (owner, started, node) =
+            found.ok_or_else(|| Status::not_found(format!("task {id} not found")))?;
+        if owner != who.name && !who.admin {
+            return Err(Status::permission_denied(format!(
+                "task {id} belongs to {owner}, not to {}",
+                who.name
+            )));
+        }
+        let Some((name, agent)) = node else {
+            return Err(Status::failed_precondition(if started {
+                format!("the node of task {id} is gone, and its logs with it")
+            } else {
+                format!("task {id} has not been placed on a node yet; try again once it runs")
+            }));
+        };
+        let Some(agent) = agent else {
+            return Err(Status::failed_precondition(format!(
+                "node {name} of task {id} has no agent, so there are no logs"
+            )));
+        };
+        let ch = Endpoint::from_shared(format!("http://{}", agent.addr))
+            .map_err(|e| Status::internal(format!("bad agent address {}: {e}", agent.addr)))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot reach the agent of node {name} at {}: {e}",
+                    agent.addr
+                ))
+            })?;
+        let mut q = Request::new(pb::LogsRequest {
+            task_id: id,
+            follow: r.follow,
+        });
+        if let Ok(v) = format!("Bearer {}", agent.secret).parse() {
+            q.metadata_mut().insert("authorization", v);
+        }
+        let stream = pb::agent_client::AgentClient::new(ch)
+            .logs(q)
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agents_server::Agents for Api {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "watching a node's assignments")?;
+        let node = req.into_inner().node;
+        let member = self.member.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Assignments, Status>>(4);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<pb::Assignment>> = None;
+            let mut seen_index = u64::MAX;
+            let mut sent_at = Instant::now();
+            loop {
+                let applied = member.status().applied;
+                if applied != seen_index || sent_at.elapsed() >= WATCH_KEEPALIVE {
+                    seen_index = applied;
+                    let a = member.read(|s| assignments(s, &node, applied));
+                    if last.as_ref() != Some(&a.items) || sent_at.elapsed() >= WATCH_KEEPALIVE {
+                        last = Some(a.items.clone());
+                        sent_at = Instant::now();
+                        if tx.send(Ok(a)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(WATCH_POLL).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report(
+        &self,
+        req: Request<pb::TaskReportRequest>,
+    ) -> Result<Response<pb::TaskReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "reporting on a task")?;
+        let r = req.into_inner();
+        let state = TaskState::parse(&r.state)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown task state `{}`", r.state)))?;
+        let report = TaskReport {
+            id: r.task_id,
+            node: r.node,
+            state,
+            exit_code: r.exit_code,
+            starts: r.starts,
+            health: r.health,
+            message: r.message,
+        };
+        task_reply(
+            self.submit_unkeyed(&who, Command::ReportTask(report))
+                .await?,
+        )
+    }
+}

@@ -1,0 +1,201 @@
+//! Tasks: work bound to a lease. `task submit` asks for a lease and binds a
+//! task to it in one command; the lease's agent runs it and reports; a task
+//! that ends releases its lease, and a lease that ends takes its task along.
+
+use super::{
+    Applied, Lease, LeaseSpec, LeaseState, Outcome, Refusal, State, Task, TaskSpec, TaskState,
+};
+
+/// What an agent reports about a task.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskReport {
+    /// The task.
+    pub id: u64,
+    /// The reporting node (must hold the task's lease).
+    pub node: String,
+    /// Its state now.
+    pub state: TaskState,
+    /// The last exit code.
+    pub exit_code: Option<i32>,
+    /// Processes started so far.
+    pub starts: u32,
+    /// Service health.
+    pub health: String,
+    /// An error or note.
+    pub message: String,
+}
+
+impl State {
+    pub(super) fn submit_task(
+        &mut self,
+        principal: &str,
+        lease: &LeaseSpec,
+        spec: &TaskSpec,
+    ) -> Outcome {
+        if spec.command.is_empty() || spec.command[0].is_empty() {
+            return Err(Refusal::Invalid {
+                reason: "a task needs a command, like -- ./run.sh".into(),
+            });
+        }
+        if lease.count > 1 {
+            return Err(Refusal::Invalid {
+                reason: "a task runs on one node; its lease's count must be 1".into(),
+            });
+        }
+        let lease = match self.request_lease(principal, lease, None)? {
+            Applied::Lease(l) => l,
+            other => unreachable!("request_lease returns a lease, got {other:?}"),
+        };
+        let id = self.next_task_id.max(1);
+        self.next_task_id = id + 1;
+        let task = Task {
+            id,
+            principal: principal.to_string(),
+            lease: lease.id,
+            spec: spec.clone(),
+            state: TaskState::Pending,
+            exit_code: None,
+            starts: 0,
+            health: String::new(),
+            submitted_at: self.time,
+            started_at: None,
+            ended_at: None,
+            message: String::new(),
+        };
+        self.tasks.insert(id, task.clone());
+        self.lease_tasks.insert(lease.id, id);
+        Ok(Applied::Task {
+            task: Box::new(task),
+            lease: Box::new(lease),
+        })
+    }
+
+    fn task_and_lease(&self, id: u64) -> Result<(Task, Lease), Refusal> {
+        let task = self.tasks.get(&id).ok_or_else(|| Refusal::NotFound {
+            what: format!("task {id}"),
+        })?;
+        let lease = self
+            .leases
+            .get(&task.lease)
+            .ok_or_else(|| Refusal::NotFound {
+                what: format!("lease {} of task {id}", task.lease),
+            })?;
+        Ok((task.clone(), lease.clone()))
+    }
+
+    pub(super) fn task_report(&mut self, r: &TaskReport, admin: bool) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: format!("reporting on task {} needs an agent (admin) token", r.id),
+            });
+        }
+        let (task, lease) = self.task_and_lease(r.id)?;
+        // A late report about an ended task changes nothing.
+        if task.state.is_ended() {
+            return Ok(Applied::Task {
+                task: Box::new(task),
+                lease: Box::new(lease),
+            });
+        }
+        if !lease.nodes.contains(&r.node) {
+            return Err(Refusal::Denied {
+                reason: format!(
+                    "task {} runs on {:?}, not on node {}",
+                    r.id, lease.nodes, r.node
+                ),
+            });
+        }
+        let now = self.time;
+        let t = self.tasks.get_mut(&r.id).expect("looked up above");
+        t.state = r.state;
+        t.exit_code = r.exit_code.or(t.exit_code);
+        t.starts = t.starts.max(r.starts);
+        t.health = r.health.clone();
+        t.message = r.message.clone();
+        if r.state != TaskState::Pending && t.started_at.is_none() {
+            t.started_at = Some(now);
+        }
+        if r.state.is_ended() {
+            t.ended_at = Some(now);
+            if lease.state == LeaseState::Granted {
+                self.end_lease(lease.id, LeaseState::Released);
+                self.grant_queue();
+            }
+        }
+        let (task, lease) = self.task_and_lease(r.id)?;
+        Ok(Applied::Task {
+            task: Box::new(task),
+            lease: Box::new(lease),
+        })
+    }
+
+    pub(super) fn cancel_task(&mut self, id: u64, principal: &str, admin: bool) -> Outcome {
+        let (task, lease) = self.task_and_lease(id)?;
+        if task.principal != principal && !admin {
+            return Err(Refusal::Denied {
+                reason: format!(
+                    "task {id} belongs to {}, not to {principal}",
+                    task.principal
+                ),
+            });
+        }
+        if task.state.is_ended() {
+            return Err(Refusal::Denied {
+                reason: format!("task {id} has already ended ({})", task.state.as_str()),
+            });
+        }
+        let now = self.time;
+        let t = self.tasks.get_mut(&id).expect("looked up above");
+        t.state = TaskState::Cancelled;
+        t.ended_at = Some(now);
+        t.message = format!("cancelled by {principal}");
+        if !lease.state.is_ended() {
+            self.end_lease(lease.id, LeaseState::Released);
+            self.grant_queue();
+        }
+        let (task, lease) = self.task_and_lease(id)?;
+        Ok(Applied::Task {
+            task: Box::new(task),
+            lease: Box::new(lease),
+        })
+    }
+
+    /// A lease ended: its task, if still going, ends with it.
+    pub(super) fn end_task_of(&mut self, lease: u64, to: LeaseState) {
+        let Some(id) = self.lease_tasks.get(&lease).copied() else {
+            return;
+        };
+        let now = self.time;
+        if let Some(t) = self.tasks.get_mut(&id)
+            && !t.state.is_ended()
+        {
+            t.state = match to {
+                LeaseState::Expired => TaskState::Expired,
+                LeaseState::Lost => TaskState::Lost,
+                LeaseState::TimedOut => TaskState::Failed,
+                _ => TaskState::Cancelled,
+            };
+            t.message = format!("its lease {lease} ended: {}", to.as_str());
+            t.ended_at = Some(now);
+        }
+    }
+
+    /// What node `name`'s agent must run: its granted leases, each with its task.
+    pub fn assignments(&self, name: &str) -> Vec<(Lease, Option<Task>)> {
+        let Some(node) = self.nodes.get(name) else {
+            return Vec::new();
+        };
+        node.leases
+            .iter()
+            .filter_map(|id| self.leases.get(id))
+            .map(|l| {
+                let task = self
+                    .lease_tasks
+                    .get(&l.id)
+                    .and_then(|t| self.tasks.get(t))
+                    .cloned();
+                (l.clone(), task)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,433 @@
+//! `charter task submit|list|show|logs|cancel`: work that runs in a lease
+//! of its own on an agent's node.
+
+use super::client::{Client, Global, new_key};
+use super::lease::{RequestArgs, build_request};
+use super::output::{self, fail};
+use charter_config::units;
+use charter_proto as pb;
+use charter_proto::tasks_client::TasksClient;
+use clap::Subcommand;
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Task verbs.
+#[derive(Subcommand, Debug)]
+pub enum TaskCmd {
+    /// Ask for a lease and run a task in it: `task submit [flags] -- CMD...` or `-f task.toml`.
+    Submit(Box<SubmitArgs>),
+    /// List your live tasks (admins see everyone's).
+    List {
+        /// Include ended tasks.
+        #[arg(long)]
+        all: bool,
+        /// Only tasks in this state (pending, running, succeeded, failed, cancelled, expired, lost).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one task: state, exit code, node, lease.
+    Show {
+        /// The task id.
+        id: u64,
+    },
+    /// Print a task's output (stdout to stdout, stderr to stderr).
+    Logs {
+        /// The task id.
+        id: u64,
+        /// Keep printing until the task ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Stop a task and release its lease.
+    Cancel {
+        /// The task id.
+        id: u64,
+    },
+}
+
+/// `charter task submit`.
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// Read the task from a task.toml; flags override it.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// A name for listings.
+    #[arg(long)]
+    name: Option<String>,
+    /// batch (default: runs to completion) or service (long-running).
+    #[arg(long)]
+    amp: Option<String>,
+    /// Batch: further attempts after a failure.
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Service: always, on_failure (default) or never.
+    #[arg(long)]
+    restart: Option<String>,
+    /// Service: most restarts (0: no limit).
+    #[arg(long)]
+    max_restarts: Option<u32>,
+    /// Between SIGTERM and SIGKILL when the lease ends (default 10s).
+    #[arg(long)]
+    grace: Option<String>,
+    /// An environment variable `KEY=VALUE`; repeat for more.
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Service: healthy while `GET http://127.0.0.1:PORT/PATH` answers 200 (`PORT/PATH`).
+    #[arg(long)]
+    health_http: Option<String>,
+    /// Service: healthy while 127.0.0.1:PORT accepts connections.
+    #[arg(long)]
+    health_tcp: Option<u16>,
+    /// The lease the task runs in (default --for 1h).
+    #[command(flatten)]
+    lease: RequestArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// A task in `--json` output: a stable interface.
+#[derive(Serialize)]
+struct TaskJson {
+    id: u64,
+    name: String,
+    principal: String,
+    amp: String,
+    command: Vec<String>,
+    state: String,
+    exit_code: Option<i32>,
+    starts: u32,
+    health: String,
+    node: String,
+    lease: u64,
+    submitted_at: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    message: String,
+}
+
+fn task_json(t: &pb::Task) -> TaskJson {
+    let spec = t.spec.clone().unwrap_or_default();
+    TaskJson {
+        id: t.id,
+        name: spec.name,
+        principal: t.principal.clone(),
+        amp: spec.amp,
+        command: spec.command,
+        state: t.state.clone(),
+        exit_code: t.exit_code,
+        starts: t.starts,
+        health: t.health.clone(),
+        node: t.node.clone(),
+        lease: t.lease_id,
+        submitted_at: output::time(t.submitted_at_ms),
+        started_at: (t.started_at_ms != 0).then(|| output::time(t.started_at_ms)),
+        ended_at: (t.ended_at_ms != 0).then(|| output::time(t.ended_at_ms)),
+        message: t.message.clone(),
+    }
+}
+
+fn print_task(g: &Global, t: &pb::Task) -> anyhow::Result<()> {
+    let j = task_json(t);
+    if g.json {
+        return output::json(&j);
+    }
+    println!(
+        "task {} {}{}",
+        j.id,
+        j.state,
+        if j.node.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", j.node)
+        }
+    );
+    println!("  command  {}", j.command.join(" "));
+    println!("  amp      {}, lease {}", j.amp, j.lease);
+    if let Some(c) = j.exit_code {
+        println!("  exit     {c}");
+    }
+    if !j.health.is_empty() {
+        println!("  health   {}", j.health);
+    }
+    if j.starts > 1 {
+        println!("  starts   {}", j.starts);
+    }
+    if !j.message.is_empty() {
+        println!("  message  {}", j.message);
+    }
+    Ok(())
+}
+
+fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::LeaseConfig)> {
+    let mut t = match &a.file {
+        Some(f) => match charter_config::load_file(f) {
+            Ok(charter_config::AnyConfig::Task(t)) => *t,
+            Ok(other) => {
+                return Err(fail(
+                    format!("{} is a {} config, not a task", f.display(), other.kind()),
+                    "",
+                    "pass a task.toml (kind = \"task\")",
+                ));
+            }
+            Err(d) => {
+                return Err(fail(
+                    format!("{} is not a valid task", f.display()),
+                    d.to_string(),
+                    "fix the lines above",
+                ));
+            }
+        },
+        None => charter_config::task::TaskConfig {
+            name: String::new(),
+            amp: "batch".into(),
+            command: Vec::new(),
+            env: Default::default(),
+            retries: 0,
+            restart: "on_failure".into(),
+            max_restarts: 0,
+            grace_ms: 0,
+            health: None,
+            lease: charter_config::lease::LeaseConfig::default(),
+        },
+    };
+    if !a.command.is_empty() {
+        t.command = a.command.clone();
+    }
+    if t.command.is_empty() {
+        return Err(fail(
+            "task submit needs a command",
+            "nothing after `--` and no -f task.toml",
+            "e.g. charter task submit --cpu 1 -- ./run.sh --fast",
+        ));
+    }
+    if let Some(v) = &a.name {
+        t.name = v.clone();
+    }
+    if let Some(v) = &a.amp {
+        if !matches!(v.as_str(), "batch" | "service") {
+            return Err(fail(
+                format!("bad --amp `{v}`"),
+                "expected batch or service",
+                "pass --amp service",
+            ));
+        }
+        t.amp = v.clone();
+    }
+    if let Some(v) = a.retries {
+        t.retries = v;
+    }
+    if let Some(v) = &a.restart {
+        if !matches!(v.as_str(), "always" | "on_failure" | "never") {
+            return Err(fail(
+                format!("bad --restart `{v}`"),
+                "expected always, on_failure or never",
+                "pass --restart always",
+            ));
+        }
+        t.restart = v.clone();
+    }
+    if let Some(v) = a.max_restarts {
+        t.max_restarts = v;
+    }
+    if let Some(v) = &a.grace {
+        t.grace_ms = units::parse_duration(v)
+            .map_err(|e| fail(format!("bad --grace `{v}`"), e, "e.g. --grace 5s"))?;
+    }
+    for e in &a.env {
+        let (k, v) = e
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| {
+                fail(
+                    format!("bad --env `{e}`"),
+                    "expected KEY=VALUE",
+                    "e.g. --env MODE=fast",
+                )
+            })?;
+        t.env.insert(k.to_string(), v.to_string());
+    }
+    let mut health = t.health.map(|h| pb::HealthCheck {
+        kind: h.kind,
+        port: u32::from(h.port),
+        path: h.path,
+        status: u32::from(h.status),
+        argv: h.argv,
+        interval_ms: h.interval_ms,
+        timeout_ms: h.timeout_ms,
+        healthy_after: h.healthy_after,
+        unhealthy_after: h.unhealthy_after,
+    });
+    if let Some(v) = &a.health_http {
+        let (port, path) = v.split_once('/').unwrap_or((v.as_str(), ""));
+        let port: u16 = port.parse().map_err(|_| {
+            fail(
+                format!("bad --health-http `{v}`"),
+                "expected PORT/PATH",
+                "e.g. --health-http 8080/healthz",
+            )
+        })?;
+        health = Some(pb::HealthCheck {
+            kind: "http".into(),
+            port: u32::from(port),
+            path: format!("/{path}"),
+            status: 200,
+            interval_ms: 500,
+            timeout_ms: 1_000,
+            healthy_after: 1,
+            unhealthy_after: 2,
+            ..Default::default()
+        });
+    }
+    if let Some(port) = a.health_tcp {
+        health = Some(pb::HealthCheck {
+            kind: "tcp".into(),
+            port: u32::from(port),
+            interval_ms: 500,
+            timeout_ms: 1_000,
+            healthy_after: 1,
+            unhealthy_after: 2,
+            ..Default::default()
+        });
+    }
+    let mut lease = t.lease;
+    if lease.duration_ms == 0 {
+        lease.duration_ms = 3_600_000;
+    }
+    Ok((
+        pb::TaskSpec {
+            name: t.name,
+            amp: t.amp,
+            command: t.command,
+            env: t.env.into_iter().collect(),
+            retries: t.retries,
+            restart_always: t.restart == "always",
+            max_restarts: if t.restart == "never" {
+                0
+            } else {
+                t.max_restarts
+            },
+            health,
+            grace_ms: t.grace_ms,
+        },
+        lease,
+    ))
+}
+
+async fn show(c: &Client, id: u64) -> anyhow::Result<pb::TaskReply> {
+    c.call("task show", |ch| {
+        let req = c.req(pb::ShowTaskRequest { id, stale: false });
+        async move { TasksClient::new(ch).show(req).await }
+    })
+    .await
+}
+
+/// Runs a task verb.
+pub async fn run(g: &Global, cmd: TaskCmd) -> anyhow::Result<i32> {
+    let c = Client::new(g)?;
+    match cmd {
+        TaskCmd::Submit(a) => {
+            let (mut task, base) = spec(&a)?;
+            let never = a.restart.as_deref() == Some("never");
+            if never {
+                task.max_restarts = 0;
+                task.restart_always = false;
+            }
+            let lease = build_request(a.lease, base)?;
+            let key = if lease.idempotency_key.is_empty() {
+                new_key()
+            } else {
+                lease.idempotency_key.clone()
+            };
+            let r = c
+                .call("task submit", |ch| {
+                    let req = c.req(pb::SubmitTaskRequest {
+                        idempotency_key: key.clone(),
+                        lease: Some(lease.clone()),
+                        task: Some(task.clone()),
+                    });
+                    async move { TasksClient::new(ch).submit(req).await }
+                })
+                .await?;
+            print_task(g, &r.task.unwrap_or_default())?;
+        }
+        TaskCmd::List { all, state } => {
+            let r = c
+                .call("task list", |ch| {
+                    let req = c.req(pb::ListTasksRequest {
+                        all,
+                        state: state.clone().unwrap_or_default(),
+                        stale: false,
+                    });
+                    async move { TasksClient::new(ch).list(req).await }
+                })
+                .await?;
+            let rows: Vec<TaskJson> = r.tasks.iter().map(task_json).collect();
+            if g.json {
+                output::json(&serde_json::json!({ "tasks": rows }))?;
+            } else {
+                output::table(
+                    &["ID", "STATE", "NODE", "EXIT", "AMP", "COMMAND"],
+                    rows.iter()
+                        .map(|t| {
+                            vec![
+                                t.id.to_string(),
+                                t.state.clone(),
+                                t.node.clone(),
+                                t.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                                t.amp.clone(),
+                                t.command.join(" "),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        TaskCmd::Show { id } => {
+            let r = show(&c, id).await?;
+            print_task(g, &r.task.unwrap_or_default())?;
+        }
+        TaskCmd::Cancel { id } => {
+            let key = new_key();
+            let r = c
+                .call("task cancel", |ch| {
+                    let req = c.req(pb::CancelTaskRequest {
+                        idempotency_key: key.clone(),
+                        id,
+                    });
+                    async move { TasksClient::new(ch).cancel(req).await }
+                })
+                .await?;
+            print_task(g, &r.task.unwrap_or_default())?;
+        }
+        TaskCmd::Logs { id, follow } => {
+            let mut s = c
+                .call("task logs", |ch| {
+                    let req = c.req(pb::LogsRequest {
+                        task_id: id,
+                        follow,
+                    });
+                    async move { TasksClient::new(ch).logs(req).await }
+                })
+                .await?;
+            loop {
+                match s.message().await {
+                    Ok(Some(chunk)) => {
+                        if chunk.stream == "stderr" {
+                            std::io::stderr().write_all(&chunk.data)?;
+                        } else {
+                            std::io::stdout().write_all(&chunk.data)?;
+                            std::io::stdout().flush()?;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(super::client::status_error("task logs", "", &e).into());
+                    }
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,460 @@
+//! Agents and tasks with real processes: a server, `charter agent`
+//! processes, and tasks that run, fail, restart, and end with their lease.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ELECTION: Duration = Duration::from_secs(15);
+
+struct Agent {
+    child: Child,
+    name: String,
+    data: std::path::PathBuf,
+    servers: String,
+}
+
+impl Agent {
+    fn start(servers: &str, name: &str, data: &Path) -> Agent {
+        let log = std::fs::File::create(data.with_extension("log")).unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "--server", servers, "--token", TOKEN, "agent", "--name", name,
+            ])
+            .args([
+                "--cpu", "4", "--mem", "4GiB", "--disk", "10GiB", "--ttl", "3s",
+            ])
+            .arg("--data")
+            .arg(data)
+            .env("CHARTER_HOME", data.join("home"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            name: name.into(),
+            data: data.to_path_buf(),
+            servers: servers.into(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.kill9();
+        *self = Agent::start(
+            &self.servers.clone(),
+            &self.name.clone(),
+            &self.data.clone(),
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // A stopped agent ends its leases' processes.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn setup() -> (Cluster, tempfile::TempDir) {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION);
+    (c, tempfile::tempdir().unwrap())
+}
+
+fn agent(c: &Cluster, dir: &Path, name: &str) -> Agent {
+    let a = Agent::start(&c.servers(), name, &dir.join(name));
+    wait_for("the agent to register", Duration::from_secs(20), || {
+        node_names(&json_ok(&c.cli(&["node", "list", "--json"])))
+            .contains(&name.to_string())
+            .then_some(())
+    });
+    a
+}
+
+fn task(c: &Cluster, id: &str) -> Value {
+    json_ok(&c.cli(&["task", "show", id, "--json"]))
+}
+
+fn submit(c: &Cluster, args: &[&str]) -> String {
+    let mut all = vec!["task", "submit", "--json"];
+    all.extend_from_slice(args);
+    json_ok(&c.cli(&all))["id"].as_u64().unwrap().to_string()
+}
+
+fn ended(c: &Cluster, id: &str, within: Duration) -> Value {
+    wait_for(&format!("task {id} to end"), within, || {
+        let t = task(c, id);
+        (!matches!(t["state"].as_str(), Some("pending" | "running"))).then_some(t)
+    })
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has no command line: it is gone for our purposes.
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+#[test]
+fn a_batch_task_runs_and_its_exit_code_and_output_come_back() {
+    let (c, dir) = setup();
+    let _a = agent(&c, dir.path(), "a1");
+    let id = submit(
+        &c,
+        &[
+            "--cpu",
+            "0.5",
+            "--env",
+            "WHO=world",
+            "--",
+            "sh",
+            "-c",
+            "echo hello $WHO; echo lease=$CHARTER_LEASE_ID node=$CHARTER_NODE; echo oops >&2; exit 3",
+        ],
+    );
+    let t = ended(&c, &id, Duration::from_secs(20));
+    assert_eq!(t["state"], "failed", "{t}");
+    assert_eq!(t["exit_code"], 3, "{t}");
+    assert_eq!(t["node"], "a1", "{t}");
+    let logs = c.cli(&["task", "logs", &id]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    let out = String::from_utf8_lossy(&logs.stdout);
+    assert!(out.starts_with("hello world\n"), "{out}");
+    assert!(
+        out.contains(&format!("lease={} node=a1", t["lease"])),
+        "{out}"
+    );
+    assert_eq!(stderr(&logs), "oops\n");
+    // Its lease was released when it ended, so the capacity is free again.
+    let l = json_ok(&c.cli(&["lease", "show", &t["lease"].to_string(), "--json"]));
+    assert_eq!(l["state"], "released", "{l}");
+    // A failing task with retries runs again; a succeeding one reports 0.
+    let id = submit(
+        &c,
+        &["--retries", "2", "--", "sh", "-c", "echo try; exit 1"],
+    );
+    let t = ended(&c, &id, Duration::from_secs(30));
+    assert_eq!(
+        (t["state"].as_str(), t["starts"].as_u64()),
+        (Some("failed"), Some(3)),
+        "{t}"
+    );
+    let out = String::from_utf8_lossy(&c.cli(&["task", "logs", &id]).stdout).to_string();
+    assert_eq!(out, "try\ntry\ntry\n");
+    let id = submit(&c, &["--", "true"]);
+    let t = ended(&c, &id, Duration::from_secs(20));
+    assert_eq!(
+        (t["state"].as_str(), t["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0)),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_crashing_service_is_restarted_and_a_failing_check_makes_it_unhealthy() {
+    let (c, dir) = setup();
+    let _a = agent(&c, dir.path(), "a1");
+    let id = submit(
+        &c,
+        &[
+            "--amp",
+            "service",
+            "--restart",
+            "always",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 0.2; exit 1",
+        ],
+    );
+    let t = wait_for(
+        "the service to be restarted",
+        Duration::from_secs(20),
+        || {
+            let t = task(&c, &id);
+            (t["starts"].as_u64().unwrap_or(0) >= 3).then_some(t)
+        },
+    );
+    assert_eq!(t["state"], "running", "{t}");
+    json_ok(&c.cli(&["task", "cancel", &id, "--json"]));
+    // Nothing listens on the checked port: the service turns unhealthy.
+    let port = free_ports(1)[0].to_string();
+    let id = submit(
+        &c,
+        &[
+            "--amp",
+            "service",
+            "--health-http",
+            &format!("{port}/healthz"),
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let t = wait_for(
+        "the service to be unhealthy",
+        Duration::from_secs(20),
+        || {
+            let t = task(&c, &id);
+            (t["health"] == "unhealthy").then_some(t)
+        },
+    );
+    assert_eq!(t["state"], "running", "{t}");
+    // One that answers is healthy.
+    let port = free_ports(1)[0];
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut s = s;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let id = submit(
+        &c,
+        &[
+            "--amp",
+            "service",
+            "--health-http",
+            &format!("{port}/healthz"),
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    wait_for("the service to be healthy", Duration::from_secs(20), || {
+        (task(&c, &id)["health"] == "healthy").then_some(())
+    });
+}
+
+/// A lease of 3 s runs `sleep 600` and a child that ignores SIGTERM in a
+/// session of its own; returns (its pids, expires_at in ms, the lease id).
+fn doomed(c: &Cluster, dir: &Path) -> (Vec<u32>, i64, String) {
+    let pids = dir.join(format!("pids-{}", rand_suffix()));
+    let script = "trap '' TERM; sleep 600 & echo $! >> $P; \
+                  setsid sh -c 'trap \"\" TERM; echo $$ >> $P; exec sleep 600' & \
+                  echo $$ >> $P; wait";
+    let id = submit(
+        c,
+        &[
+            "--for",
+            "3s",
+            "--grace",
+            "1s",
+            "--env",
+            &format!("P={}", pids.display()),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let list = wait_for("the processes to start", Duration::from_secs(20), || {
+        let s = std::fs::read_to_string(&pids).ok()?;
+        let v: Vec<u32> = s.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (v.len() == 3).then_some(v)
+    });
+    let t = task(c, &id);
+    let l = json_ok(&c.cli(&["lease", "show", &t["lease"].to_string(), "--json"]));
+    let exp = chrono::DateTime::parse_from_rfc3339(l["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    (list, exp, id)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Waits until every pid is gone; returns how long after `exp` that was.
+fn gone_after(pids: &[u32], exp: i64) -> i64 {
+    wait_for(
+        "every process of the lease to be gone",
+        Duration::from_secs(20),
+        || pids.iter().all(|p| !alive(*p)).then(now_ms),
+    ) - exp
+}
+
+#[test]
+fn nothing_of_a_lease_outlives_it_even_when_the_agent_is_cut_off() {
+    let (c, dir) = setup();
+    let _a = agent(&c, dir.path(), "a1");
+    let (pids, exp, id) = doomed(&c, dir.path());
+    assert!(pids.iter().all(|p| alive(*p)));
+    let late = gone_after(&pids, exp);
+    eprintln!("connected: last process gone {late} ms after expires_at");
+    assert!(late < 1_000, "processes outlived the lease by {late} ms");
+    assert_eq!(ended(&c, &id, Duration::from_secs(10))["state"], "expired");
+    // Again with the server frozen: the agent ends the lease on its own clock.
+    let (pids, exp, _) = doomed(&c, dir.path());
+    let server = c.members[0].child.as_ref().unwrap().id() as i32;
+    unsafe {
+        libc::kill(server, libc::SIGSTOP);
+    }
+    let late = gone_after(&pids, exp);
+    unsafe {
+        libc::kill(server, libc::SIGCONT);
+    }
+    eprintln!("cut off: last process gone {late} ms after expires_at");
+    assert!(
+        late < 1_000,
+        "processes outlived the lease by {late} ms while cut off"
+    );
+}
+
+#[test]
+fn a_restarted_agent_adopts_its_tasks_and_starts_nothing_twice() {
+    let (c, dir) = setup();
+    let mut a = agent(&c, dir.path(), "a1");
+    let marks = dir.path().join("marks");
+    let id = submit(
+        &c,
+        &[
+            "--env",
+            &format!("M={}", marks.display()),
+            "--",
+            "sh",
+            "-c",
+            "echo started >> $M; sleep 3; echo finished >> $M; exit 7",
+        ],
+    );
+    wait_for("the task to start", Duration::from_secs(20), || {
+        std::fs::read_to_string(&marks)
+            .ok()
+            .filter(|s| s.contains("started"))
+    });
+    a.restart();
+    let t = ended(&c, &id, Duration::from_secs(30));
+    assert_eq!(
+        std::fs::read_to_string(&marks).unwrap(),
+        "started\nfinished\n",
+        "run once, not again after the restart; agent log:\n{}",
+        a.log()
+    );
+    assert_eq!(
+        (t["state"].as_str(), t["exit_code"].as_i64()),
+        (Some("failed"), Some(7)),
+        "{t}"
+    );
+    // A lease that ended while its agent was down: the restarted agent
+    // kills what is left and removes the sandbox.
+    let id = submit(&c, &["--", "sleep", "600"]);
+    let t = wait_for("the task to run", Duration::from_secs(20), || {
+        let t = task(&c, &id);
+        (t["state"] == "running").then_some(t)
+    });
+    a.kill9();
+    json_ok(&c.cli(&["task", "cancel", &id, "--json"]));
+    let sandbox = dir
+        .path()
+        .join("a1")
+        .join("leases")
+        .join(t["lease"].to_string());
+    assert!(sandbox.exists());
+    let before = leftover(dir.path(), &t["lease"].to_string());
+    assert!(!before.is_empty(), "the sleep survives its agent's kill -9");
+    a.restart();
+    wait_for(
+        "the leftovers to be cleaned up",
+        Duration::from_secs(20),
+        || {
+            (leftover(dir.path(), &t["lease"].to_string()).is_empty() && !sandbox.exists())
+                .then_some(())
+        },
+    );
+}
+
+/// Pids whose environment names this lease of an agent under `dir`.
+fn leftover(dir: &Path, lease: &str) -> Vec<u32> {
+    let want = format!("CHARTER_LEASE_ID={lease}");
+    let agent = format!("CHARTER_AGENT={}", dir.join("a1").display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+                vars.contains(&want.as_bytes()) && vars.contains(&agent.as_bytes())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn limits_are_applied_by_cgroup_or_else_by_rlimit() {
+    let (c, dir) = setup();
+    let a = agent(&c, dir.path(), "a1");
+    let id = submit(
+        &c,
+        &[
+            "--mem",
+            "64MiB",
+            "--",
+            "sh",
+            "-c",
+            "ulimit -v; cat /proc/self/cgroup",
+        ],
+    );
+    let t = ended(&c, &id, Duration::from_secs(20));
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let out = String::from_utf8_lossy(&c.cli(&["task", "logs", &id]).stdout).to_string();
+    if a.log().contains("leases get rlimits") {
+        eprintln!("no writable cgroup v2 here; checking the rlimit path");
+        // 4 x 64 MiB of address space, in KiB.
+        assert!(out.starts_with("262144\n"), "{out}");
+    } else {
+        assert!(
+            out.contains("lease-"),
+            "the task runs in its lease's cgroup: {out}"
+        );
+    }
+}
