@@ -458,3 +458,104 @@ fn limits_are_applied_by_cgroup_or_else_by_rlimit() {
         );
     }
 }
+
+#[test]
+fn lease_exec_runs_in_the_sandbox_and_returns_the_exit_code() {
+    let (c, dir) = setup();
+    let _a = agent(&c, dir.path(), "a1");
+    let l = json_ok(&c.cli(&["lease", "request", "--cpu", "1", "--for", "1m", "--json"]));
+    let id = l["id"].to_string();
+    let out =
+        wait_for(
+            "the agent to open the sandbox",
+            Duration::from_secs(20),
+            || {
+                let out = c.cli(&[
+            "lease", "exec", &id, "--env", "X=1", "--", "sh", "-c",
+            "echo out $X $CHARTER_LEASE_ID $CHARTER_FENCING_TOKEN; pwd; echo err >&2; exit 5",
+        ]);
+                (!stderr(&out).contains("has no sandbox")).then_some(out)
+            },
+        );
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.starts_with(&format!("out 1 {id} {}\n", l["fencing_token"])),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("leases/{id}")),
+        "runs in the sandbox: {text}"
+    );
+    assert_eq!(stderr(&out), "err\n");
+    // Only the holder (or an admin) may run commands in a lease.
+    let out = cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "exec", &id, "--", "true"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("belongs to root"), "{}", stderr(&out));
+    json_ok(&c.cli(&["lease", "release", &id, "--json"]));
+    let out = c.cli(&["lease", "exec", &id, "--", "true"]);
+    assert!(stderr(&out).contains("is released"), "{}", stderr(&out));
+    // Two versions of one service side by side on the node.
+    let v1 = submit(
+        &c,
+        &["--amp", "service", "--env", "V=1", "--", "sleep", "600"],
+    );
+    let v2 = submit(
+        &c,
+        &["--amp", "service", "--env", "V=2", "--", "sleep", "600"],
+    );
+    wait_for("both versions to run", Duration::from_secs(20), || {
+        (task(&c, &v1)["state"] == "running" && task(&c, &v2)["state"] == "running").then_some(())
+    });
+}
+
+#[test]
+fn a_service_whose_agent_dies_is_placed_again_elsewhere() {
+    let (c, dir) = setup();
+    let mut a1 = agent(&c, dir.path(), "a1");
+    let id = submit(
+        &c,
+        &["--amp", "service", "--cpu", "3", "--", "sleep", "600"],
+    );
+    let t = wait_for("the service to run", Duration::from_secs(20), || {
+        let t = task(&c, &id);
+        (t["state"] == "running").then_some(t)
+    });
+    assert_eq!(t["node"], "a1");
+    let old_lease = t["lease"].to_string();
+    let _a2 = agent(&c, dir.path(), "a2");
+    // a1 dies; after its 3 s TTL it is down, its lease lost, and the
+    // service gets a new lease on a2.
+    a1.kill9();
+    let t = wait_for("the service to run on a2", Duration::from_secs(30), || {
+        let t = task(&c, &id);
+        (t["state"] == "running" && t["node"] == "a2").then_some(t)
+    });
+    assert_ne!(t["lease"].to_string(), old_lease);
+    assert!(
+        t["message"].as_str().unwrap_or("").contains("placed again")
+            || t["starts"].as_u64() >= Some(2),
+        "{t}"
+    );
+    // The old lease is lost; a batch task without retries would not move.
+    let nodes = json_ok(&c.cli(&["node", "list", "--json"]));
+    let a1n = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "a1")
+        .unwrap();
+    assert_eq!(a1n["state"], "down", "{a1n}");
+    // Clean up the processes a1 left behind (its agent was killed).
+    let left = leftover(dir.path(), &old_lease);
+    assert!(!left.is_empty(), "a1's sleep outlived its kill -9");
+    for p in left {
+        unsafe {
+            libc::kill(p as i32, libc::SIGKILL);
+        }
+    }
+}

@@ -33,6 +33,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Code;
 
+type Running = Arc<Mutex<BTreeSet<u64>>>;
+type Leases = Arc<Mutex<BTreeMap<u64, LeaseInfo>>>;
+
 /// How long one call keeps trying other members before the loop backs off.
 const CALL_RETRY: Duration = Duration::from_secs(2);
 /// A watch with no message for this long is reconnected.
@@ -128,10 +131,14 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
         rand::random::<u128>()
     );
     let running = Arc::new(Mutex::new(BTreeSet::new()));
+    let leases = Arc::new(Mutex::new(BTreeMap::new()));
     let service = AgentService {
         data: opts.data.clone(),
         secret: secret.clone(),
         running: running.clone(),
+        leases: leases.clone(),
+        node: opts.name.clone(),
+        iso: iso.clone(),
     };
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -143,7 +150,8 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
             })
             .await;
     });
-    let out = life(&opts, servers, iso, running, addr, secret, stop).await;
+    let shared = (running, leases);
+    let out = life(&opts, servers, iso, shared, addr, secret, stop).await;
     let _ = stop_serving.send(());
     let _ = server.await;
     out
@@ -153,7 +161,7 @@ async fn life(
     opts: &AgentOptions,
     servers: Arc<Servers>,
     iso: Isolation,
-    running: Arc<Mutex<BTreeSet<u64>>>,
+    (running, leases): (Running, Leases),
     addr: SocketAddr,
     secret: String,
     stop: impl Future<Output = ()>,
@@ -171,6 +179,7 @@ async fn life(
         iso,
         reports: reports_tx,
         running,
+        leases,
     };
     let mut sup = Supervisor::new(ctx);
     let (assign_tx, mut assign_rx) = mpsc::channel::<Vec<(LeaseInfo, Option<TaskInfo>)>>(4);
@@ -385,7 +394,7 @@ pub fn assignments(a: pb::Assignments) -> Vec<(LeaseInfo, Option<TaskInfo>)> {
                     command: spec.command,
                     env: spec.env.into_iter().collect(),
                     retries: spec.retries,
-                    restart_always: spec.restart_always,
+                    restart: spec.restart,
                     max_restarts: spec.max_restarts,
                     health: spec.health.and_then(check),
                     grace_ms: spec.grace_ms,

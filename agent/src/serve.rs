@@ -2,12 +2,16 @@
 //! must present the secret the agent registered with its node.
 
 use crate::logs;
+use crate::sandbox::{self, Isolation, Launch};
+use crate::supervisor::LeaseInfo;
 use charter_proto as pb;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -20,6 +24,12 @@ pub struct AgentService {
     pub secret: String,
     /// Tasks whose processes run now.
     pub running: Arc<Mutex<BTreeSet<u64>>>,
+    /// Leases with a live sandbox here.
+    pub leases: Arc<Mutex<BTreeMap<u64, LeaseInfo>>>,
+    /// This node's name.
+    pub node: String,
+    /// How processes are limited.
+    pub iso: Isolation,
 }
 
 impl AgentService {
@@ -45,10 +55,97 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
+
+/// Forwards one pipe of an exec'd process as chunks of `stream`.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    stream: &'static str,
+    tx: tokio::sync::mpsc::Sender<Result<pb::ExecOutput, Status>>,
+) {
+    let mut buf = vec![0u8; 16 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        let out = pb::ExecOutput {
+            stream: stream.into(),
+            data: buf[..n].to_vec(),
+            exit_code: None,
+        };
+        if tx.send(Ok(out)).await.is_err() {
+            return;
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentService {
     type LogsStream = ChunkStream;
+    type ExecStream = ExecStream;
+
+    async fn exec(&self, req: Request<pb::ExecRequest>) -> Result<Response<ExecStream>, Status> {
+        self.check(&req)?;
+        let r = req.into_inner();
+        if r.argv.is_empty() || r.argv[0].is_empty() {
+            return Err(Status::invalid_argument(
+                "no command; put it after `--`, like `charter lease exec 7 -- uname -a`",
+            ));
+        }
+        let lease = self
+            .leases
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&r.lease_id).cloned())
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "lease {} has no sandbox on node {} (it ended, or the agent has not seen it yet)",
+                    r.lease_id, self.node
+                ))
+            })?;
+        let launch = Launch {
+            lease: lease.id,
+            node: self.node.clone(),
+            expires_at: lease.expires_at,
+            fencing_token: lease.fencing_token,
+            agent: self.data.clone(),
+            dir: sandbox::lease_dir(&self.data, lease.id),
+            cpu_millis: lease.cpu_millis,
+            memory_bytes: lease.memory_bytes,
+            env: r.env.into_iter().collect(),
+        };
+        let mut child = sandbox::spawn(&launch, &self.iso, &r.argv, Stdio::piped(), Stdio::piped())
+            .map_err(|e| Status::failed_precondition(format!("cannot run {:?}: {e}", r.argv[0])))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ExecOutput, Status>>(16);
+        let out = child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(pump(o, "stdout", tx.clone())));
+        let err = child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(pump(e, "stderr", tx.clone())));
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            for p in [out, err].into_iter().flatten() {
+                let _ = p.await;
+            }
+            let code = status.ok().and_then(|s| {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().or_else(|| s.signal().map(|sig| 128 + sig))
+            });
+            let _ = tx
+                .send(Ok(pb::ExecOutput {
+                    stream: "exit".into(),
+                    data: Vec::new(),
+                    exit_code: Some(code.unwrap_or(-1)),
+                }))
+                .await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<ChunkStream>, Status> {
         self.check(&req)?;

@@ -12,7 +12,7 @@
 //! Exactly once: a runner is started once per lease for the agent's life
 //! (a lease whose runner finished is remembered). A task's command runs
 //! under a small `sh` wrapper that writes its exit code to
-//! `DATA/logs/task-ID/exit`, in the process's own session, so it survives
+//! `DATA/logs/task-ID/exit-LEASE`, in the process's own session, so it survives
 //! an agent restart. A restarted agent, on its first assignments:
 //! - adopts a lease whose processes still run (waits for them, then reads
 //!   the exit file) instead of starting the task again;
@@ -62,8 +62,8 @@ pub struct TaskInfo {
     pub env: BTreeMap<String, String>,
     /// Batch: further attempts after a failure.
     pub retries: u32,
-    /// Service: restart on any exit (else only on failure).
-    pub restart_always: bool,
+    /// Service: restart `always`, on `on_failure`, or `never`.
+    pub restart: String,
     /// Service: most restarts (0: no limit).
     pub max_restarts: u32,
     /// Service health check.
@@ -106,6 +106,8 @@ pub struct Ctx {
     pub reports: mpsc::UnboundedSender<Report>,
     /// Tasks whose processes run now (for `logs --follow`).
     pub running: Arc<Mutex<BTreeSet<u64>>>,
+    /// Leases with a live sandbox here (for `lease exec`).
+    pub leases: Arc<Mutex<BTreeMap<u64, LeaseInfo>>>,
 }
 
 struct Runner {
@@ -278,6 +280,9 @@ async fn run_lease(
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::warn!(lease = lease.id, error = %e, "cannot create the sandbox");
     }
+    if let Ok(mut l) = ctx.leases.lock() {
+        l.insert(lease.id, lease.clone());
+    }
     let mut work = task.clone().map(|t| Work::new(&ctx, lease.id, t));
     let mut termed = false;
     loop {
@@ -295,7 +300,18 @@ async fn run_lease(
             _ = tokio::time::sleep(until(term_at)), if !termed => Wake::Term,
             _ = tokio::time::sleep(until(exp)) => Wake::Kill,
             r = stop.changed() => if r.is_err() || *stop.borrow() { Wake::Stop } else { continue },
-            r = expires.changed() => { if r.is_err() { Wake::Stop } else { termed = false; continue } },
+            r = expires.changed() => {
+                if r.is_err() {
+                    Wake::Stop
+                } else {
+                    termed = false;
+                    let e = *expires.borrow();
+                    if let Ok(mut l) = ctx.leases.lock() && let Some(x) = l.get_mut(&lease.id) {
+                        x.expires_at = e;
+                    }
+                    continue;
+                }
+            },
         };
         match wake {
             Wake::Exited(code) => {
@@ -335,6 +351,9 @@ async fn run_lease(
             }
         }
     }
+    if let Ok(mut l) = ctx.leases.lock() {
+        l.remove(&lease.id);
+    }
     if let Some(w) = work.as_mut() {
         w.reap().await;
         ctx.running.lock().map(|mut r| r.remove(&w.task.id)).ok();
@@ -373,9 +392,8 @@ impl Work {
         if !matches!(w.task.state.as_str(), "pending" | "running") {
             return w;
         }
-        let exit_file = w.logs().join("exit");
+        let exit_file = w.exit_file();
         let earlier = w.task.state == "running"
-            || w.task.starts > 0
             || exit_file.exists()
             || !sandbox::lease_pids(&ctx.data, lease).is_empty();
         if earlier {
@@ -434,7 +452,7 @@ impl Work {
     fn start(&mut self, l: &Launch) {
         let dir = self.logs();
         let _ = std::fs::create_dir_all(&dir);
-        let exit_file = dir.join("exit");
+        let exit_file = self.exit_file();
         let _ = std::fs::remove_file(&exit_file);
         let mut argv = vec![
             "/bin/sh".to_string(),
@@ -503,8 +521,14 @@ impl Work {
         }
     }
 
+    /// Where the wrapper writes the exit code: per task and lease, so a
+    /// task placed again on this node never reads an older run's code.
+    fn exit_file(&self) -> PathBuf {
+        self.logs().join(format!("exit-{}", self.lease))
+    }
+
     fn exit_file_code(&self) -> Option<i32> {
-        std::fs::read_to_string(self.logs().join("exit"))
+        std::fs::read_to_string(self.exit_file())
             .ok()
             .and_then(|s| s.trim().parse().ok())
     }
@@ -525,7 +549,11 @@ impl Work {
         let ok = code == Some(0);
         let backoff = |n: u32| now_ms() + (500i64 << n.min(6)).min(30_000);
         if self.task.amp == "service" {
-            let again = self.task.restart_always || !ok;
+            let again = match self.task.restart.as_str() {
+                "always" => true,
+                "never" => false,
+                _ => !ok,
+            };
             let room = self.task.max_restarts == 0 || self.starts <= self.task.max_restarts;
             if again && room {
                 self.next_start = Some(backoff(self.starts.saturating_sub(1)));

@@ -64,6 +64,18 @@ pub enum LeaseCmd {
         /// The lease id.
         id: u64,
     },
+    /// Run a command inside a granted lease (the shell amp): streams its
+    /// output and exits with its exit code.
+    Exec {
+        /// The lease id.
+        id: u64,
+        /// An environment variable `KEY=VALUE`; repeat for more.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// `charter lease request`.
@@ -404,6 +416,54 @@ async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Res
 }
 
 /// Runs a lease verb.
+/// Runs `argv` in lease `id` and returns its exit code.
+async fn exec(c: &Client, id: u64, env: &[String], argv: Vec<String>) -> anyhow::Result<i32> {
+    let mut vars = std::collections::HashMap::new();
+    for e in env {
+        let (k, v) = e
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| {
+                fail(
+                    format!("bad --env `{e}`"),
+                    "expected KEY=VALUE",
+                    "e.g. --env MODE=fast",
+                )
+            })?;
+        vars.insert(k.to_string(), v.to_string());
+    }
+    let mut s = c
+        .call("lease exec", |ch| {
+            let req = c.req(pb::ExecRequest {
+                lease_id: id,
+                argv: argv.clone(),
+                env: vars.clone(),
+            });
+            async move { LeasesClient::new(ch).exec(req).await }
+        })
+        .await?;
+    loop {
+        match s.message().await {
+            Ok(Some(o)) => match o.stream.as_str() {
+                "stderr" => std::io::stderr().write_all(&o.data)?,
+                "exit" => return Ok(o.exit_code.unwrap_or(-1)),
+                _ => {
+                    std::io::stdout().write_all(&o.data)?;
+                    std::io::stdout().flush()?;
+                }
+            },
+            Ok(None) => {
+                return Err(fail(
+                    "lease exec ended without an exit code",
+                    "the agent or the server went away while the command ran",
+                    "check `charter lease show` and the node; the command may have run",
+                ));
+            }
+            Err(e) => return Err(super::client::status_error("lease exec", "", &e).into()),
+        }
+    }
+}
+
 pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {
@@ -497,6 +557,9 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
         }
         LeaseCmd::Release { id } => print_lease(g, &end_lease(&c, id, false).await?)?,
         LeaseCmd::Revoke { id } => print_lease(g, &end_lease(&c, id, true).await?)?,
+        LeaseCmd::Exec { id, env, command } => {
+            return exec(&c, id, &env, command).await;
+        }
         LeaseCmd::Why { id } => {
             let w = why(&c, id).await?;
             if g.json {

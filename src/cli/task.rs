@@ -302,12 +302,8 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
             command: t.command,
             env: t.env.into_iter().collect(),
             retries: t.retries,
-            restart_always: t.restart == "always",
-            max_restarts: if t.restart == "never" {
-                0
-            } else {
-                t.max_restarts
-            },
+            restart: t.restart,
+            max_restarts: t.max_restarts,
             health,
             grace_ms: t.grace_ms,
         },
@@ -328,12 +324,7 @@ pub async fn run(g: &Global, cmd: TaskCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {
         TaskCmd::Submit(a) => {
-            let (mut task, base) = spec(&a)?;
-            let never = a.restart.as_deref() == Some("never");
-            if never {
-                task.max_restarts = 0;
-                task.restart_always = false;
-            }
+            let (task, base) = spec(&a)?;
             let lease = build_request(a.lease, base)?;
             let key = if lease.idempotency_key.is_empty() {
                 new_key()

@@ -2,7 +2,7 @@
 
 use crate::state::{
     Amp, Check, Constraint, Health, Lease, LeaseSpec, Node, PoolOffer, Prefer, Quota, Resources,
-    Task, TaskSpec,
+    Restart, Task, TaskSpec,
 };
 use charter_proto as pb;
 use std::collections::BTreeMap;
@@ -164,7 +164,7 @@ fn task_spec_out(s: &TaskSpec) -> pb::TaskSpec {
         command: s.command.clone(),
         env: s.env.clone().into_iter().collect(),
         retries: s.retries,
-        restart_always: s.restart_always,
+        restart: s.restart.as_str().to_string(),
         max_restarts: s.max_restarts,
         health: s.health.as_ref().map(|h| {
             let mut out = pb::HealthCheck {
@@ -274,7 +274,7 @@ pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
         command: s.command,
         env: s.env.into_iter().collect(),
         retries: s.retries,
-        restart_always: s.restart_always,
+        restart: Restart::parse(&s.restart).map_err(Status::invalid_argument)?,
         max_restarts: s.max_restarts,
         health,
         grace_ms: s.grace_ms,

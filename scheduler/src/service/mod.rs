@@ -436,8 +436,47 @@ fn lease_reply(a: Applied) -> Result<Response<pb::LeaseReply>, Status> {
     }
 }
 
+type ExecStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::leases_server::Leases for Api {
+    type ExecStream = ExecStream;
+
+    async fn exec(&self, req: Request<pb::ExecRequest>) -> Result<Response<ExecStream>, Status> {
+        let who = principal(&req)?;
+        self.barrier(false).await?;
+        let r = req.into_inner();
+        let id = r.lease_id;
+        let found = self.member.read(|s| {
+            let l = s.leases.get(&id)?;
+            let node = l.nodes.first().and_then(|n| s.nodes.get(n));
+            Some((
+                l.principal.clone(),
+                l.state,
+                node.map(|n| (n.name.clone(), n.agent.clone())),
+            ))
+        });
+        let (owner, state, node) =
+            found.ok_or_else(|| Status::not_found(format!("lease {id} not found")))?;
+        if owner != who.name && !who.admin {
+            return Err(Status::permission_denied(format!(
+                "lease {id} belongs to {owner}, not to {}",
+                who.name
+            )));
+        }
+        let (Some((name, agent)), LeaseState::Granted) = (node, state) else {
+            return Err(Status::failed_precondition(format!(
+                "lease {id} is {state}; commands run only in a granted lease"
+            )));
+        };
+        let (ch, q) = tasks::agent_request(&name, agent.as_ref(), r).await?;
+        let stream = pb::agent_client::AgentClient::new(ch)
+            .exec(q)
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
     async fn request(
         &self,
         req: Request<pb::LeaseRequest>,

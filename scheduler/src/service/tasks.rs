@@ -4,12 +4,13 @@
 
 use super::auth::{principal, require_admin};
 use super::{Api, convert};
+use crate::state::AgentEndpoint;
 use crate::state::{Applied, Command, State, TaskReport, TaskState};
 use charter_proto as pb;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 /// How often a watch looks for a new applied index.
@@ -169,35 +170,50 @@ impl pb::tasks_server::Tasks for Api {
                 format!("task {id} has not been placed on a node yet; try again once it runs")
             }));
         };
-        let Some(agent) = agent else {
-            return Err(Status::failed_precondition(format!(
-                "node {name} of task {id} has no agent, so there are no logs"
-            )));
-        };
-        let ch = Endpoint::from_shared(format!("http://{}", agent.addr))
-            .map_err(|e| Status::internal(format!("bad agent address {}: {e}", agent.addr)))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "cannot reach the agent of node {name} at {}: {e}",
-                    agent.addr
-                ))
-            })?;
-        let mut q = Request::new(pb::LogsRequest {
-            task_id: id,
-            follow: r.follow,
-        });
-        if let Ok(v) = format!("Bearer {}", agent.secret).parse() {
-            q.metadata_mut().insert("authorization", v);
-        }
+        let (ch, q) = agent_request(
+            &name,
+            agent.as_ref(),
+            pb::LogsRequest {
+                task_id: id,
+                follow: r.follow,
+            },
+        )
+        .await?;
         let stream = pb::agent_client::AgentClient::new(ch)
             .logs(q)
             .await?
             .into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// A channel to node `name`'s agent and `msg` with the agent's secret on it.
+pub(super) async fn agent_request<T>(
+    name: &str,
+    agent: Option<&AgentEndpoint>,
+    msg: T,
+) -> Result<(Channel, Request<T>), Status> {
+    let Some(agent) = agent else {
+        return Err(Status::failed_precondition(format!(
+            "node {name} has no agent (it was registered by hand), so nothing runs there"
+        )));
+    };
+    let ch = Endpoint::from_shared(format!("http://{}", agent.addr))
+        .map_err(|e| Status::internal(format!("bad agent address {}: {e}", agent.addr)))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| {
+            Status::unavailable(format!(
+                "cannot reach the agent of node {name} at {}: {e}",
+                agent.addr
+            ))
+        })?;
+    let mut q = Request::new(msg);
+    if let Ok(v) = format!("Bearer {}", agent.secret).parse() {
+        q.metadata_mut().insert("authorization", v);
+    }
+    Ok((ch, q))
 }
 
 #[tonic::async_trait]

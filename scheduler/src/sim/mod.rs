@@ -19,7 +19,8 @@ pub mod store;
 use crate::clock::{Clock, ManualClock};
 use crate::raft_driver::{Driver, Input, MemberConfig, MemberHandle, Role};
 use crate::state::{
-    Command, Constraint, LeaseSpec, Outcome, PoolOffer, Prefer, Proposal, Resources,
+    Amp, Command, Constraint, LeaseSpec, Outcome, PoolOffer, Prefer, Proposal, Resources,
+    TaskReport, TaskSpec, TaskState,
 };
 use crate::transport::Report;
 use crate::{Error, Result};
@@ -317,7 +318,39 @@ impl Sim {
                     Command::RevokeLease { id: some_lease }
                 }
             }
-            _ => match self.rng.random_range(0..4) {
+            _ => match self.rng.random_range(0..7) {
+                4 => Command::SubmitTask {
+                    lease: Box::new({
+                        let mut spec = LeaseSpec::simple(
+                            Resources {
+                                cpu_millis: self.rng.random_range(1..4) * 500,
+                                ..Resources::default()
+                            },
+                            self.rng.random_range(100..3000),
+                        );
+                        spec.wait_ms = [0, 2000][self.rng.random_range(0..2)];
+                        spec
+                    }),
+                    task: Box::new(TaskSpec {
+                        amp: [Amp::Batch, Amp::Service][self.rng.random_range(0..2)],
+                        command: vec!["true".into()],
+                        retries: self.rng.random_range(0..2),
+                        ..TaskSpec::default()
+                    }),
+                },
+                5 => Command::ReportTask(TaskReport {
+                    id: self.rng.random_range(1..(self.next_key / 8).max(2)),
+                    node: format!("n{}", self.rng.random_range(0..4)),
+                    state: [TaskState::Running, TaskState::Succeeded, TaskState::Failed]
+                        [self.rng.random_range(0..3)],
+                    exit_code: Some(self.rng.random_range(0..2)),
+                    starts: 1,
+                    health: String::new(),
+                    message: String::new(),
+                }),
+                6 => Command::CancelTask {
+                    id: self.rng.random_range(1..(self.next_key / 8).max(2)),
+                },
                 0 => Command::RemoveNode {
                     name: format!("n{}", self.rng.random_range(0..4)),
                 },

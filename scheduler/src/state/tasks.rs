@@ -3,8 +3,12 @@
 //! that ends releases its lease, and a lease that ends takes its task along.
 
 use super::{
-    Applied, Lease, LeaseSpec, LeaseState, Outcome, Refusal, State, Task, TaskSpec, TaskState,
+    Amp, Applied, Lease, LeaseSpec, LeaseState, Outcome, Refusal, Restart, State, Task, TaskSpec,
+    TaskState,
 };
+
+/// How long a task placed again after its node was lost waits for capacity.
+pub const REPLACE_WAIT_MS: u64 = 10 * 60_000;
 
 /// What an agent reports about a task.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -160,11 +164,36 @@ impl State {
         })
     }
 
-    /// A lease ended: its task, if still going, ends with it.
+    /// A lease ended: its task, if still going, ends with it, or, when its
+    /// node was lost and the task may run again (a service not set to
+    /// `never`, a batch task with retries left), it gets a new lease
+    /// elsewhere, waiting up to [`REPLACE_WAIT_MS`] for capacity.
     pub(super) fn end_task_of(&mut self, lease: u64, to: LeaseState) {
         let Some(id) = self.lease_tasks.get(&lease).copied() else {
             return;
         };
+        if to == LeaseState::Lost
+            && let Some(t) = self.tasks.get(&id).filter(|t| !t.state.is_ended())
+            && match t.spec.amp {
+                Amp::Service => t.spec.restart != Restart::Never,
+                Amp::Batch => t.starts <= t.spec.retries,
+            }
+            && let Some(old) = self.leases.get(&lease)
+        {
+            let principal = t.principal.clone();
+            let mut spec = old.spec.clone();
+            spec.wait_ms = spec.wait_ms.max(REPLACE_WAIT_MS);
+            spec.deadline = None;
+            let node = old.nodes.join(",");
+            if let Ok(Applied::Lease(new)) = self.request_lease(&principal, &spec, None) {
+                let t = self.tasks.get_mut(&id).expect("looked up above");
+                t.lease = new.id;
+                t.state = TaskState::Pending;
+                t.message = format!("node {node} was lost; placed again in lease {}", new.id);
+                self.lease_tasks.insert(new.id, id);
+                return;
+            }
+        }
         let now = self.time;
         if let Some(t) = self.tasks.get_mut(&id)
             && !t.state.is_ended()

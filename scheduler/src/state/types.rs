@@ -375,6 +375,42 @@ impl Amp {
     }
 }
 
+/// When a service is started again after it exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restart {
+    /// After any exit.
+    Always,
+    /// After a non-zero exit.
+    #[default]
+    OnFailure,
+    /// Never; and the task is not placed again when its node is lost.
+    Never,
+}
+
+impl Restart {
+    /// Parses `always`, `on_failure` (or empty) or `never`.
+    pub fn parse(s: &str) -> Result<Restart, String> {
+        match s {
+            "always" => Ok(Restart::Always),
+            "on_failure" | "" => Ok(Restart::OnFailure),
+            "never" => Ok(Restart::Never),
+            other => Err(format!(
+                "unknown restart policy `{other}`; expected always, on_failure or never"
+            )),
+        }
+    }
+
+    /// The snake_case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Restart::Always => "always",
+            Restart::OnFailure => "on_failure",
+            Restart::Never => "never",
+        }
+    }
+}
+
 /// A health check of a service task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -428,8 +464,8 @@ pub struct TaskSpec {
     pub env: BTreeMap<String, String>,
     /// Batch: further attempts after a failure.
     pub retries: u32,
-    /// Service: restart when it exits (always), or only on failure.
-    pub restart_always: bool,
+    /// Service: when it is restarted after it exits.
+    pub restart: Restart,
     /// Service: the most restarts (0 = no limit).
     pub max_restarts: u32,
     /// Service: its health check, if any.

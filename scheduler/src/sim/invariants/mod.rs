@@ -7,6 +7,7 @@ pub mod equal_state;
 pub mod fencing;
 pub mod one_leader_per_term;
 pub mod queue;
+pub mod tasks;
 pub mod time_bounds;
 
 use super::store::SimStore;
@@ -52,6 +53,7 @@ pub fn check_all(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String
     capacity::check(views)?;
     fencing::check(views)?;
     queue::check(views)?;
+    tasks::check(views)?;
     time_bounds::check(views)?;
     equal_state::check(h, views)?;
     Ok(())
