@@ -511,6 +511,12 @@ fn lease_exec_runs_in_the_sandbox_and_returns_the_exit_code() {
     wait_for("both versions to run", Duration::from_secs(20), || {
         (task(&c, &v1)["state"] == "running" && task(&c, &v2)["state"] == "running").then_some(())
     });
+    // Usage samples flow back while they run.
+    let t = wait_for("a usage sample", Duration::from_secs(15), || {
+        let t = task(&c, &v1);
+        t["rss_bytes"].as_u64().filter(|r| *r > 0).map(|_| t)
+    });
+    assert!(t["cpu_ms"].is_u64(), "{t}");
 }
 
 #[test]

@@ -343,6 +343,11 @@ async fn report_loop(servers: Arc<Servers>, node: String, mut rx: mpsc::Unbounde
             starts: r.starts,
             health: r.health.clone(),
             message: r.message.clone(),
+            usage: r.usage.map(|(rss, cpu)| pb::Usage {
+                rss_bytes: rss,
+                cpu_ms: cpu,
+                sampled_at_ms: crate::supervisor::now_ms(),
+            }),
         };
         let mut backoff = Duration::from_millis(100);
         loop {

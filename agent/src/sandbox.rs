@@ -284,3 +284,32 @@ pub fn term_all(agent: &Path, lease: u64) {
         }
     }
 }
+
+/// What the lease's live processes use now: resident bytes and CPU ms.
+pub fn usage(agent: &Path, lease: u64) -> (u64, u64) {
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let tick = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    let (mut rss, mut cpu) = (0u64, 0u64);
+    for pid in lease_pids(agent, lease) {
+        if let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) {
+            rss += statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * page;
+        }
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // Fields after the command (which may hold spaces): state is 3rd,
+            // utime and stime the 14th and 15th.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            cpu += (t(11) + t(12)) * 1000 / tick;
+        }
+    }
+    (rss, cpu)
+}

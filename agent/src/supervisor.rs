@@ -29,6 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
+/// How often a running task's resource usage is sampled and reported.
+pub const USAGE_EVERY: Duration = Duration::from_secs(5);
+
 /// The default grace between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(10);
 
@@ -91,6 +94,8 @@ pub struct Report {
     pub health: String,
     /// A note.
     pub message: String,
+    /// Resident bytes and CPU ms of the task's processes, when sampled.
+    pub usage: Option<(u64, u64)>,
 }
 
 /// Shared facts every runner needs.
@@ -297,6 +302,12 @@ async fn run_lease(
                     None => std::future::pending().await,
                 }
             } => Wake::Exited(code),
+            _ = tokio::time::sleep(USAGE_EVERY) => {
+                if let Some(w) = work.as_mut().filter(|w| w.child.is_some()) {
+                    w.sample();
+                }
+                continue;
+            },
             _ = tokio::time::sleep(until(term_at)), if !termed => Wake::Term,
             _ = tokio::time::sleep(until(exp)) => Wake::Kill,
             r = stop.changed() => if r.is_err() || *stop.borrow() { Wake::Stop } else { continue },
@@ -430,6 +441,26 @@ impl Work {
             starts: self.starts,
             health,
             message,
+            usage: None,
+        });
+    }
+
+    /// Reports what the task's processes use now.
+    fn sample(&mut self) {
+        let usage = sandbox::usage(&self.ctx.data, self.lease);
+        let health = self
+            .health
+            .as_ref()
+            .map(|h| h.state().to_string())
+            .unwrap_or_default();
+        let _ = self.ctx.reports.send(Report {
+            task: self.task.id,
+            state: "running",
+            exit_code: None,
+            starts: self.starts,
+            health,
+            message: String::new(),
+            usage: Some(usage),
         });
     }
 

@@ -105,6 +105,9 @@ struct TaskJson {
     started_at: Option<String>,
     ended_at: Option<String>,
     message: String,
+    /// The last usage sample: resident bytes and CPU ms (null before one).
+    rss_bytes: Option<u64>,
+    cpu_ms: Option<u64>,
 }
 
 fn task_json(t: &pb::Task) -> TaskJson {
@@ -125,6 +128,8 @@ fn task_json(t: &pb::Task) -> TaskJson {
         started_at: (t.started_at_ms != 0).then(|| output::time(t.started_at_ms)),
         ended_at: (t.ended_at_ms != 0).then(|| output::time(t.ended_at_ms)),
         message: t.message.clone(),
+        rss_bytes: t.usage.map(|u| u.rss_bytes),
+        cpu_ms: t.usage.map(|u| u.cpu_ms),
     }
 }
 
@@ -153,6 +158,13 @@ fn print_task(g: &Global, t: &pb::Task) -> anyhow::Result<()> {
     }
     if j.starts > 1 {
         println!("  starts   {}", j.starts);
+    }
+    if let (Some(rss), Some(cpu)) = (j.rss_bytes, j.cpu_ms) {
+        println!(
+            "  usage    {} resident, {:.1} s CPU",
+            units::format_size(rss),
+            cpu as f64 / 1000.0
+        );
     }
     if !j.message.is_empty() {
         println!("  message  {}", j.message);

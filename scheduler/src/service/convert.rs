@@ -154,6 +154,11 @@ pub fn task(t: &Task, l: Option<&Lease>) -> pb::Task {
         ended_at_ms: t.ended_at.unwrap_or(0),
         message: t.message.clone(),
         node: l.and_then(|l| l.nodes.first().cloned()).unwrap_or_default(),
+        usage: t.usage.map(|u| pb::Usage {
+            rss_bytes: u.rss_bytes,
+            cpu_ms: u.cpu_ms,
+            sampled_at_ms: u.sampled_at,
+        }),
     }
 }
 

@@ -271,6 +271,11 @@ impl pb::agents_server::Agents for Api {
             starts: r.starts,
             health: r.health,
             message: r.message,
+            usage: r.usage.map(|u| crate::state::Usage {
+                rss_bytes: u.rss_bytes,
+                cpu_ms: u.cpu_ms,
+                sampled_at: u.sampled_at_ms,
+            }),
         };
         task_reply(
             self.submit_unkeyed(&who, Command::ReportTask(report))

@@ -347,6 +347,7 @@ impl Sim {
                     starts: 1,
                     health: String::new(),
                     message: String::new(),
+                    usage: None,
                 }),
                 6 => Command::CancelTask {
                     id: self.rng.random_range(1..(self.next_key / 8).max(2)),

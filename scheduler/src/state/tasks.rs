@@ -4,7 +4,7 @@
 
 use super::{
     Amp, Applied, Lease, LeaseSpec, LeaseState, Outcome, Refusal, Restart, State, Task, TaskSpec,
-    TaskState,
+    TaskState, Usage,
 };
 
 /// How long a task placed again after its node was lost waits for capacity.
@@ -27,6 +27,9 @@ pub struct TaskReport {
     pub health: String,
     /// An error or note.
     pub message: String,
+    /// A resource-usage sample, if one was taken.
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 impl State {
@@ -65,6 +68,7 @@ impl State {
             started_at: None,
             ended_at: None,
             message: String::new(),
+            usage: None,
         };
         self.tasks.insert(id, task.clone());
         self.lease_tasks.insert(lease.id, id);
@@ -115,7 +119,12 @@ impl State {
         t.exit_code = r.exit_code.or(t.exit_code);
         t.starts = t.starts.max(r.starts);
         t.health = r.health.clone();
-        t.message = r.message.clone();
+        if !r.message.is_empty() || r.usage.is_none() {
+            t.message = r.message.clone();
+        }
+        if r.usage.is_some() {
+            t.usage = r.usage;
+        }
         if r.state != TaskState::Pending && t.started_at.is_none() {
             t.started_at = Some(now);
         }

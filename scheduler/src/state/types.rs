@@ -556,4 +556,18 @@ pub struct Task {
     pub ended_at: Option<Millis>,
     /// The agent's last word on it (an error, a signal).
     pub message: String,
+    /// The last resource-usage sample of its processes.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// A sample of what a task's processes use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Resident memory of all its processes, in bytes.
+    pub rss_bytes: u64,
+    /// CPU time its live processes used so far, in ms.
+    pub cpu_ms: u64,
+    /// When the agent sampled it (the agent's clock).
+    pub sampled_at: Millis,
 }
