@@ -22,6 +22,10 @@ fn every_scenario_runs_once_and_reports_json() {
             "1",
             "--placement-nodes",
             "50",
+            "--expiry-leases",
+            "2",
+            "--agent-tasks",
+            "3",
         ])
         .env(
             "CHARTER_HOME",
@@ -36,7 +40,17 @@ fn every_scenario_runs_once_and_reports_json() {
         .iter()
         .map(|r| r["scenario"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["grant", "placement", "failover", "memory"]);
+    assert_eq!(
+        names,
+        [
+            "grant",
+            "placement",
+            "failover",
+            "memory",
+            "expiry",
+            "tasks"
+        ]
+    );
     let grant = &reports[0]["metrics"];
     for k in [
         "leader_c1_grants_per_s",
@@ -57,6 +71,17 @@ fn every_scenario_runs_once_and_reports_json() {
     );
     assert!(reports[2]["metrics"]["round1_ms"].as_f64().unwrap() > 0.0);
     assert!(reports[3]["metrics"]["member1_rss_mib"].as_f64().unwrap() > 1.0);
+    let expiry = &reports[4]["metrics"];
+    assert_eq!(expiry["leases"].as_f64(), Some(2.0), "{expiry}");
+    assert_eq!(
+        expiry["agent_tasks_running"].as_f64(),
+        Some(3.0),
+        "{expiry}"
+    );
+    assert!(expiry["to_gone_p99_ms"].as_f64().is_some(), "{expiry}");
+    let tasks = &reports[5]["metrics"];
+    assert!(tasks["succeeded"].as_f64().unwrap() > 0.0, "{tasks}");
+    assert_eq!(tasks["succeeded"], tasks["submitted"], "{tasks}");
 }
 
 #[test]

@@ -21,17 +21,22 @@ pub async fn capture(
     name: &'static str,
     limit: u64,
 ) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(&dir).await?;
     let path = dir.join(format!("{name}.log"));
+    let mut buf = vec![0u8; 16 << 10];
+    // The file is made on the first output: a quiet task costs no files.
+    let n = from.read(&mut buf).await?;
+    if n == 0 {
+        return Ok(());
+    }
+    tokio::fs::create_dir_all(&dir).await?;
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .await?;
     let mut size = file.metadata().await?.len();
-    let mut buf = vec![0u8; 16 << 10];
+    let mut n = n;
     loop {
-        let n = from.read(&mut buf).await?;
         if n == 0 {
             file.flush().await?;
             return Ok(());
@@ -50,6 +55,7 @@ pub async fn capture(
             size += now.len() as u64;
             rest = later;
         }
+        n = from.read(&mut buf).await?;
     }
 }
 

@@ -180,6 +180,7 @@ async fn life(
         reports: reports_tx,
         running,
         leases,
+        leftovers: Arc::default(),
     };
     let mut sup = Supervisor::new(ctx);
     let (assign_tx, mut assign_rx) = mpsc::channel::<Vec<(LeaseInfo, Option<TaskInfo>)>>(4);
@@ -333,40 +334,59 @@ async fn watch_loop(
     }
 }
 
+/// Sends reports in order per task. Whatever queued up meanwhile goes out
+/// together: only each task's newest report (it carries everything the
+/// older ones said), all tasks' at once, each retried until a server takes
+/// it. A busy agent thus sends one write per task per round, not one per
+/// change, and many tasks' reports share the servers' batches.
 async fn report_loop(servers: Arc<Servers>, node: String, mut rx: mpsc::UnboundedReceiver<Report>) {
-    while let Some(r) = rx.recv().await {
-        let req = pb::TaskReportRequest {
-            task_id: r.task,
-            node: node.clone(),
-            state: r.state.to_string(),
-            exit_code: r.exit_code,
-            starts: r.starts,
-            health: r.health.clone(),
-            message: r.message.clone(),
-            usage: r.usage.map(|(rss, cpu)| pb::Usage {
-                rss_bytes: rss,
-                cpu_ms: cpu,
-                sampled_at_ms: crate::supervisor::now_ms(),
-            }),
-        };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let res = servers
-                .call(CALL_RETRY, |ch| {
-                    let q = servers.req(req.clone());
-                    async move { pb::agents_client::AgentsClient::new(ch).report(q).await }
-                })
-                .await;
-            match res {
-                Ok(_) => break,
-                Err(f) if retryable(&f.status) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(f) => {
-                    tracing::warn!(task = r.task, error = %f.status.message(), "a task report was refused");
-                    break;
-                }
+    while let Some(first) = rx.recv().await {
+        let mut latest: BTreeMap<u64, Report> = BTreeMap::new();
+        latest.insert(first.task, first);
+        while let Ok(r) = rx.try_recv() {
+            latest.insert(r.task, r);
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for r in latest.into_values() {
+            let (servers, node) = (servers.clone(), node.clone());
+            set.spawn(async move { send_report(&servers, &node, r).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+async fn send_report(servers: &Servers, node: &str, r: Report) {
+    let req = pb::TaskReportRequest {
+        task_id: r.task,
+        node: node.to_string(),
+        state: r.state.to_string(),
+        exit_code: r.exit_code,
+        starts: r.starts,
+        health: r.health.clone(),
+        message: r.message.clone(),
+        usage: r.usage.map(|(rss, cpu)| pb::Usage {
+            rss_bytes: rss,
+            cpu_ms: cpu,
+            sampled_at_ms: crate::supervisor::now_ms(),
+        }),
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let res = servers
+            .call(CALL_RETRY, |ch| {
+                let q = servers.req(req.clone());
+                async move { pb::agents_client::AgentsClient::new(ch).report(q).await }
+            })
+            .await;
+        match res {
+            Ok(_) => return,
+            Err(f) if retryable(&f.status) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(f) => {
+                tracing::warn!(task = r.task, error = %f.status.message(), "a task report was refused");
+                return;
             }
         }
     }

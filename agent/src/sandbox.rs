@@ -267,22 +267,29 @@ pub fn kill_all(agent: &Path, lease: u64, iso: &Isolation) -> usize {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    release_cgroup(lease, iso);
+    found
+}
+
+/// Kills what is left in the lease's cgroup and removes it (cgroup v2 only).
+pub fn release_cgroup(lease: u64, iso: &Isolation) {
     if let Isolation::Cgroup(root) = iso {
         let dir = root.join(format!("lease-{lease}"));
         let _ = std::fs::write(dir.join("cgroup.kill"), "1");
         let _ = std::fs::remove_dir(&dir);
     }
-    found
 }
 
-/// SIGTERMs every marked process of the lease.
-pub fn term_all(agent: &Path, lease: u64) {
-    for pid in lease_pids(agent, lease) {
+/// SIGTERMs every marked process of the lease; returns how many there were.
+pub fn term_all(agent: &Path, lease: u64) -> usize {
+    let pids = lease_pids(agent, lease);
+    for pid in &pids {
         // SAFETY: kill(2) on pids that carry this lease's marker.
         unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            libc::kill(*pid as libc::pid_t, libc::SIGTERM);
         }
     }
+    pids.len()
 }
 
 /// What the lease's live processes use now: resident bytes and CPU ms.

@@ -12,7 +12,7 @@
 //! Exactly once: a runner is started once per lease for the agent's life
 //! (a lease whose runner finished is remembered). A task's command runs
 //! under a small `sh` wrapper that writes its exit code to
-//! `DATA/logs/task-ID/exit-LEASE`, in the process's own session, so it survives
+//! `DATA/leases/LEASE/.charter-exit-TASK`, in the process's own session, so it survives
 //! an agent restart. A restarted agent, on its first assignments:
 //! - adopts a lease whose processes still run (waits for them, then reads
 //!   the exit file) instead of starting the task again;
@@ -113,6 +113,9 @@ pub struct Ctx {
     pub running: Arc<Mutex<BTreeSet<u64>>>,
     /// Leases with a live sandbox here (for `lease exec`).
     pub leases: Arc<Mutex<BTreeMap<u64, LeaseInfo>>>,
+    /// Assigned leases whose processes an earlier life of the agent left
+    /// running (found once, at the first assignments).
+    pub leftovers: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 struct Runner {
@@ -216,7 +219,11 @@ impl Supervisor {
     /// longer assigned, and removes their sandboxes.
     fn clean_leftovers(&self, wanted: &BTreeSet<u64>) {
         for id in sandbox::leases_with_processes(&self.ctx.data) {
-            if !wanted.contains(&id) {
+            if wanted.contains(&id) {
+                if let Ok(mut l) = self.ctx.leftovers.lock() {
+                    l.insert(id);
+                }
+            } else {
                 let n = sandbox::kill_all(&self.ctx.data, id, &self.ctx.iso);
                 tracing::info!(
                     lease = id,
@@ -350,7 +357,12 @@ async fn run_lease(
                 if let Some(w) = work.as_mut() {
                     w.stopping = true;
                 }
-                sandbox::term_all(&ctx.data, lease.id);
+                // One look at /proc when nothing is left (the common end of
+                // a finished task); otherwise SIGTERM, the grace, SIGKILL.
+                if sandbox::term_all(&ctx.data, lease.id) == 0 {
+                    sandbox::release_cgroup(lease.id, &ctx.iso);
+                    break;
+                }
                 let deadline = now_ms() + grace.as_millis() as i64;
                 let deadline = deadline.min(exp);
                 while now_ms() < deadline && !sandbox::lease_pids(&ctx.data, lease.id).is_empty() {
@@ -404,9 +416,8 @@ impl Work {
             return w;
         }
         let exit_file = w.exit_file();
-        let earlier = w.task.state == "running"
-            || exit_file.exists()
-            || !sandbox::lease_pids(&ctx.data, lease).is_empty();
+        let left = ctx.leftovers.lock().is_ok_and(|l| l.contains(&lease));
+        let earlier = w.task.state == "running" || exit_file.exists() || left;
         if earlier {
             // An earlier life of this agent started it: never start it twice.
             w.adopted = true;
@@ -482,7 +493,6 @@ impl Work {
 
     fn start(&mut self, l: &Launch) {
         let dir = self.logs();
-        let _ = std::fs::create_dir_all(&dir);
         let exit_file = self.exit_file();
         let _ = std::fs::remove_file(&exit_file);
         let mut argv = vec![
@@ -552,10 +562,11 @@ impl Work {
         }
     }
 
-    /// Where the wrapper writes the exit code: per task and lease, so a
+    /// Where the wrapper writes the exit code: in the lease's sandbox, so a
     /// task placed again on this node never reads an older run's code.
     fn exit_file(&self) -> PathBuf {
-        self.logs().join(format!("exit-{}", self.lease))
+        sandbox::lease_dir(&self.ctx.data, self.lease)
+            .join(format!(".charter-exit-{}", self.task.id))
     }
 
     fn exit_file_code(&self) -> Option<i32> {

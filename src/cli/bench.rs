@@ -10,7 +10,8 @@
 //!   nodes with a label constraint (in process; placement is a pure function);
 //! - `failover`: time from `kill -9` of the leader process to the first
 //!   acknowledged write, over several rounds;
-//! - `memory`: each member's resident memory with N leases held.
+//! - `memory`: each member's resident memory with N leases held;
+//! - `expiry`, `tasks`: with agents, see `bench_agent`.
 
 use super::output::{self, fail};
 use charter::harness::{Cluster, TOKEN};
@@ -31,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 /// `charter bench`.
 #[derive(ClapArgs, Debug)]
 pub struct BenchArgs {
-    /// grant, placement, failover, or all.
+    /// grant, placement, failover, memory, expiry, tasks, or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// How long each measured run lasts, e.g. 5s.
@@ -49,16 +50,31 @@ pub struct BenchArgs {
     /// Node counts for `placement`, comma-separated.
     #[arg(long, default_value = "1000,10000,50000")]
     pub placement_nodes: String,
+    /// Leases measured by `expiry`.
+    #[arg(long, default_value_t = 50)]
+    pub expiry_leases: usize,
+    /// Running tasks for the agent's RSS in `expiry`.
+    #[arg(long, default_value_t = 100)]
+    pub agent_tasks: usize,
 }
 
 /// One scenario's figures.
 #[derive(Serialize)]
 pub struct Report {
-    scenario: String,
-    metrics: BTreeMap<String, f64>,
+    /// The scenario's name.
+    pub scenario: String,
+    /// Its figures by name.
+    pub metrics: BTreeMap<String, f64>,
 }
 
-const SCENARIOS: &[&str] = &["grant", "placement", "failover", "memory"];
+const SCENARIOS: &[&str] = &[
+    "grant",
+    "placement",
+    "failover",
+    "memory",
+    "expiry",
+    "tasks",
+];
 
 /// Runs the chosen scenarios and prints their figures.
 pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Result<i32> {
@@ -105,6 +121,8 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
             "memory" => memory(rt, &exe, a.leases)?,
             "placement" => placement_bench(&sizes, dur),
             "failover" => failover(rt, &exe, a.rounds)?,
+            "expiry" => super::bench_agent::expiry(rt, &exe, a.expiry_leases, a.agent_tasks)?,
+            "tasks" => super::bench_agent::tasks(rt, &exe, dur)?,
             _ => unreachable!("checked above"),
         };
         reports.push(r);
@@ -123,7 +141,8 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
     Ok(0)
 }
 
-fn channel(addr: &str) -> anyhow::Result<Channel> {
+/// A lazily connected channel to `addr`.
+pub fn channel(addr: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(10))
@@ -131,7 +150,8 @@ fn channel(addr: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-fn authed<M>(m: M) -> tonic::Request<M> {
+/// `m` with the harness's admin token.
+pub fn authed<M>(m: M) -> tonic::Request<M> {
     let mut r = tonic::Request::new(m);
     if let Ok(v) = format!("Bearer {TOKEN}").parse() {
         r.metadata_mut().insert("authorization", v);
@@ -148,7 +168,8 @@ fn start_cluster(exe: &std::path::Path) -> anyhow::Result<(Cluster, usize)> {
     Ok((c, leader))
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+/// The `p` percentile of sorted µs values, in ms.
+pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -179,15 +200,15 @@ fn grant(
                 );
                 metrics.insert(
                     format!("{target}_c{clients}_p50_ms"),
-                    percentile(&lat, 0.50),
+                    percentile_ms(&lat, 0.50),
                 );
                 metrics.insert(
                     format!("{target}_c{clients}_p99_ms"),
-                    percentile(&lat, 0.99),
+                    percentile_ms(&lat, 0.99),
                 );
                 metrics.insert(
                     format!("{target}_c{clients}_p999_ms"),
-                    percentile(&lat, 0.999),
+                    percentile_ms(&lat, 0.999),
                 );
             }
         }
@@ -364,7 +385,7 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
 }
 
 /// Resident memory of a process in MiB, from /proc.
-fn rss_mib(pid: u32) -> f64 {
+pub fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

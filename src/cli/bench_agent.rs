@@ -1,0 +1,384 @@
+//! `charter bench` scenarios that need agents:
+//! - `expiry`: a 3-member cluster and one `charter agent` process; leases
+//!   running `sleep` end by expiry. Per lease: `expires_at` → expired in
+//!   state (the lease's `ended_at`), and `expires_at` → its last process
+//!   gone (watched in /proc from outside). Also the agent's RSS idle and
+//!   with 100 running tasks.
+//! - `tasks`: `charter dev` (one member, its in-process agent); tiny tasks
+//!   (`true`) submitted by 16 clients, run and finished per second, and
+//!   submit → running latency.
+
+use super::bench::{Report, authed, channel, percentile_ms, rss_mib};
+use super::output::fail;
+use charter::harness::{Cluster, TOKEN};
+use charter_proto as pb;
+use charter_proto::tasks_client::TasksClient;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+fn bearer<M>(token: &str, m: M) -> tonic::Request<M> {
+    let mut r = tonic::Request::new(m);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn submit_req(i: u64, argv: &[&str], cpu: u64, dur_ms: u64) -> pb::SubmitTaskRequest {
+    pb::SubmitTaskRequest {
+        idempotency_key: format!("bench-task-{i}-{}", rand::random::<u32>()),
+        lease: Some(pb::LeaseRequest {
+            resources: Some(pb::Resources {
+                cpu_millis: cpu,
+                ..Default::default()
+            }),
+            duration_ms: dur_ms,
+            wait_ms: 60_000,
+            ..Default::default()
+        }),
+        task: Some(pb::TaskSpec {
+            command: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn task(ch: &Channel, id: u64) -> Option<pb::TaskReply> {
+    TasksClient::new(ch.clone())
+        .show(authed(pb::ShowTaskRequest { id, stale: true }))
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Pids whose environment marks them as lease `lease` of the agent at `dir`.
+fn lease_pids(dir: &Path, lease: u64) -> Vec<u32> {
+    let want = format!("CHARTER_LEASE_ID={lease}");
+    let agent = format!("CHARTER_AGENT={}", dir.display());
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+                vars.contains(&want.as_bytes()) && vars.contains(&agent.as_bytes())
+            })
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+struct AgentProc {
+    child: Child,
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `expiry` scenario.
+pub fn expiry(
+    rt: &tokio::runtime::Runtime,
+    exe: &Path,
+    leases: usize,
+    agent_tasks: usize,
+) -> anyhow::Result<Report> {
+    let _ctx = rt.enter();
+    let c =
+        Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    let leader = c
+        .wait_leader(Duration::from_secs(20))
+        .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
+    let dir = c.dir.path().join("agent");
+    std::fs::create_dir_all(&dir)?;
+    let child = Command::new(exe)
+        .args([
+            "--server",
+            &c.servers(),
+            "--token",
+            TOKEN,
+            "agent",
+            "--name",
+            "bench",
+        ])
+        .args(["--cpu", "64", "--mem", "64GiB", "--disk", "100GiB"])
+        .arg("--data")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let agent = AgentProc { child };
+    let pid = agent.child.id();
+    let ch = channel(&c.members[leader].grpc)?;
+    let mut metrics = BTreeMap::new();
+    rt.block_on(async {
+        // Wait for the agent's node.
+        let t = Instant::now();
+        loop {
+            let r = pb::nodes_client::NodesClient::new(ch.clone())
+                .list(authed(pb::ListNodesRequest { stale: true }))
+                .await;
+            if r.is_ok_and(|r| r.into_inner().nodes.iter().any(|n| n.name == "bench")) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                return Err(fail("the bench agent never registered", "", ""));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        metrics.insert("agent_idle_rss_mib".into(), rss_mib(pid));
+        // Running tasks: the agent's RSS with them.
+        let mut held = Vec::new();
+        for i in 0..agent_tasks as u64 {
+            let r = TasksClient::new(ch.clone())
+                .submit(authed(submit_req(i, &["sleep", "600"], 10, 600_000)))
+                .await?
+                .into_inner();
+            held.push(r.task.unwrap_or_default().id);
+        }
+        let t = Instant::now();
+        loop {
+            let mut running = 0;
+            for id in &held {
+                if task(&ch, *id)
+                    .await
+                    .is_some_and(|r| r.task.is_some_and(|t| t.state == "running"))
+                {
+                    running += 1;
+                }
+            }
+            if running == held.len() || t.elapsed() > Duration::from_secs(60) {
+                metrics.insert("agent_tasks_running".into(), running as f64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        metrics.insert("agent_rss_mib_with_tasks".into(), rss_mib(pid));
+        for id in held {
+            let _ = TasksClient::new(ch.clone())
+                .cancel(authed(pb::CancelTaskRequest {
+                    idempotency_key: format!("bench-cancel-{id}"),
+                    id,
+                }))
+                .await;
+        }
+        // Leases of 2 s running `sleep 600`, a few at a time.
+        let mut state_ms = Vec::new();
+        let mut gone_ms = Vec::new();
+        let mut pending: Vec<(u64, u64, i64, Vec<u32>)> = Vec::new();
+        let (mut next, mut done) = (0u64, 0usize);
+        while done < leases {
+            while pending.len() < 10 && (next as usize) < leases {
+                let r = TasksClient::new(ch.clone())
+                    .submit(authed(submit_req(
+                        1000 + next,
+                        &["sleep", "600"],
+                        10,
+                        2_000,
+                    )))
+                    .await?
+                    .into_inner();
+                let t = r.task.unwrap_or_default();
+                let l = r.lease.unwrap_or_default();
+                pending.push((t.id, l.id, l.expires_at_ms, Vec::new()));
+                next += 1;
+            }
+            let now = now_ms();
+            let mut keep = Vec::new();
+            for (tid, lid, exp, mut pids) in pending.drain(..) {
+                if pids.is_empty() && now < exp {
+                    pids = lease_pids(&dir, lid);
+                }
+                if now < exp || pids.iter().any(|p| alive(*p)) {
+                    keep.push((tid, lid, exp, pids));
+                    continue;
+                }
+                done += 1;
+                // A lease whose process was never seen running is no sample.
+                if pids.is_empty() {
+                    continue;
+                }
+                gone_ms.push(u64::try_from(now - exp).unwrap_or(0) * 1000);
+                if let Some(r) = task(&ch, tid).await
+                    && let Some(l) = r.lease
+                    && l.ended_at_ms > 0
+                {
+                    state_ms.push(u64::try_from(l.ended_at_ms - exp).unwrap_or(0) * 1000);
+                }
+            }
+            pending = keep;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        gone_ms.sort_unstable();
+        state_ms.sort_unstable();
+        metrics.insert("leases".into(), gone_ms.len() as f64);
+        metrics.insert("to_state_p50_ms".into(), percentile_ms(&state_ms, 0.5));
+        metrics.insert("to_state_p99_ms".into(), percentile_ms(&state_ms, 0.99));
+        metrics.insert("to_gone_p50_ms".into(), percentile_ms(&gone_ms, 0.5));
+        metrics.insert("to_gone_p99_ms".into(), percentile_ms(&gone_ms, 0.99));
+        metrics.insert("to_gone_max_ms".into(), percentile_ms(&gone_ms, 1.0));
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(agent);
+    Ok(Report {
+        scenario: "expiry".into(),
+        metrics,
+    })
+}
+
+/// The `tasks` scenario.
+pub fn tasks(rt: &tokio::runtime::Runtime, exe: &Path, dur: Duration) -> anyhow::Result<Report> {
+    let _ctx = rt.enter();
+    let home = tempfile::tempdir()?;
+    let ports = charter::harness::free_ports(2).map_err(|e| fail("no free ports", e, ""))?;
+    let listen = format!("127.0.0.1:{}", ports[0]);
+    let child = Command::new(exe)
+        .args([
+            "dev",
+            "--listen",
+            &listen,
+            "--http",
+            &format!("127.0.0.1:{}", ports[1]),
+        ])
+        .env("CHARTER_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let dev = AgentProc { child };
+    let token = {
+        let t = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(home.path().join("dev-token")) {
+                break s.trim().to_string();
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                return Err(fail("charter dev wrote no token", "", ""));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let ch = channel(&listen)?;
+    let mut metrics = BTreeMap::new();
+    rt.block_on(async {
+        // Wait for the dev agent's node.
+        let t = Instant::now();
+        loop {
+            let r = pb::nodes_client::NodesClient::new(ch.clone())
+                .list(bearer(&token, pb::ListNodesRequest { stale: true }))
+                .await;
+            if r.is_ok_and(|r| !r.into_inner().nodes.is_empty()) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                return Err(fail("the dev agent never registered", "", ""));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let seq = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let deadline = start + dur;
+        let mut clients = Vec::new();
+        for _ in 0..16 {
+            let (ch, ids, seq, token) = (ch.clone(), ids.clone(), seq.clone(), token.clone());
+            clients.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let i = seq.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(r) = TasksClient::new(ch.clone())
+                        .submit(bearer(&token, submit_req(i, &["true"], 1, 60_000)))
+                        .await
+                        && let Some(t) = r.into_inner().task
+                        && let Ok(mut v) = ids.lock()
+                    {
+                        v.push(t.id);
+                    }
+                }
+            }));
+        }
+        for c in clients {
+            let _ = c.await;
+        }
+        let ids: Vec<u64> = ids.lock().map(|v| v.clone()).unwrap_or_default();
+        // Wait for every task to end.
+        let mut lat = Vec::new();
+        let mut ok = 0u64;
+        let t = Instant::now();
+        let mut left: Vec<u64> = ids.clone();
+        while !left.is_empty() && t.elapsed() < Duration::from_secs(120) {
+            let r = TasksClient::new(ch.clone())
+                .list(bearer(
+                    &token,
+                    pb::ListTasksRequest {
+                        all: true,
+                        state: String::new(),
+                        stale: true,
+                    },
+                ))
+                .await?
+                .into_inner();
+            let ended: BTreeMap<u64, pb::Task> = r
+                .tasks
+                .into_iter()
+                .filter(|t| !matches!(t.state.as_str(), "pending" | "running"))
+                .map(|t| (t.id, t))
+                .collect();
+            left.retain(|id| {
+                let Some(t) = ended.get(id) else { return true };
+                if t.state == "succeeded" {
+                    ok += 1;
+                }
+                if t.started_at_ms > 0 {
+                    lat.push(
+                        u64::try_from(t.started_at_ms - t.submitted_at_ms).unwrap_or(0) * 1000,
+                    );
+                }
+                false
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        lat.sort_unstable();
+        metrics.insert("submitted".into(), ids.len() as f64);
+        metrics.insert("succeeded".into(), ok as f64);
+        metrics.insert("tasks_per_s".into(), ok as f64 / secs);
+        metrics.insert("submit_to_running_p50_ms".into(), percentile_ms(&lat, 0.5));
+        metrics.insert("submit_to_running_p99_ms".into(), percentile_ms(&lat, 0.99));
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(dev);
+    Ok(Report {
+        scenario: "tasks".into(),
+        metrics,
+    })
+}
