@@ -565,3 +565,63 @@ fn a_service_whose_agent_dies_is_placed_again_elsewhere() {
         }
     }
 }
+
+#[test]
+fn the_agent_resyncs_after_a_server_restart_and_follows_logs() {
+    let (mut c, dir) = setup();
+    let _a = agent(&c, dir.path(), "a1");
+    let marks = dir.path().join("marks");
+    let svc = submit(
+        &c,
+        &[
+            "--amp",
+            "service",
+            "--env",
+            &format!("M={}", marks.display()),
+            "--",
+            "sh",
+            "-c",
+            "echo up >> $M; exec sleep 600",
+        ],
+    );
+    wait_for("the service to run", Duration::from_secs(20), || {
+        (task(&c, &svc)["state"] == "running").then_some(())
+    });
+    // The only server restarts: the agent's watch breaks and reconnects.
+    c.stop(0);
+    std::thread::sleep(Duration::from_millis(500));
+    c.spawn(0, false);
+    c.wait_leader(ELECTION);
+    // Work submitted after the restart runs, and its output can be followed.
+    let id = submit(
+        &c,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo $i; sleep 0.3; done",
+        ],
+    );
+    wait_for("the task to run", Duration::from_secs(20), || {
+        (task(&c, &id)["state"] != "pending").then_some(())
+    });
+    let out = c.cli(&["task", "logs", &id, "--follow"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n2\n3\n",
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        ended(&c, &id, Duration::from_secs(20))["state"],
+        "succeeded"
+    );
+    // The service was neither started again nor disturbed.
+    let t = task(&c, &svc);
+    assert_eq!(
+        (t["state"].as_str(), t["starts"].as_u64()),
+        (Some("running"), Some(1)),
+        "{t}"
+    );
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "up\n");
+}

@@ -5,14 +5,15 @@
 //!   from the OS and overridable by flags.
 //! - [`conn`]: channels to every server, with failover.
 //! - [`run`]: registration, heartbeats, the assignment watch and reports.
-//! - [`supervisor`]: leases' runners, the batch and service amps, ending
-//!   every lease on the agent's own clock.
+//! - [`supervisor`]: leases' runners, ending every lease on the agent's own
+//!   clock; [`amp`]: the batch and service lifecycle drivers.
 //! - [`sandbox`]: working directory, session, scrubbed env, limits, kill.
 //! - [`health`]: HTTP, TCP and command checks of services.
 //! - [`logs`]: size-bounded output files; [`serve`]: logs for the servers.
 //!
 //! The agent speaks to the scheduler only through gRPC.
 
+pub mod amp;
 pub mod conn;
 pub mod health;
 pub mod logs;

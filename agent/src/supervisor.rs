@@ -20,6 +20,7 @@
 //! - kills the processes and removes the sandboxes of leases no longer
 //!   assigned.
 
+use crate::amp::{Amp, Next};
 use crate::logs;
 use crate::sandbox::{self, Isolation, Launch};
 use std::collections::{BTreeMap, BTreeSet};
@@ -397,10 +398,12 @@ struct Work {
     next_start: Option<i64>,
     stopping: bool,
     health: Option<crate::health::Monitor>,
+    amp: Box<dyn Amp>,
 }
 
 impl Work {
     fn new(ctx: &Ctx, lease: u64, task: TaskInfo) -> Work {
+        let amp = crate::amp::for_task(&task);
         let mut w = Work {
             ctx: ctx.clone(),
             lease,
@@ -411,6 +414,7 @@ impl Work {
             next_start: None,
             stopping: false,
             health: None,
+            amp,
         };
         if !matches!(w.task.state.as_str(), "pending" | "running") {
             return w;
@@ -520,13 +524,10 @@ impl Work {
                     r.insert(self.task.id);
                 }
                 self.child = Some(child);
-                if self.task.amp == "service" {
-                    self.health = self
-                        .task
-                        .health
-                        .clone()
-                        .map(|c| crate::health::Monitor::start(c, l.dir.clone()));
-                }
+                self.health = self
+                    .amp
+                    .health()
+                    .map(|c| crate::health::Monitor::start(c, l.dir.clone()));
                 self.report("running", None, String::new());
             }
             Err(e) => {
@@ -588,41 +589,12 @@ impl Work {
         if self.stopping {
             return;
         }
-        let ok = code == Some(0);
-        let backoff = |n: u32| now_ms() + (500i64 << n.min(6)).min(30_000);
-        if self.task.amp == "service" {
-            let again = match self.task.restart.as_str() {
-                "always" => true,
-                "never" => false,
-                _ => !ok,
-            };
-            let room = self.task.max_restarts == 0 || self.starts <= self.task.max_restarts;
-            if again && room {
-                self.next_start = Some(backoff(self.starts.saturating_sub(1)));
-                self.report("running", code, format!("exited with {code:?}; restarting"));
-                return;
+        match self.amp.after_exit(code, self.starts) {
+            Next::Again { backoff_ms, why } => {
+                self.next_start = Some(now_ms() + backoff_ms);
+                self.report("running", code, why);
             }
-            let state = if ok { "succeeded" } else { "failed" };
-            self.report(state, code, format!("exited with {code:?}"));
-            return;
-        }
-        if ok {
-            self.report("succeeded", code, String::new());
-        } else if self.starts <= self.task.retries {
-            self.next_start = Some(backoff(self.starts - 1));
-            self.report(
-                "running",
-                code,
-                format!("attempt {} failed with {code:?}; retrying", self.starts),
-            );
-        } else {
-            let why = match code {
-                Some(-1) | None => {
-                    "its process ended while the agent was away; exit code unknown".to_string()
-                }
-                Some(c) => format!("exited with {c}"),
-            };
-            self.report("failed", code, why);
+            Next::Done { state, why } => self.report(state, code, why),
         }
     }
 

@@ -151,3 +151,29 @@ fn server_pools() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn task_configs() {
+    let AnyConfig::Task(t) = load(
+        "task.toml",
+        "kind = \"task\"\namp = \"service\"\ncommand = [\"./web\", \"-p\", \"80\"]\nrestart = \"always\"\ncpu = 1\nfor = \"2h\"\n[health]\ntcp = true\nport = 80\n",
+    )
+    .unwrap() else {
+        panic!("not a task")
+    };
+    assert_eq!((t.amp.as_str(), t.restart.as_str()), ("service", "always"));
+    assert_eq!(t.command, ["./web", "-p", "80"]);
+    assert_eq!(t.lease.duration_ms, 7_200_000);
+    let h = t.health.unwrap();
+    assert_eq!((h.kind.as_str(), h.port, h.unhealthy_after), ("tcp", 80, 3));
+    let bad = "kind = \"task\"\namp = \"cron\"\nrestart = \"sometimes\"\nfor = \"1h\"\n[health]\nhttp = \"/\"\nport = 99999\n";
+    let err = load("task.toml", bad).unwrap_err().to_string();
+    for want in [
+        "task.toml: command: missing; expected the program to run",
+        "task.toml:2: amp: expected batch or service, got \"cron\"",
+        "task.toml:3: restart: expected always, on_failure or never, got \"sometimes\"",
+        "task.toml:7: health.port: expected a port from 1 to 65535",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

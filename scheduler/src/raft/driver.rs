@@ -650,6 +650,9 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
+            if let Some(first) = props.first() {
+                st.observe_term(e.term, first.at);
+            }
             props.iter().map(|p| st.apply(p)).collect()
         };
         if let Some(Waiter::Batch(sum, replies)) = self.waiters.remove(&e.context[..]) {

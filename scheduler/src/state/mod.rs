@@ -292,6 +292,9 @@ pub struct State {
     pub applied_keys: OrdMap<String, Outcome>,
     /// Raft members and their peer addresses, changed by conf-change entries.
     pub members: BTreeMap<u64, String>,
+    /// The raft term of the newest applied entry (see [`State::observe_term`]).
+    #[serde(default)]
+    pub term: u64,
     /// Ready nodes by free CPU, `(free cpu_millis, name)`: derived from
     /// `nodes` (not serialised; rebuilt on load) so placement finds the
     /// tightest or loosest fit without scanning the fleet.

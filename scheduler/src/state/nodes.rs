@@ -100,6 +100,34 @@ impl State {
         Ok(Applied::Node(out))
     }
 
+    /// Called before applying an entry of raft term `term` proposed at
+    /// `at`. On the first entry of a new term every live node with a TTL
+    /// gets a full TTL from `at` before it can be marked down: while there
+    /// was no leader its heartbeats had nowhere to go (Nomad's failover
+    /// heartbeat grace). Deterministic: term and time are in the log.
+    pub fn observe_term(&mut self, term: u64, at: Millis) {
+        if term <= self.term {
+            return;
+        }
+        self.term = term;
+        let now = self.time.max(at);
+        let due: Vec<(Millis, String)> = self.heartbeats.iter().cloned().collect();
+        for (old, name) in due {
+            let Some(node) = self.nodes.get_mut(&name) else {
+                continue;
+            };
+            let (Some(ttl), false) = (node.ttl_ms, node.state == NodeState::Down) else {
+                continue;
+            };
+            let new = now.saturating_add(ms(ttl));
+            if new > old {
+                node.last_seen = now;
+                self.heartbeats.remove(&(old, name.clone()));
+                self.heartbeats.insert((new, name));
+            }
+        }
+    }
+
     /// Marks nodes whose heartbeat is overdue as down; their leases are lost.
     pub(super) fn nodes_down(&mut self) -> (Vec<String>, Vec<u64>) {
         let now = self.time;

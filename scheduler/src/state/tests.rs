@@ -522,3 +522,28 @@ fn apply_rechecks_the_leaders_placement_and_never_overcommits() {
         );
     }
 }
+
+#[test]
+fn a_new_leader_term_gives_every_node_a_full_ttl_before_it_is_down() {
+    let mut s = State::new(BTreeMap::new());
+    s.apply(&p(0, "root", None, priced("n1", 1000, 1.0, Some(1_000))))
+        .unwrap();
+    // No leader for 5 s: the node's heartbeats had nowhere to go. The new
+    // term's first entry (at 5 s) restarts its TTL.
+    s.observe_term(2, 5_000);
+    let (_, _, _) = tick(&mut s, 5_500);
+    assert_eq!(s.nodes["n1"].state, NodeState::Ready);
+    tick(&mut s, 6_001);
+    assert_eq!(s.nodes["n1"].state, NodeState::Down);
+    // An entry of a term already seen changes nothing.
+    s.apply(&p(
+        6_100,
+        "root",
+        None,
+        Command::Heartbeat { name: "n1".into() },
+    ))
+    .unwrap();
+    s.observe_term(2, 9_000);
+    tick(&mut s, 7_101);
+    assert_eq!(s.nodes["n1"].state, NodeState::Down);
+}
