@@ -415,23 +415,12 @@ async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Res
     Ok(l)
 }
 
-/// Runs a lease verb.
 /// Runs `argv` in lease `id` and returns its exit code.
 async fn exec(c: &Client, id: u64, env: &[String], argv: Vec<String>) -> anyhow::Result<i32> {
-    let mut vars = std::collections::HashMap::new();
-    for e in env {
-        let (k, v) = e
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| {
-                fail(
-                    format!("bad --env `{e}`"),
-                    "expected KEY=VALUE",
-                    "e.g. --env MODE=fast",
-                )
-            })?;
-        vars.insert(k.to_string(), v.to_string());
-    }
+    let vars: std::collections::HashMap<String, String> =
+        super::node::parse_pairs("--env", "MODE=fast", env)?
+            .into_iter()
+            .collect();
     let mut s = c
         .call("lease exec", |ch| {
             let req = c.req(pb::ExecRequest {
@@ -464,6 +453,7 @@ async fn exec(c: &Client, id: u64, env: &[String], argv: Vec<String>) -> anyhow:
     }
 }
 
+/// Runs a lease verb.
 pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {

@@ -183,17 +183,26 @@ async fn set_draining(g: &Global, name: String, draining: bool) -> anyhow::Resul
 
 /// Parses `key=value` labels.
 pub fn parse_labels(ls: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    parse_pairs("--label", "gpu=a100", ls)
+}
+
+/// Parses repeated `KEY=VALUE` flags (`--label`, `--env`); `eg` is an example.
+pub fn parse_pairs(
+    flag: &str,
+    eg: &str,
+    items: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for l in ls {
+    for l in items {
         match l.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => {
                 out.insert(k.trim().to_string(), v.trim().to_string());
             }
             _ => {
                 return Err(fail(
-                    format!("bad --label `{l}`"),
-                    "a label is key=value",
-                    "write e.g. --label gpu=a100",
+                    format!("bad {flag} `{l}`"),
+                    "expected key=value",
+                    format!("write e.g. {flag} {eg}"),
                 ));
             }
         }

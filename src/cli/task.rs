@@ -247,19 +247,8 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
         t.grace_ms = units::parse_duration(v)
             .map_err(|e| fail(format!("bad --grace `{v}`"), e, "e.g. --grace 5s"))?;
     }
-    for e in &a.env {
-        let (k, v) = e
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| {
-                fail(
-                    format!("bad --env `{e}`"),
-                    "expected KEY=VALUE",
-                    "e.g. --env MODE=fast",
-                )
-            })?;
-        t.env.insert(k.to_string(), v.to_string());
-    }
+    t.env
+        .extend(super::node::parse_pairs("--env", "MODE=fast", &a.env)?);
     let mut health = t.health.map(|h| pb::HealthCheck {
         kind: h.kind,
         port: u32::from(h.port),
