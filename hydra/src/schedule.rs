@@ -8,11 +8,17 @@
 //! are merged (a day matches if *either* field does). As in Vixie cron, a
 //! day field counts as restricted unless it starts with `*`.
 //!
-//! Limitations: fire times in a zone with DST follow the `cron` crate (a time
-//! in a skipped hour does not fire; a repeated hour may fire twice); Debian's
-//! DST rules are not implemented yet.
+//! Time zones follow Debian's cron at DST changes. Matching is done on the
+//! zone's wall-clock time; each matching wall time then becomes an instant:
+//! - a *fixed-time* job (neither the minute nor the hour field starts with
+//!   `*`) whose time falls in a skipped interval fires once, right after the
+//!   jump (several such times in one gap fire once); in a repeated interval
+//!   it fires once, at the first occurrence;
+//! - a job with `*` first in the minute or hour field keeps its normal
+//!   times: nothing in the skipped interval, and both occurrences of a
+//!   repeated wall time (it fires by real elapsed time).
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use std::str::FromStr;
 
@@ -31,7 +37,13 @@ pub struct Schedule {
     source: String,
     tz: Tz,
     exprs: Vec<cron::Schedule>,
+    /// `*` leads the minute or the hour field (Vixie's MIN_STAR/HR_STAR):
+    /// such a job keeps its normal times across DST changes.
+    wildcard: bool,
 }
+
+/// Local-time changes this large or larger are not smoothed (Debian: under 3 h).
+const DST_WINDOW: Duration = Duration::hours(3);
 
 struct Field {
     name: &'static str,
@@ -247,6 +259,7 @@ impl Schedule {
             source: trimmed.to_string(),
             tz,
             exprs,
+            wildcard: rest[0].starts_with('*') || rest[1].starts_with('*'),
         };
         let probe = Utc
             .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
@@ -271,14 +284,55 @@ impl Schedule {
     }
 
     /// The first fire time strictly after `t`.
+    ///
+    /// Wall times are walked from 3 h before `t`'s wall time, since around
+    /// a change a later wall time can be an earlier instant; the walk stops
+    /// once wall times are 3 h past the best instant found.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.tz);
-        self.exprs
-            .iter()
-            .filter_map(|e| e.after(&local).next())
-            .map(|d| d.with_timezone(&Utc))
-            .filter(|d| *d > t)
-            .min()
+        let start = t.with_timezone(&self.tz).naive_local() - DST_WINDOW;
+        let mut best: Option<DateTime<Utc>> = None;
+        for e in &self.exprs {
+            for wall in e.after(&Utc.from_utc_datetime(&start)).take(100_000) {
+                let wall = wall.naive_utc();
+                if let Some(b) = best
+                    && wall > b.with_timezone(&self.tz).naive_local() + DST_WINDOW
+                {
+                    break;
+                }
+                for f in self.instants(wall) {
+                    if f > t && best.is_none_or(|b| f < b) {
+                        best = Some(f);
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    /// The instants a matching wall time fires at (see the module docs).
+    fn instants(&self, wall: NaiveDateTime) -> Vec<DateTime<Utc>> {
+        match self.tz.from_local_datetime(&wall) {
+            LocalResult::Single(x) => vec![x.with_timezone(&Utc)],
+            LocalResult::Ambiguous(first, second) if self.wildcard => {
+                vec![first.with_timezone(&Utc), second.with_timezone(&Utc)]
+            }
+            LocalResult::Ambiguous(first, _) => vec![first.with_timezone(&Utc)],
+            LocalResult::None if self.wildcard => Vec::new(),
+            LocalResult::None => {
+                // Right after the jump: the first wall time that exists.
+                let mut w = wall.with_second(0).unwrap_or(wall);
+                for _ in 0..(DST_WINDOW.num_minutes()) {
+                    w += Duration::minutes(1);
+                    match self.tz.from_local_datetime(&w) {
+                        LocalResult::Single(x) | LocalResult::Ambiguous(x, _) => {
+                            return vec![x.with_timezone(&Utc)];
+                        }
+                        LocalResult::None => {}
+                    }
+                }
+                Vec::new()
+            }
+        }
     }
 
     /// The next `n` fire times strictly after `t`.

@@ -213,3 +213,84 @@ fn errors_table() {
         "unknown time zone `Mars/Olympus`; use an IANA name like Europe/Berlin or UTC"
     );
 }
+
+/// Debian cron's DST rules, Europe/Berlin 2026: on 29 March 02:00 CET jumps
+/// to 03:00 CEST (01:00 UTC); on 25 October 03:00 CEST falls back to 02:00
+/// CET (01:00 UTC), so 02:00-03:00 happens twice.
+#[test]
+fn dst_follows_debian_cron() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        // A fixed time in the skipped hour runs right after the jump.
+        (
+            "30 2 * * *",
+            "2026-03-28T00:00:00Z",
+            &[
+                "2026-03-28T01:30:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:30:00Z",
+            ],
+        ),
+        // Several fixed times inside one gap run once.
+        (
+            "0,15,45 2 * * *",
+            "2026-03-29T00:50:00Z",
+            &["2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"],
+        ),
+        // A fixed time in the repeated hour runs once, at the first occurrence.
+        (
+            "30 2 * * *",
+            "2026-10-24T12:00:00Z",
+            &["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+        ),
+        // `*` in the minute or hour field keeps normal times: nothing in the
+        // skipped hour...
+        (
+            "*/30 * * * *",
+            "2026-03-29T00:00:00Z",
+            &[
+                "2026-03-29T00:30:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-29T01:30:00Z",
+            ],
+        ),
+        // ... and every real half hour through the repeated one.
+        (
+            "*/30 * * * *",
+            "2026-10-24T23:50:00Z",
+            &[
+                "2026-10-25T00:00:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-25T01:00:00Z",
+                "2026-10-25T01:30:00Z",
+                "2026-10-25T02:00:00Z",
+            ],
+        ),
+        (
+            "15 * * * *",
+            "2026-10-24T23:50:00Z",
+            &[
+                "2026-10-25T00:15:00Z",
+                "2026-10-25T01:15:00Z",
+                "2026-10-25T02:15:00Z",
+            ],
+        ),
+        // Outside the changes nothing moves (New York, fixed 09:30).
+        (
+            "30 9 * * *",
+            "2026-03-07T00:00:00Z",
+            &["2026-03-07T14:30:00Z", "2026-03-08T13:30:00Z"],
+        ),
+    ];
+    for (expr, from, want) in cases {
+        let tz = if expr.starts_with("30 9") {
+            "America/New_York"
+        } else {
+            "Europe/Berlin"
+        };
+        assert_eq!(
+            next(expr, Some(tz), from, want.len()),
+            *want,
+            "{expr} from {from}"
+        );
+    }
+}
