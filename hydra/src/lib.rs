@@ -5,7 +5,11 @@
 //!   both are restricted, `@daily` and friends) with an optional leading
 //!   seconds field; the `cron` crate does the calendar iteration behind it.
 //!
-//! The planner (`due(jobs, history, now)`) and the controller arrive with the
-//! Hydra issue; Hydra talks to the scheduler only through gRPC.
+//! - [`plan`]: the pure planner `due(jobs, history, now)`: missed ticks,
+//!   dependencies and concurrency.
+//!
+//! The controller and the `cron` CLI arrive with the Hydra issue; Hydra
+//! talks to the scheduler only through gRPC.
 
+pub mod plan;
 pub mod schedule;
