@@ -7,6 +7,7 @@ mod bench;
 mod bench_agent;
 mod client;
 mod cluster;
+mod cron;
 mod lease;
 mod node;
 pub mod output;
@@ -63,6 +64,9 @@ pub enum Cmd {
     /// Per-principal limits: max cores, leases and duration.
     #[command(subcommand)]
     Quota(quota::QuotaCmd),
+    /// Hydra, distributed cron: `cron next` checks a schedule.
+    #[command(subcommand)]
+    Cron(cron::CronCmd),
     /// Check any Charter config file; exits non-zero with every problem found.
     Validate(validate::ValidateArgs),
     /// Measure Charter on this machine: starts a cluster on 127.0.0.1, prints figures, stops it.
@@ -90,6 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Quota(c) => rt.block_on(quota::run(&g, c)),
         Cmd::Task(c) => rt.block_on(task::run(&g, c)),
         Cmd::Validate(a) => validate::run(&g, a),
+        Cmd::Cron(c) => cron::run(g.json, c),
         Cmd::Bench(a) => bench::run(&rt, g.json, a),
     }
 }
