@@ -13,6 +13,7 @@
 
 pub mod canonical;
 pub mod constraint;
+pub mod cron;
 mod error;
 pub mod fingerprint;
 pub mod lease;
@@ -37,6 +38,8 @@ pub enum AnyConfig {
     Server(server::ServerConfig),
     /// A task (`charter task submit -f`).
     Task(Box<task::TaskConfig>),
+    /// Cron jobs (`charter cron apply`).
+    Cron(cron::CronConfig),
 }
 
 impl AnyConfig {
@@ -47,6 +50,7 @@ impl AnyConfig {
             AnyConfig::Node(_) => "node",
             AnyConfig::Server(_) => "server",
             AnyConfig::Task(_) => "task",
+            AnyConfig::Cron(_) => "cron",
         }
     }
 
@@ -57,25 +61,39 @@ impl AnyConfig {
             AnyConfig::Node(c) => canonical::to_bytes(c),
             AnyConfig::Server(c) => canonical::to_bytes(c),
             AnyConfig::Task(c) => canonical::to_bytes(c),
+            AnyConfig::Cron(c) => canonical::to_bytes(c),
         }
     }
 }
 
 /// The kinds [`load`] recognises.
-pub const KINDS: &[&str] = &["lease", "node", "server", "task"];
+pub const KINDS: &[&str] = &["lease", "node", "server", "task", "cron"];
 
 /// Parses `src` (named `file` in messages) as whichever kind it declares with
-/// `kind = "..."`; without one, a file is a lease request.
+/// `kind = "..."`; without one, a file with `[[job]]` tables is a cron file
+/// and any other a lease request. Cron schedules are only checked for shape
+/// here; [`load_with`] takes the schedule parser.
 pub fn load(file: &str, src: &str) -> Result<AnyConfig, Diagnostics> {
+    load_with(file, src, &|_, _| Ok(()))
+}
+
+/// [`load`] with `check_schedule` judging cron schedule expressions.
+pub fn load_with(
+    file: &str,
+    src: &str,
+    check_schedule: cron::ScheduleCheck<'_>,
+) -> Result<AnyConfig, Diagnostics> {
     let ctx = Ctx::new(file, src);
     let doc = ctx.parse()?;
     let top = Fields::root(&ctx, doc.as_table());
-    let kind = top.str("kind").unwrap_or_else(|| "lease".to_string());
+    let default = if top.has("job") { "cron" } else { "lease" };
+    let kind = top.str("kind").unwrap_or_else(|| default.to_string());
     let out = match kind.as_str() {
         "lease" => lease::LeaseConfig::read(&top).map(AnyConfig::Lease),
         "node" => node::NodeConfig::read(&top).map(AnyConfig::Node),
         "server" => server::ServerConfig::read(&top).map(AnyConfig::Server),
         "task" => task::TaskConfig::read(&top).map(|t| AnyConfig::Task(Box::new(t))),
+        "cron" => cron::CronConfig::read(&top, check_schedule).map(AnyConfig::Cron),
         other => {
             top.error_at(
                 "kind",
@@ -90,6 +108,14 @@ pub fn load(file: &str, src: &str) -> Result<AnyConfig, Diagnostics> {
 
 /// Reads and parses a config file.
 pub fn load_file(path: &std::path::Path) -> Result<AnyConfig, Diagnostics> {
+    load_file_with(path, &|_, _| Ok(()))
+}
+
+/// [`load_file`] with a schedule parser for cron files.
+pub fn load_file_with(
+    path: &std::path::Path,
+    check_schedule: cron::ScheduleCheck<'_>,
+) -> Result<AnyConfig, Diagnostics> {
     let name = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| {
         Diagnostics(vec![Diagnostic {
@@ -99,5 +125,5 @@ pub fn load_file(path: &std::path::Path) -> Result<AnyConfig, Diagnostics> {
             message: format!("cannot read the file: {e}"),
         }])
     })?;
-    load(&name, &src)
+    load_with(&name, &src, check_schedule)
 }

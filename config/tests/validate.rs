@@ -38,7 +38,7 @@ fn diagnostics_table() {
         ),
         (
             "kind = \"job\"\n",
-            "lease.toml:1: kind: expected one of lease, node, server, task, got \"job\"",
+            "lease.toml:1: kind: expected one of lease, node, server, task, cron, got \"job\"",
         ),
         (
             "kind = \"node\"\nname = \"bad name\"\ncpu = 4\n",
@@ -176,4 +176,57 @@ fn task_configs() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+#[test]
+fn cron_files() {
+    let check = |e: &str, _tz: Option<&str>| {
+        if e.split_whitespace().count() >= 5 || e.starts_with('@') {
+            Ok(())
+        } else {
+            Err(format!("expected 5 fields, got `{e}`"))
+        }
+    };
+    let src = "[[job]]\nname = \"a\"\nschedule = \"0 2 * * *\"\n[job.task]\ncommand = [\"./a\"]\nfor = \"1h\"\n\n[[job]]\nname = \"b\"\nschedule = \"@daily\"\ndepends_on = [\"a\"]\nwindow = \"1h\"\nconcurrency = \"forbid\"\nmissed = \"all\"\nmax_catch_up = 4\n[job.task]\ncommand = [\"./b\"]\nfor = \"30m\"\n";
+    let AnyConfig::Cron(c) = charter_config::load_with("crontab.toml", src, &check).unwrap() else {
+        panic!("not a cron file")
+    };
+    assert_eq!(c.jobs.len(), 2);
+    let b = &c.jobs[1];
+    assert_eq!(
+        (
+            b.window_ms,
+            b.concurrency.as_str(),
+            b.missed.as_str(),
+            b.max_catch_up
+        ),
+        (3_600_000, "forbid", "all", 4)
+    );
+    assert_eq!(b.task.command, ["./b"]);
+    // Every problem at once, with lines; nothing is returned.
+    let bad = "[[job]]\nname = \"a\"\nschedule = \"0 2 *\"\ndepends_on = [\"ghost\"]\n[job.task]\ncommand = [\"./a\"]\nfor = \"1h\"\n\n[[job]]\nname = \"b\"\nschedule = \"@daily\"\nmissed = \"never\"\n";
+    let err = charter_config::load_with("crontab.toml", bad, &check)
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "crontab.toml:3: job[0].schedule: expected 5 fields, got `0 2 *`",
+        "crontab.toml:12: job[1].missed: expected skip, latest or all, got \"never\"",
+        "crontab.toml: job[1].task: missing; expected a [job.task] table",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // Names are checked across the file: unknown upstreams and cycles.
+    let cyc = "[[job]]\nname = \"a\"\nschedule = \"@daily\"\ndepends_on = [\"b\"]\n[job.task]\ncommand = [\"x\"]\nfor = \"1h\"\n[[job]]\nname = \"b\"\nschedule = \"@daily\"\ndepends_on = [\"a\"]\n[job.task]\ncommand = [\"x\"]\nfor = \"1h\"\n";
+    let err = charter_config::load_with("c.toml", cyc, &check)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("c.toml:4: job[0].depends_on: dependency cycle: a -> b -> a"),
+        "{err}"
+    );
+    let ghost = "[[job]]\nname = \"a\"\nschedule = \"@daily\"\ndepends_on = [\"ghost\"]\n[job.task]\ncommand = [\"x\"]\nfor = \"1h\"\n";
+    let err = charter_config::load_with("c.toml", ghost, &check)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no job named \"ghost\" in this file"), "{err}");
 }

@@ -192,6 +192,12 @@ fn macro_expr(m: &str) -> Result<&'static str, ScheduleError> {
     })
 }
 
+/// Checks an expression and zone the way [`Schedule::parse`] reads them
+/// (for config readers, which cannot depend on Hydra).
+pub fn check(expr: &str, tz: Option<&str>) -> Result<(), String> {
+    Schedule::parse(expr, tz).map(|_| ()).map_err(|e| e.0)
+}
+
 impl Schedule {
     /// Parses a crontab(5) expression (5 fields, or 6 with leading seconds)
     /// in the IANA zone `tz` (default UTC).

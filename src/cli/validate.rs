@@ -13,7 +13,7 @@ pub struct ValidateArgs {
 
 /// Exit 0 when valid, 1 with diagnostics otherwise.
 pub fn run(g: &Global, a: ValidateArgs) -> anyhow::Result<i32> {
-    match charter_config::load_file(&a.file) {
+    match charter_config::load_file_with(&a.file, &charter_hydra::schedule::check) {
         Ok(cfg) => {
             let hash = charter_config::canonical::hash(&cfg.canonical());
             if g.json {
