@@ -444,6 +444,22 @@ impl Work {
     }
 
     fn report(&self, state: &'static str, exit_code: Option<i32>, message: String) {
+        self.send(state, exit_code, message, None);
+    }
+
+    /// Reports what the task's processes use now.
+    fn sample(&mut self) {
+        let usage = sandbox::usage(&self.ctx.data, self.lease);
+        self.send("running", None, String::new(), Some(usage));
+    }
+
+    fn send(
+        &self,
+        state: &'static str,
+        exit_code: Option<i32>,
+        message: String,
+        usage: Option<(u64, u64)>,
+    ) {
         let health = self
             .health
             .as_ref()
@@ -456,26 +472,7 @@ impl Work {
             starts: self.starts,
             health,
             message,
-            usage: None,
-        });
-    }
-
-    /// Reports what the task's processes use now.
-    fn sample(&mut self) {
-        let usage = sandbox::usage(&self.ctx.data, self.lease);
-        let health = self
-            .health
-            .as_ref()
-            .map(|h| h.state().to_string())
-            .unwrap_or_default();
-        let _ = self.ctx.reports.send(Report {
-            task: self.task.id,
-            state: "running",
-            exit_code: None,
-            starts: self.starts,
-            health,
-            message: String::new(),
-            usage: Some(usage),
+            usage,
         });
     }
 
