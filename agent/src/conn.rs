@@ -68,11 +68,6 @@ impl Servers {
         })
     }
 
-    /// The addresses, as given.
-    pub fn addrs(&self) -> &[String] {
-        &self.addrs
-    }
-
     /// Wraps a message with the bearer token.
     pub fn req<M>(&self, m: M) -> Request<M> {
         let mut r = Request::new(m);

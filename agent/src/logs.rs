@@ -59,11 +59,31 @@ pub async fn capture(
     }
 }
 
-/// What a stream holds now: the rotated part, then the current file.
-pub fn read_all(dir: &Path, name: &str) -> Vec<u8> {
+/// What a stream holds now: the rotated part, then the current file; and
+/// the current file's length (where [`read_since`] goes on from).
+pub fn read_all(dir: &Path, name: &str) -> (Vec<u8>, u64) {
     let mut out = std::fs::read(dir.join(format!("{name}.log.1"))).unwrap_or_default();
-    out.extend(std::fs::read(dir.join(format!("{name}.log"))).unwrap_or_default());
-    out
+    let cur = std::fs::read(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let len = cur.len() as u64;
+    out.extend(cur);
+    (out, len)
+}
+
+/// What the current file gained past `offset`, and the new offset. A file
+/// shorter than `offset` was rotated: it is read from its start.
+pub fn read_since(dir: &Path, name: &str, offset: u64) -> (Vec<u8>, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(dir.join(format!("{name}.log"))) else {
+        return (Vec::new(), offset);
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let from = if len < offset { 0 } else { offset };
+    let mut out = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut out).is_err() {
+        return (Vec::new(), offset);
+    }
+    let next = from + out.len() as u64;
+    (out, next)
 }
 
 #[cfg(test)]
@@ -86,8 +106,17 @@ mod tests {
             .unwrap()
             .len();
         assert!(cur <= 400 && old <= 400, "{cur} {old}");
-        let all = String::from_utf8(read_all(dir.path(), "stdout")).unwrap();
+        let all = String::from_utf8(read_all(dir.path(), "stdout").0).unwrap();
         assert!(all.ends_with("249\n"), "the newest output is kept");
         assert!(!all.contains("000\n"), "the oldest is dropped");
+        // Following: only what was added, and a rotated file from its start.
+        let (_, at) = read_all(dir.path(), "stdout");
+        assert_eq!(read_since(dir.path(), "stdout", at), (Vec::new(), at));
+        capture(&b"251\n"[..], dir.path().to_path_buf(), "stdout", 400)
+            .await
+            .unwrap();
+        assert_eq!(read_since(dir.path(), "stdout", at).0, b"251\n");
+        std::fs::write(dir.path().join("stdout.log"), b"new\n").unwrap();
+        assert_eq!(read_since(dir.path(), "stdout", at), (b"new\n".to_vec(), 4));
     }
 }

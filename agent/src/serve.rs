@@ -157,26 +157,31 @@ impl pb::agent_server::Agent for AgentService {
         let running = self.running.clone();
         let (task, follow) = (r.task_id, r.follow);
         tokio::spawn(async move {
-            let mut sent = [0usize; 2];
+            // First what is kept, then (following) only what each current
+            // file gains; no file is read whole twice.
+            let mut offset = [0u64; 2];
+            let mut first = true;
             loop {
                 let live = running.lock().map(|r| r.contains(&task)).unwrap_or(false);
                 for (i, name) in ["stdout", "stderr"].into_iter().enumerate() {
-                    let all = logs::read_all(&dir, name);
-                    // A rotation shrinks the files: start over from what is left.
-                    if all.len() < sent[i] {
-                        sent[i] = 0;
+                    let (data, next) = if first {
+                        logs::read_all(&dir, name)
+                    } else {
+                        logs::read_since(&dir, name, offset[i])
+                    };
+                    offset[i] = next;
+                    if data.is_empty() {
+                        continue;
                     }
-                    if all.len() > sent[i] {
-                        let chunk = pb::LogChunk {
-                            stream: name.to_string(),
-                            data: all[sent[i]..].to_vec(),
-                        };
-                        sent[i] = all.len();
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return;
-                        }
+                    let chunk = pb::LogChunk {
+                        stream: name.to_string(),
+                        data,
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
                     }
                 }
+                first = false;
                 if !follow || !live {
                     return;
                 }

@@ -156,15 +156,6 @@ impl Supervisor {
         }
     }
 
-    /// Leases with a live runner.
-    pub fn live(&self) -> Vec<u64> {
-        self.runners
-            .iter()
-            .filter(|(_, r)| !r.handle.is_finished())
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
     /// Brings the running leases in line with `assigned`.
     pub fn apply(&mut self, assigned: Vec<(LeaseInfo, Option<TaskInfo>)>) {
         let wanted: BTreeSet<u64> = assigned.iter().map(|(l, _)| l.id).collect();

@@ -60,24 +60,6 @@ async fn task(ch: &Channel, id: u64) -> Option<pb::TaskReply> {
         .map(|r| r.into_inner())
 }
 
-/// Pids whose environment marks them as lease `lease` of the agent at `dir`.
-fn lease_pids(dir: &Path, lease: u64) -> Vec<u32> {
-    let want = format!("CHARTER_LEASE_ID={lease}");
-    let agent = format!("CHARTER_AGENT={}", dir.display());
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-                vars.contains(&want.as_bytes()) && vars.contains(&agent.as_bytes())
-            })
-        })
-        .collect()
-}
-
 fn alive(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
@@ -217,7 +199,7 @@ pub fn expiry(
             let mut keep = Vec::new();
             for (tid, lid, exp, mut pids) in pending.drain(..) {
                 if pids.is_empty() && now < exp {
-                    pids = lease_pids(&dir, lid);
+                    pids = charter_agent::sandbox::lease_pids(&dir, lid);
                 }
                 if now < exp || pids.iter().any(|p| alive(*p)) {
                     keep.push((tid, lid, exp, pids));

@@ -113,9 +113,20 @@ fn print_node(g: &Global, n: &pb::Node) -> anyhow::Result<()> {
     );
     println!("  leases   {}", j.leases);
     println!("  cost     {}/h", j.cost_per_hour);
-    let labels: Vec<String> = j.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("  labels   {}", labels.join(", "));
+    println!("  labels   {}", labels_text(&j.labels, ", "));
     Ok(())
+}
+
+/// Labels as `k=v` joined by `sep`, in key order.
+fn labels_text<K: std::fmt::Display, V: std::fmt::Display>(
+    labels: impl IntoIterator<Item = (K, V)>,
+    sep: &str,
+) -> String {
+    labels
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// `node list --json` rows: a stable interface.
@@ -399,17 +410,13 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
                                 p.name.clone(),
                                 format!("{}/{}", p.nodes, p.max_nodes),
                                 format!(
-                                    "{} cpu {} MiB",
-                                    cap.cpu_millis as f64 / 1000.0,
-                                    cap.memory_bytes >> 20
+                                    "{} cores, {}",
+                                    units::format_cores(cap.cpu_millis),
+                                    units::format_size(cap.memory_bytes)
                                 ),
                                 p.cost_per_hour.to_string(),
                                 format!("{}s", p.idle_ms / 1000),
-                                labels
-                                    .iter()
-                                    .map(|(k, v)| format!("{k}={v}"))
-                                    .collect::<Vec<_>>()
-                                    .join(","),
+                                labels_text(&labels, ","),
                             ]
                         })
                         .collect(),
@@ -461,11 +468,7 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
                                     units::format_size(n.memory_bytes)
                                 ),
                                 n.leases.to_string(),
-                                n.labels
-                                    .iter()
-                                    .map(|(k, v)| format!("{k}={v}"))
-                                    .collect::<Vec<_>>()
-                                    .join(","),
+                                labels_text(&n.labels, ","),
                             ]
                         })
                         .collect(),

@@ -113,6 +113,8 @@ struct Scaler {
     idle_since: BTreeMap<String, Millis>,
     blocked: BTreeMap<String, Millis>,
     children: BTreeMap<String, tokio::process::Child>,
+    /// The members' addresses, as of the last round (agents join these).
+    servers: Vec<String>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -132,6 +134,7 @@ pub async fn run(member: MemberHandle, opts: ScalingOptions, mut stop: watch::Re
         idle_since: BTreeMap::new(),
         blocked: BTreeMap::new(),
         children: BTreeMap::new(),
+        servers: Vec::new(),
         done_tx,
         done_rx,
     };
@@ -196,13 +199,14 @@ impl Scaler {
                 scaling::settle_inflight(st, &mut self.inflight, &mut self.known, &timeouts, now);
             scaling::observe_idle(st, &mut self.idle_since, now);
             let plan = scaling::plan(st, &self.inflight, &blocked, &self.idle_since, now);
-            let servers: Vec<String> = st.members.values().cloned().collect();
+            self.servers = st.members.values().cloned().collect();
+            let servers = &self.servers;
             let jobs: Vec<(scaling::Grow, serde_json::Value, Vec<String>)> = plan
                 .grow
                 .iter()
                 .map(|g| {
                     let names = local_names(st, &self.inflight, &self.children, &g.pool, g.count);
-                    (g.clone(), demand_json(st, g, &servers), names)
+                    (g.clone(), demand_json(st, g, servers), names)
                 })
                 .collect();
             (plan, given_up, jobs)
@@ -248,7 +252,7 @@ impl Scaler {
         match &cfg.provisioner {
             Provisioner::Local => {
                 for name in names {
-                    match self.start_agent(&cfg, &name, &json) {
+                    match self.start_agent(&cfg, &name) {
                         Ok(child) => {
                             self.children.insert(name.clone(), child);
                             self.inflight.push(Inflight {
@@ -280,8 +284,9 @@ impl Scaler {
                 let (pool, count) = (g.pool.clone(), g.count);
                 let argv = argv.clone();
                 let timeout = Duration::from_millis(*timeout_ms);
+                let servers = self.servers.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = run_program(&argv, &json, timeout).await {
+                    if let Err(e) = run_program(&argv, &json, &servers, timeout).await {
                         tracing::warn!(pool = %pool, error = %e, "the pool's provisioner failed");
                         let _ = done.send(Done::Failed { pool, count });
                     }
@@ -290,30 +295,17 @@ impl Scaler {
         }
     }
 
-    fn start_agent(
-        &self,
-        cfg: &PoolConfig,
-        name: &str,
-        json: &serde_json::Value,
-    ) -> std::io::Result<tokio::process::Child> {
+    fn start_agent(&self, cfg: &PoolConfig, name: &str) -> std::io::Result<tokio::process::Child> {
         let exe = self.opts.exe.clone().ok_or_else(|| {
             std::io::Error::other("no charter binary is known to start agents with")
         })?;
         let dir = self.opts.dir.join(&cfg.name).join(name);
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("agent.log"))?;
-        let servers: Vec<String> = json["servers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("agent")
             .arg("--join")
-            .arg(servers.join(","))
+            .arg(self.servers.join(","))
             .arg("--name")
             .arg(name)
             .arg("--cpu")
@@ -386,8 +378,10 @@ impl Scaler {
             });
         if let Some((argv, timeout_ms)) = retire_argv {
             let json = serde_json::json!({"pool": node.pool, "node": node.name});
+            let servers = self.servers.clone();
             tokio::spawn(async move {
-                if let Err(e) = run_program(&argv, &json, Duration::from_millis(timeout_ms)).await {
+                let timeout = Duration::from_millis(timeout_ms);
+                if let Err(e) = run_program(&argv, &json, &servers, timeout).await {
                     tracing::warn!(error = %e, "the pool's retire program failed");
                 }
             });
@@ -445,17 +439,16 @@ fn local_names(
         .collect()
 }
 
-/// Runs `argv` with `json` on stdin; an error unless it exits 0 in time.
+/// Runs `argv` with `json` on stdin, and `CHARTER_SERVERS` (the members'
+/// addresses) and `CHARTER_POOL` in its environment; an error unless it
+/// exits 0 in time.
 async fn run_program(
     argv: &[String],
     json: &serde_json::Value,
+    servers: &[String],
     timeout: Duration,
 ) -> Result<(), String> {
     let (prog, args) = argv.split_first().ok_or("empty command")?;
-    let servers: Vec<&str> = json["servers"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
-        .unwrap_or_default();
     let mut child = tokio::process::Command::new(prog)
         .args(args)
         .env("CHARTER_SERVERS", servers.join(","))

@@ -211,12 +211,8 @@ pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
                 .into(),
         );
     }
-    let health = match s.health {
+    let health = match s.health.filter(|h| !h.kind.is_empty()) {
         None => None,
-        Some(h) if h.kind.is_empty() => {
-            let _ = h;
-            None
-        }
         Some(h) => {
             let port = || {
                 u16::try_from(h.port)
