@@ -14,7 +14,7 @@
 //! The agent speaks to the scheduler only through gRPC.
 
 pub mod amp;
-pub mod conn;
+pub use charter_proto::conn;
 pub mod health;
 pub mod logs;
 pub mod resources;

@@ -28,18 +28,18 @@
 
 use crate::reader::Fields;
 use crate::task::TaskConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A validated cron file.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CronConfig {
     /// The jobs, in file order.
     pub jobs: Vec<JobConfig>,
 }
 
 /// One job.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobConfig {
     /// Unique name.
     pub name: String,

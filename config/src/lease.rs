@@ -18,11 +18,11 @@
 
 use crate::constraint::Constraint;
 use crate::reader::Fields;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A validated lease request.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LeaseConfig {
     /// CPU in millicores, per node.
     pub cpu_millis: u64,
@@ -55,6 +55,36 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// The request in wire form, with no idempotency key and no deadline;
+    /// `labels` become `key=value` constraints ahead of the written ones.
+    pub fn to_pb(&self) -> charter_proto::LeaseRequest {
+        let mut constraints: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        constraints.extend(self.constraints.iter().cloned());
+        charter_proto::LeaseRequest {
+            idempotency_key: String::new(),
+            resources: Some(charter_proto::Resources {
+                cpu_millis: self.cpu_millis,
+                memory_bytes: self.memory_bytes,
+                disk_bytes: self.disk_bytes,
+                gpus: self.gpus,
+            }),
+            constraints,
+            duration_ms: self.duration_ms,
+            reason: self.reason.clone(),
+            count: self.count,
+            max_total_ms: self.max_total_ms,
+            priority: self.priority,
+            wait_ms: self.wait_ms,
+            max_cost_per_hour: self.max_cost,
+            prefer: self.prefer.clone(),
+            deadline_ms: None,
+        }
+    }
+
     /// Reads a lease request from a table; `None` when a diagnostic was recorded.
     pub fn read(f: &Fields<'_, '_>) -> Option<LeaseConfig> {
         let cpu = f.cores("cpu");

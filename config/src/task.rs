@@ -27,11 +27,11 @@
 
 use crate::lease::LeaseConfig;
 use crate::reader::Fields;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A validated health check.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HealthConfig {
     /// `http`, `tcp` or `command`.
     pub kind: String,
@@ -54,7 +54,7 @@ pub struct HealthConfig {
 }
 
 /// A validated task.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskConfig {
     /// A name for listings.
     pub name: String,
@@ -90,6 +90,21 @@ fn small(f: &Fields<'_, '_>, key: &str, v: Option<u64>) -> Option<u32> {
 }
 
 impl TaskConfig {
+    /// The task in wire form (for `task submit` and Hydra's fires).
+    pub fn to_pb(&self) -> charter_proto::TaskSpec {
+        charter_proto::TaskSpec {
+            name: self.name.clone(),
+            amp: self.amp.clone(),
+            command: self.command.clone(),
+            env: self.env.clone().into_iter().collect(),
+            retries: self.retries,
+            restart: self.restart.clone(),
+            max_restarts: self.max_restarts,
+            health: self.health.as_ref().map(HealthConfig::to_pb),
+            grace_ms: self.grace_ms,
+        }
+    }
+
     /// Reads a task from a table; `None` when a diagnostic was recorded.
     pub fn read(f: &Fields<'_, '_>) -> Option<TaskConfig> {
         let name = f.str("name").unwrap_or_default();
@@ -148,6 +163,21 @@ impl TaskConfig {
 }
 
 impl HealthConfig {
+    /// The check in wire form.
+    pub fn to_pb(&self) -> charter_proto::HealthCheck {
+        charter_proto::HealthCheck {
+            kind: self.kind.clone(),
+            port: u32::from(self.port),
+            path: self.path.clone(),
+            status: u32::from(self.status),
+            argv: self.argv.clone(),
+            interval_ms: self.interval_ms,
+            timeout_ms: self.timeout_ms,
+            healthy_after: self.healthy_after,
+            unhealthy_after: self.unhealthy_after,
+        }
+    }
+
     fn read(f: &Fields<'_, '_>) -> Option<HealthConfig> {
         let http = f.str("http");
         let tcp = f.bool("tcp").unwrap_or(false);

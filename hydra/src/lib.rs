@@ -8,8 +8,11 @@
 //! - [`plan`]: the pure planner `due(jobs, history, now)`: missed ticks,
 //!   dependencies and concurrency.
 //!
-//! The controller and the `cron` CLI arrive with the Hydra issue; Hydra
-//! talks to the scheduler only through gRPC.
+//! - [`controller`]: reads the jobs and runs over gRPC, asks the planner
+//!   what is due, and proposes each fire or skip keyed by
+//!   `(job, scheduled_at)`. Hydra talks to the scheduler only through gRPC,
+//!   so it runs embedded in a server or standalone with no change.
 
+pub mod controller;
 pub mod plan;
 pub mod schedule;

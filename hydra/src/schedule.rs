@@ -18,7 +18,7 @@
 //!   times: nothing in the skipped interval, and both occurrences of a
 //!   repeated wall time (it fires by real elapsed time).
 
-use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use std::str::FromStr;
 
@@ -291,10 +291,37 @@ impl Schedule {
 
     /// The first fire time strictly after `t`.
     ///
-    /// Wall times are walked from 3 h before `t`'s wall time, since around
-    /// a change a later wall time can be an earlier instant; the walk stops
+    /// Away from a local-time change (none within 3 h of `t` or of the
+    /// answer) wall times and instants map one to one in order, so the
+    /// first matching wall time after `t`'s is the answer. Otherwise wall
+    /// times are walked from 3 h before `t`'s wall time, since around a
+    /// change a later wall time can be an earlier instant; the walk stops
     /// once wall times are 3 h past the best instant found.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.next_plain(t).or_else(|| self.next_walk(t))
+    }
+
+    /// [`Schedule::next_after`] when no local-time change is near.
+    fn next_plain(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&self.tz).naive_local();
+        let wall = self
+            .exprs
+            .iter()
+            .filter_map(|e| e.after(&Utc.from_utc_datetime(&local)).next())
+            .map(|w| w.naive_utc())
+            .min()?;
+        let LocalResult::Single(f) = self.tz.from_local_datetime(&wall) else {
+            return None;
+        };
+        let f = f.with_timezone(&Utc);
+        let offset = |x: DateTime<Utc>| x.with_timezone(&self.tz).offset().fix();
+        let steady = |x: DateTime<Utc>| {
+            offset(x - DST_WINDOW) == offset(x) && offset(x) == offset(x + DST_WINDOW)
+        };
+        (f > t && steady(t) && steady(f)).then_some(f)
+    }
+
+    fn next_walk(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let start = t.with_timezone(&self.tz).naive_local() - DST_WINDOW;
         let mut best: Option<DateTime<Utc>> = None;
         for e in &self.exprs {

@@ -39,6 +39,8 @@ pub struct ServerOptions {
     pub tick: Duration,
     /// Pools that can grow (from `--config`), and how to start local agents.
     pub scaling: controller::provision::ScalingOptions,
+    /// Checks cron schedules for `Cron.Apply` (Hydra's parser, from the binary).
+    pub schedule_check: Option<crate::service::ScheduleChecker>,
 }
 
 /// The file in the data directory that says which member it belongs to.
@@ -176,7 +178,8 @@ impl Server {
             .map_err(|e| Error::Config(format!("cannot start the raft thread: {e}")))?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let api = Api::new(member.clone(), opts.tokens.peer_token());
+        let api = Api::new(member.clone(), opts.tokens.peer_token())
+            .with_schedule_check(opts.schedule_check.clone());
         let peer = Peer::new(member.clone(), &api);
         let icpt = opts.tokens.interceptor();
         let router = tonic::transport::Server::builder()
@@ -198,6 +201,10 @@ impl Server {
                 icpt.clone(),
             ))
             .add_service(pb::agents_server::AgentsServer::with_interceptor(
+                api.clone(),
+                icpt.clone(),
+            ))
+            .add_service(pb::cron_server::CronServer::with_interceptor(
                 api,
                 icpt.clone(),
             ))

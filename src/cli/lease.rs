@@ -281,12 +281,6 @@ pub fn build_request(
         base.wait_ms = parse_flag("--wait", v, units::parse_duration)?;
     }
     base.labels.extend(super::node::parse_labels(&a.labels)?);
-    let mut constraints: Vec<String> = base
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    constraints.extend(base.constraints.iter().cloned());
     for c in &a.constraints {
         Constraint::parse(c).map_err(|e| {
             fail(
@@ -295,7 +289,7 @@ pub fn build_request(
                 "e.g. --constraint 'zone in (a,b)'",
             )
         })?;
-        constraints.push(c.clone());
+        base.constraints.push(c.clone());
     }
     if base.duration_ms == 0 {
         return Err(fail(
@@ -304,25 +298,25 @@ pub fn build_request(
             "add e.g. --for 2h",
         ));
     }
-    Ok(pb::LeaseRequest {
-        idempotency_key: a.key.unwrap_or_else(new_key),
-        resources: Some(pb::Resources {
-            cpu_millis: base.cpu_millis,
-            memory_bytes: base.memory_bytes,
-            disk_bytes: base.disk_bytes,
-            gpus: base.gpus,
-        }),
-        constraints,
-        duration_ms: base.duration_ms,
-        reason: a.reason.unwrap_or(base.reason),
-        count: a.count.unwrap_or(base.count),
-        max_total_ms: base.max_total_ms,
-        priority: a.priority.unwrap_or(base.priority),
-        wait_ms: base.wait_ms,
-        max_cost_per_hour: a.max_cost.or(base.max_cost),
-        prefer: a.prefer.unwrap_or(base.prefer),
-        deadline_ms: a.deadline.as_deref().map(parse_deadline).transpose()?,
-    })
+    let mut r = base.to_pb();
+    r.idempotency_key = a.key.unwrap_or_else(new_key);
+    if let Some(v) = a.reason {
+        r.reason = v;
+    }
+    if let Some(v) = a.count {
+        r.count = v;
+    }
+    if let Some(v) = a.priority {
+        r.priority = v;
+    }
+    if let Some(v) = a.max_cost {
+        r.max_cost_per_hour = Some(v);
+    }
+    if let Some(v) = a.prefer {
+        r.prefer = v;
+    }
+    r.deadline_ms = a.deadline.as_deref().map(parse_deadline).transpose()?;
+    Ok(r)
 }
 
 /// `+6h` from now, or an RFC 3339 time.

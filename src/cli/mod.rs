@@ -49,6 +49,8 @@ pub enum Cmd {
     Agent(agent::AgentArgs),
     /// Run a one-member cluster for local use, with data in a default directory.
     Dev(server::DevArgs),
+    /// Run Hydra (cron) on its own, for members started with --no-hydra.
+    Hydra(server::HydraArgs),
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -64,7 +66,7 @@ pub enum Cmd {
     /// Per-principal limits: max cores, leases and duration.
     #[command(subcommand)]
     Quota(quota::QuotaCmd),
-    /// Hydra, distributed cron: `cron next` checks a schedule.
+    /// Hydra, distributed cron: apply cron files, list jobs, read their history.
     #[command(subcommand)]
     Cron(cron::CronCmd),
     /// Check any Charter config file; exits non-zero with every problem found.
@@ -87,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.cmd {
         Cmd::Server(a) => rt.block_on(server::run_server(a)),
         Cmd::Dev(a) => rt.block_on(server::run_dev(a)),
+        Cmd::Hydra(_) => rt.block_on(server::run_hydra(&g)),
         Cmd::Agent(a) => rt.block_on(agent::run(&g, a)),
         Cmd::Cluster(c) => rt.block_on(cluster::run(&g, c)),
         Cmd::Node(c) => rt.block_on(node::run(&g, c)),
@@ -94,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Quota(c) => rt.block_on(quota::run(&g, c)),
         Cmd::Task(c) => rt.block_on(task::run(&g, c)),
         Cmd::Validate(a) => validate::run(&g, a),
-        Cmd::Cron(c) => cron::run(g.json, c),
+        Cmd::Cron(c) => cron::run(&rt, &g, c),
         Cmd::Bench(a) => bench::run(&rt, g.json, a),
     }
 }

@@ -48,6 +48,9 @@ pub struct ServerArgs {
     /// Server config (`kind = "server"`): pools that grow with demand.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Do not run Hydra (cron) in this member; run `charter hydra` elsewhere.
+    #[arg(long)]
+    pub no_hydra: bool,
 }
 
 /// `charter dev`.
@@ -71,6 +74,41 @@ pub struct DevArgs {
     /// Do not start the local agent that offers this machine.
     #[arg(long)]
     pub no_agent: bool,
+    /// Do not run Hydra (cron).
+    #[arg(long)]
+    pub no_hydra: bool,
+}
+
+/// `charter hydra`: Hydra on its own, for members started with --no-hydra.
+#[derive(ClapArgs, Debug)]
+pub struct HydraArgs {}
+
+/// Hydra's schedule parser, for the server's `Cron.Apply`.
+fn schedule_check() -> Option<charter_scheduler::service::ScheduleChecker> {
+    Some(charter_scheduler::service::ScheduleChecker(
+        std::sync::Arc::new(charter_hydra::schedule::check),
+    ))
+}
+
+/// Runs Hydra standalone against `--server` until interrupted.
+pub async fn run_hydra(g: &super::client::Global) -> anyhow::Result<i32> {
+    init_tracing();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let opts = charter_hydra::controller::Options {
+        servers: g.servers.split(',').map(str::to_string).collect(),
+        token: super::client::find_token(g),
+        only_leader: false,
+    };
+    let h = tokio::spawn(charter_hydra::controller::run(opts, stop));
+    tracing::info!(servers = %g.servers, "hydra running standalone");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = h.await;
+    Ok(0)
 }
 
 /// The agent `charter dev` runs in its own process: this machine, detected.
@@ -277,12 +315,18 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         snapshot_entries: a.snapshot_entries.max(1),
         tick: Duration::from_millis(a.tick_ms.max(1)),
         scaling,
+        schedule_check: schedule_check(),
     };
-    serve(opts, None).await
+    serve(opts, None, !a.no_hydra).await
 }
 
-async fn serve(opts: ServerOptions, agent: Option<AgentOptions>) -> anyhow::Result<i32> {
+async fn serve(
+    opts: ServerOptions,
+    agent: Option<AgentOptions>,
+    hydra: bool,
+) -> anyhow::Result<i32> {
     let data = opts.data.clone();
+    let hydra_token = opts.tokens.peer_token();
     let mut server = Server::start(opts)
         .await
         .map_err(|e| fail("cannot start the server", e.to_string(), ""))?;
@@ -299,6 +343,16 @@ async fn serve(opts: ServerOptions, agent: Option<AgentOptions>) -> anyhow::Resu
             }
         })
     });
+    // Hydra in this member: it acts only while this member leads.
+    let (hydra_stop, hydra_stopped) = tokio::sync::watch::channel(false);
+    let hydra = hydra.then(|| {
+        let opts = charter_hydra::controller::Options {
+            servers: vec![server.listen.to_string()],
+            token: hydra_token,
+            only_leader: true,
+        };
+        tokio::spawn(charter_hydra::controller::run(opts, hydra_stopped))
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let fatal = tokio::select! {
         _ = tokio::signal::ctrl_c() => false,
@@ -307,6 +361,10 @@ async fn serve(opts: ServerOptions, agent: Option<AgentOptions>) -> anyhow::Resu
     };
     let status = server.member.status();
     tracing::info!("shutting down");
+    let _ = hydra_stop.send(true);
+    if let Some(h) = hydra {
+        let _ = h.await;
+    }
     let _ = agent_stop.send(());
     if let Some(a) = agent {
         let _ = tokio::time::timeout(Duration::from_secs(15), a).await;
@@ -410,6 +468,7 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
         snapshot_entries: 10_000,
         tick: Duration::from_millis(50),
         scaling,
+        schedule_check: schedule_check(),
     };
-    serve(opts, agent).await
+    serve(opts, agent, !a.no_hydra).await
 }

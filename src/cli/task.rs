@@ -249,17 +249,7 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
     }
     t.env
         .extend(super::node::parse_pairs("--env", "MODE=fast", &a.env)?);
-    let mut health = t.health.map(|h| pb::HealthCheck {
-        kind: h.kind,
-        port: u32::from(h.port),
-        path: h.path,
-        status: u32::from(h.status),
-        argv: h.argv,
-        interval_ms: h.interval_ms,
-        timeout_ms: h.timeout_ms,
-        healthy_after: h.healthy_after,
-        unhealthy_after: h.unhealthy_after,
-    });
+    let mut health = t.health.as_ref().map(|h| h.to_pb());
     if let Some(v) = &a.health_http {
         let (port, path) = v.split_once('/').unwrap_or((v.as_str(), ""));
         let port: u16 = port.parse().map_err(|_| {
@@ -292,24 +282,13 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
             ..Default::default()
         });
     }
-    let mut lease = t.lease;
+    let mut lease = t.lease.clone();
     if lease.duration_ms == 0 {
         lease.duration_ms = 3_600_000;
     }
-    Ok((
-        pb::TaskSpec {
-            name: t.name,
-            amp: t.amp,
-            command: t.command,
-            env: t.env.into_iter().collect(),
-            retries: t.retries,
-            restart: t.restart,
-            max_restarts: t.max_restarts,
-            health,
-            grace_ms: t.grace_ms,
-        },
-        lease,
-    ))
+    let mut spec = t.to_pb();
+    spec.health = health;
+    Ok((spec, lease))
 }
 
 async fn show(c: &Client, id: u64) -> anyhow::Result<pb::TaskReply> {

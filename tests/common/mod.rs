@@ -4,8 +4,9 @@
 #[allow(unused_imports)]
 pub use charter::harness::{OTHER_TOKEN, TOKEN, USER_TOKEN};
 use serde_json::Value;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_charter");
 
@@ -102,4 +103,101 @@ pub fn node_names(v: &Value) -> Vec<String> {
         .collect();
     n.sort();
     n
+}
+
+/// A `charter agent` process offering 4 cores, stopped (SIGTERM) on drop.
+pub struct Agent {
+    pub child: Child,
+    pub name: String,
+    pub data: std::path::PathBuf,
+    pub servers: String,
+}
+
+impl Agent {
+    pub fn start(servers: &str, name: &str, data: &Path) -> Agent {
+        let log = std::fs::File::create(data.with_extension("log")).unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "--server", servers, "--token", TOKEN, "agent", "--name", name,
+            ])
+            .args([
+                "--cpu", "4", "--mem", "4GiB", "--disk", "10GiB", "--ttl", "3s",
+            ])
+            .arg("--data")
+            .arg(data)
+            .env("CHARTER_HOME", data.join("home"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            name: name.into(),
+            data: data.to_path_buf(),
+            servers: servers.into(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        *self = Agent::start(
+            &self.servers.clone(),
+            &self.name.clone(),
+            &self.data.clone(),
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // A stopped agent ends its leases' processes.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 50 ms until it gives a value; panics after `within`.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts an agent named `name` under `dir` and waits until it registered.
+pub fn agent(c: &Cluster, dir: &Path, name: &str) -> Agent {
+    let a = Agent::start(&c.servers(), name, &dir.join(name));
+    wait_for("the agent to register", Duration::from_secs(20), || {
+        node_names(&json_ok(&c.cli(&["node", "list", "--json"])))
+            .contains(&name.to_string())
+            .then_some(())
+    });
+    a
 }

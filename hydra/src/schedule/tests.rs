@@ -294,3 +294,51 @@ fn dst_follows_debian_cron() {
         );
     }
 }
+
+/// The shortcut away from local-time changes answers exactly what the full
+/// walk answers, in zones with changes, around them and far from them.
+#[test]
+fn the_shortcut_agrees_with_the_walk() {
+    let exprs = [
+        "*/20 * * * * *",
+        "*/7 * * * *",
+        "30 2 * * *",
+        "0 1-3 * * sun",
+        "15 0 1 * *",
+        "0 12 29 2 *",
+        "@hourly",
+    ];
+    let zones = [None, Some("Europe/Berlin"), Some("America/New_York")];
+    // Every 997 minutes over a year, and every 7 minutes within 5 h of
+    // each change of both zones.
+    let start = at("2026-01-01T00:00:00Z");
+    let mut times: Vec<DateTime<Utc>> = (0..(365 * 24 * 60 / 997))
+        .map(|i| start + Duration::minutes(997 * i) + Duration::seconds(i % 60))
+        .collect();
+    for change in [
+        "2026-03-08T07:00:00Z",
+        "2026-03-29T01:00:00Z",
+        "2026-10-25T01:00:00Z",
+        "2026-11-01T06:00:00Z",
+    ] {
+        times.extend((-43..43).map(|k| at(change) + Duration::minutes(7 * k)));
+    }
+    let mut plain_used = 0;
+    for e in exprs {
+        for z in zones {
+            let s = Schedule::parse(e, z).unwrap();
+            for &t in &times {
+                let walk = s.next_walk(t);
+                if let Some(p) = s.next_plain(t) {
+                    plain_used += 1;
+                    assert_eq!(Some(p), walk, "{e} in {z:?} after {t}");
+                }
+                assert_eq!(s.next_after(t), walk, "{e} in {z:?} after {t}");
+            }
+        }
+    }
+    assert!(
+        plain_used > 10_000,
+        "the shortcut was used {plain_used} times"
+    );
+}

@@ -12,7 +12,9 @@
 //! waits on a ReadIndex barrier, then reads its applied state.
 
 pub mod auth;
+pub use cron::{ScheduleChecker, run_pb};
 mod convert;
+mod cron;
 pub mod http;
 mod placer;
 mod tasks;
@@ -42,6 +44,7 @@ pub struct Api {
     placer: Arc<placer::Placer>,
     peer_token: Option<String>,
     clients: Arc<Mutex<HashMap<String, Channel>>>,
+    schedule_check: Option<ScheduleChecker>,
 }
 
 /// Maps a scheduler error to a gRPC status; retryable ones are `UNAVAILABLE`.
@@ -85,7 +88,14 @@ impl Api {
             member,
             peer_token,
             clients: Arc::new(Mutex::new(HashMap::new())),
+            schedule_check: None,
         }
+    }
+
+    /// Lets `Cron.Apply` check schedules with `check` (Hydra's parser).
+    pub fn with_schedule_check(mut self, check: Option<ScheduleChecker>) -> Api {
+        self.schedule_check = check;
+        self
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {

@@ -23,11 +23,13 @@
 //! priority order (a large request can be passed by smaller ones). Ended
 //! leases and idempotency keys are kept forever.
 
+mod cron;
 mod leases;
 mod nodes;
 mod tasks;
 mod types;
 
+pub use cron::{CronFire, CronJob, CronRun, JobChange, JobDef, RUNS_KEPT, RunState, Runs};
 pub use tasks::TaskReport;
 
 pub use charter_config::constraint::{Constraint, Op, version_cmp};
@@ -126,6 +128,37 @@ pub enum Command {
         /// Every pool with a provisioner.
         pools: Vec<PoolOffer>,
     },
+    /// Applies a cron file as one version: its jobs are added or changed,
+    /// and the applier's jobs the file no longer has are deleted.
+    CronApply {
+        /// The file's fingerprint.
+        version: String,
+        /// Every job of the file.
+        jobs: Vec<JobDef>,
+    },
+    /// Fires a cron tick (or a manual run) keyed by `(job, scheduled_at)`.
+    CronFire(CronFire),
+    /// Records a cron tick as skipped, keyed by `(job, scheduled_at)`. Admin only.
+    CronSkip {
+        /// The job.
+        job: String,
+        /// The tick.
+        scheduled_at: Millis,
+        /// Why.
+        reason: String,
+    },
+    /// Pauses or resumes a cron job.
+    CronPause {
+        /// The job.
+        job: String,
+        /// Pause (true) or resume (false).
+        paused: bool,
+    },
+    /// Deletes a cron job; its history stays.
+    CronDelete {
+        /// The job.
+        job: String,
+    },
     /// Applies every time-based change due at the proposal's time: leases
     /// expire, queued requests time out, nodes that missed their heartbeat go
     /// down, and the queue is granted what fits. Every command does this
@@ -191,6 +224,15 @@ pub enum Applied {
         /// Every pool with a provisioner.
         pools: Vec<PoolOffer>,
     },
+    /// What a cron apply changed.
+    CronApplied {
+        /// Per job.
+        changes: Vec<JobChange>,
+    },
+    /// A cron job after the change.
+    CronJob(Box<CronJob>),
+    /// A cron run: new, or as it was already decided.
+    CronRun(Box<CronRun>),
     /// A principal's limits after the change.
     Quota {
         /// The principal, or `*`.
@@ -281,6 +323,15 @@ pub struct State {
     /// The task bound to each lease that has one.
     #[serde(default)]
     pub lease_tasks: OrdMap<u64, u64>,
+    /// Applied cron jobs by name.
+    #[serde(default)]
+    pub cron_jobs: OrdMap<String, CronJob>,
+    /// Decided cron ticks, per job by scheduled time.
+    #[serde(default)]
+    pub cron_runs: Runs,
+    /// The fingerprint of the newest applied cron file.
+    #[serde(default)]
+    pub cron_version: String,
     /// The id the next task gets.
     #[serde(default)]
     pub next_task_id: u64,
@@ -367,6 +418,19 @@ impl State {
             Command::ReportTask(r) => self.task_report(r, p.admin),
             Command::CancelTask { id } => self.cancel_task(*id, &p.principal, p.admin),
             Command::SetPools { pools } => self.set_pools(pools, p.admin),
+            Command::CronApply { version, jobs } => {
+                self.cron_apply(&p.principal, p.admin, version, jobs)
+            }
+            Command::CronFire(f) => self.cron_fire(&p.principal, p.admin, f),
+            Command::CronSkip {
+                job,
+                scheduled_at,
+                reason,
+            } => self.cron_skip(job, *scheduled_at, reason, p.admin),
+            Command::CronPause { job, paused } => {
+                self.cron_set_paused(job, *paused, &p.principal, p.admin)
+            }
+            Command::CronDelete { job } => self.cron_delete(job, &p.principal, p.admin),
             Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
         };
         if let Some(k) = key {

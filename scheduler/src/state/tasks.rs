@@ -69,6 +69,7 @@ impl State {
             ended_at: None,
             message: String::new(),
             usage: None,
+            run: None,
         };
         self.tasks.insert(id, task.clone());
         self.lease_tasks.insert(lease.id, id);
@@ -130,6 +131,7 @@ impl State {
         }
         if r.state.is_ended() {
             t.ended_at = Some(now);
+            self.settle_run(r.id);
             if lease.state == LeaseState::Granted {
                 self.end_lease(lease.id, LeaseState::Released);
                 self.grant_queue();
@@ -162,6 +164,7 @@ impl State {
         t.state = TaskState::Cancelled;
         t.ended_at = Some(now);
         t.message = format!("cancelled by {principal}");
+        self.settle_run(id);
         if !lease.state.is_ended() {
             self.end_lease(lease.id, LeaseState::Released);
             self.grant_queue();
@@ -215,6 +218,7 @@ impl State {
             };
             t.message = format!("its lease {lease} ended: {}", to.as_str());
             t.ended_at = Some(now);
+            self.settle_run(id);
         }
     }
 

@@ -547,3 +547,195 @@ fn a_new_leader_term_gives_every_node_a_full_ttl_before_it_is_down() {
     tick(&mut s, 7_101);
     assert_eq!(s.nodes["n1"].state, NodeState::Down);
 }
+
+fn cron_jobs(owner: &str, text: &str) -> Vec<JobDef> {
+    match charter_config::load_with("c.toml", text, &|_, _| Ok(())) {
+        Ok(charter_config::AnyConfig::Cron(c)) => c
+            .jobs
+            .into_iter()
+            .map(|config| JobDef {
+                config,
+                owner: owner.into(),
+            })
+            .collect(),
+        other => panic!("not a cron file: {other:?}"),
+    }
+}
+
+const TWO_JOBS: &str = r#"
+[[job]]
+name = "a"
+schedule = "* * * * *"
+[job.task]
+command = ["true"]
+cpu = 1
+for = "1m"
+
+[[job]]
+name = "b"
+schedule = "* * * * *"
+[job.task]
+command = ["true"]
+cpu = 1
+for = "1m"
+"#;
+
+fn fire(job: &str, at: Millis) -> Command {
+    let mut lease = spec(1000, 60_000);
+    lease.wait_ms = 60_000;
+    Command::CronFire(CronFire {
+        job: job.into(),
+        scheduled_at: at,
+        manual: false,
+        replaces: Vec::new(),
+        lease: Box::new(lease),
+        task: Box::new(TaskSpec {
+            command: vec!["true".into()],
+            ..TaskSpec::default()
+        }),
+    })
+}
+
+fn run_of(o: Outcome) -> CronRun {
+    match o {
+        Ok(Applied::CronRun(r)) => *r,
+        other => panic!("expected a run, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_cron_tick_fires_once_whoever_proposes_it() {
+    let mut s = State::new(BTreeMap::new());
+    s.apply(&p(1, "root", None, register("n1", 4000))).unwrap();
+    let applied = s.apply(&p(
+        2,
+        "ann",
+        None,
+        Command::CronApply {
+            version: "v1".into(),
+            jobs: cron_jobs("ann", TWO_JOBS),
+        },
+    ));
+    assert!(matches!(applied, Ok(Applied::CronApplied { ref changes }) if changes.len() == 2));
+    // Scheduled fires are Hydra's.
+    assert!(s.apply(&p(60_000, "ann", None, fire("a", 60_000))).is_err());
+    let first = run_of(s.apply(&p(60_005, "root", None, fire("a", 60_000))));
+    assert_eq!(first.state, RunState::Running);
+    assert_eq!(first.fired_at, 60_005);
+    let task = first.task.expect("a task");
+    assert_eq!(s.tasks[&task].principal, "ann");
+    // A second controller, a retry, a new leader: the same run, no new task.
+    let again = run_of(s.apply(&p(60_900, "root", None, fire("a", 60_000))));
+    assert_eq!(again, first);
+    let skipped = run_of(s.apply(&p(
+        60_950,
+        "root",
+        None,
+        Command::CronSkip {
+            job: "a".into(),
+            scheduled_at: 60_000,
+            reason: "late".into(),
+        },
+    )));
+    assert_eq!(skipped, first, "a fired tick is not skipped after the fact");
+    assert_eq!(s.tasks.len(), 1);
+    // The task's end settles the run.
+    s.apply(&p(
+        61_000,
+        "root",
+        None,
+        Command::ReportTask(TaskReport {
+            id: task,
+            node: "n1".into(),
+            state: TaskState::Failed,
+            exit_code: Some(3),
+            starts: 1,
+            health: String::new(),
+            message: "exited with 3".into(),
+            usage: None,
+        }),
+    ))
+    .unwrap();
+    let run = &s.cron_runs["a"][&60_000];
+    assert_eq!(run.state, RunState::Failed);
+    assert_eq!(run.exit_code, Some(3));
+    assert_eq!(run.duration_ms(), Some(995));
+    assert!(run.reason.contains("exited with 3"), "{}", run.reason);
+}
+
+#[test]
+fn cron_apply_adds_changes_deletes_and_guards_other_principals_jobs() {
+    let mut s = State::new(BTreeMap::new());
+    let apply = |s: &mut State, who: &str, text: &str| {
+        s.apply(&p(
+            5,
+            who,
+            None,
+            Command::CronApply {
+                version: "v".into(),
+                jobs: cron_jobs(who, text),
+            },
+        ))
+    };
+    apply(&mut s, "ann", TWO_JOBS).unwrap();
+    let only_a = &TWO_JOBS[..TWO_JOBS.find("[[job]]\nname = \"b\"").unwrap()];
+    let changed = only_a.replace("* * * * *", "*/5 * * * *");
+    let plan = s
+        .cron_plan_apply("ann", false, &cron_jobs("ann", &changed))
+        .unwrap();
+    let kinds: Vec<(&str, &str)> = plan
+        .iter()
+        .map(|c| (c.job.as_str(), c.change.as_str()))
+        .collect();
+    assert_eq!(kinds, [("a", "changed"), ("b", "deleted")]);
+    apply(&mut s, "ann", &changed).unwrap();
+    assert_eq!(s.cron_jobs.keys().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(s.cron_jobs["a"].config.schedule, "*/5 * * * *");
+    // Bob cannot take over ann's job, nor give his runs to ann.
+    assert!(matches!(
+        apply(&mut s, "bob", only_a),
+        Err(Refusal::Denied { .. })
+    ));
+    let mut as_ann = cron_jobs("ann", TWO_JOBS);
+    as_ann.truncate(1);
+    as_ann[0].config.name = "c".into();
+    let r = s.apply(&p(
+        6,
+        "bob",
+        None,
+        Command::CronApply {
+            version: "v".into(),
+            jobs: as_ann,
+        },
+    ));
+    assert!(matches!(r, Err(Refusal::Denied { .. })), "{r:?}");
+    assert_eq!(s.cron_jobs.len(), 1);
+}
+
+#[test]
+fn old_runs_are_trimmed_and_stay_decided() {
+    let mut s = State::new(BTreeMap::new());
+    s.apply(&p(
+        1,
+        "root",
+        None,
+        Command::CronApply {
+            version: "v".into(),
+            jobs: cron_jobs("root", TWO_JOBS),
+        },
+    ))
+    .unwrap();
+    let skip = |at: Millis| Command::CronSkip {
+        job: "a".into(),
+        scheduled_at: at,
+        reason: "test".into(),
+    };
+    for i in 0..(RUNS_KEPT as i64 + 5) {
+        s.apply(&p(10 + i, "root", None, skip(1_000 + i))).unwrap();
+    }
+    assert_eq!(s.cron_runs["a"].len(), RUNS_KEPT);
+    assert_eq!(s.cron_jobs["a"].trimmed_to, Some(1_004));
+    // A stale controller re-deciding a dropped tick is refused, not re-run.
+    assert!(s.apply(&p(9_999, "root", None, fire("a", 1_002))).is_err());
+    assert!(s.tasks.is_empty());
+}

@@ -559,6 +559,9 @@ pub struct Task {
     /// The last resource-usage sample of its processes.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The cron run it is, `(job, scheduled_at)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<(String, Millis)>,
 }
 
 /// A sample of what a task's processes use.
