@@ -26,6 +26,8 @@ fn every_scenario_runs_once_and_reports_json() {
             "2",
             "--agent-tasks",
             "3",
+            "--cron-kills",
+            "1",
         ])
         .env(
             "CHARTER_HOME",
@@ -48,7 +50,8 @@ fn every_scenario_runs_once_and_reports_json() {
             "failover",
             "memory",
             "expiry",
-            "tasks"
+            "tasks",
+            "cron"
         ]
     );
     let grant = &reports[0]["metrics"];
@@ -82,6 +85,10 @@ fn every_scenario_runs_once_and_reports_json() {
     let tasks = &reports[5]["metrics"];
     assert!(tasks["succeeded"].as_f64().unwrap() > 0.0, "{tasks}");
     assert_eq!(tasks["succeeded"], tasks["submitted"], "{tasks}");
+    let cron = &reports[6]["metrics"];
+    assert!(cron["kill_phase_ticks"].as_f64().unwrap() > 3.0, "{cron}");
+    assert_eq!(cron["duplicates"].as_f64(), Some(0.0), "{cron}");
+    assert!(cron["lateness_p99_ms"].as_f64().is_some(), "{cron}");
 }
 
 #[test]

@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 /// `charter bench`.
 #[derive(ClapArgs, Debug)]
 pub struct BenchArgs {
-    /// grant, placement, failover, memory, expiry, tasks, or all.
+    /// grant, placement, failover, memory, expiry, tasks, cron, or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// How long each measured run lasts, e.g. 5s.
@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// Running tasks for the agent's RSS in `expiry`.
     #[arg(long, default_value_t = 100)]
     pub agent_tasks: usize,
+    /// Leader kills after the steady part of `cron`.
+    #[arg(long, default_value_t = 3)]
+    pub cron_kills: usize,
 }
 
 /// One scenario's figures.
@@ -74,6 +77,7 @@ const SCENARIOS: &[&str] = &[
     "memory",
     "expiry",
     "tasks",
+    "cron",
 ];
 
 /// Runs the chosen scenarios and prints their figures.
@@ -123,6 +127,7 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
             "failover" => failover(rt, &exe, a.rounds)?,
             "expiry" => super::bench_agent::expiry(rt, &exe, a.expiry_leases, a.agent_tasks)?,
             "tasks" => super::bench_agent::tasks(rt, &exe, dur)?,
+            "cron" => super::bench_agent::cron(rt, &exe, dur, a.cron_kills)?,
             _ => unreachable!("checked above"),
         };
         reports.push(r);

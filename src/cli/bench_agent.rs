@@ -4,6 +4,11 @@
 //!   state (the lease's `ended_at`), and `expires_at` → its last process
 //!   gone (watched in /proc from outside). Also the agent's RSS idle and
 //!   with 100 running tasks.
+//! - `cron`: a 3-member cluster (Hydra embedded) and one agent; a
+//!   per-second job runs `true` for `--duration`: lateness (fired_at −
+//!   scheduled_at) p50/p99/max; then `--cron-kills` leader kills 5 s apart:
+//!   ticks submitted twice (tasks carrying the same tick), holes in the
+//!   ticks, and the largest lateness around the kills.
 //! - `tasks`: `charter dev` (one member, its in-process agent); tiny tasks
 //!   (`true`) submitted by 16 clients, run and finished per second, and
 //!   submit → running latency.
@@ -87,18 +92,8 @@ impl Drop for AgentProc {
 }
 
 /// The `expiry` scenario.
-pub fn expiry(
-    rt: &tokio::runtime::Runtime,
-    exe: &Path,
-    leases: usize,
-    agent_tasks: usize,
-) -> anyhow::Result<Report> {
-    let _ctx = rt.enter();
-    let c =
-        Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
-    let leader = c
-        .wait_leader(Duration::from_secs(20))
-        .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
+/// A `charter agent` process named `bench` offering 64 cores to `c`.
+fn start_agent(exe: &Path, c: &Cluster) -> anyhow::Result<AgentProc> {
     let dir = c.dir.path().join("agent");
     std::fs::create_dir_all(&dir)?;
     let child = Command::new(exe)
@@ -118,7 +113,23 @@ pub fn expiry(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let agent = AgentProc { child };
+    Ok(AgentProc { child })
+}
+
+pub fn expiry(
+    rt: &tokio::runtime::Runtime,
+    exe: &Path,
+    leases: usize,
+    agent_tasks: usize,
+) -> anyhow::Result<Report> {
+    let _ctx = rt.enter();
+    let c =
+        Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    let leader = c
+        .wait_leader(Duration::from_secs(20))
+        .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
+    let agent = start_agent(exe, &c)?;
+    let dir = c.dir.path().join("agent");
     let pid = agent.child.id();
     let ch = channel(&c.members[leader].grpc)?;
     let mut metrics = BTreeMap::new();
@@ -361,6 +372,138 @@ pub fn tasks(rt: &tokio::runtime::Runtime, exe: &Path, dur: Duration) -> anyhow:
     drop(dev);
     Ok(Report {
         scenario: "tasks".into(),
+        metrics,
+    })
+}
+
+/// A tick's time from its RFC 3339 form in a task's environment.
+fn tick_of(t: &pb::Task) -> Option<i64> {
+    let v = t.spec.as_ref()?.env.get("CHARTER_CRON_SCHEDULED_AT")?;
+    chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .map(|d| d.timestamp_millis())
+}
+
+pub fn cron(
+    rt: &tokio::runtime::Runtime,
+    exe: &Path,
+    dur: Duration,
+    kills: usize,
+) -> anyhow::Result<Report> {
+    use charter_proto::cron_client::CronClient;
+    let _ctx = rt.enter();
+    let mut c =
+        Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    c.wait_leader(Duration::from_secs(20))
+        .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
+    let _agent = start_agent(exe, &c)?;
+    let servers: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
+    let conn = charter_proto::conn::Servers::new(&servers, Some(TOKEN.to_string()))
+        .map_err(|e| fail("bad bench addresses", e, ""))?;
+    let text = "[[job]]\nname = \"bench\"\nschedule = \"* * * * * *\"\n[job.task]\ncommand = [\"true\"]\ncpu = 0.01\nmem = \"1MiB\"\nfor = \"1m\"\n";
+    let retry = Duration::from_secs(10);
+    rt.block_on(conn.call(retry, |ch| {
+        let r = conn.req(pb::ApplyCronRequest {
+            idempotency_key: "bench-cron".into(),
+            file: "bench.toml".into(),
+            text: text.into(),
+            dry_run: false,
+        });
+        async move { CronClient::new(ch).apply(r).await }
+    }))
+    .map_err(|f| {
+        fail(
+            "cannot apply the bench crontab",
+            f.status.message().to_string(),
+            "",
+        )
+    })?;
+    let history = |conn: &charter_proto::conn::Servers| {
+        rt.block_on(conn.call(retry, |ch| {
+            let r = conn.req(pb::CronHistoryRequest {
+                job: "bench".into(),
+                n: 100_000,
+                stale: false,
+            });
+            async move { CronClient::new(ch).history(r).await }
+        }))
+        .map(|h| h.runs)
+        .map_err(|f| {
+            fail(
+                "cannot read the history",
+                f.status.message().to_string(),
+                "",
+            )
+        })
+    };
+    let start = now_ms();
+    std::thread::sleep(dur);
+    let steady_end = now_ms();
+    let mut late: Vec<u64> = history(&conn)?
+        .iter()
+        .filter(|r| r.scheduled_at_ms > start && r.scheduled_at_ms <= steady_end)
+        .map(|r| (r.fired_at_ms - r.scheduled_at_ms).max(0) as u64 * 1000)
+        .collect();
+    late.sort_unstable();
+    let mut metrics = BTreeMap::new();
+    metrics.insert("steady_ticks".into(), late.len() as f64);
+    metrics.insert("lateness_p50_ms".into(), percentile_ms(&late, 0.5));
+    metrics.insert("lateness_p99_ms".into(), percentile_ms(&late, 0.99));
+    metrics.insert("lateness_max_ms".into(), percentile_ms(&late, 1.0));
+    if kills > 0 {
+        let kill_start = now_ms();
+        for _ in 0..kills {
+            let leader = c
+                .wait_leader(Duration::from_secs(20))
+                .map_err(|e| fail("no leader after a kill", e, ""))?;
+            c.kill9(leader);
+            std::thread::sleep(Duration::from_secs(2));
+            c.spawn(leader, false)
+                .map_err(|e| fail("cannot restart a member", e, ""))?;
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let runs: Vec<pb::CronRun> = history(&conn)?
+            .into_iter()
+            .filter(|r| r.scheduled_at_ms > kill_start)
+            .collect();
+        let holes = runs
+            .windows(2)
+            .filter(|w| w[1].scheduled_at_ms - w[0].scheduled_at_ms != 1_000)
+            .count();
+        let skipped = runs.iter().filter(|r| r.state == "skipped").count();
+        let worst = runs
+            .iter()
+            .map(|r| r.fired_at_ms - r.scheduled_at_ms)
+            .max()
+            .unwrap_or(0);
+        let tasks = rt
+            .block_on(conn.call(retry, |ch| {
+                let r = conn.req(pb::ListTasksRequest {
+                    all: true,
+                    state: String::new(),
+                    stale: false,
+                });
+                async move { TasksClient::new(ch).list(r).await }
+            }))
+            .map_err(|f| fail("cannot list tasks", f.status.message().to_string(), ""))?
+            .tasks;
+        let mut per_tick: BTreeMap<i64, usize> = BTreeMap::new();
+        for t in &tasks {
+            if let Some(at) = tick_of(t) {
+                *per_tick.entry(at).or_default() += 1;
+            }
+        }
+        let dups = per_tick.values().filter(|n| **n > 1).count();
+        metrics.insert("kills".into(), kills as f64);
+        metrics.insert("kill_phase_ticks".into(), runs.len() as f64);
+        metrics.insert("duplicates".into(), dups as f64);
+        metrics.insert("holes".into(), holes as f64);
+        metrics.insert("skipped".into(), skipped as f64);
+        metrics.insert("kill_lateness_max_ms".into(), worst as f64);
+    }
+    Ok(Report {
+        scenario: "cron".into(),
         metrics,
     })
 }
