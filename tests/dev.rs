@@ -1,6 +1,6 @@
 //! `charter dev`: one command, a default data directory it prints, a dev
 //! token the CLI finds without being told, a local agent that runs tasks,
-//! and a clean stop on SIGINT.
+//! Hydra applying and firing the example crontab, and a clean stop on SIGINT.
 
 mod common;
 
@@ -80,6 +80,25 @@ fn dev_runs_with_a_token_the_cli_finds_and_stops_on_sigint() {
         String::from_utf8_lossy(&logs.stdout),
         "from-the-dev-agent\n"
     );
+    // Hydra runs in dev: the example crontab's per-10-second job fires.
+    let crontab = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/crontab.toml");
+    let v = json_ok(&cli(&["cron", "apply", crontab, "--json"]));
+    assert_eq!(v["applied"], true, "{v}");
+    let t = Instant::now();
+    loop {
+        let h = json_ok(&cli(&["cron", "history", "heartbeat", "--json"]));
+        if h["runs"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["state"] == "succeeded"))
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "no heartbeat run: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // A wrong token is still refused: the dev token is only a default.
     let out = Command::new(BIN)
         .args([

@@ -107,6 +107,8 @@ pub fn fire_request(
     let name = &l.config.name;
     let tz = l.job.schedule.tz();
     let mut task = l.config.task.to_pb();
+    // The job's `retries` are its task's: the agent runs it again with backoff.
+    task.retries = task.retries.max(l.config.retries);
     task.command = task
         .command
         .iter()
