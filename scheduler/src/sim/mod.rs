@@ -19,8 +19,8 @@ pub mod store;
 use crate::clock::{Clock, ManualClock};
 use crate::raft_driver::{Driver, Input, MemberConfig, MemberHandle, Role};
 use crate::state::{
-    Amp, Command, Constraint, LeaseSpec, Outcome, PoolOffer, Prefer, Proposal, Resources,
-    TaskReport, TaskSpec, TaskState,
+    Amp, Applied, Command, Constraint, CronFire, JobDef, LeaseSpec, Outcome, PoolOffer, Prefer,
+    Proposal, Resources, TaskReport, TaskSpec, TaskState,
 };
 use crate::transport::Report;
 use crate::{Error, Result};
@@ -99,6 +99,12 @@ pub struct Sim {
     history: History,
     requests: Vec<Request>,
     acked: BTreeMap<String, Outcome>,
+    /// Acknowledged cron decisions: `(job, tick) -> (task, fired_at)`.
+    acked_runs: invariants::hydra::Acked,
+    /// A tick acknowledged twice with different outcomes.
+    cron_violation: Option<String>,
+    /// The jobs cron applies use.
+    cron_jobs: Vec<JobDef>,
     next_key: u64,
     report: SimReport,
     /// Message fault rates for this run (per mille).
@@ -150,6 +156,9 @@ impl Sim {
             history: History::default(),
             requests: Vec::new(),
             acked: BTreeMap::new(),
+            acked_runs: BTreeMap::new(),
+            cron_violation: None,
+            cron_jobs: sim_cron_jobs(),
             next_key: 0,
             report: SimReport::default(),
         };
@@ -318,7 +327,48 @@ impl Sim {
                     Command::RevokeLease { id: some_lease }
                 }
             }
-            _ => match self.rng.random_range(0..7) {
+            _ => match self.rng.random_range(0..10) {
+                7 => {
+                    let mut jobs = self.cron_jobs.clone();
+                    jobs.truncate(self.rng.random_range(1..=jobs.len()));
+                    Command::CronApply {
+                        version: format!("v{}", jobs.len()),
+                        jobs,
+                    }
+                }
+                8 => {
+                    // Two controllers, a retry, a new leader: the same few
+                    // ticks are proposed again and again, with no client key.
+                    let now = self.members[0].clock.now();
+                    let tick = (now / 1000 - self.rng.random_range(0..4)) * 1000;
+                    let mut lease = LeaseSpec::simple(
+                        Resources {
+                            cpu_millis: 500,
+                            ..Resources::default()
+                        },
+                        self.rng.random_range(100..2000),
+                    );
+                    lease.wait_ms = 1000;
+                    Command::CronFire(CronFire {
+                        job: format!("j{}", self.rng.random_range(0..2)),
+                        scheduled_at: tick,
+                        manual: false,
+                        replaces: Vec::new(),
+                        lease: Box::new(lease),
+                        task: Box::new(TaskSpec {
+                            command: vec!["true".into()],
+                            ..TaskSpec::default()
+                        }),
+                    })
+                }
+                9 => {
+                    let now = self.members[0].clock.now();
+                    Command::CronSkip {
+                        job: format!("j{}", self.rng.random_range(0..2)),
+                        scheduled_at: (now / 1000 - self.rng.random_range(0..4)) * 1000,
+                        reason: "sim".into(),
+                    }
+                }
                 4 => Command::SubmitTask {
                     lease: Box::new({
                         let mut spec = LeaseSpec::simple(
@@ -418,11 +468,13 @@ impl Sim {
                 ),
                 _ => None,
             };
+            // Hydra's decisions carry their key in the command, not as a client key.
+            let unkeyed = matches!(r.cmd, Command::CronFire(_) | Command::CronSkip { .. });
             let p = Proposal {
                 at: 0,
                 principal: "sim".into(),
                 admin: true,
-                key: Some(r.key.clone()),
+                key: (!unkeyed).then(|| r.key.clone()),
                 hint,
                 cmd: r.cmd.clone(),
             };
@@ -439,7 +491,30 @@ impl Sim {
             let Some(rx) = &mut r.reply else { continue };
             match rx.try_recv() {
                 Ok(Ok(outcome)) => {
-                    self.acked.insert(r.key.clone(), outcome);
+                    match (&r.cmd, &outcome) {
+                        (
+                            Command::CronFire(_) | Command::CronSkip { .. },
+                            Ok(Applied::CronRun(run)),
+                        ) => {
+                            let k = (run.job.clone(), run.scheduled_at);
+                            let v = (run.task, run.fired_at);
+                            match self.acked_runs.get(&k) {
+                                Some(first) if *first != v => {
+                                    self.cron_violation = Some(format!(
+                                        "tick {k:?} acknowledged as {first:?} and later as {v:?}"
+                                    ));
+                                }
+                                Some(_) => {}
+                                None => {
+                                    self.acked_runs.insert(k, v);
+                                }
+                            }
+                        }
+                        (Command::CronFire(_) | Command::CronSkip { .. }, _) => {}
+                        _ => {
+                            self.acked.insert(r.key.clone(), outcome);
+                        }
+                    }
                     done.push(i);
                 }
                 Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {
@@ -583,7 +658,12 @@ impl Sim {
             self.report.max_term = self.report.max_term.max(v.term);
         }
         let step = self.step;
-        invariants::check_all(&mut self.history, &views).map_err(|e| format!("step {step}: {e}"))
+        if let Some(v) = &self.cron_violation {
+            return Err(format!("step {step}: {v}"));
+        }
+        invariants::check_all(&mut self.history, &views)
+            .and_then(|()| invariants::hydra::check(&views))
+            .map_err(|e| format!("step {step}: {e}"))
     }
 
     fn views(&self) -> Vec<MemberView<'_>> {
@@ -633,8 +713,27 @@ impl Sim {
         }
         self.report.liveness_steps = self.step - healed_at;
         invariants::acknowledged::check(&self.acked, &self.views())?;
+        invariants::hydra::check_acked(&self.acked_runs, &self.views())?;
         self.report.acknowledged = self.acked.len();
         Ok(self.report)
+    }
+}
+
+/// Two per-second jobs for the cron commands the simulation proposes.
+fn sim_cron_jobs() -> Vec<JobDef> {
+    let text = "[[job]]\nname = \"j0\"\nschedule = \"* * * * * *\"\n[job.task]\ncommand = [\"true\"]\nfor = \"1s\"\n\n\
+                [[job]]\nname = \"j1\"\nschedule = \"* * * * * *\"\n[job.task]\ncommand = [\"true\"]\nfor = \"1s\"\n";
+    match charter_config::load_with("sim.toml", text, &|_, _| Ok(())) {
+        Ok(charter_config::AnyConfig::Cron(c)) => c
+            .jobs
+            .into_iter()
+            .map(|config| JobDef {
+                config,
+                owner: "sim".into(),
+            })
+            .collect(),
+        // A fixed text that reads: nothing else can happen.
+        other => panic!("the simulation's crontab does not read: {other:?}"),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod committed_entries;
 pub mod equal_state;
 pub mod fencing;
+pub mod hydra;
 pub mod one_leader_per_term;
 pub mod queue;
 pub mod tasks;
