@@ -1,9 +1,10 @@
-//! Chaos on real processes: three `charter server`s, concurrent lease
-//! requests, and 20 rounds of `kill -9` and restart of random members, the
-//! leader included. Afterwards the invariants are checked from outside:
-//! every acknowledged lease exists with the same fencing token and nodes,
-//! no token was handed out twice, no node is over-committed, and all
-//! members agree.
+//! Chaos on real processes: three `charter server`s, an agent, concurrent
+//! lease requests, a per-second cron job (Hydra fires), and 20 rounds of
+//! `kill -9` and restart of random members, the leader included.
+//! Afterwards the invariants are checked from outside: every acknowledged
+//! lease exists with the same fencing token and nodes, no token was handed
+//! out twice, no node is over-committed, all members agree, and every cron
+//! tick was decided once, with at most one task and one process run.
 
 mod common;
 
@@ -102,6 +103,27 @@ fn twenty_rounds_of_kill_9_keep_every_acknowledged_lease() {
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
+    // Hydra fires a per-second job on the agent's node through every kill.
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _agent = Agent::start_with(
+        &c.servers(),
+        "agent",
+        &agent_dir,
+        &["--ttl", "10s", "--label", "runs=cron"],
+    );
+    let ran = dir.path().join("ran.txt");
+    let crontab = dir.path().join("chaos.toml");
+    std::fs::write(
+        &crontab,
+        format!(
+            "[[job]]\nname = \"tick\"\nschedule = \"* * * * * *\"\n[job.task]\ncommand = [\"sh\", \"-c\", \"echo {{scheduled_at}} >> {}\"]\ncpu = 0.1\nfor = \"1m\"\nlabels = {{ runs = \"cron\" }}\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    let out = c.cli(&["cron", "apply", crontab.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::new()));
@@ -199,4 +221,58 @@ fn twenty_rounds_of_kill_9_keep_every_acknowledged_lease() {
     for (m, v) in views.iter().enumerate().skip(1) {
         assert_eq!(v.0, views[0].0, "member {} disagrees on leases", m + 1);
     }
+
+    // Every tick from the first to the newest was decided exactly once
+    // (fired, or skipped by the missed policy), no tick has two tasks, and
+    // no tick's process ran twice.
+    let h = json_ok(&c.cli(&["cron", "history", "tick", "-n", "1000", "--json"]));
+    let runs = h["runs"].as_array().unwrap();
+    let ticks: Vec<&str> = runs
+        .iter()
+        .map(|r| r["scheduled_at"].as_str().unwrap())
+        .collect();
+    let secs: Vec<i64> = ticks
+        .iter()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp())
+        .collect();
+    for w in secs.windows(2) {
+        assert_eq!(
+            w[1] - w[0],
+            1,
+            "a tick undecided or decided twice: {ticks:?}"
+        );
+    }
+    let tasks = json_ok(&c.cli(&["task", "list", "--all", "--json"]));
+    let mut per_tick: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r["task_id"].is_u64()) {
+        *per_tick.entry(r["task_id"].as_u64().unwrap()).or_default() += 1;
+    }
+    assert!(
+        per_tick.values().all(|n| *n == 1),
+        "a task serves two ticks"
+    );
+    let cron_tasks = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "tick")
+        .count();
+    assert_eq!(
+        cron_tasks,
+        per_tick.len(),
+        "tasks without a run, or runs sharing one"
+    );
+    let text = std::fs::read_to_string(&ran).unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    for line in text.lines() {
+        assert!(seen.insert(line), "tick {line} ran twice");
+    }
+    let skipped = runs.iter().filter(|r| r["state"] == "skipped").count();
+    eprintln!(
+        "chaos: {} cron ticks decided once each ({} fired, {skipped} skipped as missed), {} processes ran, none twice",
+        runs.len(),
+        per_tick.len(),
+        seen.len()
+    );
+    assert!(runs.len() >= 10, "Hydra decided only {} ticks", runs.len());
 }

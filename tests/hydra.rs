@@ -316,3 +316,114 @@ fn a_chain_runs_in_order_and_a_failure_skips_what_depends_on_it() {
     assert_eq!(names, ["b", "c"]);
     assert!(!history(&c, "a", 5).is_empty(), "history outlives the job");
 }
+
+fn per_second(name: &str, missed: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[job]]
+name = "{name}"
+schedule = "* * * * * *"
+missed = "{missed}"
+{extra}
+[job.task]
+command = ["true"]
+cpu = 0.1
+for = "1m"
+"#
+    )
+}
+
+#[test]
+fn ticks_missed_while_the_cluster_was_down_follow_each_jobs_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION);
+    let _a = agent(&c, dir.path(), "a1");
+    let file = dir.path().join("missed.toml");
+    std::fs::write(
+        &file,
+        [
+            per_second("latest", "latest", ""),
+            per_second("skip", "skip", ""),
+            per_second("all", "all", "max_catch_up = 3"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    apply(&c, &file);
+    std::thread::sleep(Duration::from_secs(3));
+    c.stop(0);
+    std::thread::sleep(Duration::from_secs(16));
+    c.spawn(0, false);
+    c.wait_leader(ELECTION);
+    std::thread::sleep(Duration::from_secs(4));
+    // The planner calls a tick missed when it is over 10 s old as it
+    // decides; the newest `fired` missed ticks fire, the older are skipped.
+    for (job, fired) in [("latest", 1), ("skip", 0), ("all", 3)] {
+        let runs = history(&c, job, 1_000);
+        let ticks: Vec<i64> = runs.iter().map(|r| ms(&r["scheduled_at"])).collect();
+        for w in ticks.windows(2) {
+            assert_eq!(
+                w[1] - w[0],
+                1_000,
+                "{job}: a tick was never decided: {ticks:?}"
+            );
+        }
+        let missed: Vec<usize> = (0..runs.len())
+            .filter(|i| {
+                runs[*i]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("missed:"))
+            })
+            .collect();
+        assert!(missed.len() >= 2, "{job}: {runs:?}");
+        assert!(
+            missed.iter().all(|i| runs[*i]["state"] == "skipped"),
+            "{job}: {runs:?}"
+        );
+        let last = *missed.last().unwrap();
+        let lateness = |i: usize| ms(&runs[i]["fired_at"]) - ms(&runs[i]["scheduled_at"]);
+        for (i, r) in runs.iter().enumerate().skip(last + 1).take(fired) {
+            assert_ne!(r["state"], "skipped", "{job}: {r}");
+            assert!(lateness(i) > 10_000, "{job}: not a missed tick: {r}");
+        }
+        assert!(
+            lateness(last + fired + 1) <= 10_100,
+            "{job}: a missed tick fired beyond the policy: {}",
+            runs[last + fired + 1]
+        );
+    }
+}
+
+#[test]
+fn hydra_runs_standalone_against_members_started_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(1, &["--no-hydra"]);
+    c.wait_leader(ELECTION);
+    let _a = agent(&c, dir.path(), "a1");
+    let file = dir.path().join("one.toml");
+    std::fs::write(&file, per_second("solo", "latest", "")).unwrap();
+    apply(&c, &file);
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(history(&c, "solo", 10).is_empty(), "a member ran Hydra");
+    let mut hydra = std::process::Command::new(BIN)
+        .args(["--server", &c.servers(), "--token", TOKEN, "hydra"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !history(&c, "solo", 10)
+        .iter()
+        .any(|r| r["state"] == "succeeded")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "standalone Hydra fired nothing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = hydra.kill();
+    let _ = hydra.wait();
+}

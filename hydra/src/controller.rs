@@ -183,7 +183,9 @@ pub async fn step(
 ) -> Result<Option<DateTime<Utc>>, String> {
     let reply = servers
         .call(Duration::from_secs(2), |ch| {
-            let r = servers.req(pb::CronPlanRequest {});
+            let r = servers.req(pb::CronPlanRequest {
+                leader_only: only_leader,
+            });
             async move { CronClient::new(ch).plan(r).await }
         })
         .await

@@ -115,14 +115,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(servers: &str, name: &str, data: &Path) -> Agent {
+        Agent::start_with(servers, name, data, &["--ttl", "3s"])
+    }
+
+    /// [`Agent::start`] with other flags (`--ttl`, `--label`, …).
+    pub fn start_with(servers: &str, name: &str, data: &Path, flags: &[&str]) -> Agent {
         let log = std::fs::File::create(data.with_extension("log")).unwrap();
         let child = Command::new(BIN)
             .args([
                 "--server", servers, "--token", TOKEN, "agent", "--name", name,
             ])
-            .args([
-                "--cpu", "4", "--mem", "4GiB", "--disk", "10GiB", "--ttl", "3s",
-            ])
+            .args(["--cpu", "4", "--mem", "4GiB", "--disk", "10GiB"])
+            .args(flags)
             .arg("--data")
             .arg(data)
             .env("CHARTER_HOME", data.join("home"))

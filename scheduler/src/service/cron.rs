@@ -322,8 +322,12 @@ impl pb::cron_server::Cron for Api {
     ) -> Result<Response<pb::CronPlanReply>, Status> {
         let who = principal(&req)?;
         require_admin(&who, "reading Hydra's plan")?;
+        let is_leader = || self.member.status().role == crate::raft_driver::Role::Leader;
+        if req.get_ref().leader_only && !is_leader() {
+            return Ok(Response::new(pb::CronPlanReply::default()));
+        }
         self.barrier(false).await?;
-        let leader = self.member.status().role == crate::raft_driver::Role::Leader;
+        let leader = is_leader();
         let reply = self.member.read(|s| {
             // A job's runs reach back to its own newest tick, and to where
             // any downstream job's pending ticks may look (its cursor minus
