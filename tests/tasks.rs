@@ -531,3 +531,38 @@ fn the_agent_resyncs_after_a_server_restart_and_follows_logs() {
     );
     assert_eq!(std::fs::read_to_string(&marks).unwrap(), "up\n");
 }
+
+#[test]
+fn leases_hold_distinct_gpus_and_their_tasks_see_which() {
+    let (c, dir) = setup();
+    let _a = Agent::start_with(
+        &c.servers(),
+        "g1",
+        &dir.path().join("g1"),
+        &["--ttl", "3s", "--gpu", "2"],
+    );
+    wait_for("the agent to register", Duration::from_secs(20), || {
+        node_names(&json_ok(&c.cli(&["node", "list", "--json"])))
+            .contains(&"g1".to_string())
+            .then_some(())
+    });
+    let show = "echo gpus=$CHARTER_GPUS cuda=$CUDA_VISIBLE_DEVICES; sleep 2";
+    let first = submit(&c, &["--gpu", "1", "--", "sh", "-c", show]);
+    let second = submit(&c, &["--gpu", "1", "--", "sh", "-c", show]);
+    // No third GPU: a third lease asking for one is refused.
+    let out = c.cli(&["task", "submit", "--gpu", "1", "--", "true"]);
+    assert!(!out.status.success(), "a third GPU was handed out");
+    let mut seen = Vec::new();
+    for id in [&first, &second] {
+        let t = ended(&c, id, Duration::from_secs(30));
+        assert_eq!(t["state"], "succeeded", "{t}");
+        let l = json_ok(&c.cli(&["lease", "show", &t["lease"].to_string(), "--json"]));
+        let held = l["gpu_ids"][0].as_str().unwrap().to_string();
+        let index = held.strip_prefix("g1:").unwrap().to_string();
+        let logs = String::from_utf8_lossy(&c.cli(&["task", "logs", id]).stdout).to_string();
+        assert_eq!(logs, format!("gpus={index} cuda={index}\n"), "{l}");
+        seen.push(index);
+    }
+    seen.sort();
+    assert_eq!(seen, ["0", "1"]);
+}

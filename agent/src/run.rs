@@ -309,7 +309,7 @@ async fn watch_loop(
                 loop {
                     match tokio::time::timeout(WATCH_QUIET, s.message()).await {
                         Ok(Ok(Some(a))) => {
-                            if out.send(assignments(a)).await.is_err() {
+                            if out.send(assignments(a, &node)).await.is_err() {
                                 return;
                             }
                         }
@@ -393,7 +393,7 @@ async fn send_report(servers: &Servers, node: &str, r: Report) {
 }
 
 /// The watch's message in the supervisor's terms.
-pub fn assignments(a: pb::Assignments) -> Vec<(LeaseInfo, Option<TaskInfo>)> {
+pub fn assignments(a: pb::Assignments, node: &str) -> Vec<(LeaseInfo, Option<TaskInfo>)> {
     a.items
         .into_iter()
         .filter_map(|it| {
@@ -406,6 +406,11 @@ pub fn assignments(a: pb::Assignments) -> Vec<(LeaseInfo, Option<TaskInfo>)> {
                 fencing_token: l.fencing_token,
                 cpu_millis: r.cpu_millis,
                 memory_bytes: r.memory_bytes,
+                gpus: l
+                    .gpu_ids
+                    .iter()
+                    .filter_map(|g| g.strip_prefix(node)?.strip_prefix(':')?.parse().ok())
+                    .collect(),
             };
             let task = it.task.map(|t| {
                 let spec = t.spec.unwrap_or_default();

@@ -75,6 +75,8 @@ pub struct Launch {
     pub memory_bytes: u64,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// The GPU indices the lease holds here (`CHARTER_GPUS`, `CUDA_VISIBLE_DEVICES`).
+    pub gpus: Vec<u32>,
 }
 
 /// The lease directory under the agent's data directory.
@@ -120,6 +122,11 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
+    if !l.gpus.is_empty() {
+        let ids: Vec<String> = l.gpus.iter().map(u32::to_string).collect();
+        cmd.env("CHARTER_GPUS", ids.join(","))
+            .env("CUDA_VISIBLE_DEVICES", ids.join(","));
+    }
     let procs = match iso {
         Isolation::Cgroup(root) => {
             let dir = root.join(format!("lease-{}", l.lease));

@@ -112,6 +112,7 @@ impl pb::agent_server::Agent for AgentService {
             dir: sandbox::lease_dir(&self.data, lease.id),
             cpu_millis: lease.cpu_millis,
             memory_bytes: lease.memory_bytes,
+            gpus: lease.gpus.clone(),
             env: r.env.into_iter().collect(),
         };
         let mut child = sandbox::spawn(&launch, &self.iso, &r.argv, Stdio::piped(), Stdio::piped())

@@ -51,6 +51,8 @@ pub struct LeaseInfo {
     pub cpu_millis: u64,
     /// Memory per node, in bytes.
     pub memory_bytes: u64,
+    /// The GPU indices it holds on this node.
+    pub gpus: Vec<u32>,
 }
 
 /// A task as the agent needs it.
@@ -279,6 +281,7 @@ async fn run_lease(
         dir: dir.clone(),
         cpu_millis: lease.cpu_millis,
         memory_bytes: lease.memory_bytes,
+        gpus: lease.gpus.clone(),
         env: task.as_ref().map(|t| t.env.clone()).unwrap_or_default(),
     };
     if let Err(e) = std::fs::create_dir_all(&dir) {

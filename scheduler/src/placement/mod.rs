@@ -72,6 +72,9 @@ pub enum Why {
     Disk(u64, u64),
     /// Not enough free GPUs (needed, free).
     Gpus(u32, u32),
+    /// The node re-registered smaller than what its leases hold: no new
+    /// grant until they end.
+    Shrunk,
 }
 
 /// The first checker that rules `node` out for `spec`, cheapest first.
@@ -99,6 +102,9 @@ pub fn rule_out_with(
     }
     if let Some(i) = spec.constraints.iter().position(|c| !c.holds(&node.labels)) {
         return Some(Why::Label(i));
+    }
+    if !ever && !node.allocated.fits_in(&node.capacity) {
+        return Some(Why::Shrunk);
     }
     let free = if ever {
         node.capacity
@@ -139,6 +145,9 @@ pub fn explain(node: &Node, spec: &LeaseSpec, why: Why) -> String {
         }
         Why::Disk(need, free) => format!("needs {} MiB disk, {} MiB free", need >> 20, free >> 20),
         Why::Gpus(need, free) => format!("needs {need} gpus, {free} free"),
+        Why::Shrunk => {
+            "re-registered smaller than its leases hold; no grants until they end".into()
+        }
     }
 }
 

@@ -75,6 +75,11 @@ pub fn lease(l: &Lease) -> pb::Lease {
         max_total_ms: l.spec.max_total_ms,
         constraints: l.spec.constraints.iter().map(|c| c.to_string()).collect(),
         deadline_ms: l.spec.deadline.unwrap_or(0),
+        gpu_ids: l
+            .gpu_ids
+            .iter()
+            .flat_map(|(n, ids)| ids.iter().map(move |g| format!("{n}:{g}")))
+            .collect(),
     }
 }
 

@@ -273,6 +273,7 @@ impl Sim {
                 capacity: Resources {
                     cpu_millis: self.rng.random_range(1..5) * 1000,
                     memory_bytes: 8 << 30,
+                    gpus: self.rng.random_range(0..4),
                     ..Resources::default()
                 },
                 labels: [(
@@ -290,6 +291,7 @@ impl Sim {
                 let mut spec = LeaseSpec::simple(
                     Resources {
                         cpu_millis: self.rng.random_range(1..8) * 250,
+                        gpus: [0, 0, 1, 2][self.rng.random_range(0..4)],
                         ..Resources::default()
                     },
                     duration_ms,

@@ -3,6 +3,7 @@
 
 use super::{Applied, Lease, LeaseSpec, LeaseState, Millis, Outcome, Refusal, State};
 use crate::placement;
+use std::collections::BTreeMap;
 
 fn ms(v: u64) -> Millis {
     Millis::try_from(v).unwrap_or(Millis::MAX)
@@ -98,6 +99,7 @@ impl State {
             fencing_token: 0,
             cost_per_hour: 0.0,
             ended_at: None,
+            gpu_ids: Default::default(),
             spec,
         };
         self.leases.insert(id, lease.clone());
@@ -116,10 +118,41 @@ impl State {
     }
 
     /// Grants pending lease `id` on `nodes` (placement checked them).
+    /// The lowest `n` GPU indices of `node` that no live lease holds.
+    fn free_gpus(&self, node: &str, n: u32) -> Vec<u32> {
+        let Some(nd) = self.nodes.get(node) else {
+            return Vec::new();
+        };
+        if n == 0 {
+            return Vec::new();
+        }
+        let held: std::collections::BTreeSet<u32> = nd
+            .leases
+            .iter()
+            .filter_map(|l| self.leases.get(l))
+            .filter_map(|l| l.gpu_ids.get(node))
+            .flatten()
+            .copied()
+            .collect();
+        (0..nd.capacity.gpus.max(nd.allocated.gpus + n))
+            .filter(|g| !held.contains(g))
+            .take(n as usize)
+            .collect()
+    }
+
     fn grant(&mut self, id: u64, nodes: Vec<String>) {
         let now = self.time;
         self.fencing_token += 1;
         let token = self.fencing_token;
+        let want = self.leases.get(&id).map_or(0, |l| l.spec.resources.gpus);
+        let gpu_ids: BTreeMap<String, Vec<u32>> = if want == 0 {
+            BTreeMap::new()
+        } else {
+            nodes
+                .iter()
+                .map(|n| (n.clone(), self.free_gpus(n, want)))
+                .collect()
+        };
         let lease = self
             .leases
             .get_mut(&id)
@@ -151,6 +184,7 @@ impl State {
         lease.expires_at = now.saturating_add(ms(lease.spec.duration_ms));
         lease.fencing_token = token;
         lease.cost_per_hour = cost;
+        lease.gpu_ids = gpu_ids;
         self.expiries.insert((lease.expires_at, id));
         for (old, new) in moved {
             self.reindex(old, new);

@@ -332,6 +332,10 @@ pub struct Lease {
     pub cost_per_hour: f64,
     /// When it ended, once it has.
     pub ended_at: Option<Millis>,
+    /// The GPUs it holds on each node, by index (`0..gpus` of the node):
+    /// exclusive, so no two live leases hold the same one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpu_ids: BTreeMap<String, Vec<u32>>,
 }
 
 impl Lease {

@@ -4,6 +4,7 @@ pub mod acknowledged;
 pub mod capacity;
 pub mod committed_entries;
 pub mod equal_state;
+pub mod exclusive;
 pub mod fencing;
 pub mod hydra;
 pub mod one_leader_per_term;
@@ -52,6 +53,7 @@ pub fn check_all(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String
     one_leader_per_term::check(h, views)?;
     committed_entries::check(h, views)?;
     capacity::check(views)?;
+    exclusive::check(views)?;
     fencing::check(views)?;
     queue::check(views)?;
     tasks::check(views)?;
