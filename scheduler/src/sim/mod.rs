@@ -105,6 +105,8 @@ pub struct Sim {
     cron_violation: Option<String>,
     /// The jobs cron applies use.
     cron_jobs: Vec<JobDef>,
+    /// The simulated Hydra found nothing left to propose at its last look.
+    cron_caught_up: bool,
     next_key: u64,
     report: SimReport,
     /// Message fault rates for this run (per mille).
@@ -159,6 +161,7 @@ impl Sim {
             acked_runs: BTreeMap::new(),
             cron_violation: None,
             cron_jobs: sim_cron_jobs(),
+            cron_caught_up: false,
             next_key: 0,
             report: SimReport::default(),
         };
@@ -351,8 +354,9 @@ impl Sim {
                         self.rng.random_range(100..2000),
                     );
                     lease.wait_ms = 1000;
+                    // j1 only: j0 is the simulated Hydra's (see `propose_cron`).
                     Command::CronFire(CronFire {
-                        job: format!("j{}", self.rng.random_range(0..2)),
+                        job: "j1".into(),
                         scheduled_at: tick,
                         manual: false,
                         replaces: Vec::new(),
@@ -366,7 +370,7 @@ impl Sim {
                 9 => {
                     let now = self.members[0].clock.now();
                     Command::CronSkip {
-                        job: format!("j{}", self.rng.random_range(0..2)),
+                        job: "j1".into(),
                         scheduled_at: (now / 1000 - self.rng.random_range(0..4)) * 1000,
                         reason: "sim".into(),
                     }
@@ -532,6 +536,64 @@ impl Sim {
         }
     }
 
+    /// Hydra for job `j0`, as its controller does it: every tick after the
+    /// newest decided one up to the leader's clock is proposed (five per
+    /// step at most), keyed only by `(job, scheduled_at)`. Returns whether
+    /// nothing was left to propose.
+    fn propose_cron(&mut self) -> bool {
+        let Some(l) = self.leader() else { return false };
+        let now = self.members[l].clock.now();
+        let Some((_, h)) = &self.members[l].node else {
+            return false;
+        };
+        let due: Vec<i64> = h.read(|s| {
+            let Some(j) = s.cron_jobs.get("j0") else {
+                return Vec::new();
+            };
+            let newest = s
+                .cron_runs
+                .get("j0")
+                .and_then(|r| r.keys().next_back().copied());
+            let cursor = newest.map_or(j.since, |n| n.max(j.since));
+            let first = (cursor.div_euclid(1000) + 1) * 1000;
+            (0..5)
+                .map(|k| first + k * 1000)
+                .take_while(|t| *t <= now)
+                .collect()
+        });
+        for &tick in &due {
+            let mut lease = LeaseSpec::simple(
+                Resources {
+                    cpu_millis: 250,
+                    ..Resources::default()
+                },
+                500,
+            );
+            lease.wait_ms = 1000;
+            let proposal = Proposal {
+                at: 0,
+                principal: "sim".into(),
+                admin: true,
+                key: None,
+                hint: None,
+                cmd: Command::CronFire(CronFire {
+                    job: "j0".into(),
+                    scheduled_at: tick,
+                    manual: false,
+                    replaces: Vec::new(),
+                    lease: Box::new(lease),
+                    task: Box::new(TaskSpec {
+                        command: vec!["true".into()],
+                        ..TaskSpec::default()
+                    }),
+                }),
+            };
+            let (reply, _rx) = oneshot::channel();
+            let _ = h.send_input(Input::Propose { proposal, reply });
+        }
+        due.is_empty()
+    }
+
     fn propose_expiries(&mut self) {
         let Some(l) = self.leader() else { return };
         let now = self.members[l].clock.now();
@@ -646,6 +708,9 @@ impl Sim {
         if self.step.is_multiple_of(5) {
             self.propose_expiries();
         }
+        if self.step.is_multiple_of(3) {
+            self.cron_caught_up = self.propose_cron();
+        }
         self.deliver(faults);
         for m in &mut self.members {
             if let Some((d, _)) = &mut m.node {
@@ -698,7 +763,7 @@ impl Sim {
                     .iter()
                     .all(|v| v.applied == views[0].applied && v.applied == v.commit)
                 && views.iter().any(|v| v.role == Role::Leader);
-            if quiet && converged && self.step - healed_at > 20 {
+            if quiet && converged && self.cron_caught_up && self.step - healed_at > 20 {
                 break;
             }
             if self.step - healed_at > self.cfg.liveness_steps {
@@ -716,6 +781,7 @@ impl Sim {
         self.report.liveness_steps = self.step - healed_at;
         invariants::acknowledged::check(&self.acked, &self.views())?;
         invariants::hydra::check_acked(&self.acked_runs, &self.views())?;
+        invariants::hydra::check_every_tick(&self.views())?;
         self.report.acknowledged = self.acked.len();
         Ok(self.report)
     }

@@ -54,3 +54,36 @@ pub fn check_acked(acked: &Acked, views: &[MemberView<'_>]) -> Result<(), String
     }
     Ok(())
 }
+
+/// At least once: with a leader there long enough (the end of the
+/// liveness phase, once the simulated Hydra found nothing left to
+/// propose), every tick of `j0` from its first to its newest is decided.
+pub fn check_every_tick(views: &[MemberView<'_>]) -> Result<(), String> {
+    for v in views {
+        let Some(job) = v.state.cron_jobs.get("j0") else {
+            continue;
+        };
+        let ticks: Vec<Millis> = v
+            .state
+            .cron_runs
+            .get("j0")
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default();
+        let first = (job.since.div_euclid(1000) + 1) * 1000;
+        if let Some(t) = ticks.first()
+            && *t != first
+        {
+            return Err(format!(
+                "member {}: j0 was applied at {} but its first decided tick is {t}",
+                v.id, job.since
+            ));
+        }
+        if let Some(w) = ticks.windows(2).find(|w| w[1] - w[0] != 1000) {
+            return Err(format!(
+                "member {}: j0's ticks between {} and {} were never decided",
+                v.id, w[0], w[1]
+            ));
+        }
+    }
+    Ok(())
+}
