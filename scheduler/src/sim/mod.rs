@@ -346,26 +346,8 @@ impl Sim {
                     // ticks are proposed again and again, with no client key.
                     let now = self.members[0].clock.now();
                     let tick = (now / 1000 - self.rng.random_range(0..4)) * 1000;
-                    let mut lease = LeaseSpec::simple(
-                        Resources {
-                            cpu_millis: 500,
-                            ..Resources::default()
-                        },
-                        self.rng.random_range(100..2000),
-                    );
-                    lease.wait_ms = 1000;
                     // j1 only: j0 is the simulated Hydra's (see `propose_cron`).
-                    Command::CronFire(CronFire {
-                        job: "j1".into(),
-                        scheduled_at: tick,
-                        manual: false,
-                        replaces: Vec::new(),
-                        lease: Box::new(lease),
-                        task: Box::new(TaskSpec {
-                            command: vec!["true".into()],
-                            ..TaskSpec::default()
-                        }),
-                    })
+                    sim_fire("j1", tick, self.rng.random_range(100..2000))
                 }
                 9 => {
                     let now = self.members[0].clock.now();
@@ -562,31 +544,13 @@ impl Sim {
                 .collect()
         });
         for &tick in &due {
-            let mut lease = LeaseSpec::simple(
-                Resources {
-                    cpu_millis: 250,
-                    ..Resources::default()
-                },
-                500,
-            );
-            lease.wait_ms = 1000;
             let proposal = Proposal {
                 at: 0,
                 principal: "sim".into(),
                 admin: true,
                 key: None,
                 hint: None,
-                cmd: Command::CronFire(CronFire {
-                    job: "j0".into(),
-                    scheduled_at: tick,
-                    manual: false,
-                    replaces: Vec::new(),
-                    lease: Box::new(lease),
-                    task: Box::new(TaskSpec {
-                        command: vec!["true".into()],
-                        ..TaskSpec::default()
-                    }),
-                }),
+                cmd: sim_fire("j0", tick, 500),
             };
             let (reply, _rx) = oneshot::channel();
             let _ = h.send_input(Input::Propose { proposal, reply });
@@ -785,6 +749,29 @@ impl Sim {
         self.report.acknowledged = self.acked.len();
         Ok(self.report)
     }
+}
+
+/// A scheduled fire of `job`'s tick whose task runs `true` for `ms`.
+fn sim_fire(job: &str, tick: i64, ms: u64) -> Command {
+    let mut lease = LeaseSpec::simple(
+        Resources {
+            cpu_millis: 250,
+            ..Resources::default()
+        },
+        ms,
+    );
+    lease.wait_ms = 1000;
+    Command::CronFire(CronFire {
+        job: job.into(),
+        scheduled_at: tick,
+        manual: false,
+        replaces: Vec::new(),
+        lease: Box::new(lease),
+        task: Box::new(TaskSpec {
+            command: vec!["true".into()],
+            ..TaskSpec::default()
+        }),
+    })
 }
 
 /// Two per-second jobs for the cron commands the simulation proposes.
