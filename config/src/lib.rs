@@ -11,6 +11,7 @@
 //!
 //! [`load`] reads any Charter config and tells which kind it is.
 
+pub mod app;
 pub mod canonical;
 pub mod constraint;
 pub mod cron;
@@ -40,6 +41,8 @@ pub enum AnyConfig {
     Task(Box<task::TaskConfig>),
     /// Cron jobs (`charter cron apply`).
     Cron(cron::CronConfig),
+    /// An app for the deployer (`charter deploy apply`).
+    App(Box<app::AppConfig>),
 }
 
 impl AnyConfig {
@@ -51,6 +54,7 @@ impl AnyConfig {
             AnyConfig::Server(_) => "server",
             AnyConfig::Task(_) => "task",
             AnyConfig::Cron(_) => "cron",
+            AnyConfig::App(_) => "app",
         }
     }
 
@@ -62,12 +66,13 @@ impl AnyConfig {
             AnyConfig::Server(c) => canonical::to_bytes(c),
             AnyConfig::Task(c) => canonical::to_bytes(c),
             AnyConfig::Cron(c) => canonical::to_bytes(c),
+            AnyConfig::App(c) => canonical::to_bytes(c),
         }
     }
 }
 
 /// The kinds [`load`] recognises.
-pub const KINDS: &[&str] = &["lease", "node", "server", "task", "cron"];
+pub const KINDS: &[&str] = &["lease", "node", "server", "task", "cron", "app"];
 
 /// Parses `src` (named `file` in messages) as whichever kind it declares with
 /// `kind = "..."`; without one, a file with `[[job]]` tables is a cron file
@@ -94,6 +99,7 @@ pub fn load_with(
         "server" => server::ServerConfig::read(&top).map(AnyConfig::Server),
         "task" => task::TaskConfig::read(&top).map(|t| AnyConfig::Task(Box::new(t))),
         "cron" => cron::CronConfig::read(&top, check_schedule).map(AnyConfig::Cron),
+        "app" => app::AppConfig::read(&top).map(|a| AnyConfig::App(Box::new(a))),
         other => {
             top.error_at(
                 "kind",

@@ -38,7 +38,7 @@ fn diagnostics_table() {
         ),
         (
             "kind = \"job\"\n",
-            "lease.toml:1: kind: expected one of lease, node, server, task, cron, got \"job\"",
+            "lease.toml:1: kind: expected one of lease, node, server, task, cron, app, got \"job\"",
         ),
         (
             "kind = \"node\"\nname = \"bad name\"\ncpu = 4\n",

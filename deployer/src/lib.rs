@@ -4,8 +4,12 @@
 //! - [`pipeline`]: the typed steps of a deployment and the pure planner that
 //!   decides, from (desired, observed, now), what to do next.
 //!
-//! Triggers (webhook, polling), the artifact store and the controller that
-//! executes the plan arrive with the deployer issue; the deployer talks to
-//! the scheduler only through gRPC.
+//! - [`webhook`]: push webhooks from GitHub, Gitea and GitLab: signatures
+//!   and tokens checked against the app's secret in constant time, and the
+//!   pushed branch and commit read from the payload.
+//!
+//! Polling, the artifact store and the controller that executes the plan
+//! are not built yet; the deployer talks to the scheduler only through gRPC.
 
 pub mod pipeline;
+pub mod webhook;
