@@ -8,8 +8,14 @@
 //!   and tokens checked against the app's secret in constant time, and the
 //!   pushed branch and commit read from the payload.
 //!
-//! Polling, the artifact store and the controller that executes the plan
-//! are not built yet; the deployer talks to the scheduler only through gRPC.
+//! - [`git`]: branch heads (for polling) and checkouts, through `git`.
+//! - [`store`]: the content-addressed artifact store with per-app retention.
+//!
+//! The replicated apps and deployments, the controller that executes the
+//! plan, the artifact route and the CLI are not built yet; the deployer
+//! talks to the scheduler only through gRPC.
 
+pub mod git;
 pub mod pipeline;
+pub mod store;
 pub mod webhook;

@@ -1,0 +1,161 @@
+//! The content-addressed artifact store: a built artifact is kept under
+//! the sha256 of its bytes (`ROOT/sha256/<hex>`), written to a temporary
+//! file, fsynced and renamed, so a key always names whole, verified bytes.
+//! Each app lists its versions (`ROOT/apps/<app>`, newest last); an app
+//! keeps its newest `keep`, and a blob no app lists any more is removed.
+//! Downloaders check the bytes against the key ([`verify`]).
+
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// An artifact store under one directory.
+pub struct Store {
+    root: PathBuf,
+}
+
+fn is_key(k: &str) -> bool {
+    k.len() == 64
+        && k.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+}
+
+/// The sha256 of a file's bytes, in hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Whether the file at `path` has the sha256 `key`.
+pub fn verify(path: &Path, key: &str) -> std::io::Result<bool> {
+    Ok(sha256_file(path)? == key)
+}
+
+impl Store {
+    /// Opens (creating) a store at `root`.
+    pub fn open(root: &Path) -> std::io::Result<Store> {
+        std::fs::create_dir_all(root.join("sha256"))?;
+        std::fs::create_dir_all(root.join("apps"))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Where the artifact `key` is, if the store has it.
+    pub fn path(&self, key: &str) -> Option<PathBuf> {
+        let p = self.root.join("sha256").join(key);
+        (is_key(key) && p.is_file()).then_some(p)
+    }
+
+    /// The versions of `app`, oldest first.
+    pub fn versions(&self, app: &str) -> std::io::Result<Vec<String>> {
+        match std::fs::read_to_string(self.root.join("apps").join(app)) {
+            Ok(t) => Ok(t.lines().filter(|l| is_key(l)).map(String::from).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores the file at `src` as a version of `app` and keeps the newest
+    /// `keep` versions of it. Returns the key.
+    pub fn put(&self, app: &str, src: &Path, keep: usize) -> std::io::Result<String> {
+        let key = sha256_file(src)?;
+        let dst = self.root.join("sha256").join(&key);
+        if !dst.is_file() {
+            let tmp = self.root.join("sha256").join(format!(".{key}.tmp"));
+            std::fs::copy(src, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            if !verify(&tmp, &key)? {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(std::io::Error::other(format!(
+                    "{} changed while it was stored; build again",
+                    src.display()
+                )));
+            }
+            std::fs::rename(&tmp, &dst)?;
+        }
+        let mut v = self.versions(app)?;
+        v.retain(|k| k != &key);
+        v.push(key.clone());
+        let cut = v.len().saturating_sub(keep.max(1));
+        v.drain(..cut);
+        self.write_list(app, &v)?;
+        self.collect()?;
+        Ok(key)
+    }
+
+    fn write_list(&self, app: &str, keys: &[String]) -> std::io::Result<()> {
+        let path = self.root.join("apps").join(app);
+        let tmp = self.root.join("apps").join(format!(".{app}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        for k in keys {
+            writeln!(f, "{k}")?;
+        }
+        f.sync_all()?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Removes blobs no app lists.
+    fn collect(&self) -> std::io::Result<()> {
+        let mut live = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(self.root.join("apps"))? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                live.extend(self.versions(&name)?);
+            }
+        }
+        for e in std::fs::read_dir(self.root.join("sha256"))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_key(&name) && !live.contains(&name) {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_are_kept_by_content_and_pruned_per_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let a1 = s.put("a", &file("1", "one"), 2).unwrap();
+        assert_eq!(
+            a1,
+            "7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed"
+        );
+        assert!(verify(&s.path(&a1).unwrap(), &a1).unwrap());
+        let a2 = s.put("a", &file("2", "two"), 2).unwrap();
+        // Another app shares the first blob.
+        assert_eq!(s.put("b", &file("3", "one"), 2).unwrap(), a1);
+        let a3 = s.put("a", &file("4", "three"), 2).unwrap();
+        assert_eq!(s.versions("a").unwrap(), [a2.clone(), a3.clone()]);
+        assert!(s.path(&a1).is_some(), "b still lists it");
+        s.put("b", &file("5", "four"), 1).unwrap();
+        assert!(s.path(&a1).is_none(), "no app lists it any more");
+        assert!(s.path(&a2).is_some());
+        // A key is only ever a sha256; a path is never built from anything else.
+        assert!(s.path("../apps/a").is_none());
+        // Bytes that do not match their key fail verification.
+        std::fs::write(s.path(&a2).unwrap(), "tampered").unwrap();
+        assert!(!verify(&s.path(&a2).unwrap(), &a2).unwrap());
+    }
+}
