@@ -566,3 +566,70 @@ fn leases_hold_distinct_gpus_and_their_tasks_see_which() {
     seen.sort();
     assert_eq!(seen, ["0", "1"]);
 }
+
+#[test]
+fn named_ports_are_picked_given_as_env_and_checked_by_health() {
+    let (c, dir) = setup();
+    let _a = agent(&c, dir.path(), "a1");
+    let id = submit(
+        &c,
+        &[
+            "--amp",
+            "service",
+            "--port",
+            "http",
+            "--port",
+            "admin",
+            "--health-http",
+            "http/healthz",
+            "--",
+            "sh",
+            "-c",
+            "echo port=$PORT http=$PORT_HTTP admin=$PORT_ADMIN; sleep 600",
+        ],
+    );
+    let ports = wait_for("the ports to be reported", Duration::from_secs(20), || {
+        let t = task(&c, &id);
+        let p = &t["ports"];
+        Some((p["http"].as_u64()?, p["admin"].as_u64()?))
+    });
+    assert_ne!(ports.0, ports.1);
+    // Serve the picked http port: the health check (port 0) must find it.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", ports.0 as u16)).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut s = s;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    wait_for("the service to be healthy", Duration::from_secs(20), || {
+        (task(&c, &id)["health"] == "healthy").then_some(())
+    });
+    let logs = String::from_utf8_lossy(&c.cli(&["task", "logs", &id]).stdout).to_string();
+    assert_eq!(
+        logs,
+        format!("port={0} http={0} admin={1}\n", ports.0, ports.1)
+    );
+    json_ok(&c.cli(&["task", "cancel", &id, "--json"]));
+    // A health check on the first port of a task with none is refused.
+    let out = c.cli(&[
+        "task",
+        "submit",
+        "--amp",
+        "service",
+        "--health-http",
+        "http/x",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad --health-http"),
+        "{}",
+        stderr(&out)
+    );
+}

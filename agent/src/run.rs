@@ -369,6 +369,11 @@ async fn send_report(servers: &Servers, node: &str, r: Report) {
             cpu_ms: cpu,
             sampled_at_ms: crate::supervisor::now_ms(),
         }),
+        ports: r
+            .ports
+            .iter()
+            .map(|(k, v)| (k.clone(), u32::from(*v)))
+            .collect(),
     };
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -430,6 +435,12 @@ pub fn assignments(a: pb::Assignments, node: &str) -> Vec<(LeaseInfo, Option<Tas
                     grace_ms: spec.grace_ms,
                     state: t.state,
                     starts: t.starts,
+                    ports: spec.ports,
+                    picked: t
+                        .ports
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k, u16::try_from(v).ok()?)))
+                        .collect(),
                 }
             });
             Some((lease, task))

@@ -80,6 +80,10 @@ pub struct TaskInfo {
     pub state: String,
     /// Processes started so far, per the servers.
     pub starts: u32,
+    /// Named ports to pick for it.
+    pub ports: Vec<String>,
+    /// The ports picked for it earlier, per the servers (kept across restarts).
+    pub picked: BTreeMap<String, u16>,
 }
 
 /// A report for the servers.
@@ -99,6 +103,8 @@ pub struct Report {
     pub message: String,
     /// Resident bytes and CPU ms of the task's processes, when sampled.
     pub usage: Option<(u64, u64)>,
+    /// The ports picked for it, by name.
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// Shared facts every runner needs.
@@ -393,6 +399,8 @@ struct Work {
     stopping: bool,
     health: Option<crate::health::Monitor>,
     amp: Box<dyn Amp>,
+    /// Its named ports: the servers' record, or picked here.
+    ports: BTreeMap<String, u16>,
 }
 
 impl Work {
@@ -409,6 +417,7 @@ impl Work {
             stopping: false,
             health: None,
             amp,
+            ports: BTreeMap::new(),
         };
         if !matches!(w.task.state.as_str(), "pending" | "running") {
             return w;
@@ -430,6 +439,11 @@ impl Work {
         } else {
             w.next_start = Some(now_ms());
         }
+        w.ports = if w.task.picked.is_empty() && !w.adopted {
+            pick_ports(&w.task.ports)
+        } else {
+            w.task.picked.clone()
+        };
         w
     }
 
@@ -467,6 +481,7 @@ impl Work {
             health,
             message,
             usage,
+            ports: self.ports.clone(),
         });
     }
 
@@ -502,6 +517,15 @@ impl Work {
             .insert("CHARTER_EXIT_FILE".into(), exit_file.display().to_string());
         l.env
             .insert("CHARTER_TASK_ID".into(), self.task.id.to_string());
+        for (i, name) in self.task.ports.iter().enumerate() {
+            if let Some(p) = self.ports.get(name) {
+                if i == 0 {
+                    l.env.insert("PORT".into(), p.to_string());
+                }
+                l.env
+                    .insert(format!("PORT_{}", name.to_ascii_uppercase()), p.to_string());
+            }
+        }
         match sandbox::spawn(&l, &self.ctx.iso, &argv, Stdio::piped(), Stdio::piped()) {
             Ok(mut child) => {
                 self.starts += 1;
@@ -515,10 +539,25 @@ impl Work {
                     r.insert(self.task.id);
                 }
                 self.child = Some(child);
-                self.health = self
-                    .amp
-                    .health()
-                    .map(|c| crate::health::Monitor::start(c, l.dir.clone()));
+                let first = self
+                    .task
+                    .ports
+                    .first()
+                    .and_then(|n| self.ports.get(n))
+                    .copied();
+                self.health = self.amp.health().map(|mut c| {
+                    // Port 0: the task's first named port.
+                    if let (
+                        Some(p),
+                        crate::health::Probe::Http { port, .. }
+                        | crate::health::Probe::Tcp { port },
+                    ) = (first, &mut c.probe)
+                        && *port == 0
+                    {
+                        *port = p;
+                    }
+                    crate::health::Monitor::start(c, l.dir.clone())
+                });
                 self.report("running", None, String::new());
             }
             Err(e) => {
@@ -598,6 +637,23 @@ impl Work {
             h.stop();
         }
     }
+}
+
+/// Picks a free port for each name: the kernel's choice for a listener on
+/// 0.0.0.0, held until all are picked (so two names never get the same
+/// one), then closed for the service to bind moments later.
+fn pick_ports(names: &[String]) -> BTreeMap<String, u16> {
+    let mut held = Vec::new();
+    let mut out = BTreeMap::new();
+    for n in names {
+        if let Ok(l) = std::net::TcpListener::bind(("0.0.0.0", 0))
+            && let Ok(a) = l.local_addr()
+        {
+            out.insert(n.clone(), a.port());
+            held.push(l);
+        }
+    }
+    out
 }
 
 async fn wait_child(child: Option<&mut tokio::process::Child>) -> Option<i32> {

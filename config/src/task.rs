@@ -74,6 +74,9 @@ pub struct TaskConfig {
     pub grace_ms: u64,
     /// Service health check.
     pub health: Option<HealthConfig>,
+    /// Named ports the agent picks (`PORT`, `PORT_<NAME>`).
+    #[serde(default)]
+    pub ports: Vec<String>,
     /// The lease the task runs in.
     pub lease: LeaseConfig,
 }
@@ -102,6 +105,7 @@ impl TaskConfig {
             max_restarts: self.max_restarts,
             health: self.health.as_ref().map(HealthConfig::to_pb),
             grace_ms: self.grace_ms,
+            ports: self.ports.clone(),
         }
     }
 
@@ -146,6 +150,17 @@ impl TaskConfig {
                 "health checks are for services; set amp = \"service\"",
             );
         }
+        let ports = f.str_list("ports");
+        for p in &ports {
+            if !(1..=32).contains(&p.len())
+                || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                f.error_at(
+                    "ports",
+                    format!("port name \"{p}\" must be 1-32 letters, digits or '_'"),
+                );
+            }
+        }
         let lease = LeaseConfig::read(f);
         Some(TaskConfig {
             name,
@@ -157,6 +172,7 @@ impl TaskConfig {
             max_restarts: max_restarts?,
             grace_ms: grace,
             health,
+            ports,
             lease: lease?,
         })
     }

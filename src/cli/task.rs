@@ -73,7 +73,12 @@ pub struct SubmitArgs {
     /// An environment variable `KEY=VALUE`; repeat for more.
     #[arg(long = "env")]
     env: Vec<String>,
-    /// Service: healthy while `GET http://127.0.0.1:PORT/PATH` answers 200 (`PORT/PATH`).
+    /// A named port the agent picks for it: `PORT` (the first) and
+    /// `PORT_<NAME>` in its environment; repeat for more.
+    #[arg(long = "port")]
+    ports: Vec<String>,
+    /// Service: healthy while `GET http://127.0.0.1:PORT/PATH` answers 200
+    /// (`PORT/PATH`; PORT may be the first `--port` name).
     #[arg(long)]
     health_http: Option<String>,
     /// Service: healthy while 127.0.0.1:PORT accepts connections.
@@ -108,6 +113,8 @@ struct TaskJson {
     /// The last usage sample: resident bytes and CPU ms (null before one).
     rss_bytes: Option<u64>,
     cpu_ms: Option<u64>,
+    /// The ports its agent picked, by name.
+    ports: std::collections::BTreeMap<String, u32>,
 }
 
 fn task_json(t: &pb::Task) -> TaskJson {
@@ -130,6 +137,7 @@ fn task_json(t: &pb::Task) -> TaskJson {
         message: t.message.clone(),
         rss_bytes: t.usage.map(|u| u.rss_bytes),
         cpu_ms: t.usage.map(|u| u.cpu_ms),
+        ports: t.ports.clone().into_iter().collect(),
     }
 }
 
@@ -155,6 +163,10 @@ fn print_task(g: &Global, t: &pb::Task) -> anyhow::Result<()> {
     }
     if !j.health.is_empty() {
         println!("  health   {}", j.health);
+    }
+    if !j.ports.is_empty() {
+        let ports: Vec<String> = j.ports.iter().map(|(n, p)| format!("{n}={p}")).collect();
+        println!("  ports    {}", ports.join(" "));
     }
     if j.starts > 1 {
         println!("  starts   {}", j.starts);
@@ -201,6 +213,7 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
             max_restarts: 0,
             grace_ms: 0,
             health: None,
+            ports: Vec::new(),
             lease: charter_config::lease::LeaseConfig::default(),
         },
     };
@@ -249,16 +262,23 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
     }
     t.env
         .extend(super::node::parse_pairs("--env", "MODE=fast", &a.env)?);
+    t.ports.extend(a.ports.iter().cloned());
     let mut health = t.health.as_ref().map(|h| h.to_pb());
     if let Some(v) = &a.health_http {
         let (port, path) = v.split_once('/').unwrap_or((v.as_str(), ""));
-        let port: u16 = port.parse().map_err(|_| {
-            fail(
-                format!("bad --health-http `{v}`"),
-                "expected PORT/PATH",
-                "e.g. --health-http 8080/healthz",
-            )
-        })?;
+        // The first named port is port 0: the agent checks what it picked.
+        let named = t.ports.first().is_some_and(|p| p == port);
+        let port: u16 = if named {
+            0
+        } else {
+            port.parse().map_err(|_| {
+                fail(
+                    format!("bad --health-http `{v}`"),
+                    "expected PORT/PATH, PORT a number or the first --port name",
+                    "e.g. --health-http 8080/healthz or --port http --health-http http/healthz",
+                )
+            })?
+        };
         health = Some(pb::HealthCheck {
             kind: "http".into(),
             port: u32::from(port),

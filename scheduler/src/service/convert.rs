@@ -164,6 +164,11 @@ pub fn task(t: &Task, l: Option<&Lease>) -> pb::Task {
             cpu_ms: u.cpu_ms,
             sampled_at_ms: u.sampled_at,
         }),
+        ports: t
+            .ports
+            .iter()
+            .map(|(k, v)| (k.clone(), u32::from(*v)))
+            .collect(),
     }
 }
 
@@ -203,6 +208,7 @@ fn task_spec_out(s: &TaskSpec) -> pb::TaskSpec {
             out
         }),
         grace_ms: s.grace_ms,
+        ports: s.ports.clone(),
     }
 }
 
@@ -219,13 +225,15 @@ pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
     let health = match s.health.filter(|h| !h.kind.is_empty()) {
         None => None,
         Some(h) => {
+            // Port 0 checks the task's first named port.
+            let first_port = !s.ports.is_empty();
             let port = || {
                 u16::try_from(h.port)
                     .ok()
-                    .filter(|p| *p > 0)
+                    .filter(|p| *p > 0 || first_port)
                     .ok_or_else(|| {
                         Status::invalid_argument(format!(
-                            "health check port {} is not 1-65535",
+                            "health check port {} is not 1-65535 (0 checks the task's first named port, and it has none)",
                             h.port
                         ))
                     })
@@ -284,6 +292,16 @@ pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
         max_restarts: s.max_restarts,
         health,
         grace_ms: s.grace_ms,
+        ports: {
+            for p in &s.ports {
+                if !crate::state::valid_port_name(p) {
+                    return bad(format!(
+                        "port name `{p}` must be 1-32 letters, digits or '_', like http"
+                    ));
+                }
+            }
+            s.ports
+        },
     })
 }
 

@@ -276,6 +276,11 @@ impl pb::agents_server::Agents for Api {
                 cpu_ms: u.cpu_ms,
                 sampled_at: u.sampled_at_ms,
             }),
+            ports: r
+                .ports
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, u16::try_from(v).ok()?)))
+                .collect(),
         };
         task_reply(
             self.submit_unkeyed(&who, Command::ReportTask(report))

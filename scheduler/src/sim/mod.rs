@@ -386,6 +386,7 @@ impl Sim {
                     health: String::new(),
                     message: String::new(),
                     usage: None,
+                    ports: Default::default(),
                 }),
                 6 => Command::CancelTask {
                     id: self.rng.random_range(1..(self.next_key / 8).max(2)),

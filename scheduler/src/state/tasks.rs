@@ -30,6 +30,9 @@ pub struct TaskReport {
     /// A resource-usage sample, if one was taken.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The ports picked for it, by name.
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, u16>,
 }
 
 impl State {
@@ -69,6 +72,7 @@ impl State {
             ended_at: None,
             message: String::new(),
             usage: None,
+            ports: Default::default(),
             run: None,
         };
         self.tasks.insert(id, task.clone());
@@ -125,6 +129,9 @@ impl State {
         }
         if r.usage.is_some() {
             t.usage = r.usage;
+        }
+        if !r.ports.is_empty() {
+            t.ports = r.ports.clone();
         }
         if r.state != TaskState::Pending && t.started_at.is_none() {
             t.started_at = Some(now);

@@ -653,6 +653,7 @@ fn a_cron_tick_fires_once_whoever_proposes_it() {
             health: String::new(),
             message: "exited with 3".into(),
             usage: None,
+            ports: Default::default(),
         }),
     ))
     .unwrap();

@@ -476,6 +476,9 @@ pub struct TaskSpec {
     pub health: Option<Health>,
     /// Between SIGTERM and SIGKILL at the lease's end, in ms (0 = 10 s).
     pub grace_ms: u64,
+    /// Named ports its agent picks (`PORT`, `PORT_<NAME>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 /// Where a task is in its life.
@@ -563,6 +566,9 @@ pub struct Task {
     /// The last resource-usage sample of its processes.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The ports its agent picked, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u16>,
     /// The cron run it is, `(job, scheduled_at)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<(String, Millis)>,
@@ -577,4 +583,9 @@ pub struct Usage {
     pub cpu_ms: u64,
     /// When the agent sampled it (the agent's clock).
     pub sampled_at: Millis,
+}
+
+/// Whether `name` may name a task's port (it becomes `PORT_<NAME>`).
+pub fn valid_port_name(name: &str) -> bool {
+    (1..=32).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
