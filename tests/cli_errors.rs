@@ -388,7 +388,10 @@ fn validate_reports_every_problem_and_exits_non_zero() {
 fn the_examples_validate() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("app")).unwrap());
+    for e in files {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let out = charter(&["validate", p.to_str().unwrap()]);
@@ -396,5 +399,8 @@ fn the_examples_validate() {
             n += 1;
         }
     }
-    assert!(n >= 2, "examples/ has its configs");
+    assert!(
+        n >= 5,
+        "examples/ has its configs (lease, task, server, crontab, app)"
+    );
 }
