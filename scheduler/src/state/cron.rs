@@ -187,13 +187,22 @@ impl State {
                         .find(|d| d.config.name == c.job)
                         .expect("planned from these jobs");
                     let old = self.cron_jobs.get(&c.job);
+                    // A new schedule starts now: its ticks before the
+                    // change were never due, so they are not missed.
+                    let same_times = old.is_some_and(|o| {
+                        o.config.schedule == d.config.schedule
+                            && o.config.timezone == d.config.timezone
+                    });
                     let job = CronJob {
                         config: d.config.clone(),
                         version: version.to_string(),
                         owner: d.owner.clone(),
                         applied_by: principal.to_string(),
                         paused: d.config.paused,
-                        since: old.map_or(now, |o| o.since),
+                        since: match old {
+                            Some(o) if same_times => o.since,
+                            _ => now,
+                        },
                         trimmed_to: old.and_then(|o| o.trimmed_to),
                     };
                     self.cron_jobs.insert(c.job.clone(), job);

@@ -689,9 +689,15 @@ fn cron_apply_adds_changes_deletes_and_guards_other_principals_jobs() {
         .map(|c| (c.job.as_str(), c.change.as_str()))
         .collect();
     assert_eq!(kinds, [("a", "changed"), ("b", "deleted")]);
+    assert_eq!(s.cron_jobs["a"].since, 5);
+    s.time = 50;
     apply(&mut s, "ann", &changed).unwrap();
     assert_eq!(s.cron_jobs.keys().collect::<Vec<_>>(), ["a"]);
     assert_eq!(s.cron_jobs["a"].config.schedule, "*/5 * * * *");
+    assert_eq!(
+        s.cron_jobs["a"].since, 50,
+        "a new schedule starts when applied: its earlier ticks are not missed ones"
+    );
     // Bob cannot take over ann's job, nor give his runs to ann.
     assert!(matches!(
         apply(&mut s, "bob", only_a),
