@@ -205,6 +205,10 @@ impl Server {
                 icpt.clone(),
             ))
             .add_service(pb::cron_server::CronServer::with_interceptor(
+                api.clone(),
+                icpt.clone(),
+            ))
+            .add_service(pb::deploy_server::DeployServer::with_interceptor(
                 api,
                 icpt.clone(),
             ))

@@ -8,6 +8,7 @@ mod bench_agent;
 mod client;
 mod cluster;
 mod cron;
+mod deploy;
 mod lease;
 mod node;
 pub mod output;
@@ -69,6 +70,9 @@ pub enum Cmd {
     /// Hydra, distributed cron: apply cron files, list jobs, read their history.
     #[command(subcommand)]
     Cron(cron::CronCmd),
+    /// The deployer: register apps (`deploy apply app.toml`) and list them.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCmd),
     /// Check any Charter config file; exits non-zero with every problem found.
     Validate(validate::ValidateArgs),
     /// Measure Charter on this machine: starts a cluster on 127.0.0.1, prints figures, stops it.
@@ -96,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Lease(c) => rt.block_on(lease::run(&g, c)),
         Cmd::Quota(c) => rt.block_on(quota::run(&g, c)),
         Cmd::Task(c) => rt.block_on(task::run(&g, c)),
+        Cmd::Deploy(c) => rt.block_on(deploy::run(&g, c)),
         Cmd::Validate(a) => validate::run(&g, a),
         Cmd::Cron(c) => cron::run(&rt, &g, c),
         Cmd::Bench(a) => bench::run(&rt, g.json, a),

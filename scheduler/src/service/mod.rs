@@ -15,6 +15,7 @@ pub mod auth;
 pub use cron::{ScheduleChecker, run_pb};
 mod convert;
 mod cron;
+mod deploy;
 pub mod http;
 mod placer;
 mod tasks;

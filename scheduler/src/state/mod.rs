@@ -23,12 +23,14 @@
 //! priority order (a large request can be passed by smaller ones). Ended
 //! leases and idempotency keys are kept forever.
 
+mod apps;
 mod cron;
 mod leases;
 mod nodes;
 mod tasks;
 mod types;
 
+pub use apps::App;
 pub use cron::{CronFire, CronJob, CronRun, JobChange, JobDef, RUNS_KEPT, RunState, Runs};
 pub use tasks::TaskReport;
 
@@ -159,6 +161,13 @@ pub enum Command {
         /// The job.
         job: String,
     },
+    /// Registers or updates an app for the deployer.
+    AppApply {
+        /// Its validated definition.
+        config: Box<charter_config::app::AppConfig>,
+        /// The content hash of the definition.
+        version: String,
+    },
     /// Applies every time-based change due at the proposal's time: leases
     /// expire, queued requests time out, nodes that missed their heartbeat go
     /// down, and the queue is granted what fits. Every command does this
@@ -233,6 +242,13 @@ pub enum Applied {
     CronJob(Box<CronJob>),
     /// A cron run: new, or as it was already decided.
     CronRun(Box<CronRun>),
+    /// An app after an apply, and what changed: added, changed, unchanged.
+    AppApplied {
+        /// The app.
+        app: Box<App>,
+        /// added, changed or unchanged.
+        change: String,
+    },
     /// A principal's limits after the change.
     Quota {
         /// The principal, or `*`.
@@ -329,6 +345,9 @@ pub struct State {
     /// Decided cron ticks, per job by scheduled time.
     #[serde(default)]
     pub cron_runs: Runs,
+    /// The deployer's apps by name.
+    #[serde(default)]
+    pub apps: OrdMap<String, App>,
     /// The fingerprint of the newest applied cron file.
     #[serde(default)]
     pub cron_version: String,
@@ -431,6 +450,9 @@ impl State {
                 self.cron_set_paused(job, *paused, &p.principal, p.admin)
             }
             Command::CronDelete { job } => self.cron_delete(job, &p.principal, p.admin),
+            Command::AppApply { config, version } => {
+                self.app_apply(&p.principal, p.admin, config, version)
+            }
             Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
         };
         if let Some(k) = key {
