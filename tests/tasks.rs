@@ -11,6 +11,20 @@ use std::time::Duration;
 
 const ELECTION: Duration = Duration::from_secs(15);
 
+/// Answers every HTTP request on `listener` with 200 `ok`, from a thread.
+fn serve_ok(listener: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut s = s;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+}
+
 fn setup() -> (Cluster, tempfile::TempDir) {
     let c = Cluster::start(1, &[]);
     c.wait_leader(ELECTION);
@@ -146,17 +160,7 @@ fn a_crashing_service_is_restarted_and_a_failing_check_makes_it_unhealthy() {
     assert_eq!(t["state"], "running", "{t}");
     // One that answers is healthy.
     let port = free_ports(1)[0];
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            use std::io::{Read, Write};
-            let mut s = s;
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
+    serve_ok(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
     let id = submit(
         &c,
         &[
@@ -595,17 +599,7 @@ fn named_ports_are_picked_given_as_env_and_checked_by_health() {
     });
     assert_ne!(ports.0, ports.1);
     // Serve the picked http port: the health check (port 0) must find it.
-    let listener = std::net::TcpListener::bind(("127.0.0.1", ports.0 as u16)).unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            use std::io::{Read, Write};
-            let mut s = s;
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
+    serve_ok(std::net::TcpListener::bind(("127.0.0.1", ports.0 as u16)).unwrap());
     wait_for("the service to be healthy", Duration::from_secs(20), || {
         (task(&c, &id)["health"] == "healthy").then_some(())
     });
