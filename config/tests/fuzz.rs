@@ -19,6 +19,13 @@ fn tomlish() -> impl Strategy<Value = String> {
         Just("\"4GiB\"\n".to_string()),
         Just("[x]\n".to_string()),
         Just("[[job]]\n".to_string()),
+        Just("kind = \"app\"\n".to_string()),
+        Just("[build]\n".to_string()),
+        Just("[run]\n".to_string()),
+        Just("[health]\n".to_string()),
+        Just("name = \"a\"\nrepo = \"/r\"\n".to_string()),
+        Just("command = [\"x\"]\n".to_string()),
+        Just("ports = [".to_string()),
         "[ -~]{0,12}",
         "[0-9.]{1,8}\n",
     ];

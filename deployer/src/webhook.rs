@@ -233,6 +233,26 @@ mod tests {
         assert_eq!(verify(&gh, BODY.as_bytes(), ""), Err(Refused::NoSecret));
     }
 
+    proptest::proptest! {
+        /// Any headers and body: a refusal or a push, never a panic; and
+        /// nothing unsigned with the secret gets through.
+        #[test]
+        fn deliveries_never_panic_and_forgeries_never_pass(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            sig in "[0-9a-f]{0,70}",
+            which in 0..4usize,
+        ) {
+            let name = ["x-hub-signature-256", "x-gitea-signature", "x-gitlab-token", "x-other"][which];
+            let value = if which == 0 { format!("sha256={sig}") } else { sig.clone() };
+            let h = headers(&[(name, &value)]);
+            let real = hex::encode(hmac_sha256(b"s3cret", &body));
+            let forged = sig != real && sig != "s3cret";
+            if verify(&h, &body, "s3cret").is_ok() {
+                proptest::prop_assert!(!forged);
+            }
+        }
+    }
+
     #[test]
     fn a_tag_push_or_garbage_is_not_a_push() {
         let body = BODY.replace("refs/heads/main", "refs/tags/v1");
