@@ -239,20 +239,27 @@ fn read_file(file: &std::path::Path) -> anyhow::Result<String> {
     })
 }
 
-async fn get_job(c: &Client, name: &str) -> anyhow::Result<pb::CronJob> {
-    let r = c
-        .call("cron list", |ch| {
-            let req = c.req(pb::ListCronRequest { stale: false });
-            async move { CronClient::new(ch).list(req).await }
-        })
-        .await?;
-    r.jobs.into_iter().find(|j| j.name == name).ok_or_else(|| {
-        fail(
-            format!("no cron job named {name}"),
-            "",
-            "`charter cron list` shows the applied jobs",
-        )
+async fn list(c: &Client) -> anyhow::Result<pb::ListCronReply> {
+    c.call("cron list", |ch| {
+        let req = c.req(pb::ListCronRequest { stale: false });
+        async move { CronClient::new(ch).list(req).await }
     })
+    .await
+}
+
+async fn get_job(c: &Client, name: &str) -> anyhow::Result<pb::CronJob> {
+    list(c)
+        .await?
+        .jobs
+        .into_iter()
+        .find(|j| j.name == name)
+        .ok_or_else(|| {
+            fail(
+                format!("no cron job named {name}"),
+                "",
+                "`charter cron list` shows the applied jobs",
+            )
+        })
 }
 
 /// Runs a verb that talks to the cluster.
@@ -263,12 +270,7 @@ pub async fn run_remote(g: &Global, cmd: CronCmd) -> anyhow::Result<i32> {
         CronCmd::Apply { file } => apply(g, &c, &file, false).await?,
         CronCmd::Diff { file } => apply(g, &c, &file, true).await?,
         CronCmd::List => {
-            let r = c
-                .call("cron list", |ch| {
-                    let req = c.req(pb::ListCronRequest { stale: false });
-                    async move { CronClient::new(ch).list(req).await }
-                })
-                .await?;
+            let r = list(&c).await?;
             let rows: Vec<JobJson> = r.jobs.iter().map(job_json).collect();
             if g.json {
                 output::json(&serde_json::json!({ "version": r.version, "jobs": rows }))?;

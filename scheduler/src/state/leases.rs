@@ -119,13 +119,12 @@ impl State {
 
     /// Grants pending lease `id` on `nodes` (placement checked them).
     /// The lowest `n` GPU indices of `node` that no live lease holds.
+    /// Placement checked that `n` GPUs are free (and that the node is not
+    /// over its capacity), so `n` of `0..capacity` are unheld.
     fn free_gpus(&self, node: &str, n: u32) -> Vec<u32> {
         let Some(nd) = self.nodes.get(node) else {
             return Vec::new();
         };
-        if n == 0 {
-            return Vec::new();
-        }
         let held: std::collections::BTreeSet<u32> = nd
             .leases
             .iter()
@@ -134,7 +133,7 @@ impl State {
             .flatten()
             .copied()
             .collect();
-        (0..nd.capacity.gpus.max(nd.allocated.gpus + n))
+        (0..nd.capacity.gpus)
             .filter(|g| !held.contains(g))
             .take(n as usize)
             .collect()
