@@ -2,8 +2,8 @@
 //! own sled directory under one temporary directory. Used by the end-to-end
 //! tests and by `charter bench`; both pass the `charter` binary to run.
 //!
-//! Limitations: free ports are found by binding port 0 and closing it, so
-//! another process could take one in between (the start then fails clearly).
+//! Free ports come from below the kernel's ephemeral range, where only a
+//! `bind` can take them (see [`free_ports`]).
 
 use serde_json::Value;
 use std::net::TcpListener;
@@ -22,17 +22,66 @@ pub const OTHER_TOKEN: &str = "test-user-token-0003";
 pub type Result<T> = std::result::Result<T, String>;
 
 /// `n` free loopback ports.
+///
+/// They come from below the kernel's ephemeral range (read from
+/// `/proc/sys/net/ipv4/ip_local_port_range`): a port picked by binding port 0
+/// is free only until some outgoing connection of another process takes it as
+/// its source port, which happened in CI between the pick and the member's
+/// own bind. Ports outside that range are only ever taken by a `bind`, each
+/// one is checked free here, and a process-wide cursor never hands the same
+/// one out twice.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let mut ls = Vec::new();
-    for _ in 0..n {
-        ls.push(
-            TcpListener::bind("127.0.0.1:0")
-                .map_err(|e| format!("cannot bind a free port: {e}"))?,
-        );
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = unclaimed_range();
+    let span = u32::from(high - low);
+    // Start each process at its own place in the range, so test binaries
+    // run one after another do not walk the same ports.
+    let _ = CURSOR.compare_exchange(
+        0,
+        (std::process::id().wrapping_mul(7919) % span).max(1),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut ports = Vec::with_capacity(n);
+    let mut tries = 0u32;
+    while ports.len() < n {
+        tries += 1;
+        if tries > span {
+            return Err(format!(
+                "no free loopback port between {low} and {high}; stop what holds them and retry"
+            ));
+        }
+        let port = low + (CURSOR.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
     }
-    ls.iter()
-        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
-        .collect()
+    Ok(ports)
+}
+
+/// Ports no outgoing connection takes: from 20000 up to the start of the
+/// ephemeral range (Linux's default is 32768-60999), or above its end when
+/// the range starts lower.
+fn unclaimed_range() -> (u16, u16) {
+    let range: Vec<u16> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (low, high) = match range[..] {
+        [low, high] => (low, high),
+        _ => (32768, 60999),
+    };
+    if low > 21000 {
+        (20000, low)
+    } else if high < 64000 {
+        (high + 1, 65000)
+    } else {
+        (20000, 30000)
+    }
 }
 
 /// One member process.
