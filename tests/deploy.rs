@@ -59,3 +59,348 @@ fn apps_are_registered_updated_and_kept_by_their_owner() {
         stderr(&out)
     );
 }
+
+// ------------------------------------------------------------ deployments
+
+use charter_deployer::webhook::hmac_sha256;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SECRET: &str = "s3cret";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository with the example app at version `v1`; returns its path.
+fn app_repo(root: &Path) -> PathBuf {
+    let repo = root.join("hello-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/app");
+    for f in ["hello.rs", "build.sh"] {
+        std::fs::copy(ex.join(f), repo.join(f)).unwrap();
+    }
+    // The sandbox's environment is empty: name this toolchain's rustc
+    // itself rather than rely on rustup choosing one.
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .unwrap();
+    let rustc = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin/rustc");
+    let build = std::fs::read_to_string(repo.join("build.sh")).unwrap();
+    std::fs::write(
+        repo.join("build.sh"),
+        build.replace("rustc ", &format!("{} ", rustc.display())),
+    )
+    .unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch", "main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "v1"]);
+    repo
+}
+
+/// Commits a new version of the app (`v2`, …) or a change to build.sh.
+fn commit(repo: &Path, file: &str, from: &str, to: &str, msg: &str) -> String {
+    let p = repo.join(file);
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{file} has no {from}");
+    std::fs::write(&p, text.replace(from, to)).unwrap();
+    git(repo, &["commit", "--quiet", "-am", msg]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+fn app_file(dir: &Path, repo: &Path, extra: &[(&str, &str)]) -> PathBuf {
+    let mut text = format!(
+        r#"kind = "app"
+name = "hello"
+repo = "{}"
+branch = "main"
+servers = 2
+progress_deadline = "90s"
+secret = "{SECRET}"
+
+[build]
+command = ["sh", "build.sh"]
+artifact = "out/hello"
+cpu = 0.5
+mem = "1GiB"
+timeout = "2m"
+
+[run]
+command = ["./hello"]
+ports = ["http"]
+
+[health]
+http = "/healthz"
+interval = "200ms"
+min_healthy = "1s"
+
+[requirements]
+cpu = 0.1
+mem = "64MiB"
+"#,
+        repo.display()
+    );
+    for (from, to) in extra {
+        assert!(text.contains(from), "no {from} in the app file");
+        text = text.replace(from, to);
+    }
+    let f = dir.join("app.toml");
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A GitHub push delivery for `commit`, signed with `secret`.
+fn push(http_addr: &str, commit: &str, delivery: &str, secret: &str) -> (u16, String) {
+    let body = format!(
+        r#"{{"ref":"refs/heads/main","after":"{commit}","repository":{{"clone_url":"https://git.example/hello.git"}}}}"#
+    );
+    let sig = format!(
+        "sha256={}",
+        hex(&hmac_sha256(secret.as_bytes(), body.as_bytes()))
+    );
+    http(
+        http_addr,
+        "POST",
+        "/hooks/git?app=hello",
+        &[
+            ("x-github-event", "push"),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", &sig),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .unwrap()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn history(c: &Cluster) -> serde_json::Value {
+    json_ok(&c.cli(&["deploy", "history", "hello", "--json"]))
+}
+
+/// Waits until deployment `id` ends; returns it.
+fn ended(c: &Cluster, id: u64, within: Duration) -> serde_json::Value {
+    wait_for(&format!("deployment {id} to end"), within, || {
+        let h = history(c);
+        h["deployments"]
+            .as_array()?
+            .iter()
+            .find(|d| d["id"] == id && !d["ended_at"].is_null())
+            .cloned()
+    })
+}
+
+fn deployment_id(answer: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    v["deployment"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no deployment in {answer}"))
+}
+
+#[test]
+fn a_signed_push_deploys_with_no_failed_request_and_replays_and_bad_signatures_start_nothing() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    let dir = tempfile::tempdir().unwrap();
+    let _a = agent(&c, dir.path(), "a1");
+    let repo = app_repo(dir.path());
+    let v1 = git(&repo, &["rev-parse", "HEAD"]);
+    let f = app_file(dir.path(), &repo, &[]);
+    json_ok(&c.cli(&["deploy", "apply", f.to_str().unwrap(), "--json"]));
+    let web = c.0.members[0].http.clone();
+
+    // The first version.
+    let (code, body) = push(&web, &v1, "d-1", SECRET);
+    assert_eq!(code, 202, "{body}");
+    let first = deployment_id(&body);
+    let d = ended(&c, first, Duration::from_secs(120));
+    assert_eq!(d["status"], "active", "{d}");
+    let entry = |path: &str| http(&web, "GET", &format!("/apps/hello{path}"), &[], b"");
+    assert_eq!(entry("/").unwrap(), (200, "hello from v1\n".into()));
+
+    // A bad signature, and an unsigned one: 401, nothing starts.
+    let v2 = commit(&repo, "hello.rs", "\"v1\"", "\"v2\"", "v2");
+    let (code, body) = push(&web, &v2, "d-2", "wrong");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("does not match"), "{body}");
+    let (code, _) = http(
+        &web,
+        "POST",
+        "/hooks/git?app=hello",
+        &[("x-github-delivery", "d-3")],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(code, 401);
+    assert_eq!(history(&c)["deployments"].as_array().unwrap().len(), 1);
+
+    // The client polls the entry through the whole deploy of v2.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (stop, web) = (stop.clone(), web.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut bad, mut seen) = (0, Vec::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http(&web, "GET", "/apps/hello/", &[], b"") {
+                    Ok((200, b)) => {
+                        ok += 1;
+                        if seen.last() != Some(&b) {
+                            seen.push(b);
+                        }
+                    }
+                    other => bad.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, bad, seen)
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let (code, body) = push(&web, &v2, "d-4", SECRET);
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "answered in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(code, 202, "{body}");
+    let second = deployment_id(&body);
+    // The same delivery again, and the same commit in another delivery: nothing new.
+    let (code, body) = push(&web, &v2, "d-4", SECRET);
+    assert_eq!(code, 202, "{body}");
+    assert!(body.contains("seen before"), "{body}");
+    let (_, body) = push(&web, &v2, "d-5", SECRET);
+    assert!(body.contains("is being deployed"), "{body}");
+    let d = ended(&c, second, Duration::from_secs(120));
+    assert_eq!(d["status"], "active", "{d}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad, seen) = poller.join().unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed: {:?}",
+        bad.len(),
+        ok + bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert_eq!(
+        seen,
+        ["hello from v1\n", "hello from v2\n"],
+        "the old version answers until the swap"
+    );
+    assert!(ok > 20, "{ok} requests");
+    // Pushed again once active: still deployed once.
+    let (_, body) = push(&web, &v2, "d-6", SECRET);
+    assert!(body.contains("is already active"), "{body}");
+    let h = history(&c);
+    assert_eq!(h["deployments"].as_array().unwrap().len(), 2, "{h}");
+    assert_eq!(h["active"], second);
+    // Every step on record; the old version retired and its servers gone.
+    let steps: Vec<&str> = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "fetch",
+            "build",
+            "publish",
+            "lease",
+            "start",
+            "await_healthy",
+            "promote",
+            "retire"
+        ]
+    );
+    let old = h["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == first)
+        .unwrap()
+        .clone();
+    assert_eq!(old["status"], "retired", "{old}");
+    let tasks = json_ok(&c.cli(&["task", "list", "--json"]));
+    let running: Vec<u64> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(running.len(), 2, "only the new servers run: {tasks}");
+    let status = json_ok(&c.cli(&["deploy", "status", "hello", "--json"]));
+    assert_eq!(status["active"]["deployment"], second, "{status}");
+    assert_eq!(
+        status["active"]["servers"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+    for s in status["active"]["servers"].as_array().unwrap() {
+        let addr = s["address"].as_str().unwrap();
+        assert_eq!(
+            http(addr, "GET", "/", &[], b"").unwrap().1,
+            "hello from v2\n"
+        );
+    }
+}

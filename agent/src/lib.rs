@@ -14,6 +14,7 @@
 //! The agent speaks to the scheduler only through gRPC.
 
 pub mod amp;
+pub mod artifact;
 pub use charter_proto::conn;
 pub mod health;
 pub mod logs;

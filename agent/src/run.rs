@@ -181,6 +181,7 @@ async fn life(
         running,
         leases,
         leftovers: Arc::default(),
+        servers: Some(servers.clone()),
     };
     let mut sup = Supervisor::new(ctx);
     let (assign_tx, mut assign_rx) = mpsc::channel::<Vec<(LeaseInfo, Option<TaskInfo>)>>(4);
@@ -374,6 +375,7 @@ async fn send_report(servers: &Servers, node: &str, r: Report) {
             .iter()
             .map(|(k, v)| (k.clone(), u32::from(*v)))
             .collect(),
+        artifact: r.artifact.clone(),
     };
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -436,6 +438,9 @@ pub fn assignments(a: pb::Assignments, node: &str) -> Vec<(LeaseInfo, Option<Tas
                     state: t.state,
                     starts: t.starts,
                     ports: spec.ports,
+                    artifact_out: spec.artifact_out,
+                    artifact_in: spec.artifact_in,
+                    artifact_name: spec.artifact_name,
                     picked: t
                         .ports
                         .into_iter()

@@ -84,6 +84,12 @@ pub struct TaskInfo {
     pub ports: Vec<String>,
     /// The ports picked for it earlier, per the servers (kept across restarts).
     pub picked: BTreeMap<String, u16>,
+    /// Batch: the sandbox file stored as an artifact after exit 0.
+    pub artifact_out: String,
+    /// Service: the artifact fetched into the sandbox before the first start.
+    pub artifact_in: String,
+    /// Its file name there.
+    pub artifact_name: String,
 }
 
 /// A report for the servers.
@@ -105,6 +111,8 @@ pub struct Report {
     pub usage: Option<(u64, u64)>,
     /// The ports picked for it, by name.
     pub ports: BTreeMap<String, u16>,
+    /// The sha256 of the artifact stored.
+    pub artifact: String,
 }
 
 /// Shared facts every runner needs.
@@ -125,6 +133,8 @@ pub struct Ctx {
     /// Assigned leases whose processes an earlier life of the agent left
     /// running (found once, at the first assignments).
     pub leftovers: Arc<Mutex<BTreeSet<u64>>>,
+    /// The servers, for artifacts (none in unit tests).
+    pub servers: Option<Arc<charter_proto::conn::Servers>>,
 }
 
 struct Runner {
@@ -335,7 +345,7 @@ async fn run_lease(
         match wake {
             Wake::Exited(code) => {
                 if let Some(w) = work.as_mut() {
-                    w.exited(code);
+                    w.exited(code).await;
                 }
             }
             Wake::Term => {
@@ -452,13 +462,13 @@ impl Work {
     }
 
     fn report(&self, state: &'static str, exit_code: Option<i32>, message: String) {
-        self.send(state, exit_code, message, None);
+        self.send(state, exit_code, message, None, String::new());
     }
 
     /// Reports what the task's processes use now.
     fn sample(&mut self) {
         let usage = sandbox::usage(&self.ctx.data, self.lease);
-        self.send("running", None, String::new(), Some(usage));
+        self.send("running", None, String::new(), Some(usage), String::new());
     }
 
     fn send(
@@ -467,6 +477,7 @@ impl Work {
         exit_code: Option<i32>,
         message: String,
         usage: Option<(u64, u64)>,
+        artifact: String,
     ) {
         let health = self
             .health
@@ -482,6 +493,7 @@ impl Work {
             message,
             usage,
             ports: self.ports.clone(),
+            artifact,
         });
     }
 
@@ -497,6 +509,10 @@ impl Work {
             };
             tokio::time::sleep(until(at)).await;
             self.next_start = None;
+            if let Err(e) = self.fetch_artifact(l).await {
+                self.report("failed", None, e);
+                return std::future::pending().await;
+            }
             self.start(l);
         }
     }
@@ -606,8 +622,47 @@ impl Work {
             .and_then(|s| s.trim().parse().ok())
     }
 
+    /// Puts the task's artifact in the sandbox before its first start.
+    async fn fetch_artifact(&self, l: &Launch) -> Result<(), String> {
+        let t = &self.task;
+        if t.artifact_in.is_empty() {
+            return Ok(());
+        }
+        let dest = l.dir.join(&t.artifact_name);
+        if dest.is_file() {
+            return Ok(());
+        }
+        let servers = self
+            .ctx
+            .servers
+            .as_ref()
+            .ok_or("this agent has no servers to fetch from")?;
+        crate::artifact::fetch(servers, &t.artifact_in, &dest).await
+    }
+
+    /// Stores a finished build's artifact; the task succeeds only then.
+    async fn store_artifact(&self) -> Result<String, String> {
+        let t = &self.task;
+        let file = sandbox::lease_dir(&self.ctx.data, self.lease).join(&t.artifact_out);
+        if !file.is_file() {
+            return Err(format!(
+                "the build exited 0 but left no artifact at {}",
+                t.artifact_out
+            ));
+        }
+        let servers = self
+            .ctx
+            .servers
+            .as_ref()
+            .ok_or("this agent has no servers to store in")?;
+        let app = t.env.get("CHARTER_APP").map_or("default", String::as_str);
+        let (sha, copies) = crate::artifact::upload(servers, app, &file).await?;
+        tracing::info!(task = t.id, sha256 = %sha, copies, "artifact stored");
+        Ok(sha)
+    }
+
     /// Decides what follows an exit: done, or another start after a backoff.
-    fn exited(&mut self, status: Option<i32>) {
+    async fn exited(&mut self, status: Option<i32>) {
         self.child = None;
         if let Some(h) = self.health.take() {
             h.stop();
@@ -623,6 +678,14 @@ impl Work {
             Next::Again { backoff_ms, why } => {
                 self.next_start = Some(now_ms() + backoff_ms);
                 self.report("running", code, why);
+            }
+            Next::Done { state, why }
+                if state == "succeeded" && !self.task.artifact_out.is_empty() =>
+            {
+                match self.store_artifact().await {
+                    Ok(sha) => self.send(state, code, why, None, sha),
+                    Err(e) => self.report("failed", code, e),
+                }
             }
             Next::Done { state, why } => self.report(state, code, why),
         }

@@ -15,6 +15,7 @@ pub mod app;
 pub mod canonical;
 pub mod constraint;
 pub mod cron;
+pub mod deployment;
 mod error;
 pub mod fingerprint;
 pub mod lease;

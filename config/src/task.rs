@@ -106,6 +106,7 @@ impl TaskConfig {
             health: self.health.as_ref().map(HealthConfig::to_pb),
             grace_ms: self.grace_ms,
             ports: self.ports.clone(),
+            ..Default::default()
         }
     }
 

@@ -68,6 +68,81 @@ pub fn head(repo: &str, branch: &str) -> Result<String, GitError> {
         })
 }
 
+/// Fetches `repo` into the bare mirror `mirror` (cloned on first use) and
+/// resolves `rev` (a full or abbreviated commit; empty: the head of
+/// `branch`) to a full commit that the mirror has.
+pub fn resolve(repo: &str, mirror: &Path, rev: &str, branch: &str) -> Result<String, GitError> {
+    if mirror.join("HEAD").is_file() {
+        run(
+            "fetch",
+            repo,
+            &["fetch", "--quiet", "--prune", "origin"],
+            Some(mirror),
+        )?;
+    } else {
+        let m = mirror.display().to_string();
+        run(
+            "clone",
+            repo,
+            &["clone", "--quiet", "--mirror", "--", repo, &m],
+            None,
+        )?;
+    }
+    let want = if rev.is_empty() {
+        format!("refs/heads/{branch}^{{commit}}")
+    } else if rev.chars().all(|c| c.is_ascii_hexdigit()) {
+        format!("{rev}^{{commit}}")
+    } else {
+        return Err(GitError {
+            what: "rev-parse",
+            repo: repo.to_string(),
+            message: format!("`{rev}` is not a commit id"),
+        });
+    };
+    let out = run(
+        "rev-parse",
+        repo,
+        &["rev-parse", "--verify", "--quiet", &want],
+        Some(mirror),
+    )
+    .map_err(|mut e| {
+        e.message = if rev.is_empty() {
+            format!("no branch {branch}")
+        } else {
+            format!("no commit {rev}")
+        };
+        e
+    })?;
+    Ok(out.trim().to_string())
+}
+
+/// The head of `branch` read straight from a local repository's files (a
+/// loose ref, then `packed-refs`), without running git: what polling
+/// hundreds of local apps needs. `None` when `repo` is not a local
+/// repository or the ref is not there in those forms.
+pub fn local_head(repo: &str, branch: &str) -> Option<String> {
+    let root = Path::new(repo);
+    if !root.is_absolute() {
+        return None;
+    }
+    let git_dir = if root.join(".git").is_dir() {
+        root.join(".git")
+    } else {
+        root.to_path_buf()
+    };
+    let name = format!("refs/heads/{branch}");
+    if let Ok(s) = std::fs::read_to_string(git_dir.join(&name)) {
+        let s = s.trim();
+        return (s.len() >= 40 && s.chars().all(|c| c.is_ascii_hexdigit())).then(|| s.to_string());
+    }
+    let packed = std::fs::read_to_string(git_dir.join("packed-refs")).ok()?;
+    packed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, r)| *r == name)
+        .map(|(sha, _)| sha.to_string())
+}
+
 /// Checks out `commit` of `repo` into the new directory `dir`.
 pub fn checkout(repo: &str, commit: &str, dir: &Path) -> Result<(), GitError> {
     if commit.is_empty() || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -132,6 +207,29 @@ mod tests {
         let dir = work.path().join("co");
         checkout(&path, &first, &dir).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("v")).unwrap(), "one\n");
+
+        assert_eq!(local_head(&path, "main").as_deref(), Some(second.as_str()));
+        sh(r, &["pack-refs", "--all"]);
+        assert_eq!(local_head(&path, "main").as_deref(), Some(second.as_str()));
+        assert_eq!(local_head(&path, "nope"), None);
+        let mirror = work.path().join("mirror.git");
+        assert_eq!(resolve(&path, &mirror, "", "main").unwrap(), second);
+        assert_eq!(
+            resolve(&path, &mirror, &first[..10], "main").unwrap(),
+            first
+        );
+        std::fs::write(r.join("v"), "three\n").unwrap();
+        sh(r, &["commit", "--quiet", "-am", "three"]);
+        let third = sh(r, &["rev-parse", "HEAD"]);
+        assert_eq!(
+            resolve(&path, &mirror, &third, "main").unwrap(),
+            third,
+            "fetched again"
+        );
+        let e = resolve(&path, &mirror, "deadbeef", "main")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no commit deadbeef"), "{e}");
 
         let e = head(&path, "nope").unwrap_err().to_string();
         assert!(e.contains("no branch nope"), "{e}");

@@ -15,7 +15,9 @@
 //! plan, the artifact route and the CLI are not built yet; the deployer
 //! talks to the scheduler only through gRPC.
 
+pub mod controller;
 pub mod git;
+pub mod hooks;
 pub mod pipeline;
 pub mod store;
 pub mod webhook;

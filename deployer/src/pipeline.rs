@@ -1,238 +1,502 @@
-//! A deployment walks typed steps in order. Each turn, the controller reads
-//! what it observes, calls [`next_action`] with `now`, and carries out the
-//! action; the planner does no IO, so a restarted controller resumes from the
-//! observed state alone.
+//! The pure planner of a deployment: from the app (desired), the
+//! deployment and its tasks as the state has them (observed), and `now`, the
+//! one thing to do next. The controller carries it out and proposes the
+//! result; the planner does no IO, so a controller on a new leader resumes
+//! from the replicated state alone.
 //!
-//! Rules: any failure before `Promote`, or passing the progress deadline
-//! before `Promote`, rolls back (the new servers are released and the old
-//! version stays active). `AwaitHealthy` finishes only after the new servers
-//! have been healthy for `min_healthy`. After `Promote` there is no way back:
-//! a failed `Retire` is retried.
+//! Rules:
+//! - Before promotion, any failure, or the progress deadline passing,
+//!   rolls back: the state releases the new servers and the old version
+//!   stays active. The failed step and the reason are recorded.
+//! - `await_healthy` finishes when every new server has been healthy for
+//!   `min_healthy`; the old version serves until then and until promotion.
+//! - A build of the same commit already in the store is reused.
+//! - After promotion there is no way back: `retire` waits [`DRAIN_MS`] for
+//!   requests in flight to the old servers, then retires them.
+
+use charter_config::deployment::{Deployment, TaskView};
+use std::collections::BTreeMap;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-/// The steps, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Step {
-    /// Fetch the commit.
-    Fetch,
-    /// Build it as a batch task on the cluster.
-    Build,
-    /// Publish the artifact to the content-addressed store.
-    Publish,
-    /// Lease fresh servers.
-    Lease,
-    /// Start the service there.
-    Start,
-    /// Wait until all are healthy for `min_healthy`.
-    AwaitHealthy,
-    /// Make the new version active.
-    Promote,
-    /// Drain, stop and release the previous version's servers.
-    Retire,
-}
-
-impl Step {
-    /// Every step in order.
-    pub const ALL: [Step; 8] = [
-        Step::Fetch,
-        Step::Build,
-        Step::Publish,
-        Step::Lease,
-        Step::Start,
-        Step::AwaitHealthy,
-        Step::Promote,
-        Step::Retire,
-    ];
-
-    /// The step after this one.
-    pub fn next(self) -> Option<Step> {
-        let i = Step::ALL.iter().position(|s| *s == self)?;
-        Step::ALL.get(i + 1).copied()
-    }
-}
-
-/// Where the current step is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StepState {
-    /// Not started.
-    Pending,
-    /// Started at this time.
-    Running(Millis),
-    /// Finished.
-    Done,
-    /// Failed, with the reason.
-    Failed(String),
-}
+/// After promotion, the old servers keep running this long for requests
+/// already sent to them.
+pub const DRAIN_MS: i64 = 2_000;
 
 /// What the app asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
-    /// The whole deployment must reach `Promote` within this many ms.
+    /// The deployment must be promoted within this many ms of its start.
     pub progress_deadline_ms: i64,
     /// How long every new server must stay healthy before promotion.
     pub min_healthy_ms: i64,
-}
-
-/// What the controller sees.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
-    /// When the deployment started.
-    pub started_at: Millis,
-    /// The current step.
-    pub step: Step,
-    /// Its state.
-    pub state: StepState,
-    /// Since when all new servers have been healthy, if they are.
-    pub healthy_since: Option<Millis>,
+    /// How many servers.
+    pub servers: usize,
 }
 
 /// What to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Start (or retry) this step.
-    Run(Step),
-    /// Nothing to do yet.
+    /// Nothing yet.
     Wait,
-    /// Mark this step done.
-    Complete(Step),
-    /// Stop and release the new servers; the old version stays active.
-    RollBack {
-        /// The step that failed.
-        failed: Step,
+    /// Fetch the repository and resolve the commit.
+    Fetch,
+    /// Submit the build task.
+    SubmitBuild,
+    /// Submit one task per server.
+    SubmitServers,
+    /// The current step is done.
+    Done {
+        /// The step.
+        step: String,
+        /// Build: the artifact's sha256.
+        artifact: String,
+        /// A note for the record.
+        message: String,
+    },
+    /// The current step failed: roll back.
+    Fail {
+        /// The step.
+        step: String,
         /// Why.
         reason: String,
+        /// A build task whose output should be kept.
+        log_of: Option<u64>,
     },
-    /// The deployment is over.
-    Finished,
 }
 
-/// The next action for a deployment, from what is desired, observed and `now`.
-pub fn next_action(d: &Desired, o: &Observed, now: Millis) -> Action {
-    let before_promote = o.step < Step::Promote;
-    if before_promote && now - o.started_at > d.progress_deadline_ms && o.state != StepState::Done {
-        return Action::RollBack {
-            failed: o.step,
-            reason: format!("progress deadline of {} ms passed", d.progress_deadline_ms),
-        };
+fn done(step: &str, message: impl Into<String>) -> Action {
+    Action::Done {
+        step: step.into(),
+        artifact: String::new(),
+        message: message.into(),
     }
-    match &o.state {
-        StepState::Failed(why) if before_promote => Action::RollBack {
-            failed: o.step,
-            reason: why.clone(),
+}
+
+fn fail(step: &str, reason: impl Into<String>) -> Action {
+    Action::Fail {
+        step: step.into(),
+        reason: reason.into(),
+        log_of: None,
+    }
+}
+
+fn ended(t: &TaskView) -> bool {
+    !matches!(t.state.as_str(), "pending" | "running")
+}
+
+fn why_ended(what: &str, id: u64, t: &TaskView) -> String {
+    let mut s = format!("{what} (task {id}) {}", t.state);
+    if let Some(c) = t.exit_code {
+        s.push_str(&format!(" with exit code {c}"));
+    }
+    if !t.message.is_empty() {
+        s.push_str(&format!(": {}", t.message));
+    }
+    s
+}
+
+/// The next action for a running deployment. `built` is an artifact an
+/// earlier deployment built from the same commit, if any.
+pub fn next(
+    want: &Desired,
+    d: &Deployment,
+    tasks: &BTreeMap<u64, TaskView>,
+    built: Option<&str>,
+    now: Millis,
+) -> Action {
+    let step = d.step();
+    if d.current().is_none_or(|r| r.state != "running") {
+        return Action::Wait;
+    }
+    let before_promote = !matches!(step, "promote" | "retire");
+    if before_promote && now - d.created_at > want.progress_deadline_ms {
+        return fail(
+            step,
+            format!(
+                "progress deadline of {} passed in step {step}",
+                human_ms(want.progress_deadline_ms)
+            ),
+        );
+    }
+    let servers: Vec<(u64, Option<&TaskView>)> =
+        d.instances.iter().map(|id| (*id, tasks.get(id))).collect();
+    let lost = servers.iter().find_map(|(id, t)| match t {
+        Some(t) if ended(t) => Some(why_ended("a server", *id, t)),
+        None => Some(format!("a server (task {id}) is gone from the state")),
+        _ => None,
+    });
+    match step {
+        "fetch" => Action::Fetch,
+        "build" => match (built, d.build_task) {
+            (Some(a), _) => Action::Done {
+                step: "build".into(),
+                artifact: a.to_string(),
+                message: "reused the artifact of an earlier build of this commit".into(),
+            },
+            (None, None) => Action::SubmitBuild,
+            (None, Some(id)) => match tasks.get(&id) {
+                Some(t) if t.state == "succeeded" && t.artifact.len() == 64 => Action::Done {
+                    step: "build".into(),
+                    artifact: t.artifact.clone(),
+                    message: String::new(),
+                },
+                Some(t) if ended(t) => Action::Fail {
+                    step: "build".into(),
+                    reason: why_ended("the build", id, t),
+                    log_of: Some(id),
+                },
+                Some(_) => Action::Wait,
+                None => fail(
+                    "build",
+                    format!("the build (task {id}) is gone from the state"),
+                ),
+            },
         },
-        StepState::Failed(_) | StepState::Pending => Action::Run(o.step),
-        StepState::Running(_) if o.step == Step::AwaitHealthy => match o.healthy_since {
-            Some(h) if now - h >= d.min_healthy_ms => Action::Complete(Step::AwaitHealthy),
+        "publish" => done("publish", format!("sha256 {}", d.artifact)),
+        "lease" if d.instances.is_empty() => Action::SubmitServers,
+        "lease" | "start" | "await_healthy" if lost.is_some() => {
+            fail(step, lost.unwrap_or_default())
+        }
+        "lease" => {
+            if servers
+                .iter()
+                .all(|(_, t)| t.is_some_and(|t| t.lease_state == "granted"))
+            {
+                done("lease", "")
+            } else {
+                Action::Wait
+            }
+        }
+        "start" => {
+            if servers
+                .iter()
+                .all(|(_, t)| t.is_some_and(|t| t.state == "running"))
+            {
+                done("start", "")
+            } else {
+                Action::Wait
+            }
+        }
+        "await_healthy" => {
+            let since: Option<Vec<Millis>> = servers
+                .iter()
+                .map(|(_, t)| {
+                    t.filter(|t| t.health == "healthy")
+                        .and_then(|t| t.health_since)
+                })
+                .collect();
+            match since.and_then(|s| s.into_iter().max()) {
+                Some(all) if now - all >= want.min_healthy_ms => done(
+                    "await_healthy",
+                    format!(
+                        "{} servers healthy for {}",
+                        servers.len(),
+                        human_ms(now - all)
+                    ),
+                ),
+                _ => Action::Wait,
+            }
+        }
+        "promote" => done("promote", ""),
+        "retire" => match d.promoted_at {
+            Some(p) if now - p >= DRAIN_MS => done("retire", ""),
             _ => Action::Wait,
         },
-        StepState::Running(_) => Action::Wait,
-        StepState::Done => match o.step.next() {
-            Some(n) => Action::Run(n),
-            None => Action::Finished,
-        },
+        other => fail(other, format!("unknown step {other}")),
     }
+}
+
+/// `1.5s`, `2m`, `1h30m`.
+pub fn human_ms(ms: i64) -> String {
+    if ms < 60_000 {
+        let s = ms as f64 / 1000.0;
+        return if ms % 1000 == 0 {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{s:.1}s")
+        };
+    }
+    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use charter_config::deployment::{DeployStatus, StepRecord};
 
-    fn obs(step: Step, state: StepState, healthy_since: Option<Millis>) -> Observed {
-        Observed {
-            started_at: 0,
-            step,
-            state,
-            healthy_since,
+    fn dep(step: &str) -> Deployment {
+        Deployment {
+            id: 7,
+            app: "hello".into(),
+            commit: "a".repeat(40),
+            fingerprint: String::new(),
+            trigger: "webhook".into(),
+            by: "root".into(),
+            created_at: 0,
+            status: DeployStatus::Running,
+            steps: vec![StepRecord {
+                step: step.into(),
+                started_at: 0,
+                ended_at: None,
+                state: "running".into(),
+                message: String::new(),
+            }],
+            build_task: None,
+            artifact: "f".repeat(64),
+            instances: vec![],
+            previous: None,
+            promoted_at: None,
+            failed_step: String::new(),
+            reason: String::new(),
+            build_log: String::new(),
+            ended_at: None,
+        }
+    }
+
+    fn task(state: &str, health: &str, since: Option<Millis>) -> TaskView {
+        TaskView {
+            state: state.into(),
+            health: health.into(),
+            health_since: since,
+            lease_state: if state == "pending" {
+                "pending"
+            } else {
+                "granted"
+            }
+            .into(),
+            ..TaskView::default()
         }
     }
 
     #[test]
     fn planner_table() {
-        let d = Desired {
+        let want = Desired {
             progress_deadline_ms: 600_000,
-            min_healthy_ms: 10_000,
+            min_healthy_ms: 3_000,
+            servers: 2,
         };
-        let rb = |failed, reason: &str| Action::RollBack {
-            failed,
-            reason: reason.into(),
+        let sha = "b".repeat(64);
+        let built = TaskView {
+            artifact: sha.clone(),
+            ..task("succeeded", "", None)
         };
-        let cases = vec![
+        let with = |step: &str, f: &dyn Fn(&mut Deployment)| {
+            let mut d = dep(step);
+            f(&mut d);
+            d
+        };
+        let servers = |d: &mut Deployment| d.instances = vec![2, 3];
+        type Case<'a> = (
+            Deployment,
+            Vec<(u64, TaskView)>,
+            Option<&'a str>,
+            Millis,
+            Action,
+        );
+        let cases: Vec<Case> = vec![
+            (dep("fetch"), vec![], None, 1, Action::Fetch),
+            (dep("build"), vec![], None, 1, Action::SubmitBuild),
             (
-                obs(Step::Fetch, StepState::Pending, None),
+                dep("build"),
+                vec![],
+                Some(&sha),
                 1,
-                Action::Run(Step::Fetch),
+                Action::Done {
+                    step: "build".into(),
+                    artifact: sha.clone(),
+                    message: "reused the artifact of an earlier build of this commit".into(),
+                },
             ),
             (
-                obs(Step::Fetch, StepState::Done, None),
+                with("build", &|d| d.build_task = Some(1)),
+                vec![(1, task("running", "", None))],
+                None,
                 1,
-                Action::Run(Step::Build),
-            ),
-            (
-                obs(Step::Build, StepState::Running(5), None),
-                100,
                 Action::Wait,
             ),
             (
-                obs(Step::Build, StepState::Failed("exit 2".into()), None),
-                100,
-                rb(Step::Build, "exit 2"),
+                with("build", &|d| d.build_task = Some(1)),
+                vec![(1, built.clone())],
+                None,
+                1,
+                Action::Done {
+                    step: "build".into(),
+                    artifact: sha.clone(),
+                    message: String::new(),
+                },
             ),
             (
-                obs(Step::AwaitHealthy, StepState::Running(5), None),
-                100,
+                with("build", &|d| d.build_task = Some(1)),
+                vec![(
+                    1,
+                    TaskView {
+                        exit_code: Some(2),
+                        message: "exited with 2".into(),
+                        ..task("failed", "", None)
+                    },
+                )],
+                None,
+                1,
+                Action::Fail {
+                    step: "build".into(),
+                    reason: "the build (task 1) failed with exit code 2: exited with 2".into(),
+                    log_of: Some(1),
+                },
+            ),
+            (
+                dep("publish"),
+                vec![],
+                None,
+                1,
+                done("publish", format!("sha256 {}", "f".repeat(64))),
+            ),
+            (dep("lease"), vec![], None, 1, Action::SubmitServers),
+            (
+                with("lease", &servers),
+                vec![
+                    (2, task("pending", "", None)),
+                    (3, task("running", "", None)),
+                ],
+                None,
+                1,
                 Action::Wait,
             ),
             (
-                obs(Step::AwaitHealthy, StepState::Running(5), Some(1_000)),
-                10_999,
+                with("lease", &servers),
+                vec![
+                    (2, task("running", "", None)),
+                    (3, task("pending", "", None)),
+                ],
+                None,
+                1,
                 Action::Wait,
             ),
             (
-                obs(Step::AwaitHealthy, StepState::Running(5), Some(1_000)),
-                11_000,
-                Action::Complete(Step::AwaitHealthy),
+                with("start", &servers),
+                vec![
+                    (2, task("running", "", None)),
+                    (3, task("running", "", None)),
+                ],
+                None,
+                1,
+                done("start", ""),
             ),
             (
-                obs(Step::AwaitHealthy, StepState::Running(5), None),
+                with("await_healthy", &servers),
+                vec![
+                    (2, task("running", "healthy", Some(100))),
+                    (3, task("running", "starting", Some(0))),
+                ],
+                None,
+                10_000,
+                Action::Wait,
+            ),
+            (
+                with("await_healthy", &servers),
+                vec![
+                    (2, task("running", "healthy", Some(100))),
+                    (3, task("running", "healthy", Some(900))),
+                ],
+                None,
+                3_899,
+                Action::Wait,
+            ),
+            (
+                with("await_healthy", &servers),
+                vec![
+                    (2, task("running", "healthy", Some(100))),
+                    (3, task("running", "healthy", Some(900))),
+                ],
+                None,
+                3_900,
+                done("await_healthy", "2 servers healthy for 3s"),
+            ),
+            (
+                with("await_healthy", &servers),
+                vec![
+                    (2, task("running", "healthy", Some(100))),
+                    (
+                        3,
+                        TaskView {
+                            message: "exited with 1".into(),
+                            ..task("failed", "", None)
+                        },
+                    ),
+                ],
+                None,
+                3_900,
+                fail("await_healthy", "a server (task 3) failed: exited with 1"),
+            ),
+            (
+                with("await_healthy", &servers),
+                vec![
+                    (2, task("running", "unhealthy", Some(100))),
+                    (3, task("running", "healthy", Some(9))),
+                ],
+                None,
                 600_001,
-                rb(Step::AwaitHealthy, "progress deadline of 600000 ms passed"),
+                fail(
+                    "await_healthy",
+                    "progress deadline of 10m passed in step await_healthy",
+                ),
             ),
+            (dep("promote"), vec![], None, 600_001, done("promote", "")),
             (
-                obs(Step::AwaitHealthy, StepState::Done, None),
-                600_001,
-                Action::Run(Step::Promote),
-            ),
-            (
-                obs(Step::Promote, StepState::Running(5), None),
-                900_000,
+                with("retire", &|d| d.promoted_at = Some(600_000)),
+                vec![],
+                None,
+                601_999,
                 Action::Wait,
             ),
             (
-                obs(Step::Retire, StepState::Failed("agent gone".into()), None),
-                900_000,
-                Action::Run(Step::Retire),
-            ),
-            (
-                obs(Step::Retire, StepState::Done, None),
-                900_000,
-                Action::Finished,
+                with("retire", &|d| d.promoted_at = Some(600_000)),
+                vec![],
+                None,
+                602_000,
+                done("retire", ""),
             ),
         ];
-        for (i, (o, now, want)) in cases.into_iter().enumerate() {
-            assert_eq!(next_action(&d, &o, now), want, "case {i}: {o:?} at {now}");
+        for (i, (d, tasks, built, now, want_action)) in cases.into_iter().enumerate() {
+            let tasks: BTreeMap<u64, TaskView> = tasks.into_iter().collect();
+            assert_eq!(
+                next(&want, &d, &tasks, built, now),
+                want_action,
+                "case {i}: step {} at {now}",
+                d.step()
+            );
         }
     }
 
     #[test]
-    fn steps_run_in_order() {
-        let mut s = Step::Fetch;
-        let mut seen = vec![s];
-        while let Some(n) = s.next() {
-            seen.push(n);
-            s = n;
-        }
-        assert_eq!(seen, Step::ALL);
+    fn an_ended_step_waits_for_the_state() {
+        let mut d = dep("build");
+        d.steps[0].state = "failed".into();
+        let want = Desired {
+            progress_deadline_ms: 1,
+            min_healthy_ms: 0,
+            servers: 1,
+        };
+        assert_eq!(next(&want, &d, &BTreeMap::new(), None, 99), Action::Wait);
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_ms(1_500), "1.5s");
+        assert_eq!(human_ms(3_000), "3s");
+        assert_eq!(human_ms(600_000), "10m");
+        assert_eq!(human_ms(5_430_000), "1h30m30s");
     }
 }

@@ -68,6 +68,16 @@ impl Servers {
         })
     }
 
+    /// Every member's channel, with its address (to reach each one: an
+    /// artifact is stored on every member).
+    pub fn each(&self) -> Vec<(String, Channel)> {
+        self.addrs
+            .iter()
+            .cloned()
+            .zip(self.channels.iter().cloned())
+            .collect()
+    }
+
     /// Wraps a message with the bearer token.
     pub fn req<M>(&self, m: M) -> Request<M> {
         let mut r = Request::new(m);

@@ -41,6 +41,10 @@ pub struct ServerOptions {
     pub scaling: controller::provision::ScalingOptions,
     /// Checks cron schedules for `Cron.Apply` (Hydra's parser, from the binary).
     pub schedule_check: Option<crate::service::ScheduleChecker>,
+    /// The artifact store (the deployer's, from the binary).
+    pub artifacts: Option<crate::service::ArtifactStore>,
+    /// More HTTP routes (the deployer's webhook, from the binary).
+    pub http_extra: Option<axum::Router>,
 }
 
 /// The file in the data directory that says which member it belongs to.
@@ -179,7 +183,8 @@ impl Server {
 
         let (stop, stop_rx) = watch::channel(false);
         let api = Api::new(member.clone(), opts.tokens.peer_token())
-            .with_schedule_check(opts.schedule_check.clone());
+            .with_schedule_check(opts.schedule_check.clone())
+            .with_artifacts(opts.artifacts.clone());
         let peer = Peer::new(member.clone(), &api);
         let icpt = opts.tokens.interceptor();
         let router = tonic::transport::Server::builder()
@@ -233,7 +238,10 @@ impl Server {
             }
         })];
         let mut http_stop = stop_rx.clone();
-        let app = http::router(member.clone());
+        let mut app = http::router(member.clone());
+        if let Some(extra) = opts.http_extra.clone() {
+            app = app.merge(extra);
+        }
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = http_stop.changed().await;

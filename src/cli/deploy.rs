@@ -1,6 +1,7 @@
-//! `charter deploy`: the deployer. For now `apply` registers or updates an
-//! app from its app.toml (checked here and again by the server) and `list`
-//! shows the registered apps; deployments arrive with the controller.
+//! `charter deploy`: the deployer. `apply` registers or updates an app from
+//! its app.toml (checked here and again by the server), `list` shows the
+//! apps, `trigger` and `rollback` start deployments, `status` and `history`
+//! show them.
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};
@@ -20,6 +21,159 @@ pub enum DeployCmd {
     },
     /// The registered apps.
     List,
+    /// Deploy a commit now (default: the branch head).
+    Trigger {
+        /// The app.
+        app: String,
+        /// A full or abbreviated commit.
+        #[arg(long)]
+        commit: Option<String>,
+    },
+    /// The newest deployment's steps and the active version's servers.
+    Status {
+        /// The app.
+        app: String,
+        /// Keep showing it until the deployment ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The app's deployments, newest first.
+    History {
+        /// The app.
+        app: String,
+        /// How many.
+        #[arg(short, default_value_t = 20)]
+        n: u32,
+    },
+    /// Deploy the version that was active before the current one again
+    /// (or the one with this fingerprint).
+    Rollback {
+        /// The app.
+        app: String,
+        /// The fingerprint to return to (`deploy history` shows them).
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+type Deployment = charter_config::deployment::Deployment;
+type TaskView = charter_config::deployment::TaskView;
+
+async fn history(
+    c: &Client,
+    app: &str,
+    n: u32,
+) -> anyhow::Result<(
+    Vec<Deployment>,
+    u64,
+    std::collections::BTreeMap<u64, TaskView>,
+)> {
+    let r = c
+        .call("deploy history", |ch| {
+            let req = c.req(pb::DeployHistoryRequest {
+                app: app.to_string(),
+                n,
+                stale: false,
+            });
+            async move { DeployClient::new(ch).history(req).await }
+        })
+        .await?;
+    let ds = r
+        .deployments
+        .iter()
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let tasks = r
+        .tasks
+        .iter()
+        .filter_map(|(id, t)| Some((*id, serde_json::from_str(t).ok()?)))
+        .collect();
+    Ok((ds, r.active, tasks))
+}
+
+fn short(c: &str) -> String {
+    c.chars().take(12).collect()
+}
+
+fn elapsed(from: i64, to: Option<i64>) -> String {
+    let to = to.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    format!("{:.1}s", (to - from).max(0) as f64 / 1000.0)
+}
+
+/// The active version's servers: task, node, address, health.
+fn servers_json(
+    d: &Deployment,
+    tasks: &std::collections::BTreeMap<u64, TaskView>,
+) -> Vec<serde_json::Value> {
+    d.instances
+        .iter()
+        .map(|id| {
+            let t = tasks.get(id).cloned().unwrap_or_default();
+            let port = t.ports.values().next().copied();
+            serde_json::json!({
+                "task": id,
+                "node": t.node,
+                "address": port.map(|p| format!("{}:{p}", t.host)).unwrap_or_default(),
+                "state": t.state,
+                "health": t.health,
+            })
+        })
+        .collect()
+}
+
+fn print_status(
+    app: &str,
+    ds: &[Deployment],
+    active: u64,
+    tasks: &std::collections::BTreeMap<u64, TaskView>,
+) {
+    match ds.iter().find(|d| d.id == active) {
+        Some(a) => {
+            println!(
+                "{app}: active {} (deployment {}, commit {})",
+                a.fingerprint,
+                a.id,
+                short(&a.commit)
+            );
+            for s in servers_json(a, tasks) {
+                println!(
+                    "  task {:<6} {:<12} {:<22} {} {}",
+                    s["task"],
+                    s["node"].as_str().unwrap_or(""),
+                    s["address"].as_str().unwrap_or(""),
+                    s["state"].as_str().unwrap_or(""),
+                    s["health"].as_str().unwrap_or("")
+                );
+            }
+        }
+        None => println!("{app}: no active version"),
+    }
+    if let Some(d) = ds
+        .first()
+        .filter(|d| d.id != active || d.ended_at.is_none())
+    {
+        println!(
+            "deployment {} of {} ({}): {}{}",
+            d.id,
+            short(&d.commit),
+            d.trigger,
+            d.status.as_str(),
+            if d.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", d.reason)
+            }
+        );
+        for r in &d.steps {
+            println!(
+                "  {:<14} {:<8} {:>8}  {}",
+                r.step,
+                r.state,
+                elapsed(r.started_at, r.ended_at),
+                r.message
+            );
+        }
+    }
 }
 
 /// An app as `--json` prints it.
@@ -133,6 +287,145 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                 );
             }
         }
+        DeployCmd::Trigger { app, commit } => {
+            let key = new_key();
+            let commit = commit.unwrap_or_default();
+            let r = c
+                .call("deploy trigger", |ch| {
+                    let req = c.req(pb::TriggerDeployRequest {
+                        idempotency_key: key.clone(),
+                        app: app.clone(),
+                        commit: commit.clone(),
+                        trigger: "manual".into(),
+                        delivery: String::new(),
+                    });
+                    async move { DeployClient::new(ch).trigger(req).await }
+                })
+                .await?;
+            return trigger_out(g, &r);
+        }
+        DeployCmd::Status { app, watch } => loop {
+            let (ds, active, tasks) = history(&c, &app, 2).await?;
+            let newest = ds.first();
+            if g.json {
+                let a = ds.iter().find(|d| d.id == active);
+                output::json(&serde_json::json!({
+                    "app": app,
+                    "active": a.map(|a| serde_json::json!({
+                        "deployment": a.id,
+                        "fingerprint": a.fingerprint,
+                        "commit": a.commit,
+                        "servers": servers_json(a, &tasks),
+                    })),
+                    "deployment": newest,
+                }))?;
+            } else {
+                if watch {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print_status(&app, &ds, active, &tasks);
+            }
+            if !watch || newest.is_none_or(|d| d.ended_at.is_some()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        },
+        DeployCmd::History { app, n } => {
+            let (ds, active, _) = history(&c, &app, n).await?;
+            if g.json {
+                output::json(
+                    &serde_json::json!({ "app": app, "active": active, "deployments": ds }),
+                )?;
+            } else {
+                output::table(
+                    &[
+                        "ID",
+                        "COMMIT",
+                        "FINGERPRINT",
+                        "TRIGGER",
+                        "STATUS",
+                        "STEP",
+                        "STARTED",
+                        "TOOK",
+                        "REASON",
+                    ],
+                    ds.iter()
+                        .map(|d| {
+                            vec![
+                                d.id.to_string(),
+                                short(&d.commit),
+                                d.fingerprint.clone(),
+                                d.trigger.clone(),
+                                d.status.as_str().to_string(),
+                                if d.failed_step.is_empty() {
+                                    d.step().to_string()
+                                } else {
+                                    d.failed_step.clone()
+                                },
+                                output::time(d.created_at),
+                                elapsed(d.created_at, d.ended_at),
+                                d.reason.clone(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        DeployCmd::Rollback { app, to } => {
+            let (ds, active, _) = history(&c, &app, 200).await?;
+            let target = match &to {
+                Some(fp) => ds
+                    .iter()
+                    .find(|d| &d.fingerprint == fp && !d.artifact.is_empty()),
+                None => ds
+                    .iter()
+                    .find(|d| d.id == active)
+                    .and_then(|a| a.previous)
+                    .and_then(|p| ds.iter().find(|d| d.id == p)),
+            };
+            let Some(target) = target else {
+                return Err(fail(
+                    format!("no version of {app} to roll back to"),
+                    match &to {
+                        Some(fp) => format!("no built deployment has fingerprint {fp}"),
+                        None => "the active version has no earlier one".into(),
+                    },
+                    "charter deploy history APP shows the fingerprints; pass one with --to",
+                ));
+            };
+            let key = new_key();
+            let commit = target.commit.clone();
+            let r = c
+                .call("deploy rollback", |ch| {
+                    let req = c.req(pb::TriggerDeployRequest {
+                        idempotency_key: key.clone(),
+                        app: app.clone(),
+                        commit: commit.clone(),
+                        trigger: "rollback".into(),
+                        delivery: String::new(),
+                    });
+                    async move { DeployClient::new(ch).trigger(req).await }
+                })
+                .await?;
+            return trigger_out(g, &r);
+        }
+    }
+    Ok(0)
+}
+
+fn trigger_out(g: &Global, r: &pb::TriggerDeployReply) -> anyhow::Result<i32> {
+    let d: Option<Deployment> = serde_json::from_str(&r.deployment).ok();
+    if g.json {
+        output::json(
+            &serde_json::json!({ "started": r.started, "reason": r.reason, "deployment": d }),
+        )?;
+    } else if let Some(d) = d.filter(|_| r.started) {
+        println!(
+            "deployment {} of {} started; charter deploy status {} --watch follows it",
+            d.id, d.app, d.app
+        );
+    } else {
+        println!("nothing started: {}", r.reason);
     }
     Ok(0)
 }

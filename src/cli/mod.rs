@@ -52,6 +52,8 @@ pub enum Cmd {
     Dev(server::DevArgs),
     /// Run Hydra (cron) on its own, for members started with --no-hydra.
     Hydra(server::HydraArgs),
+    /// Run the deployer on its own, for members started with --no-deployer.
+    Deployer(server::DeployerArgs),
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -94,6 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Server(a) => rt.block_on(server::run_server(a)),
         Cmd::Dev(a) => rt.block_on(server::run_dev(a)),
         Cmd::Hydra(_) => rt.block_on(server::run_hydra(&g)),
+        Cmd::Deployer(a) => rt.block_on(server::run_deployer(&g, &a)),
         Cmd::Agent(a) => rt.block_on(agent::run(&g, a)),
         Cmd::Cluster(c) => rt.block_on(cluster::run(&g, c)),
         Cmd::Node(c) => rt.block_on(node::run(&g, c)),

@@ -51,6 +51,9 @@ pub struct ServerArgs {
     /// Do not run Hydra (cron) in this member; run `charter hydra` elsewhere.
     #[arg(long)]
     pub no_hydra: bool,
+    /// Do not run the deployer in this member; run `charter deployer` elsewhere.
+    #[arg(long)]
+    pub no_deployer: bool,
 }
 
 /// `charter dev`.
@@ -77,6 +80,72 @@ pub struct DevArgs {
     /// Do not run Hydra (cron).
     #[arg(long)]
     pub no_hydra: bool,
+    /// Do not run the deployer.
+    #[arg(long)]
+    pub no_deployer: bool,
+}
+
+/// `charter deployer`: the deployer on its own, for members started with --no-deployer.
+#[derive(ClapArgs, Debug)]
+pub struct DeployerArgs {
+    /// Where the deployer keeps its mirrors of the apps' repositories.
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+}
+
+/// Runs the deployer standalone against `--server` until interrupted.
+pub async fn run_deployer(g: &super::client::Global, a: &DeployerArgs) -> anyhow::Result<i32> {
+    init_tracing();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let work = a
+        .work
+        .clone()
+        .unwrap_or_else(|| charter_home().join("deployer"));
+    let opts = charter_deployer::controller::Options {
+        servers: g.servers.split(',').map(str::to_string).collect(),
+        token: super::client::find_token(g),
+        only_leader: false,
+        work,
+    };
+    let h = tokio::spawn(charter_deployer::controller::run(opts, stop));
+    tracing::info!(servers = %g.servers, "deployer running standalone");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = h.await;
+    Ok(0)
+}
+
+/// The deployer's artifact store as the server's.
+struct Artifacts(charter_deployer::store::Store, PathBuf);
+
+impl charter_scheduler::service::Artifacts for Artifacts {
+    fn put(&self, app: &str, file: &Path, keep: usize) -> std::io::Result<String> {
+        self.0.put(app, file, keep)
+    }
+    fn path(&self, sha256: &str) -> Option<PathBuf> {
+        self.0.path(sha256)
+    }
+    fn incoming(&self) -> PathBuf {
+        self.1.clone()
+    }
+}
+
+fn artifacts(data: &Path) -> anyhow::Result<charter_scheduler::service::ArtifactStore> {
+    let root = data.join("artifacts");
+    let store = charter_deployer::store::Store::open(&root).map_err(|e| {
+        fail(
+            "cannot open the artifact store",
+            format!("{}: {e}", root.display()),
+            "check the data directory's permissions",
+        )
+    })?;
+    Ok(charter_scheduler::service::ArtifactStore(
+        std::sync::Arc::new(Artifacts(store, root.join("incoming"))),
+    ))
 }
 
 /// `charter hydra`: Hydra on its own, for members started with --no-hydra.
@@ -316,20 +385,29 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         tick: Duration::from_millis(a.tick_ms.max(1)),
         scaling,
         schedule_check: schedule_check(),
+        artifacts: Some(artifacts(&a.data)?),
+        http_extra: None,
     };
-    serve(opts, None, !a.no_hydra).await
+    serve(opts, None, (!a.no_hydra, !a.no_deployer)).await
 }
 
 async fn serve(
-    opts: ServerOptions,
+    mut opts: ServerOptions,
     agent: Option<AgentOptions>,
-    hydra: bool,
+    (hydra, deployer): (bool, bool),
 ) -> anyhow::Result<i32> {
     let data = opts.data.clone();
     let hydra_token = opts.tokens.peer_token();
+    // The webhook route talks to this member once it listens.
+    let link: charter_deployer::hooks::Link = Default::default();
+    opts.http_extra = Some(charter_deployer::hooks::router(link.clone()));
     let mut server = Server::start(opts)
         .await
         .map_err(|e| fail("cannot start the server", e.to_string(), ""))?;
+    let own = vec![server.listen.to_string()];
+    if let Ok(s) = charter_proto::conn::Servers::new(&own, hydra_token.clone()) {
+        let _ = link.set(s);
+    }
     tracing::info!(id = server.member.id(), grpc = %server.listen, http = %server.http, data = %data.display(), "charter member serving");
     let (agent_stop, agent_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = agent.map(|mut a| {
@@ -348,10 +426,20 @@ async fn serve(
     let hydra = hydra.then(|| {
         let opts = charter_hydra::controller::Options {
             servers: vec![server.listen.to_string()],
-            token: hydra_token,
+            token: hydra_token.clone(),
             only_leader: true,
         };
-        tokio::spawn(charter_hydra::controller::run(opts, hydra_stopped))
+        tokio::spawn(charter_hydra::controller::run(opts, hydra_stopped.clone()))
+    });
+    // The deployer in this member: it acts only while this member leads.
+    let deployer = deployer.then(|| {
+        let opts = charter_deployer::controller::Options {
+            servers: own.clone(),
+            token: hydra_token.clone(),
+            only_leader: true,
+            work: data.join("deployer"),
+        };
+        tokio::spawn(charter_deployer::controller::run(opts, hydra_stopped))
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let fatal = tokio::select! {
@@ -363,6 +451,9 @@ async fn serve(
     tracing::info!("shutting down");
     let _ = hydra_stop.send(true);
     if let Some(h) = hydra {
+        let _ = h.await;
+    }
+    if let Some(h) = deployer {
         let _ = h.await;
     }
     let _ = agent_stop.send(());
@@ -457,6 +548,7 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
     } else {
         Some(dev_agent(&data, tokens.peer_token())?)
     };
+    let store = artifacts(&data)?;
     let opts = ServerOptions {
         id: 1,
         data,
@@ -469,6 +561,8 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
         tick: Duration::from_millis(50),
         scaling,
         schedule_check: schedule_check(),
+        artifacts: Some(store),
+        http_extra: None,
     };
-    serve(opts, agent, !a.no_hydra).await
+    serve(opts, agent, (!a.no_hydra, !a.no_deployer)).await
 }

@@ -209,6 +209,9 @@ fn task_spec_out(s: &TaskSpec) -> pb::TaskSpec {
         }),
         grace_ms: s.grace_ms,
         ports: s.ports.clone(),
+        artifact_out: s.artifact_out.clone(),
+        artifact_in: s.artifact_in.clone(),
+        artifact_name: s.artifact_name.clone(),
     }
 }
 
@@ -302,6 +305,44 @@ pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
             }
             s.ports
         },
+        artifact_out: {
+            let p = std::path::Path::new(&s.artifact_out);
+            if p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return bad(format!(
+                    "artifact_out `{}` must be a path inside the task's sandbox, like out/app",
+                    s.artifact_out
+                ));
+            }
+            s.artifact_out
+        },
+        artifact_in: {
+            let ok = s.artifact_in.is_empty()
+                || (s.artifact_in.len() == 64
+                    && s.artifact_in
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+            if !ok {
+                return bad(format!(
+                    "artifact_in `{}` is not a sha256 (64 lower-case hex digits)",
+                    s.artifact_in
+                ));
+            }
+            if !s.artifact_in.is_empty()
+                && (s.artifact_name.is_empty()
+                    || s.artifact_name.contains('/')
+                    || s.artifact_name.starts_with('.'))
+            {
+                return bad(format!(
+                    "artifact_name `{}` must be a plain file name, like app",
+                    s.artifact_name
+                ));
+            }
+            s.artifact_in
+        },
+        artifact_name: s.artifact_name,
     })
 }
 

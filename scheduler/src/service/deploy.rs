@@ -1,14 +1,136 @@
-//! Deploy: registering apps (`charter deploy apply app.toml`) and listing
-//! them. Deployments arrive with the deployer's controller.
+//! Deploy: apps (`charter deploy apply app.toml`), deployments (triggers,
+//! history, the deployer controller's view and step changes) and the
+//! member's artifact store (agents upload a build's artifact and fetch it
+//! for a server, checking its sha256).
 
-use super::Api;
-use super::auth::principal;
-use crate::state::{App, Applied, Command};
+use super::auth::{principal, require_admin};
+use super::{Api, convert};
+use crate::state::{App, Applied, Command, DeployStep, State, Task};
 use charter_config::AnyConfig;
+use charter_config::deployment::{AppView, DeployStatus, DeployView, Deployment, TaskView};
 use charter_proto as pb;
-use tonic::{Request, Response, Status};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
 
-fn app_pb(a: &App) -> pb::App {
+/// Where a member keeps artifacts (the deployer's store, handed in by the binary).
+pub trait Artifacts: Send + Sync {
+    /// Stores the file at `file` as a version of `app`, keeping its newest
+    /// `keep`; returns its sha256.
+    fn put(&self, app: &str, file: &Path, keep: usize) -> std::io::Result<String>;
+    /// Where the artifact `sha256` is, if stored here.
+    fn path(&self, sha256: &str) -> Option<PathBuf>;
+    /// A directory for uploads in progress.
+    fn incoming(&self) -> PathBuf;
+}
+
+/// A handle on a member's artifact store.
+#[derive(Clone)]
+pub struct ArtifactStore(pub Arc<dyn Artifacts>);
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArtifactStore")
+    }
+}
+
+/// Bytes per artifact chunk on the wire.
+const CHUNK: usize = 1 << 20;
+
+fn deployment_json(d: &Deployment) -> String {
+    serde_json::to_string(d).unwrap_or_default()
+}
+
+fn deploy_reply(out: Applied) -> Result<(Option<Box<Deployment>>, bool, String), Status> {
+    match out {
+        Applied::Deploy {
+            deployment,
+            started,
+            reason,
+        } => Ok((deployment, started, reason)),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// What the deployer knows of a task: its state, health, lease and where
+/// its ports are.
+pub fn task_view(s: &State, t: &Task) -> TaskView {
+    let lease = s.leases.get(&t.lease);
+    let node = lease
+        .and_then(|l| l.nodes.first())
+        .cloned()
+        .unwrap_or_default();
+    let host = s
+        .nodes
+        .get(&node)
+        .and_then(|n| n.agent.as_ref())
+        .and_then(|a| {
+            a.addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+        })
+        .unwrap_or_default();
+    TaskView {
+        state: t.state.as_str().to_string(),
+        health: t.health.clone(),
+        health_since: t.health_since,
+        lease: t.lease,
+        lease_state: lease
+            .map(|l| l.state.as_str().to_string())
+            .unwrap_or_default(),
+        expires_at: lease.map(|l| l.expires_at),
+        node,
+        host,
+        ports: t.ports.clone(),
+        artifact: t.artifact.clone(),
+        exit_code: t.exit_code,
+        message: t.message.clone(),
+    }
+}
+
+/// The deployer controller's view of the state.
+pub fn deploy_view(s: &State) -> DeployView {
+    let mut v = DeployView {
+        time: s.time,
+        ..DeployView::default()
+    };
+    for a in s.apps.values() {
+        v.apps.insert(
+            a.config.name.clone(),
+            AppView {
+                config: a.config.clone(),
+                applied_by: a.applied_by.clone(),
+                active: a.active,
+            },
+        );
+    }
+    for d in s.deployments.values() {
+        if !d.artifact.is_empty() {
+            v.built
+                .entry(d.app.clone())
+                .or_default()
+                .insert(d.commit.clone(), d.artifact.clone());
+        }
+        if matches!(d.status, DeployStatus::Running | DeployStatus::Active) {
+            for id in d.build_task.iter().chain(&d.instances) {
+                if let Some(t) = s.tasks.get(id) {
+                    v.tasks.insert(*id, task_view(s, t));
+                }
+            }
+            v.deployments.push(d.clone());
+        }
+    }
+    v
+}
+
+/// An app on the wire; its webhook secret only for its applier and admins.
+fn app_pb(a: &App, who: &super::auth::Principal) -> pb::App {
+    let mut config = a.config.clone();
+    if !who.admin && who.name != a.applied_by && !config.secret.is_empty() {
+        config.secret = "(hidden)".into();
+    }
     pb::App {
         name: a.config.name.clone(),
         repo: a.config.repo.clone(),
@@ -18,7 +140,7 @@ fn app_pb(a: &App) -> pb::App {
         applied_by: a.applied_by.clone(),
         created_at_ms: a.created_at,
         updated_at_ms: a.updated_at,
-        definition: String::from_utf8_lossy(&charter_config::canonical::to_bytes(&a.config))
+        definition: String::from_utf8_lossy(&charter_config::canonical::to_bytes(&config))
             .into_owned(),
     }
 }
@@ -63,7 +185,7 @@ impl pb::deploy_server::Deploy for Api {
             .await?;
         match out {
             Applied::AppApplied { app, change } => Ok(Response::new(pb::ApplyAppReply {
-                app: Some(app_pb(&app)),
+                app: Some(app_pb(&app, &who)),
                 change,
             })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -74,10 +196,282 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsReply>, Status> {
-        let _who = principal(&req)?;
+        let who = principal(&req)?;
         self.barrier(req.get_ref().stale).await?;
         Ok(Response::new(pb::ListAppsReply {
-            apps: self.member.read(|s| s.apps.values().map(app_pb).collect()),
+            apps: self
+                .member
+                .read(|s| s.apps.values().map(|a| app_pb(a, &who)).collect()),
         }))
     }
+
+    async fn trigger(
+        &self,
+        req: Request<pb::TriggerDeployRequest>,
+    ) -> Result<Response<pb::TriggerDeployReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        let trigger = match r.trigger.as_str() {
+            "" => "manual",
+            t @ ("webhook" | "poll" | "manual" | "rollback") => t,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown trigger `{other}`; expected webhook, poll, manual or rollback"
+                )));
+            }
+        };
+        if !r.commit.is_empty() && !r.commit.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(format!(
+                "commit `{}` is not a hex commit id; give a full or abbreviated sha, or none for the branch head",
+                r.commit
+            )));
+        }
+        let cmd = Command::DeployTrigger {
+            app: r.app,
+            commit: r.commit,
+            trigger: trigger.to_string(),
+            delivery: r.delivery,
+        };
+        let out = if r.idempotency_key.is_empty() {
+            self.submit_unkeyed(&who, cmd).await?
+        } else {
+            self.submit(&who, &r.idempotency_key, cmd).await?
+        };
+        let (d, started, reason) = deploy_reply(out)?;
+        Ok(Response::new(pb::TriggerDeployReply {
+            deployment: d.map(|d| deployment_json(&d)).unwrap_or_default(),
+            started,
+            reason,
+        }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::DeployHistoryRequest>,
+    ) -> Result<Response<pb::DeployHistoryReply>, Status> {
+        let _who = principal(&req)?;
+        self.barrier(req.get_ref().stale).await?;
+        let r = req.into_inner();
+        let n = if r.n == 0 { 20 } else { r.n as usize };
+        self.member.read(|s| {
+            let app = s.apps.get(&r.app).ok_or_else(|| {
+                Status::not_found(format!(
+                    "app {} not found; charter deploy list shows the apps",
+                    r.app
+                ))
+            })?;
+            let ds: Vec<&Deployment> = s
+                .deployments
+                .values()
+                .rev()
+                .filter(|d| d.app == r.app)
+                .take(n)
+                .collect();
+            let mut tasks = std::collections::HashMap::new();
+            for d in &ds {
+                for id in d.build_task.iter().chain(&d.instances) {
+                    if let Some(t) = s.tasks.get(id) {
+                        tasks.insert(
+                            *id,
+                            serde_json::to_string(&task_view(s, t)).unwrap_or_default(),
+                        );
+                    }
+                }
+            }
+            Ok(Response::new(pb::DeployHistoryReply {
+                deployments: ds.iter().map(|d| deployment_json(d)).collect(),
+                active: app.active.unwrap_or(0),
+                tasks,
+            }))
+        })
+    }
+
+    async fn plan(
+        &self,
+        req: Request<pb::DeployPlanRequest>,
+    ) -> Result<Response<pb::DeployPlanReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "reading the deployer's plan")?;
+        let is_leader = || self.member.status().role == crate::raft_driver::Role::Leader;
+        if req.get_ref().leader_only && !is_leader() {
+            return Ok(Response::new(pb::DeployPlanReply::default()));
+        }
+        self.barrier(false).await?;
+        let leader = is_leader();
+        let view = self.member.read(deploy_view);
+        Ok(Response::new(pb::DeployPlanReply {
+            leader,
+            view: serde_json::to_string(&view).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+
+    async fn step(
+        &self,
+        req: Request<pb::DeployStepRequest>,
+    ) -> Result<Response<pb::DeploymentReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "changing a deployment's step")?;
+        let r = req.into_inner();
+        let cmd = Command::DeployStep(DeployStep {
+            id: r.id,
+            step: r.step,
+            failed: r.failed,
+            message: r.message,
+            commit: r.commit,
+            artifact: r.artifact,
+            build_log: r.build_log,
+        });
+        let (d, _, _) = deploy_reply(self.submit_unkeyed(&who, cmd).await?)?;
+        Ok(Response::new(pb::DeploymentReply {
+            deployment: d.map(|d| deployment_json(&d)).unwrap_or_default(),
+        }))
+    }
+
+    async fn submit(
+        &self,
+        req: Request<pb::DeploySubmitRequest>,
+    ) -> Result<Response<pb::DeploymentReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "submitting a deployment's tasks")?;
+        let r = req.into_inner();
+        if r.leases.len() != r.tasks.len() {
+            return Err(Status::invalid_argument("one lease per task"));
+        }
+        let mut tasks = Vec::new();
+        for (l, t) in r.leases.into_iter().zip(r.tasks) {
+            tasks.push((convert::lease_spec(l)?, convert::task_spec(t)?));
+        }
+        let cmd = Command::DeploySubmit {
+            id: r.id,
+            step: r.step,
+            tasks,
+        };
+        let (d, _, _) = deploy_reply(self.submit_unkeyed(&who, cmd).await?)?;
+        Ok(Response::new(pb::DeploymentReply {
+            deployment: d.map(|d| deployment_json(&d)).unwrap_or_default(),
+        }))
+    }
+
+    async fn put_artifact(
+        &self,
+        req: Request<Streaming<pb::ArtifactChunk>>,
+    ) -> Result<Response<pb::PutArtifactReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "storing an artifact")?;
+        let store = self.artifacts()?;
+        let mut stream = req.into_inner();
+        let dir = store.0.incoming();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Status::internal(format!("cannot make {}: {e}", dir.display())))?;
+        let tmp = dir.join(format!("upload-{}", uuid_ish()));
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Status::internal(format!("cannot write {}: {e}", tmp.display())))?;
+        let (mut app, mut want, mut size, mut h) =
+            (String::new(), String::new(), 0u64, Sha256::new());
+        let result: Result<(), Status> = async {
+            while let Some(c) = stream.next().await {
+                let c = c?;
+                if app.is_empty() {
+                    app = c.app;
+                    want = c.sha256;
+                }
+                h.update(&c.data);
+                size += c.data.len() as u64;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &c.data)
+                    .await
+                    .map_err(|e| Status::internal(format!("cannot write the artifact: {e}")))?;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(|e| Status::internal(format!("cannot write the artifact: {e}")))?;
+            Ok(())
+        }
+        .await;
+        drop(file);
+        let got = hex::encode(h.finalize());
+        let keep = self
+            .member
+            .read(|s| s.apps.get(&app).map(|a| a.config.keep as usize))
+            .unwrap_or(5);
+        let stored = match result {
+            Err(e) => Err(e),
+            Ok(()) if got != want => Err(Status::invalid_argument(format!(
+                "the artifact's bytes have sha256 {got}, not {want}; upload it again"
+            ))),
+            Ok(()) => {
+                let (s, t, a) = (store.clone(), tmp.clone(), app.clone());
+                tokio::task::spawn_blocking(move || s.0.put(&a, &t, keep))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map(|_| ())
+                    .map_err(|e| Status::internal(format!("cannot store the artifact: {e}")))
+            }
+        };
+        let _ = tokio::fs::remove_file(&tmp).await;
+        stored?;
+        Ok(Response::new(pb::PutArtifactReply { size }))
+    }
+
+    type GetArtifactStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>,
+    >;
+
+    async fn get_artifact(
+        &self,
+        req: Request<pb::GetArtifactRequest>,
+    ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "fetching an artifact")?;
+        let store = self.artifacts()?;
+        let key = req.into_inner().sha256;
+        let path = store.0.path(&key).ok_or_else(|| {
+            Status::not_found(format!("artifact {key} is not stored on this member"))
+        })?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::internal(format!("cannot read {}: {e}", path.display())))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut file, &mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let c = pb::ArtifactChunk {
+                            app: String::new(),
+                            sha256: key.clone(),
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.send(Ok(c)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "cannot read the artifact: {e}"
+                            ))))
+                            .await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// A name for an upload's temporary file, unique within the process.
+fn uuid_ish() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -12,6 +12,12 @@ pub fn router(member: MemberHandle) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/apps/{app}", axum::routing::any(super::proxy::root))
+        .route("/apps/{app}/", axum::routing::any(super::proxy::root))
+        .route(
+            "/apps/{app}/{*rest}",
+            axum::routing::any(super::proxy::path),
+        )
         .with_state(member)
 }
 

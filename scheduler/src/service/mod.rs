@@ -13,11 +13,13 @@
 
 pub mod auth;
 pub use cron::{ScheduleChecker, run_pb};
+pub use deploy::{ArtifactStore, Artifacts, deploy_view, task_view};
 mod convert;
 mod cron;
 mod deploy;
 pub mod http;
 mod placer;
+pub mod proxy;
 mod tasks;
 
 use crate::Error;
@@ -46,6 +48,7 @@ pub struct Api {
     peer_token: Option<String>,
     clients: Arc<Mutex<HashMap<String, Channel>>>,
     schedule_check: Option<ScheduleChecker>,
+    artifacts: Option<ArtifactStore>,
 }
 
 /// Maps a scheduler error to a gRPC status; retryable ones are `UNAVAILABLE`.
@@ -90,6 +93,7 @@ impl Api {
             peer_token,
             clients: Arc::new(Mutex::new(HashMap::new())),
             schedule_check: None,
+            artifacts: None,
         }
     }
 
@@ -97,6 +101,18 @@ impl Api {
     pub fn with_schedule_check(mut self, check: Option<ScheduleChecker>) -> Api {
         self.schedule_check = check;
         self
+    }
+
+    /// Lets `Deploy.PutArtifact`/`GetArtifact` use `store`.
+    pub fn with_artifacts(mut self, store: Option<ArtifactStore>) -> Api {
+        self.artifacts = store;
+        self
+    }
+
+    fn artifacts(&self) -> Result<ArtifactStore, Status> {
+        self.artifacts.clone().ok_or_else(|| {
+            Status::failed_precondition("this member keeps no artifacts (started without a store)")
+        })
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {

@@ -281,6 +281,7 @@ impl pb::agents_server::Agents for Api {
                 .into_iter()
                 .filter_map(|(k, v)| Some((k, u16::try_from(v).ok()?)))
                 .collect(),
+            artifact: r.artifact,
         };
         task_reply(
             self.submit_unkeyed(&who, Command::ReportTask(report))

@@ -387,6 +387,7 @@ impl Sim {
                     message: String::new(),
                     usage: None,
                     ports: Default::default(),
+                    artifact: String::new(),
                 }),
                 6 => Command::CancelTask {
                     id: self.rng.random_range(1..(self.next_key / 8).max(2)),

@@ -1,9 +1,21 @@
-//! The deployer's apps: each applied `app.toml`, by name. Deployments of
-//! them arrive with the deployer's controller.
+//! The deployer's apps (each applied `app.toml`, by name) and their
+//! deployments. A trigger starts a deployment keyed by the webhook's
+//! delivery id and the commit's fingerprint; the deployer's controller moves
+//! it through its steps with `DeployStep` (a change for a step other than
+//! the current one changes nothing, so a retried or repeated proposal is
+//! harmless) and `DeploySubmit` (the build task, the servers' tasks: at most
+//! once per step). Rollback, supersession and retirement cancel the tasks in
+//! the same command, so no deployment's servers outlive its end.
 
-use super::{Applied, Millis, Outcome, Refusal, State};
+use super::{Applied, LeaseSpec, Millis, Outcome, Refusal, State, TaskSpec};
 use charter_config::app::AppConfig;
+use charter_config::deployment::{DeployStatus, Deployment, StepRecord, next_step};
 use serde::{Deserialize, Serialize};
+
+/// Webhook delivery ids remembered per app.
+pub const DELIVERIES_KEPT: usize = 1_000;
+/// Ended deployments kept per app (running and active ones are always kept).
+pub const DEPLOYMENTS_KEPT: usize = 200;
 
 /// An applied app.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,6 +30,19 @@ pub struct App {
     pub created_at: Millis,
     /// When it last changed.
     pub updated_at: Millis,
+    /// The active deployment.
+    #[serde(default)]
+    pub active: Option<u64>,
+    /// The newest webhook delivery ids, oldest first.
+    #[serde(default)]
+    pub deliveries: Vec<String>,
+}
+
+/// A full commit id: 40 (sha1) or 64 (sha256) lower-case hex digits.
+pub fn full_commit(c: &str) -> bool {
+    (c.len() == 40 || c.len() == 64)
+        && c.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 impl State {
@@ -52,6 +77,12 @@ impl State {
                     applied_by: principal.to_string(),
                     created_at,
                     updated_at: now,
+                    active: self.apps.get(&config.name).and_then(|a| a.active),
+                    deliveries: self
+                        .apps
+                        .get(&config.name)
+                        .map(|a| a.deliveries.clone())
+                        .unwrap_or_default(),
                 },
             );
         }
@@ -60,4 +91,427 @@ impl State {
             change: change.into(),
         })
     }
+}
+
+fn deployed(d: Option<&Deployment>, started: bool, reason: impl Into<String>) -> Outcome {
+    Ok(Applied::Deploy {
+        deployment: d.cloned().map(Box::new),
+        started,
+        reason: reason.into(),
+    })
+}
+
+impl State {
+    fn fingerprint_of(&self, app: &App, commit: &str) -> String {
+        let date = chrono::DateTime::from_timestamp_millis(self.time)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let vars = charter_config::fingerprint::Vars {
+            user: app.applied_by.clone(),
+            kind: "app".into(),
+            name: app.config.name.clone(),
+            commit: commit.to_string(),
+            date,
+            hash: app.version.clone(),
+        };
+        charter_config::fingerprint::render(&app.config.fingerprint, &vars)
+            .map(|f| f.id)
+            .unwrap_or_else(|_| format!("{}@{commit}", app.config.name))
+    }
+
+    /// Starts a deployment of `commit` (empty or abbreviated: resolved by
+    /// the fetch step) unless the delivery was seen, or the commit's
+    /// fingerprint is active or being deployed. A running deployment not
+    /// yet promoted is superseded.
+    pub(super) fn deploy_trigger(
+        &mut self,
+        principal: &str,
+        admin: bool,
+        (name, commit, trigger, delivery): (&str, &str, &str, &str),
+    ) -> Outcome {
+        let app = self
+            .apps
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Refusal::NotFound {
+                what: format!("app {name} (charter deploy list shows the apps)"),
+            })?;
+        if !admin && app.applied_by != principal {
+            return Err(Refusal::Denied {
+                reason: format!(
+                    "app {name} belongs to {}, not to {principal}",
+                    app.applied_by
+                ),
+            });
+        }
+        if !delivery.is_empty() {
+            if app.deliveries.iter().any(|d| d == delivery) {
+                return deployed(None, false, format!("delivery {delivery} was seen before"));
+            }
+            let a = self.apps.get_mut(name).expect("looked up above");
+            a.deliveries.push(delivery.to_string());
+            let cut = a.deliveries.len().saturating_sub(DELIVERIES_KEPT);
+            a.deliveries.drain(..cut);
+        }
+        let commit = commit.trim().to_ascii_lowercase();
+        let fingerprint = if full_commit(&commit) {
+            self.fingerprint_of(&app, &commit)
+        } else {
+            String::new()
+        };
+        if !fingerprint.is_empty() {
+            if let Some(d) = app.active.and_then(|id| self.deployments.get(&id))
+                && d.fingerprint == fingerprint
+            {
+                return deployed(
+                    Some(&d.clone()),
+                    false,
+                    format!("{fingerprint} is already active"),
+                );
+            }
+            if let Some(d) = self.deployments.values().find(|d| {
+                d.app == name && d.status == DeployStatus::Running && d.fingerprint == fingerprint
+            }) {
+                return deployed(
+                    Some(&d.clone()),
+                    false,
+                    format!("{fingerprint} is being deployed"),
+                );
+            }
+        }
+        let id = self.next_deploy_id.max(1);
+        self.next_deploy_id = id + 1;
+        let superseded: Vec<u64> = self
+            .deployments
+            .values()
+            .filter(|d| {
+                d.app == name && d.status == DeployStatus::Running && d.promoted_at.is_none()
+            })
+            .map(|d| d.id)
+            .collect();
+        for old in superseded {
+            self.end_deployment(
+                old,
+                DeployStatus::Superseded,
+                "superseded",
+                format!("superseded by deployment {id} of {}", short(&commit)),
+            );
+        }
+        let d = Deployment {
+            id,
+            app: name.to_string(),
+            commit,
+            fingerprint,
+            trigger: trigger.to_string(),
+            by: principal.to_string(),
+            created_at: self.time,
+            status: DeployStatus::Running,
+            steps: vec![StepRecord {
+                step: "fetch".into(),
+                started_at: self.time,
+                ended_at: None,
+                state: "running".into(),
+                message: String::new(),
+            }],
+            build_task: None,
+            artifact: String::new(),
+            instances: Vec::new(),
+            previous: app.active,
+            promoted_at: None,
+            failed_step: String::new(),
+            reason: String::new(),
+            build_log: String::new(),
+            ended_at: None,
+        };
+        self.deployments.insert(id, d.clone());
+        self.trim_deployments(name);
+        deployed(Some(&d), true, "")
+    }
+
+    fn trim_deployments(&mut self, app: &str) {
+        let ended: Vec<u64> = self
+            .deployments
+            .values()
+            .filter(|d| d.app == app && d.ended_at.is_some() && d.status != DeployStatus::Active)
+            .map(|d| d.id)
+            .collect();
+        for id in ended
+            .iter()
+            .take(ended.len().saturating_sub(DEPLOYMENTS_KEPT))
+        {
+            self.deployments.remove(id);
+        }
+    }
+
+    /// Ends a deployment: its current step is closed as `step_state`, and
+    /// its tasks still going are cancelled.
+    fn end_deployment(&mut self, id: u64, status: DeployStatus, step_state: &str, reason: String) {
+        let now = self.time;
+        let Some(d) = self.deployments.get_mut(&id) else {
+            return;
+        };
+        d.status = status;
+        d.ended_at = Some(now);
+        if let Some(r) = d.steps.last_mut().filter(|r| r.ended_at.is_none()) {
+            r.ended_at = Some(now);
+            r.state = step_state.to_string();
+            if r.message.is_empty() {
+                r.message = reason.clone();
+            }
+        }
+        if status == DeployStatus::RolledBack {
+            d.failed_step = d.step().to_string();
+        }
+        d.reason = reason;
+        let tasks: Vec<u64> = d.build_task.iter().chain(&d.instances).copied().collect();
+        for t in tasks {
+            let _ = self.cancel_task(t, "deployer", true);
+        }
+    }
+
+    /// The controller's report on the current step of a deployment.
+    pub(super) fn deploy_step(&mut self, admin: bool, step: &DeployStep) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: "deployment steps are the deployer's (an admin token)".into(),
+            });
+        }
+        let d = self
+            .deployments
+            .get(&step.id)
+            .cloned()
+            .ok_or_else(|| Refusal::NotFound {
+                what: format!("deployment {}", step.id),
+            })?;
+        let current = d.current().filter(|r| r.state == "running");
+        if d.status != DeployStatus::Running || current.is_none_or(|r| r.step != step.step) {
+            return deployed(Some(&d), false, "not its current step");
+        }
+        let now = self.time;
+        if step.failed {
+            if d.promoted_at.is_some() {
+                // Past promotion there is no way back: note it, retry.
+                let r = self
+                    .deployments
+                    .get_mut(&step.id)
+                    .and_then(|d| d.steps.last_mut());
+                if let Some(r) = r {
+                    r.message = step.message.clone();
+                }
+            } else {
+                if !step.build_log.is_empty()
+                    && let Some(d) = self.deployments.get_mut(&step.id)
+                {
+                    d.build_log = step.build_log.clone();
+                }
+                self.end_deployment(
+                    step.id,
+                    DeployStatus::RolledBack,
+                    "failed",
+                    step.message.clone(),
+                );
+            }
+            return deployed(self.deployments.get(&step.id), false, "");
+        }
+        match step.step.as_str() {
+            "fetch" => {
+                let commit = step.commit.trim().to_ascii_lowercase();
+                if !full_commit(&commit) {
+                    return Err(Refusal::Invalid {
+                        reason: format!("fetch must resolve a full commit, not `{commit}`"),
+                    });
+                }
+                let app = self
+                    .apps
+                    .get(&d.app)
+                    .cloned()
+                    .ok_or_else(|| Refusal::NotFound {
+                        what: format!("app {}", d.app),
+                    })?;
+                let fingerprint = self.fingerprint_of(&app, &commit);
+                let active = app.active.and_then(|a| self.deployments.get(&a));
+                let twin = self.deployments.values().find(|o| {
+                    o.id != d.id
+                        && o.app == d.app
+                        && o.status == DeployStatus::Running
+                        && o.fingerprint == fingerprint
+                });
+                let same = match (active, twin) {
+                    (Some(a), _) if a.fingerprint == fingerprint => {
+                        Some(format!("{fingerprint} is already active"))
+                    }
+                    (_, Some(o)) => Some(format!("deployment {} deploys {fingerprint}", o.id)),
+                    _ => None,
+                };
+                if let Some(x) = self.deployments.get_mut(&d.id) {
+                    x.commit = commit;
+                    x.fingerprint = fingerprint;
+                }
+                if let Some(why) = same {
+                    self.end_deployment(d.id, DeployStatus::Unchanged, "done", why);
+                    return deployed(self.deployments.get(&d.id), false, "");
+                }
+            }
+            "build" => {
+                if step.artifact.len() != 64 {
+                    return Err(Refusal::Invalid {
+                        reason: "a finished build names its artifact's sha256".into(),
+                    });
+                }
+                if let Some(x) = self.deployments.get_mut(&d.id) {
+                    x.artifact = step.artifact.clone();
+                }
+            }
+            "promote" => {
+                if let Some(a) = self.apps.get_mut(&d.app) {
+                    a.active = Some(d.id);
+                }
+                if let Some(x) = self.deployments.get_mut(&d.id) {
+                    x.promoted_at = Some(now);
+                }
+            }
+            "retire" => {
+                let old: Vec<u64> = self
+                    .deployments
+                    .values()
+                    .filter(|o| o.app == d.app && o.id != d.id && o.status == DeployStatus::Active)
+                    .map(|o| o.id)
+                    .collect();
+                for o in old {
+                    self.end_deployment(
+                        o,
+                        DeployStatus::Retired,
+                        "done",
+                        format!("replaced by deployment {}", d.id),
+                    );
+                }
+            }
+            _ => {}
+        }
+        let x = self.deployments.get_mut(&d.id).expect("looked up above");
+        if let Some(r) = x.steps.last_mut() {
+            r.state = "done".into();
+            r.ended_at = Some(now);
+            if !step.message.is_empty() {
+                r.message = step.message.clone();
+            }
+        }
+        match next_step(&step.step) {
+            Some(n) => x.steps.push(StepRecord {
+                step: n.to_string(),
+                started_at: now,
+                ended_at: None,
+                state: "running".into(),
+                message: String::new(),
+            }),
+            None => {
+                x.status = DeployStatus::Active;
+                x.ended_at = Some(now);
+            }
+        }
+        deployed(self.deployments.get(&d.id), false, "")
+    }
+
+    /// Submits the build task or the servers' tasks of a deployment's
+    /// current step, once: a second submission for the step changes nothing.
+    pub(super) fn deploy_submit(
+        &mut self,
+        admin: bool,
+        id: u64,
+        step: &str,
+        tasks: &[(LeaseSpec, TaskSpec)],
+    ) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: "deployment tasks are the deployer's (an admin token)".into(),
+            });
+        }
+        let d = self
+            .deployments
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Refusal::NotFound {
+                what: format!("deployment {id}"),
+            })?;
+        let open = d.status == DeployStatus::Running
+            && d.current()
+                .is_some_and(|r| r.step == step && r.state == "running");
+        let fresh = match step {
+            "build" => d.build_task.is_none() && tasks.len() == 1,
+            "lease" => d.instances.is_empty() && !tasks.is_empty(),
+            _ => {
+                return Err(Refusal::Invalid {
+                    reason: format!("step {step} submits no tasks; build and lease do"),
+                });
+            }
+        };
+        if !open || !fresh {
+            return deployed(Some(&d), false, "already submitted");
+        }
+        let owner = self
+            .apps
+            .get(&d.app)
+            .map(|a| a.applied_by.clone())
+            .unwrap_or_default();
+        let mut ids = Vec::new();
+        let mut refused = None;
+        for (lease, spec) in tasks {
+            match self.submit_task(&owner, lease, spec) {
+                Ok(Applied::Task { task, .. }) => ids.push(task.id),
+                Ok(other) => unreachable!("submit_task returns a task, got {other:?}"),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        for t in &ids {
+            if let Some(t) = self.tasks.get_mut(t) {
+                t.deployment = Some(id);
+            }
+        }
+        let x = self.deployments.get_mut(&id).expect("looked up above");
+        if step == "build" {
+            x.build_task = ids.first().copied();
+        } else {
+            x.instances = ids;
+        }
+        if let Some(e) = refused {
+            let what = if step == "build" {
+                "the build task"
+            } else {
+                "a server"
+            };
+            self.end_deployment(
+                id,
+                DeployStatus::RolledBack,
+                "failed",
+                format!("could not submit {what}: {e}"),
+            );
+        }
+        deployed(self.deployments.get(&id), false, "")
+    }
+}
+
+/// The controller's report on a step (see [`State::deploy_step`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeployStep {
+    /// The deployment.
+    pub id: u64,
+    /// The step it is about.
+    pub step: String,
+    /// Failed (then the deployment rolls back) or done.
+    pub failed: bool,
+    /// Why, or a note.
+    pub message: String,
+    /// Fetch: the full commit.
+    pub commit: String,
+    /// Build: the artifact's sha256.
+    pub artifact: String,
+    /// Build: the tail of its output.
+    pub build_log: String,
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
 }

@@ -30,7 +30,7 @@ mod nodes;
 mod tasks;
 mod types;
 
-pub use apps::App;
+pub use apps::{App, DeployStep, full_commit};
 pub use cron::{CronFire, CronJob, CronRun, JobChange, JobDef, RUNS_KEPT, RunState, Runs};
 pub use tasks::TaskReport;
 
@@ -168,6 +168,28 @@ pub enum Command {
         /// The content hash of the definition.
         version: String,
     },
+    /// Starts a deployment of an app's commit.
+    DeployTrigger {
+        /// The app.
+        app: String,
+        /// The commit, full, abbreviated or empty (the branch head).
+        commit: String,
+        /// `webhook`, `poll`, `manual` or `rollback`.
+        trigger: String,
+        /// The webhook's delivery id, deduplicated.
+        delivery: String,
+    },
+    /// The deployer's report on a deployment's current step.
+    DeployStep(DeployStep),
+    /// The build task or the servers' tasks of a deployment's current step.
+    DeploySubmit {
+        /// The deployment.
+        id: u64,
+        /// `build` or `lease`.
+        step: String,
+        /// One lease and task each.
+        tasks: Vec<(LeaseSpec, TaskSpec)>,
+    },
     /// Applies every time-based change due at the proposal's time: leases
     /// expire, queued requests time out, nodes that missed their heartbeat go
     /// down, and the queue is granted what fits. Every command does this
@@ -248,6 +270,16 @@ pub enum Applied {
         app: Box<App>,
         /// added, changed or unchanged.
         change: String,
+    },
+    /// A deployment after a deployer command (none when a trigger's
+    /// delivery was seen before).
+    Deploy {
+        /// The deployment.
+        deployment: Option<Box<charter_config::deployment::Deployment>>,
+        /// Whether this command started it.
+        started: bool,
+        /// Why nothing started.
+        reason: String,
     },
     /// A principal's limits after the change.
     Quota {
@@ -348,6 +380,12 @@ pub struct State {
     /// The deployer's apps by name.
     #[serde(default)]
     pub apps: OrdMap<String, App>,
+    /// Deployments by id.
+    #[serde(default)]
+    pub deployments: OrdMap<u64, charter_config::deployment::Deployment>,
+    /// The id the next deployment gets.
+    #[serde(default)]
+    pub next_deploy_id: u64,
     /// The fingerprint of the newest applied cron file.
     #[serde(default)]
     pub cron_version: String,
@@ -452,6 +490,16 @@ impl State {
             Command::CronDelete { job } => self.cron_delete(job, &p.principal, p.admin),
             Command::AppApply { config, version } => {
                 self.app_apply(&p.principal, p.admin, config, version)
+            }
+            Command::DeployTrigger {
+                app,
+                commit,
+                trigger,
+                delivery,
+            } => self.deploy_trigger(&p.principal, p.admin, (app, commit, trigger, delivery)),
+            Command::DeployStep(step) => self.deploy_step(p.admin, step),
+            Command::DeploySubmit { id, step, tasks } => {
+                self.deploy_submit(p.admin, *id, step, tasks)
             }
             Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
         };

@@ -33,6 +33,9 @@ pub struct TaskReport {
     /// The ports picked for it, by name.
     #[serde(default)]
     pub ports: std::collections::BTreeMap<String, u16>,
+    /// The sha256 of the artifact it stored.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact: String,
 }
 
 impl State {
@@ -74,6 +77,9 @@ impl State {
             usage: None,
             ports: Default::default(),
             run: None,
+            health_since: None,
+            artifact: String::new(),
+            deployment: None,
         };
         self.tasks.insert(id, task.clone());
         self.lease_tasks.insert(lease.id, id);
@@ -123,7 +129,13 @@ impl State {
         t.state = r.state;
         t.exit_code = r.exit_code.or(t.exit_code);
         t.starts = t.starts.max(r.starts);
+        if t.health != r.health {
+            t.health_since = Some(now);
+        }
         t.health = r.health.clone();
+        if !r.artifact.is_empty() {
+            t.artifact = r.artifact.clone();
+        }
         if !r.message.is_empty() || r.usage.is_none() {
             t.message = r.message.clone();
         }

@@ -654,6 +654,7 @@ fn a_cron_tick_fires_once_whoever_proposes_it() {
             message: "exited with 3".into(),
             usage: None,
             ports: Default::default(),
+            artifact: String::new(),
         }),
     ))
     .unwrap();

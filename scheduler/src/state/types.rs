@@ -479,6 +479,16 @@ pub struct TaskSpec {
     /// Named ports its agent picks (`PORT`, `PORT_<NAME>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// Batch: the sandbox file its agent stores as an artifact after exit 0.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact_out: String,
+    /// Service: the artifact (sha256) its agent fetches and checks before
+    /// the first start, placed in the sandbox as `artifact_name`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact_in: String,
+    /// Where `artifact_in` goes in the sandbox.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact_name: String,
 }
 
 /// Where a task is in its life.
@@ -572,6 +582,15 @@ pub struct Task {
     /// The cron run it is, `(job, scheduled_at)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<(String, Millis)>,
+    /// Since when its health is what it is (state time of the report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_since: Option<Millis>,
+    /// The sha256 of the artifact it stored (`artifact_out`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact: String,
+    /// The deployment it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<u64>,
 }
 
 /// A sample of what a task's processes use.

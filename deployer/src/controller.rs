@@ -1,0 +1,548 @@
+//! The deployer's controller: read, plan, act. Every [`TURN`] it reads the
+//! deployer's view (`Deploy.Plan`), asks the pure planner
+//! ([`crate::pipeline::next`]) what each running deployment needs, and acts:
+//! fetches and resolves commits (a bare mirror per app under its work
+//! directory), submits build and server tasks (`Deploy.Submit`, once per
+//! step in the state), and reports steps done or failed (`Deploy.Step`,
+//! which the state applies only to the current step). It also renews the
+//! servers' leases and polls branch heads. Embedded in a server it acts only
+//! while that member leads; a new leader's controller resumes from the
+//! replicated state (an interrupted fetch is simply done again).
+
+use crate::pipeline::{self, Action, Desired};
+use charter_config::app::AppConfig;
+use charter_config::deployment::{DeployStatus, DeployView, Deployment};
+use charter_proto as pb;
+use charter_proto::conn::Servers;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The longest sleep between two looks at the state.
+pub const TURN: Duration = Duration::from_millis(250);
+/// A server's lease lasts this long and is renewed when half is left.
+pub const SERVER_LEASE_MS: u64 = 3_600_000;
+/// Build and server leases wait this long for capacity.
+pub const WAIT_MS: u64 = 10 * 60_000;
+/// The build's output kept on record when it fails.
+pub const LOG_TAIL: usize = 8 << 10;
+/// How a build runs in its sandbox: clone, check out, run the command.
+const BUILD_SCRIPT: &str = "set -e\ngit clone --quiet -- \"$1\" src\ncd src\ngit -c advice.detachedHead=false checkout --quiet --detach \"$2\"\nshift 2\nexec \"$@\"";
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Server addresses.
+    pub servers: Vec<String>,
+    /// An admin token.
+    pub token: Option<String>,
+    /// Act only when the member answering `Deploy.Plan` leads (embedded).
+    pub only_leader: bool,
+    /// Where the bare mirrors of the apps' repositories live.
+    pub work: PathBuf,
+}
+
+/// Milliseconds since the Unix epoch, from the wall clock.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// An app and its branch head, or why it could not be read.
+type Head = (String, Result<String, String>);
+
+struct Poll {
+    next: i64,
+    seen: String,
+}
+
+/// The controller's memory between turns (all of it can be lost).
+struct Controller {
+    opts: Options,
+    servers: Servers,
+    fetching: HashMap<u64, JoinHandle<Result<String, String>>>,
+    polls: HashMap<String, Poll>,
+    polling: Option<JoinHandle<Vec<Head>>>,
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(opts: Options, mut stop: watch::Receiver<bool>) {
+    let servers = match Servers::new(&opts.servers, opts.token.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "the deployer cannot start");
+            return;
+        }
+    };
+    let mut c = Controller {
+        opts,
+        servers,
+        fetching: HashMap::new(),
+        polls: HashMap::new(),
+        polling: None,
+    };
+    loop {
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            _ = tokio::time::sleep(TURN) => {}
+        }
+        match c.read().await {
+            Ok(Some(view)) => c.turn(&view).await,
+            Ok(None) => c.idle(),
+            Err(e) => tracing::debug!(error = %e, "the deployer cannot read its plan"),
+        }
+    }
+}
+
+fn desired(app: &AppConfig) -> Desired {
+    Desired {
+        progress_deadline_ms: app.progress_deadline_ms as i64,
+        min_healthy_ms: app.health.min_healthy_ms as i64,
+        servers: app.servers as usize,
+    }
+}
+
+impl Controller {
+    /// The view, or `None` when embedded and this member does not lead.
+    async fn read(&self) -> Result<Option<DeployView>, String> {
+        let only = self.opts.only_leader;
+        let r = self
+            .servers
+            .call(Duration::from_secs(2), |ch| {
+                let q = self
+                    .servers
+                    .req(pb::DeployPlanRequest { leader_only: only });
+                async move { pb::deploy_client::DeployClient::new(ch).plan(q).await }
+            })
+            .await
+            .map_err(|f| f.status.message().to_string())?;
+        if only && !r.leader {
+            return Ok(None);
+        }
+        serde_json::from_str(&r.view)
+            .map(Some)
+            .map_err(|e| format!("unreadable plan: {e}"))
+    }
+
+    /// Not leading: forget work in flight (the leader does it).
+    fn idle(&mut self) {
+        for (_, h) in self.fetching.drain() {
+            h.abort();
+        }
+        self.polls.clear();
+    }
+
+    async fn turn(&mut self, v: &DeployView) {
+        let now = now_ms();
+        for d in v
+            .deployments
+            .iter()
+            .filter(|d| d.status == DeployStatus::Running)
+        {
+            let Some(app) = v.apps.get(&d.app) else {
+                continue;
+            };
+            let built = v
+                .built
+                .get(&d.app)
+                .and_then(|m| m.get(&d.commit))
+                .filter(|_| d.build_task.is_none())
+                .map(String::as_str);
+            let action = pipeline::next(&desired(&app.config), d, &v.tasks, built, now);
+            if let Err(e) = self.act(&app.config, d, action).await {
+                tracing::warn!(deployment = d.id, app = %d.app, error = %e, "a deployment step did not go through; retrying");
+            }
+        }
+        self.fetching.retain(|id, _| {
+            v.deployments
+                .iter()
+                .any(|d| d.id == *id && d.status == DeployStatus::Running)
+        });
+        self.renew(v, now).await;
+        self.poll(v, now).await;
+    }
+
+    async fn act(&mut self, app: &AppConfig, d: &Deployment, action: Action) -> Result<(), String> {
+        match action {
+            Action::Wait => Ok(()),
+            Action::Fetch => {
+                let Some(h) = self.fetching.get(&d.id) else {
+                    let (repo, branch, commit) =
+                        (app.repo.clone(), app.branch.clone(), d.commit.clone());
+                    let mirror = self
+                        .opts
+                        .work
+                        .join("mirrors")
+                        .join(format!("{}.git", app.name));
+                    tracing::info!(deployment = d.id, app = %app.name, commit = %d.commit, "fetching");
+                    self.fetching.insert(
+                        d.id,
+                        tokio::task::spawn_blocking(move || {
+                            if let Some(dir) = mirror.parent() {
+                                std::fs::create_dir_all(dir)
+                                    .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+                            }
+                            crate::git::resolve(&repo, &mirror, &commit, &branch)
+                                .map_err(|e| e.to_string())
+                        }),
+                    );
+                    return Ok(());
+                };
+                if !h.is_finished() {
+                    return Ok(());
+                }
+                let h = self.fetching.remove(&d.id).ok_or("fetch vanished")?;
+                let step = match h.await {
+                    Ok(Ok(commit)) => pb::DeployStepRequest {
+                        commit,
+                        ..step_req(d.id, "fetch")
+                    },
+                    Ok(Err(e)) => failed(d.id, "fetch", e),
+                    Err(e) => failed(d.id, "fetch", format!("the fetch stopped: {e}")),
+                };
+                self.step(step).await
+            }
+            Action::SubmitBuild => {
+                let b = &app.build;
+                let lease = pb::LeaseRequest {
+                    resources: Some(pb::Resources {
+                        cpu_millis: b.cpu_millis,
+                        memory_bytes: b.memory_bytes,
+                        ..Default::default()
+                    }),
+                    duration_ms: b.timeout_ms,
+                    wait_ms: WAIT_MS,
+                    reason: format!("build {}@{}", app.name, short(&d.commit)),
+                    ..Default::default()
+                };
+                let mut command = vec![
+                    "sh".to_string(),
+                    "-c".into(),
+                    BUILD_SCRIPT.into(),
+                    "charter-build".into(),
+                    app.repo.clone(),
+                    d.commit.clone(),
+                ];
+                command.extend(b.command.iter().cloned());
+                let task = pb::TaskSpec {
+                    name: format!("{} build {}", app.name, short(&d.commit)),
+                    amp: "batch".into(),
+                    command,
+                    env: env(app, d),
+                    artifact_out: format!("src/{}", b.artifact),
+                    ..Default::default()
+                };
+                self.submit(d.id, "build", vec![(lease, task)]).await
+            }
+            Action::SubmitServers => {
+                let r = &app.requirements;
+                let mut constraints: Vec<String> =
+                    r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                constraints.extend(r.constraints.iter().cloned());
+                let h = &app.health;
+                let health = pb::HealthCheck {
+                    kind: h.kind.clone(),
+                    port: 0,
+                    path: h.path.clone(),
+                    status: u32::from(h.status),
+                    interval_ms: h.interval_ms,
+                    timeout_ms: h.timeout_ms,
+                    healthy_after: 1,
+                    unhealthy_after: 2,
+                    ..Default::default()
+                };
+                let name = app
+                    .build
+                    .artifact
+                    .rsplit('/')
+                    .next()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("app")
+                    .to_string();
+                let mut env = env(app, d);
+                env.extend(app.run.env.clone());
+                let pairs = (0..app.servers.max(1))
+                    .map(|i| {
+                        let lease = pb::LeaseRequest {
+                            resources: Some(pb::Resources {
+                                cpu_millis: r.cpu_millis,
+                                memory_bytes: r.memory_bytes,
+                                ..Default::default()
+                            }),
+                            constraints: constraints.clone(),
+                            duration_ms: SERVER_LEASE_MS,
+                            max_total_ms: u64::MAX / 4,
+                            wait_ms: WAIT_MS,
+                            prefer: "spread".into(),
+                            reason: format!(
+                                "{} server {} of {}",
+                                app.name,
+                                i + 1,
+                                short(&d.commit)
+                            ),
+                            ..Default::default()
+                        };
+                        let task = pb::TaskSpec {
+                            name: format!("{} {} #{}", app.name, short(&d.commit), i + 1),
+                            amp: "service".into(),
+                            command: app.run.command.clone(),
+                            env: env.clone(),
+                            restart: "on_failure".into(),
+                            health: Some(health.clone()),
+                            ports: app.run.ports.clone(),
+                            artifact_in: d.artifact.clone(),
+                            artifact_name: name.clone(),
+                            ..Default::default()
+                        };
+                        (lease, task)
+                    })
+                    .collect();
+                self.submit(d.id, "lease", pairs).await
+            }
+            Action::Done {
+                step,
+                artifact,
+                message,
+            } => {
+                tracing::info!(deployment = d.id, app = %app.name, step = %step, "step done");
+                self.step(pb::DeployStepRequest {
+                    artifact,
+                    message,
+                    ..step_req(d.id, &step)
+                })
+                .await
+            }
+            Action::Fail {
+                step,
+                reason,
+                log_of,
+            } => {
+                tracing::warn!(deployment = d.id, app = %app.name, step = %step, reason = %reason, "rolling back");
+                let build_log = match log_of {
+                    Some(t) => self.log_tail(t).await,
+                    None => String::new(),
+                };
+                self.step(pb::DeployStepRequest {
+                    build_log,
+                    ..failed(d.id, &step, reason)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn step(&self, r: pb::DeployStepRequest) -> Result<(), String> {
+        self.servers
+            .call(Duration::from_secs(2), |ch| {
+                let q = self.servers.req(r.clone());
+                async move { pb::deploy_client::DeployClient::new(ch).step(q).await }
+            })
+            .await
+            .map(|_| ())
+            .map_err(|f| f.status.message().to_string())
+    }
+
+    async fn submit(
+        &self,
+        id: u64,
+        step: &str,
+        pairs: Vec<(pb::LeaseRequest, pb::TaskSpec)>,
+    ) -> Result<(), String> {
+        let (leases, tasks) = pairs.into_iter().unzip();
+        let r = pb::DeploySubmitRequest {
+            id,
+            step: step.to_string(),
+            leases,
+            tasks,
+        };
+        self.servers
+            .call(Duration::from_secs(2), |ch| {
+                let q = self.servers.req(r.clone());
+                async move { pb::deploy_client::DeployClient::new(ch).submit(q).await }
+            })
+            .await
+            .map(|_| ())
+            .map_err(|f| f.status.message().to_string())
+    }
+
+    /// The last [`LOG_TAIL`] bytes of a task's output (stdout, then stderr).
+    async fn log_tail(&self, task: u64) -> String {
+        use tokio_stream::StreamExt;
+        let r = self
+            .servers
+            .call(Duration::from_secs(2), |ch| {
+                let q = self.servers.req(pb::LogsRequest {
+                    task_id: task,
+                    follow: false,
+                });
+                async move { pb::tasks_client::TasksClient::new(ch).logs(q).await }
+            })
+            .await;
+        let Ok(mut stream) = r else {
+            return String::new();
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let read = async {
+            while let Some(Ok(c)) = stream.next().await {
+                if c.stream == "stderr" {
+                    err.extend_from_slice(&c.data);
+                } else {
+                    out.extend_from_slice(&c.data);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), read).await;
+        out.extend_from_slice(&err);
+        let cut = out.len().saturating_sub(LOG_TAIL);
+        String::from_utf8_lossy(&out[cut..]).into_owned()
+    }
+
+    /// Renews the servers' leases of running and active deployments when
+    /// half their time is gone.
+    async fn renew(&self, v: &DeployView, now: i64) {
+        let half = (SERVER_LEASE_MS / 2) as i64;
+        for d in &v.deployments {
+            for id in &d.instances {
+                let Some(t) = v.tasks.get(id) else { continue };
+                if t.lease_state != "granted" || t.expires_at.is_none_or(|e| e - now > half) {
+                    continue;
+                }
+                let q = pb::RenewLeaseRequest {
+                    idempotency_key: String::new(),
+                    id: t.lease,
+                    duration_ms: SERVER_LEASE_MS,
+                };
+                let r = self
+                    .servers
+                    .call(Duration::from_secs(2), |ch| {
+                        let q = self.servers.req(q.clone());
+                        async move { pb::leases_client::LeasesClient::new(ch).renew(q).await }
+                    })
+                    .await;
+                if let Err(f) = r {
+                    tracing::warn!(lease = t.lease, app = %d.app, error = %f.status.message(), "cannot renew a server's lease");
+                }
+            }
+        }
+    }
+
+    /// Polls the branch heads of apps with `poll` set, each on its own
+    /// interval, off the controller's task; a new head is triggered once.
+    async fn poll(&mut self, v: &DeployView, now: i64) {
+        if let Some(h) = self.polling.take_if(|h| h.is_finished()) {
+            for (app, head) in h.await.unwrap_or_default() {
+                match head {
+                    Ok(head) => {
+                        let seen = self
+                            .polls
+                            .get(&app)
+                            .map(|p| p.seen.clone())
+                            .unwrap_or_default();
+                        if head != seen
+                            && self.trigger_poll(&app, &head).await.is_ok()
+                            && let Some(p) = self.polls.get_mut(&app)
+                        {
+                            p.seen = head;
+                        }
+                    }
+                    Err(e) => tracing::warn!(app = %app, error = %e, "cannot poll the branch head"),
+                }
+            }
+        }
+        if self.polling.is_some() {
+            return;
+        }
+        let mut due = Vec::new();
+        for (name, a) in &v.apps {
+            let every = a.config.poll_ms as i64;
+            if every == 0 {
+                continue;
+            }
+            // Spread the first polls over the interval.
+            let p = self.polls.entry(name.clone()).or_insert_with(|| Poll {
+                next: now + (spread(name) % every.max(1)).min(every),
+                seen: String::new(),
+            });
+            if p.next <= now {
+                p.next = now + every;
+                due.push((name.clone(), a.config.repo.clone(), a.config.branch.clone()));
+            }
+        }
+        self.polls
+            .retain(|n, _| v.apps.get(n).is_some_and(|a| a.config.poll_ms > 0));
+        if !due.is_empty() {
+            self.polling = Some(tokio::task::spawn_blocking(move || {
+                due.into_iter()
+                    .map(|(name, repo, branch)| {
+                        let head = crate::git::local_head(&repo, &branch)
+                            .map(Ok)
+                            .unwrap_or_else(|| {
+                                crate::git::head(&repo, &branch).map_err(|e| e.to_string())
+                            });
+                        (name, head)
+                    })
+                    .collect()
+            }));
+        }
+    }
+
+    async fn trigger_poll(&self, app: &str, head: &str) -> Result<(), String> {
+        let q = pb::TriggerDeployRequest {
+            app: app.to_string(),
+            commit: head.to_string(),
+            trigger: "poll".into(),
+            ..Default::default()
+        };
+        let r = self
+            .servers
+            .call(Duration::from_secs(2), |ch| {
+                let q = self.servers.req(q.clone());
+                async move { pb::deploy_client::DeployClient::new(ch).trigger(q).await }
+            })
+            .await
+            .map_err(|f| f.status.message().to_string())?;
+        if r.started {
+            tracing::info!(app, commit = head, "a new head: deploying");
+        }
+        Ok(())
+    }
+}
+
+/// A stable spread of an app's first poll over its interval.
+fn spread(name: &str) -> i64 {
+    name.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(1099511628211)
+    }) as i64
+        & i64::MAX
+}
+
+fn env(app: &AppConfig, d: &Deployment) -> std::collections::HashMap<String, String> {
+    BTreeMap::from([
+        ("CHARTER_APP".to_string(), app.name.clone()),
+        ("CHARTER_COMMIT".to_string(), d.commit.clone()),
+        ("CHARTER_DEPLOYMENT".to_string(), d.id.to_string()),
+    ])
+    .into_iter()
+    .collect()
+}
+
+fn step_req(id: u64, step: &str) -> pb::DeployStepRequest {
+    pb::DeployStepRequest {
+        id,
+        step: step.to_string(),
+        ..Default::default()
+    }
+}
+
+fn failed(id: u64, step: &str, why: String) -> pb::DeployStepRequest {
+    pb::DeployStepRequest {
+        failed: true,
+        message: why,
+        ..step_req(id, step)
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}

@@ -1,0 +1,200 @@
+//! `POST /hooks/git` on a member's HTTP port: a push webhook from GitHub,
+//! Gitea or GitLab. The app is the one named by `?app=NAME`, or the one
+//! whose `repo` the payload names. The signature (or token) is checked
+//! against that app's secret; a missing or bad one gets 401, is logged, and
+//! starts nothing. A good one becomes a `Deploy.Trigger` keyed by its
+//! delivery id (a replayed delivery starts nothing) and is answered 202 at
+//! once: the deployment itself is the controller's work.
+
+use crate::webhook;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use charter_config::app::AppConfig;
+use charter_proto as pb;
+use charter_proto::conn::Servers;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The servers the handler talks to, set once the member listens.
+pub type Link = Arc<OnceLock<Servers>>;
+
+/// The webhook route.
+pub fn router(link: Link) -> Router {
+    Router::new()
+        .route("/hooks/git", post(hook))
+        .with_state(link)
+}
+
+fn answer(code: StatusCode, body: serde_json::Value) -> Response {
+    (code, axum::Json(body)).into_response()
+}
+
+/// `https://host/x/hello.git`, `https://host/x/hello/` and
+/// `https://host/x/hello` name the same repository.
+fn same_repo(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.trim()
+            .trim_end_matches('/')
+            .trim_end_matches(".git")
+            .to_ascii_lowercase()
+    };
+    !a.trim().is_empty() && norm(a) == norm(b)
+}
+
+async fn apps(servers: &Servers) -> Result<Vec<AppConfig>, String> {
+    let r = servers
+        .call(Duration::from_millis(800), |ch| {
+            let q = servers.req(pb::ListAppsRequest { stale: true });
+            async move { pb::deploy_client::DeployClient::new(ch).list(q).await }
+        })
+        .await
+        .map_err(|f| f.status.message().to_string())?;
+    Ok(r.apps
+        .iter()
+        .filter_map(|a| serde_json::from_str(&a.definition).ok())
+        .collect())
+}
+
+async fn hook(
+    State(link): State<Link>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(servers) = link.get() else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "the member is starting; retry"}),
+        );
+    };
+    let headers: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().ok()?.to_string(),
+            ))
+        })
+        .collect();
+    let all = match apps(servers).await {
+        Ok(a) => a,
+        Err(e) => {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": format!("cannot read the apps: {e}; retry")}),
+            );
+        }
+    };
+    // Which app: named, or found by the repository the payload names.
+    let named = q.get("app");
+    let urls: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .map(|v| {
+            let mut u = Vec::new();
+            for (o, keys) in [
+                (
+                    "repository",
+                    &["clone_url", "html_url", "ssh_url", "git_url", "url"][..],
+                ),
+                ("project", &["git_http_url", "git_ssh_url", "web_url"][..]),
+            ] {
+                for k in keys {
+                    if let Some(s) = v[o][k].as_str() {
+                        u.push(s.to_string());
+                    }
+                }
+            }
+            u
+        })
+        .unwrap_or_default();
+    let candidates: Vec<&AppConfig> = all
+        .iter()
+        .filter(|a| match named {
+            Some(n) => &a.name == n,
+            None => urls.iter().any(|u| same_repo(u, &a.repo)),
+        })
+        .collect();
+    if candidates.is_empty() {
+        let what = match named {
+            Some(n) => format!("no app {n}"),
+            None => format!("no app has repo {:?}; name it with ?app=NAME", urls),
+        };
+        tracing::warn!(%what, "webhook refused");
+        return answer(StatusCode::NOT_FOUND, json!({"error": what}));
+    }
+    let mut refusal = None;
+    let mut push = None;
+    for a in &candidates {
+        match webhook::verify(&headers, &body, &a.secret) {
+            Ok(p) => {
+                push = Some((*a, p));
+                break;
+            }
+            Err(e) => refusal = Some(e),
+        }
+    }
+    let Some((app, push)) = push else {
+        let e = refusal.map(|e| e.to_string()).unwrap_or_default();
+        let code = match e.as_str() {
+            x if x.starts_with("not a push") => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        tracing::warn!(apps = ?candidates.iter().map(|a| &a.name).collect::<Vec<_>>(), error = %e, "webhook refused");
+        return answer(code, json!({"error": e}));
+    };
+    if push.branch != app.branch {
+        return answer(
+            StatusCode::ACCEPTED,
+            json!({"ignored": format!("a push to {}; app {} deploys {}", push.branch, app.name, app.branch)}),
+        );
+    }
+    let req = pb::TriggerDeployRequest {
+        app: app.name.clone(),
+        commit: push.commit.clone(),
+        trigger: "webhook".into(),
+        delivery: push.delivery.clone(),
+        ..Default::default()
+    };
+    let r = servers
+        .call(Duration::from_millis(800), |ch| {
+            let q = servers.req(req.clone());
+            async move { pb::deploy_client::DeployClient::new(ch).trigger(q).await }
+        })
+        .await;
+    match r {
+        Ok(r) => {
+            let id = serde_json::from_str::<serde_json::Value>(&r.deployment)
+                .ok()
+                .and_then(|d| d["id"].as_u64());
+            tracing::info!(app = %app.name, commit = %push.commit, delivery = %push.delivery, started = r.started, "webhook");
+            answer(
+                StatusCode::ACCEPTED,
+                json!({"app": app.name, "commit": push.commit, "deployment": id, "started": r.started, "reason": r.reason}),
+            )
+        }
+        Err(f) => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": format!("cannot queue the deployment: {}; retry", f.status.message())}),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_urls_match_loosely() {
+        assert!(same_repo("https://h/x/hello.git", "https://h/x/hello"));
+        assert!(same_repo("https://h/x/hello/", "https://H/x/hello.git"));
+        assert!(same_repo("/srv/git/hello", "/srv/git/hello/"));
+        assert!(!same_repo("https://h/x/hello2", "https://h/x/hello"));
+        assert!(!same_repo("", ""));
+    }
+}
