@@ -257,7 +257,8 @@ fn deployment_id(answer: &str) -> u64 {
 
 #[test]
 fn a_signed_push_deploys_with_no_failed_request_and_replays_and_bad_signatures_start_nothing() {
-    let c = Cluster::start(1, &[]);
+    // Servers are leased for 4 s at a time: the deployer must renew them.
+    let c = Cluster::start(1, &["--deploy-lease-ms", "4000"]);
     c.wait_leader(Duration::from_secs(15));
     let dir = tempfile::tempdir().unwrap();
     let _a = agent(&c, dir.path(), "a1");
@@ -403,4 +404,240 @@ fn a_signed_push_deploys_with_no_failed_request_and_replays_and_bad_signatures_s
             "hello from v2\n"
         );
     }
+}
+
+fn trigger(c: &Cluster, args: &[&str]) -> u64 {
+    let mut a = vec!["deploy"];
+    a.extend_from_slice(args);
+    a.push("--json");
+    let v = json_ok(&c.cli(&a));
+    assert_eq!(v["started"], true, "{v}");
+    v["deployment"]["id"].as_u64().unwrap()
+}
+
+fn apply(c: &Cluster, f: &Path) {
+    json_ok(&c.cli(&["deploy", "apply", f.to_str().unwrap(), "--json"]));
+}
+
+#[test]
+fn failed_builds_and_unhealthy_versions_roll_back_and_rollback_returns_to_the_earlier_version() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    let dir = tempfile::tempdir().unwrap();
+    let _a = agent(&c, dir.path(), "a1");
+    let repo = app_repo(dir.path());
+    let v1 = git(&repo, &["rev-parse", "HEAD"]);
+    apply(&c, &app_file(dir.path(), &repo, &[]));
+    let web = c.0.members[0].http.clone();
+    let entry = || http(&web, "GET", "/apps/hello/", &[], b"").unwrap();
+
+    let id = trigger(&c, &["trigger", "hello"]);
+    let d = ended(&c, id, Duration::from_secs(120));
+    assert_eq!(
+        (d["status"].as_str(), d["commit"].as_str()),
+        (Some("active"), Some(v1.as_str())),
+        "{d}"
+    );
+    assert_eq!(d["trigger"], "manual");
+
+    // A build that fails: rolled back at build, its output on record.
+    commit(
+        &repo,
+        "build.sh",
+        "set -e\n",
+        "set -e\necho compiler exploded >&2\nexit 3\n",
+        "broken build",
+    );
+    let id = trigger(&c, &["trigger", "hello"]);
+    let d = ended(&c, id, Duration::from_secs(60));
+    assert_eq!(d["status"], "rolled_back", "{d}");
+    assert_eq!(d["failed_step"], "build", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("exit code 3"), "{d}");
+    assert!(
+        d["build_log"]
+            .as_str()
+            .unwrap()
+            .contains("compiler exploded"),
+        "{d}"
+    );
+    assert_eq!(
+        history(&c)["active"],
+        json_ok(&c.cli(&["deploy", "status", "hello", "--json"]))["active"]["deployment"]
+    );
+    assert_eq!(entry(), (200, "hello from v1\n".into()));
+
+    // A version that never becomes healthy: rolled back at the deadline.
+    commit(
+        &repo,
+        "build.sh",
+        "echo compiler exploded >&2\nexit 3\n",
+        "",
+        "fixed build",
+    );
+    let v2 = commit(&repo, "hello.rs", "\"v1\"", "\"v2\"", "v2");
+    apply(
+        &c,
+        &app_file(
+            dir.path(),
+            &repo,
+            &[
+                ("progress_deadline = \"90s\"", "progress_deadline = \"12s\""),
+                ("min_healthy = \"1s\"", "min_healthy = \"1s\"\nstatus = 204"),
+            ],
+        ),
+    );
+    let id = trigger(&c, &["trigger", "hello", "--commit", &v2[..10]]);
+    let d = ended(&c, id, Duration::from_secs(60));
+    assert_eq!(d["status"], "rolled_back", "{d}");
+    assert_eq!(d["failed_step"], "await_healthy", "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("progress deadline of 12s passed"),
+        "{d}"
+    );
+    assert_eq!(
+        d["commit"],
+        v2.as_str(),
+        "the abbreviated commit was resolved"
+    );
+    assert_eq!(entry(), (200, "hello from v1\n".into()));
+    // Its servers were stopped and released.
+    let tasks = json_ok(&c.cli(&["task", "list", "--json"]));
+    for t in tasks["tasks"].as_array().unwrap() {
+        if d["instances"].as_array().unwrap().contains(&t["id"]) {
+            assert_eq!(t["state"], "cancelled", "{t}");
+        }
+    }
+
+    // Healthy again: v2 deploys (its build is reused), then rollback returns to v1.
+    apply(&c, &app_file(dir.path(), &repo, &[]));
+    let id = trigger(&c, &["trigger", "hello"]);
+    let d = ended(&c, id, Duration::from_secs(120));
+    assert_eq!(d["status"], "active", "{d}");
+    assert!(
+        d["steps"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reused"),
+        "{d}"
+    );
+    assert_eq!(entry(), (200, "hello from v2\n".into()));
+    let id = trigger(&c, &["rollback", "hello"]);
+    let d = ended(&c, id, Duration::from_secs(120));
+    assert_eq!(
+        (d["status"].as_str(), d["trigger"].as_str()),
+        (Some("active"), Some("rollback")),
+        "{d}"
+    );
+    assert_eq!(d["commit"], v1.as_str());
+    assert_eq!(entry(), (200, "hello from v1\n".into()));
+    let out = c.cli(&["deploy", "rollback", "hello", "--to", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no built deployment has fingerprint nope"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The active version's node is lost: its servers start again elsewhere.
+    let _a2 = agent(&c, dir.path(), "a2");
+    let mut a1 = _a;
+    a1.kill9();
+    wait_for(
+        "both servers healthy on a2",
+        Duration::from_secs(60),
+        || {
+            let st = json_ok(&c.cli(&["deploy", "status", "hello", "--json"]));
+            let servers = st["active"]["servers"].as_array()?.clone();
+            (servers.len() == 2
+                && servers
+                    .iter()
+                    .all(|s| s["node"] == "a2" && s["health"] == "healthy"))
+            .then_some(())
+        },
+    );
+    assert_eq!(entry(), (200, "hello from v1\n".into()));
+}
+
+#[test]
+fn a_leader_killed_mid_deploy_ends_in_the_new_version_or_a_rollback_never_without_servers() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    let dir = tempfile::tempdir().unwrap();
+    let _a = agent(&c, dir.path(), "a1");
+    let repo = app_repo(dir.path());
+    apply(
+        &c,
+        &app_file(
+            dir.path(),
+            &repo,
+            &[("min_healthy = \"1s\"", "min_healthy = \"3s\"")],
+        ),
+    );
+    let first = trigger(&c, &["trigger", "hello"]);
+    assert_eq!(
+        ended(&c, first, Duration::from_secs(120))["status"],
+        "active"
+    );
+
+    let v2 = commit(&repo, "hello.rs", "\"v1\"", "\"v2\"", "v2");
+    let id = trigger(&c, &["trigger", "hello", "--commit", &v2]);
+    wait_for("the new servers to start", Duration::from_secs(60), || {
+        let h = history(&c);
+        let d = h["deployments"]
+            .as_array()?
+            .iter()
+            .find(|d| d["id"] == id)?
+            .clone();
+        matches!(
+            d["steps"].as_array()?.last()?["step"].as_str()?,
+            "start" | "await_healthy"
+        )
+        .then_some(())
+    });
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let other = (leader + 1) % 3;
+    let web = c.0.members[other].http.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (stop, web) = (stop.clone(), web.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut bad) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http(&web, "GET", "/apps/hello/", &[], b"") {
+                    Ok((200, _)) => ok += 1,
+                    other => bad.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, bad)
+        })
+    };
+    c.0.kill9(leader);
+    let d = ended(&c, id, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = poller.join().unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed: {:?}",
+        bad.len(),
+        ok + bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    let status = json_ok(&c.cli(&["deploy", "status", "hello", "--json"]));
+    let want = match d["status"].as_str() {
+        Some("active") => id,
+        Some("rolled_back") => first,
+        other => panic!("deployment {id} ended {other:?}: {d}"),
+    };
+    assert_eq!(status["active"]["deployment"], want, "{status}");
+    let servers = status["active"]["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{status}");
+    for s in servers {
+        assert_eq!(s["health"], "healthy", "{status}");
+    }
+    c.spawn(leader, false);
 }

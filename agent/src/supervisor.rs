@@ -279,13 +279,15 @@ async fn run_lease(
     mut stop: watch::Receiver<bool>,
 ) {
     let dir = sandbox::lease_dir(&ctx.data, lease.id);
-    let grace_of = |t: &Option<TaskInfo>, expires_at: i64| {
+    let grace_of = |t: &Option<TaskInfo>| {
         let g = t
             .as_ref()
             .map(|t| t.grace_ms)
             .filter(|g| *g > 0)
             .map_or(GRACE, Duration::from_millis);
-        let quarter = u64::try_from((expires_at - lease.granted_at) / 4).unwrap_or(0);
+        // A quarter of the lease as granted: renewals move the end, not the
+        // grace, so a lease renewed at half its time is never signalled.
+        let quarter = u64::try_from((lease.expires_at - lease.granted_at) / 4).unwrap_or(0);
         g.min(Duration::from_millis(quarter))
     };
     let launch = Launch {
@@ -310,7 +312,7 @@ async fn run_lease(
     let mut termed = false;
     loop {
         let exp = *expires.borrow();
-        let grace = grace_of(&task, exp);
+        let grace = grace_of(&task);
         let term_at = exp - grace.as_millis() as i64;
         // What to wait for now.
         let wake = tokio::select! {

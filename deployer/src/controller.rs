@@ -42,6 +42,8 @@ pub struct Options {
     pub only_leader: bool,
     /// Where the bare mirrors of the apps' repositories live.
     pub work: PathBuf,
+    /// How long a server's lease lasts before it is renewed (0: [`SERVER_LEASE_MS`]).
+    pub server_lease_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch, from the wall clock.
@@ -123,6 +125,13 @@ impl Controller {
         serde_json::from_str(&r.view)
             .map(Some)
             .map_err(|e| format!("unreadable plan: {e}"))
+    }
+
+    fn lease_ms(&self) -> u64 {
+        match self.opts.server_lease_ms {
+            0 => SERVER_LEASE_MS,
+            ms => ms,
+        }
     }
 
     /// Not leading: forget work in flight (the leader does it).
@@ -271,7 +280,7 @@ impl Controller {
                                 ..Default::default()
                             }),
                             constraints: constraints.clone(),
-                            duration_ms: SERVER_LEASE_MS,
+                            duration_ms: self.lease_ms(),
                             max_total_ms: u64::MAX / 4,
                             wait_ms: WAIT_MS,
                             prefer: "spread".into(),
@@ -401,7 +410,7 @@ impl Controller {
     /// Renews the servers' leases of running and active deployments when
     /// half their time is gone.
     async fn renew(&self, v: &DeployView, now: i64) {
-        let half = (SERVER_LEASE_MS / 2) as i64;
+        let half = (self.lease_ms() / 2) as i64;
         for d in &v.deployments {
             for id in &d.instances {
                 let Some(t) = v.tasks.get(id) else { continue };
@@ -411,7 +420,7 @@ impl Controller {
                 let q = pb::RenewLeaseRequest {
                     idempotency_key: String::new(),
                     id: t.lease,
-                    duration_ms: SERVER_LEASE_MS,
+                    duration_ms: self.lease_ms(),
                 };
                 let r = self
                     .servers

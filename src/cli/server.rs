@@ -54,6 +54,9 @@ pub struct ServerArgs {
     /// Do not run the deployer in this member; run `charter deployer` elsewhere.
     #[arg(long)]
     pub no_deployer: bool,
+    /// How long the deployer leases servers before renewing, in ms (tests).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub deploy_lease_ms: u64,
 }
 
 /// `charter dev`.
@@ -106,6 +109,7 @@ pub async fn run_deployer(g: &super::client::Global, a: &DeployerArgs) -> anyhow
         token: super::client::find_token(g),
         only_leader: false,
         work,
+        server_lease_ms: 0,
     };
     let h = tokio::spawn(charter_deployer::controller::run(opts, stop));
     tracing::info!(servers = %g.servers, "deployer running standalone");
@@ -388,13 +392,14 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         artifacts: Some(artifacts(&a.data)?),
         http_extra: None,
     };
-    serve(opts, None, (!a.no_hydra, !a.no_deployer)).await
+    let deployer = (!a.no_deployer).then_some(a.deploy_lease_ms);
+    serve(opts, None, (!a.no_hydra, deployer)).await
 }
 
 async fn serve(
     mut opts: ServerOptions,
     agent: Option<AgentOptions>,
-    (hydra, deployer): (bool, bool),
+    (hydra, deployer): (bool, Option<u64>),
 ) -> anyhow::Result<i32> {
     let data = opts.data.clone();
     let hydra_token = opts.tokens.peer_token();
@@ -432,12 +437,13 @@ async fn serve(
         tokio::spawn(charter_hydra::controller::run(opts, hydra_stopped.clone()))
     });
     // The deployer in this member: it acts only while this member leads.
-    let deployer = deployer.then(|| {
+    let deployer = deployer.map(|server_lease_ms| {
         let opts = charter_deployer::controller::Options {
             servers: own.clone(),
             token: hydra_token.clone(),
             only_leader: true,
             work: data.join("deployer"),
+            server_lease_ms,
         };
         tokio::spawn(charter_deployer::controller::run(opts, hydra_stopped))
     });
@@ -564,5 +570,5 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
         artifacts: Some(store),
         http_extra: None,
     };
-    serve(opts, agent, (!a.no_hydra, !a.no_deployer)).await
+    serve(opts, agent, (!a.no_hydra, (!a.no_deployer).then_some(0))).await
 }

@@ -811,3 +811,249 @@ fn a_node_that_shrank_below_its_leases_takes_no_grant_until_they_end() {
         .unwrap();
     got(s.apply(&p(6, "ann", None, lease(1000, 60_000))));
 }
+
+// ---------------------------------------------------------------- deployments
+
+fn app_state() -> State {
+    let mut s = State::new(Default::default());
+    s.apply(&p(1, "root", None, register("n1", 4_000))).unwrap();
+    let text = include_str!("../../../examples/app/app.toml");
+    let Ok(charter_config::AnyConfig::App(config)) = charter_config::load("app.toml", text) else {
+        panic!("the example app loads");
+    };
+    s.apply(&p(
+        2,
+        "ann",
+        None,
+        Command::AppApply {
+            config,
+            version: "v".into(),
+        },
+    ))
+    .unwrap();
+    s
+}
+
+fn trigger(commit: &str, delivery: &str) -> Command {
+    Command::DeployTrigger {
+        app: "hello".into(),
+        commit: commit.into(),
+        trigger: "webhook".into(),
+        delivery: delivery.into(),
+    }
+}
+
+fn deploy_of(o: Outcome) -> (Option<Deployment>, bool, String) {
+    match o.unwrap() {
+        Applied::Deploy {
+            deployment,
+            started,
+            reason,
+        } => (deployment.map(|d| *d), started, reason),
+        other => panic!("not a deployment: {other:?}"),
+    }
+}
+
+fn step(id: u64, name: &str) -> Command {
+    Command::DeployStep(DeployStep {
+        id,
+        step: name.into(),
+        ..DeployStep::default()
+    })
+}
+
+fn one_task() -> Vec<(LeaseSpec, TaskSpec)> {
+    vec![(
+        spec(500, 60_000),
+        TaskSpec {
+            command: vec!["true".into()],
+            ..TaskSpec::default()
+        },
+    )]
+}
+
+use charter_config::deployment::{DeployStatus, Deployment};
+
+#[test]
+fn deliveries_and_fingerprints_start_a_deployment_once_and_a_newer_commit_supersedes() {
+    let mut s = app_state();
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    let (d, started, _) = deploy_of(s.apply(&p(10, "root", None, trigger(&a, "d1"))));
+    let first = d.unwrap();
+    assert!(started);
+    assert_eq!(first.fingerprint, format!("ann/app/hello@{a}"));
+    // The same delivery again: nothing at all.
+    let (d, started, why) = deploy_of(s.apply(&p(11, "root", None, trigger(&a, "d1"))));
+    assert!(
+        d.is_none() && !started && why.contains("seen before"),
+        "{why}"
+    );
+    // The same commit in another delivery: the running deployment.
+    let (d, started, why) = deploy_of(s.apply(&p(12, "root", None, trigger(&a, "d2"))));
+    assert_eq!((d.map(|d| d.id), started), (Some(first.id), false));
+    assert!(why.contains("is being deployed"), "{why}");
+    // Its build runs; a newer commit supersedes it and cancels the build.
+    s.apply(&p(
+        13,
+        "root",
+        None,
+        Command::DeployStep(DeployStep {
+            id: first.id,
+            step: "fetch".into(),
+            commit: a.clone(),
+            ..DeployStep::default()
+        }),
+    ))
+    .unwrap();
+    let (d, ..) = deploy_of(s.apply(&p(
+        14,
+        "root",
+        None,
+        Command::DeploySubmit {
+            id: first.id,
+            step: "build".into(),
+            tasks: one_task(),
+        },
+    )));
+    let build = d.unwrap().build_task.unwrap();
+    assert_eq!(
+        s.tasks[&build].principal, "ann",
+        "tasks run as the app's owner"
+    );
+    let (d, started, _) = deploy_of(s.apply(&p(15, "root", None, trigger(&b, "d3"))));
+    assert!(started);
+    let second = d.unwrap();
+    let old = &s.deployments[&first.id];
+    assert_eq!(old.status, DeployStatus::Superseded);
+    assert!(
+        old.reason
+            .contains(&format!("superseded by deployment {}", second.id)),
+        "{}",
+        old.reason
+    );
+    assert_eq!(s.tasks[&build].state, TaskState::Cancelled);
+    // Others may not trigger ann's app; only admins report steps.
+    assert!(s.apply(&p(16, "bob", None, trigger(&a, "d4"))).is_err());
+    assert!(
+        s.apply(&p(16, "ann", None, step(second.id, "fetch")))
+            .is_err()
+    );
+}
+
+#[test]
+fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions() {
+    let mut s = app_state();
+    let walk = |s: &mut State, commit: &str, at: Millis| -> u64 {
+        let (d, ..) = deploy_of(s.apply(&p(at, "root", None, trigger(commit, ""))));
+        let id = d.unwrap().id;
+        // A report for a later step changes nothing.
+        let (d, ..) = deploy_of(s.apply(&p(at, "root", None, step(id, "build"))));
+        assert_eq!(d.unwrap().step(), "fetch");
+        s.apply(&p(
+            at + 1,
+            "root",
+            None,
+            Command::DeployStep(DeployStep {
+                id,
+                step: "fetch".into(),
+                commit: commit.into(),
+                ..DeployStep::default()
+            }),
+        ))
+        .unwrap();
+        s.apply(&p(
+            at + 2,
+            "root",
+            None,
+            Command::DeployStep(DeployStep {
+                id,
+                step: "build".into(),
+                artifact: "f".repeat(64),
+                ..DeployStep::default()
+            }),
+        ))
+        .unwrap();
+        s.apply(&p(at + 3, "root", None, step(id, "publish")))
+            .unwrap();
+        let servers = [one_task(), one_task()].concat();
+        for _ in 0..2 {
+            // Submitted once, however often proposed.
+            s.apply(&p(
+                at + 4,
+                "root",
+                None,
+                Command::DeploySubmit {
+                    id,
+                    step: "lease".into(),
+                    tasks: servers.clone(),
+                },
+            ))
+            .unwrap();
+        }
+        assert_eq!(s.deployments[&id].instances.len(), 2);
+        for (i, name) in ["lease", "start", "await_healthy", "promote"]
+            .iter()
+            .enumerate()
+        {
+            s.apply(&p(at + 5 + i as Millis, "root", None, step(id, name)))
+                .unwrap();
+        }
+        id
+    };
+    let first = walk(&mut s, &"a".repeat(40), 10);
+    assert_eq!(s.apps["hello"].active, Some(first));
+    s.apply(&p(20, "root", None, step(first, "retire")))
+        .unwrap();
+    assert_eq!(s.deployments[&first].status, DeployStatus::Active);
+    let old_servers = s.deployments[&first].instances.clone();
+
+    let second = walk(&mut s, &"b".repeat(40), 30);
+    assert_eq!(s.apps["hello"].active, Some(second), "promoted");
+    for t in &old_servers {
+        assert_eq!(
+            s.tasks[t].state,
+            TaskState::Pending,
+            "the old servers serve until retire"
+        );
+    }
+    s.apply(&p(40, "root", None, step(second, "retire")))
+        .unwrap();
+    assert_eq!(s.deployments[&first].status, DeployStatus::Retired);
+    assert_eq!(s.deployments[&second].status, DeployStatus::Active);
+    for t in &old_servers {
+        assert_eq!(s.tasks[t].state, TaskState::Cancelled);
+    }
+    // The active commit again: nothing starts.
+    let (_, started, why) = deploy_of(s.apply(&p(41, "root", None, trigger(&"b".repeat(40), ""))));
+    assert!(!started && why.contains("already active"), "{why}");
+
+    // A failure before promotion rolls back and releases the new servers.
+    let (d, ..) = deploy_of(s.apply(&p(50, "root", None, trigger(&"c".repeat(40), ""))));
+    let id = d.unwrap().id;
+    s.apply(&p(
+        51,
+        "root",
+        None,
+        Command::DeployStep(DeployStep {
+            id,
+            step: "fetch".into(),
+            failed: true,
+            message: "no commit cccc".into(),
+            ..DeployStep::default()
+        }),
+    ))
+    .unwrap();
+    let d = &s.deployments[&id];
+    assert_eq!(
+        (d.status, d.failed_step.as_str(), d.reason.as_str()),
+        (DeployStatus::RolledBack, "fetch", "no commit cccc")
+    );
+    assert_eq!(
+        s.apps["hello"].active,
+        Some(second),
+        "the old version stays active"
+    );
+    // A snapshot keeps all of it.
+    let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    assert_eq!(back.deployments, s.deployments);
+}
