@@ -28,6 +28,10 @@ fn every_scenario_runs_once_and_reports_json() {
             "3",
             "--cron-kills",
             "1",
+            "--deploy-rounds",
+            "2",
+            "--deploy-apps",
+            "3",
         ])
         .env(
             "CHARTER_HOME",
@@ -51,7 +55,8 @@ fn every_scenario_runs_once_and_reports_json() {
             "memory",
             "expiry",
             "tasks",
-            "cron"
+            "cron",
+            "deploy"
         ]
     );
     let grant = &reports[0]["metrics"];
@@ -89,6 +94,11 @@ fn every_scenario_runs_once_and_reports_json() {
     assert!(cron["kill_phase_ticks"].as_f64().unwrap() > 3.0, "{cron}");
     assert_eq!(cron["duplicates"].as_f64(), Some(0.0), "{cron}");
     assert!(cron["lateness_p99_ms"].as_f64().is_some(), "{cron}");
+    let deploy = &reports[7]["metrics"];
+    assert_eq!(deploy["rounds"].as_f64(), Some(2.0), "{deploy}");
+    assert!(deploy["build_p50_ms"].as_f64().unwrap() > 0.0, "{deploy}");
+    assert!(deploy["overhead_p50_ms"].as_f64().is_some(), "{deploy}");
+    assert_eq!(deploy["apps"].as_f64(), Some(3.0), "{deploy}");
 }
 
 #[test]

@@ -641,3 +641,65 @@ fn a_leader_killed_mid_deploy_ends_in_the_new_version_or_a_rollback_never_withou
     }
     c.spawn(leader, false);
 }
+
+#[test]
+fn polling_deploys_new_heads_and_a_tampered_artifact_is_refused_by_the_agent() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    let dir = tempfile::tempdir().unwrap();
+    let _a = agent(&c, dir.path(), "a1");
+    let repo = app_repo(dir.path());
+    let v1 = git(&repo, &["rev-parse", "HEAD"]);
+    apply(
+        &c,
+        &app_file(
+            dir.path(),
+            &repo,
+            &[("secret = ", "poll = \"1s\"\nsecret = ")],
+        ),
+    );
+    let active = |commit: &str| {
+        let h = history(&c);
+        h["deployments"]
+            .as_array()?
+            .iter()
+            .find(|d| d["commit"] == commit && d["status"] == "active" && d["trigger"] == "poll")
+            .cloned()
+    };
+    // The head is deployed without any trigger, and so is the next one.
+    let first = wait_for(
+        "the polled head to be active",
+        Duration::from_secs(120),
+        || active(&v1),
+    );
+    let v2 = commit(&repo, "hello.rs", "\"v1\"", "\"v2\"", "v2");
+    wait_for(
+        "the new head to be active",
+        Duration::from_secs(120),
+        || active(&v2),
+    );
+    assert_eq!(
+        history(&c)["deployments"].as_array().unwrap().len(),
+        2,
+        "each head once"
+    );
+
+    // Damage the stored artifact of v1: going back to it fails at the
+    // agent's check, and v2 stays active.
+    let blob = c.0.members[0]
+        .data
+        .join("artifacts/sha256")
+        .join(first["artifact"].as_str().unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let id = trigger(&c, &["rollback", "hello"]);
+    let d = ended(&c, id, Duration::from_secs(60));
+    assert_eq!(d["status"], "rolled_back", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("sha256"), "{d}");
+    let web = c.0.members[0].http.clone();
+    assert_eq!(
+        http(&web, "GET", "/apps/hello/", &[], b"").unwrap(),
+        (200, "hello from v2\n".into())
+    );
+}

@@ -20,8 +20,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The longest sleep between two looks at the state.
+/// The sleep between two looks at the state when nothing is deploying.
 pub const TURN: Duration = Duration::from_millis(250);
+/// The sleep between two looks while a deployment runs (after a step
+/// changed the state, the next look is at once).
+pub const BUSY_TURN: Duration = Duration::from_millis(40);
 /// A server's lease lasts this long and is renewed when half is left.
 pub const SERVER_LEASE_MS: u64 = 3_600_000;
 /// Build and server leases wait this long for capacity.
@@ -84,13 +87,26 @@ pub async fn run(opts: Options, mut stop: watch::Receiver<bool>) {
         polls: HashMap::new(),
         polling: None,
     };
+    let mut pause = TURN;
     loop {
         tokio::select! {
             r = stop.changed() => if r.is_err() || *stop.borrow() { break },
-            _ = tokio::time::sleep(TURN) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
+        pause = TURN;
         match c.read().await {
-            Ok(Some(view)) => c.turn(&view).await,
+            Ok(Some(view)) => {
+                let acted = c.turn(&view).await;
+                if acted {
+                    pause = Duration::ZERO;
+                } else if view
+                    .deployments
+                    .iter()
+                    .any(|d| d.status == DeployStatus::Running)
+                {
+                    pause = BUSY_TURN;
+                }
+            }
             Ok(None) => c.idle(),
             Err(e) => tracing::debug!(error = %e, "the deployer cannot read its plan"),
         }
@@ -142,8 +158,10 @@ impl Controller {
         self.polls.clear();
     }
 
-    async fn turn(&mut self, v: &DeployView) {
+    /// One look: acts on every running deployment; whether any step changed.
+    async fn turn(&mut self, v: &DeployView) -> bool {
         let now = now_ms();
+        let mut acted = false;
         for d in v
             .deployments
             .iter()
@@ -159,6 +177,8 @@ impl Controller {
                 .filter(|_| d.build_task.is_none())
                 .map(String::as_str);
             let action = pipeline::next(&desired(&app.config), d, &v.tasks, built, now);
+            let fetching = action == Action::Fetch && self.fetching.contains_key(&d.id);
+            acted |= action != Action::Wait && !fetching;
             if let Err(e) = self.act(&app.config, d, action).await {
                 tracing::warn!(deployment = d.id, app = %d.app, error = %e, "a deployment step did not go through; retrying");
             }
@@ -170,6 +190,7 @@ impl Controller {
         });
         self.renew(v, now).await;
         self.poll(v, now).await;
+        acted
     }
 
     async fn act(&mut self, app: &AppConfig, d: &Deployment, action: Action) -> Result<(), String> {

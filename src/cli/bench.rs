@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 /// `charter bench`.
 #[derive(ClapArgs, Debug)]
 pub struct BenchArgs {
-    /// grant, placement, failover, memory, expiry, tasks, cron, or all.
+    /// grant, placement, failover, memory, expiry, tasks, cron, deploy, or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// How long each measured run lasts, e.g. 5s.
@@ -59,6 +59,12 @@ pub struct BenchArgs {
     /// Leader kills after the steady part of `cron`.
     #[arg(long, default_value_t = 3)]
     pub cron_kills: usize,
+    /// Deployments measured by `deploy`.
+    #[arg(long, default_value_t = 3)]
+    pub deploy_rounds: usize,
+    /// Registered apps for `deploy`'s polling figures.
+    #[arg(long, default_value_t = 500)]
+    pub deploy_apps: usize,
 }
 
 /// One scenario's figures.
@@ -78,6 +84,7 @@ const SCENARIOS: &[&str] = &[
     "expiry",
     "tasks",
     "cron",
+    "deploy",
 ];
 
 /// Runs the chosen scenarios and prints their figures.
@@ -128,6 +135,7 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
             "expiry" => super::bench_agent::expiry(rt, &exe, a.expiry_leases, a.agent_tasks)?,
             "tasks" => super::bench_agent::tasks(rt, &exe, dur)?,
             "cron" => super::bench_agent::cron(rt, &exe, dur, a.cron_kills)?,
+            "deploy" => super::bench_deploy::deploy(rt, &exe, a.deploy_rounds, a.deploy_apps)?,
             _ => unreachable!("checked above"),
         };
         reports.push(r);

@@ -69,7 +69,7 @@ fn alive(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
-struct AgentProc {
+pub struct AgentProc {
     child: Child,
 }
 
@@ -93,7 +93,7 @@ impl Drop for AgentProc {
 
 /// The `expiry` scenario.
 /// A `charter agent` process named `bench` offering 64 cores to `c`.
-fn start_agent(exe: &Path, c: &Cluster) -> anyhow::Result<AgentProc> {
+pub fn start_agent(exe: &Path, c: &Cluster) -> anyhow::Result<AgentProc> {
     let dir = c.dir.path().join("agent");
     std::fs::create_dir_all(&dir)?;
     let child = Command::new(exe)

@@ -5,6 +5,7 @@
 mod agent;
 mod bench;
 mod bench_agent;
+mod bench_deploy;
 mod client;
 mod cluster;
 mod cron;

@@ -1,0 +1,373 @@
+//! `charter bench --scenario deploy`: the deployer's own overhead, and what
+//! polling costs.
+//!
+//! - A 3-member cluster (the deployer embedded) and one agent; a git
+//!   repository with the example app (`examples/app/hello.rs`, built with
+//!   this machine's `rustc`). Each round commits a new version and sends a
+//!   signed GitHub push to `POST /hooks/git`; overhead = (webhook sent →
+//!   promoted) − the build task's run time − the slower server's start
+//!   (task started → healthy). `min_healthy` is 0 here: it is a wait the
+//!   app asks for, not overhead.
+//! - Polling: one pass over `--deploy-apps` apps' branch heads as the
+//!   deployer's poller does it (refs read from local repositories), in CPU
+//!   time; the same with `git ls-remote` per app (remote repositories); and
+//!   one controller read (`Deploy.Plan` + decoding) with that many apps
+//!   registered.
+
+use super::bench::{Report, percentile_ms};
+use super::output::fail;
+use charter::harness::{Cluster, TOKEN};
+use charter_proto as pb;
+use charter_proto::deploy_client::DeployClient;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "bench-secret";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@localhost",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail("cannot run git", e.to_string(), "install git"))?;
+    if !out.status.success() {
+        return Err(fail(
+            format!("git {} failed", args.join(" ")),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            "",
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// CPU time of this process and its waited-for children, in ms.
+fn cpu_ms() -> (f64, f64) {
+    let get = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+        ms(u.ru_utime) + ms(u.ru_stime)
+    };
+    (get(libc::RUSAGE_SELF), get(libc::RUSAGE_CHILDREN))
+}
+
+/// A repository with the example app, its build naming this machine's rustc.
+fn app_repo(root: &Path) -> anyhow::Result<PathBuf> {
+    let repo = root.join("hello-repo");
+    std::fs::create_dir_all(&repo)?;
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| {
+            fail(
+                "cannot run rustc",
+                e.to_string(),
+                "the deploy scenario builds its app with rustc",
+            )
+        })?;
+    let rustc = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin/rustc");
+    std::fs::write(
+        repo.join("hello.rs"),
+        include_str!("../../examples/app/hello.rs"),
+    )?;
+    std::fs::write(
+        repo.join("build.sh"),
+        include_str!("../../examples/app/build.sh")
+            .replace("rustc ", &format!("{} ", rustc.display())),
+    )?;
+    git(&repo, &["init", "--quiet", "--initial-branch", "main"])?;
+    git(&repo, &["add", "."])?;
+    git(&repo, &["commit", "--quiet", "-m", "v1"])?;
+    Ok(repo)
+}
+
+fn app_toml(name: &str, repo: &Path, poll: &str) -> String {
+    format!(
+        "kind = \"app\"\nname = \"{name}\"\nrepo = \"{}\"\nbranch = \"main\"\nservers = 2\nprogress_deadline = \"5m\"\n{poll}secret = \"{SECRET}\"\n\
+         [build]\ncommand = [\"sh\", \"build.sh\"]\nartifact = \"out/hello\"\ncpu = 0.5\nmem = \"1GiB\"\ntimeout = \"5m\"\n\
+         [run]\ncommand = [\"./hello\"]\nports = [\"http\"]\n\
+         [health]\nhttp = \"/healthz\"\ninterval = \"100ms\"\nmin_healthy = \"0s\"\n\
+         [requirements]\ncpu = 0.1\nmem = \"64MiB\"\n",
+        repo.display()
+    )
+}
+
+fn post(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+pub fn deploy(
+    rt: &tokio::runtime::Runtime,
+    exe: &Path,
+    rounds: usize,
+    apps: usize,
+) -> anyhow::Result<Report> {
+    let _ctx = rt.enter();
+    let c =
+        Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    c.wait_leader(Duration::from_secs(20))
+        .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
+    let _agent = super::bench_agent::start_agent(exe, &c)?;
+    let servers: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
+    let conn = charter_proto::conn::Servers::new(&servers, Some(TOKEN.to_string()))
+        .map_err(|e| fail("bad bench addresses", e, ""))?;
+    let retry = Duration::from_secs(10);
+    let repo = app_repo(c.dir.path())?;
+    let apply = |name: &str, text: String| {
+        rt.block_on(conn.call(retry, |ch| {
+            let r = conn.req(pb::ApplyAppRequest {
+                idempotency_key: String::new(),
+                file: format!("{name}.toml"),
+                text: text.clone(),
+            });
+            async move { DeployClient::new(ch).apply(r).await }
+        }))
+        .map_err(|f| {
+            fail(
+                "cannot apply the bench app",
+                f.status.message().to_string(),
+                "",
+            )
+        })
+    };
+    apply("hello", app_toml("hello", &repo, ""))?;
+    let history = || {
+        rt.block_on(conn.call(retry, |ch| {
+            let r = conn.req(pb::DeployHistoryRequest {
+                app: "hello".into(),
+                n: 1,
+                stale: false,
+            });
+            async move { DeployClient::new(ch).history(r).await }
+        }))
+        .map_err(|f| {
+            fail(
+                "cannot read the history",
+                f.status.message().to_string(),
+                "",
+            )
+        })
+    };
+    let task_times = |id: u64| -> Option<(i64, i64)> {
+        let t = rt
+            .block_on(conn.call(retry, |ch| {
+                let r = conn.req(pb::ShowTaskRequest { id, stale: false });
+                async move { pb::tasks_client::TasksClient::new(ch).show(r).await }
+            }))
+            .ok()?
+            .task?;
+        Some((t.started_at_ms, t.ended_at_ms))
+    };
+    let web = c.members[0].http.clone();
+    let (mut totals, mut builds, mut starts, mut overheads) = (vec![], vec![], vec![], vec![]);
+    // Round 0 deploys the first version (nothing to swap); it is measured too.
+    for round in 0..rounds.max(1) {
+        let commit = if round == 0 {
+            git(&repo, &["rev-parse", "HEAD"])?
+        } else {
+            let p = repo.join("hello.rs");
+            let text = std::fs::read_to_string(&p)?;
+            let text = text.replacen(&format!("\"v{round}\""), &format!("\"v{}\"", round + 1), 1);
+            std::fs::write(&p, text)?;
+            git(
+                &repo,
+                &["commit", "--quiet", "-am", &format!("v{}", round + 1)],
+            )?;
+            git(&repo, &["rev-parse", "HEAD"])?
+        };
+        let body = format!(
+            r#"{{"ref":"refs/heads/main","after":"{commit}","repository":{{"clone_url":"{}"}}}}"#,
+            repo.display()
+        );
+        let sig = charter_deployer::webhook::hmac_sha256(SECRET.as_bytes(), body.as_bytes());
+        let sig: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+        let sent = now_ms();
+        let (code, answer) = post(
+            &web,
+            "/hooks/git",
+            &[
+                ("x-github-delivery", format!("bench-{round}-{sent}")),
+                ("x-hub-signature-256", format!("sha256={sig}")),
+                ("content-type", "application/json".into()),
+            ],
+            body.as_bytes(),
+        )?;
+        if code != 202 {
+            return Err(fail(
+                "the bench webhook was refused",
+                format!("{code}: {answer}"),
+                "",
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let d: charter_config::deployment::Deployment = loop {
+            let h = history()?;
+            let d = h.deployments.first().and_then(|d| {
+                serde_json::from_str::<charter_config::deployment::Deployment>(d).ok()
+            });
+            if let Some(d) = d.filter(|d| d.commit == commit && d.promoted_at.is_some()) {
+                break d;
+            }
+            if let Some(d) = h.deployments.first().filter(|d| d.contains("rolled_back")) {
+                return Err(fail("the bench deployment rolled back", d.clone(), ""));
+            }
+            if Instant::now() > deadline {
+                return Err(fail("the bench deployment took over 5 minutes", "", ""));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let promoted = d.promoted_at.unwrap_or(sent);
+        let build = d
+            .build_task
+            .and_then(task_times)
+            .map_or(0, |(s, e)| (e - s).max(0));
+        // The slower server: started → healthy.
+        let h = history()?;
+        let mut start = 0;
+        for id in &d.instances {
+            let view = h
+                .tasks
+                .get(id)
+                .and_then(|t| serde_json::from_str::<charter_config::deployment::TaskView>(t).ok());
+            if let (Some((s, _)), Some(v)) = (task_times(*id), view)
+                && let Some(hs) = v.health_since
+            {
+                start = start.max(hs - s);
+            }
+        }
+        let total = promoted - sent;
+        totals.push(total as u64 * 1000);
+        builds.push(build as u64 * 1000);
+        starts.push(start as u64 * 1000);
+        overheads.push((total - build - start).max(0) as u64 * 1000);
+    }
+    for v in [&mut totals, &mut builds, &mut starts, &mut overheads] {
+        v.sort_unstable();
+    }
+    let mut metrics = BTreeMap::new();
+    metrics.insert("rounds".into(), totals.len() as f64);
+    metrics.insert(
+        "webhook_to_active_p50_ms".into(),
+        percentile_ms(&totals, 0.5),
+    );
+    metrics.insert("build_p50_ms".into(), percentile_ms(&builds, 0.5));
+    metrics.insert("app_start_p50_ms".into(), percentile_ms(&starts, 0.5));
+    metrics.insert("overhead_p50_ms".into(), percentile_ms(&overheads, 0.5));
+    metrics.insert("overhead_max_ms".into(), percentile_ms(&overheads, 1.0));
+
+    // Polling: `apps` apps on local repositories, one pass as the poller does it.
+    let (self0, _) = cpu_ms();
+    let t = Instant::now();
+    let path = repo.display().to_string();
+    for _ in 0..apps {
+        if charter_deployer::git::local_head(&path, "main").is_none() {
+            return Err(fail("cannot read the bench repository's head", path, ""));
+        }
+    }
+    let (self1, _) = cpu_ms();
+    metrics.insert("apps".into(), apps as f64);
+    metrics.insert("poll_cycle_local_cpu_ms".into(), self1 - self0);
+    metrics.insert(
+        "poll_cycle_local_wall_ms".into(),
+        t.elapsed().as_secs_f64() * 1000.0,
+    );
+    // The same with one `git ls-remote` per app (remote repositories); a
+    // tenth of the apps, scaled up.
+    let sample = (apps / 10).max(1);
+    let (_, kids0) = cpu_ms();
+    let t = Instant::now();
+    for _ in 0..sample {
+        charter_deployer::git::head(&path, "main")
+            .map_err(|e| fail("git ls-remote failed", e.to_string(), ""))?;
+    }
+    let (_, kids1) = cpu_ms();
+    let scale = apps as f64 / sample as f64;
+    metrics.insert(
+        "poll_cycle_ls_remote_cpu_ms".into(),
+        (kids1 - kids0) * scale,
+    );
+    metrics.insert(
+        "poll_cycle_ls_remote_wall_ms".into(),
+        t.elapsed().as_secs_f64() * 1000.0 * scale,
+    );
+    // The controller's read with that many apps registered (polling off).
+    for i in 0..apps {
+        let name = format!("app{i:04}");
+        apply(&name, app_toml(&name, &repo, ""))?;
+    }
+    let n = 20;
+    let (self0, _) = cpu_ms();
+    let t = Instant::now();
+    for _ in 0..n {
+        let r = rt
+            .block_on(conn.call(retry, |ch| {
+                let r = conn.req(pb::DeployPlanRequest { leader_only: false });
+                async move { DeployClient::new(ch).plan(r).await }
+            }))
+            .map_err(|f| fail("cannot read the plan", f.status.message().to_string(), ""))?;
+        let v: charter_config::deployment::DeployView = serde_json::from_str(&r.view)?;
+        if v.apps.len() < apps {
+            return Err(fail(
+                "the plan lacks apps",
+                format!("{} of {apps}", v.apps.len()),
+                "",
+            ));
+        }
+    }
+    let (self1, _) = cpu_ms();
+    metrics.insert(
+        "plan_read_wall_ms".into(),
+        t.elapsed().as_secs_f64() * 1000.0 / n as f64,
+    );
+    metrics.insert("plan_read_client_cpu_ms".into(), (self1 - self0) / n as f64);
+    Ok(Report {
+        scenario: "deploy".into(),
+        metrics,
+    })
+}
