@@ -1,6 +1,10 @@
-//! The deployer's apps: `charter deploy apply` registers an app.toml on the
-//! cluster (checked whole, nothing applied when wrong), updates it, and
-//! keeps other principals' apps theirs. Deployments are not built yet.
+//! The deployer end to end, with real git repositories, real builds (rustc)
+//! and real HTTP services: apps registered and kept by their owner, a signed
+//! push deploying with no failed request through the entry, replays and bad
+//! signatures starting nothing, rollbacks on a failed build and on a
+//! never-healthy version, `deploy rollback`, polling, a tampered artifact
+//! refused, a lost node's servers started elsewhere, lease renewal, and a
+//! leader killed mid-deploy.
 
 mod common;
 

@@ -1,8 +1,8 @@
 //! charter-deployer: commit → build → two fresh servers → healthy → active,
 //! with rollback when anything fails.
 //!
-//! - [`pipeline`]: the typed steps of a deployment and the pure planner that
-//!   decides, from (desired, observed, now), what to do next.
+//! - [`pipeline`]: the pure planner that decides, from (desired, observed,
+//!   now), what a deployment needs next.
 //!
 //! - [`webhook`]: push webhooks from GitHub, Gitea and GitLab: signatures
 //!   and tokens checked against the app's secret in constant time, and the
@@ -11,9 +11,13 @@
 //! - [`git`]: branch heads (for polling) and checkouts, through `git`.
 //! - [`store`]: the content-addressed artifact store with per-app retention.
 //!
-//! The replicated apps and deployments, the controller that executes the
-//! plan, the artifact route and the CLI are not built yet; the deployer
-//! talks to the scheduler only through gRPC.
+//! - [`controller`]: the leader's loop that reads the deployer's view,
+//!   plans each running deployment and carries the plan out; also renews
+//!   servers' leases and polls branch heads.
+//! - [`hooks`]: `POST /hooks/git`, merged into a member's HTTP routes.
+//!
+//! The deployer talks to the scheduler only through gRPC; apps and
+//! deployments live in the replicated state.
 
 pub mod controller;
 pub mod git;
