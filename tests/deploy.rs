@@ -563,6 +563,23 @@ fn failed_builds_and_unhealthy_versions_roll_back_and_rollback_returns_to_the_ea
         },
     );
     assert_eq!(entry(), (200, "hello from v1\n".into()));
+    // Restarted, a1 kills what its lost leases left running.
+    a1.restart();
+    wait_for(
+        "a1's old servers to be gone",
+        Duration::from_secs(30),
+        || (processes_in(&a1.data) == 0).then_some(()),
+    );
+}
+
+/// Processes whose working directory is under `dir`.
+fn processes_in(dir: &Path) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(dir)))
+        .count()
 }
 
 #[test]
