@@ -368,3 +368,55 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Runs git in `dir` with a throwaway identity; its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=charter",
+            "-c",
+            "user.email=charter@localhost",
+        ])
+        .args(["-c", "commit.gpgsign=false"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run git: {e}; install git"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A git repository `ROOT/hello-repo` (branch `main`, one commit) with the
+/// example app (`examples/app`): its build names this machine's own
+/// `rustc`, since a sandbox's environment is empty and a rustup proxy there
+/// may not know which toolchain to run.
+pub fn example_app_repo(root: &Path) -> Result<PathBuf> {
+    let repo = root.join("hello-repo");
+    std::fs::create_dir_all(&repo).map_err(|e| format!("cannot make {}: {e}", repo.display()))?;
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}; the example app is built with it"))?;
+    let rustc = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin/rustc");
+    let write = |name: &str, text: &str| {
+        std::fs::write(repo.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+    };
+    write("hello.rs", include_str!("../examples/app/hello.rs"))?;
+    write(
+        "build.sh",
+        &include_str!("../examples/app/build.sh")
+            .replace("rustc ", &format!("{} ", rustc.display())),
+    )?;
+    git(&repo, &["init", "--quiet", "--initial-branch", "main"])?;
+    git(&repo, &["add", "."])?;
+    git(&repo, &["commit", "--quiet", "-m", "v1"])?;
+    Ok(repo)
+}

@@ -69,57 +69,27 @@ fn apps_are_registered_updated_and_kept_by_their_owner() {
 use charter_deployer::webhook::hmac_sha256;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const SECRET: &str = "s3cret";
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    charter::harness::git(dir, args).unwrap()
 }
 
-/// A repository with the example app at version `v1`; returns its path.
 fn app_repo(root: &Path) -> PathBuf {
-    let repo = root.join("hello-repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/app");
-    for f in ["hello.rs", "build.sh"] {
-        std::fs::copy(ex.join(f), repo.join(f)).unwrap();
-    }
-    // The sandbox's environment is empty: name this toolchain's rustc
-    // itself rather than rely on rustup choosing one.
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .unwrap();
-    let rustc = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin/rustc");
-    let build = std::fs::read_to_string(repo.join("build.sh")).unwrap();
-    std::fs::write(
-        repo.join("build.sh"),
-        build.replace("rustc ", &format!("{} ", rustc.display())),
-    )
-    .unwrap();
-    git(&repo, &["init", "--quiet", "--initial-branch", "main"]);
-    git(&repo, &["add", "."]);
-    git(&repo, &["commit", "--quiet", "-m", "v1"]);
-    repo
+    charter::harness::example_app_repo(root).unwrap()
+}
+
+/// A one-member cluster with agent `a1`, the example app's repository and
+/// its first commit.
+fn setup() -> (Cluster, tempfile::TempDir, Agent, PathBuf, String) {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&c, dir.path(), "a1");
+    let repo = app_repo(dir.path());
+    let v1 = git(&repo, &["rev-parse", "HEAD"]);
+    (c, dir, a, repo, v1)
 }
 
 /// Commits a new version of the app (`v2`, …) or a change to build.sh.
@@ -425,12 +395,7 @@ fn apply(c: &Cluster, f: &Path) {
 
 #[test]
 fn failed_builds_and_unhealthy_versions_roll_back_and_rollback_returns_to_the_earlier_version() {
-    let c = Cluster::start(1, &[]);
-    c.wait_leader(Duration::from_secs(15));
-    let dir = tempfile::tempdir().unwrap();
-    let _a = agent(&c, dir.path(), "a1");
-    let repo = app_repo(dir.path());
-    let v1 = git(&repo, &["rev-parse", "HEAD"]);
+    let (c, dir, _a, repo, v1) = setup();
     apply(&c, &app_file(dir.path(), &repo, &[]));
     let web = c.0.members[0].http.clone();
     let entry = || http(&web, "GET", "/apps/hello/", &[], b"").unwrap();
@@ -665,12 +630,7 @@ fn a_leader_killed_mid_deploy_ends_in_the_new_version_or_a_rollback_never_withou
 
 #[test]
 fn polling_deploys_new_heads_and_a_tampered_artifact_is_refused_by_the_agent() {
-    let c = Cluster::start(1, &[]);
-    c.wait_leader(Duration::from_secs(15));
-    let dir = tempfile::tempdir().unwrap();
-    let _a = agent(&c, dir.path(), "a1");
-    let repo = app_repo(dir.path());
-    let v1 = git(&repo, &["rev-parse", "HEAD"]);
+    let (c, dir, _a, repo, v1) = setup();
     apply(
         &c,
         &app_file(
@@ -723,4 +683,46 @@ fn polling_deploys_new_heads_and_a_tampered_artifact_is_refused_by_the_agent() {
         http(&web, "GET", "/apps/hello/", &[], b"").unwrap(),
         (200, "hello from v2\n".into())
     );
+}
+
+#[test]
+fn members_started_without_the_deployer_leave_it_to_a_standalone_one() {
+    let c = Cluster::start(1, &["--no-deployer"]);
+    c.wait_leader(Duration::from_secs(15));
+    let dir = tempfile::tempdir().unwrap();
+    let _a = agent(&c, dir.path(), "a1");
+    let repo = app_repo(dir.path());
+    apply(&c, &app_file(dir.path(), &repo, &[]));
+    let id = trigger(&c, &["trigger", "hello"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let d = history(&c)["deployments"][0].clone();
+    assert_eq!(
+        (
+            d["id"].as_u64(),
+            d["status"].as_str(),
+            d["steps"].as_array().unwrap().len()
+        ),
+        (Some(id), Some("running"), 1),
+        "nobody fetched: {d}"
+    );
+    let mut deployer = std::process::Command::new(BIN)
+        .args([
+            "--server",
+            &c.servers(),
+            "--token",
+            TOKEN,
+            "deployer",
+            "--work",
+        ])
+        .arg(dir.path().join("work"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = ended(&c, id, Duration::from_secs(120));
+    let _ = deployer.kill();
+    let _ = deployer.wait();
+    assert_eq!(d["status"], "active", "{d}");
+    assert!(dir.path().join("work/mirrors/hello.git/HEAD").is_file());
 }

@@ -21,8 +21,7 @@ use charter_proto as pb;
 use charter_proto::deploy_client::DeployClient;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "bench-secret";
@@ -32,28 +31,7 @@ fn now_ms() -> i64 {
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=bench",
-            "-c",
-            "user.email=bench@localhost",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| fail("cannot run git", e.to_string(), "install git"))?;
-    if !out.status.success() {
-        return Err(fail(
-            format!("git {} failed", args.join(" ")),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            "",
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    charter::harness::git(dir, args).map_err(|e| fail("git failed", e, ""))
 }
 
 /// CPU time of this process and its waited-for children, in ms.
@@ -66,36 +44,6 @@ fn cpu_ms() -> (f64, f64) {
         ms(u.ru_utime) + ms(u.ru_stime)
     };
     (get(libc::RUSAGE_SELF), get(libc::RUSAGE_CHILDREN))
-}
-
-/// A repository with the example app, its build naming this machine's rustc.
-fn app_repo(root: &Path) -> anyhow::Result<PathBuf> {
-    let repo = root.join("hello-repo");
-    std::fs::create_dir_all(&repo)?;
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .map_err(|e| {
-            fail(
-                "cannot run rustc",
-                e.to_string(),
-                "the deploy scenario builds its app with rustc",
-            )
-        })?;
-    let rustc = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim()).join("bin/rustc");
-    std::fs::write(
-        repo.join("hello.rs"),
-        include_str!("../../examples/app/hello.rs"),
-    )?;
-    std::fs::write(
-        repo.join("build.sh"),
-        include_str!("../../examples/app/build.sh")
-            .replace("rustc ", &format!("{} ", rustc.display())),
-    )?;
-    git(&repo, &["init", "--quiet", "--initial-branch", "main"])?;
-    git(&repo, &["add", "."])?;
-    git(&repo, &["commit", "--quiet", "-m", "v1"])?;
-    Ok(repo)
 }
 
 fn app_toml(name: &str, repo: &Path, poll: &str) -> String {
@@ -158,7 +106,8 @@ pub fn deploy(
     let conn = charter_proto::conn::Servers::new(&servers, Some(TOKEN.to_string()))
         .map_err(|e| fail("bad bench addresses", e, ""))?;
     let retry = Duration::from_secs(10);
-    let repo = app_repo(c.dir.path())?;
+    let repo = charter::harness::example_app_repo(c.dir.path())
+        .map_err(|e| fail("cannot make the bench repository", e, ""))?;
     let apply = |name: &str, text: String| {
         rt.block_on(conn.call(retry, |ch| {
             let r = conn.req(pb::ApplyAppRequest {

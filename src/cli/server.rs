@@ -113,13 +113,21 @@ pub async fn run_deployer(g: &super::client::Global, a: &DeployerArgs) -> anyhow
     };
     let h = tokio::spawn(charter_deployer::controller::run(opts, stop));
     tracing::info!(servers = %g.servers, "deployer running standalone");
+    until_signalled(stop_tx, h).await
+}
+
+/// Waits for Ctrl-C or SIGTERM, then stops a standalone controller.
+async fn until_signalled(
+    stop: tokio::sync::watch::Sender<bool>,
+    running: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<i32> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    let _ = stop_tx.send(true);
-    let _ = h.await;
+    let _ = stop.send(true);
+    let _ = running.await;
     Ok(0)
 }
 
@@ -174,14 +182,7 @@ pub async fn run_hydra(g: &super::client::Global) -> anyhow::Result<i32> {
     };
     let h = tokio::spawn(charter_hydra::controller::run(opts, stop));
     tracing::info!(servers = %g.servers, "hydra running standalone");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    let _ = stop_tx.send(true);
-    let _ = h.await;
-    Ok(0)
+    until_signalled(stop_tx, h).await
 }
 
 /// The agent `charter dev` runs in its own process: this machine, detected.
