@@ -66,8 +66,15 @@ impl Store {
     }
 
     /// Stores the file at `src` as a version of `app` and keeps the newest
-    /// `keep` versions of it. Returns the key.
-    pub fn put(&self, app: &str, src: &Path, keep: usize) -> std::io::Result<String> {
+    /// `keep` versions of it, and any older one in `pinned` (versions still
+    /// running). Returns the key.
+    pub fn put(
+        &self,
+        app: &str,
+        src: &Path,
+        keep: usize,
+        pinned: &[String],
+    ) -> std::io::Result<String> {
         let key = sha256_file(src)?;
         let dst = self.root.join("sha256").join(&key);
         if !dst.is_file() {
@@ -86,8 +93,14 @@ impl Store {
         let mut v = self.versions(app)?;
         v.retain(|k| k != &key);
         v.push(key.clone());
-        let cut = v.len().saturating_sub(keep.max(1));
-        v.drain(..cut);
+        let mut extra = v.len().saturating_sub(keep.max(1));
+        v.retain(|k| {
+            let drop = extra > 0 && *k != key && !pinned.contains(k);
+            if drop {
+                extra -= 1;
+            }
+            !drop
+        });
         self.write_list(app, &v)?;
         self.collect()?;
         Ok(key)
@@ -137,20 +150,29 @@ mod tests {
             std::fs::write(&p, text).unwrap();
             p
         };
-        let a1 = s.put("a", &file("1", "one"), 2).unwrap();
+        let a1 = s.put("a", &file("1", "one"), 2, &[]).unwrap();
         assert_eq!(
             a1,
             "7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed"
         );
         assert!(verify(&s.path(&a1).unwrap(), &a1).unwrap());
-        let a2 = s.put("a", &file("2", "two"), 2).unwrap();
+        let a2 = s.put("a", &file("2", "two"), 2, &[]).unwrap();
         // Another app shares the first blob.
-        assert_eq!(s.put("b", &file("3", "one"), 2).unwrap(), a1);
-        let a3 = s.put("a", &file("4", "three"), 2).unwrap();
+        assert_eq!(s.put("b", &file("3", "one"), 2, &[]).unwrap(), a1);
+        let a3 = s.put("a", &file("4", "three"), 2, &[]).unwrap();
         assert_eq!(s.versions("a").unwrap(), [a2.clone(), a3.clone()]);
         assert!(s.path(&a1).is_some(), "b still lists it");
-        s.put("b", &file("5", "four"), 1).unwrap();
+        s.put("b", &file("5", "four"), 1, &[]).unwrap();
         assert!(s.path(&a1).is_none(), "no app lists it any more");
+        // A pinned version (still running) outlives `keep`.
+        let a5 = s
+            .put("a", &file("6", "five"), 2, std::slice::from_ref(&a2))
+            .unwrap();
+        assert_eq!(s.versions("a").unwrap(), [a2.clone(), a5.clone()]);
+        let a6 = s
+            .put("a", &file("7", "six"), 1, std::slice::from_ref(&a2))
+            .unwrap();
+        assert_eq!(s.versions("a").unwrap(), [a2.clone(), a6]);
         assert!(s.path(&a2).is_some());
         // A key is only ever a sha256; a path is never built from anything else.
         assert!(s.path("../apps/a").is_none());

@@ -135,8 +135,14 @@ async fn until_signalled(
 struct Artifacts(charter_deployer::store::Store, PathBuf);
 
 impl charter_scheduler::service::Artifacts for Artifacts {
-    fn put(&self, app: &str, file: &Path, keep: usize) -> std::io::Result<String> {
-        self.0.put(app, file, keep)
+    fn put(
+        &self,
+        app: &str,
+        file: &Path,
+        keep: usize,
+        pinned: &[String],
+    ) -> std::io::Result<String> {
+        self.0.put(app, file, keep, pinned)
     }
     fn path(&self, sha256: &str) -> Option<PathBuf> {
         self.0.path(sha256)

@@ -18,8 +18,14 @@ use tonic::{Request, Response, Status, Streaming};
 /// Where a member keeps artifacts (the deployer's store, handed in by the binary).
 pub trait Artifacts: Send + Sync {
     /// Stores the file at `file` as a version of `app`, keeping its newest
-    /// `keep`; returns its sha256.
-    fn put(&self, app: &str, file: &Path, keep: usize) -> std::io::Result<String>;
+    /// `keep` and every one in `pinned`; returns its sha256.
+    fn put(
+        &self,
+        app: &str,
+        file: &Path,
+        keep: usize,
+        pinned: &[String],
+    ) -> std::io::Result<String>;
     /// Where the artifact `sha256` is, if stored here.
     fn path(&self, sha256: &str) -> Option<PathBuf>;
     /// A directory for uploads in progress.
@@ -391,10 +397,20 @@ impl pb::deploy_server::Deploy for Api {
         .await;
         drop(file);
         let got = hex::encode(h.finalize());
-        let keep = self
-            .member
-            .read(|s| s.apps.get(&app).map(|a| a.config.keep as usize))
-            .unwrap_or(5);
+        // Versions still running or active are never pruned.
+        let (keep, pinned) = self.member.read(|s| {
+            let keep = s.apps.get(&app).map_or(5, |a| a.config.keep as usize);
+            let pinned: Vec<String> = s
+                .deployments
+                .values()
+                .filter(|d| {
+                    d.app == app && matches!(d.status, DeployStatus::Running | DeployStatus::Active)
+                })
+                .map(|d| d.artifact.clone())
+                .filter(|a| !a.is_empty())
+                .collect();
+            (keep, pinned)
+        });
         let stored = match result {
             Err(e) => Err(e),
             Ok(()) if got != want => Err(Status::invalid_argument(format!(
@@ -402,7 +418,7 @@ impl pb::deploy_server::Deploy for Api {
             ))),
             Ok(()) => {
                 let (s, t, a) = (store.clone(), tmp.clone(), app.clone());
-                tokio::task::spawn_blocking(move || s.0.put(&a, &t, keep))
+                tokio::task::spawn_blocking(move || s.0.put(&a, &t, keep, &pinned))
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?
                     .map(|_| ())
