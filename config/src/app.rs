@@ -166,6 +166,17 @@ impl AppConfig {
             "repo",
             "a git URL or a local path, like repo = \"/srv/git/hello\"",
         );
+        // Builds clone it inside a sandbox: a local path must be absolute.
+        if let Some(r) = &repo
+            && !r.contains("://")
+            && !r.contains('@')
+            && !r.starts_with('/')
+        {
+            f.error_at(
+                "repo",
+                format!("a local path must be absolute (builds clone it from their own directory), got \"{r}\""),
+            );
+        }
         let branch = f.str("branch").unwrap_or_else(|| "main".into());
         let servers = f.u64("servers").unwrap_or(2);
         if !(1..=100).contains(&servers) {
@@ -340,6 +351,16 @@ min_healthy = "2s"
             .replace("http = \"/healthz\"", "tcp = false")
             .replace("artifact = \"out/hello\"", "");
         let e = load("app.toml", &bad).unwrap_err().to_string();
+        let relative = APP.replace("repo = \"/srv/git/hello\"", "repo = \"hello\"");
+        let r = load("app.toml", &relative).unwrap_err().to_string();
+        assert!(r.contains("repo: a local path must be absolute"), "{r}");
+        for url in [
+            "https://git.example/hello.git",
+            "git@git.example:x/hello.git",
+        ] {
+            let ok = APP.replace("/srv/git/hello", url);
+            assert!(load("app.toml", &ok).is_ok(), "{url}");
+        }
         for want in [
             "app.toml:5: poll",
             "app.toml:6: servers",
