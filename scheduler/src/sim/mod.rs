@@ -266,11 +266,90 @@ impl Sim {
         }
     }
 
+    /// A deployer command: the app applied, triggers with repeated
+    /// deliveries and commits, step reports for any deployment and step
+    /// (stale, repeated, failed), and task submissions, as controllers on
+    /// old and new leaders would send them.
+    fn deploy_command(&mut self) -> Command {
+        let commits = ["a", "b", "c"].map(|c| c.repeat(40));
+        // Mostly about a running deployment and its current step, as the
+        // leader's deployer sends them; otherwise any id and any step.
+        let running: Vec<(u64, String)> = self
+            .leader()
+            .and_then(|l| self.members[l].node.as_ref())
+            .map(|(_, h)| {
+                h.read(|s| {
+                    s.deployments
+                        .values()
+                        .filter(|d| d.status == charter_config::deployment::DeployStatus::Running)
+                        .map(|d| (d.id, d.step().to_string()))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        let (some_deployment, step) = if !running.is_empty() && self.rng.random_ratio(3, 4) {
+            running[self.rng.random_range(0..running.len())].clone()
+        } else {
+            (
+                self.rng.random_range(1..(self.next_key / 40).max(2)),
+                charter_config::deployment::STEPS[self.rng.random_range(0..8)].to_string(),
+            )
+        };
+        match self.rng.random_range(0..10) {
+            0 => Command::AppApply {
+                config: Box::new(sim_app()),
+                version: "v1".into(),
+            },
+            1..=3 => Command::DeployTrigger {
+                app: "app0".into(),
+                commit: commits[self.rng.random_range(0..3)].clone(),
+                trigger: "webhook".into(),
+                delivery: format!("d{}", self.rng.random_range(0..30)),
+            },
+            4..=7 => Command::DeployStep(crate::state::DeployStep {
+                id: some_deployment,
+                step,
+                failed: self.rng.random_ratio(1, 8),
+                message: "sim".into(),
+                commit: commits[self.rng.random_range(0..3)].clone(),
+                artifact: "f".repeat(64),
+                build_log: String::new(),
+            }),
+            _ => Command::DeploySubmit {
+                id: some_deployment,
+                step: if matches!(step.as_str(), "build" | "lease") {
+                    step
+                } else {
+                    ["build", "lease"][self.rng.random_range(0..2)].into()
+                },
+                tasks: (0..self.rng.random_range(1..3))
+                    .map(|_| {
+                        (
+                            LeaseSpec::simple(
+                                Resources {
+                                    cpu_millis: 500,
+                                    ..Resources::default()
+                                },
+                                self.rng.random_range(500..3000),
+                            ),
+                            TaskSpec {
+                                amp: Amp::Service,
+                                command: vec!["./app".into()],
+                                ..TaskSpec::default()
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+        }
+    }
+
     fn new_request(&mut self) {
         let key = format!("k{}", self.next_key);
         self.next_key += 1;
         let some_lease = self.rng.random_range(1..(self.next_key / 2).max(2));
-        let cmd = match self.rng.random_range(0..20) {
+        let cmd = match self.rng.random_range(0..22) {
+            20..=21 => self.deploy_command(),
             0..=4 => Command::RegisterNode {
                 name: format!("n{}", self.rng.random_range(0..4)),
                 capacity: Resources {
@@ -777,6 +856,42 @@ fn sim_fire(job: &str, tick: i64, ms: u64) -> Command {
 }
 
 /// Two per-second jobs for the cron commands the simulation proposes.
+/// The app the simulation deploys.
+fn sim_app() -> charter_config::app::AppConfig {
+    charter_config::app::AppConfig {
+        name: "app0".into(),
+        repo: "/srv/git/app0".into(),
+        branch: "main".into(),
+        servers: 2,
+        progress_deadline_ms: 60_000,
+        poll_ms: 0,
+        secret: "s".into(),
+        fingerprint: charter_config::app::DEFAULT_FINGERPRINT.into(),
+        keep: 2,
+        build: charter_config::app::BuildConfig {
+            command: vec!["make".into()],
+            artifact: "app".into(),
+            cpu_millis: 500,
+            memory_bytes: 1 << 20,
+            timeout_ms: 60_000,
+        },
+        run: charter_config::app::RunConfig {
+            command: vec!["./app".into()],
+            ports: vec!["http".into()],
+            env: Default::default(),
+        },
+        health: charter_config::app::AppHealth {
+            kind: "tcp".into(),
+            path: String::new(),
+            status: 200,
+            interval_ms: 500,
+            timeout_ms: 500,
+            min_healthy_ms: 0,
+        },
+        requirements: Default::default(),
+    }
+}
+
 fn sim_cron_jobs() -> Vec<JobDef> {
     let text = "[[job]]\nname = \"j0\"\nschedule = \"* * * * * *\"\n[job.task]\ncommand = [\"true\"]\nfor = \"1s\"\n\n\
                 [[job]]\nname = \"j1\"\nschedule = \"* * * * * *\"\n[job.task]\ncommand = [\"true\"]\nfor = \"1s\"\n";

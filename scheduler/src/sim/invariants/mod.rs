@@ -3,6 +3,7 @@
 pub mod acknowledged;
 pub mod capacity;
 pub mod committed_entries;
+pub mod deployments;
 pub mod equal_state;
 pub mod exclusive;
 pub mod fencing;
@@ -57,6 +58,7 @@ pub fn check_all(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String
     fencing::check(views)?;
     queue::check(views)?;
     tasks::check(views)?;
+    deployments::check(views)?;
     time_bounds::check(views)?;
     equal_state::check(h, views)?;
     Ok(())
