@@ -67,7 +67,6 @@ fn apps_are_registered_updated_and_kept_by_their_owner() {
 // ------------------------------------------------------------ deployments
 
 use charter_deployer::webhook::hmac_sha256;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 const SECRET: &str = "s3cret";
@@ -143,39 +142,7 @@ mem = "64MiB"
     f
 }
 
-/// One HTTP/1.1 request on a fresh connection: (status, body).
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
+use charter::harness::http;
 
 /// A GitHub push delivery for `commit`, signed with `secret`.
 fn push(http_addr: &str, commit: &str, delivery: &str, secret: &str) -> (u16, String) {

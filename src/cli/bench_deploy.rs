@@ -20,7 +20,6 @@ use charter::harness::{Cluster, TOKEN};
 use charter_proto as pb;
 use charter_proto::deploy_client::DeployClient;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -55,39 +54,6 @@ fn app_toml(name: &str, repo: &Path, poll: &str) -> String {
          [requirements]\ncpu = 0.1\nmem = \"64MiB\"\n",
         repo.display()
     )
-}
-
-fn post(
-    addr: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> anyhow::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((
-        code,
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    ))
 }
 
 pub fn deploy(
@@ -177,13 +143,15 @@ pub fn deploy(
         let sig = charter_deployer::webhook::hmac_sha256(SECRET.as_bytes(), body.as_bytes());
         let sig: String = sig.iter().map(|b| format!("{b:02x}")).collect();
         let sent = now_ms();
-        let (code, answer) = post(
+        let (delivery, signature) = (format!("bench-{round}-{sent}"), format!("sha256={sig}"));
+        let (code, answer) = charter::harness::http(
             &web,
+            "POST",
             "/hooks/git",
             &[
-                ("x-github-delivery", format!("bench-{round}-{sent}")),
-                ("x-hub-signature-256", format!("sha256={sig}")),
-                ("content-type", "application/json".into()),
+                ("x-github-delivery", &delivery),
+                ("x-hub-signature-256", &signature),
+                ("content-type", "application/json"),
             ],
             body.as_bytes(),
         )?;
