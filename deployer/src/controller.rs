@@ -14,7 +14,7 @@ use charter_config::app::AppConfig;
 use charter_config::deployment::{DeployStatus, DeployView, Deployment};
 use charter_proto as pb;
 use charter_proto::conn::Servers;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -117,7 +117,6 @@ fn desired(app: &AppConfig) -> Desired {
     Desired {
         progress_deadline_ms: app.progress_deadline_ms as i64,
         min_healthy_ms: app.health.min_healthy_ms as i64,
-        servers: app.servers as usize,
     }
 }
 
@@ -547,14 +546,12 @@ fn spread(name: &str) -> i64 {
         & i64::MAX
 }
 
-fn env(app: &AppConfig, d: &Deployment) -> std::collections::HashMap<String, String> {
-    BTreeMap::from([
+fn env(app: &AppConfig, d: &Deployment) -> HashMap<String, String> {
+    HashMap::from([
         ("CHARTER_APP".to_string(), app.name.clone()),
         ("CHARTER_COMMIT".to_string(), d.commit.clone()),
         ("CHARTER_DEPLOYMENT".to_string(), d.id.to_string()),
     ])
-    .into_iter()
-    .collect()
 }
 
 fn step_req(id: u64, step: &str) -> pb::DeployStepRequest {

@@ -15,6 +15,7 @@
 //!   requests in flight to the old servers, then retires them.
 
 use charter_config::deployment::{Deployment, TaskView};
+use charter_config::units::format_duration;
 use std::collections::BTreeMap;
 
 /// Milliseconds since the Unix epoch.
@@ -31,8 +32,6 @@ pub struct Desired {
     pub progress_deadline_ms: i64,
     /// How long every new server must stay healthy before promotion.
     pub min_healthy_ms: i64,
-    /// How many servers.
-    pub servers: usize,
 }
 
 /// What to do now.
@@ -116,7 +115,7 @@ pub fn next(
             step,
             format!(
                 "progress deadline of {} passed in step {step}",
-                human_ms(want.progress_deadline_ms)
+                format_duration(want.progress_deadline_ms.max(0) as u64)
             ),
         );
     }
@@ -193,7 +192,7 @@ pub fn next(
                     format!(
                         "{} servers healthy for {}",
                         servers.len(),
-                        human_ms(now - all)
+                        format_duration((now - all).max(0) as u64)
                     ),
                 ),
                 _ => Action::Wait,
@@ -206,30 +205,6 @@ pub fn next(
         },
         other => fail(other, format!("unknown step {other}")),
     }
-}
-
-/// `1.5s`, `2m`, `1h30m`.
-pub fn human_ms(ms: i64) -> String {
-    if ms < 60_000 {
-        let s = ms as f64 / 1000.0;
-        return if ms % 1000 == 0 {
-            format!("{}s", ms / 1000)
-        } else {
-            format!("{s:.1}s")
-        };
-    }
-    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -286,7 +261,6 @@ mod tests {
         let want = Desired {
             progress_deadline_ms: 600_000,
             min_healthy_ms: 3_000,
-            servers: 2,
         };
         let sha = "b".repeat(64);
         let built = TaskView {
@@ -487,16 +461,7 @@ mod tests {
         let want = Desired {
             progress_deadline_ms: 1,
             min_healthy_ms: 0,
-            servers: 1,
         };
         assert_eq!(next(&want, &d, &BTreeMap::new(), None, 99), Action::Wait);
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_ms(1_500), "1.5s");
-        assert_eq!(human_ms(3_000), "3s");
-        assert_eq!(human_ms(600_000), "10m");
-        assert_eq!(human_ms(5_430_000), "1h30m30s");
     }
 }
