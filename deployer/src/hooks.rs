@@ -93,25 +93,8 @@ async fn hook(
     };
     // Which app: named, or found by the repository the payload names.
     let named = q.get("app");
-    let urls: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .map(|v| {
-            let mut u = Vec::new();
-            for (o, keys) in [
-                (
-                    "repository",
-                    &["clone_url", "html_url", "ssh_url", "git_url", "url"][..],
-                ),
-                ("project", &["git_http_url", "git_ssh_url", "web_url"][..]),
-            ] {
-                for k in keys {
-                    if let Some(s) = v[o][k].as_str() {
-                        u.push(s.to_string());
-                    }
-                }
-            }
-            u
-        })
+    let urls = serde_json::from_slice::<serde_json::Value>(&body)
+        .map(|v| webhook::repo_urls(&v))
         .unwrap_or_default();
     let candidates: Vec<&AppConfig> = all
         .iter()

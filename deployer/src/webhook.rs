@@ -90,6 +90,27 @@ fn signed(sig_hex: &str, secret: &str, body: &[u8]) -> bool {
     )
 }
 
+/// The repository URLs a push payload names (GitHub and Gitea put them
+/// under `repository`, GitLab under `project`); read before any signature
+/// is checked, to find the app whose secret checks it.
+pub fn repo_urls(payload: &serde_json::Value) -> Vec<String> {
+    let mut urls = Vec::new();
+    for (obj, keys) in [
+        (
+            "repository",
+            &["clone_url", "html_url", "ssh_url", "git_url", "url"][..],
+        ),
+        ("project", &["git_http_url", "git_ssh_url", "web_url"][..]),
+    ] {
+        for k in keys {
+            if let Some(u) = payload[obj][k].as_str() {
+                urls.push(u.to_string());
+            }
+        }
+    }
+    urls
+}
+
 /// Checks a delivery against `secret` and reads the push from it.
 /// `headers` are lower-cased names.
 pub fn verify(
@@ -140,20 +161,7 @@ pub fn verify(
         .filter(|c| c.len() >= 7 && c.chars().all(|x| x.is_ascii_hexdigit()))
         .ok_or_else(|| Refused::NotAPush("no commit in \"after\"".into()))?
         .to_string();
-    let mut repo_urls = Vec::new();
-    for (obj, keys) in [
-        (
-            "repository",
-            &["clone_url", "html_url", "ssh_url", "git_url", "url"][..],
-        ),
-        ("project", &["git_http_url", "git_ssh_url", "web_url"][..]),
-    ] {
-        for k in keys {
-            if let Some(u) = v[obj][k].as_str() {
-                repo_urls.push(u.to_string());
-            }
-        }
-    }
+    let repo_urls = repo_urls(&v);
     Ok(Push {
         provider,
         delivery: delivery.unwrap_or_default().to_string(),
