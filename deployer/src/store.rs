@@ -1,9 +1,10 @@
 //! The content-addressed artifact store: a built artifact is kept under
-//! the sha256 of its bytes (`ROOT/sha256/<hex>`), written to a temporary
-//! file, fsynced and renamed, so a key always names whole, verified bytes.
+//! the sha256 of its bytes (`ROOT/sha256/<hex>`), moved in from a finished
+//! file on the same filesystem after an fsync, so a key always names whole
+//! bytes.
 //! Each app lists its versions (`ROOT/apps/<app>`, newest last); an app
 //! keeps its newest `keep`, and a blob no app lists any more is removed.
-//! Downloaders check the bytes against the key ([`verify`]).
+//! Downloaders check the bytes against the key (the agent, on fetch).
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -35,11 +36,6 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Whether the file at `path` has the sha256 `key`.
-pub fn verify(path: &Path, key: &str) -> std::io::Result<bool> {
-    Ok(sha256_file(path)? == key)
-}
-
 impl Store {
     /// Opens (creating) a store at `root`.
     pub fn open(root: &Path) -> std::io::Result<Store> {
@@ -65,9 +61,10 @@ impl Store {
         }
     }
 
-    /// Stores the file at `src` as a version of `app` and keeps the newest
-    /// `keep` versions of it, and any older one in `pinned` (versions still
-    /// running). Returns the key.
+    /// Moves the file at `src` (on the store's filesystem, e.g. an upload
+    /// finished under the store's root) into the store as a version of
+    /// `app`, fsynced, and keeps the newest `keep` versions of it and any
+    /// older one in `pinned` (versions still running). Returns the key.
     pub fn put(
         &self,
         app: &str,
@@ -77,18 +74,11 @@ impl Store {
     ) -> std::io::Result<String> {
         let key = sha256_file(src)?;
         let dst = self.root.join("sha256").join(&key);
-        if !dst.is_file() {
-            let tmp = self.root.join("sha256").join(format!(".{key}.tmp"));
-            std::fs::copy(src, &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            if !verify(&tmp, &key)? {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(std::io::Error::other(format!(
-                    "{} changed while it was stored; build again",
-                    src.display()
-                )));
-            }
-            std::fs::rename(&tmp, &dst)?;
+        if dst.is_file() {
+            std::fs::remove_file(src)?;
+        } else {
+            std::fs::File::open(src)?.sync_all()?;
+            std::fs::rename(src, &dst)?;
         }
         let mut v = self.versions(app)?;
         v.retain(|k| k != &key);
@@ -140,6 +130,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the file at `path` has the sha256 `key`.
+    fn verify(path: &Path, key: &str) -> std::io::Result<bool> {
+        Ok(sha256_file(path)? == key)
+    }
 
     #[test]
     fn artifacts_are_kept_by_content_and_pruned_per_app() {
