@@ -60,6 +60,13 @@ fn deploy_reply(out: Applied) -> Result<(Option<Box<Deployment>>, bool, String),
     }
 }
 
+/// The host a node's agent serves on: where its tasks' ports are.
+pub fn agent_host<'a>(s: &'a State, node: &str) -> Option<&'a str> {
+    let addr = &s.nodes.get(node)?.agent.as_ref()?.addr;
+    addr.rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']))
+}
+
 /// What the deployer knows of a task: its state, health, lease and where
 /// its ports are.
 pub fn task_view(s: &State, t: &Task) -> TaskView {
@@ -68,16 +75,7 @@ pub fn task_view(s: &State, t: &Task) -> TaskView {
         .and_then(|l| l.nodes.first())
         .cloned()
         .unwrap_or_default();
-    let host = s
-        .nodes
-        .get(&node)
-        .and_then(|n| n.agent.as_ref())
-        .and_then(|a| {
-            a.addr
-                .rsplit_once(':')
-                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-        })
-        .unwrap_or_default();
+    let host = agent_host(s, &node).unwrap_or_default().to_string();
     TaskView {
         state: t.state.as_str().to_string(),
         health: t.health.clone(),

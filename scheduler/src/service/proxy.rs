@@ -29,9 +29,10 @@ pub fn targets(s: &State, app: &str) -> Vec<String> {
         .filter_map(|id| s.tasks.get(id))
         .filter(|t| t.health == "healthy" && !t.state.is_ended())
         .filter_map(|t| {
-            let v = super::deploy::task_view(s, t);
+            let node = s.leases.get(&t.lease)?.nodes.first()?;
+            let host = super::deploy::agent_host(s, node)?;
             let port = t.spec.ports.first().and_then(|p| t.ports.get(p))?;
-            (!v.host.is_empty()).then(|| format!("{}:{port}", v.host))
+            Some(format!("{host}:{port}"))
         })
         .collect()
 }
