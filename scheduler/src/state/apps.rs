@@ -119,6 +119,35 @@ impl State {
             .unwrap_or_else(|_| format!("{}@{commit}", app.config.name))
     }
 
+    /// A deployment of `app` that already has `fingerprint` (the active one,
+    /// or a running one other than `except`), with why no new one is needed.
+    fn same_version(&self, app: &App, fingerprint: &str, except: u64) -> Option<(u64, String)> {
+        if fingerprint.is_empty() {
+            return None;
+        }
+        if let Some(a) = app
+            .active
+            .and_then(|id| self.deployments.get(&id))
+            .filter(|a| a.fingerprint == fingerprint)
+        {
+            return Some((a.id, format!("{fingerprint} is already active")));
+        }
+        self.deployments
+            .values()
+            .find(|o| {
+                o.id != except
+                    && o.app == app.config.name
+                    && o.status == DeployStatus::Running
+                    && o.fingerprint == fingerprint
+            })
+            .map(|o| {
+                (
+                    o.id,
+                    format!("{fingerprint} is being deployed (deployment {})", o.id),
+                )
+            })
+    }
+
     /// Starts a deployment of `commit` (empty or abbreviated: resolved by
     /// the fetch step) unless the delivery was seen, or the commit's
     /// fingerprint is active or being deployed. A running deployment not
@@ -159,25 +188,8 @@ impl State {
         } else {
             String::new()
         };
-        if !fingerprint.is_empty() {
-            if let Some(d) = app.active.and_then(|id| self.deployments.get(&id))
-                && d.fingerprint == fingerprint
-            {
-                return deployed(
-                    Some(&d.clone()),
-                    false,
-                    format!("{fingerprint} is already active"),
-                );
-            }
-            if let Some(d) = self.deployments.values().find(|d| {
-                d.app == name && d.status == DeployStatus::Running && d.fingerprint == fingerprint
-            }) {
-                return deployed(
-                    Some(&d.clone()),
-                    false,
-                    format!("{fingerprint} is being deployed"),
-                );
-            }
+        if let Some((id, why)) = self.same_version(&app, &fingerprint, 0) {
+            return deployed(self.deployments.get(&id), false, why);
         }
         let id = self.next_deploy_id.max(1);
         self.next_deploy_id = id + 1;
@@ -329,20 +341,9 @@ impl State {
                         what: format!("app {}", d.app),
                     })?;
                 let fingerprint = self.fingerprint_of(&app, &commit);
-                let active = app.active.and_then(|a| self.deployments.get(&a));
-                let twin = self.deployments.values().find(|o| {
-                    o.id != d.id
-                        && o.app == d.app
-                        && o.status == DeployStatus::Running
-                        && o.fingerprint == fingerprint
-                });
-                let same = match (active, twin) {
-                    (Some(a), _) if a.fingerprint == fingerprint => {
-                        Some(format!("{fingerprint} is already active"))
-                    }
-                    (_, Some(o)) => Some(format!("deployment {} deploys {fingerprint}", o.id)),
-                    _ => None,
-                };
+                let same = self
+                    .same_version(&app, &fingerprint, d.id)
+                    .map(|(_, why)| why);
                 if let Some(x) = self.deployments.get_mut(&d.id) {
                     x.commit = commit;
                     x.fingerprint = fingerprint;
@@ -463,11 +464,6 @@ impl State {
                     refused = Some(e);
                     break;
                 }
-            }
-        }
-        for t in &ids {
-            if let Some(t) = self.tasks.get_mut(t) {
-                t.deployment = Some(id);
             }
         }
         let x = self.deployments.get_mut(&id).expect("looked up above");

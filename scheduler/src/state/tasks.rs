@@ -79,7 +79,6 @@ impl State {
             run: None,
             health_since: None,
             artifact: String::new(),
-            deployment: None,
         };
         self.tasks.insert(id, task.clone());
         self.lease_tasks.insert(lease.id, id);

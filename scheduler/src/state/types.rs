@@ -588,9 +588,6 @@ pub struct Task {
     /// The sha256 of the artifact it stored (`artifact_out`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub artifact: String,
-    /// The deployment it belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployment: Option<u64>,
 }
 
 /// A sample of what a task's processes use.
