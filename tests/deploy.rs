@@ -188,6 +188,50 @@ fn ended(c: &Cluster, id: u64, within: Duration) -> serde_json::Value {
     })
 }
 
+/// A client that GETs the app's entry every 20 ms on its own thread.
+struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>, Vec<String>)>,
+}
+
+impl Poller {
+    fn start(web: &str) -> Poller {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, web) = (stop.clone(), web.to_string());
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut bad, mut seen) = (0, Vec::new(), Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match http(&web, "GET", "/apps/hello/", &[], b"") {
+                    Ok((200, b)) => {
+                        ok += 1;
+                        if seen.last() != Some(&b) {
+                            seen.push(b);
+                        }
+                    }
+                    other => bad.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, bad, seen)
+        });
+        Poller { stop, thread }
+    }
+
+    /// Stops it and asserts no request failed; the answers, each new body once.
+    fn stop_without_failures(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, bad, seen) = self.thread.join().unwrap();
+        assert!(
+            bad.is_empty(),
+            "{} of {} requests failed: {:?}",
+            bad.len(),
+            ok + bad.len(),
+            &bad[..bad.len().min(5)]
+        );
+        (ok, seen)
+    }
+}
+
 fn deployment_id(answer: &str) -> u64 {
     let v: serde_json::Value =
         serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
@@ -235,26 +279,7 @@ fn a_signed_push_deploys_with_no_failed_request_and_replays_and_bad_signatures_s
     assert_eq!(history(&c)["deployments"].as_array().unwrap().len(), 1);
 
     // The client polls the entry through the whole deploy of v2.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let poller = {
-        let (stop, web) = (stop.clone(), web.clone());
-        std::thread::spawn(move || {
-            let (mut ok, mut bad, mut seen) = (0, Vec::new(), Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match http(&web, "GET", "/apps/hello/", &[], b"") {
-                    Ok((200, b)) => {
-                        ok += 1;
-                        if seen.last() != Some(&b) {
-                            seen.push(b);
-                        }
-                    }
-                    other => bad.push(format!("{other:?}")),
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (ok, bad, seen)
-        })
-    };
+    let poller = Poller::start(&web);
     let t0 = std::time::Instant::now();
     let (code, body) = push(&web, &v2, "d-4", SECRET);
     assert!(
@@ -273,15 +298,7 @@ fn a_signed_push_deploys_with_no_failed_request_and_replays_and_bad_signatures_s
     let d = ended(&c, second, Duration::from_secs(120));
     assert_eq!(d["status"], "active", "{d}");
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, bad, seen) = poller.join().unwrap();
-    assert!(
-        bad.is_empty(),
-        "{} of {} requests failed: {:?}",
-        bad.len(),
-        ok + bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    let (ok, seen) = poller.stop_without_failures();
     assert_eq!(
         seen,
         ["hello from v1\n", "hello from v2\n"],
@@ -553,33 +570,11 @@ fn a_leader_killed_mid_deploy_ends_in_the_new_version_or_a_rollback_never_withou
     let leader = c.wait_leader(Duration::from_secs(5));
     let other = (leader + 1) % 3;
     let web = c.0.members[other].http.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let poller = {
-        let (stop, web) = (stop.clone(), web.clone());
-        std::thread::spawn(move || {
-            let (mut ok, mut bad) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match http(&web, "GET", "/apps/hello/", &[], b"") {
-                    Ok((200, _)) => ok += 1,
-                    other => bad.push(format!("{other:?}")),
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (ok, bad)
-        })
-    };
+    let poller = Poller::start(&web);
     c.0.kill9(leader);
     let d = ended(&c, id, Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, bad) = poller.join().unwrap();
-    assert!(
-        bad.is_empty(),
-        "{} of {} requests failed: {:?}",
-        bad.len(),
-        ok + bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    poller.stop_without_failures();
     let status = json_ok(&c.cli(&["deploy", "status", "hello", "--json"]));
     let want = match d["status"].as_str() {
         Some("active") => id,
