@@ -219,6 +219,12 @@ impl State {
                 let t = self.tasks.get_mut(&id).expect("looked up above");
                 t.lease = new.id;
                 t.state = TaskState::Pending;
+                // The lost node's ports and health say nothing about the
+                // next node: its agent picks fresh ports (the old ones may
+                // still be held by the lost node's leftovers) and checks anew.
+                t.ports.clear();
+                t.health.clear();
+                t.health_since = None;
                 t.message = format!("node {node} was lost; placed again in lease {}", new.id);
                 self.lease_tasks.insert(new.id, id);
                 return;
