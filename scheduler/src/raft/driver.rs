@@ -571,16 +571,18 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         }
         self.on_read_states(ready.take_read_states());
         self.apply(ready.take_committed_entries())?;
-        let mut dirty = false;
         if !ready.entries().is_empty() {
             self.raw.mut_store().append(ready.entries())?;
-            dirty = true;
         }
         if let Some(hs) = ready.hs() {
             self.raw.mut_store().set_hard_state(hs)?;
-            dirty = true;
         }
-        if dirty || ready.must_sync() {
+        // New entries, a new term or vote must be durable before anything
+        // depending on them is sent. A hard state whose only change is the
+        // commit index is not synced on its own (etcd's MustSync rule): a
+        // commit lost in a crash is learned again from the leader, and the
+        // store raises a stored commit below its snapshot when it opens.
+        if ready.must_sync() {
             self.raw.mut_store().sync()?;
         }
         if !ready.persisted_messages().is_empty() {

@@ -9,7 +9,7 @@ use crate::transport::Transport;
 use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::oneshot;
 
 struct NoNet;
@@ -20,10 +20,11 @@ impl Transport for NoNet {
     fn remove_peer(&mut self, _: u64) {}
 }
 
-/// A store whose fsync starts failing when told to.
+/// A store whose fsync starts failing when told to, and that counts them.
 struct FailingStore {
     inner: MemStore,
     fail: Arc<AtomicBool>,
+    syncs: Arc<AtomicU64>,
 }
 
 impl Storage for FailingStore {
@@ -76,6 +77,7 @@ impl LogStore for FailingStore {
         if self.fail.load(Ordering::SeqCst) {
             return Err(Error::Storage("injected: fsync failed (EIO)".into()));
         }
+        self.syncs.fetch_add(1, Ordering::SeqCst);
         self.inner.sync()
     }
     fn latest_snapshot(&self) -> Option<&Snapshot> {
@@ -117,12 +119,19 @@ fn register(name: &str) -> Proposal {
     }
 }
 
-#[test]
-fn a_failed_fsync_stops_the_member_and_answers_nobody() {
+/// A one-member cluster that has elected itself, with its store's switches.
+fn lone_leader() -> (
+    Driver<FailingStore, NoNet>,
+    super::MemberHandle,
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+) {
     let fail = Arc::new(AtomicBool::new(false));
+    let syncs = Arc::new(AtomicU64::new(0));
     let store = FailingStore {
         inner: MemStore::new(),
         fail: fail.clone(),
+        syncs: syncs.clone(),
     };
     let cfg = MemberConfig::new(1, [(1, "m1".to_string())].into());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -134,6 +143,33 @@ fn a_failed_fsync_stops_the_member_and_answers_nobody() {
         d.turn().unwrap();
     }
     assert_eq!(h.status().role, Role::Leader);
+    (d, h, fail, syncs)
+}
+
+#[test]
+fn a_write_costs_one_fsync_and_its_commit_none() {
+    let (mut d, h, _, syncs) = lone_leader();
+    let before = syncs.load(Ordering::SeqCst);
+    for i in 0..10 {
+        let (reply, mut rx) = oneshot::channel();
+        h.send_input(Input::Propose {
+            proposal: register(&format!("n{i}")),
+            reply,
+        })
+        .unwrap();
+        d.turn().unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Ok(Ok(Applied::Node(_))))));
+        // The next turn sees the hard state whose only change is the
+        // commit index: nothing to make durable.
+        d.turn().unwrap();
+    }
+    assert_eq!(syncs.load(Ordering::SeqCst) - before, 10);
+    assert!(d.store().hard_state().commit >= d.applied());
+}
+
+#[test]
+fn a_failed_fsync_stops_the_member_and_answers_nobody() {
+    let (mut d, h, fail, _) = lone_leader();
     let (reply, mut ok_rx) = oneshot::channel();
     h.send_input(Input::Propose {
         proposal: register("a"),

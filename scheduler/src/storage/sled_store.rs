@@ -81,7 +81,7 @@ impl SnapshotData {
             .flush()
             .map_err(|e| st(&self.dir, "cannot flush snapshot data", e))?;
         self.file
-            .sync_all()
+            .sync_data()
             .map_err(|e| st(&self.dir, "cannot fsync snapshot data", e))
     }
 
@@ -174,6 +174,10 @@ impl SledStore {
             snapshot = Some(snap);
         }
         let snap_index = snapshot.as_ref().map_or(0, |s| s.get_metadata().index);
+        // A commit-only hard state is not synced on its own (see the
+        // driver), so the stored commit can trail the snapshot recorded
+        // after it; the snapshot's index was applied, so it was committed.
+        hard_state.commit = hard_state.commit.max(snap_index);
         let index_of = |k: &[u8]| -> StoreResult<u64> {
             let arr: [u8; 8] = k
                 .try_into()
@@ -428,7 +432,7 @@ impl LogStore for SledStore {
             .flush()
             .map_err(|e| st(&self.dir, "cannot flush the raft database", e))?;
         self.db_file
-            .sync_all()
+            .sync_data()
             .map_err(|e| st(&self.dir, "cannot fsync the raft database", e))
     }
 
