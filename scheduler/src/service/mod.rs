@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// How long a write keeps retrying through elections before giving up.
 const WRITE_RETRY: Duration = Duration::from_secs(5);
@@ -690,16 +690,34 @@ impl Peer {
             placer: api.placer.clone(),
         }
     }
+
+    /// Hands a batch's messages to the raft driver, in order.
+    fn step_all(&self, batch: pb::RaftBatch) -> Result<(), Status> {
+        for b in batch.msgs {
+            let m = ::raft::eraftpb::Message::parse_from_bytes(&b)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            self.member.step(m).map_err(to_status)?;
+        }
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
 impl pb::raft_peer_server::RaftPeer for Peer {
     async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
         require_admin(&principal(&req)?, "raft peer traffic")?;
-        for b in req.into_inner().msgs {
-            let m = ::raft::eraftpb::Message::parse_from_bytes(&b)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
-            self.member.step(m).map_err(to_status)?;
+        self.step_all(req.into_inner())?;
+        Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::RaftBatch>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        require_admin(&principal(&req)?, "raft peer traffic")?;
+        let mut batches = req.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.step_all(batch)?;
         }
         Ok(Response::new(pb::RaftAck {}))
     }

@@ -1,7 +1,8 @@
 //! [`Transport`] over tonic: one queue and one task per peer, so messages to a
 //! peer stay in order and a slow or dead peer delays nobody else. Each task
-//! sends what has queued up as one `RaftPeer.Send` call; each message is its
-//! own rust-protobuf encoding. A full queue drops messages (raft resends).
+//! keeps one `RaftPeer.Stream` call open and sends what has queued up as one
+//! batch on it, without waiting for any answer; each message is its own
+//! rust-protobuf encoding. A full queue drops messages (raft resends).
 
 use super::{Report, Transport};
 use charter_proto::RaftBatch;
@@ -12,12 +13,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 /// The largest gRPC message between peers (snapshots travel whole).
 pub const MAX_PEER_MESSAGE: usize = 256 << 20;
 const QUEUE: usize = 4096;
 const MAX_BATCH: usize = 256;
+/// Batches waiting to go out on a peer's stream.
+const STREAM_QUEUE: usize = 64;
+/// A stream open this long before it failed counts as having worked.
+const STREAM_LASTED: Duration = Duration::from_secs(2);
+/// HTTP/2 keep-alive ping interval to peers.
+const KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// Where delivery reports go.
 pub type ReportSink = Arc<dyn Fn(Report) + Send + Sync>;
@@ -108,7 +116,12 @@ impl PeerTask {
         let ep = Endpoint::from_shared(format!("http://{}", self.addr))
             .ok()?
             .connect_timeout(Duration::from_millis(300))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A peer that stops answering (frozen, or its host gone) ends
+            // the stream, so its messages are reported unreachable.
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE * 2)
+            .keep_alive_while_idle(true);
         Some(
             RaftPeerClient::new(ep.connect_lazy())
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
@@ -116,61 +129,114 @@ impl PeerTask {
         )
     }
 
+    fn request<T>(&self, body: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(body);
+        if let Some(t) = &self.token
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            req.metadata_mut().insert("authorization", v);
+        }
+        req
+    }
+
+    /// Sends batches on one stream per connection; a snapshot goes by a
+    /// unary call, whose answer says whether it arrived. When the stream
+    /// ends in an error, the peer is reported unreachable, what queued
+    /// meanwhile is dropped (raft resends), and a new stream is opened for
+    /// the next message.
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
-        let Some(mut client) = self.client() else {
+        let Some(client) = self.client() else {
             tracing::error!(peer = self.to, addr = %self.addr, "invalid peer address; raft messages to it are dropped");
             return;
         };
         let mut failing = false;
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+        let mut next = None;
+        loop {
+            if next.is_none() {
+                // Open a stream only once there is something to send.
+                match rx.recv().await {
+                    Some(m) => next = Some(m),
+                    None => return,
                 }
             }
-            let snapshot = batch
-                .iter()
-                .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
-            let msgs: Vec<Vec<u8>> = batch
-                .iter()
-                .filter_map(|m| m.write_to_bytes().ok())
-                .collect();
-            let mut req = tonic::Request::new(RaftBatch {
-                from: self.from,
-                msgs,
-            });
-            if let Some(t) = &self.token
-                && let Ok(v) = format!("Bearer {t}").parse()
-            {
-                req.metadata_mut().insert("authorization", v);
-            }
-            req.set_timeout(Duration::from_secs(if snapshot { 30 } else { 2 }));
-            match client.send(req).await {
-                Ok(_) => {
-                    if failing {
-                        tracing::info!(peer = self.to, "peer reachable again");
-                        failing = false;
-                    }
-                    if snapshot {
-                        (self.reports)(Report::Snapshot(self.to, true));
-                    }
+            let (out, out_rx) = mpsc::channel::<RaftBatch>(STREAM_QUEUE);
+            let mut streaming = client.clone();
+            let req = self.request(ReceiverStream::new(out_rx));
+            let opened = tokio::time::Instant::now();
+            let mut call = tokio::spawn(async move { streaming.stream(req).await });
+            let ended = loop {
+                let first = match next.take() {
+                    Some(m) => m,
+                    None => tokio::select! {
+                        m = rx.recv() => match m {
+                            Some(m) => m,
+                            // The transport dropped this peer: dropping
+                            // `out` ends the stream.
+                            None => return,
+                        },
+                        r = &mut call => break r,
+                    },
+                };
+                let batch = take_batch(first, &mut rx);
+                let snapshot = batch
+                    .iter()
+                    .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+                let msgs: Vec<Vec<u8>> = batch
+                    .iter()
+                    .filter_map(|m| m.write_to_bytes().ok())
+                    .collect();
+                let batch = RaftBatch {
+                    from: self.from,
+                    msgs,
+                };
+                if snapshot {
+                    self.send_snapshot(&client, batch).await;
+                } else if out.send(batch).await.is_err() {
+                    // The call ended; its result says why.
+                    break (&mut call).await;
                 }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(peer = self.to, addr = %self.addr, error = %e.message(), "peer unreachable");
-                        failing = true;
-                    }
-                    (self.reports)(Report::Unreachable(self.to));
-                    if snapshot {
-                        (self.reports)(Report::Snapshot(self.to, false));
-                    }
-                    // Drop what queued while the peer was away; raft resends.
-                    while rx.try_recv().is_ok() {}
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            };
+            let error = match ended {
+                Ok(Ok(_)) => "the peer ended the stream".to_string(),
+                Ok(Err(e)) => e.message().to_string(),
+                Err(e) => e.to_string(),
+            };
+            // A stream that lasted is a new failure worth a line; quick
+            // failures in a row while the peer stays away are not.
+            if !failing || opened.elapsed() > STREAM_LASTED {
+                tracing::warn!(peer = self.to, addr = %self.addr, %error, "peer unreachable");
             }
+            failing = true;
+            (self.reports)(Report::Unreachable(self.to));
+            // Drop what queued while the peer was away; raft resends.
+            while rx.try_recv().is_ok() {}
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    async fn send_snapshot(&self, client: &RaftPeerClient<Channel>, batch: RaftBatch) {
+        let mut req = self.request(batch);
+        req.set_timeout(Duration::from_secs(30));
+        let ok = match client.clone().send(req).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(peer = self.to, addr = %self.addr, error = %e.message(), "snapshot not delivered");
+                (self.reports)(Report::Unreachable(self.to));
+                false
+            }
+        };
+        (self.reports)(Report::Snapshot(self.to, ok));
+    }
+}
+
+/// `first` and whatever else is queued, up to [`MAX_BATCH`] messages.
+fn take_batch(first: Message, rx: &mut mpsc::Receiver<Message>) -> Vec<Message> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
+        }
+    }
+    batch
 }
