@@ -246,6 +246,48 @@ fn all_members_restarted_from_their_data_have_the_same_state() {
 }
 
 #[test]
+fn a_frozen_follower_is_cut_off_and_catches_up_when_it_resumes() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION);
+    let frozen = (leader + 1) % 3;
+    register(&c, leader, "before");
+    let pid = c.members[frozen].child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) with a pid this test started and valid signal numbers.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    // Writes go on with two of three; the raft stream to the frozen member
+    // is ended by HTTP/2 keep-alive, not left to fill up.
+    for i in 0..20 {
+        register(&c, leader, &format!("n{i}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cut = loop {
+        let log = std::fs::read_to_string(&c.members[leader].log).unwrap();
+        let cut = log
+            .lines()
+            .any(|l| l.contains("peer unreachable") && l.contains(&c.members[frozen].grpc));
+        if cut || Instant::now() > deadline {
+            break cut;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    assert!(
+        cut,
+        "the leader never gave up its stream to the frozen member:\n{}",
+        c.logs()
+    );
+    register(&c, leader, "after");
+    let s = c.status(leader).unwrap();
+    c.wait_applied(frozen, s["commit_index"].as_u64().unwrap(), ELECTION);
+    assert_eq!(nodes_on(&c, frozen).len(), 22);
+}
+
+#[test]
 fn a_member_down_during_compaction_catches_up_through_a_snapshot() {
     let mut c = Cluster::start(3, &["--snapshot-entries", "20"]);
     let leader = c.wait_leader(ELECTION);
