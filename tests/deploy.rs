@@ -645,6 +645,18 @@ fn polling_deploys_new_heads_and_a_tampered_artifact_is_refused_by_the_agent() {
         http(&web, "GET", "/apps/hello/", &[], b"").unwrap(),
         (200, "hello from v2\n".into())
     );
+
+    // With v1's artifact gone from the store (as `keep` prunes), going
+    // back builds v1 again instead of reusing what no server could fetch.
+    std::fs::remove_file(&blob).unwrap();
+    let id = trigger(&c, &["rollback", "hello"]);
+    let d = ended(&c, id, Duration::from_secs(120));
+    assert_eq!(d["status"], "active", "{d}");
+    assert!(d["build_task"].is_u64(), "built again: {d}");
+    assert_eq!(
+        http(&web, "GET", "/apps/hello/", &[], b"").unwrap(),
+        (200, "hello from v1\n".into())
+    );
 }
 
 #[test]

@@ -302,7 +302,15 @@ impl pb::deploy_server::Deploy for Api {
         }
         self.barrier(false).await?;
         let leader = is_leader();
-        let view = self.member.read(deploy_view);
+        let mut view = self.member.read(deploy_view);
+        // An earlier build whose artifact this member no longer holds
+        // (pruned by `keep`, or lost) is built again rather than reused:
+        // its servers could not fetch it.
+        if let Some(store) = &self.artifacts {
+            for by_commit in view.built.values_mut() {
+                by_commit.retain(|_, sha| store.0.path(sha).is_some());
+            }
+        }
         Ok(Response::new(pb::DeployPlanReply {
             leader,
             view: serde_json::to_string(&view).map_err(|e| Status::internal(e.to_string()))?,
