@@ -12,39 +12,33 @@ use std::path::Path;
 const CHUNK: usize = 1 << 20;
 
 /// Stores the file at `file` as a version of `app` on every member that
-/// answers. Returns its sha256 and on how many members it is stored.
+/// answers, read from disk a chunk at a time (an artifact is never held
+/// whole in memory). Returns its sha256 and on how many members it is stored.
 pub async fn upload(servers: &Servers, app: &str, file: &Path) -> Result<(String, usize), String> {
-    let bytes = tokio::fs::read(file)
+    let sha = file_sha256(file)
         .await
         .map_err(|e| format!("cannot read the artifact {}: {e}", file.display()))?;
-    let sha = hex::encode(Sha256::digest(&bytes));
     let mut stored = 0;
     let mut last = String::from("no member answered");
     for (addr, ch) in servers.each() {
-        let chunks: Vec<pb::ArtifactChunk> = bytes
-            .chunks(CHUNK)
-            .map(|c| pb::ArtifactChunk {
-                app: app.to_string(),
-                sha256: sha.clone(),
-                data: c.to_vec(),
-            })
-            .collect();
-        let chunks = if chunks.is_empty() {
-            vec![pb::ArtifactChunk {
-                app: app.to_string(),
-                sha256: sha.clone(),
-                data: Vec::new(),
-            }]
-        } else {
-            chunks
-        };
-        let req = servers.req(tokio_stream::iter(chunks));
-        match pb::deploy_client::DeployClient::new(ch)
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let reader = tokio::spawn(send_chunks(
+            file.to_path_buf(),
+            app.to_string(),
+            sha.clone(),
+            tx,
+        ));
+        let req = servers.req(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let sent = pb::deploy_client::DeployClient::new(ch)
             .put_artifact(req)
-            .await
-        {
-            Ok(_) => stored += 1,
-            Err(s) => last = format!("{addr}: {}", s.message()),
+            .await;
+        let read = reader.await.map_err(|e| e.to_string()).and_then(|r| r);
+        match (sent, read) {
+            (_, Err(e)) => {
+                return Err(format!("cannot read the artifact {}: {e}", file.display()));
+            }
+            (Ok(_), Ok(())) => stored += 1,
+            (Err(s), Ok(())) => last = format!("{addr}: {}", s.message()),
         }
     }
     if stored == 0 {
@@ -53,8 +47,66 @@ pub async fn upload(servers: &Servers, app: &str, file: &Path) -> Result<(String
     Ok((sha, stored))
 }
 
+/// The sha256 of a file, read a chunk at a time.
+async fn file_sha256(file: &Path) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(file).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Reads `file` into chunks for one upload; at least one chunk, so an
+/// empty artifact still names its app and sha256. Stops quietly when the
+/// upload ended early (the receiver is gone).
+async fn send_chunks(
+    file: std::path::PathBuf,
+    app: String,
+    sha256: String,
+    tx: tokio::sync::mpsc::Sender<pb::ArtifactChunk>,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(&file)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut first = true;
+    loop {
+        let mut data = vec![0u8; CHUNK];
+        let mut filled = 0;
+        while filled < CHUNK {
+            let n = f
+                .read(&mut data[filled..])
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        data.truncate(filled);
+        if filled == 0 && !first {
+            return Ok(());
+        }
+        first = false;
+        let chunk = pb::ArtifactChunk {
+            app: app.clone(),
+            sha256: sha256.clone(),
+            data,
+        };
+        if tx.send(chunk).await.is_err() || filled < CHUNK {
+            return Ok(());
+        }
+    }
+}
+
 /// Fetches the artifact `sha` into `dest` (executable), from the first
-/// member that has it with the right bytes.
+/// member that has it with the right bytes, written to disk as it arrives.
 pub async fn fetch(servers: &Servers, sha: &str, dest: &Path) -> Result<(), String> {
     use tokio_stream::StreamExt;
     let tmp = dest.with_extension("charter-part");
@@ -73,11 +125,17 @@ pub async fn fetch(servers: &Servers, sha: &str, dest: &Path) -> Result<(), Stri
                 continue;
             }
         };
-        let mut bytes = Vec::new();
+        let mut out =
+            create_exec(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        let mut hasher = Sha256::new();
         let mut broke = None;
         while let Some(c) = stream.next().await {
             match c {
-                Ok(c) => bytes.extend_from_slice(&c.data),
+                Ok(c) => {
+                    hasher.update(&c.data);
+                    std::io::Write::write_all(&mut out, &c.data)
+                        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+                }
                 Err(s) => {
                     broke = Some(s.message().to_string());
                     break;
@@ -88,27 +146,64 @@ pub async fn fetch(servers: &Servers, sha: &str, dest: &Path) -> Result<(), Stri
             last = format!("{addr}: {b}");
             continue;
         }
-        let got = hex::encode(Sha256::digest(&bytes));
+        let got = hex::encode(hasher.finalize());
         if got != sha {
             last = format!("{addr} sent bytes with sha256 {got}");
             continue;
         }
-        write_exec(&tmp, &bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        out.sync_all()
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        drop(out);
         std::fs::rename(&tmp, dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
         return Ok(());
     }
+    let _ = std::fs::remove_file(&tmp);
     Err(format!("cannot fetch artifact {sha} ({last})"))
 }
 
-fn write_exec(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+fn create_exec(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o755)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn chunks_of(len: usize) -> (Vec<usize>, Vec<u8>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a");
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&file, &bytes).unwrap();
+        let sha = file_sha256(&file).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let reader = tokio::spawn(send_chunks(file, "app".into(), sha.clone(), tx));
+        let (mut sizes, mut joined) = (Vec::new(), Vec::new());
+        while let Some(c) = rx.recv().await {
+            assert_eq!((c.app.as_str(), c.sha256.as_str()), ("app", sha.as_str()));
+            sizes.push(c.data.len());
+            joined.extend_from_slice(&c.data);
+        }
+        reader.await.unwrap().unwrap();
+        assert_eq!(joined, bytes);
+        (sizes, joined, sha)
+    }
+
+    #[tokio::test]
+    async fn an_artifact_goes_out_in_chunks_read_from_disk_and_hashes_as_a_whole() {
+        assert_eq!(
+            chunks_of(0).await.0,
+            vec![0],
+            "an empty one still names itself"
+        );
+        assert_eq!(chunks_of(CHUNK).await.0, vec![CHUNK]);
+        assert_eq!(chunks_of(2 * CHUNK + 5).await.0, vec![CHUNK, CHUNK, 5]);
+        let (_, bytes, sha) = chunks_of(CHUNK + 1).await;
+        assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
+    }
 }
