@@ -188,3 +188,8 @@ pub struct DeployView {
     /// Artifacts of earlier deployments by commit, per app (to reuse a build).
     pub built: BTreeMap<String, BTreeMap<String, String>>,
 }
+
+/// A commit id as people read it: its first 12 characters.
+pub fn short_commit(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}

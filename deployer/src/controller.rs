@@ -11,7 +11,7 @@
 
 use crate::pipeline::{self, Action, Desired};
 use charter_config::app::AppConfig;
-use charter_config::deployment::{DeployStatus, DeployView, Deployment};
+use charter_config::deployment::{DeployStatus, DeployView, Deployment, short_commit};
 use charter_proto as pb;
 use charter_proto::conn::Servers;
 use std::collections::HashMap;
@@ -242,7 +242,7 @@ impl Controller {
                     }),
                     duration_ms: b.timeout_ms,
                     wait_ms: WAIT_MS,
-                    reason: format!("build {}@{}", app.name, short(&d.commit)),
+                    reason: format!("build {}@{}", app.name, short_commit(&d.commit)),
                     ..Default::default()
                 };
                 let mut command = vec![
@@ -255,7 +255,7 @@ impl Controller {
                 ];
                 command.extend(b.command.iter().cloned());
                 let task = pb::TaskSpec {
-                    name: format!("{} build {}", app.name, short(&d.commit)),
+                    name: format!("{} build {}", app.name, short_commit(&d.commit)),
                     amp: "batch".into(),
                     command,
                     env: env(app, d),
@@ -308,12 +308,12 @@ impl Controller {
                                 "{} server {} of {}",
                                 app.name,
                                 i + 1,
-                                short(&d.commit)
+                                short_commit(&d.commit)
                             ),
                             ..Default::default()
                         };
                         let task = pb::TaskSpec {
-                            name: format!("{} {} #{}", app.name, short(&d.commit), i + 1),
+                            name: format!("{} {} #{}", app.name, short_commit(&d.commit), i + 1),
                             amp: "service".into(),
                             command: app.run.command.clone(),
                             env: env.clone(),
@@ -568,8 +568,4 @@ fn failed(id: u64, step: &str, why: String) -> pb::DeployStepRequest {
         message: why,
         ..step_req(id, step)
     }
-}
-
-fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
 }

@@ -5,6 +5,7 @@
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};
+use charter_config::deployment::short_commit;
 use charter_proto as pb;
 use charter_proto::deploy_client::DeployClient;
 use clap::Subcommand;
@@ -91,10 +92,6 @@ async fn history(
     Ok((ds, r.active, tasks))
 }
 
-fn short(c: &str) -> String {
-    c.chars().take(12).collect()
-}
-
 fn elapsed(from: i64, to: Option<i64>) -> String {
     let to = to.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     format!("{:.1}s", (to - from).max(0) as f64 / 1000.0)
@@ -133,7 +130,7 @@ fn print_status(
                 "{app}: active {} (deployment {}, commit {})",
                 a.fingerprint,
                 a.id,
-                short(&a.commit)
+                short_commit(&a.commit)
             );
             for s in servers_json(a, tasks) {
                 println!(
@@ -155,7 +152,7 @@ fn print_status(
         println!(
             "deployment {} of {} ({}): {}{}",
             d.id,
-            short(&d.commit),
+            short_commit(&d.commit),
             d.trigger,
             d.status.as_str(),
             if d.reason.is_empty() {
@@ -353,7 +350,7 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                         .map(|d| {
                             vec![
                                 d.id.to_string(),
-                                short(&d.commit),
+                                short_commit(&d.commit).to_string(),
                                 d.fingerprint.clone(),
                                 d.trigger.clone(),
                                 d.status.as_str().to_string(),

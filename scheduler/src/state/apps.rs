@@ -9,7 +9,7 @@
 
 use super::{Applied, LeaseSpec, Millis, Outcome, Refusal, State, TaskSpec};
 use charter_config::app::AppConfig;
-use charter_config::deployment::{DeployStatus, Deployment, StepRecord, next_step};
+use charter_config::deployment::{DeployStatus, Deployment, StepRecord, next_step, short_commit};
 use serde::{Deserialize, Serialize};
 
 /// Webhook delivery ids remembered per app.
@@ -206,7 +206,7 @@ impl State {
                 old,
                 DeployStatus::Superseded,
                 "superseded",
-                format!("superseded by deployment {id} of {}", short(&commit)),
+                format!("superseded by deployment {id} of {}", short_commit(&commit)),
             );
         }
         let d = Deployment {
@@ -506,8 +506,4 @@ pub struct DeployStep {
     pub artifact: String,
     /// Build: the tail of its output.
     pub build_log: String,
-}
-
-fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
 }
