@@ -185,7 +185,7 @@ impl Server {
         let api = Api::new(member.clone(), opts.tokens.peer_token())
             .with_schedule_check(opts.schedule_check.clone())
             .with_artifacts(opts.artifacts.clone());
-        let peer = Peer::new(member.clone(), &api);
+        let peer = Peer::new(member.clone(), &api, stop_rx.clone());
         let icpt = opts.tokens.interceptor();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)

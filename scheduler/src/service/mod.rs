@@ -680,14 +680,18 @@ impl pb::leases_server::Leases for Api {
 pub struct Peer {
     member: MemberHandle,
     placer: Arc<placer::Placer>,
+    /// Becomes true when the member stops serving.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Peer {
-    /// The peer service of `member`, placing forwarded requests with `api`'s overlay.
-    pub fn new(member: MemberHandle, api: &Api) -> Peer {
+    /// The peer service of `member`, placing forwarded requests with `api`'s
+    /// overlay; its raft streams end when `stop` becomes true.
+    pub fn new(member: MemberHandle, api: &Api, stop: tokio::sync::watch::Receiver<bool>) -> Peer {
         Peer {
             member,
             placer: api.placer.clone(),
+            stop,
         }
     }
 
@@ -716,8 +720,18 @@ impl pb::raft_peer_server::RaftPeer for Peer {
     ) -> Result<Response<pb::RaftAck>, Status> {
         require_admin(&principal(&req)?, "raft peer traffic")?;
         let mut batches = req.into_inner();
-        while let Some(batch) = batches.message().await? {
-            self.step_all(batch)?;
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                batch = batches.message() => match batch? {
+                    Some(batch) => self.step_all(batch)?,
+                    None => break,
+                },
+                // A peer's stream may sit idle (a follower's, to a leader
+                // that stopped sending); the server's graceful shutdown
+                // would wait for it.
+                _ = stop.wait_for(|s| *s) => break,
+            }
         }
         Ok(Response::new(pb::RaftAck {}))
     }
