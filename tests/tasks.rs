@@ -7,7 +7,7 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const ELECTION: Duration = Duration::from_secs(15);
 
@@ -497,8 +497,27 @@ fn the_agent_resyncs_after_a_server_restart_and_follows_logs() {
     wait_for("the service to run", Duration::from_secs(20), || {
         (task(&c, &svc)["state"] == "running").then_some(())
     });
+    // A client follows the service's output through the server.
+    let mut follower = std::process::Command::new(BIN)
+        .args(["--server", &c.servers(), "--token", TOKEN])
+        .args(["task", "logs", "--follow", &svc])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     // The only server restarts: the agent's watch breaks and reconnects.
-    c.stop(0);
+    // Neither the open watch nor the followed output holds the server's
+    // graceful stop up to its 5 s limit.
+    let t = Instant::now();
+    assert_eq!(c.stop(0), Some(0));
+    let took = t.elapsed();
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        took < Duration::from_secs(4),
+        "the server took {took:?} to stop"
+    );
     std::thread::sleep(Duration::from_millis(500));
     c.spawn(0, false);
     c.wait_leader(ELECTION);

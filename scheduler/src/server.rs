@@ -182,10 +182,10 @@ impl Server {
             .map_err(|e| Error::Config(format!("cannot start the raft thread: {e}")))?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let api = Api::new(member.clone(), opts.tokens.peer_token())
+        let api = Api::new(member.clone(), opts.tokens.peer_token(), stop_rx.clone())
             .with_schedule_check(opts.schedule_check.clone())
             .with_artifacts(opts.artifacts.clone());
-        let peer = Peer::new(member.clone(), &api, stop_rx.clone());
+        let peer = Peer::new(member.clone(), &api);
         let icpt = opts.tokens.interceptor();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)

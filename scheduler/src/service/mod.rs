@@ -49,6 +49,9 @@ pub struct Api {
     clients: Arc<Mutex<HashMap<String, Channel>>>,
     schedule_check: Option<ScheduleChecker>,
     artifacts: Option<ArtifactStore>,
+    /// Becomes true when the member stops serving: long-lived streams end
+    /// then, or the server's graceful stop would wait its limit out.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Maps a scheduler error to a gRPC status; retryable ones are `UNAVAILABLE`.
@@ -76,6 +79,15 @@ fn refusal_status(r: Refusal) -> Status {
     }
 }
 
+/// Resolves once `stop` is true, or its sender is gone.
+pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn fresh_key() -> String {
     format!(
         "auto-{:016x}{:016x}",
@@ -85,8 +97,13 @@ fn fresh_key() -> String {
 }
 
 impl Api {
-    /// The API over `member`; `peer_token` authenticates forwarded calls.
-    pub fn new(member: MemberHandle, peer_token: Option<String>) -> Api {
+    /// The API over `member`; `peer_token` authenticates forwarded calls;
+    /// its long-lived streams end when `stop` becomes true.
+    pub fn new(
+        member: MemberHandle,
+        peer_token: Option<String>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Api {
         Api {
             placer: Arc::new(placer::Placer::default()),
             member,
@@ -94,7 +111,34 @@ impl Api {
             clients: Arc::new(Mutex::new(HashMap::new())),
             schedule_check: None,
             artifacts: None,
+            stop,
         }
+    }
+
+    /// `stream`, ended early when the member stops serving.
+    fn until_stopped<T: Send + 'static>(
+        &self,
+        mut stream: impl tokio_stream::Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<T, Status>> {
+        use tokio_stream::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stop = stopped(self.stop.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    item = stream.next() => {
+                        let Some(item) = item else { return };
+                        if tx.send(item).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = &mut stop => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
     /// Lets `Cron.Apply` check schedules with `check` (Hydra's parser).
@@ -502,7 +546,7 @@ impl pb::leases_server::Leases for Api {
             .exec(q)
             .await?
             .into_inner();
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(self.until_stopped(stream))))
     }
     async fn request(
         &self,
@@ -686,12 +730,12 @@ pub struct Peer {
 
 impl Peer {
     /// The peer service of `member`, placing forwarded requests with `api`'s
-    /// overlay; its raft streams end when `stop` becomes true.
-    pub fn new(member: MemberHandle, api: &Api, stop: tokio::sync::watch::Receiver<bool>) -> Peer {
+    /// overlay; its raft streams end when `api`'s member stops serving.
+    pub fn new(member: MemberHandle, api: &Api) -> Peer {
         Peer {
             member,
             placer: api.placer.clone(),
-            stop,
+            stop: api.stop.clone(),
         }
     }
 
@@ -720,7 +764,8 @@ impl pb::raft_peer_server::RaftPeer for Peer {
     ) -> Result<Response<pb::RaftAck>, Status> {
         require_admin(&principal(&req)?, "raft peer traffic")?;
         let mut batches = req.into_inner();
-        let mut stop = self.stop.clone();
+        let stop = stopped(self.stop.clone());
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 batch = batches.message() => match batch? {
@@ -730,7 +775,7 @@ impl pb::raft_peer_server::RaftPeer for Peer {
                 // A peer's stream may sit idle (a follower's, to a leader
                 // that stopped sending); the server's graceful shutdown
                 // would wait for it.
-                _ = stop.wait_for(|s| *s) => break,
+                _ = &mut stop => break,
             }
         }
         Ok(Response::new(pb::RaftAck {}))

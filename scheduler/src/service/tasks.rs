@@ -183,7 +183,7 @@ impl pb::tasks_server::Tasks for Api {
             .logs(q)
             .await?
             .into_inner();
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(self.until_stopped(stream))))
     }
 }
 
@@ -225,8 +225,10 @@ impl pb::agents_server::Agents for Api {
         require_admin(&who, "watching a node's assignments")?;
         let node = req.into_inner().node;
         let member = self.member.clone();
+        let stop = super::stopped(self.stop.clone());
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Assignments, Status>>(4);
         tokio::spawn(async move {
+            tokio::pin!(stop);
             let mut last: Option<Vec<pb::Assignment>> = None;
             let mut seen_index = u64::MAX;
             let mut sent_at = Instant::now();
@@ -246,7 +248,11 @@ impl pb::agents_server::Agents for Api {
                 if tx.is_closed() {
                     return;
                 }
-                tokio::time::sleep(WATCH_POLL).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_POLL) => {}
+                    // The agent reconnects to another member.
+                    _ = &mut stop => return,
+                }
             }
         });
         Ok(Response::new(Box::pin(
