@@ -8,8 +8,8 @@ use crate::storage::{LogStore, MemStore, SnapshotWriter, StoreResult};
 use crate::transport::Transport;
 use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 struct NoNet;
@@ -146,25 +146,92 @@ fn lone_leader() -> (
     (d, h, fail, syncs)
 }
 
+/// Raft messages into one shared queue, delivered by the test.
+struct LoopNet(Arc<Mutex<Vec<Message>>>);
+
+impl Transport for LoopNet {
+    fn send(&mut self, msgs: Vec<Message>) {
+        self.0.lock().unwrap().extend(msgs);
+    }
+    fn set_peer(&mut self, _: u64, _: &str) {}
+    fn remove_peer(&mut self, _: u64) {}
+}
+
+/// Turns every member and delivers their messages until all is quiet.
+fn settle(
+    ds: &mut [Driver<FailingStore, LoopNet>],
+    hs: &[super::MemberHandle],
+    net: &Mutex<Vec<Message>>,
+) {
+    for _ in 0..1000 {
+        for d in ds.iter_mut() {
+            d.turn().unwrap();
+        }
+        let msgs = std::mem::take(&mut *net.lock().unwrap());
+        if msgs.is_empty() {
+            return;
+        }
+        for m in msgs {
+            hs[(m.to - 1) as usize].send_input(Input::Raft(m)).unwrap();
+        }
+    }
+    panic!("the cluster never went quiet");
+}
+
 #[test]
-fn a_write_costs_one_fsync_and_its_commit_none() {
-    let (mut d, h, _, syncs) = lone_leader();
-    let before = syncs.load(Ordering::SeqCst);
+fn a_write_costs_each_member_one_fsync_and_its_commit_none() {
+    let peers: std::collections::BTreeMap<u64, String> =
+        (1..=3).map(|i| (i, format!("m{i}"))).collect();
+    let net = Arc::new(Mutex::new(Vec::new()));
+    let (mut ds, mut hs, mut syncs) = (Vec::new(), Vec::new(), Vec::new());
+    for id in 1..=3 {
+        let count = Arc::new(AtomicU64::new(0));
+        let store = FailingStore {
+            inner: MemStore::new(),
+            fail: Arc::new(AtomicBool::new(false)),
+            syncs: count.clone(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000));
+        let cfg = MemberConfig::new(id, peers.clone());
+        let (d, h) = Driver::new(cfg, store, LoopNet(net.clone()), clock, tx, rx, id).unwrap();
+        ds.push(d);
+        hs.push(h);
+        syncs.push(count);
+    }
+    // Only member 1's clock runs: it campaigns and wins.
+    for _ in 0..60 {
+        ds[0].tick();
+        settle(&mut ds, &hs, &net);
+        if hs[0].status().role == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(hs[0].status().role, Role::Leader);
+    let before: Vec<u64> = syncs.iter().map(|s| s.load(Ordering::SeqCst)).collect();
     for i in 0..10 {
         let (reply, mut rx) = oneshot::channel();
-        h.send_input(Input::Propose {
-            proposal: register(&format!("n{i}")),
-            reply,
-        })
-        .unwrap();
-        d.turn().unwrap();
+        hs[0]
+            .send_input(Input::Propose {
+                proposal: register(&format!("n{i}")),
+                reply,
+            })
+            .unwrap();
+        settle(&mut ds, &hs, &net);
         assert!(matches!(rx.try_recv(), Ok(Ok(Ok(Applied::Node(_))))));
-        // The next turn sees the hard state whose only change is the
-        // commit index: nothing to make durable.
-        d.turn().unwrap();
     }
-    assert_eq!(syncs.load(Ordering::SeqCst) - before, 10);
-    assert!(d.store().hard_state().commit >= d.applied());
+    // The entry is made durable on every member; the commit index that
+    // follows it (the leader's on the followers' answers, the followers'
+    // on the leader's next append) is not fsynced on its own.
+    let took: Vec<u64> = syncs
+        .iter()
+        .zip(&before)
+        .map(|(s, b)| s.load(Ordering::SeqCst) - b)
+        .collect();
+    assert_eq!(took, vec![10, 10, 10]);
+    for h in &hs {
+        assert_eq!(h.read(|s| s.nodes.len()), 10);
+    }
 }
 
 #[test]
