@@ -80,13 +80,7 @@ impl Servers {
 
     /// Wraps a message with the bearer token.
     pub fn req<M>(&self, m: M) -> Request<M> {
-        let mut r = Request::new(m);
-        if let Some(t) = &self.token
-            && let Ok(v) = format!("Bearer {t}").parse()
-        {
-            r.metadata_mut().insert("authorization", v);
-        }
-        r
+        bearer(self.token.as_deref(), m)
     }
 
     /// Calls `f` on a member's channel, moving on to the next member when
@@ -122,4 +116,15 @@ impl Servers {
             }
         }
     }
+}
+
+/// `m` as a request carrying `token` (if any) as its bearer token.
+pub fn bearer<M>(token: Option<&str>, m: M) -> Request<M> {
+    let mut r = Request::new(m);
+    if let Some(t) = token
+        && let Ok(v) = format!("Bearer {t}").parse()
+    {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
 }

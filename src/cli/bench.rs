@@ -165,11 +165,7 @@ pub fn channel(addr: &str) -> anyhow::Result<Channel> {
 
 /// `m` with the harness's admin token.
 pub fn authed<M>(m: M) -> tonic::Request<M> {
-    let mut r = tonic::Request::new(m);
-    if let Ok(v) = format!("Bearer {TOKEN}").parse() {
-        r.metadata_mut().insert("authorization", v);
-    }
-    r
+    charter_proto::conn::bearer(Some(TOKEN), m)
 }
 
 fn start_cluster(exe: &std::path::Path) -> anyhow::Result<(Cluster, usize)> {

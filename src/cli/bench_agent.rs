@@ -27,11 +27,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 fn bearer<M>(token: &str, m: M) -> tonic::Request<M> {
-    let mut r = tonic::Request::new(m);
-    if let Ok(v) = format!("Bearer {token}").parse() {
-        r.metadata_mut().insert("authorization", v);
-    }
-    r
+    charter_proto::conn::bearer(Some(token), m)
 }
 
 fn now_ms() -> i64 {

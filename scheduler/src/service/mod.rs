@@ -177,13 +177,7 @@ impl Api {
     }
 
     fn authed<T>(&self, msg: T) -> Request<T> {
-        let mut req = Request::new(msg);
-        if let Some(t) = &self.peer_token
-            && let Ok(v) = format!("Bearer {t}").parse()
-        {
-            req.metadata_mut().insert("authorization", v);
-        }
-        req
+        charter_proto::conn::bearer(self.peer_token.as_deref(), msg)
     }
 
     async fn forward(&self, addr: &str, p: &Proposal) -> Result<Outcome, Error> {

@@ -209,11 +209,7 @@ pub(super) async fn agent_request<T>(
                 agent.addr
             ))
         })?;
-    let mut q = Request::new(msg);
-    if let Ok(v) = format!("Bearer {}", agent.secret).parse() {
-        q.metadata_mut().insert("authorization", v);
-    }
-    Ok((ch, q))
+    Ok((ch, charter_proto::conn::bearer(Some(&agent.secret), msg)))
 }
 
 #[tonic::async_trait]

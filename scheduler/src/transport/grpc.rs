@@ -130,13 +130,7 @@ impl PeerTask {
     }
 
     fn request<T>(&self, body: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(body);
-        if let Some(t) = &self.token
-            && let Ok(v) = format!("Bearer {t}").parse()
-        {
-            req.metadata_mut().insert("authorization", v);
-        }
-        req
+        charter_proto::conn::bearer(self.token.as_deref(), body)
     }
 
     /// Sends batches on one stream per connection; a snapshot goes by a
