@@ -80,7 +80,7 @@ fn refusal_status(r: Refusal) -> Status {
 }
 
 /// Resolves once `stop` is true, or its sender is gone.
-pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
             return;

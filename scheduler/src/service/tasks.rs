@@ -221,10 +221,8 @@ impl pb::agents_server::Agents for Api {
         require_admin(&who, "watching a node's assignments")?;
         let node = req.into_inner().node;
         let member = self.member.clone();
-        let stop = super::stopped(self.stop.clone());
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Assignments, Status>>(4);
         tokio::spawn(async move {
-            tokio::pin!(stop);
             let mut last: Option<Vec<pb::Assignment>> = None;
             let mut seen_index = u64::MAX;
             let mut sent_at = Instant::now();
@@ -244,16 +242,13 @@ impl pb::agents_server::Agents for Api {
                 if tx.is_closed() {
                     return;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(WATCH_POLL) => {}
-                    // The agent reconnects to another member.
-                    _ = &mut stop => return,
-                }
+                tokio::time::sleep(WATCH_POLL).await;
             }
         });
-        Ok(Response::new(Box::pin(
+        // The agent reconnects to another member when this one stops.
+        Ok(Response::new(Box::pin(self.until_stopped(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        ))))
     }
 
     async fn report(
