@@ -143,7 +143,7 @@ impl PeerTask {
             tracing::error!(peer = self.to, addr = %self.addr, "invalid peer address; raft messages to it are dropped");
             return;
         };
-        let mut failing = false;
+        let mut failed_before = false;
         let mut next = None;
         loop {
             if next.is_none() {
@@ -197,10 +197,10 @@ impl PeerTask {
             };
             // A stream that lasted is a new failure worth a line; quick
             // failures in a row while the peer stays away are not.
-            if !failing || opened.elapsed() > STREAM_LASTED {
+            if !failed_before || opened.elapsed() > STREAM_LASTED {
                 tracing::warn!(peer = self.to, addr = %self.addr, %error, "peer unreachable");
             }
-            failing = true;
+            failed_before = true;
             (self.reports)(Report::Unreachable(self.to));
             // Drop what queued while the peer was away; raft resends.
             while rx.try_recv().is_ok() {}
