@@ -290,10 +290,10 @@ impl Sim {
         let (some_deployment, step) = if !running.is_empty() && self.rng.random_ratio(3, 4) {
             running[self.rng.random_range(0..running.len())].clone()
         } else {
-            (
-                self.rng.random_range(1..(self.next_key / 40).max(2)),
-                charter_config::deployment::STEPS[self.rng.random_range(0..8)].to_string(),
-            )
+            (self.rng.random_range(1..(self.next_key / 40).max(2)), {
+                let steps = charter_config::deployment::STEPS;
+                steps[self.rng.random_range(0..steps.len())].to_string()
+            })
         };
         match self.rng.random_range(0..10) {
             0 => Command::AppApply {
@@ -855,7 +855,6 @@ fn sim_fire(job: &str, tick: i64, ms: u64) -> Command {
     })
 }
 
-/// Two per-second jobs for the cron commands the simulation proposes.
 /// The app the simulation deploys.
 fn sim_app() -> charter_config::app::AppConfig {
     charter_config::app::AppConfig {
@@ -892,6 +891,7 @@ fn sim_app() -> charter_config::app::AppConfig {
     }
 }
 
+/// Two per-second jobs for the cron commands the simulation proposes.
 fn sim_cron_jobs() -> Vec<JobDef> {
     let text = "[[job]]\nname = \"j0\"\nschedule = \"* * * * * *\"\n[job.task]\ncommand = [\"true\"]\nfor = \"1s\"\n\n\
                 [[job]]\nname = \"j1\"\nschedule = \"* * * * * *\"\n[job.task]\ncommand = [\"true\"]\nfor = \"1s\"\n";
