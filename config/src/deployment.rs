@@ -180,12 +180,12 @@ pub struct DeployView {
     pub time: Millis,
     /// Apps by name.
     pub apps: BTreeMap<String, AppView>,
-    /// Running and active deployments, and the newest ended one per app
-    /// (a rollback's artifact may be reused).
+    /// Running and active deployments.
     pub deployments: Vec<Deployment>,
     /// Every task those deployments name.
     pub tasks: BTreeMap<u64, TaskView>,
-    /// Artifacts of earlier deployments by commit, per app (to reuse a build).
+    /// Artifacts already built of the commits being deployed, by commit, per
+    /// app (to reuse a build); the plan keeps those its member still stores.
     pub built: BTreeMap<String, BTreeMap<String, String>>,
 }
 

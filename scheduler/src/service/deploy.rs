@@ -110,8 +110,15 @@ pub fn deploy_view(s: &State) -> DeployView {
             },
         );
     }
+    // Only the commits being deployed now can reuse a build.
+    let deploying: std::collections::BTreeSet<(&str, &str)> = s
+        .deployments
+        .values()
+        .filter(|d| d.status == DeployStatus::Running)
+        .map(|d| (d.app.as_str(), d.commit.as_str()))
+        .collect();
     for d in s.deployments.values() {
-        if !d.artifact.is_empty() {
+        if !d.artifact.is_empty() && deploying.contains(&(d.app.as_str(), d.commit.as_str())) {
             v.built
                 .entry(d.app.clone())
                 .or_default()
