@@ -7,6 +7,12 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // Everything Charter writes (raft logs, state, tokens, task logs,
+    // certificates) is its owner's alone: files 0600, directories 0700.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let args = cli::Args::parse();
     let code = match cli::run(args) {
         Ok(code) => code,

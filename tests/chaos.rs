@@ -112,7 +112,7 @@ fn twenty_rounds_of_kill_9_keep_every_acknowledged_lease() {
         &agent_dir,
         &["--ttl", "10s", "--label", "runs=cron"],
     );
-    let ran = dir.path().join("ran.txt");
+    let ran = shared_file(&dir.path().join("ran.txt"));
     let crontab = dir.path().join("chaos.toml");
     std::fs::write(
         &crontab,
@@ -270,6 +270,11 @@ fn twenty_rounds_of_kill_9_keep_every_acknowledged_lease() {
     for line in text.lines() {
         assert!(seen.insert(line), "tick {line} ran twice");
     }
+    assert!(
+        !seen.is_empty(),
+        "no tick's process wrote {}: the file proves nothing",
+        ran.display()
+    );
     let skipped = runs.iter().filter(|r| r["state"] == "skipped").count();
     eprintln!(
         "chaos: {} cron ticks decided once each ({} fired, {skipped} skipped as missed), {} processes ran, none twice",

@@ -11,6 +11,14 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// An agent for the deployer's tests. Builds run as the app's owner,
+/// `root` here, mapped to the system's root: this machine's Rust toolchain
+/// lives under /root (0700), out of reach of a lease's own uid. (Isolation
+/// itself is tests/isolation.rs's.)
+fn builder(c: &Cluster, dir: &std::path::Path, name: &str) -> Agent {
+    agent_with(c, dir, name, &["--ttl", "3s", "--run-as", "root=root"])
+}
+
 #[test]
 fn apps_are_registered_updated_and_kept_by_their_owner() {
     let c = Cluster::start(1, &[]);
@@ -85,7 +93,7 @@ fn setup() -> (Cluster, tempfile::TempDir, Agent, PathBuf, String) {
     let c = Cluster::start(1, &[]);
     c.wait_leader(Duration::from_secs(15));
     let dir = tempfile::tempdir().unwrap();
-    let a = agent(&c, dir.path(), "a1");
+    let a = builder(&c, dir.path(), "a1");
     let repo = app_repo(dir.path());
     let v1 = git(&repo, &["rev-parse", "HEAD"]);
     (c, dir, a, repo, v1)
@@ -153,16 +161,20 @@ fn push(http_addr: &str, commit: &str, delivery: &str, secret: &str) -> (u16, St
         "sha256={}",
         hex(&hmac_sha256(secret.as_bytes(), body.as_bytes()))
     );
+    // An empty `delivery` leaves the header out.
+    let mut headers = vec![
+        ("x-github-event", "push"),
+        ("x-hub-signature-256", sig.as_str()),
+        ("content-type", "application/json"),
+    ];
+    if !delivery.is_empty() {
+        headers.push(("x-github-delivery", delivery));
+    }
     http(
         http_addr,
         "POST",
         "/hooks/git?app=hello",
-        &[
-            ("x-github-event", "push"),
-            ("x-github-delivery", delivery),
-            ("x-hub-signature-256", &sig),
-            ("content-type", "application/json"),
-        ],
+        &headers,
         body.as_bytes(),
     )
     .unwrap()
@@ -246,7 +258,7 @@ fn a_signed_push_deploys_with_no_failed_request_and_replays_and_bad_signatures_s
     let c = Cluster::start(1, &["--deploy-lease-ms", "4000"]);
     c.wait_leader(Duration::from_secs(15));
     let dir = tempfile::tempdir().unwrap();
-    let _a = agent(&c, dir.path(), "a1");
+    let mut a = builder(&c, dir.path(), "a1");
     let repo = app_repo(dir.path());
     let v1 = git(&repo, &["rev-parse", "HEAD"]);
     let f = app_file(dir.path(), &repo, &[]);
@@ -362,6 +374,47 @@ fn a_signed_push_deploys_with_no_failed_request_and_replays_and_bad_signatures_s
         assert_eq!(
             http(addr, "GET", "/", &[], b"").unwrap().1,
             "hello from v2\n"
+        );
+    }
+
+    // An old push replayed cannot roll back: without its delivery id it is
+    // refused (only the body is signed), and under a new id its commit is
+    // found to be an ancestor of the active one, so nothing is built or
+    // started and v2 stays active.
+    let (code, body) = push(&web, &v1, "", SECRET);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("delivery id"), "{body}");
+    let (code, body) = push(&web, &v1, "d-7", SECRET);
+    assert_eq!(code, 202, "{body}");
+    let replay = deployment_id(&body);
+    let r = ended(&c, replay, Duration::from_secs(60));
+    assert_eq!(r["status"], "unchanged", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("ancestor"), "{r}");
+    assert!(r["build_task"].is_null(), "{r}");
+    assert!(
+        r["instances"].as_array().is_none_or(|i| i.is_empty()),
+        "{r}"
+    );
+    assert_eq!(history(&c)["active"], second);
+    assert_eq!(entry("/").unwrap(), (200, "hello from v2\n".into()));
+
+    // The agent is killed and restarted: its servers run on (their output
+    // goes to files, not through the agent), the entry never fails, and the
+    // restarted agent checks their health again.
+    let poller = Poller::start(&web);
+    a.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    a.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, seen) = poller.stop_without_failures();
+    assert_eq!(seen, ["hello from v2\n"]);
+    assert!(ok > 20, "{ok} requests");
+    let status = json_ok(&c.cli(&["deploy", "status", "hello", "--json"]));
+    for s in status["active"]["servers"].as_array().unwrap() {
+        assert_eq!(
+            (s["state"].as_str(), s["health"].as_str()),
+            (Some("running"), Some("healthy")),
+            "{status}"
         );
     }
 }
@@ -497,7 +550,7 @@ fn failed_builds_and_unhealthy_versions_roll_back_and_rollback_returns_to_the_ea
     );
 
     // The active version's node is lost: its servers start again elsewhere.
-    let _a2 = agent(&c, dir.path(), "a2");
+    let _a2 = builder(&c, dir.path(), "a2");
     let mut a1 = _a;
     a1.kill9();
     wait_for(
@@ -538,7 +591,7 @@ fn a_leader_killed_mid_deploy_ends_in_the_new_version_or_a_rollback_never_withou
     let mut c = Cluster::start(3, &[]);
     c.wait_leader(Duration::from_secs(15));
     let dir = tempfile::tempdir().unwrap();
-    let _a = agent(&c, dir.path(), "a1");
+    let _a = builder(&c, dir.path(), "a1");
     let repo = app_repo(dir.path());
     apply(
         &c,
@@ -666,7 +719,7 @@ fn members_started_without_the_deployer_leave_it_to_a_standalone_one() {
     let c = Cluster::start(1, &["--no-deployer"]);
     c.wait_leader(Duration::from_secs(15));
     let dir = tempfile::tempdir().unwrap();
-    let _a = agent(&c, dir.path(), "a1");
+    let _a = builder(&c, dir.path(), "a1");
     let repo = app_repo(dir.path());
     apply(&c, &app_file(dir.path(), &repo, &[]));
     let id = trigger(&c, &["trigger", "hello"]);

@@ -3,6 +3,8 @@
 //! a server's artifact is fetched from whichever member has it and checked
 //! against its sha256 before it is used.
 
+use crate::sandbox;
+use crate::users::Identity;
 use charter_proto as pb;
 use charter_proto::conn::Servers;
 use sha2::{Digest, Sha256};
@@ -11,11 +13,18 @@ use std::path::Path;
 /// Bytes per chunk on the wire.
 const CHUNK: usize = 1 << 20;
 
-/// Stores the file at `file` as a version of `app` on every member that
-/// answers, read from disk a chunk at a time (an artifact is never held
-/// whole in memory). Returns its sha256 and on how many members it is stored.
-pub async fn upload(servers: &Servers, app: &str, file: &Path) -> Result<(String, usize), String> {
-    let sha = file_sha256(file)
+/// Stores the file at `file` (in a sandbox: opened only as
+/// [`sandbox::open_own`] allows, for `user`) as the artifact of build task
+/// `task` of `app` on every member that answers, read from disk a chunk at
+/// a time (an artifact is never held whole in memory). Returns its sha256
+/// and on how many members it is stored.
+pub async fn upload(
+    servers: &Servers,
+    (app, task): (&str, u64),
+    file: &Path,
+    user: Option<Identity>,
+) -> Result<(String, usize), String> {
+    let sha = file_sha256(file, user)
         .await
         .map_err(|e| format!("cannot read the artifact {}: {e}", file.display()))?;
     let mut stored = 0;
@@ -24,7 +33,8 @@ pub async fn upload(servers: &Servers, app: &str, file: &Path) -> Result<(String
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let reader = tokio::spawn(send_chunks(
             file.to_path_buf(),
-            app.to_string(),
+            user,
+            (app.to_string(), task),
             sha.clone(),
             tx,
         ));
@@ -48,9 +58,9 @@ pub async fn upload(servers: &Servers, app: &str, file: &Path) -> Result<(String
 }
 
 /// The sha256 of a file, read a chunk at a time.
-async fn file_sha256(file: &Path) -> std::io::Result<String> {
+async fn file_sha256(file: &Path, user: Option<Identity>) -> std::io::Result<String> {
     use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(file).await?;
+    let mut f = tokio::fs::File::from_std(sandbox::open_own(file, user)?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -67,14 +77,14 @@ async fn file_sha256(file: &Path) -> std::io::Result<String> {
 /// upload ended early (the receiver is gone).
 async fn send_chunks(
     file: std::path::PathBuf,
-    app: String,
+    user: Option<Identity>,
+    (app, task): (String, u64),
     sha256: String,
     tx: tokio::sync::mpsc::Sender<pb::ArtifactChunk>,
 ) -> Result<(), String> {
     use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(&file)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut f =
+        tokio::fs::File::from_std(sandbox::open_own(&file, user).map_err(|e| e.to_string())?);
     let mut first = true;
     loop {
         let mut data = vec![0u8; CHUNK];
@@ -98,6 +108,7 @@ async fn send_chunks(
             app: app.clone(),
             sha256: sha256.clone(),
             data,
+            task_id: task,
         };
         if tx.send(chunk).await.is_err() || filled < CHUNK {
             return Ok(());
@@ -107,7 +118,15 @@ async fn send_chunks(
 
 /// Fetches the artifact `sha` into `dest` (executable), from the first
 /// member that has it with the right bytes, written to disk as it arrives.
-pub async fn fetch(servers: &Servers, sha: &str, dest: &Path) -> Result<(), String> {
+/// `dest` is in a sandbox whose user may have put anything there: the
+/// bytes go to a fresh file (never through a link) that is renamed over
+/// `dest` and then handed to `user`.
+pub async fn fetch(
+    servers: &Servers,
+    sha: &str,
+    dest: &Path,
+    user: Option<Identity>,
+) -> Result<(), String> {
     use tokio_stream::StreamExt;
     let tmp = dest.with_extension("charter-part");
     let mut last = String::from("no member answered");
@@ -155,18 +174,27 @@ pub async fn fetch(servers: &Servers, sha: &str, dest: &Path) -> Result<(), Stri
             .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         drop(out);
         std::fs::rename(&tmp, dest).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        sandbox::give(dest, user)
+            .map_err(|e| format!("cannot hand over {}: {e}", dest.display()))?;
         return Ok(());
     }
     let _ = std::fs::remove_file(&tmp);
     Err(format!("cannot fetch artifact {sha} ({last})"))
 }
 
+/// A fresh executable file at `path`: whatever was there (a link the
+/// sandbox's user made, say) is removed, and the new file is created
+/// exclusively without following links.
 fn create_exec(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     std::fs::OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .write(true)
-        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o755)
         .open(path)
 }
@@ -180,9 +208,9 @@ mod tests {
         let file = dir.path().join("a");
         let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         std::fs::write(&file, &bytes).unwrap();
-        let sha = file_sha256(&file).await.unwrap();
+        let sha = file_sha256(&file, None).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-        let reader = tokio::spawn(send_chunks(file, "app".into(), sha.clone(), tx));
+        let reader = tokio::spawn(send_chunks(file, None, ("app".into(), 7), sha.clone(), tx));
         let (mut sizes, mut joined) = (Vec::new(), Vec::new());
         while let Some(c) = rx.recv().await {
             assert_eq!((c.app.as_str(), c.sha256.as_str()), ("app", sha.as_str()));

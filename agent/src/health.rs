@@ -1,10 +1,11 @@
 //! Health checks of service tasks: HTTP (reqwest, an expected status), a
-//! TCP connect, or a command in the sandbox. A monitor runs the check every
+//! TCP connect, or a command in the sandbox (run like the task: as the
+//! lease's user, in its session, marked as its). A monitor runs the check every
 //! `interval` with a `timeout`; `healthy_after` passes in a row make the
 //! task `healthy`, `unhealthy_after` failures in a row make it `unhealthy`.
 //! It starts `starting`.
 
-use std::path::PathBuf;
+use crate::sandbox::{self, Isolation, Launch};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -54,8 +55,8 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts checking; `dir` is where a command probe runs.
-    pub fn start(check: Check, dir: PathBuf) -> Monitor {
+    /// Starts checking; a command probe runs as `launch` says.
+    pub fn start(check: Check, launch: Launch, iso: Isolation) -> Monitor {
         let (tx, rx) = watch::channel("starting");
         let task = tokio::spawn(async move {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -67,10 +68,7 @@ impl Monitor {
             let (mut pass, mut fail) = (0u32, 0u32);
             loop {
                 tokio::time::sleep(check.interval).await;
-                let ok =
-                    tokio::time::timeout(check.timeout, probe(&check.probe, client.as_ref(), &dir))
-                        .await
-                        .unwrap_or(false);
+                let ok = probe(&check, client.as_ref(), (&launch, &iso)).await;
                 if ok {
                     pass += 1;
                     fail = 0;
@@ -113,33 +111,42 @@ impl Monitor {
     }
 }
 
-async fn probe(p: &Probe, client: Option<&reqwest::Client>, dir: &PathBuf) -> bool {
-    match p {
+/// One probe, bounded by the check's timeout.
+async fn probe(
+    check: &Check,
+    client: Option<&reqwest::Client>,
+    (launch, iso): (&Launch, &Isolation),
+) -> bool {
+    let limit = check.timeout;
+    match &check.probe {
         Probe::Http { port, path, status } => {
             let Some(c) = client else { return false };
             let url = format!("http://127.0.0.1:{port}{path}");
-            c.get(url)
-                .send()
+            tokio::time::timeout(limit, c.get(url).send())
                 .await
-                .is_ok_and(|r| r.status().as_u16() == *status)
+                .is_ok_and(|r| r.is_ok_and(|r| r.status().as_u16() == *status))
         }
-        Probe::Tcp { port } => tokio::net::TcpStream::connect(("127.0.0.1", *port))
-            .await
-            .is_ok(),
+        Probe::Tcp { port } => {
+            tokio::time::timeout(limit, tokio::net::TcpStream::connect(("127.0.0.1", *port)))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
         Probe::Command { argv } => {
-            let Some((prog, args)) = argv.split_first() else {
+            let null = std::process::Stdio::null;
+            let Ok(mut child) = sandbox::spawn(launch, iso, argv, null(), null()) else {
                 return false;
             };
-            tokio::process::Command::new(prog)
-                .args(args)
-                .current_dir(dir)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .is_ok_and(|s| s.success())
+            match tokio::time::timeout(limit, child.wait()).await {
+                Ok(r) => r.is_ok_and(|s| s.success()),
+                Err(_) => {
+                    // Its own session: the whole group goes.
+                    if let Some(pid) = child.id() {
+                        sandbox::signal_group(pid, libc::SIGKILL);
+                    }
+                    let _ = child.wait().await;
+                    false
+                }
+            }
         }
     }
 }

@@ -7,7 +7,9 @@
 //! - [`run`]: registration, heartbeats, the assignment watch and reports.
 //! - [`supervisor`]: leases' runners, ending every lease on the agent's own
 //!   clock; [`amp`]: the batch and service lifecycle drivers.
-//! - [`sandbox`]: working directory, session, scrubbed env, limits, kill.
+//! - [`users`]: who a lease's processes run as (a uid of their own when
+//!   the agent is root).
+//! - [`sandbox`]: working directory, user, session, scrubbed env, limits, kill.
 //! - [`health`]: HTTP, TCP and command checks of services.
 //! - [`logs`]: size-bounded output files; [`serve`]: logs for the servers.
 //!
@@ -23,3 +25,4 @@ pub mod run;
 pub mod sandbox;
 pub mod serve;
 pub mod supervisor;
+pub mod users;

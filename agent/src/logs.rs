@@ -1,10 +1,18 @@
 //! Task output: each stream goes to `DATA/logs/task-ID/{stdout,stderr}.log`,
-//! outside the sandbox so it outlives the lease. A file that reaches
-//! [`LIMIT`] is moved to `.1` (replacing the older one) and started afresh,
-//! so a task's logs never take more than twice the limit per stream.
+//! outside the sandbox so it outlives the lease and its user cannot reach
+//! it (the directory is 0700, the agent's). The task's processes write the
+//! files directly, through descriptors the agent opens for them, so a
+//! crashed or restarted agent never breaks their output (a pipe to a dead
+//! agent would kill them with SIGPIPE).
+//!
+//! Rotation without a pipe in between: while the task runs, the agent
+//! looks at each file every second; one that reached [`LIMIT`] is copied to
+//! `.1` (replacing the older one) and truncated, and since the task appends
+//! (`O_APPEND`), it goes on writing at the new end. A stream thus never
+//! takes much more than twice the limit; output written between the copy
+//! and the truncation (a few ms) is lost.
 
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// The size at which a log file is rotated.
 pub const LIMIT: u64 = 8 << 20;
@@ -14,49 +22,42 @@ pub fn task_dir(agent: &Path, task: u64) -> PathBuf {
     agent.join("logs").join(format!("task-{task}"))
 }
 
-/// Copies `from` into `dir/NAME.log`, rotating at `limit` bytes, until EOF.
-pub async fn capture(
-    mut from: impl AsyncRead + Unpin,
-    dir: PathBuf,
-    name: &'static str,
-    limit: u64,
-) -> std::io::Result<()> {
-    let path = dir.join(format!("{name}.log"));
-    let mut buf = vec![0u8; 16 << 10];
-    // The file is made on the first output: a quiet task costs no files.
-    let n = from.read(&mut buf).await?;
-    if n == 0 {
-        return Ok(());
-    }
-    tokio::fs::create_dir_all(&dir).await?;
-    let mut file = tokio::fs::OpenOptions::new()
+/// Opens `dir/NAME.log` for a task's process to append to (0600, in a
+/// 0700 directory of the agent's).
+pub fn open(dir: &Path, name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
-        .await?;
-    let mut size = file.metadata().await?.len();
-    let mut n = n;
-    loop {
-        if n == 0 {
-            file.flush().await?;
-            return Ok(());
-        }
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            if size >= limit {
-                file.flush().await?;
-                tokio::fs::rename(&path, dir.join(format!("{name}.log.1"))).await?;
-                file = tokio::fs::File::create(&path).await?;
-                size = 0;
-            }
-            let room = usize::try_from(limit - size).unwrap_or(usize::MAX).max(1);
-            let (now, later) = rest.split_at(rest.len().min(room));
-            file.write_all(now).await?;
-            size += now.len() as u64;
-            rest = later;
-        }
-        n = from.read(&mut buf).await?;
+        .mode(0o600)
+        .open(dir.join(format!("{name}.log")))
+}
+
+/// Rotates `dir/NAME.log` when it reached `limit` bytes: copied to `.1`,
+/// then truncated in place (the writer appends, so it carries on at 0).
+pub fn trim(dir: &Path, name: &str, limit: u64) -> std::io::Result<bool> {
+    let path = dir.join(format!("{name}.log"));
+    let len = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len < limit {
+        return Ok(false);
     }
+    let old = dir.join(format!("{name}.log.1"));
+    let part = dir.join(format!("{name}.log.1.part"));
+    std::fs::copy(&path, &part)?;
+    std::fs::rename(&part, &old)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)?
+        .set_len(0)?;
+    Ok(true)
 }
 
 /// What a stream holds now: the rotated part, then the current file; and
@@ -89,34 +90,37 @@ pub fn read_since(dir: &Path, name: &str, offset: u64) -> (Vec<u8>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
-    #[tokio::test]
-    async fn rotates_at_the_limit_and_keeps_the_newest() {
+    #[test]
+    fn rotates_at_the_limit_and_the_writer_goes_on_at_the_new_end() {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..250u32)
-            .flat_map(|i| format!("{i:03}\n").into_bytes())
-            .collect();
-        capture(&data[..], dir.path().to_path_buf(), "stdout", 400)
-            .await
-            .unwrap();
-        let cur = std::fs::metadata(dir.path().join("stdout.log"))
-            .unwrap()
-            .len();
-        let old = std::fs::metadata(dir.path().join("stdout.log.1"))
-            .unwrap()
-            .len();
-        assert!(cur <= 400 && old <= 400, "{cur} {old}");
-        let all = String::from_utf8(read_all(dir.path(), "stdout").0).unwrap();
-        assert!(all.ends_with("249\n"), "the newest output is kept");
-        assert!(!all.contains("000\n"), "the oldest is dropped");
+        let d = dir.path().join("task-1");
+        let mut w = open(&d, "stdout").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join("stdout.log")), 0o600);
+        for i in 0..100u32 {
+            writeln!(w, "{i:03}").unwrap();
+        }
+        assert!(!trim(&d, "stdout", 1000).unwrap(), "400 bytes: not yet");
+        assert!(trim(&d, "stdout", 400).unwrap());
+        assert_eq!(std::fs::metadata(d.join("stdout.log")).unwrap().len(), 0);
+        writeln!(w, "new").unwrap();
+        let (all, at) = read_all(&d, "stdout");
+        let all = String::from_utf8(all).unwrap();
+        assert!(
+            all.starts_with("000\n") && all.ends_with("099\nnew\n"),
+            "{all}"
+        );
+        assert_eq!(at, 4, "the writer appends at the truncated end, no hole");
         // Following: only what was added, and a rotated file from its start.
-        let (_, at) = read_all(dir.path(), "stdout");
-        assert_eq!(read_since(dir.path(), "stdout", at), (Vec::new(), at));
-        capture(&b"251\n"[..], dir.path().to_path_buf(), "stdout", 400)
-            .await
-            .unwrap();
-        assert_eq!(read_since(dir.path(), "stdout", at).0, b"251\n");
-        std::fs::write(dir.path().join("stdout.log"), b"new\n").unwrap();
-        assert_eq!(read_since(dir.path(), "stdout", at), (b"new\n".to_vec(), 4));
+        assert_eq!(read_since(&d, "stdout", at), (Vec::new(), at));
+        writeln!(w, "251").unwrap();
+        assert_eq!(read_since(&d, "stdout", at).0, b"251\n");
+        std::fs::write(d.join("stdout.log"), b"x\n").unwrap();
+        assert_eq!(read_since(&d, "stdout", at), (b"x\n".to_vec(), 2));
+        assert!(!trim(&d, "stderr", 1).unwrap(), "no file, nothing to do");
     }
 }

@@ -23,6 +23,7 @@ use crate::health::{Check, Probe};
 use crate::sandbox::Isolation;
 use crate::serve::AgentService;
 use crate::supervisor::{Ctx, LeaseInfo, Report, Supervisor, TaskInfo};
+use crate::users::Users;
 use charter_proto as pb;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -34,7 +35,7 @@ use tokio::sync::mpsc;
 use tonic::Code;
 
 type Running = Arc<Mutex<BTreeSet<u64>>>;
-type Leases = Arc<Mutex<BTreeMap<u64, LeaseInfo>>>;
+type Leases = crate::supervisor::Sandboxed;
 
 /// How long one call keeps trying other members before the loop backs off.
 const CALL_RETRY: Duration = Duration::from_secs(2);
@@ -70,6 +71,12 @@ pub struct AgentOptions {
     pub data: PathBuf,
     /// Where to serve logs to the servers (port 0: any free port).
     pub listen: SocketAddr,
+    /// Where leases' sandboxes go (None: [`crate::sandbox::root`] decides).
+    pub sandboxes: Option<PathBuf>,
+    /// The dynamic uids leases get when the agent is root.
+    pub lease_uids: (u32, u32),
+    /// Principals whose leases run as a fixed system user instead.
+    pub run_as: BTreeMap<String, crate::users::Identity>,
 }
 
 /// How the agent ended.
@@ -115,6 +122,20 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
             "no cgroup v2 limits on this machine ({why}); leases get rlimits (address space, open files) instead"
         ),
     }
+    let users = Arc::new(Users::detect(opts.lease_uids, opts.run_as.clone()));
+    let sandboxes = prepare_dirs(&opts, users.isolating())?;
+    if users.isolating() {
+        tracing::info!(
+            uids = %format!("{}-{}", opts.lease_uids.0, opts.lease_uids.1),
+            sandboxes = %sandboxes.display(),
+            "each lease runs as a user of its own"
+        );
+    } else {
+        tracing::warn!(
+            sandboxes = %sandboxes.display(),
+            "this agent is not root: leases run as the agent's own user and are not isolated from each other or from the agent"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| AgentError {
@@ -134,6 +155,7 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
     let leases = Arc::new(Mutex::new(BTreeMap::new()));
     let service = AgentService {
         data: opts.data.clone(),
+        sandboxes: sandboxes.clone(),
         secret: secret.clone(),
         running: running.clone(),
         leases: leases.clone(),
@@ -150,18 +172,58 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
             })
             .await;
     });
-    let shared = (running, leases);
+    let shared = Shared {
+        running,
+        leases,
+        users,
+        sandboxes,
+    };
     let out = life(&opts, servers, iso, shared, addr, secret, stop).await;
     let _ = stop_serving.send(());
     let _ = server.await;
     out
 }
 
+/// What the agent's parts share.
+struct Shared {
+    running: Running,
+    leases: Leases,
+    users: Arc<Users>,
+    sandboxes: PathBuf,
+}
+
+/// Makes the agent's directories: its data directory and logs only the
+/// agent may read (0700; 0711 when isolating, so a lease's user may pass
+/// through to a sandbox below it), and the sandbox root. Returns the root.
+fn prepare_dirs(opts: &AgentOptions, isolating: bool) -> Result<PathBuf, AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |what: String, e: std::io::Error| AgentError {
+        what,
+        why: e.to_string(),
+    };
+    let data = &opts.data;
+    std::fs::create_dir_all(data.join("logs"))
+        .map_err(|e| fail(format!("cannot create {}", data.display()), e))?;
+    let mode = if isolating { 0o711 } else { 0o700 };
+    for (d, m) in [(data.clone(), mode), (data.join("logs"), 0o700)] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(m))
+            .map_err(|e| fail(format!("cannot set the mode of {}", d.display()), e))?;
+    }
+    let root = crate::sandbox::root(data, isolating, opts.sandboxes.as_deref());
+    crate::sandbox::make_root(&root, isolating).map_err(|e| {
+        fail(
+            format!("cannot make the sandbox root {}", root.display()),
+            e,
+        )
+    })?;
+    Ok(root)
+}
+
 async fn life(
     opts: &AgentOptions,
     servers: Arc<Servers>,
     iso: Isolation,
-    (running, leases): (Running, Leases),
+    shared: Shared,
     addr: SocketAddr,
     secret: String,
     stop: impl Future<Output = ()>,
@@ -175,11 +237,13 @@ async fn life(
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let ctx = Ctx {
         data: opts.data.clone(),
+        sandboxes: shared.sandboxes,
+        users: shared.users,
         node: opts.name.clone(),
         iso,
         reports: reports_tx,
-        running,
-        leases,
+        running: shared.running,
+        leases: shared.leases,
         leftovers: Arc::default(),
         servers: Some(servers.clone()),
     };
@@ -307,10 +371,14 @@ async fn watch_loop(
         match stream {
             Ok(mut s) => {
                 backoff = Duration::from_millis(100);
+                // A long list comes in pages: acted on once it is whole.
+                let mut whole = Vec::new();
                 loop {
                     match tokio::time::timeout(WATCH_QUIET, s.message()).await {
                         Ok(Ok(Some(a))) => {
-                            if out.send(assignments(a, &node)).await.is_err() {
+                            let more = a.more;
+                            whole.extend(assignments(a, &node));
+                            if !more && out.send(std::mem::take(&mut whole)).await.is_err() {
                                 return;
                             }
                         }
@@ -408,8 +476,10 @@ pub fn assignments(a: pb::Assignments, node: &str) -> Vec<(LeaseInfo, Option<Tas
             let r = l.resources.unwrap_or_default();
             let lease = LeaseInfo {
                 id: l.id,
+                principal: l.principal,
                 granted_at: l.granted_at_ms,
                 expires_at: l.expires_at_ms,
+                duration_ms: l.duration_ms,
                 fencing_token: l.fencing_token,
                 cpu_millis: r.cpu_millis,
                 memory_bytes: r.memory_bytes,

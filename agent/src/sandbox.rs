@@ -1,20 +1,28 @@
-//! Sandboxes: where a lease's processes live, and how they all end.
+//! Sandboxes: where a lease's processes live, who they run as, and how
+//! they all end.
 //!
-//! Each lease gets a working directory `DATA/leases/ID`, and each process
-//! started in it:
+//! Each lease gets a working directory `ROOT/ID` (see [`root`]), made 0700
+//! for the lease's user, and each process started in it:
+//! - runs as the lease's [`Identity`] when the agent is root: `setgroups`
+//!   to none, `setgid`, `setuid`, then `PR_SET_NO_NEW_PRIVS`, after the
+//!   steps below that need root;
 //! - its own session and process group (`setsid`), so one signal reaches
 //!   the whole group;
-//! - an empty environment plus `PATH`, `HOME` (the sandbox), the task's
-//!   env and `CHARTER_LEASE_ID`, `CHARTER_NODE`, `CHARTER_LEASE_EXPIRES`,
-//!   `CHARTER_FENCING_TOKEN` and `CHARTER_AGENT` (the agent's data dir);
+//! - an empty environment plus `PATH`, `HOME` (the sandbox), `TMPDIR`
+//!   (`tmp` in the sandbox), the task's env and `CHARTER_LEASE_ID`,
+//!   `CHARTER_NODE`, `CHARTER_LEASE_EXPIRES`, `CHARTER_FENCING_TOKEN` and
+//!   `CHARTER_AGENT` (the agent's data dir);
 //! - limits: a cgroup v2 with `cpu.max` and `memory.max` when the agent's
 //!   cgroup is writable, else rlimits (`RLIMIT_AS` from the memory, a
 //!   `RLIMIT_NOFILE` cap). [`Isolation::detect`] decides once at start.
 //!
-//! Ending: SIGTERM to every group of the lease, a grace period, SIGKILL,
-//! then a sweep of `/proc` for any process whose environment names this
-//! lease and agent (a child that left the group with its own `setsid`).
+//! Ending: SIGTERM to every process of the lease, a grace period, SIGKILL.
+//! "Of the lease" ([`Scope`]) is every process whose environment names this
+//! lease and agent (a child that left the group with its own `setsid` is
+//! found too) and, for a lease with a uid of its own, every process of that
+//! uid (one that scrubbed its environment too).
 
+use crate::users::Identity;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -54,21 +62,32 @@ impl Isolation {
     }
 }
 
+/// What belongs to one lease, for finding its processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// The agent's data directory (marks the agent's processes).
+    pub agent: PathBuf,
+    /// The lease.
+    pub lease: u64,
+    /// The lease's own uid, when it has one no other lease shares.
+    pub uid: Option<u32>,
+}
+
 /// What a process of a lease gets.
 #[derive(Clone, Debug)]
 pub struct Launch {
-    /// The lease.
-    pub lease: u64,
+    /// Whose processes these are.
+    pub scope: Scope,
     /// The node.
     pub node: String,
     /// `expires_at`, ms since the epoch.
     pub expires_at: i64,
     /// The lease's fencing token.
     pub fencing_token: u64,
-    /// The agent's data directory (marks the agent's processes).
-    pub agent: PathBuf,
     /// The sandbox directory (working directory and HOME).
     pub dir: PathBuf,
+    /// Who the processes run as (None: as the agent).
+    pub user: Option<Identity>,
     /// CPU limit in millicores (0: none).
     pub cpu_millis: u64,
     /// Memory limit in bytes (0: none).
@@ -79,16 +98,124 @@ pub struct Launch {
     pub gpus: Vec<u32>,
 }
 
-/// The lease directory under the agent's data directory.
-pub fn lease_dir(agent: &Path, lease: u64) -> PathBuf {
-    agent.join("leases").join(lease.to_string())
+/// Where the sandboxes of the agent with data directory `data` live.
+///
+/// `DATA/leases` when a lease's user can reach it: the agent makes `DATA`
+/// and `DATA/leases` 0711 (enter, not list), but every directory above
+/// `DATA` must let others enter too. When one does not (`DATA` under a 0700
+/// home, say), an isolating agent uses `/var/lib/charter/sandboxes/HASH`
+/// instead (HASH from `DATA`'s path) and says so. `wanted` (the
+/// `--sandboxes` flag) overrides both.
+pub fn root(data: &Path, isolating: bool, wanted: Option<&Path>) -> PathBuf {
+    if let Some(w) = wanted {
+        return w.to_path_buf();
+    }
+    let own = data.join("leases");
+    if !isolating {
+        return own;
+    }
+    let abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+    if enterable_above(&abs) {
+        return own;
+    }
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(abs.display().to_string().as_bytes()));
+    Path::new("/var/lib/charter/sandboxes").join(&h[..16])
+}
+
+/// Whether every directory above `dir` lets others enter (o+x).
+fn enterable_above(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .skip(1)
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
+/// Makes the sandbox root: it and the directories between it and `data`
+/// that the agent made are 0711 when isolating (enter, not list), else 0700.
+pub fn make_root(root: &Path, isolating: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root)?;
+    let mode = if isolating { 0o711 } else { 0o700 };
+    let mut dirs = vec![root.to_path_buf()];
+    // The fallback's parents (/var/lib/charter/sandboxes) must be enterable too.
+    if root.starts_with("/var/lib/charter/sandboxes") {
+        dirs.extend(["/var/lib/charter", "/var/lib/charter/sandboxes"].map(PathBuf::from));
+    } else if let Some(p) = root.parent() {
+        dirs.push(p.to_path_buf());
+    }
+    for d in dirs {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// The lease's directory under the sandbox root.
+pub fn lease_dir(root: &Path, lease: u64) -> PathBuf {
+    root.join(lease.to_string())
+}
+
+/// Makes the lease's sandbox: 0700, owned by its user, with a `tmp` for
+/// `TMPDIR`. An existing one (an adopted lease) is left as it is.
+pub fn prepare(dir: &Path, user: Option<Identity>) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    let tmp = dir.join("tmp");
+    std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+    for d in [dir, tmp.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(u) = user {
+            std::os::unix::fs::lchown(d, Some(u.uid), Some(u.gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens a file in a sandbox for the agent to read, as safely as the
+/// sandbox's user could: never through a link in its last component, only
+/// a regular file, and (for a lease with a user of its own) only one that
+/// user owns. A link or hard link to a file of the agent's is refused.
+pub fn open_own(path: &Path, user: Option<Identity>) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    if let Some(u) = user
+        && m.uid() != u.uid
+    {
+        return Err(std::io::Error::other(format!(
+            "{} is not owned by the lease's user (uid {})",
+            path.display(),
+            u.uid
+        )));
+    }
+    Ok(f)
+}
+
+/// Hands a file the agent put in a sandbox to the lease's user.
+pub fn give(path: &Path, user: Option<Identity>) -> std::io::Result<()> {
+    match user {
+        Some(u) => std::os::unix::fs::lchown(path, Some(u.uid), Some(u.gid)),
+        None => Ok(()),
+    }
 }
 
 /// The environment marker of a lease's processes.
-fn marker(agent: &Path, lease: u64) -> (String, String) {
+fn marker(s: &Scope) -> (String, String) {
     (
-        format!("CHARTER_LEASE_ID={lease}"),
-        format!("CHARTER_AGENT={}", agent.display()),
+        format!("CHARTER_LEASE_ID={}", s.lease),
+        format!("CHARTER_AGENT={}", s.agent.display()),
     )
 }
 
@@ -103,7 +230,6 @@ pub fn spawn(
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty command"))?;
-    std::fs::create_dir_all(&l.dir)?;
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args)
         .current_dir(&l.dir)
@@ -113,12 +239,13 @@ pub fn spawn(
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
         )
         .env("HOME", &l.dir)
+        .env("TMPDIR", l.dir.join("tmp"))
         .envs(&l.env)
-        .env("CHARTER_LEASE_ID", l.lease.to_string())
+        .env("CHARTER_LEASE_ID", l.scope.lease.to_string())
         .env("CHARTER_NODE", &l.node)
         .env("CHARTER_LEASE_EXPIRES", rfc3339(l.expires_at))
         .env("CHARTER_FENCING_TOKEN", l.fencing_token.to_string())
-        .env("CHARTER_AGENT", &l.agent)
+        .env("CHARTER_AGENT", &l.scope.agent)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
@@ -129,7 +256,7 @@ pub fn spawn(
     }
     let procs = match iso {
         Isolation::Cgroup(root) => {
-            let dir = root.join(format!("lease-{}", l.lease));
+            let dir = root.join(format!("lease-{}", l.scope.lease));
             std::fs::create_dir_all(&dir)?;
             if l.cpu_millis > 0 {
                 // Quota per 100 ms period.
@@ -146,8 +273,12 @@ pub fn spawn(
         Isolation::Rlimits(_) => None,
     };
     let mem = l.memory_bytes;
+    let user = l.user;
     // SAFETY: between fork and exec only async-signal-safe calls: setsid,
-    // setrlimit, open, write, close; the path was allocated before the fork.
+    // setrlimit, open, write, close, setgroups, setgid, setuid, prctl; the
+    // path was allocated before the fork. Dropping to the lease's user comes
+    // last, after the steps that need root (joining the cgroup), and any
+    // failure to drop stops the exec: nothing runs as root by mistake.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -178,6 +309,14 @@ pub fn spawn(
                     libc::setrlimit(libc::RLIMIT_NOFILE, &files);
                 }
             }
+            if let Some(u) = user
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(u.gid) != 0
+                    || libc::setuid(u.uid) != 0
+                    || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -201,10 +340,10 @@ pub fn signal_group(pgid: u32, sig: i32) {
     }
 }
 
-/// Pids of live processes whose environment marks them as `lease`'s of
-/// the agent with data directory `agent`.
-pub fn lease_pids(agent: &Path, lease: u64) -> Vec<u32> {
-    let (want_lease, want_agent) = marker(agent, lease);
+/// Pids of live processes of the lease: marked by its environment, or
+/// running as its own uid.
+pub fn lease_pids(s: &Scope) -> Vec<u32> {
+    let (want_lease, want_agent) = marker(s);
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -213,16 +352,40 @@ pub fn lease_pids(agent: &Path, lease: u64) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                let mut lease_ok = false;
-                let mut agent_ok = false;
-                for var in env.split(|b| *b == 0) {
-                    lease_ok |= var == want_lease.as_bytes();
-                    agent_ok |= var == want_agent.as_bytes();
-                }
-                lease_ok && agent_ok
-            })
+            s.uid.is_some_and(|u| pid_uid(*pid) == Some(u))
+                || std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    let mut lease_ok = false;
+                    let mut agent_ok = false;
+                    for var in env.split(|b| *b == 0) {
+                        lease_ok |= var == want_lease.as_bytes();
+                        agent_ok |= var == want_agent.as_bytes();
+                    }
+                    lease_ok && agent_ok
+                })
         })
+        .collect()
+}
+
+/// The real uid of a process.
+fn pid_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Pids of live processes whose real uid is `uid`.
+pub fn uid_pids(uid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| pid_uid(*pid) == Some(uid))
         .collect()
 }
 
@@ -254,13 +417,13 @@ pub fn leases_with_processes(agent: &Path) -> Vec<u64> {
     out
 }
 
-/// SIGKILLs every marked process of the lease (and their groups), then
-/// removes its cgroup. Returns how many processes were found.
-pub fn kill_all(agent: &Path, lease: u64, iso: &Isolation) -> usize {
+/// SIGKILLs every process of the lease (and their groups), then removes
+/// its cgroup. Returns how many processes were found.
+pub fn kill_all(s: &Scope, iso: &Isolation) -> usize {
     let mut found = 0;
     // Processes may fork while we kill; a few rounds catch the stragglers.
     for _ in 0..5 {
-        let pids = lease_pids(agent, lease);
+        let pids = lease_pids(s);
         if pids.is_empty() {
             break;
         }
@@ -274,7 +437,7 @@ pub fn kill_all(agent: &Path, lease: u64, iso: &Isolation) -> usize {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    release_cgroup(lease, iso);
+    release_cgroup(s.lease, iso);
     found
 }
 
@@ -287,9 +450,9 @@ pub fn release_cgroup(lease: u64, iso: &Isolation) {
     }
 }
 
-/// SIGTERMs every marked process of the lease; returns how many there were.
-pub fn term_all(agent: &Path, lease: u64) -> usize {
-    let pids = lease_pids(agent, lease);
+/// SIGTERMs every process of the lease; returns how many there were.
+pub fn term_all(s: &Scope) -> usize {
+    let pids = lease_pids(s);
     for pid in &pids {
         // SAFETY: kill(2) on pids that carry this lease's marker.
         unsafe {
@@ -300,14 +463,14 @@ pub fn term_all(agent: &Path, lease: u64) -> usize {
 }
 
 /// What the lease's live processes use now: resident bytes and CPU ms.
-pub fn usage(agent: &Path, lease: u64) -> (u64, u64) {
+pub fn usage(s: &Scope) -> (u64, u64) {
     // SAFETY: sysconf has no preconditions.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let tick = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
         .unwrap_or(100)
         .max(1);
     let (mut rss, mut cpu) = (0u64, 0u64);
-    for pid in lease_pids(agent, lease) {
+    for pid in lease_pids(s) {
         if let Ok(statm) = std::fs::read_to_string(format!("/proc/{pid}/statm")) {
             rss += statm
                 .split_whitespace()

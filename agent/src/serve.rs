@@ -2,10 +2,10 @@
 //! must present the secret the agent registered with its node.
 
 use crate::logs;
-use crate::sandbox::{self, Isolation, Launch};
-use crate::supervisor::LeaseInfo;
+use crate::sandbox::{self, Isolation, Launch, Scope};
+use crate::supervisor::Sandboxed;
 use charter_proto as pb;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -20,12 +20,14 @@ use tonic::{Request, Response, Status};
 pub struct AgentService {
     /// The agent's data directory.
     pub data: PathBuf,
+    /// Where the leases' sandboxes are.
+    pub sandboxes: PathBuf,
     /// The bearer secret callers must present.
     pub secret: String,
     /// Tasks whose processes run now.
     pub running: Arc<Mutex<BTreeSet<u64>>>,
-    /// Leases with a live sandbox here.
-    pub leases: Arc<Mutex<BTreeMap<u64, LeaseInfo>>>,
+    /// Leases with a live sandbox here, and who their processes run as.
+    pub leases: Sandboxed,
     /// This node's name.
     pub node: String,
     /// How processes are limited.
@@ -51,7 +53,8 @@ impl AgentService {
 }
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
@@ -92,7 +95,7 @@ impl pb::agent_server::Agent for AgentService {
                 "no command; put it after `--`, like `charter lease exec 7 -- uname -a`",
             ));
         }
-        let lease = self
+        let (lease, user) = self
             .leases
             .lock()
             .ok()
@@ -103,13 +106,18 @@ impl pb::agent_server::Agent for AgentService {
                     r.lease_id, self.node
                 ))
             })?;
+        // As the lease's user, like its task: never as the agent.
         let launch = Launch {
-            lease: lease.id,
+            scope: Scope {
+                agent: self.data.clone(),
+                lease: lease.id,
+                uid: user.filter(|u| u.dynamic).map(|u| u.uid),
+            },
             node: self.node.clone(),
             expires_at: lease.expires_at,
             fencing_token: lease.fencing_token,
-            agent: self.data.clone(),
-            dir: sandbox::lease_dir(&self.data, lease.id),
+            dir: sandbox::lease_dir(&self.sandboxes, lease.id),
+            user,
             cpu_millis: lease.cpu_millis,
             memory_bytes: lease.memory_bytes,
             gpus: lease.gpus.clone(),

@@ -9,29 +9,37 @@
 //! lease that disappears from the assignments (released, revoked, its task
 //! cancelled) is stopped the same way, starting now.
 //!
+//! Each runner gives its lease an identity ([`crate::users`]) and a
+//! sandbox made for it, and starts the task's processes as that user with
+//! stdout and stderr going straight to the task's log files.
+//!
 //! Exactly once: a runner is started once per lease for the agent's life
 //! (a lease whose runner finished is remembered). A task's command runs
 //! under a small `sh` wrapper that writes its exit code to
-//! `DATA/leases/LEASE/.charter-exit-TASK`, in the process's own session, so it survives
+//! `SANDBOX/.charter-exit-TASK`, in the process's own session, so it survives
 //! an agent restart. A restarted agent, on its first assignments:
 //! - adopts a lease whose processes still run (waits for them, then reads
-//!   the exit file) instead of starting the task again;
+//!   the exit file) instead of starting the task again, with the uid its
+//!   sandbox belongs to, and resumes its health checks;
 //! - reports a task whose exit file is there but was never reported;
 //! - kills the processes and removes the sandboxes of leases no longer
 //!   assigned.
 
 use crate::amp::{Amp, Next};
 use crate::logs;
-use crate::sandbox::{self, Isolation, Launch};
+use crate::sandbox::{self, Isolation, Launch, Scope};
+use crate::users::{self, Identity, Users};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
 /// How often a running task's resource usage is sampled and reported.
 pub const USAGE_EVERY: Duration = Duration::from_secs(5);
+
+/// How often a running task's log files are checked for rotation.
+pub const LOGS_EVERY: Duration = Duration::from_secs(1);
 
 /// The default grace between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -41,10 +49,14 @@ pub const GRACE: Duration = Duration::from_secs(10);
 pub struct LeaseInfo {
     /// Id.
     pub id: u64,
+    /// Who holds it (decides the user its processes run as).
+    pub principal: String,
     /// When it was granted (ms since the epoch).
     pub granted_at: i64,
     /// When it ends (ms since the epoch).
     pub expires_at: i64,
+    /// How long one grant or renewal lasts, in ms (0: unknown).
+    pub duration_ms: u64,
     /// Its fencing token.
     pub fencing_token: u64,
     /// CPU per node, in millicores.
@@ -115,11 +127,18 @@ pub struct Report {
     pub artifact: String,
 }
 
+/// The leases with a live sandbox here, and who their processes run as.
+pub type Sandboxed = Arc<Mutex<BTreeMap<u64, (LeaseInfo, Option<Identity>)>>>;
+
 /// Shared facts every runner needs.
 #[derive(Clone)]
 pub struct Ctx {
     /// The agent's data directory.
     pub data: PathBuf,
+    /// Where the leases' sandboxes are ([`sandbox::root`]).
+    pub sandboxes: PathBuf,
+    /// Who leases run as.
+    pub users: Arc<Users>,
     /// The node's name.
     pub node: String,
     /// How processes are limited.
@@ -128,8 +147,9 @@ pub struct Ctx {
     pub reports: mpsc::UnboundedSender<Report>,
     /// Tasks whose processes run now (for `logs --follow`).
     pub running: Arc<Mutex<BTreeSet<u64>>>,
-    /// Leases with a live sandbox here (for `lease exec`).
-    pub leases: Arc<Mutex<BTreeMap<u64, LeaseInfo>>>,
+    /// Leases with a live sandbox here, and who their processes run as
+    /// (for `lease exec`).
+    pub leases: Sandboxed,
     /// Assigned leases whose processes an earlier life of the agent left
     /// running (found once, at the first assignments).
     pub leftovers: Arc<Mutex<BTreeSet<u64>>>,
@@ -228,13 +248,18 @@ impl Supervisor {
     /// Kills what an earlier life of this agent left of leases that are no
     /// longer assigned, and removes their sandboxes.
     fn clean_leftovers(&self, wanted: &BTreeSet<u64>) {
+        let scope = |lease: u64, uid: Option<u32>| Scope {
+            agent: self.ctx.data.clone(),
+            lease,
+            uid: uid.filter(|u| self.ctx.users.dynamic_uid(*u)),
+        };
         for id in sandbox::leases_with_processes(&self.ctx.data) {
             if wanted.contains(&id) {
                 if let Ok(mut l) = self.ctx.leftovers.lock() {
                     l.insert(id);
                 }
             } else {
-                let n = sandbox::kill_all(&self.ctx.data, id, &self.ctx.iso);
+                let n = sandbox::kill_all(&scope(id, None), &self.ctx.iso);
                 tracing::info!(
                     lease = id,
                     processes = n,
@@ -242,10 +267,12 @@ impl Supervisor {
                 );
             }
         }
-        if let Ok(dir) = std::fs::read_dir(self.ctx.data.join("leases")) {
+        if let Ok(dir) = std::fs::read_dir(&self.ctx.sandboxes) {
             for e in dir.flatten() {
                 let id = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok());
-                if id.is_some_and(|id| !wanted.contains(&id)) {
+                if let Some(id) = id.filter(|id| !wanted.contains(id)) {
+                    // A process of its uid that scrubbed its environment.
+                    sandbox::kill_all(&scope(id, users::owner(&e.path())), &self.ctx.iso);
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -278,38 +305,50 @@ async fn run_lease(
     mut expires: watch::Receiver<i64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let dir = sandbox::lease_dir(&ctx.data, lease.id);
+    let dir = sandbox::lease_dir(&ctx.sandboxes, lease.id);
     let grace_of = |t: &Option<TaskInfo>| {
         let g = t
             .as_ref()
             .map(|t| t.grace_ms)
             .filter(|g| *g > 0)
             .map_or(GRACE, Duration::from_millis);
-        // A quarter of the lease as granted: renewals move the end, not the
-        // grace, so a lease renewed at half its time is never signalled.
-        let quarter = u64::try_from((lease.expires_at - lease.granted_at) / 4).unwrap_or(0);
-        g.min(Duration::from_millis(quarter))
+        // A quarter of one grant: renewals move the end, not the grace, so
+        // a lease renewed at half its time is never signalled (also when a
+        // restarted agent adopts it long after it was first granted).
+        let granted = match lease.duration_ms {
+            0 => u64::try_from(lease.expires_at - lease.granted_at).unwrap_or(0),
+            d => d,
+        };
+        g.min(Duration::from_millis(granted / 4))
+    };
+    let Some(user) = sandbox_for(&ctx, &lease, task.as_ref(), &dir) else {
+        return;
     };
     let launch = Launch {
-        lease: lease.id,
+        scope: Scope {
+            agent: ctx.data.clone(),
+            lease: lease.id,
+            uid: user.filter(|u| u.dynamic).map(|u| u.uid),
+        },
         node: ctx.node.clone(),
         expires_at: lease.expires_at,
         fencing_token: lease.fencing_token,
-        agent: ctx.data.clone(),
         dir: dir.clone(),
+        user,
         cpu_millis: lease.cpu_millis,
         memory_bytes: lease.memory_bytes,
         gpus: lease.gpus.clone(),
         env: task.as_ref().map(|t| t.env.clone()).unwrap_or_default(),
     };
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        tracing::warn!(lease = lease.id, error = %e, "cannot create the sandbox");
-    }
+    let scope = &launch.scope;
     if let Ok(mut l) = ctx.leases.lock() {
-        l.insert(lease.id, lease.clone());
+        l.insert(lease.id, (lease.clone(), user));
     }
     let mut work = task.clone().map(|t| Work::new(&ctx, lease.id, t));
     let mut termed = false;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + LOGS_EVERY, LOGS_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampled = tokio::time::Instant::now();
     loop {
         let exp = *expires.borrow();
         let grace = grace_of(&task);
@@ -322,9 +361,13 @@ async fn run_lease(
                     None => std::future::pending().await,
                 }
             } => Wake::Exited(code),
-            _ = tokio::time::sleep(USAGE_EVERY) => {
-                if let Some(w) = work.as_mut().filter(|w| w.child.is_some()) {
-                    w.sample();
+            _ = ticks.tick() => {
+                if let Some(w) = work.as_mut().filter(|w| w.child.is_some() || w.adopted) {
+                    w.trim_logs();
+                    if sampled.elapsed() >= USAGE_EVERY {
+                        sampled = tokio::time::Instant::now();
+                        w.sample(scope);
+                    }
                 }
                 continue;
             },
@@ -338,7 +381,7 @@ async fn run_lease(
                     termed = false;
                     let e = *expires.borrow();
                     if let Ok(mut l) = ctx.leases.lock() && let Some(x) = l.get_mut(&lease.id) {
-                        x.expires_at = e;
+                        x.0.expires_at = e;
                     }
                     continue;
                 }
@@ -347,7 +390,7 @@ async fn run_lease(
         match wake {
             Wake::Exited(code) => {
                 if let Some(w) = work.as_mut() {
-                    w.exited(code).await;
+                    w.exited(code, &launch).await;
                 }
             }
             Wake::Term => {
@@ -356,13 +399,13 @@ async fn run_lease(
                 if let Some(w) = work.as_mut() {
                     w.stopping = true;
                 }
-                sandbox::term_all(&ctx.data, lease.id);
+                sandbox::term_all(scope);
             }
             Wake::Kill => {
                 if let Some(w) = work.as_mut() {
                     w.stopping = true;
                 }
-                let n = sandbox::kill_all(&ctx.data, lease.id, &ctx.iso);
+                let n = sandbox::kill_all(scope, &ctx.iso);
                 tracing::info!(lease = lease.id, killed = n, "lease expired");
                 break;
             }
@@ -372,16 +415,16 @@ async fn run_lease(
                 }
                 // One look at /proc when nothing is left (the common end of
                 // a finished task); otherwise SIGTERM, the grace, SIGKILL.
-                if sandbox::term_all(&ctx.data, lease.id) == 0 {
+                if sandbox::term_all(scope) == 0 {
                     sandbox::release_cgroup(lease.id, &ctx.iso);
                     break;
                 }
                 let deadline = now_ms() + grace.as_millis() as i64;
                 let deadline = deadline.min(exp);
-                while now_ms() < deadline && !sandbox::lease_pids(&ctx.data, lease.id).is_empty() {
+                while now_ms() < deadline && !sandbox::lease_pids(scope).is_empty() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                let n = sandbox::kill_all(&ctx.data, lease.id, &ctx.iso);
+                let n = sandbox::kill_all(scope, &ctx.iso);
                 tracing::info!(lease = lease.id, killed = n, "lease ended");
                 break;
             }
@@ -395,6 +438,52 @@ async fn run_lease(
         ctx.running.lock().map(|mut r| r.remove(&w.task.id)).ok();
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // Nothing of the lease runs any more: its uid may serve another.
+    ctx.users.release(lease.id);
+}
+
+/// The lease's identity and its sandbox, made for it. `None` (reported on
+/// its task) when either cannot be had; `Some(None)` means "as the agent".
+fn sandbox_for(
+    ctx: &Ctx,
+    lease: &LeaseInfo,
+    task: Option<&TaskInfo>,
+    dir: &std::path::Path,
+) -> Option<Option<Identity>> {
+    let made = ctx
+        .users
+        .assign(
+            lease.id,
+            &lease.principal,
+            users::owner(dir),
+            users::uid_busy,
+        )
+        .and_then(|user| {
+            sandbox::prepare(dir, user)
+                .map(|()| user)
+                .map_err(|e| format!("cannot make the sandbox {}: {e}", dir.display()))
+        });
+    match made {
+        Ok(user) => Some(user),
+        Err(e) => {
+            tracing::warn!(lease = lease.id, error = %e, "the lease cannot run here");
+            if let Some(t) = task {
+                let _ = ctx.reports.send(Report {
+                    task: t.id,
+                    state: "failed",
+                    exit_code: None,
+                    starts: t.starts,
+                    health: String::new(),
+                    message: e,
+                    usage: None,
+                    ports: BTreeMap::new(),
+                    artifact: String::new(),
+                });
+            }
+            ctx.users.release(lease.id);
+            None
+        }
+    }
 }
 
 /// A task's processes within its lease.
@@ -468,9 +557,19 @@ impl Work {
     }
 
     /// Reports what the task's processes use now.
-    fn sample(&mut self) {
-        let usage = sandbox::usage(&self.ctx.data, self.lease);
+    fn sample(&mut self, scope: &Scope) {
+        let usage = sandbox::usage(scope);
         self.send("running", None, String::new(), Some(usage), String::new());
+    }
+
+    /// Rotates the task's log files that reached their limit.
+    fn trim_logs(&self) {
+        let dir = self.logs();
+        for name in ["stdout", "stderr"] {
+            if let Err(e) = logs::trim(&dir, name, logs::LIMIT) {
+                tracing::warn!(task = self.task.id, error = %e, "cannot rotate a log file");
+            }
+        }
     }
 
     fn send(
@@ -503,18 +602,26 @@ impl Work {
     /// returns its exit code.
     async fn step(&mut self, l: &Launch) -> Option<i32> {
         loop {
+            if self.adopted && self.health.is_none() {
+                // Checks go on where the earlier life of the agent left them.
+                self.start_health(l);
+            }
             if self.child.is_some() || self.adopted {
-                return self.wait().await;
+                return self.wait(&l.scope).await;
             }
             let Some(at) = self.next_start.filter(|_| !self.stopping) else {
                 return std::future::pending().await;
             };
+            // Cancellation-safe: this future is dropped whenever the runner
+            // wakes for something else, so the start stays due until it
+            // happened (a fetch cut short is done again; it checks first).
             tokio::time::sleep(until(at)).await;
-            self.next_start = None;
             if let Err(e) = self.fetch_artifact(l).await {
+                self.next_start = None;
                 self.report("failed", None, e);
                 return std::future::pending().await;
             }
+            self.next_start = None;
             self.start(l);
         }
     }
@@ -544,38 +651,19 @@ impl Work {
                     .insert(format!("PORT_{}", name.to_ascii_uppercase()), p.to_string());
             }
         }
-        match sandbox::spawn(&l, &self.ctx.iso, &argv, Stdio::piped(), Stdio::piped()) {
-            Ok(mut child) => {
+        let spawned = logs::open(&dir, "stdout")
+            .and_then(|out| Ok((out, logs::open(&dir, "stderr")?)))
+            .and_then(|(out, err)| {
+                sandbox::spawn(&l, &self.ctx.iso, &argv, out.into(), err.into())
+            });
+        match spawned {
+            Ok(child) => {
                 self.starts += 1;
-                if let Some(out) = child.stdout.take() {
-                    tokio::spawn(logs::capture(out, dir.clone(), "stdout", logs::LIMIT));
-                }
-                if let Some(err) = child.stderr.take() {
-                    tokio::spawn(logs::capture(err, dir.clone(), "stderr", logs::LIMIT));
-                }
                 if let Ok(mut r) = self.ctx.running.lock() {
                     r.insert(self.task.id);
                 }
                 self.child = Some(child);
-                let first = self
-                    .task
-                    .ports
-                    .first()
-                    .and_then(|n| self.ports.get(n))
-                    .copied();
-                self.health = self.amp.health().map(|mut c| {
-                    // Port 0: the task's first named port.
-                    if let (
-                        Some(p),
-                        crate::health::Probe::Http { port, .. }
-                        | crate::health::Probe::Tcp { port },
-                    ) = (first, &mut c.probe)
-                        && *port == 0
-                    {
-                        *port = p;
-                    }
-                    crate::health::Monitor::start(c, l.dir.clone())
-                });
+                self.start_health(&l);
                 self.report("running", None, String::new());
             }
             Err(e) => {
@@ -588,25 +676,57 @@ impl Work {
         }
     }
 
-    /// Waits for the process to exit (or, when adopted, for its pids to
-    /// go), reporting health changes meanwhile.
-    async fn wait(&mut self) -> Option<i32> {
-        if self.adopted {
-            while !sandbox::lease_pids(&self.ctx.data, self.lease).is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    /// Starts the amp's health check, if it has one, on the task's ports.
+    fn start_health(&mut self, l: &Launch) {
+        let first = self
+            .task
+            .ports
+            .first()
+            .and_then(|n| self.ports.get(n))
+            .copied();
+        self.health = self.amp.health().map(|mut c| {
+            // Port 0: the task's first named port.
+            if let (
+                Some(p),
+                crate::health::Probe::Http { port, .. } | crate::health::Probe::Tcp { port },
+            ) = (first, &mut c.probe)
+                && *port == 0
+            {
+                *port = p;
             }
-            self.adopted = false;
-            return self.exit_file_code().or(Some(-1));
-        }
+            crate::health::Monitor::start(c, l.clone(), self.ctx.iso.clone())
+        });
+    }
+
+    /// Waits for the process to exit (or, when adopted, for the lease's
+    /// processes to go), reporting health changes meanwhile.
+    async fn wait(&mut self, scope: &Scope) -> Option<i32> {
         loop {
-            let Some(h) = self.health.as_mut() else {
-                return wait_child(self.child.as_mut()).await;
-            };
-            tokio::select! {
-                st = h.changed() => {
-                    self.report("running", None, format!("health: {st}"));
+            let adopted = self.adopted;
+            let child = &mut self.child;
+            let exit = async move {
+                if adopted {
+                    while !sandbox::lease_pids(scope).is_empty() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    None
+                } else {
+                    wait_child(child.as_mut()).await
                 }
-                code = wait_child(self.child.as_mut()) => return code,
+            };
+            let health = match self.health.as_mut() {
+                None => Err(exit.await),
+                Some(h) => tokio::select! {
+                    st = h.changed() => Ok(st),
+                    code = exit => Err(code),
+                },
+            };
+            match health {
+                Ok(st) => self.report("running", None, format!("health: {st}")),
+                Err(_) if std::mem::take(&mut self.adopted) => {
+                    return self.exit_file_code().or(Some(-1));
+                }
+                Err(code) => return code,
             }
         }
     }
@@ -614,14 +734,21 @@ impl Work {
     /// Where the wrapper writes the exit code: in the lease's sandbox, so a
     /// task placed again on this node never reads an older run's code.
     fn exit_file(&self) -> PathBuf {
-        sandbox::lease_dir(&self.ctx.data, self.lease)
+        sandbox::lease_dir(&self.ctx.sandboxes, self.lease)
             .join(format!(".charter-exit-{}", self.task.id))
     }
 
+    /// The code the wrapper wrote (its file is the sandbox user's: read
+    /// without following a link).
     fn exit_file_code(&self) -> Option<i32> {
-        std::fs::read_to_string(self.exit_file())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        use std::io::Read;
+        let mut text = String::new();
+        sandbox::open_own(&self.exit_file(), None)
+            .ok()?
+            .take(32)
+            .read_to_string(&mut text)
+            .ok()?;
+        text.trim().parse().ok()
     }
 
     /// Puts the task's artifact in the sandbox before its first start.
@@ -630,8 +757,14 @@ impl Work {
         if t.artifact_in.is_empty() {
             return Ok(());
         }
+        if !charter_config::limits::file_name(&t.artifact_name) {
+            return Err(format!(
+                "the artifact's file name {:?} is not a plain file name",
+                t.artifact_name
+            ));
+        }
         let dest = l.dir.join(&t.artifact_name);
-        if dest.is_file() {
+        if sandbox::open_own(&dest, l.user).is_ok() {
             return Ok(());
         }
         let servers = self
@@ -639,16 +772,26 @@ impl Work {
             .servers
             .as_ref()
             .ok_or("this agent has no servers to fetch from")?;
-        crate::artifact::fetch(servers, &t.artifact_in, &dest).await
+        crate::artifact::fetch(servers, &t.artifact_in, &dest, l.user).await
     }
 
     /// Stores a finished build's artifact; the task succeeds only then.
-    async fn store_artifact(&self) -> Result<String, String> {
+    async fn store_artifact(&self, l: &Launch) -> Result<String, String> {
         let t = &self.task;
-        let file = sandbox::lease_dir(&self.ctx.data, self.lease).join(&t.artifact_out);
-        if !file.is_file() {
+        if !charter_config::limits::relative_path(&t.artifact_out) {
             return Err(format!(
-                "the build exited 0 but left no artifact at {}",
+                "the artifact path {:?} is not a relative path inside the sandbox",
+                t.artifact_out
+            ));
+        }
+        let app = t.env.get("CHARTER_APP").map_or("default", String::as_str);
+        if !charter_config::limits::name(app) {
+            return Err(format!("CHARTER_APP {app:?} is not an app name"));
+        }
+        let file = l.dir.join(&t.artifact_out);
+        if sandbox::open_own(&file, l.user).is_err() {
+            return Err(format!(
+                "the build exited 0 but left no artifact at {} (a regular file of the build's own)",
                 t.artifact_out
             ));
         }
@@ -657,14 +800,13 @@ impl Work {
             .servers
             .as_ref()
             .ok_or("this agent has no servers to store in")?;
-        let app = t.env.get("CHARTER_APP").map_or("default", String::as_str);
-        let (sha, copies) = crate::artifact::upload(servers, app, &file).await?;
+        let (sha, copies) = crate::artifact::upload(servers, (app, t.id), &file, l.user).await?;
         tracing::info!(task = t.id, sha256 = %sha, copies, "artifact stored");
         Ok(sha)
     }
 
     /// Decides what follows an exit: done, or another start after a backoff.
-    async fn exited(&mut self, status: Option<i32>) {
+    async fn exited(&mut self, status: Option<i32>, l: &Launch) {
         self.child = None;
         if let Some(h) = self.health.take() {
             h.stop();
@@ -684,7 +826,7 @@ impl Work {
             Next::Done { state, why }
                 if state == "succeeded" && !self.task.artifact_out.is_empty() =>
             {
-                match self.store_artifact().await {
+                match self.store_artifact(l).await {
                     Ok(sha) => self.send(state, code, why, None, sha),
                     Err(e) => self.report("failed", code, e),
                 }

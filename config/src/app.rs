@@ -25,6 +25,7 @@
 //! command = ["./hello"]
 //! ports = ["http"]                   # PORT (the first) and PORT_HTTP in its env
 //! env = { GREETING = "hi" }
+//! secret_env = { API_KEY = "…" }      # like env, shown as (hidden) to others
 //!
 //! [health]
 //! http = "/healthz"                  # or tcp = true; checked on the first port
@@ -102,6 +103,9 @@ pub struct RunConfig {
     pub ports: Vec<String>,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// Extra environment only the app's owner and admins read back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
 }
 
 /// Health of a running version.
@@ -229,7 +233,14 @@ impl AppConfig {
                         if p.is_empty() { vec!["http".into()] } else { p }
                     },
                     env: r.str_map("env"),
+                    secret_env: r.str_map("secret_env"),
                 };
+                if let Some(k) = out.secret_env.keys().find(|k| out.env.contains_key(*k)) {
+                    r.error_at("secret_env", format!("{k} is in env too; keep it in one"));
+                }
+                if let Err(e) = crate::limits::env(out.env.iter().chain(&out.secret_env)) {
+                    r.error_at("env", e);
+                }
                 r.finish();
                 Some(out)
             }

@@ -112,6 +112,15 @@ impl LeaseConfig {
             );
         }
         let reason = f.str("reason").unwrap_or_default();
+        let limited = [
+            ("reason", crate::limits::reason(&reason)),
+            ("constraints", crate::limits::constraints(&constraints)),
+        ];
+        for (key, r) in limited {
+            if let Err(e) = r {
+                f.error_at(key, e);
+            }
+        }
         let gpus = match gpus.map(u32::try_from) {
             Some(Ok(g)) => g,
             Some(Err(_)) => {

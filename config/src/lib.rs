@@ -4,6 +4,7 @@
 //! - [`units`]: durations (`30s 15m 2h 1d`), sizes (`512MiB 4GiB`), cores (`2`, `0.5`, `"500m"`).
 //! - [`reader`]: a spanned TOML reader that collects *every* error with file,
 //!   line and field, and what was expected.
+//! - [`limits`]: allowed characters and sizes of names and fields.
 //! - [`constraint`]: label constraints (`gpu=a100`, `zone in (a,b)`, `cuda>=12`).
 //! - [`lease`], [`node`], [`server`], [`task`]: the config kinds.
 //! - [`canonical`]: canonical serialisation and the sha256 content hash.
@@ -19,6 +20,7 @@ pub mod deployment;
 mod error;
 pub mod fingerprint;
 pub mod lease;
+pub mod limits;
 pub mod node;
 pub mod reader;
 pub mod server;

@@ -37,12 +37,7 @@ pub struct NodeConfig {
 
 /// Whether `name` is a valid node name: 1–63 of `a-z 0-9 - . _`, starting alphanumeric.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    crate::limits::name(name)
 }
 
 impl NodeConfig {
@@ -54,6 +49,9 @@ impl NodeConfig {
         let disk = f.size("disk").unwrap_or(0);
         let gpus = f.u64("gpu").unwrap_or(0);
         let labels = f.str_map("labels");
+        if let Err(e) = crate::limits::labels(&labels) {
+            f.error_at("labels", e);
+        }
         let pool = f.str("pool").unwrap_or_else(|| "default".into());
         let cost = f.f64("cost").unwrap_or(0.0);
         if let Some(n) = &name

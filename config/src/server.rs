@@ -114,6 +114,9 @@ impl PoolConfig {
         let disk = f.size("disk").unwrap_or(0);
         let gpus = f.u64("gpu").unwrap_or(0);
         let labels = f.str_map("labels");
+        if let Err(e) = crate::limits::labels(&labels) {
+            f.error_at("labels", e);
+        }
         let cost = f.f64("cost").unwrap_or(0.0);
         let kind = f.req_str("provisioner", "\"local\" or \"command\"");
         let argv = f.str_list("command");

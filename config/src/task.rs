@@ -7,6 +7,7 @@
 //! amp = "batch"                 # batch | service
 //! command = ["./report.sh", "--day", "2026-11-22"]
 //! env = { MODE = "full" }
+//! secret_env = { DB_PASSWORD = "…" }  # like env, shown as (hidden) to others
 //! retries = 2                   # batch: further attempts after a failure
 //! restart = "on_failure"        # service: always | on_failure | never
 //! max_restarts = 5              # service: 0 = no limit
@@ -64,6 +65,10 @@ pub struct TaskConfig {
     pub command: Vec<String>,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// Extra environment that only its owner and admins may read back
+    /// (shown as `(hidden)` to anyone else); the process gets it as `env`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     /// Batch: further attempts.
     pub retries: u32,
     /// Service: `always`, `on_failure` or `never`.
@@ -99,7 +104,12 @@ impl TaskConfig {
             name: self.name.clone(),
             amp: self.amp.clone(),
             command: self.command.clone(),
-            env: self.env.clone().into_iter().collect(),
+            env: self
+                .env
+                .iter()
+                .chain(&self.secret_env)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             retries: self.retries,
             restart: self.restart.clone(),
             max_restarts: self.max_restarts,
@@ -130,6 +140,20 @@ impl TaskConfig {
             );
         }
         let env = f.str_map("env");
+        let secret_env = f.str_map("secret_env");
+        if let Some(k) = secret_env.keys().find(|k| env.contains_key(*k)) {
+            f.error_at("secret_env", format!("{k} is in env too; keep it in one"));
+        }
+        let limited = [
+            ("name", crate::limits::text("the name", &name)),
+            ("command", crate::limits::command("the command", &command)),
+            ("env", crate::limits::env(env.iter().chain(&secret_env))),
+        ];
+        for (key, r) in limited {
+            if let Err(e) = r {
+                f.error_at(key, e);
+            }
+        }
         let retries = small(f, "retries", f.u64("retries"));
         let restart = f.str("restart").unwrap_or_else(|| "on_failure".into());
         if !matches!(restart.as_str(), "always" | "on_failure" | "never") {
@@ -152,6 +176,12 @@ impl TaskConfig {
             );
         }
         let ports = f.str_list("ports");
+        if ports.len() > crate::limits::PORTS_MAX {
+            f.error_at(
+                "ports",
+                format!("at most {} named ports", crate::limits::PORTS_MAX),
+            );
+        }
         for p in &ports {
             if !(1..=32).contains(&p.len())
                 || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -168,6 +198,7 @@ impl TaskConfig {
             amp,
             command,
             env,
+            secret_env,
             retries: retries?,
             restart,
             max_restarts: max_restarts?,
@@ -177,6 +208,14 @@ impl TaskConfig {
             lease: lease?,
         })
     }
+}
+
+/// What others than a secret's owner see in its place.
+pub const HIDDEN: &str = "(hidden)";
+
+/// Replaces each value of `env` with [`HIDDEN`].
+pub fn hide(env: &mut BTreeMap<String, String>) {
+    env.values_mut().for_each(|v| *v = HIDDEN.to_string());
 }
 
 impl HealthConfig {

@@ -57,3 +57,63 @@ proptest! {
         }
     }
 }
+
+/// Names and paths made of the characters that matter: separators, dots,
+/// NUL, a few letters and some non-ASCII.
+fn pathish() -> impl Strategy<Value = String> {
+    let atom = prop_oneof![
+        Just("/".to_string()),
+        Just("..".to_string()),
+        Just(".".to_string()),
+        Just("\0".to_string()),
+        Just("a".to_string()),
+        Just("-".to_string()),
+        Just("é".to_string()),
+        "[ -~]{0,4}",
+    ];
+    prop::collection::vec(atom, 0..10).prop_map(|v| v.concat())
+}
+
+proptest! {
+    /// A name that passes is one plain path component; a relative path
+    /// that passes never leaves its directory, however it is joined.
+    #[test]
+    fn names_and_paths_that_pass_stay_inside(s in pathish()) {
+        use charter_config::limits;
+        use std::path::{Component, Path};
+        let inside = |p: &str| {
+            let joined = Path::new("/base").join(p);
+            joined.starts_with("/base")
+                && joined.components().all(|c| !matches!(c, Component::ParentDir))
+                && !p.contains('\0')
+        };
+        if limits::name(&s) {
+            prop_assert!(limits::file_name(&s) && inside(&s) && !s.contains('/'));
+            prop_assert!(s.len() <= 63 && !s.starts_with('.'));
+        }
+        if limits::file_name(&s) {
+            prop_assert!(inside(&s) && !s.contains('/'));
+        }
+        if limits::relative_path(&s) {
+            prop_assert!(inside(&s));
+            prop_assert!(Path::new(&s).components().all(|c| matches!(c, Component::Normal(_))));
+        }
+    }
+
+    /// Size checks never panic, and what passes is within the limits.
+    #[test]
+    fn size_checks_hold_their_limits(
+        argv in prop::collection::vec("[ -~]{0,40}", 0..20),
+        env in prop::collection::btree_map("[A-Za-z_0-9=-]{0,6}", "[ -~]{0,30}", 0..20),
+        reason in "[ -~]{0,2000}",
+    ) {
+        use charter_config::limits;
+        if limits::command("c", &argv).is_ok() {
+            prop_assert!(argv.iter().map(String::len).sum::<usize>() <= limits::COMMAND_MAX);
+        }
+        if limits::env(&env).is_ok() {
+            prop_assert!(env.keys().all(|k| limits::env_key(k) && !k.contains('=')));
+        }
+        prop_assert_eq!(limits::reason(&reason).is_ok(), reason.len() <= limits::REASON_MAX);
+    }
+}

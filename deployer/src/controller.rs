@@ -31,6 +31,10 @@ pub const SERVER_LEASE_MS: u64 = 3_600_000;
 pub const WAIT_MS: u64 = 10 * 60_000;
 /// The build's output kept on record when it fails.
 pub const LOG_TAIL: usize = 8 << 10;
+/// A fetch's result: the full commit, and the active commit it is an
+/// ancestor of (a push that would roll back), if it is.
+type Fetched = (String, Option<String>);
+
 /// How a build runs in its sandbox: clone, check out, run the command.
 const BUILD_SCRIPT: &str = "set -e\ngit clone --quiet -- \"$1\" src\ncd src\ngit -c advice.detachedHead=false checkout --quiet --detach \"$2\"\nshift 2\nexec \"$@\"";
 
@@ -66,7 +70,9 @@ struct Poll {
 struct Controller {
     opts: Options,
     servers: Servers,
-    fetching: HashMap<u64, JoinHandle<Result<String, String>>>,
+    /// Fetches under way: each resolves the commit and, for a push, the
+    /// active commit it is an ancestor of (if it is).
+    fetching: HashMap<u64, JoinHandle<Result<Fetched, String>>>,
     polls: HashMap<String, Poll>,
     polling: Option<JoinHandle<Vec<Head>>>,
 }
@@ -178,7 +184,11 @@ impl Controller {
             let action = pipeline::next(&desired(&app.config), d, &v.tasks, built, now);
             let fetching = action == Action::Fetch && self.fetching.contains_key(&d.id);
             acted |= action != Action::Wait && !fetching;
-            if let Err(e) = self.act(&app.config, d, action).await {
+            let active = app
+                .active
+                .and_then(|a| v.deployments.iter().find(|x| x.id == a))
+                .map(|x| x.commit.as_str());
+            if let Err(e) = self.act(&app.config, d, action, active).await {
                 tracing::warn!(deployment = d.id, app = %d.app, error = %e, "a deployment step did not go through; retrying");
             }
         }
@@ -192,13 +202,26 @@ impl Controller {
         acted
     }
 
-    async fn act(&mut self, app: &AppConfig, d: &Deployment, action: Action) -> Result<(), String> {
+    /// Carries out `action` for `d`; `active` is the app's active commit.
+    async fn act(
+        &mut self,
+        app: &AppConfig,
+        d: &Deployment,
+        action: Action,
+        active: Option<&str>,
+    ) -> Result<(), String> {
         match action {
             Action::Wait => Ok(()),
             Action::Fetch => {
                 let Some(h) = self.fetching.get(&d.id) else {
                     let (repo, branch, commit) =
                         (app.repo.clone(), app.branch.clone(), d.commit.clone());
+                    // A push never rolls back: a pushed commit that the
+                    // active version already contains deploys nothing (an
+                    // old push replayed with a new delivery id, say).
+                    let behind_of = active
+                        .filter(|_| d.trigger == "webhook")
+                        .map(str::to_string);
                     let mirror = self
                         .opts
                         .work
@@ -212,8 +235,15 @@ impl Controller {
                                 std::fs::create_dir_all(dir)
                                     .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
                             }
-                            crate::git::resolve(&repo, &mirror, &commit, &branch)
-                                .map_err(|e| e.to_string())
+                            let c = crate::git::resolve(&repo, &mirror, &commit, &branch)
+                                .map_err(|e| e.to_string())?;
+                            let behind = match behind_of {
+                                Some(a) if a != c => crate::git::is_ancestor(&mirror, &c, &a)
+                                    .map_err(|e| e.to_string())?
+                                    .then_some(a),
+                                _ => None,
+                            };
+                            Ok((c, behind))
                         }),
                     );
                     return Ok(());
@@ -223,8 +253,18 @@ impl Controller {
                 }
                 let h = self.fetching.remove(&d.id).ok_or("fetch vanished")?;
                 let step = match h.await {
-                    Ok(Ok(commit)) => pb::DeployStepRequest {
+                    Ok(Ok((commit, None))) => pb::DeployStepRequest {
                         commit,
+                        ..step_req(d.id, "fetch")
+                    },
+                    Ok(Ok((commit, Some(active)))) => pb::DeployStepRequest {
+                        message: format!(
+                            "pushed commit {} is an ancestor of the active version's {}: a push never rolls back (`charter deploy rollback` does)",
+                            charter_config::deployment::short_commit(&commit),
+                            charter_config::deployment::short_commit(&active),
+                        ),
+                        commit,
+                        behind: true,
                         ..step_req(d.id, "fetch")
                     },
                     Ok(Err(e)) => failed(d.id, "fetch", e),
@@ -291,6 +331,7 @@ impl Controller {
                     .to_string();
                 let mut env = env(app, d);
                 env.extend(app.run.env.clone());
+                env.extend(app.run.secret_env.clone());
                 let pairs = (0..app.servers.max(1))
                     .map(|i| {
                         let lease = pb::LeaseRequest {

@@ -116,6 +116,25 @@ pub fn resolve(repo: &str, mirror: &Path, rev: &str, branch: &str) -> Result<Str
     Ok(out.trim().to_string())
 }
 
+/// Whether commit `a` is an ancestor of commit `b` in the mirror (a commit
+/// is its own ancestor).
+pub fn is_ancestor(mirror: &Path, a: &str, b: &str) -> Result<bool, GitError> {
+    let out = git(&["merge-base", "--is-ancestor", a, b], Some(mirror)).map_err(|e| GitError {
+        what: "merge-base",
+        repo: mirror.display().to_string(),
+        message: format!("cannot run git: {e}; install git"),
+    })?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(GitError {
+            what: "merge-base",
+            repo: mirror.display().to_string(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
+    }
+}
+
 /// The head of `branch` read straight from a local repository's files (a
 /// loose ref, then `packed-refs`), without running git: what polling
 /// hundreds of local apps needs. `None` when `repo` is not a local

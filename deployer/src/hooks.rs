@@ -2,9 +2,11 @@
 //! Gitea or GitLab. The app is the one named by `?app=NAME`, or the one
 //! whose `repo` the payload names. The signature (or token) is checked
 //! against that app's secret; a missing or bad one gets 401, is logged, and
-//! starts nothing. A good one becomes a `Deploy.Trigger` keyed by its
-//! delivery id (a replayed delivery starts nothing) and is answered 202 at
-//! once: the deployment itself is the controller's work.
+//! starts nothing. A good one must carry its delivery id (400 without one)
+//! and becomes a `Deploy.Trigger` keyed by it (a replayed delivery starts
+//! nothing; an old body replayed under a new id is stopped at fetch, since
+//! its commit is an ancestor of the active one), answered 202 at once: the
+//! deployment itself is the controller's work.
 
 use crate::webhook;
 use axum::Router;
@@ -123,11 +125,11 @@ async fn hook(
         }
     }
     let Some((app, push)) = push else {
-        let e = refusal.map(|e| e.to_string()).unwrap_or_default();
-        let code = match e.as_str() {
-            x if x.starts_with("not a push") => StatusCode::BAD_REQUEST,
+        let code = match &refusal {
+            Some(r) if r.bad_request() => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNAUTHORIZED,
         };
+        let e = refusal.map(|e| e.to_string()).unwrap_or_default();
         tracing::warn!(apps = ?candidates.iter().map(|a| &a.name).collect::<Vec<_>>(), error = %e, "webhook refused");
         return answer(code, json!({"error": e}));
     };

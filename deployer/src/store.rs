@@ -52,9 +52,25 @@ impl Store {
         (is_key(key) && p.is_file()).then_some(p)
     }
 
+    /// The file listing `app`'s versions. The name becomes a path here, so
+    /// it is checked here: one component of an app name, never `..` or `/`.
+    fn list(&self, app: &str) -> std::io::Result<PathBuf> {
+        if !charter_config::limits::name(app) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "app name {:?}: {}",
+                    app.chars().take(64).collect::<String>(),
+                    charter_config::limits::NAME_RULE
+                ),
+            ));
+        }
+        Ok(self.root.join("apps").join(app))
+    }
+
     /// The versions of `app`, oldest first.
     pub fn versions(&self, app: &str) -> std::io::Result<Vec<String>> {
-        match std::fs::read_to_string(self.root.join("apps").join(app)) {
+        match std::fs::read_to_string(self.list(app)?) {
             Ok(t) => Ok(t.lines().filter(|l| is_key(l)).map(String::from).collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -72,6 +88,7 @@ impl Store {
         keep: usize,
         pinned: &[String],
     ) -> std::io::Result<String> {
+        let list = self.list(app)?;
         let key = sha256_file(src)?;
         let dst = self.root.join("sha256").join(&key);
         if dst.is_file() {
@@ -91,14 +108,15 @@ impl Store {
             }
             !drop
         });
-        self.write_list(app, &v)?;
+        self.write_list(&list, &v)?;
         self.collect()?;
         Ok(key)
     }
 
-    fn write_list(&self, app: &str, keys: &[String]) -> std::io::Result<()> {
-        let path = self.root.join("apps").join(app);
-        let tmp = self.root.join("apps").join(format!(".{app}.tmp"));
+    fn write_list(&self, path: &Path, keys: &[String]) -> std::io::Result<()> {
+        // `.NAME.tmp`: a leading dot is never an app name.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
         for k in keys {
             writeln!(f, "{k}")?;
@@ -112,7 +130,8 @@ impl Store {
         let mut live = std::collections::BTreeSet::new();
         for e in std::fs::read_dir(self.root.join("apps"))? {
             let name = e?.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') {
+            // A list, not a half-written `.NAME.tmp`.
+            if charter_config::limits::name(&name) {
                 live.extend(self.versions(&name)?);
             }
         }
@@ -174,5 +193,49 @@ mod tests {
         // Bytes that do not match their key fail verification.
         std::fs::write(s.path(&a2).unwrap(), "tampered").unwrap();
         assert!(!verify(&s.path(&a2).unwrap(), &a2).unwrap());
+    }
+
+    #[test]
+    fn an_app_name_that_is_a_path_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let outside = dir.path().join("owned");
+        for app in [
+            "../owned".to_string(),
+            format!("/{}{}", "../".repeat(12), outside.display()),
+            "a/b".into(),
+            String::new(),
+            ".hidden".into(),
+        ] {
+            let src = dir.path().join("upload");
+            std::fs::write(&src, "x").unwrap();
+            let e = s.put(&app, &src, 2, &[]).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{app}");
+            assert!(s.versions(&app).is_err(), "{app}");
+        }
+        assert!(!outside.exists());
+        let listed: Vec<_> = std::fs::read_dir(dir.path().join("store/apps"))
+            .unwrap()
+            .collect();
+        assert!(listed.is_empty(), "nothing listed: {listed:?}");
+    }
+
+    proptest::proptest! {
+        /// Whatever an app is called, the store writes inside its root.
+        #[test]
+        fn any_app_name_stays_inside_the_store(app in "[./a-z-]{0,12}") {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::open(&dir.path().join("store")).unwrap();
+            let src = dir.path().join("store").join("upload");
+            std::fs::write(&src, "x").unwrap();
+            let _ = s.put(&app, &src, 2, &[]);
+            for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                proptest::prop_assert_eq!(e.file_name(), "store");
+            }
+            for e in std::fs::read_dir(dir.path().join("store/apps")).unwrap().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                proptest::prop_assert!(charter_config::limits::name(&name), "{}", name);
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! Signatures and tokens are compared in constant time. Pure: no IO, no
 //! clock; the HTTP handler passes the lower-cased headers and the body.
 
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::collections::BTreeMap;
 
 /// Where a delivery came from.
@@ -40,6 +40,19 @@ pub enum Refused {
     /// The body is not a push payload.
     #[error("not a push payload: {0}")]
     NotAPush(String),
+    /// No delivery id, or not one Charter keeps: a push without one could be
+    /// a replay, since only the body is signed.
+    #[error(
+        "no usable delivery id (X-GitHub-Delivery, X-Gitea-Delivery or X-Gitlab-Event-UUID: 1-128 printable characters); a push without one could be a replay"
+    )]
+    NoDelivery,
+}
+
+impl Refused {
+    /// Whether the sender (not the signature) is at fault: answered 400.
+    pub fn bad_request(&self) -> bool {
+        matches!(self, Refused::NotAPush(_) | Refused::NoDelivery)
+    }
 }
 
 /// A verified push.
@@ -57,37 +70,35 @@ pub struct Push {
     pub repo_urls: Vec<String>,
 }
 
-/// HMAC-SHA256 (RFC 2104) of `msg` under `key`.
+/// HMAC-SHA256 (RFC 2104) of `msg` under `key` (the `hmac` crate).
 pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let pad = |b: u8| k.map(|x| x ^ b);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+    use hmac::Mac;
+    // An HMAC takes a key of any length: `new_from_slice` cannot fail.
+    let Ok(mut m) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        unreachable!("HMAC accepts keys of any length")
+    };
+    m.update(msg);
+    m.finalize().into_bytes().into()
 }
 
-/// Equal bytes, in time that depends only on the lengths.
+/// Equal bytes, in time that depends only on the lengths (`subtle`).
 pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// Whether `sig_hex` is the HMAC of `body` under `secret`, checked in
+/// constant time.
 fn signed(sig_hex: &str, secret: &str, body: &[u8]) -> bool {
-    let want = hex::encode(hmac_sha256(secret.as_bytes(), body));
-    constant_eq(
-        sig_hex.trim().to_ascii_lowercase().as_bytes(),
-        want.as_bytes(),
-    )
+    use hmac::Mac;
+    let Ok(sig) = hex::decode(sig_hex.trim()) else {
+        return false;
+    };
+    let Ok(mut m) = hmac::Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    m.update(body);
+    m.verify_slice(&sig).is_ok()
 }
 
 /// The repository URLs a push payload names (GitHub and Gitea put them
@@ -147,6 +158,9 @@ pub fn verify(
     } else {
         return Err(Refused::Unsigned);
     };
+    let delivery = delivery
+        .filter(|d| (1..=128).contains(&d.len()) && d.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or(Refused::NoDelivery)?;
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| Refused::NotAPush(format!("bad JSON: {e}")))?;
     let git_ref = v["ref"]
@@ -164,7 +178,7 @@ pub fn verify(
     let repo_urls = repo_urls(&v);
     Ok(Push {
         provider,
-        delivery: delivery.unwrap_or_default().to_string(),
+        delivery: delivery.to_string(),
         branch,
         commit,
         repo_urls,
@@ -239,6 +253,23 @@ mod tests {
             Err(Refused::Unsigned)
         );
         assert_eq!(verify(&gh, BODY.as_bytes(), ""), Err(Refused::NoSecret));
+        // Only the body is signed: a push without its delivery id, or with
+        // one Charter would not keep, could be a replay.
+        let undelivered = headers(&[("x-hub-signature-256", &format!("sha256={sig}"))]);
+        assert_eq!(
+            verify(&undelivered, BODY.as_bytes(), "s3cret"),
+            Err(Refused::NoDelivery)
+        );
+        let long = "d".repeat(129);
+        let odd = headers(&[
+            ("x-hub-signature-256", &format!("sha256={sig}")),
+            ("x-github-delivery", &long),
+        ]);
+        assert_eq!(
+            verify(&odd, BODY.as_bytes(), "s3cret"),
+            Err(Refused::NoDelivery)
+        );
+        assert!(Refused::NoDelivery.bad_request() && !Refused::Unsigned.bad_request());
     }
 
     proptest::proptest! {
@@ -265,13 +296,19 @@ mod tests {
     fn a_tag_push_or_garbage_is_not_a_push() {
         let body = BODY.replace("refs/heads/main", "refs/tags/v1");
         let sig = hex::encode(hmac_sha256(b"s", body.as_bytes()));
-        let h = headers(&[("x-hub-signature-256", &format!("sha256={sig}"))]);
+        let signed = |sig: &str| {
+            headers(&[
+                ("x-hub-signature-256", &format!("sha256={sig}")),
+                ("x-github-delivery", "d-1"),
+            ])
+        };
+        let h = signed(&sig);
         assert!(matches!(
             verify(&h, body.as_bytes(), "s"),
             Err(Refused::NotAPush(_))
         ));
         let sig = hex::encode(hmac_sha256(b"s", b"{not json"));
-        let h = headers(&[("x-hub-signature-256", &format!("sha256={sig}"))]);
+        let h = signed(&sig);
         assert!(matches!(
             verify(&h, b"{not json", "s"),
             Err(Refused::NotAPush(_))

@@ -49,6 +49,54 @@ pub struct AgentArgs {
     /// Where to serve task logs to the servers (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
+}
+
+/// Who leases run as and where their sandboxes are (`charter agent`, `charter dev`).
+#[derive(ClapArgs, Debug, Clone)]
+pub struct IsolationArgs {
+    /// Uids (and gids) handed to leases when the agent runs as root: each
+    /// live lease gets one of its own.
+    #[arg(long, default_value = "61000-61999")]
+    pub lease_uids: String,
+    /// Run the leases of PRINCIPAL as a fixed system USER (a name, UID or
+    /// UID:GID) instead of a uid of their own, e.g. --run-as ann=ann; repeat
+    /// for more.
+    #[arg(long = "run-as", value_name = "PRINCIPAL=USER")]
+    pub run_as: Vec<String>,
+    /// Where leases' sandboxes go (default: DATA/leases, or
+    /// /var/lib/charter/sandboxes/… when a lease's user cannot reach DATA).
+    #[arg(long)]
+    pub sandboxes: Option<PathBuf>,
+}
+
+impl IsolationArgs {
+    /// The parsed uid range and fixed users.
+    pub fn parse(
+        &self,
+    ) -> anyhow::Result<(
+        (u32, u32),
+        std::collections::BTreeMap<String, charter_agent::users::Identity>,
+    )> {
+        use charter_agent::users;
+        let range = users::parse_range(&self.lease_uids).map_err(|e| {
+            fail(
+                format!("bad --lease-uids `{}`", self.lease_uids),
+                e,
+                "pass a range like --lease-uids 61000-61999",
+            )
+        })?;
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let run_as = users::parse_run_as(&self.run_as, &passwd).map_err(|e| {
+            fail(
+                "bad --run-as",
+                e,
+                "pass PRINCIPAL=USER with a user of this machine, like --run-as ann=ann",
+            )
+        })?;
+        Ok((range, run_as))
+    }
 }
 
 /// This machine's name, if it is a valid node name, else `node`.
@@ -141,7 +189,11 @@ pub async fn run(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
         .split(',')
         .map(str::to_string)
         .collect();
+    let (lease_uids, run_as) = a.isolation.parse()?;
     let opts = AgentOptions {
+        sandboxes: a.isolation.sandboxes.clone(),
+        lease_uids,
+        run_as,
         servers,
         token: find_token(g),
         name: name.clone(),

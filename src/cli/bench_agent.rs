@@ -88,8 +88,9 @@ impl Drop for AgentProc {
 }
 
 /// The `expiry` scenario.
-/// A `charter agent` process named `bench` offering 64 cores to `c`.
-pub fn start_agent(exe: &Path, c: &Cluster) -> anyhow::Result<AgentProc> {
+/// A `charter agent` process named `bench` offering 64 cores to `c`, with
+/// `extra` flags.
+pub fn start_agent(exe: &Path, c: &Cluster, extra: &[&str]) -> anyhow::Result<AgentProc> {
     let dir = c.dir.path().join("agent");
     std::fs::create_dir_all(&dir)?;
     let child = Command::new(exe)
@@ -103,6 +104,7 @@ pub fn start_agent(exe: &Path, c: &Cluster) -> anyhow::Result<AgentProc> {
             "bench",
         ])
         .args(["--cpu", "64", "--mem", "64GiB", "--disk", "100GiB"])
+        .args(extra)
         .arg("--data")
         .arg(&dir)
         .stdin(Stdio::null())
@@ -124,7 +126,7 @@ pub fn expiry(
     let leader = c
         .wait_leader(Duration::from_secs(20))
         .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
-    let agent = start_agent(exe, &c)?;
+    let agent = start_agent(exe, &c, &[])?;
     let dir = c.dir.path().join("agent");
     let pid = agent.child.id();
     let ch = channel(&c.members[leader].grpc)?;
@@ -206,7 +208,11 @@ pub fn expiry(
             let mut keep = Vec::new();
             for (tid, lid, exp, mut pids) in pending.drain(..) {
                 if pids.is_empty() && now < exp {
-                    pids = charter_agent::sandbox::lease_pids(&dir, lid);
+                    pids = charter_agent::sandbox::lease_pids(&charter_agent::sandbox::Scope {
+                        agent: dir.clone(),
+                        lease: lid,
+                        uid: None,
+                    });
                 }
                 if now < exp || pids.iter().any(|p| alive(*p)) {
                     keep.push((tid, lid, exp, pids));
@@ -392,7 +398,7 @@ pub fn cron(
         Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
     c.wait_leader(Duration::from_secs(20))
         .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
-    let _agent = start_agent(exe, &c)?;
+    let _agent = start_agent(exe, &c, &[])?;
     let servers: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
     let conn = charter_proto::conn::Servers::new(&servers, Some(TOKEN.to_string()))
         .map_err(|e| fail("bad bench addresses", e, ""))?;

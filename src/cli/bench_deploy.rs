@@ -67,7 +67,10 @@ pub fn deploy(
         Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
     c.wait_leader(Duration::from_secs(20))
         .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
-    let _agent = super::bench_agent::start_agent(exe, &c)?;
+    // Builds run as the apps' owner, the bench's admin `root`, mapped to
+    // the system's root: a toolchain under /root (0700) is out of reach of
+    // a lease's own uid.
+    let _agent = super::bench_agent::start_agent(exe, &c, &["--run-as", "root=root"])?;
     let servers: Vec<String> = c.members.iter().map(|m| m.grpc.clone()).collect();
     let conn = charter_proto::conn::Servers::new(&servers, Some(TOKEN.to_string()))
         .map_err(|e| fail("bad bench addresses", e, ""))?;

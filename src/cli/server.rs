@@ -86,6 +86,8 @@ pub struct DevArgs {
     /// Do not run the deployer.
     #[arg(long)]
     pub no_deployer: bool,
+    #[command(flatten)]
+    pub isolation: super::agent::IsolationArgs,
 }
 
 /// `charter deployer`: the deployer on its own, for members started with --no-deployer.
@@ -192,7 +194,12 @@ pub async fn run_hydra(g: &super::client::Global) -> anyhow::Result<i32> {
 }
 
 /// The agent `charter dev` runs in its own process: this machine, detected.
-fn dev_agent(data: &Path, token: Option<String>) -> anyhow::Result<AgentOptions> {
+fn dev_agent(
+    data: &Path,
+    token: Option<String>,
+    iso: &super::agent::IsolationArgs,
+) -> anyhow::Result<AgentOptions> {
+    let (lease_uids, run_as) = iso.parse()?;
     let dir = data.join("agent");
     std::fs::create_dir_all(&dir).map_err(|e| {
         fail(
@@ -222,6 +229,9 @@ fn dev_agent(data: &Path, token: Option<String>) -> anyhow::Result<AgentOptions>
         ttl: Duration::from_secs(10),
         data: dir,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        sandboxes: iso.sandboxes.clone(),
+        lease_uids,
+        run_as,
     })
 }
 
@@ -317,6 +327,19 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
             format!("cannot create data directory {}", dir.display()),
             e.to_string(),
             "pass --data with a directory you can write",
+        )
+    })?;
+    // Only this member's user may read what is kept here (the raft log,
+    // the state with agents' secrets and webhook secrets, artifacts).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        fail(
+            format!(
+                "cannot make data directory {} private (0700)",
+                dir.display()
+            ),
+            e.to_string(),
+            "pass --data with a directory you own",
         )
     })?;
     let probe = dir.join(".charter-write-test");
@@ -559,7 +582,7 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
     let agent = if a.no_agent {
         None
     } else {
-        Some(dev_agent(&data, tokens.peer_token())?)
+        Some(dev_agent(&data, tokens.peer_token(), &a.isolation)?)
     };
     let store = artifacts(&data)?;
     let opts = ServerOptions {

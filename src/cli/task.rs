@@ -208,6 +208,7 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
             amp: "batch".into(),
             command: Vec::new(),
             env: Default::default(),
+            secret_env: Default::default(),
             retries: 0,
             restart: "on_failure".into(),
             max_restarts: 0,

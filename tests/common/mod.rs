@@ -111,6 +111,8 @@ pub struct Agent {
     pub name: String,
     pub data: std::path::PathBuf,
     pub servers: String,
+    /// Its flags, kept for a restart.
+    pub flags: Vec<String>,
 }
 
 impl Agent {
@@ -120,6 +122,9 @@ impl Agent {
 
     /// [`Agent::start`] with other flags (`--ttl`, `--label`, …).
     pub fn start_with(servers: &str, name: &str, data: &Path, flags: &[&str]) -> Agent {
+        if let Some(parent) = data.parent() {
+            open_like_tmp(parent);
+        }
         let log = std::fs::File::create(data.with_extension("log")).unwrap();
         let child = Command::new(BIN)
             .args([
@@ -140,6 +145,7 @@ impl Agent {
             name: name.into(),
             data: data.to_path_buf(),
             servers: servers.into(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         }
     }
 
@@ -154,10 +160,13 @@ impl Agent {
 
     pub fn restart(&mut self) {
         self.kill9();
-        *self = Agent::start(
+        let flags = std::mem::take(&mut self.flags);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        *self = Agent::start_with(
             &self.servers.clone(),
             &self.name.clone(),
             &self.data.clone(),
+            &flags,
         );
     }
 }
@@ -180,6 +189,25 @@ impl Drop for Agent {
     }
 }
 
+/// Opens a test's directory like `/tmp` (1777). Tests run as root, so an
+/// agent gives each lease a user of its own: the lease's processes can
+/// then write the files the test reads (`ran.txt`, pid files) and reach
+/// their sandbox under the agent's data directory below this one, while
+/// the agent's own files stay its own (0700/0600).
+pub fn open_like_tmp(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+/// An empty file every lease may append to (each lease is a user of its
+/// own, so a file one lease made would be closed to the next).
+pub fn shared_file(path: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, "").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    path.to_path_buf()
+}
+
 /// Polls `f` every 50 ms until it gives a value; panics after `within`.
 pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let t = Instant::now();
@@ -197,7 +225,12 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
 
 /// Starts an agent named `name` under `dir` and waits until it registered.
 pub fn agent(c: &Cluster, dir: &Path, name: &str) -> Agent {
-    let a = Agent::start(&c.servers(), name, &dir.join(name));
+    agent_with(c, dir, name, &["--ttl", "3s"])
+}
+
+/// [`agent`] with other flags.
+pub fn agent_with(c: &Cluster, dir: &Path, name: &str, flags: &[&str]) -> Agent {
+    let a = Agent::start_with(&c.servers(), name, &dir.join(name), flags);
     wait_for("the agent to register", Duration::from_secs(20), || {
         node_names(&json_ok(&c.cli(&["node", "list", "--json"])))
             .contains(&name.to_string())

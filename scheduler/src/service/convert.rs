@@ -4,6 +4,7 @@ use crate::state::{
     Amp, Check, Constraint, Health, Lease, LeaseSpec, Node, PoolOffer, Prefer, Quota, Resources,
     Restart, Task, TaskSpec,
 };
+use charter_config::limits;
 use charter_proto as pb;
 use std::collections::BTreeMap;
 use tonic::Status;
@@ -80,11 +81,19 @@ pub fn lease(l: &Lease) -> pb::Lease {
             .iter()
             .flat_map(|(n, ids)| ids.iter().map(move |g| format!("{n}:{g}")))
             .collect(),
+        duration_ms: l.spec.duration_ms,
     }
+}
+
+/// A limit of [`charter_config::limits`] as `INVALID_ARGUMENT`.
+fn within(r: Result<(), String>) -> Result<(), Status> {
+    r.map_err(|e| Status::invalid_argument(format!("{e}; nothing was changed")))
 }
 
 /// A lease request from the wire, checked: every problem is `INVALID_ARGUMENT`.
 pub fn lease_spec(r: pb::LeaseRequest) -> Result<LeaseSpec, Status> {
+    within(limits::reason(&r.reason))?;
+    within(limits::constraints(&r.constraints))?;
     if r.duration_ms == 0 {
         return Err(Status::invalid_argument(
             "lease duration is zero; pass --for, e.g. --for 2h",
@@ -218,6 +227,29 @@ fn task_spec_out(s: &TaskSpec) -> pb::TaskSpec {
 /// Reads and checks a task spec from the wire.
 pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
     let bad = |m: String| Err(Status::invalid_argument(m));
+    within(limits::text("the task's name", &s.name))?;
+    within(limits::command("the command", &s.command))?;
+    within(limits::env(&s.env))?;
+    if let Some(app) = s.env.get("CHARTER_APP")
+        && !limits::name(app)
+    {
+        return bad(format!(
+            "CHARTER_APP {:?} is not an app name ({})",
+            app.chars().take(64).collect::<String>(),
+            limits::NAME_RULE
+        ));
+    }
+    if s.ports.len() > limits::PORTS_MAX {
+        return bad(format!(
+            "{} named ports; at most {}",
+            s.ports.len(),
+            limits::PORTS_MAX
+        ));
+    }
+    if let Some(h) = &s.health {
+        within(limits::command("the health check's command", &h.argv))?;
+        within(limits::text("the health check's path", &h.path))?;
+    }
     let amp = Amp::parse(&s.amp).map_err(Status::invalid_argument)?;
     if s.command.is_empty() || s.command[0].trim().is_empty() {
         return bad(
@@ -306,14 +338,10 @@ pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
             s.ports
         },
         artifact_out: {
-            let p = std::path::Path::new(&s.artifact_out);
-            if p.is_absolute()
-                || p.components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
+            if !s.artifact_out.is_empty() && !limits::relative_path(&s.artifact_out) {
                 return bad(format!(
-                    "artifact_out `{}` must be a path inside the task's sandbox, like out/app",
-                    s.artifact_out
+                    "artifact_out {:?} must be a relative path inside the task's sandbox (no `..`), like out/app",
+                    s.artifact_out.chars().take(64).collect::<String>()
                 ));
             }
             s.artifact_out
@@ -327,17 +355,15 @@ pub fn task_spec(s: pb::TaskSpec) -> Result<TaskSpec, Status> {
             if !ok {
                 return bad(format!(
                     "artifact_in `{}` is not a sha256 (64 lower-case hex digits)",
-                    s.artifact_in
+                    s.artifact_in.chars().take(64).collect::<String>()
                 ));
             }
             if !s.artifact_in.is_empty()
-                && (s.artifact_name.is_empty()
-                    || s.artifact_name.contains('/')
-                    || s.artifact_name.starts_with('.'))
+                && (!limits::file_name(&s.artifact_name) || s.artifact_name.starts_with('.'))
             {
                 return bad(format!(
-                    "artifact_name `{}` must be a plain file name, like app",
-                    s.artifact_name
+                    "artifact_name {:?} must be a plain file name, like app",
+                    s.artifact_name.chars().take(64).collect::<String>()
                 ));
             }
             s.artifact_in

@@ -38,8 +38,13 @@ pub fn run_pb(r: &CronRun) -> pb::CronRun {
     }
 }
 
-/// A job in wire form, with its newest run.
-fn job_pb(s: &State, j: &CronJob) -> pb::CronJob {
+/// A job in wire form, with its newest run, as `who` may see it: its
+/// `secret_env` values are hidden from anyone but its owner and admins.
+fn job_pb(s: &State, j: &CronJob, who: &Principal) -> pb::CronJob {
+    let mut config = j.config.clone();
+    if !who.admin && who.name != j.owner {
+        charter_config::task::hide(&mut config.task.secret_env);
+    }
     let last = s
         .cron_runs
         .get(&j.config.name)
@@ -47,7 +52,7 @@ fn job_pb(s: &State, j: &CronJob) -> pb::CronJob {
         .map(run_pb);
     pb::CronJob {
         name: j.config.name.clone(),
-        definition: String::from_utf8_lossy(&charter_config::canonical::to_bytes(&j.config))
+        definition: String::from_utf8_lossy(&charter_config::canonical::to_bytes(&config))
             .into_owned(),
         version: j.version.clone(),
         owner: j.owner.clone(),
@@ -66,9 +71,9 @@ fn run_reply(a: Applied) -> Result<Response<pb::CronRun>, Status> {
     }
 }
 
-fn job_reply(s: &State, a: Applied) -> Result<Response<pb::CronJob>, Status> {
+fn job_reply(s: &State, a: Applied, who: &Principal) -> Result<Response<pb::CronJob>, Status> {
     match a {
-        Applied::CronJob(j) => Ok(Response::new(job_pb(s, &j))),
+        Applied::CronJob(j) => Ok(Response::new(job_pb(s, &j, who))),
         other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
     }
 }
@@ -204,10 +209,10 @@ impl pb::cron_server::Cron for Api {
         &self,
         req: Request<pb::ListCronRequest>,
     ) -> Result<Response<pb::ListCronReply>, Status> {
-        let _who = principal(&req)?;
+        let who = principal(&req)?;
         self.barrier(req.get_ref().stale).await?;
         Ok(Response::new(self.member.read(|s| pb::ListCronReply {
-            jobs: s.cron_jobs.values().map(|j| job_pb(s, j)).collect(),
+            jobs: s.cron_jobs.values().map(|j| job_pb(s, j, &who)).collect(),
             version: s.cron_version.clone(),
         })))
     }
@@ -254,7 +259,7 @@ impl pb::cron_server::Cron for Api {
                 },
             )
             .await?;
-        self.member.read(|s| job_reply(s, out))
+        self.member.read(|s| job_reply(s, out, &who))
     }
 
     async fn delete(
@@ -266,7 +271,7 @@ impl pb::cron_server::Cron for Api {
         let out = self
             .submit(&who, &r.idempotency_key, Command::CronDelete { job: r.job })
             .await?;
-        self.member.read(|s| job_reply(s, out))
+        self.member.read(|s| job_reply(s, out, &who))
     }
 
     async fn fire(
@@ -349,7 +354,7 @@ impl pb::cron_server::Cron for Api {
                         }
                     }
                     pb::CronPlanJob {
-                        job: Some(job_pb(s, j)),
+                        job: Some(job_pb(s, j, &who)),
                         runs: plan_runs(s, &j.config.name, from),
                     }
                 })

@@ -139,8 +139,11 @@ pub fn deploy_view(s: &State) -> DeployView {
 /// An app on the wire; its webhook secret only for its applier and admins.
 fn app_pb(a: &App, who: &super::auth::Principal) -> pb::App {
     let mut config = a.config.clone();
-    if !who.admin && who.name != a.applied_by && !config.secret.is_empty() {
-        config.secret = "(hidden)".into();
+    if !who.admin && who.name != a.applied_by {
+        if !config.secret.is_empty() {
+            config.secret = charter_config::task::HIDDEN.into();
+        }
+        charter_config::task::hide(&mut config.run.secret_env);
     }
     pb::App {
         name: a.config.name.clone(),
@@ -339,6 +342,7 @@ impl pb::deploy_server::Deploy for Api {
             commit: r.commit,
             artifact: r.artifact,
             build_log: r.build_log,
+            behind: r.behind,
         });
         let (d, _, _) = deploy_reply(self.submit_unkeyed(&who, cmd).await?)?;
         Ok(Response::new(pb::DeploymentReply {
@@ -389,10 +393,15 @@ impl pb::deploy_server::Deploy for Api {
             .map_err(|e| Status::internal(format!("cannot write {}: {e}", tmp.display())))?;
         let (mut app, mut want, mut size, mut h) =
             (String::new(), String::new(), 0u64, Sha256::new());
+        let member = self.member.clone();
         let result: Result<(), Status> = async {
+            let mut first = true;
             while let Some(c) = stream.next().await {
                 let c = c?;
-                if app.is_empty() {
+                if std::mem::take(&mut first) {
+                    // Only the app the named task builds, checked before a
+                    // byte is written.
+                    member.read(|s| build_of(s, c.task_id, &c.app))?;
                     app = c.app;
                     want = c.sha256;
                 }
@@ -472,6 +481,7 @@ impl pb::deploy_server::Deploy for Api {
                             app: String::new(),
                             sha256: key.clone(),
                             data: buf[..n].to_vec(),
+                            task_id: 0,
                         };
                         if tx.send(Ok(c)).await.is_err() {
                             break;
@@ -490,6 +500,29 @@ impl pb::deploy_server::Deploy for Api {
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Whether task `task` is the build of a deployment of `app`: the only
+/// artifact an upload may store.
+fn build_of(s: &State, task: u64, app: &str) -> Result<(), Status> {
+    if !charter_config::limits::name(app) {
+        return Err(Status::invalid_argument(format!(
+            "app name {:?}: {}",
+            app.chars().take(64).collect::<String>(),
+            charter_config::limits::NAME_RULE
+        )));
+    }
+    let builds = s
+        .deployments
+        .values()
+        .any(|d| d.build_task == Some(task) && d.app == app);
+    if builds {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "task {task} is not a build of app {app}; only a deployment's build stores an artifact"
         )))
     }
 }

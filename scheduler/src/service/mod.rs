@@ -380,14 +380,28 @@ impl pb::nodes_server::Nodes for Api {
         let who = principal(&req)?;
         require_admin(&who, "registering a node")?;
         let r = req.into_inner();
-        if r.name.trim().is_empty() {
-            return Err(Status::invalid_argument("node name is empty; give a NAME"));
+        use charter_config::limits;
+        if !limits::name(&r.name) {
+            return Err(Status::invalid_argument(format!(
+                "node name {:?}: {}",
+                r.name.chars().take(64).collect::<String>(),
+                limits::NAME_RULE
+            )));
         }
+        if !r.pool.is_empty() && !limits::name(&r.pool) {
+            return Err(Status::invalid_argument(format!(
+                "pool name {:?}: {}",
+                r.pool.chars().take(64).collect::<String>(),
+                limits::NAME_RULE
+            )));
+        }
+        let labels: std::collections::BTreeMap<String, String> = r.labels.into_iter().collect();
+        limits::labels(&labels).map_err(Status::invalid_argument)?;
         let cap = r.capacity.unwrap_or_default();
         let cmd = Command::RegisterNode {
             name: r.name,
             capacity: convert::resources_in(&cap),
-            labels: r.labels.into_iter().collect(),
+            labels,
             pool: if r.pool.is_empty() {
                 "default".into()
             } else {

@@ -28,19 +28,69 @@ fn task_reply(a: Applied) -> Result<Response<pb::TaskReply>, Status> {
     }
 }
 
-/// The assignments of `node` in wire form.
-fn assignments(s: &State, node: &str, applied: u64) -> pb::Assignments {
-    pb::Assignments {
-        items: s
-            .assignments(node)
-            .into_iter()
-            .map(|(l, t)| pb::Assignment {
-                task: t.as_ref().map(|t| convert::task(t, Some(&l))),
-                lease: Some(convert::lease(&l)),
-            })
-            .collect(),
+/// Most bytes of one page of a node's assignments (gRPC's default limit
+/// for a message is 4 MiB).
+const PAGE_BYTES: usize = 1 << 20;
+
+/// The assignments of `node` in wire form, in pages of at most about
+/// [`PAGE_BYTES`] (each but the last marked `more`). The agent needs
+/// neither a lease's reason nor its constraints: they are left out.
+fn assignments(s: &State, node: &str, applied: u64) -> Vec<pb::Assignments> {
+    let items = s
+        .assignments(node)
+        .into_iter()
+        .map(|(l, t)| pb::Assignment {
+            task: t.as_ref().map(|t| convert::task(t, Some(&l))),
+            lease: Some(pb::Lease {
+                reason: String::new(),
+                constraints: Vec::new(),
+                ..convert::lease(&l)
+            }),
+        });
+    paged(items, applied, PAGE_BYTES)
+}
+
+/// Splits `items` into pages of at most `max` encoded bytes (a single item
+/// larger than that gets a page of its own); there is always one page.
+fn paged(
+    items: impl Iterator<Item = pb::Assignment>,
+    applied: u64,
+    max: usize,
+) -> Vec<pb::Assignments> {
+    use prost::Message;
+    let page = |items| pb::Assignments {
+        items,
         applied_index: applied,
+        more: true,
+    };
+    let mut pages = Vec::new();
+    let (mut cur, mut bytes) = (Vec::new(), 0usize);
+    for it in items {
+        let n = it.encoded_len() + 8;
+        if !cur.is_empty() && bytes + n > max {
+            pages.push(page(std::mem::take(&mut cur)));
+            bytes = 0;
+        }
+        bytes += n;
+        cur.push(it);
     }
+    pages.push(page(cur));
+    if let Some(last) = pages.last_mut() {
+        last.more = false;
+    }
+    pages
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
@@ -58,6 +108,12 @@ impl pb::tasks_server::Tasks for Api {
         let r = req.into_inner();
         let lease = convert::lease_spec(r.lease.unwrap_or_default())?;
         let task = convert::task_spec(r.task.unwrap_or_default())?;
+        let artifacts = !task.artifact_out.is_empty() || !task.artifact_in.is_empty();
+        if artifacts && !who.admin {
+            return Err(Status::permission_denied(
+                "artifact_out and artifact_in are set by the deployer for builds and servers; drop them from the task",
+            ));
+        }
         task_reply(
             self.submit(
                 &who,
@@ -122,7 +178,15 @@ impl pb::tasks_server::Tasks for Api {
                     Some(st) => t.state == st,
                     None => r.all || !t.state.is_ended(),
                 })
-                .map(|t| convert::task(t, s.leases.get(&t.lease)))
+                .map(|t| {
+                    let mut t = convert::task(t, s.leases.get(&t.lease));
+                    // A listing shows no env (`task show` does): up to
+                    // 64 KiB a task that no table prints.
+                    if let Some(spec) = t.spec.as_mut() {
+                        spec.env.clear();
+                    }
+                    t
+                })
                 .collect()
         });
         Ok(Response::new(pb::ListTasksReply { tasks }))
@@ -223,19 +287,24 @@ impl pb::agents_server::Agents for Api {
         let member = self.member.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Assignments, Status>>(4);
         tokio::spawn(async move {
-            let mut last: Option<Vec<pb::Assignment>> = None;
+            let mut last: Option<Vec<pb::Assignments>> = None;
             let mut seen_index = u64::MAX;
             let mut sent_at = Instant::now();
             loop {
                 let applied = member.status().applied;
                 if applied != seen_index || sent_at.elapsed() >= WATCH_KEEPALIVE {
                     seen_index = applied;
-                    let a = member.read(|s| assignments(s, &node, applied));
-                    if last.as_ref() != Some(&a.items) || sent_at.elapsed() >= WATCH_KEEPALIVE {
-                        last = Some(a.items.clone());
+                    let mut pages = member.read(|s| assignments(s, &node, applied));
+                    // Compared without the index, which moves with every write.
+                    pages.iter_mut().for_each(|p| p.applied_index = 0);
+                    if last.as_ref() != Some(&pages) || sent_at.elapsed() >= WATCH_KEEPALIVE {
+                        last = Some(pages.clone());
                         sent_at = Instant::now();
-                        if tx.send(Ok(a)).await.is_err() {
-                            return;
+                        for mut p in pages {
+                            p.applied_index = applied;
+                            if tx.send(Ok(p)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
@@ -267,7 +336,8 @@ impl pb::agents_server::Agents for Api {
             exit_code: r.exit_code,
             starts: r.starts,
             health: r.health,
-            message: r.message,
+            // An agent's note, kept short (it travels in every assignment list).
+            message: cut(r.message, charter_config::limits::TEXT_MAX),
             usage: r.usage.map(|u| crate::state::Usage {
                 rss_bytes: u.rss_bytes,
                 cpu_ms: u.cpu_ms,
@@ -284,5 +354,37 @@ impl pb::agents_server::Agents for Api {
             self.submit_unkeyed(&who, Command::ReportTask(report))
                 .await?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_assignment_list_goes_in_pages_under_the_limit() {
+        use prost::Message;
+        let item = |id| pb::Assignment {
+            lease: Some(pb::Lease {
+                id,
+                reason: "r".repeat(1000),
+                ..Default::default()
+            }),
+            task: None,
+        };
+        let pages = paged((0..100).map(item), 7, 10_000);
+        assert!(pages.len() >= 10, "{} pages", pages.len());
+        for p in &pages[..pages.len() - 1] {
+            assert!(p.more && p.encoded_len() <= 10_000 + 16);
+        }
+        assert!(!pages[pages.len() - 1].more);
+        let ids: Vec<u64> = pages
+            .iter()
+            .flat_map(|p| p.items.iter().map(|i| i.lease.as_ref().unwrap().id))
+            .collect();
+        assert_eq!(ids, (0..100).collect::<Vec<_>>(), "every item, in order");
+        let empty = paged(std::iter::empty(), 7, 10_000);
+        assert_eq!(empty.len(), 1, "an empty list is one page");
+        assert!(!empty[0].more && empty[0].applied_index == 7);
     }
 }

@@ -314,6 +314,7 @@ impl Sim {
                 commit: commits[self.rng.random_range(0..3)].clone(),
                 artifact: "f".repeat(64),
                 build_log: String::new(),
+                behind: self.rng.random_ratio(1, 16),
             }),
             _ => Command::DeploySubmit {
                 id: some_deployment,
@@ -878,6 +879,7 @@ fn sim_app() -> charter_config::app::AppConfig {
             command: vec!["./app".into()],
             ports: vec!["http".into()],
             env: Default::default(),
+            secret_env: Default::default(),
         },
         health: charter_config::app::AppHealth {
             kind: "tcp".into(),

@@ -348,6 +348,7 @@ impl State {
                     x.commit = commit;
                     x.fingerprint = fingerprint;
                 }
+                let same = same.or_else(|| step.behind.then(|| step.message.clone()));
                 if let Some(why) = same {
                     self.end_deployment(d.id, DeployStatus::Unchanged, "done", why);
                     return deployed(self.deployments.get(&d.id), false, "");
@@ -506,4 +507,8 @@ pub struct DeployStep {
     pub artifact: String,
     /// Build: the tail of its output.
     pub build_log: String,
+    /// Fetch: the commit is behind the active version (an ancestor of
+    /// it): the deployment ends unchanged, with `message` as its reason.
+    #[serde(default)]
+    pub behind: bool,
 }
