@@ -235,7 +235,9 @@ async fn life(
     }
     tracing::info!(node = %opts.name, pool = %opts.pool, agent = %addr, "registered");
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let (usage_tx, usage_rx) = mpsc::unbounded_channel();
     let ctx = Ctx {
+        usage: usage_tx,
         data: opts.data.clone(),
         sandboxes: shared.sandboxes,
         users: shared.users,
@@ -250,6 +252,7 @@ async fn life(
     let mut sup = Supervisor::new(ctx);
     let (assign_tx, mut assign_rx) = mpsc::channel::<Vec<(LeaseInfo, Option<TaskInfo>)>>(4);
     let reporter = tokio::spawn(report_loop(servers.clone(), opts.name.clone(), reports_rx));
+    let sampler = tokio::spawn(usage_loop(servers.clone(), opts.name.clone(), usage_rx));
     let watcher = tokio::spawn(watch_loop(servers.clone(), opts.name.clone(), assign_tx));
     let heart = heartbeat_loop(opts, &servers);
     tokio::pin!(heart);
@@ -264,6 +267,7 @@ async fn life(
         }
     };
     watcher.abort();
+    sampler.abort();
     // Nothing may outlive its lease without an agent to end it: a stopped
     // agent ends its leases' processes (a crashed one cannot; a restarted
     // agent adopts what it left).
@@ -424,6 +428,52 @@ async fn report_loop(servers: Arc<Servers>, node: String, mut rx: mpsc::Unbounde
     }
 }
 
+/// Sends the newest resource sample of each running task to every member,
+/// once per [`crate::supervisor::USAGE_EVERY`]: telemetry each member keeps
+/// in memory for `task show/list`, never a replicated write. A member that
+/// does not answer misses a round.
+async fn usage_loop(
+    servers: Arc<Servers>,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<(u64, (u64, u64))>,
+) {
+    let mut every = tokio::time::interval(crate::supervisor::USAGE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut latest: BTreeMap<u64, pb::Usage> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            s = rx.recv() => match s {
+                Some((task, (rss, cpu))) => {
+                    latest.insert(task, pb::Usage {
+                        rss_bytes: rss,
+                        cpu_ms: cpu,
+                        sampled_at_ms: crate::supervisor::now_ms(),
+                    });
+                }
+                None => return,
+            },
+            _ = every.tick(), if !latest.is_empty() => {
+                let report = pb::UsageReport {
+                    node: node.clone(),
+                    tasks: std::mem::take(&mut latest)
+                        .into_iter()
+                        .map(|(task_id, u)| pb::TaskUsage { task_id, usage: Some(u) })
+                        .collect(),
+                };
+                let mut set = tokio::task::JoinSet::new();
+                for (_, ch) in servers.each() {
+                    let q = servers.req(report.clone());
+                    set.spawn(async move {
+                        let mut client = pb::agents_client::AgentsClient::new(ch);
+                        let _ = tokio::time::timeout(Duration::from_secs(2), client.usage(q)).await;
+                    });
+                }
+                while set.join_next().await.is_some() {}
+            }
+        }
+    }
+}
+
 async fn send_report(servers: &Servers, node: &str, r: Report) {
     let req = pb::TaskReportRequest {
         task_id: r.task,
@@ -433,11 +483,7 @@ async fn send_report(servers: &Servers, node: &str, r: Report) {
         starts: r.starts,
         health: r.health.clone(),
         message: r.message.clone(),
-        usage: r.usage.map(|(rss, cpu)| pb::Usage {
-            rss_bytes: rss,
-            cpu_ms: cpu,
-            sampled_at_ms: crate::supervisor::now_ms(),
-        }),
+        usage: None,
         ports: r
             .ports
             .iter()

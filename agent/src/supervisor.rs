@@ -119,8 +119,6 @@ pub struct Report {
     pub health: String,
     /// A note.
     pub message: String,
-    /// Resident bytes and CPU ms of the task's processes, when sampled.
-    pub usage: Option<(u64, u64)>,
     /// The ports picked for it, by name.
     pub ports: BTreeMap<String, u16>,
     /// The sha256 of the artifact stored.
@@ -145,6 +143,9 @@ pub struct Ctx {
     pub iso: Isolation,
     /// Where reports go.
     pub reports: mpsc::UnboundedSender<Report>,
+    /// Where resource samples go: `(task, (rss bytes, cpu ms))`, sent to the
+    /// members apart from reports (telemetry is not replicated).
+    pub usage: mpsc::UnboundedSender<(u64, (u64, u64))>,
     /// Tasks whose processes run now (for `logs --follow`).
     pub running: Arc<Mutex<BTreeSet<u64>>>,
     /// Leases with a live sandbox here, and who their processes run as
@@ -475,7 +476,6 @@ fn sandbox_for(
                     starts: t.starts,
                     health: String::new(),
                     message: e,
-                    usage: None,
                     ports: BTreeMap::new(),
                     artifact: String::new(),
                 });
@@ -553,13 +553,12 @@ impl Work {
     }
 
     fn report(&self, state: &'static str, exit_code: Option<i32>, message: String) {
-        self.send(state, exit_code, message, None, String::new());
+        self.send(state, exit_code, message, String::new());
     }
 
     /// Reports what the task's processes use now.
     fn sample(&mut self, scope: &Scope) {
-        let usage = sandbox::usage(scope);
-        self.send("running", None, String::new(), Some(usage), String::new());
+        let _ = self.ctx.usage.send((self.task.id, sandbox::usage(scope)));
     }
 
     /// Rotates the task's log files that reached their limit.
@@ -572,14 +571,7 @@ impl Work {
         }
     }
 
-    fn send(
-        &self,
-        state: &'static str,
-        exit_code: Option<i32>,
-        message: String,
-        usage: Option<(u64, u64)>,
-        artifact: String,
-    ) {
+    fn send(&self, state: &'static str, exit_code: Option<i32>, message: String, artifact: String) {
         let health = self
             .health
             .as_ref()
@@ -592,7 +584,6 @@ impl Work {
             starts: self.starts,
             health,
             message,
-            usage,
             ports: self.ports.clone(),
             artifact,
         });
@@ -827,7 +818,7 @@ impl Work {
                 if state == "succeeded" && !self.task.artifact_out.is_empty() =>
             {
                 match self.store_artifact(l).await {
-                    Ok(sha) => self.send(state, code, why, None, sha),
+                    Ok(sha) => self.send(state, code, why, sha),
                     Err(e) => self.report("failed", code, e),
                 }
             }

@@ -23,7 +23,17 @@
 //!
 //! A pool with a provisioner owns its nodes: any of them idle for `idle` is
 //! retired. Give every server of a cluster the same file: the leader's pools
-//! are the ones in force.
+//! and retention rules are the ones in force.
+//!
+//! ```toml
+//! [history]
+//! retention = "1h"              # an ended lease (and its task) stays in live state this long
+//! max = 10000                   # ... and at most this many ended leases stay
+//! idempotency_retention = "1h"  # a request's idempotency key is honoured this long
+//! idempotency_max = 100000      # ... and at most this many keys are kept
+//! keep = "7d"                   # each member's history store keeps what left this long
+//! max_size = "256MiB"           # ... and at most this much
+//! ```
 
 use crate::reader::Fields;
 use serde::Serialize;
@@ -34,6 +44,45 @@ use std::collections::BTreeMap;
 pub struct ServerConfig {
     /// Pools that can grow, by name order as written.
     pub pools: Vec<PoolConfig>,
+    /// What leaves the live state, and how long history keeps it.
+    pub history: HistoryConfig,
+}
+
+/// The `[history]` table: each field unset keeps its default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HistoryConfig {
+    /// How long an ended lease and its task stay in live state, in ms (1 h).
+    pub retention_ms: Option<u64>,
+    /// Most ended leases in live state (10,000).
+    pub max: Option<u64>,
+    /// How long an idempotency key is honoured, in ms (1 h).
+    pub idempotency_retention_ms: Option<u64>,
+    /// Most idempotency keys kept (100,000).
+    pub idempotency_max: Option<u64>,
+    /// How long a member's history store keeps what left, in ms (7 d).
+    pub keep_ms: Option<u64>,
+    /// Most bytes a member's history store keeps (256 MiB).
+    pub max_size: Option<u64>,
+}
+
+impl HistoryConfig {
+    fn read(f: &Fields<'_, '_>) -> HistoryConfig {
+        let out = HistoryConfig {
+            retention_ms: f.duration("retention"),
+            max: f.u64("max"),
+            idempotency_retention_ms: f.duration("idempotency_retention"),
+            idempotency_max: f.u64("idempotency_max"),
+            keep_ms: f.duration("keep"),
+            max_size: f.size("max_size"),
+        };
+        if out.max == Some(0) {
+            f.error_at(
+                "max",
+                "keep at least 1 ended lease (0 would forget one as it ends)",
+            );
+        }
+        out
+    }
 }
 
 /// How a pool gets new nodes.
@@ -99,7 +148,15 @@ impl ServerConfig {
             }
             t.finish();
         }
-        ok.then_some(ServerConfig { pools })
+        let history = f
+            .table("history")
+            .map(|h| {
+                let out = HistoryConfig::read(&h);
+                h.finish();
+                out
+            })
+            .unwrap_or_default();
+        ok.then_some(ServerConfig { pools, history })
     }
 }
 

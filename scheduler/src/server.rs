@@ -45,6 +45,10 @@ pub struct ServerOptions {
     pub artifacts: Option<crate::service::ArtifactStore>,
     /// More HTTP routes (the deployer's webhook, from the binary).
     pub http_extra: Option<axum::Router>,
+    /// What leaves the live state, and when (put in force by the leader).
+    pub retention: crate::state::Retention,
+    /// What this member's history store keeps.
+    pub history: controller::HistoryKeep,
 }
 
 /// The file in the data directory that says which member it belongs to.
@@ -164,7 +168,10 @@ impl Server {
                 }
             }),
         );
+        let history_dir = opts.data.join("history");
+        let history = crate::storage::History::open(&history_dir).map_err(Error::Config)?;
         let mut cfg = MemberConfig::new(opts.id, opts.peers.clone());
+        cfg.history = Some(Arc::new(history));
         cfg.join = opts.join;
         cfg.snapshot_entries = opts.snapshot_entries;
         cfg.tick = opts.tick;
@@ -184,7 +191,8 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let api = Api::new(member.clone(), opts.tokens.peer_token(), stop_rx.clone())
             .with_schedule_check(opts.schedule_check.clone())
-            .with_artifacts(opts.artifacts.clone());
+            .with_artifacts(opts.artifacts.clone())
+            .with_history_keep(opts.history);
         let peer = Peer::new(member.clone(), &api);
         let icpt = opts.tokens.interceptor();
         let router = tonic::transport::Server::builder()
@@ -255,6 +263,12 @@ impl Server {
         }));
         tasks.push(tokio::spawn(controller::ticks(
             member.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(controller::retention(
+            member.clone(),
+            opts.retention,
+            opts.history,
             stop_rx.clone(),
         )));
         let mut scaling = opts.scaling.clone();

@@ -11,7 +11,9 @@
 //! - `failover`: time from `kill -9` of the leader process to the first
 //!   acknowledged write, over several rounds;
 //! - `memory`: each member's resident memory with N leases held;
-//! - `expiry`, `tasks`: with agents, see `bench_agent`.
+//! - `expiry`, `tasks`: with agents, see `bench_agent`;
+//! - `soak`: request-and-release cycles for a long while, see `bench_soak`
+//!   (not part of `all`).
 
 use super::output::{self, fail};
 use charter::harness::{Cluster, TOKEN};
@@ -32,7 +34,8 @@ use tonic::transport::{Channel, Endpoint};
 /// `charter bench`.
 #[derive(ClapArgs, Debug)]
 pub struct BenchArgs {
-    /// grant, placement, failover, memory, expiry, tasks, cron, deploy, or all.
+    /// grant, placement, failover, memory, expiry, tasks, cron, deploy, or
+    /// all of these; or soak (never part of all).
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// How long each measured run lasts, e.g. 5s.
@@ -65,6 +68,12 @@ pub struct BenchArgs {
     /// Registered apps for `deploy`'s polling figures.
     #[arg(long, default_value_t = 500)]
     pub deploy_apps: usize,
+    /// `soak`: stop after this many request-and-release cycles (0: after --duration).
+    #[arg(long, default_value_t = 0)]
+    pub cycles: u64,
+    /// `soak`: a line of figures this often.
+    #[arg(long, default_value = "1m")]
+    pub soak_every: String,
 }
 
 /// One scenario's figures.
@@ -103,10 +112,10 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
         a.scenario.split(',').map(str::trim).collect()
     };
     for s in &chosen {
-        if !SCENARIOS.contains(s) {
+        if !SCENARIOS.contains(s) && *s != "soak" {
             return Err(fail(
                 format!("unknown scenario `{s}`"),
-                format!("known: {}", SCENARIOS.join(", ")),
+                format!("known: {}, soak", SCENARIOS.join(", ")),
                 "pass --scenario NAME or all",
             ));
         }
@@ -136,6 +145,17 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
             "tasks" => super::bench_agent::tasks(rt, &exe, dur)?,
             "cron" => super::bench_agent::cron(rt, &exe, dur, a.cron_kills)?,
             "deploy" => super::bench_deploy::deploy(rt, &exe, a.deploy_rounds, a.deploy_apps)?,
+            "soak" => {
+                let every = units::parse_duration(&a.soak_every).map_err(|e| {
+                    fail(format!("bad --soak-every `{}`", a.soak_every), e, "e.g. 1m")
+                })?;
+                let soak = super::bench_soak::Soak {
+                    duration: if a.cycles > 0 { Duration::MAX } else { dur },
+                    cycles: a.cycles,
+                    every: Duration::from_millis(every.max(100)),
+                };
+                super::bench_soak::soak(rt, &exe, soak)?
+            }
             _ => unreachable!("checked above"),
         };
         reports.push(r);

@@ -6,6 +6,7 @@ mod agent;
 mod bench;
 mod bench_agent;
 mod bench_deploy;
+mod bench_soak;
 mod client;
 mod cluster;
 mod cron;

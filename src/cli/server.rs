@@ -54,6 +54,8 @@ pub struct ServerArgs {
     /// Do not run the deployer in this member; run `charter deployer` elsewhere.
     #[arg(long)]
     pub no_deployer: bool,
+    #[command(flatten)]
+    pub history: HistoryArgs,
     /// How long the deployer leases servers before renewing, in ms (tests).
     #[arg(long, default_value_t = 0, hide = true)]
     pub deploy_lease_ms: u64,
@@ -88,6 +90,85 @@ pub struct DevArgs {
     pub no_deployer: bool,
     #[command(flatten)]
     pub isolation: super::agent::IsolationArgs,
+    #[command(flatten)]
+    pub history: HistoryArgs,
+}
+
+/// What leaves the live state and what history keeps (`server` and `dev`;
+/// each overrides the same key of `--config`'s `[history]`).
+#[derive(ClapArgs, Debug, Clone)]
+pub struct HistoryArgs {
+    /// How long an ended lease and its task stay in live state [default: 1h].
+    #[arg(long)]
+    pub history_retention: Option<String>,
+    /// Most ended leases in live state [default: 10000].
+    #[arg(long)]
+    pub history_max: Option<u64>,
+    /// How long a request's idempotency key is honoured [default: 1h].
+    #[arg(long)]
+    pub idempotency_retention: Option<String>,
+    /// Most idempotency keys kept [default: 100000].
+    #[arg(long)]
+    pub idempotency_max: Option<u64>,
+    /// How long this member's history store keeps what left [default: 7d].
+    #[arg(long)]
+    pub history_keep: Option<String>,
+    /// Most this member's history store keeps [default: 256MiB].
+    #[arg(long)]
+    pub history_max_size: Option<String>,
+}
+
+impl HistoryArgs {
+    /// The rules and limits: flags, then the file's `[history]`, then defaults.
+    fn resolve(
+        &self,
+        file: &charter_config::server::HistoryConfig,
+    ) -> anyhow::Result<(
+        charter_scheduler::state::Retention,
+        charter_scheduler::controller::HistoryKeep,
+    )> {
+        use charter_config::units::{parse_duration, parse_size};
+        let flag = |name: &str, v: &Option<String>, parse: fn(&str) -> Result<u64, String>| {
+            v.as_deref()
+                .map(|v| {
+                    parse(v)
+                        .map_err(|e| fail(format!("bad --{name} `{v}`"), e, "e.g. 1h or 256MiB"))
+                })
+                .transpose()
+        };
+        let d = charter_scheduler::state::Retention::default();
+        let k = charter_scheduler::controller::HistoryKeep::default();
+        let r = charter_scheduler::state::Retention {
+            history_ms: flag("history-retention", &self.history_retention, parse_duration)?
+                .or(file.retention_ms)
+                .unwrap_or(d.history_ms),
+            history_max: self
+                .history_max
+                .or(file.max)
+                .unwrap_or(d.history_max)
+                .max(1),
+            keys_ms: flag(
+                "idempotency-retention",
+                &self.idempotency_retention,
+                parse_duration,
+            )?
+            .or(file.idempotency_retention_ms)
+            .unwrap_or(d.keys_ms),
+            keys_max: self
+                .idempotency_max
+                .or(file.idempotency_max)
+                .unwrap_or(d.keys_max),
+        };
+        let keep = charter_scheduler::controller::HistoryKeep {
+            keep_ms: flag("history-keep", &self.history_keep, parse_duration)?
+                .or(file.keep_ms)
+                .unwrap_or(k.keep_ms),
+            max_bytes: flag("history-max-size", &self.history_max_size, parse_size)?
+                .or(file.max_size)
+                .unwrap_or(k.max_bytes),
+        };
+        Ok((r, keep))
+    }
 }
 
 /// `charter deployer`: the deployer on its own, for members started with --no-deployer.
@@ -274,10 +355,13 @@ pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(out)
 }
 
-/// Reads `--config`: the pools that grow, and the binary local agents run.
-fn scaling(config: Option<&Path>) -> anyhow::Result<ScalingOptions> {
+/// Reads `--config`: the pools that grow (and the binary local agents run)
+/// and the `[history]` table.
+fn server_config(
+    config: Option<&Path>,
+) -> anyhow::Result<(ScalingOptions, charter_config::server::HistoryConfig)> {
     let Some(path) = config else {
-        return Ok(ScalingOptions::default());
+        return Ok(Default::default());
     };
     let cfg = match charter_config::load_file(path) {
         Ok(charter_config::AnyConfig::Server(c)) => c,
@@ -297,11 +381,12 @@ fn scaling(config: Option<&Path>) -> anyhow::Result<ScalingOptions> {
         }
     };
     let exe = std::env::current_exe().ok();
-    Ok(ScalingOptions {
+    let scaling = ScalingOptions {
         pools: cfg.pools,
         exe,
         ..ScalingOptions::default()
-    })
+    };
+    Ok((scaling, cfg.history))
 }
 
 pub fn init_tracing() {
@@ -406,7 +491,8 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         ));
     }
     check_data_dir(&a.data)?;
-    let scaling = scaling(a.config.as_deref())?;
+    let (scaling, history) = server_config(a.config.as_deref())?;
+    let (retention, history) = a.history.resolve(&history)?;
     let opts = ServerOptions {
         id: a.id,
         data: a.data.clone(),
@@ -421,6 +507,8 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         schedule_check: schedule_check(),
         artifacts: Some(artifacts(&a.data)?),
         http_extra: None,
+        retention,
+        history,
     };
     let deployer = (!a.no_deployer).then_some(a.deploy_lease_ms);
     serve(opts, None, (!a.no_hydra, deployer)).await
@@ -561,7 +649,8 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
     let listen = addr("--listen", &a.listen)?;
     let http = addr("--http", &a.http)?;
     check_data_dir(&data)?;
-    let scaling = scaling(a.config.as_deref())?;
+    let (scaling, history) = server_config(a.config.as_deref())?;
+    let (retention, history) = a.history.resolve(&history)?;
     let token_file = match a.token_file {
         Some(f) => f,
         None => ensure_dev_tokens(&data)?,
@@ -599,6 +688,8 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
         schedule_check: schedule_check(),
         artifacts: Some(store),
         http_extra: None,
+        retention,
+        history,
     };
     serve(opts, agent, (!a.no_hydra, (!a.no_deployer).then_some(0))).await
 }

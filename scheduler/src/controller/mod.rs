@@ -32,6 +32,83 @@ pub fn tick_proposal(state: &State, now: Millis) -> Option<Proposal> {
     })
 }
 
+/// How often the leader checks that its retention rules are in force.
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// How often a member prunes its history store.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// What a member keeps of what left the live state: for how long, how much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryKeep {
+    /// Age limit, in ms.
+    pub keep_ms: u64,
+    /// Size limit, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for HistoryKeep {
+    fn default() -> HistoryKeep {
+        HistoryKeep {
+            keep_ms: 7 * 24 * 3_600_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Puts the leader's retention rules in force (`SetRetention` when the
+/// state's differ) and prunes this member's history store, until `stop`.
+pub async fn retention(
+    member: MemberHandle,
+    wanted: crate::state::Retention,
+    keep: HistoryKeep,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(RETENTION_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pruned = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Some(h) = member.history()
+            && pruned.elapsed() >= PRUNE_EVERY
+        {
+            pruned = tokio::time::Instant::now();
+            let (h, now) = (h.clone(), member.clock().now());
+            let done =
+                tokio::task::spawn_blocking(move || h.prune(now, keep.keep_ms, keep.max_bytes))
+                    .await;
+            match done {
+                Ok(Ok(n)) if n > 0 => tracing::info!(dropped = n, "history pruned"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the history store"),
+                _ => {}
+            }
+        }
+        if !member.is_leader() || member.read(|s| s.retention == wanted) {
+            continue;
+        }
+        let p = Proposal {
+            at: member.clock().now(),
+            principal: "charter:retention".into(),
+            admin: true,
+            key: None,
+            hint: None,
+            cmd: Command::SetRetention(wanted),
+        };
+        match member.propose(p).await {
+            Ok(Ok(_)) => tracing::info!(
+                ?wanted,
+                "retention rules from this member's config are in force"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the retention rules were refused"),
+            Err(e) => {
+                tracing::debug!(error = %e, "proposing the retention rules failed; will retry")
+            }
+        }
+    }
+}
+
 /// Runs the tick loop until `stop` turns true.
 pub async fn ticks(member: MemberHandle, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(TICK_PERIOD);

@@ -3,7 +3,7 @@
 use super::{MemberHandle, Role, Status};
 use crate::clock::Clock;
 use crate::state::{Outcome, Proposal, State};
-use crate::storage::LogStore;
+use crate::storage::{History, LogStore};
 use crate::transport::{Report, Transport};
 use crate::{Error, Result};
 use ::raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
@@ -41,6 +41,8 @@ pub struct MemberConfig {
     /// `[election_tick, election_tick + spread)` with its own RNG; a spread of
     /// 1 makes it deterministic (for simulation).
     pub election_spread: usize,
+    /// Where what leaves the live state is kept (none: it is dropped).
+    pub history: Option<Arc<History>>,
 }
 
 impl MemberConfig {
@@ -57,6 +59,7 @@ impl MemberConfig {
             join: false,
             background_snapshots: true,
             election_spread: 10,
+            history: None,
         }
     }
 }
@@ -268,6 +271,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             state: state.clone(),
             status: status.clone(),
             clock: clock.clone(),
+            history: cfg.history.clone(),
         };
         let driver = Driver {
             raw,
@@ -410,9 +414,20 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 data,
             } => {
                 self.snapshotting = false;
+                // The log up to `index` is about to go: what its entries
+                // trimmed into the history store must be on disk first.
+                if let Some(h) = &self.cfg.history
+                    && let Err(e) = h.flush()
+                {
+                    tracing::error!(member = self.cfg.id, error = %e, "cannot flush the history store");
+                }
+                let bytes = data.len() as u64;
                 match self.raw.mut_store().compact_to(index, &conf_state, data) {
                     Ok(true) => {
                         self.snapshot_index = self.snapshot_index.max(index);
+                        if let Ok(mut s) = self.status.lock() {
+                            s.snapshot_bytes = bytes;
+                        }
                         tracing::debug!(
                             member = self.cfg.id,
                             index,
@@ -655,7 +670,17 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             if let Some(first) = props.first() {
                 st.observe_term(e.term, first.at);
             }
-            props.iter().map(|p| st.apply(p)).collect()
+            let outs = props.iter().map(|p| st.apply(p)).collect();
+            // What the retention rules took out goes to the history store
+            // (not fsynced here: see `compact`).
+            let gone = st.take_trimmed();
+            if !gone.is_empty()
+                && let Some(h) = &self.cfg.history
+                && let Err(err) = h.put(st.time, &gone)
+            {
+                tracing::error!(member = self.cfg.id, error = %err, "history lost: cannot keep what left the live state");
+            }
+            outs
         };
         if let Some(Waiter::Batch(sum, replies)) = self.waiters.remove(&e.context[..]) {
             if sum == digest(&e.data) && replies.len() == outcomes.len() {

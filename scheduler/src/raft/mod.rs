@@ -85,6 +85,8 @@ pub struct Status {
     pub applied: u64,
     /// Index of the newest snapshot in storage.
     pub snapshot_index: u64,
+    /// Size of the newest snapshot this member made, in bytes (0: none yet).
+    pub snapshot_bytes: u64,
     /// Members and addresses, from the replicated state.
     pub members: BTreeMap<u64, String>,
     /// Set when the driver stopped on a fatal error.
@@ -99,6 +101,7 @@ pub struct MemberHandle {
     state: Arc<RwLock<State>>,
     status: Arc<Mutex<Status>>,
     clock: Arc<dyn Clock>,
+    history: Option<Arc<crate::storage::History>>,
 }
 
 impl MemberHandle {
@@ -110,6 +113,11 @@ impl MemberHandle {
     /// The member's clock (the leader's stamps proposals with it).
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The member's history store: what left its live state.
+    pub fn history(&self) -> Option<&Arc<crate::storage::History>> {
+        self.history.as_ref()
     }
 
     /// A copy of the member's status.

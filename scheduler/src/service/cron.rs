@@ -231,6 +231,25 @@ impl pb::cron_server::Cron for Api {
             v.reverse();
             Some(v)
         });
+        // Older runs than the live state keeps come from the history store.
+        let runs = match runs {
+            Some(mut v) if v.len() < n => {
+                let first = v.first().map_or(i64::MAX, |r| r.scheduled_at_ms);
+                let mut older: Vec<pb::CronRun> = self
+                    .member
+                    .history()
+                    .map(|h| h.runs(&r.job, n - v.len()))
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|x| x.scheduled_at < first)
+                    .map(run_pb)
+                    .collect();
+                older.reverse();
+                older.append(&mut v);
+                Some(older)
+            }
+            other => other,
+        };
         match runs {
             Some(runs) => Ok(Response::new(pb::CronHistoryReply { runs })),
             None if self.member.read(|s| s.cron_jobs.contains_key(&r.job)) => {

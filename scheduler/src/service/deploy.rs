@@ -292,8 +292,22 @@ impl pb::deploy_server::Deploy for Api {
                     }
                 }
             }
+            let mut deployments: Vec<String> = ds.iter().map(|d| deployment_json(d)).collect();
+            // Older deployments than the live state keeps, from history.
+            if deployments.len() < n {
+                let oldest = ds.last().map_or(u64::MAX, |d| d.id);
+                deployments.extend(
+                    self.member
+                        .history()
+                        .map(|h| h.deployments(&r.app, n - deployments.len()))
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|d| d.id < oldest)
+                        .map(deployment_json),
+                );
+            }
             Ok(Response::new(pb::DeployHistoryReply {
-                deployments: ds.iter().map(|d| deployment_json(d)).collect(),
+                deployments,
                 active: app.active.unwrap_or(0),
                 tasks,
             }))

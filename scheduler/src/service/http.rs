@@ -1,7 +1,6 @@
 //! The HTTP side: `/healthz` and `/metrics` (Prometheus text format).
 
 use crate::raft_driver::{MemberHandle, Role};
-use crate::state::LeaseState;
 use axum::Router;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
@@ -39,27 +38,48 @@ async fn healthz(AxState(m): AxState<MemberHandle>) -> (StatusCode, String) {
 
 async fn metrics(AxState(m): AxState<MemberHandle>) -> String {
     let st = m.status();
-    let (nodes, granted) = m.read(|s| {
+    // O(1) with respect to history: map sizes and the expiry index.
+    let (nodes, granted, leases, ended, tasks, keys) = m.read(|s| {
         (
             s.nodes.len(),
-            s.leases
-                .values()
-                .filter(|l| l.state == LeaseState::Granted)
-                .count(),
+            s.expiries.len(),
+            s.leases.len(),
+            s.ended.len(),
+            s.tasks.len(),
+            s.keys.len(),
         )
     });
+    let history = m.history().map_or(0, |h| h.bytes());
     format!(
         "# TYPE charter_raft_term gauge\ncharter_raft_term {}\n\
          # TYPE charter_raft_commit_index gauge\ncharter_raft_commit_index {}\n\
          # TYPE charter_raft_applied_index gauge\ncharter_raft_applied_index {}\n\
          # TYPE charter_raft_is_leader gauge\ncharter_raft_is_leader {}\n\
          # TYPE charter_nodes gauge\ncharter_nodes {}\n\
-         # TYPE charter_leases_granted gauge\ncharter_leases_granted {}\n",
+         # TYPE charter_leases_granted gauge\ncharter_leases_granted {}\n\
+         # HELP charter_state_leases Leases in the live state, live and recently ended.\n\
+         # TYPE charter_state_leases gauge\ncharter_state_leases {}\n\
+         # HELP charter_state_ended_leases Ended leases the live state still holds.\n\
+         # TYPE charter_state_ended_leases gauge\ncharter_state_ended_leases {}\n\
+         # HELP charter_state_tasks Tasks in the live state.\n\
+         # TYPE charter_state_tasks gauge\ncharter_state_tasks {}\n\
+         # HELP charter_state_idempotency_keys Idempotency outcomes kept.\n\
+         # TYPE charter_state_idempotency_keys gauge\ncharter_state_idempotency_keys {}\n\
+         # HELP charter_history_bytes Bytes this member's history store keeps.\n\
+         # TYPE charter_history_bytes gauge\ncharter_history_bytes {}\n\
+         # HELP charter_raft_snapshot_bytes Size of the newest snapshot this member made.\n\
+         # TYPE charter_raft_snapshot_bytes gauge\ncharter_raft_snapshot_bytes {}\n",
         st.term,
         st.commit,
         st.applied,
         u8::from(st.role == Role::Leader),
         nodes,
-        granted
+        granted,
+        leases,
+        ended,
+        tasks,
+        keys,
+        history,
+        st.snapshot_bytes
     )
 }

@@ -12,6 +12,7 @@
 //! waits on a ReadIndex barrier, then reads its applied state.
 
 pub mod auth;
+mod history;
 pub use cron::{ScheduleChecker, run_pb};
 pub use deploy::{ArtifactStore, Artifacts, deploy_view, task_view};
 mod convert;
@@ -52,6 +53,11 @@ pub struct Api {
     /// Becomes true when the member stops serving: long-lived streams end
     /// then, or the server's graceful stop would wait its limit out.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// What this member's history store keeps (for "no longer kept").
+    keep: crate::controller::HistoryKeep,
+    /// The newest resource sample of each running task, from its agent:
+    /// telemetry, kept in memory and never replicated.
+    usage: Arc<Mutex<HashMap<u64, crate::state::Usage>>>,
 }
 
 /// Maps a scheduler error to a gRPC status; retryable ones are `UNAVAILABLE`.
@@ -72,7 +78,7 @@ fn refusal_status(r: Refusal) -> Status {
     match r {
         Refusal::Invalid { .. } => Status::invalid_argument(msg),
         Refusal::NoCapacity { .. } => Status::resource_exhausted(msg),
-        Refusal::NotFound { .. } => Status::not_found(msg),
+        Refusal::NotFound { .. } | Refusal::Gone { .. } => Status::not_found(msg),
         Refusal::NotYours { .. } => Status::permission_denied(msg),
         Refusal::Ended { .. } => Status::failed_precondition(msg),
         Refusal::Denied { .. } => Status::permission_denied(msg),
@@ -112,7 +118,15 @@ impl Api {
             schedule_check: None,
             artifacts: None,
             stop,
+            keep: Default::default(),
+            usage: Arc::default(),
         }
+    }
+
+    /// Says what this member's history store keeps.
+    pub fn with_history_keep(mut self, keep: crate::controller::HistoryKeep) -> Api {
+        self.keep = keep;
+        self
     }
 
     /// `stream`, ended early when the member stops serving.
@@ -698,9 +712,8 @@ impl pb::leases_server::Leases for Api {
         let who = principal(&req)?;
         self.barrier(false).await?;
         let id = req.get_ref().id;
-        let lease = self.member.read(|s| s.leases.get(&id).cloned());
-        match lease {
-            Some(l) if l.principal == who.name || who.admin => lease_reply(Applied::Lease(l)),
+        match self.lease_anywhere(id)? {
+            l if l.principal == who.name || who.admin => lease_reply(Applied::Lease(l)),
             _ => Err(Status::not_found(format!(
                 "lease {id} not found; `charter lease list` shows yours"
             ))),
@@ -714,15 +727,32 @@ impl pb::leases_server::Leases for Api {
         let who = principal(&req)?;
         let r = req.get_ref();
         self.barrier(r.stale).await?;
-        let all = r.all;
-        let leases = self.member.read(|s| {
-            s.leases
-                .values()
-                .filter(|l| all || !l.state.is_ended())
-                .filter(|l| who.admin || l.principal == who.name)
-                .map(convert::lease)
-                .collect()
+        let mine = |l: &crate::state::Lease| who.admin || l.principal == who.name;
+        let mut leases: Vec<pb::Lease> = self.member.read(|s| {
+            if r.all {
+                s.leases
+                    .values()
+                    .filter(|l| mine(l))
+                    .map(convert::lease)
+                    .collect()
+            } else {
+                history::live_leases(s)
+                    .into_iter()
+                    .filter(|l| mine(l))
+                    .map(convert::lease)
+                    .collect()
+            }
         });
+        if r.all {
+            // And what left the live state (the newest kept), in id order.
+            let present: std::collections::HashSet<u64> = leases.iter().map(|l| l.id).collect();
+            leases.extend(
+                self.leases_kept(|l| mine(l) && !present.contains(&l.id))
+                    .iter()
+                    .map(convert::lease),
+            );
+            leases.sort_by_key(|l| l.id);
+        }
         Ok(Response::new(pb::ListLeasesReply { leases }))
     }
 }
@@ -786,6 +816,35 @@ impl pb::raft_peer_server::RaftPeer for Peer {
                 _ = &mut stop => break,
             }
         }
+        Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        require_admin(&principal(&req)?, "raft peer traffic")?;
+        let mut chunks = req.into_inner();
+        let mut head: Option<::raft::eraftpb::Message> = None;
+        let mut data = Vec::new();
+        while let Some(c) = chunks.message().await? {
+            if head.is_none() {
+                head = Some(
+                    ::raft::eraftpb::Message::parse_from_bytes(&c.message).map_err(|e| {
+                        Status::invalid_argument(format!("undecodable snapshot message: {e}"))
+                    })?,
+                );
+            }
+            data.extend_from_slice(&c.data);
+        }
+        let mut m = head.ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        if m.get_msg_type() != ::raft::eraftpb::MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "the snapshot stream carries no MsgSnapshot",
+            ));
+        }
+        m.mut_snapshot().set_data(data.into());
+        self.member.step(m).map_err(to_status)?;
         Ok(Response::new(pb::RaftAck {}))
     }
 

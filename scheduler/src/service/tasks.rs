@@ -81,6 +81,22 @@ fn paged(
     pages
 }
 
+impl Api {
+    /// `t` with its agent's newest resource sample, when this member has one.
+    fn with_usage(&self, mut t: pb::Task) -> pb::Task {
+        if let Ok(u) = self.usage.lock()
+            && let Some(u) = u.get(&t.id)
+        {
+            t.usage = Some(pb::Usage {
+                rss_bytes: u.rss_bytes,
+                cpu_ms: u.cpu_ms,
+                sampled_at_ms: u.sampled_at,
+            });
+        }
+        t
+    }
+}
+
 /// `s` cut to at most `max` bytes, at a character boundary.
 fn cut(mut s: String, max: usize) -> String {
     if s.len() > max {
@@ -134,22 +150,15 @@ impl pb::tasks_server::Tasks for Api {
         let who = principal(&req)?;
         self.barrier(req.get_ref().stale).await?;
         let id = req.get_ref().id;
-        let found = self.member.read(|s| {
-            let t = s.tasks.get(&id)?;
-            Some((t.clone(), s.leases.get(&t.lease).cloned()))
-        });
-        match found {
-            Some((t, l)) if t.principal == who.name || who.admin => {
-                Ok(Response::new(pb::TaskReply {
-                    task: Some(convert::task(&t, l.as_ref())),
-                    lease: l.as_ref().map(convert::lease),
-                }))
-            }
-            Some((t, _)) => Err(Status::permission_denied(format!(
+        match self.task_anywhere(id)? {
+            (t, l) if t.principal == who.name || who.admin => Ok(Response::new(pb::TaskReply {
+                task: Some(self.with_usage(convert::task(&t, l.as_ref()))),
+                lease: l.as_ref().map(convert::lease),
+            })),
+            (t, _) => Err(Status::permission_denied(format!(
                 "task {id} belongs to {}, not to {}",
                 t.principal, who.name
             ))),
-            None => Err(Status::not_found(format!("task {id} not found"))),
         }
     }
 
@@ -170,25 +179,40 @@ impl pb::tasks_server::Tasks for Api {
                 ))
             })?)
         };
-        let tasks = self.member.read(|s| {
-            s.tasks
-                .values()
-                .filter(|t| who.admin || t.principal == who.name)
-                .filter(|t| match want {
+        let wanted = |t: &crate::state::Task| {
+            (who.admin || t.principal == who.name)
+                && match want {
                     Some(st) => t.state == st,
                     None => r.all || !t.state.is_ended(),
-                })
-                .map(|t| {
-                    let mut t = convert::task(t, s.leases.get(&t.lease));
-                    // A listing shows no env (`task show` does): up to
-                    // 64 KiB a task that no table prints.
-                    if let Some(spec) = t.spec.as_mut() {
-                        spec.env.clear();
-                    }
-                    t
-                })
+                }
+        };
+        // A listing shows no env (`task show` does): up to 64 KiB a task
+        // that no table prints.
+        let listed = |t: &crate::state::Task, l: Option<&crate::state::Lease>| {
+            let mut t = self.with_usage(convert::task(t, l));
+            if let Some(spec) = t.spec.as_mut() {
+                spec.env.clear();
+            }
+            t
+        };
+        let mut tasks: Vec<pb::Task> = self.member.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| wanted(t))
+                .map(|t| listed(t, s.leases.get(&t.lease)))
                 .collect()
         });
+        if r.all || want.is_some_and(|w| w.is_ended()) {
+            // And what left the live state (the newest kept), in id order.
+            let present: std::collections::HashSet<u64> = tasks.iter().map(|t| t.id).collect();
+            let h = self.member.history();
+            tasks.extend(
+                self.tasks_kept(|t| wanted(t) && !present.contains(&t.id))
+                    .iter()
+                    .map(|t| listed(t, h.and_then(|h| h.lease(t.lease)).as_ref())),
+            );
+            tasks.sort_by_key(|t| t.id);
+        }
         Ok(Response::new(pb::ListTasksReply { tasks }))
     }
 
@@ -320,6 +344,60 @@ impl pb::agents_server::Agents for Api {
         ))))
     }
 
+    async fn usage(
+        &self,
+        req: Request<pb::UsageReport>,
+    ) -> Result<Response<pb::UsageReply>, Status> {
+        let who = principal(&req)?;
+        require_admin(&who, "reporting resource usage")?;
+        let r = req.into_inner();
+        // Only samples of tasks running on the reporting node are kept, and
+        // samples of tasks no longer running here go.
+        let running: std::collections::HashSet<u64> = self.member.read(|s| {
+            r.tasks
+                .iter()
+                .filter(|u| {
+                    s.tasks.get(&u.task_id).is_some_and(|t| {
+                        !t.state.is_ended()
+                            && s.leases
+                                .get(&t.lease)
+                                .is_some_and(|l| l.nodes.contains(&r.node))
+                    })
+                })
+                .map(|u| u.task_id)
+                .collect()
+        });
+        let live: std::collections::HashSet<u64> = {
+            let mut ids: Vec<u64> = self
+                .usage
+                .lock()
+                .map(|u| u.keys().copied().collect())
+                .unwrap_or_default();
+            ids.retain(|id| !running.contains(id));
+            self.member.read(|s| {
+                ids.into_iter()
+                    .filter(|id| s.tasks.get(id).is_some_and(|t| !t.state.is_ended()))
+                    .collect()
+            })
+        };
+        if let Ok(mut u) = self.usage.lock() {
+            u.retain(|id, _| running.contains(id) || live.contains(id));
+            for t in r.tasks.into_iter().filter(|t| running.contains(&t.task_id)) {
+                if let Some(x) = t.usage {
+                    u.insert(
+                        t.task_id,
+                        crate::state::Usage {
+                            rss_bytes: x.rss_bytes,
+                            cpu_ms: x.cpu_ms,
+                            sampled_at: x.sampled_at_ms,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(Response::new(pb::UsageReply {}))
+    }
+
     async fn report(
         &self,
         req: Request<pb::TaskReportRequest>,
@@ -338,11 +416,8 @@ impl pb::agents_server::Agents for Api {
             health: r.health,
             // An agent's note, kept short (it travels in every assignment list).
             message: cut(r.message, charter_config::limits::TEXT_MAX),
-            usage: r.usage.map(|u| crate::state::Usage {
-                rss_bytes: u.rss_bytes,
-                cpu_ms: u.cpu_ms,
-                sampled_at: u.sampled_at_ms,
-            }),
+            // Samples go through `Usage`, never the log.
+            usage: None,
             ports: r
                 .ports
                 .into_iter()

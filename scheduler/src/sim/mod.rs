@@ -490,6 +490,15 @@ impl Sim {
                         })
                         .collect(),
                 },
+                // Ended leases leave within seconds, or after a handful:
+                // retention rules fire all through a run. (Idempotency
+                // keys keep their long default: acknowledged ones are
+                // checked at the end.)
+                2 => Command::SetRetention(crate::state::Retention {
+                    history_ms: self.rng.random_range(0..5_000),
+                    history_max: self.rng.random_range(1..20),
+                    ..crate::state::Retention::default()
+                }),
                 _ => Command::SetDraining {
                     name: format!("n{}", self.rng.random_range(0..4)),
                     draining: self.rng.random_bool(0.5),

@@ -251,7 +251,9 @@ impl State {
             .iter()
             .take(ended.len().saturating_sub(DEPLOYMENTS_KEPT))
         {
-            self.deployments.remove(id);
+            if let Some(d) = self.deployments.remove(id) {
+                self.trimmed.push(super::Trimmed::Deployment(d));
+            }
         }
     }
 
@@ -276,6 +278,7 @@ impl State {
         }
         d.reason = reason;
         let tasks: Vec<u64> = d.build_task.iter().chain(&d.instances).copied().collect();
+        self.unpin(id);
         for t in tasks {
             let _ = self.cancel_task(t, "deployer", true);
         }
@@ -409,6 +412,7 @@ impl State {
             None => {
                 x.status = DeployStatus::Active;
                 x.ended_at = Some(now);
+                self.unpin(d.id);
             }
         }
         deployed(self.deployments.get(&d.id), false, "")

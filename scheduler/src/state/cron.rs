@@ -277,11 +277,14 @@ impl State {
         let runs = self.cron_runs.entry(name.clone()).or_default();
         runs.insert(run.scheduled_at, run.clone());
         let mut dropped = None;
+        let mut gone = Vec::new();
         while runs.len() > RUNS_KEPT {
             match runs.iter().find(|(_, r)| r.state != RunState::Running) {
                 Some((at, _)) => {
                     let at = *at;
-                    runs.remove(&at);
+                    if let Some(r) = runs.remove(&at) {
+                        gone.push(super::Trimmed::CronRun(r));
+                    }
                     dropped = Some(at);
                 }
                 None => break,
@@ -291,6 +294,9 @@ impl State {
             && let Some(job) = self.cron_jobs.get_mut(&name)
         {
             job.trimmed_to = Some(job.trimmed_to.map_or(at, |t| t.max(at)));
+        }
+        for g in gone {
+            self.trimmed.push(g);
         }
         Applied::CronRun(Box::new(run))
     }

@@ -103,6 +103,7 @@ impl State {
             spec,
         };
         self.leases.insert(id, lease.clone());
+        self.hold(principal, &lease.spec, true);
         match nodes {
             Some(nodes) => self.grant(id, nodes),
             None => {
@@ -351,6 +352,7 @@ impl State {
                 for (old, new) in moved {
                     self.reindex(old, new);
                 }
+                self.ended_lease(&out);
                 self.end_task_of(id, to);
                 return out;
             }
@@ -359,8 +361,16 @@ impl State {
         lease.state = to;
         lease.ended_at = Some(now);
         let out = lease.clone();
+        self.ended_lease(&out);
         self.end_task_of(id, to);
         out
+    }
+
+    /// Bookkeeping of a lease that just ended: its principal holds it no
+    /// more, and it may leave the live state later.
+    fn ended_lease(&mut self, l: &Lease) {
+        self.hold(&l.principal, &l.spec, false);
+        self.note_ended(l.ended_at.unwrap_or(self.time), l.id);
     }
 
     /// A lease lost with its node: it holds nothing any more.
@@ -437,24 +447,16 @@ impl State {
                 spec.max_total_ms / 1000
             ));
         }
-        let live: Vec<&Lease> = self
-            .leases
-            .values()
-            .filter(|l| l.principal == principal && !l.state.is_ended())
-            .collect();
+        // O(1): live leases are counted per principal as they come and go.
+        let (live, held) = self.held.get(principal).copied().unwrap_or((0, 0));
         if let Some(max) = q.max_leases
-            && live.len() as u64 >= u64::from(max)
+            && live >= u64::from(max)
         {
             return deny(format!(
-                "quota: {principal} may hold at most {max} leases at once and holds {}; release one first",
-                live.len()
+                "quota: {principal} may hold at most {max} leases at once and holds {live}; release one first"
             ));
         }
         if let Some(max) = q.max_cpu_millis {
-            let held: u64 = live
-                .iter()
-                .map(|l| l.spec.resources.cpu_millis * u64::from(l.spec.count.max(1)))
-                .sum();
             let asked = spec.resources.cpu_millis * u64::from(spec.count.max(1));
             if held + asked > max {
                 return deny(format!(
@@ -476,6 +478,7 @@ impl State {
             self.timeouts.iter().next().map(|(at, _)| *at),
             self.price_steps.iter().next().map(|(at, _)| *at),
             self.heartbeats.iter().next().map(|(at, _)| *at),
+            self.next_trim(),
         ]
         .into_iter()
         .flatten()

@@ -7,8 +7,11 @@
 //! - fencing tokens strictly increase with every grant;
 //! - a pending request is in the queue, a granted lease in the expiry index,
 //!   and an ended one in neither;
-//! - a proposal whose idempotency key was already applied changes nothing and
-//!   returns the first outcome.
+//! - a proposal whose idempotency key was already applied (and is still
+//!   kept) changes nothing and returns that request's outcome;
+//! - nothing live (a pending or granted lease, a task not ended, a running
+//!   deployment) is ever trimmed: only ended things leave, by the rules of
+//!   [`retention`].
 //!
 //! `apply` is deterministic: no clock, no randomness, no IO. Time comes in the
 //! proposal (`at`, stamped by the leader) and state time is `max(previous, at)`.
@@ -20,18 +23,19 @@
 //! Limitations: placement runs inside `apply` (so it is trivially consistent);
 //! with very large fleets the leader should place with an overlay of its
 //! in-flight grants and `apply` only re-check. The queue is first-fit in
-//! priority order (a large request can be passed by smaller ones). Ended
-//! leases and idempotency keys are kept forever.
+//! priority order (a large request can be passed by smaller ones).
 
 mod apps;
 mod cron;
 mod leases;
 mod nodes;
+pub mod retention;
 mod tasks;
 mod types;
 
 pub use apps::{App, DeployStep, full_commit};
 pub use cron::{CronFire, CronJob, CronRun, JobChange, JobDef, RUNS_KEPT, RunState, Runs};
+pub use retention::{KeyOutcome, Retention, Trimmed};
 pub use tasks::TaskReport;
 
 pub use charter_config::constraint::{Constraint, Op, version_cmp};
@@ -190,6 +194,8 @@ pub enum Command {
         /// One lease and task each.
         tasks: Vec<(LeaseSpec, TaskSpec)>,
     },
+    /// Sets the retention rules (the leader's config). Admin only.
+    SetRetention(Retention),
     /// Applies every time-based change due at the proposal's time: leases
     /// expire, queued requests time out, nodes that missed their heartbeat go
     /// down, and the queue is granted what fits. Every command does this
@@ -281,6 +287,8 @@ pub enum Applied {
         /// Why nothing started.
         reason: String,
     },
+    /// The retention rules in force after the change.
+    Retention(Retention),
     /// A principal's limits after the change.
     Quota {
         /// The principal, or `*`.
@@ -329,6 +337,17 @@ pub enum Refusal {
         id: u64,
         /// Its state.
         state: LeaseState,
+    },
+    /// A retried request's lease or task has ended and left the live
+    /// state since the first answer (its idempotency key is still kept).
+    #[error(
+        "{what} {id} (this request's result) has ended and left the live state; `charter {what} show {id}` reads it from history"
+    )]
+    Gone {
+        /// `lease` or `task`.
+        what: String,
+        /// Its id.
+        id: u64,
     },
     /// The principal may not do this, or a limit forbids it.
     #[error("{reason}")]
@@ -396,8 +415,17 @@ pub struct State {
     pub next_lease_id: u64,
     /// The last fencing token handed out; the next grant gets a larger one.
     pub fencing_token: u64,
-    /// First outcomes by `principal/key`.
+    /// Idempotency outcomes by [`retention::key_id`] of `principal/key`,
+    /// with when they were applied.
+    #[serde(default)]
+    pub keys: OrdMap<u128, (Millis, KeyOutcome)>,
+    /// First outcomes by `principal/key`, as states before retention kept
+    /// them: read from an older snapshot into `keys`, never written.
+    #[serde(default, skip_serializing)]
     pub applied_keys: OrdMap<String, Outcome>,
+    /// The retention rules in force.
+    #[serde(default)]
+    pub retention: Retention,
     /// Raft members and their peer addresses, changed by conf-change entries.
     pub members: BTreeMap<u64, String>,
     /// The raft term of the newest applied entry (see [`State::observe_term`]).
@@ -408,6 +436,39 @@ pub struct State {
     /// tightest or loosest fit without scanning the fleet.
     #[serde(skip)]
     pub by_free: OrdSet<(u64, String)>,
+    /// Ended leases by `(ended_at, id)`: the order they leave in (derived
+    /// from `leases`, rebuilt on load).
+    #[serde(skip)]
+    pub ended: OrdSet<(Millis, u64)>,
+    /// Idempotency outcomes by `(applied at, key)` (derived from `keys`).
+    #[serde(skip)]
+    pub key_times: OrdSet<(Millis, u128)>,
+    /// Live (pending or granted) leases per principal: how many, and their
+    /// CPU in millicores, for quotas in O(1) (derived from `leases`).
+    #[serde(skip)]
+    pub held: OrdMap<String, (u64, u64)>,
+    /// What left the live state since the member last took it
+    /// ([`State::take_trimmed`]); not part of the state's identity.
+    #[serde(skip)]
+    pub trimmed: Outbox,
+}
+
+/// Objects on their way from the live state to a member's history store.
+/// Two states are equal whatever their outboxes hold.
+#[derive(Clone, Debug, Default)]
+pub struct Outbox(pub Vec<Trimmed>);
+
+impl PartialEq for Outbox {
+    fn eq(&self, _: &Outbox) -> bool {
+        true
+    }
+}
+
+impl Outbox {
+    /// Adds one object.
+    pub fn push(&mut self, t: Trimmed) {
+        self.0.push(t);
+    }
 }
 
 /// A node's key in [`State::by_free`]: only ready nodes take grants.
@@ -430,17 +491,22 @@ impl State {
     /// the same result on every member.
     pub fn apply(&mut self, p: &Proposal) -> Outcome {
         self.time = self.time.max(p.at);
-        // Whatever fell due by now happens first, whichever command brought
-        // the time: no lease is ever granted past its expiry in any state.
+        // What the retention rules let go leaves first, then whatever fell
+        // due by now happens, whichever command brought the time: no lease
+        // is ever granted past its expiry in any state.
+        self.trim();
         let due = match self.next_due() {
             Some(at) if at <= self.time => Some(self.tick()),
             _ => None,
         };
-        let key = p.key.as_ref().map(|k| format!("{}/{}", p.principal, k));
-        if let Some(k) = &key
-            && let Some(first) = self.applied_keys.get(k)
+        let key = p
+            .key
+            .as_ref()
+            .map(|k| retention::key_id(&format!("{}/{}", p.principal, k)));
+        if let Some(k) = key
+            && let Some(first) = self.replay(k)
         {
-            return first.clone();
+            return first;
         }
         let out = match &p.cmd {
             Command::RegisterNode {
@@ -501,11 +567,14 @@ impl State {
             Command::DeploySubmit { id, step, tasks } => {
                 self.deploy_submit(p.admin, *id, step, tasks)
             }
+            Command::SetRetention(r) => self.set_retention(*r, p.admin),
             Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
         };
         if let Some(k) = key {
-            self.applied_keys.insert(k, out.clone());
+            self.remember(k, &out);
         }
+        // And again after: the counts hold after every apply.
+        self.trim();
         out
     }
 
@@ -534,10 +603,59 @@ impl State {
         Ok(s)
     }
 
-    /// Recomputes [`State::by_free`] from the nodes (after loading, or after
-    /// a test or benchmark filled `nodes` directly).
+    /// Recomputes the derived indexes ([`State::by_free`], `ended`,
+    /// `key_times`, `held`) after loading, or after a test or benchmark
+    /// filled the maps directly. Outcomes of an older snapshot's
+    /// `applied_keys` are kept as applied now.
     pub fn rebuild_index(&mut self) {
         self.by_free = self.nodes.values().filter_map(free_key).collect();
+        for (k, out) in std::mem::take(&mut self.applied_keys) {
+            self.keys
+                .insert(retention::key_id(&k), (self.time, KeyOutcome::of(&out)));
+        }
+        self.key_times = self.keys.iter().map(|(k, (at, _))| (*at, *k)).collect();
+        self.ended = self
+            .leases
+            .values()
+            .filter_map(|l| Some((l.ended_at?, l.id)))
+            .filter(|(_, id)| !self.pinned(*id))
+            .collect();
+        self.held = OrdMap::new();
+        let live: Vec<(String, LeaseSpec)> = self
+            .leases
+            .values()
+            .filter(|l| !l.state.is_ended())
+            .map(|l| (l.principal.clone(), l.spec.clone()))
+            .collect();
+        for (principal, spec) in live {
+            self.hold(&principal, &spec, true);
+        }
+    }
+
+    /// Counts a lease in (or out of) its principal's live leases.
+    pub(super) fn hold(&mut self, principal: &str, spec: &LeaseSpec, add: bool) {
+        let cpu = spec.resources.cpu_millis * u64::from(spec.count.max(1));
+        let e = self.held.entry(principal.to_string()).or_default();
+        if add {
+            *e = (e.0 + 1, e.1 + cpu);
+        } else {
+            *e = (e.0.saturating_sub(1), e.1.saturating_sub(cpu));
+        }
+        if *e == (0, 0) {
+            self.held.remove(principal);
+        }
+    }
+
+    /// Puts `r` in force. Admin only.
+    fn set_retention(&mut self, r: Retention, admin: bool) -> Outcome {
+        if !admin {
+            return Err(Refusal::Denied {
+                reason: "retention rules are the servers' config (an admin token)".into(),
+            });
+        }
+        self.retention = r;
+        self.trim();
+        Ok(Applied::Retention(r))
     }
 
     /// Moves a node's entry in [`State::by_free`] from `old` to `new`.

@@ -1057,3 +1057,161 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
     let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
     assert_eq!(back.deployments, s.deployments);
 }
+
+/// A state with node n1 and the given retention rules in force.
+fn retained(r: Retention) -> State {
+    let mut s = State::new(Default::default());
+    s.apply(&p(1, "root", None, register("n1", 64_000)))
+        .unwrap();
+    s.apply(&p(1, "root", None, Command::SetRetention(r)))
+        .unwrap();
+    s
+}
+
+#[test]
+fn ended_leases_leave_by_age_and_by_count_and_only_when_ended() {
+    let mut s = retained(Retention {
+        history_ms: 10_000,
+        history_max: 3,
+        ..Retention::default()
+    });
+    let ids: Vec<u64> = (0..6)
+        .map(|i| got(s.apply(&p(10 + i, "ann", None, lease(100, 60_000)))).id)
+        .collect();
+    // Five end; the sixth stays live however long it lives.
+    for (i, id) in ids[..5].iter().enumerate() {
+        s.apply(&p(
+            20 + i as i64,
+            "ann",
+            None,
+            Command::ReleaseLease { id: *id },
+        ))
+        .unwrap();
+    }
+    s.apply(&p(30, "root", None, Command::Tick)).unwrap();
+    let kept: Vec<u64> = s.leases.keys().copied().collect();
+    assert_eq!(
+        kept,
+        [ids[2], ids[3], ids[4], ids[5]],
+        "at most 3 ended stay"
+    );
+    let gone: Vec<u64> = s
+        .take_trimmed()
+        .iter()
+        .map(|t| match t {
+            Trimmed::Lease(l) => l.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(gone, [ids[0], ids[1]], "the oldest went to the history");
+    // By age: 10 s after they ended the rest go, at a tick the state asked for.
+    assert_eq!(s.next_due(), Some(22 + 10_000));
+    s.apply(&p(24 + 10_000, "root", None, Command::Tick))
+        .unwrap();
+    assert_eq!(s.leases.keys().copied().collect::<Vec<_>>(), [ids[5]]);
+    assert_eq!(s.take_trimmed().len(), 3);
+    // The live one, its node and the quota counters are untouched.
+    assert_eq!(s.nodes["n1"].allocated.cpu_millis, 100);
+    assert_eq!(s.held.get("ann"), Some(&(1, 100)));
+    // Rebuilding the derived indexes from the serialised state agrees.
+    let again = State::from_bytes(&s.to_bytes()).unwrap();
+    assert_eq!(again, s);
+    assert_eq!(
+        (again.ended.clone(), again.held.clone()),
+        (s.ended.clone(), s.held.clone())
+    );
+}
+
+#[test]
+fn a_retry_inside_the_window_gets_its_result_and_after_it_is_new() {
+    let mut s = retained(Retention {
+        keys_ms: 5_000,
+        keys_max: 2,
+        ..Retention::default()
+    });
+    let first = got(s.apply(&p(10, "ann", Some("k1"), lease(100, 60_000))));
+    // Retried inside the window: the same lease, nothing new.
+    let again = got(s.apply(&p(20, "ann", Some("k1"), lease(100, 60_000))));
+    assert_eq!((again.id, s.next_lease_id), (first.id, first.id + 1));
+    // Another principal's same key is another request.
+    let bob = got(s.apply(&p(21, "bob", Some("k1"), lease(100, 60_000))));
+    assert_ne!(bob.id, first.id);
+    // After the window, the same key is a new request.
+    let late = got(s.apply(&p(10 + 5_000, "ann", Some("k1"), lease(100, 60_000))));
+    assert_ne!(late.id, first.id, "outside the window: new");
+    // By count: a third key pushes out the oldest.
+    s.apply(&p(5_020, "ann", Some("k2"), lease(100, 60_000)))
+        .unwrap();
+    s.apply(&p(5_021, "ann", Some("k3"), lease(100, 60_000)))
+        .unwrap();
+    assert_eq!(s.keys.len(), 2);
+    // A refusal is kept whole and given back as it was.
+    let r = s.apply(&p(
+        5_030,
+        "ann",
+        Some("k4"),
+        Command::ReleaseLease { id: 999 },
+    ));
+    assert!(matches!(r, Err(Refusal::NotFound { .. })), "{r:?}");
+    s.apply(&p(5_031, "root", None, register("n2", 1_000)))
+        .unwrap();
+    assert_eq!(
+        s.apply(&p(
+            5_032,
+            "ann",
+            Some("k4"),
+            Command::ReleaseLease { id: 999 }
+        )),
+        r
+    );
+}
+
+#[test]
+fn a_retry_whose_lease_left_names_it() {
+    let mut s = retained(Retention {
+        history_ms: 0,
+        ..Retention::default()
+    });
+    let l = got(s.apply(&p(10, "ann", Some("k"), lease(100, 60_000))));
+    s.apply(&p(11, "ann", None, Command::ReleaseLease { id: l.id }))
+        .unwrap();
+    s.apply(&p(12, "root", None, Command::Tick)).unwrap();
+    assert!(!s.leases.contains_key(&l.id));
+    let r = s.apply(&p(13, "ann", Some("k"), lease(100, 60_000)));
+    assert_eq!(
+        r,
+        Err(Refusal::Gone {
+            what: "lease".into(),
+            id: l.id
+        })
+    );
+    assert_eq!(s.next_lease_id, l.id + 1, "not requested again");
+}
+
+#[test]
+fn quotas_count_live_leases_without_scanning_history() {
+    let mut s = retained(Retention::default());
+    s.apply(&p(
+        2,
+        "root",
+        None,
+        Command::SetQuota {
+            principal: "ann".into(),
+            quota: Quota {
+                max_leases: Some(2),
+                ..Quota::default()
+            },
+        },
+    ))
+    .unwrap();
+    let a = got(s.apply(&p(3, "ann", None, lease(100, 60_000))));
+    got(s.apply(&p(4, "ann", None, lease(100, 60_000))));
+    assert!(matches!(
+        s.apply(&p(5, "ann", None, lease(100, 60_000))),
+        Err(Refusal::Denied { .. })
+    ));
+    s.apply(&p(6, "ann", None, Command::ReleaseLease { id: a.id }))
+        .unwrap();
+    got(s.apply(&p(7, "ann", None, lease(100, 60_000))));
+    assert_eq!(s.held.get("ann"), Some(&(2, 200)));
+}

@@ -225,6 +225,12 @@ pub struct LeaseSpec {
     pub reason: String,
 }
 
+impl Default for LeaseSpec {
+    fn default() -> LeaseSpec {
+        LeaseSpec::simple(Resources::default(), 0)
+    }
+}
+
 impl LeaseSpec {
     /// A one-node request for `resources` over `duration_ms`, granted now or refused.
     pub fn simple(resources: Resources, duration_ms: u64) -> LeaseSpec {
@@ -245,10 +251,11 @@ impl LeaseSpec {
 }
 
 /// Where a lease is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseState {
     /// Waiting in the queue for capacity.
+    #[default]
     Pending,
     /// Holds its resources until `expires_at`.
     Granted,
@@ -302,7 +309,7 @@ pub struct Quota {
 }
 
 /// A principal's claim on resources of some nodes until `expires_at`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     /// Unique, increasing id.
     pub id: u64,
@@ -492,10 +499,11 @@ pub struct TaskSpec {
 }
 
 /// Where a task is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Waiting for its lease or its agent.
+    #[default]
     Pending,
     /// Its process runs.
     Running,
@@ -547,7 +555,7 @@ impl TaskState {
 }
 
 /// A task: work bound to a lease, run by the lease's node's agent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     /// Unique, increasing id.
     pub id: u64,

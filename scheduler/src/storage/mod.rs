@@ -9,9 +9,11 @@
 //! since sled's own `flush` is `sync_file_range` on Linux and not an fsync),
 //! and [`MemStore`] for tests and simulation.
 
+pub mod history;
 mod memory;
 mod sled_store;
 
+pub use history::History;
 pub use memory::MemStore;
 pub use sled_store::{SledStore, SnapshotData};
 

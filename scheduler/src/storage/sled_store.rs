@@ -62,7 +62,8 @@ pub struct SnapshotData {
 
 impl SnapshotData {
     fn open(dir: &Path) -> StoreResult<SnapshotData> {
-        let db = open_db(dir).map_err(|e| st(dir, "cannot open the snapshot database", e))?;
+        let db = open_db(sled::Config::new().path(dir).flush_every_ms(None))
+            .map_err(|e| st(dir, "cannot open the snapshot database", e))?;
         let file = File::open(dir.join("db"))
             .map_err(|e| st(dir, "cannot open the snapshot file for fsync", e))?;
         Ok(SnapshotData {
@@ -113,10 +114,10 @@ fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
 /// the same process (tests, an in-process restart) can find its file lock
 /// still held for a moment: wait up to a second for it. Another process
 /// holding the directory still fails, after that second.
-fn open_db(dir: &Path) -> sled::Result<sled::Db> {
+pub(super) fn open_db(config: sled::Config) -> sled::Result<sled::Db> {
     let mut tries = 0;
     loop {
-        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+        match config.clone().open() {
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -134,7 +135,8 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> StoreResult<SledStore> {
         std::fs::create_dir_all(dir).map_err(|e| st(dir, "cannot create the data directory", e))?;
-        let db = open_db(dir).map_err(|e| st(dir, "cannot open the raft database", e))?;
+        let db = open_db(sled::Config::new().path(dir).flush_every_ms(None))
+            .map_err(|e| st(dir, "cannot open the raft database", e))?;
         let log = db
             .open_tree("raft_log")
             .map_err(|e| st(dir, "cannot open tree raft_log", e))?;

@@ -3,10 +3,12 @@
 //! keeps one `RaftPeer.Stream` call open and sends what has queued up as one
 //! batch on it, without waiting for any answer; each message is its own
 //! rust-protobuf encoding. A full queue drops messages (raft resends).
+//! A snapshot goes on its own `RaftPeer.Snapshot` call in chunks of
+//! [`SNAPSHOT_CHUNK`], so its size is bounded by memory, not by a message.
 
 use super::{Report, Transport};
-use charter_proto::RaftBatch;
 use charter_proto::raft_peer_client::RaftPeerClient;
+use charter_proto::{RaftBatch, SnapshotChunk};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
@@ -16,8 +18,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-/// The largest gRPC message between peers (snapshots travel whole).
-pub const MAX_PEER_MESSAGE: usize = 256 << 20;
+/// The largest gRPC message between peers (raft batches; snapshots travel
+/// in chunks).
+pub const MAX_PEER_MESSAGE: usize = 16 << 20;
+/// Bytes of snapshot data per chunk.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 const QUEUE: usize = 4096;
 const MAX_BATCH: usize = 256;
 /// Batches waiting to go out on a peer's stream.
@@ -171,21 +176,24 @@ impl PeerTask {
                         r = &mut call => break r,
                     },
                 };
-                let batch = take_batch(first, &mut rx);
-                let snapshot = batch
-                    .iter()
-                    .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+                let (snapshots, batch): (Vec<Message>, Vec<Message>) = take_batch(first, &mut rx)
+                    .into_iter()
+                    .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+                for s in snapshots {
+                    self.send_snapshot(&client, s).await;
+                }
                 let msgs: Vec<Vec<u8>> = batch
                     .iter()
                     .filter_map(|m| m.write_to_bytes().ok())
                     .collect();
+                if msgs.is_empty() {
+                    continue;
+                }
                 let batch = RaftBatch {
                     from: self.from,
                     msgs,
                 };
-                if snapshot {
-                    self.send_snapshot(&client, batch).await;
-                } else if out.send(batch).await.is_err() {
+                if out.send(batch).await.is_err() {
                     // The call ended; its result says why.
                     break (&mut call).await;
                 }
@@ -208,10 +216,38 @@ impl PeerTask {
         }
     }
 
-    async fn send_snapshot(&self, client: &RaftPeerClient<Channel>, batch: RaftBatch) {
-        let mut req = self.request(batch);
-        req.set_timeout(Duration::from_secs(30));
-        let ok = match client.clone().send(req).await {
+    /// Sends one MsgSnapshot in chunks; raft hears whether it arrived.
+    async fn send_snapshot(&self, client: &RaftPeerClient<Channel>, mut m: Message) {
+        let data = m.mut_snapshot().take_data();
+        let head = m.write_to_bytes().unwrap_or_default();
+        let from = self.from;
+        let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+        let feed = tokio::spawn(async move {
+            let mut pieces = data.chunks(SNAPSHOT_CHUNK);
+            let first = SnapshotChunk {
+                from,
+                message: head,
+                data: pieces.next().unwrap_or_default().to_vec(),
+            };
+            if tx.send(first).await.is_err() {
+                return;
+            }
+            for p in pieces {
+                let c = SnapshotChunk {
+                    from,
+                    message: Vec::new(),
+                    data: p.to_vec(),
+                };
+                if tx.send(c).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut req = self.request(ReceiverStream::new(rx));
+        req.set_timeout(Duration::from_secs(120));
+        let sent = client.clone().snapshot(req).await;
+        feed.abort();
+        let ok = match sent {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(peer = self.to, addr = %self.addr, error = %e.message(), "snapshot not delivered");

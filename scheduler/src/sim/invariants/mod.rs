@@ -10,6 +10,7 @@ pub mod fencing;
 pub mod hydra;
 pub mod one_leader_per_term;
 pub mod queue;
+pub mod retention;
 pub mod tasks;
 pub mod time_bounds;
 
@@ -57,6 +58,7 @@ pub fn check_all(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String
     exclusive::check(views)?;
     fencing::check(views)?;
     queue::check(views)?;
+    retention::check(views)?;
     tasks::check(views)?;
     deployments::check(views)?;
     time_bounds::check(views)?;

@@ -1,0 +1,260 @@
+//! Retention: live state holds live things.
+//!
+//! Ended leases (with their tasks) and idempotency outcomes leave the
+//! replicated state by rules applied inside `apply`, so every member trims
+//! the same things at the same applied index:
+//! - an ended lease stays [`Retention::history_ms`] after it ended, and at
+//!   most [`Retention::history_max`] ended leases stay (the oldest go first,
+//!   whichever rule bites first); its task goes with it once the task has
+//!   ended and the lease is the task's newest;
+//! - an idempotency outcome stays [`Retention::keys_ms`], and at most
+//!   [`Retention::keys_max`] stay; a retry after that is a new request.
+//!
+//! A lease whose task a running deployment names is pinned: it leaves only
+//! after the deployment ends (the deployer reads its build's task).
+//!
+//! Cron runs beyond a job's [`super::RUNS_KEPT`] and ended deployments
+//! beyond an app's [`super::apps::DEPLOYMENTS_KEPT`] leave by their own
+//! rules. Whatever leaves is pushed to [`State::trimmed`], which the member
+//! drains into its history store on disk after each apply.
+//!
+//! The rules are in the state (`SetRetention`, proposed by the leader from
+//! its config), so members with different configs still agree.
+//!
+//! Limitations: an idempotent retry inside the window gets the request's
+//! outcome as it stands now (the same lease, in its current state), not a
+//! copy of the first answer: outcomes are kept as a reference to keep them
+//! small. A lease trimmed before its key answers such a retry
+//! [`Refusal::Gone`], naming the lease.
+
+use super::{Applied, Lease, Millis, Outcome, Refusal, State, Task};
+use charter_config::deployment::{DeployStatus, Deployment};
+use serde::{Deserialize, Serialize};
+
+/// How long ended things and idempotency outcomes stay in live state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// An ended lease (and its task) stays this long, in ms.
+    pub history_ms: u64,
+    /// At most this many ended leases stay.
+    pub history_max: u64,
+    /// An idempotency outcome stays this long, in ms.
+    pub keys_ms: u64,
+    /// At most this many idempotency outcomes stay.
+    pub keys_max: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            history_ms: 3_600_000,
+            history_max: 10_000,
+            keys_ms: 3_600_000,
+            keys_max: 100_000,
+        }
+    }
+}
+
+/// Something `apply` took out of the live state: what the member's history
+/// store keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trimmed {
+    /// An ended lease.
+    Lease(Lease),
+    /// An ended task.
+    Task(Task),
+    /// A decided cron run beyond its job's keep.
+    CronRun(super::CronRun),
+    /// An ended deployment beyond its app's keep.
+    Deployment(Deployment),
+}
+
+/// An idempotency outcome, kept small: a reference for the common creates,
+/// the whole outcome for the rest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "of", rename_all = "snake_case")]
+pub enum KeyOutcome {
+    /// A lease (answered with the lease as it is now).
+    Lease {
+        /// Its id.
+        id: u64,
+    },
+    /// A task (answered with the task and its lease as they are now).
+    Task {
+        /// Its id.
+        id: u64,
+    },
+    /// Anything else, whole (boxed: the common variants stay 16 bytes).
+    Whole {
+        /// The first outcome.
+        outcome: Box<Outcome>,
+    },
+}
+
+impl KeyOutcome {
+    /// How `out` is kept (a [`Refusal::Gone`] names what the key kept).
+    pub fn of(out: &Outcome) -> KeyOutcome {
+        match out {
+            Ok(Applied::Lease(l)) => KeyOutcome::Lease { id: l.id },
+            Ok(Applied::Task { task, .. }) => KeyOutcome::Task { id: task.id },
+            Err(Refusal::Gone { what, id }) if what == "lease" => KeyOutcome::Lease { id: *id },
+            Err(Refusal::Gone { what, id }) if what == "task" => KeyOutcome::Task { id: *id },
+            other => KeyOutcome::Whole {
+                outcome: Box::new(other.clone()),
+            },
+        }
+    }
+}
+
+/// The 128-bit identity of an idempotency key, `principal/key` (the first
+/// 16 bytes of its sha256): small to keep, and the same on every member
+/// and build.
+pub fn key_id(principal_key: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(principal_key.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
+}
+
+impl State {
+    /// The outcome kept for key `id`, answered as it stands now.
+    pub(super) fn replay(&self, id: u128) -> Option<Outcome> {
+        let (_, kept) = self.keys.get(&id)?;
+        Some(match kept {
+            KeyOutcome::Whole { outcome } => (**outcome).clone(),
+            KeyOutcome::Lease { id } => match self.leases.get(id) {
+                Some(l) => Ok(Applied::Lease(l.clone())),
+                None => Err(gone("lease", *id)),
+            },
+            KeyOutcome::Task { id } => {
+                let t = self.tasks.get(id);
+                match t.and_then(|t| Some((t, self.leases.get(&t.lease)?))) {
+                    Some((t, l)) => Ok(Applied::Task {
+                        task: Box::new(t.clone()),
+                        lease: Box::new(l.clone()),
+                    }),
+                    None => Err(gone("task", *id)),
+                }
+            }
+        })
+    }
+
+    /// Keeps `out` for key `id`, applied now.
+    pub(super) fn remember(&mut self, id: u128, out: &Outcome) {
+        self.keys.insert(id, (self.time, KeyOutcome::of(out)));
+        self.key_times.insert((self.time, id));
+    }
+
+    /// Notes that lease `id` ended (it may leave later, unless pinned).
+    pub(super) fn note_ended(&mut self, ended_at: Millis, id: u64) {
+        if !self.pinned(id) {
+            self.ended.insert((ended_at, id));
+        }
+    }
+
+    /// Whether lease `id`'s task is named by a running deployment.
+    pub fn pinned(&self, id: u64) -> bool {
+        let Some(task) = self.lease_tasks.get(&id) else {
+            return false;
+        };
+        self.deployments.values().any(|d| {
+            d.status == DeployStatus::Running
+                && (d.build_task == Some(*task) || d.instances.contains(task))
+        })
+    }
+
+    /// Deployment `id` stopped running: the ended leases of its tasks may
+    /// leave now.
+    pub(super) fn unpin(&mut self, id: u64) {
+        let Some(d) = self.deployments.get(&id) else {
+            return;
+        };
+        let tasks: Vec<u64> = d.build_task.iter().chain(&d.instances).copied().collect();
+        // Every lease the tasks had (a task placed again had more than one).
+        let ended: Vec<(Millis, u64)> = self
+            .lease_tasks
+            .iter()
+            .filter(|(_, t)| tasks.contains(t))
+            .filter_map(|(l, _)| Some((self.leases.get(l)?.ended_at?, *l)))
+            .collect();
+        for (at, lease) in ended {
+            if !self.pinned(lease) {
+                self.ended.insert((at, lease));
+            }
+        }
+    }
+
+    /// When the next retention rule bites by time alone, if ever.
+    pub fn next_trim(&self) -> Option<Millis> {
+        let r = &self.retention;
+        let after = |at: Millis, ms: u64| at.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+        [
+            self.ended
+                .iter()
+                .next()
+                .map(|(at, _)| after(*at, r.history_ms)),
+            self.key_times
+                .iter()
+                .next()
+                .map(|(at, _)| after(*at, r.keys_ms)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Applies the retention rules at the state's time: what is due leaves
+    /// the live state and goes to [`State::trimmed`].
+    pub(super) fn trim(&mut self) {
+        let r = self.retention;
+        let now = self.time;
+        let older =
+            |at: Millis, ms: u64| now.saturating_sub(at) >= i64::try_from(ms).unwrap_or(i64::MAX);
+        while let Some(&(at, id)) = self.ended.iter().next() {
+            if !(older(at, r.history_ms) || self.ended.len() as u64 > r.history_max) {
+                break;
+            }
+            self.ended.remove(&(at, id));
+            self.trim_lease(id);
+        }
+        while let Some(&(at, id)) = self.key_times.iter().next() {
+            if !(older(at, r.keys_ms) || self.key_times.len() as u64 > r.keys_max) {
+                break;
+            }
+            self.key_times.remove(&(at, id));
+            self.keys.remove(&id);
+        }
+    }
+
+    /// Takes an ended lease out, and its task when the task has ended and
+    /// this was its newest lease (a task placed again lives on).
+    fn trim_lease(&mut self, id: u64) {
+        let Some(lease) = self.leases.remove(&id) else {
+            return;
+        };
+        if let Some(t) = self.lease_tasks.remove(&id)
+            && self
+                .tasks
+                .get(&t)
+                .is_some_and(|t| t.lease == id && t.state.is_ended())
+            && let Some(task) = self.tasks.remove(&t)
+        {
+            self.trimmed.push(Trimmed::Task(task));
+        }
+        self.trimmed.push(Trimmed::Lease(lease));
+    }
+
+    /// What left the live state since the last call.
+    pub fn take_trimmed(&mut self) -> Vec<Trimmed> {
+        std::mem::take(&mut self.trimmed.0)
+    }
+}
+
+fn gone(what: &str, id: u64) -> Refusal {
+    Refusal::Gone {
+        what: what.into(),
+        id,
+    }
+}
