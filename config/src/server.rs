@@ -32,7 +32,7 @@
 //! idempotency_retention = "1h"  # a request's idempotency key is honoured this long
 //! idempotency_max = 100000      # ... and at most this many keys are kept
 //! keep = "7d"                   # each member's history store keeps what left this long
-//! max_size = "256MiB"           # ... and at most this much
+//! max_size = "32MiB"            # ... and at most this much (records; files ~2x)
 //! ```
 
 use crate::reader::Fields;
@@ -61,7 +61,7 @@ pub struct HistoryConfig {
     pub idempotency_max: Option<u64>,
     /// How long a member's history store keeps what left, in ms (7 d).
     pub keep_ms: Option<u64>,
-    /// Most bytes a member's history store keeps (256 MiB).
+    /// Most bytes of records a member's history store keeps (32 MiB).
     pub max_size: Option<u64>,
 }
 

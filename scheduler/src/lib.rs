@@ -12,6 +12,7 @@
 //! - [`sim`]: a deterministic simulation of a whole cluster with invariants.
 
 pub mod clock;
+pub mod codec;
 pub mod controller;
 mod error;
 pub mod placement;

@@ -6,6 +6,7 @@
 //! snapshot's size, the live state's lease count and the grant p99 of that
 //! window; at the end, how each grew from the first window to the last,
 //! and how long a member takes to restart and be healthy again.
+//! `CHARTER_SOAK_SERVER_FLAGS` passes extra flags to the members.
 
 use super::bench::{Report, authed, channel, percentile_ms, rss_mib};
 use super::output::fail;
@@ -73,8 +74,11 @@ pub fn soak(
     s: Soak,
 ) -> anyhow::Result<Report> {
     let _in = rt.enter();
-    let mut c =
-        Cluster::start(exe, 3, &[]).map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    // Extra member flags, to compare settings (e.g. `--idempotency-max 10000`).
+    let flags = std::env::var("CHARTER_SOAK_SERVER_FLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let mut c = Cluster::start(exe, 3, &flags)
+        .map_err(|e| fail("cannot start the bench cluster", e, ""))?;
     let leader = c
         .wait_leader(Duration::from_secs(20))
         .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;

@@ -113,7 +113,8 @@ pub struct HistoryArgs {
     /// How long this member's history store keeps what left [default: 7d].
     #[arg(long)]
     pub history_keep: Option<String>,
-    /// Most this member's history store keeps [default: 256MiB].
+    /// Most this member's history store keeps, in records' bytes (sled's
+    /// files take up to about twice that) [default: 32MiB].
     #[arg(long)]
     pub history_max_size: Option<String>,
 }

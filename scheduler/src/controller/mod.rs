@@ -34,8 +34,9 @@ pub fn tick_proposal(state: &State, now: Millis) -> Option<Proposal> {
 
 /// How often the leader checks that its retention rules are in force.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
-/// How often a member prunes its history store.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often a member prunes its history store (often: small steady
+/// deletions instead of a burst).
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 /// What a member keeps of what left the live state: for how long, how much.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +51,7 @@ impl Default for HistoryKeep {
     fn default() -> HistoryKeep {
         HistoryKeep {
             keep_ms: 7 * 24 * 3_600_000,
-            max_bytes: 256 << 20,
+            max_bytes: 32 << 20,
         }
     }
 }

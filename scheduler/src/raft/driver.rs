@@ -29,8 +29,11 @@ pub struct MemberConfig {
     pub election_tick: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_tick: usize,
-    /// Applied entries between log compactions.
+    /// Applied entries between log compactions…
     pub snapshot_entries: u64,
+    /// …or applied bytes of entries, whichever comes first: a log of large
+    /// batched entries is compacted before it holds much memory and disk.
+    pub snapshot_log_bytes: u64,
     /// The initial members and their peer addresses (used to bootstrap and to find peers).
     pub peers: BTreeMap<u64, String>,
     /// Start empty and wait to be added, instead of bootstrapping from `peers`.
@@ -55,6 +58,7 @@ impl MemberConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_entries: 10_000,
+            snapshot_log_bytes: 4 << 20,
             peers,
             join: false,
             background_snapshots: true,
@@ -148,6 +152,8 @@ pub struct Driver<S: LogStore, T: Transport> {
     snapshot_index: u64,
     /// A snapshot is being serialised in the background.
     snapshotting: bool,
+    /// Bytes of entries applied since the last snapshot was started.
+    log_bytes: u64,
     /// A fatal error met while handling input; ends the thread at the turn's end.
     fatal: Option<Error>,
     was_leader: bool,
@@ -253,10 +259,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         };
         rcfg.validate()?;
         let raw = RawNode::new(&rcfg, store, &logger())?;
-        let snapshot_index = raw
-            .store()
-            .latest_snapshot()
-            .map_or(0, |s| s.get_metadata().index);
+        // The state was loaded from the newest snapshot: its index.
+        let snapshot_index = applied;
         let state = Arc::new(RwLock::new(state));
         let status = Arc::new(Mutex::new(Status {
             id: cfg.id,
@@ -292,6 +296,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             applied,
             snapshot_index,
             snapshotting: false,
+            log_bytes: 0,
             fatal: None,
             was_leader: false,
             stop: false,
@@ -516,17 +521,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         for p in &mut props {
             p.at = at;
         }
-        let data = match serde_json::to_vec(&props) {
-            Ok(d) => d,
-            Err(e) => {
-                for r in replies {
-                    let _ = r.send(Err(Error::Config(format!(
-                        "cannot encode the proposal: {e}"
-                    ))));
-                }
-                return;
-            }
-        };
+        let data = crate::codec::encode(crate::codec::Kind::Entry, &props);
         let ctx = self.next_ctx();
         let sum = digest(&data);
         match self.raw.propose(ctx.clone(), data) {
@@ -645,7 +640,10 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             }
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
-                EntryType::EntryNormal => self.apply_batch(&e)?,
+                EntryType::EntryNormal => {
+                    self.log_bytes += e.data.len() as u64;
+                    self.apply_batch(&e)?
+                }
                 EntryType::EntryConfChange => self.apply_conf_change(&e)?,
                 EntryType::EntryConfChangeV2 => {
                     return Err(corrupt(
@@ -660,8 +658,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     }
 
     fn apply_batch(&mut self, e: &Entry) -> Result<()> {
-        let props: Vec<Proposal> =
-            serde_json::from_slice(&e.data).map_err(|err| corrupt(e.index, err))?;
+        let props: Vec<Proposal> = crate::codec::decode(crate::codec::Kind::Entry, &e.data)
+            .map_err(|err| corrupt(e.index, err))?;
         let outcomes: Vec<Outcome> = {
             let mut st = match self.state.write() {
                 Ok(g) => g,
@@ -738,7 +736,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     /// does not stall raft; the driver compacts when the bytes come back.
     fn maybe_compact(&mut self) {
         let wanted = self.raw.mut_store().take_snapshot_request();
-        let due = self.applied >= self.snapshot_index + self.cfg.snapshot_entries.max(1);
+        let due = self.applied >= self.snapshot_index + self.cfg.snapshot_entries.max(1)
+            || self.log_bytes >= self.cfg.snapshot_log_bytes.max(1);
         if self.snapshotting || !(due || wanted) || self.applied <= self.snapshot_index {
             return;
         }
@@ -746,6 +745,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         };
+        self.log_bytes = 0;
         let index = self.applied;
         let conf_state = self.raw.store().conf_state();
         let writer = self.raw.store().snapshot_writer();

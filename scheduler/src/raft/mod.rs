@@ -22,7 +22,8 @@
 //! A fresh cluster bootstraps from an identical snapshot at index 1 on every
 //! initial member (voters = the `--peers`); a joining member starts empty and
 //! so always receives a snapshot from the leader. The log is compacted into a
-//! snapshot of the state every `snapshot_entries` applied entries.
+//! snapshot of the state every `snapshot_entries` applied entries, or every
+//! `snapshot_log_bytes` (4 MiB) of them, whichever comes first.
 //!
 //! Invariants: nothing is answered before it is applied, nothing is applied
 //! before it is committed, and no vote or append response leaves before it is

@@ -80,7 +80,7 @@ impl LogStore for FailingStore {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         self.inner.sync()
     }
-    fn latest_snapshot(&self) -> Option<&Snapshot> {
+    fn latest_snapshot(&self) -> Option<Snapshot> {
         self.inner.latest_snapshot()
     }
     fn hard_state(&self) -> HardState {

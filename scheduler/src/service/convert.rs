@@ -407,8 +407,16 @@ mod fuzz {
 
         #[test]
         fn raft_messages_and_proposals_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            use crate::codec::{Kind, decode};
             let _ = ::raft::eraftpb::Message::parse_from_bytes(&bytes);
-            let _ = serde_json::from_slice::<Vec<crate::state::Proposal>>(&bytes);
+            let _ = decode::<Vec<crate::state::Proposal>>(Kind::Entry, &bytes);
+            // With a valid header too, so the MessagePack decoder is reached.
+            let mut framed = b"CH\x01E".to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode::<Vec<crate::state::Proposal>>(Kind::Entry, &framed);
+            let mut framed = b"CH\x01S".to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode::<crate::state::State>(Kind::Snapshot, &framed);
         }
     }
 }

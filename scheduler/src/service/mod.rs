@@ -23,9 +23,9 @@ mod placer;
 pub mod proxy;
 mod tasks;
 
-use crate::Error;
 use crate::raft_driver::{MemberHandle, Role};
 use crate::state::{AgentEndpoint, Applied, Command, LeaseState, Outcome, Proposal, Refusal};
+use crate::{Error, codec};
 use auth::{Principal, principal, require_admin};
 use charter_proto as pb;
 use charter_proto::raft_peer_client::RaftPeerClient;
@@ -196,7 +196,7 @@ impl Api {
 
     async fn forward(&self, addr: &str, p: &Proposal) -> Result<Outcome, Error> {
         let ch = self.channel(addr).map_err(|_| Error::NoLeader)?;
-        let bytes = serde_json::to_vec(p).map_err(|e| Error::Config(e.to_string()))?;
+        let bytes = codec::encode(codec::Kind::Forward, p);
         let mut req = self.authed(pb::ForwardRequest { proposal: bytes });
         req.set_timeout(WRITE_RETRY);
         let reply = RaftPeerClient::new(ch)
@@ -206,8 +206,8 @@ impl Api {
                 tonic::Code::FailedPrecondition => Error::Config(s.message().to_string()),
                 _ => Error::LeaderChanged,
             })?;
-        serde_json::from_slice(&reply.into_inner().outcome)
-            .map_err(|e| Error::Config(format!("leader sent an unreadable outcome: {e}")))
+        codec::decode(codec::Kind::Outcome, &reply.into_inner().outcome)
+            .map_err(|e| Error::Config(format!("the leader sent an unreadable outcome: {e}")))
     }
 
     /// Proposes `cmd` for `who` through the leader, retrying through elections.
@@ -853,15 +853,16 @@ impl pb::raft_peer_server::RaftPeer for Peer {
         req: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::ForwardReply>, Status> {
         require_admin(&principal(&req)?, "forwarding writes")?;
-        let mut p: Proposal = serde_json::from_slice(&req.get_ref().proposal)
-            .map_err(|e| Status::invalid_argument(format!("undecodable proposal: {e}")))?;
+        let mut p: Proposal = codec::decode(codec::Kind::Forward, &req.get_ref().proposal)
+            .map_err(|e| Status::invalid_argument(format!("undecodable forwarded write: {e}")))?;
         let _held = if self.member.is_leader() {
             self.placer.hint(&self.member, &mut p)
         } else {
             None
         };
         let outcome = self.member.propose(p).await.map_err(to_status)?;
-        let bytes = serde_json::to_vec(&outcome).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::ForwardReply { outcome: bytes }))
+        Ok(Response::new(pb::ForwardReply {
+            outcome: codec::encode(codec::Kind::Outcome, &outcome),
+        }))
     }
 }

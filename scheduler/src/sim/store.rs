@@ -94,7 +94,7 @@ impl LogStore for SimStore {
             Vec::new()
         };
         let image = Durable {
-            snapshot: self.live.latest_snapshot().cloned(),
+            snapshot: self.live.latest_snapshot(),
             entries,
             hard_state: self.live.hard_state(),
             conf_state: self.live.conf_state(),
@@ -104,7 +104,7 @@ impl LogStore for SimStore {
         }
         Ok(())
     }
-    fn latest_snapshot(&self) -> Option<&Snapshot> {
+    fn latest_snapshot(&self) -> Option<Snapshot> {
         self.live.latest_snapshot()
     }
     fn hard_state(&self) -> HardState {

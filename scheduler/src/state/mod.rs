@@ -590,15 +590,14 @@ impl State {
         }
     }
 
-    /// Serialises the state for a snapshot.
+    /// Serialises the state for a snapshot ([`crate::codec`]).
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serialising plain data with string keys cannot fail.
-        serde_json::to_vec(self).expect("state serialises")
+        crate::codec::encode(crate::codec::Kind::Snapshot, self)
     }
 
-    /// Reads a snapshot's state.
-    pub fn from_bytes(b: &[u8]) -> Result<State, serde_json::Error> {
-        let mut s: State = serde_json::from_slice(b)?;
+    /// Reads a snapshot's state, in any format version this member knows.
+    pub fn from_bytes(b: &[u8]) -> Result<State, crate::codec::CodecError> {
+        let mut s: State = crate::codec::decode(crate::codec::Kind::Snapshot, b)?;
         s.rebuild_index();
         Ok(s)
     }

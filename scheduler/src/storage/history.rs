@@ -8,11 +8,13 @@
 //! `keep`) and size (the oldest go first once the stored bytes pass `max`).
 //!
 //! Layout (sled trees, big-endian keys so order is numeric):
-//! - `lease`, `task`: id → JSON;
-//! - `run`: job, 0, scheduled_at → JSON;
-//! - `deploy`: app, 0, id → JSON;
+//! - `lease`, `task`: id → record;
+//! - `run`: job, 0, scheduled_at → record;
+//! - `deploy`: app, 0, id → record;
 //! - `age`: trimmed-at, tree name, 0, key → value size (for pruning);
 //! - `meta`: `bytes` → the values' total size.
+//!
+//! Records are MessagePack by field name (`rmp-serde`), like the log.
 //!
 //! Writes are not fsynced on their own: the driver calls [`History::flush`]
 //! before it compacts the raft log, and a member that crashes applies again
@@ -59,8 +61,9 @@ fn pair(a: &str, b: &[u8]) -> Vec<u8> {
 impl History {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<History> {
-        let db = super::sled_store::open_db(sled::Config::new().path(dir).cache_capacity(8 << 20))
-            .map_err(|e| err(&format!("cannot open {}", dir.display()), e))?;
+        let db =
+            super::sled_store::open_db(|| sled::Config::new().path(dir).cache_capacity(8 << 20))
+                .map_err(|e| err(&format!("cannot open {}", dir.display()), e))?;
         let tree = |n: &str| db.open_tree(n).map_err(|e| err("cannot open a tree", e));
         Ok(History {
             lease: tree("lease")?,
@@ -199,7 +202,7 @@ impl History {
         self.run
             .scan_prefix(pair(job, &[]))
             .rev()
-            .filter_map(|r| serde_json::from_slice(&r.ok()?.1).ok())
+            .filter_map(|r| read(&r.ok()?.1))
             .take(n)
             .collect()
     }
@@ -209,25 +212,29 @@ impl History {
         self.deploy
             .scan_prefix(pair(app, &[]))
             .rev()
-            .filter_map(|r| serde_json::from_slice(&r.ok()?.1).ok())
+            .filter_map(|r| read(&r.ok()?.1))
             .take(n)
             .collect()
     }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    // Plain data with string keys: serialising cannot fail.
-    serde_json::to_vec(v).unwrap_or_default()
+    // Plain data: encoding cannot fail.
+    rmp_serde::to_vec_named(v).unwrap_or_default()
+}
+
+fn read<T: DeserializeOwned>(b: &[u8]) -> Option<T> {
+    rmp_serde::from_slice(b).ok()
 }
 
 fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Option<T> {
-    serde_json::from_slice(&tree.get(key).ok()??).ok()
+    read(&tree.get(key).ok()??)
 }
 
 fn newest<T: DeserializeOwned>(tree: &sled::Tree, n: usize, keep: impl Fn(&T) -> bool) -> Vec<T> {
     tree.iter()
         .rev()
-        .filter_map(|r| serde_json::from_slice(&r.ok()?.1).ok())
+        .filter_map(|r| read(&r.ok()?.1))
         .filter(|v| keep(v))
         .take(n)
         .collect()

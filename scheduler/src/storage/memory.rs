@@ -158,8 +158,8 @@ impl LogStore for MemStore {
     fn sync(&mut self) -> StoreResult<()> {
         Ok(())
     }
-    fn latest_snapshot(&self) -> Option<&Snapshot> {
-        (self.snapshot.get_metadata().index > 0).then_some(&self.snapshot)
+    fn latest_snapshot(&self) -> Option<Snapshot> {
+        (self.snapshot.get_metadata().index > 0).then(|| self.snapshot.clone())
     }
     fn hard_state(&self) -> HardState {
         self.hard_state.clone()

@@ -49,8 +49,9 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn snapshot_writer(&self) -> SnapshotWriter;
     /// Makes every write so far durable.
     fn sync(&mut self) -> StoreResult<()>;
-    /// The newest snapshot, if any (its data is the state at its index).
-    fn latest_snapshot(&self) -> Option<&Snapshot>;
+    /// The newest snapshot, if any, with its data (the state at its index),
+    /// which a store may read from disk for the call.
+    fn latest_snapshot(&self) -> Option<Snapshot>;
     /// The hard state as stored.
     fn hard_state(&self) -> HardState;
     /// Whether raft asked for a snapshot the store could not give (it was

@@ -1,11 +1,13 @@
 //! [`LogStore`] on sled. Layout: tree `raft_log` maps the big-endian index to
 //! `term (8 bytes BE) ++ encoded Entry`, so `term()` needs no decode; tree
 //! `raft_meta` holds `hard_state`, `conf_state` and `snapshot` (encoded
-//! protobuf, the snapshot's metadata only). Snapshot data lives in a second
-//! sled database, `snapshots/` beside the first, keyed by index: a large
-//! state is written and fsynced there by a background thread, so the raft
-//! thread's own fsyncs never wait for it. The newest two snapshots are kept,
-//! so a crash between writing a snapshot and recording it loses nothing.
+//! protobuf, the snapshot's metadata only). Snapshot data lives in files,
+//! `snapfiles/INDEX.snap` beside the database: a large state is written and
+//! fsynced there by a background thread, so the raft thread's own fsyncs
+//! never wait for it, and an old snapshot's removal leaves no garbage in a
+//! database. The newest two snapshots are kept, so a crash between writing
+//! a snapshot and recording it loses nothing. (Stores from before keep
+//! their data in a sled database, `snapshots/`, moved to a file at open.)
 //!
 //! Durability: sled 0.34's `flush()` writes its buffers and calls
 //! `sync_file_range`, which neither flushes the drive cache nor file metadata.
@@ -40,6 +42,8 @@ pub struct SledStore {
     dir: PathBuf,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The newest snapshot's metadata (its data stays on disk, read when a
+    /// follower needs it: no member holds a large state twice in memory).
     snapshot: Option<Snapshot>,
     /// Index of the first entry in the log (snapshot index + 1).
     first: u64,
@@ -51,57 +55,82 @@ pub struct SledStore {
     sink: SnapshotData,
 }
 
-/// The snapshot-data database: thread-safe, so a background thread can
-/// write a snapshot while the raft thread goes on.
+/// Where snapshot data is written: one file per snapshot, `INDEX.snap`
+/// (written to a temporary name, fsynced, renamed, and the directory
+/// fsynced), so a large state leaves no garbage behind and a background
+/// thread can write one while the raft thread goes on.
 #[derive(Clone)]
 pub struct SnapshotData {
-    db: sled::Db,
-    file: Arc<File>,
     dir: PathBuf,
 }
 
 impl SnapshotData {
     fn open(dir: &Path) -> StoreResult<SnapshotData> {
-        let db = open_db(sled::Config::new().path(dir).flush_every_ms(None))
-            .map_err(|e| st(dir, "cannot open the snapshot database", e))?;
-        let file = File::open(dir.join("db"))
-            .map_err(|e| st(dir, "cannot open the snapshot file for fsync", e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| st(dir, "cannot create the snapshot directory", e))?;
         Ok(SnapshotData {
-            db,
-            file: Arc::new(file),
             dir: dir.to_path_buf(),
         })
     }
 
-    /// Writes the data of the snapshot at `index` and makes it durable.
-    pub fn write(&self, index: u64, data: &[u8]) -> StoreResult<()> {
-        self.db
-            .insert(index.to_be_bytes(), data)
-            .map_err(|e| st(&self.dir, "cannot write snapshot data", e))?;
-        self.db
-            .flush()
-            .map_err(|e| st(&self.dir, "cannot flush snapshot data", e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| st(&self.dir, "cannot fsync snapshot data", e))
+    fn file(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("{index:020}.snap"))
     }
 
-    fn read(&self, index: u64) -> StoreResult<Option<sled::IVec>> {
-        self.db
-            .get(index.to_be_bytes())
-            .map_err(|e| st(&self.dir, "cannot read snapshot data", e))
+    /// Writes the data of the snapshot at `index` and makes it durable.
+    pub fn write(&self, index: u64, data: &[u8]) -> StoreResult<()> {
+        use std::io::Write;
+        let tmp = self.dir.join(format!("{index:020}.snap.tmp"));
+        let io = |what: &str, e: std::io::Error| st(&self.dir, what, e);
+        let mut f = File::create(&tmp).map_err(|e| io("cannot write snapshot data", e))?;
+        f.write_all(data)
+            .map_err(|e| io("cannot write snapshot data", e))?;
+        f.sync_data()
+            .map_err(|e| io("cannot fsync snapshot data", e))?;
+        std::fs::rename(&tmp, self.file(index)).map_err(|e| io("cannot write snapshot data", e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot fsync the snapshot directory", e))
+    }
+
+    fn read(&self, index: u64) -> StoreResult<Option<Vec<u8>>> {
+        match std::fs::read(self.file(index)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(st(&self.dir, "cannot read snapshot data", e)),
+        }
     }
 
     /// Drops snapshot data older than `keep_from` (not synced: losing the
     /// removal in a crash only leaves garbage behind).
     fn prune(&self, keep_from: u64) -> StoreResult<()> {
-        for kv in self.db.range(..keep_from.to_be_bytes()) {
-            let (k, _) = kv.map_err(|e| st(&self.dir, "cannot read snapshot data", e))?;
-            self.db
-                .remove(k)
-                .map_err(|e| st(&self.dir, "cannot prune snapshot data", e))?;
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| st(&self.dir, "cannot list snapshots", e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let index = name
+                .strip_suffix(".snap")
+                .or_else(|| name.strip_suffix(".snap.tmp"))
+                .and_then(|i| i.parse::<u64>().ok());
+            if index.is_some_and(|i| i < keep_from) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         Ok(())
+    }
+
+    /// Data of the snapshot at `index` from the sled database that held
+    /// snapshots before files did (`snapshots/`), if there is one.
+    fn read_legacy(dir: &Path, index: u64) -> StoreResult<Option<Vec<u8>>> {
+        if !dir.join("db").is_file() {
+            return Ok(None);
+        }
+        let db = open_db(|| sled::Config::new().path(dir).flush_every_ms(None))
+            .map_err(|e| st(dir, "cannot open the old snapshot database", e))?;
+        let data = db
+            .get(index.to_be_bytes())
+            .map_err(|e| st(dir, "cannot read old snapshot data", e))?;
+        Ok(data.map(|d| d.to_vec()))
     }
 }
 
@@ -114,10 +143,10 @@ fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
 /// the same process (tests, an in-process restart) can find its file lock
 /// still held for a moment: wait up to a second for it. Another process
 /// holding the directory still fails, after that second.
-pub(super) fn open_db(config: sled::Config) -> sled::Result<sled::Db> {
+pub(super) fn open_db(config: impl Fn() -> sled::Config) -> sled::Result<sled::Db> {
     let mut tries = 0;
     loop {
-        match config.clone().open() {
+        match config().open() {
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -135,8 +164,15 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> StoreResult<SledStore> {
         std::fs::create_dir_all(dir).map_err(|e| st(dir, "cannot create the data directory", e))?;
-        let db = open_db(sled::Config::new().path(dir).flush_every_ms(None))
-            .map_err(|e| st(dir, "cannot open the raft database", e))?;
+        // The log is read back only by lagging followers: a small cache
+        // (sled's default is 1 GiB) keeps the member's memory small.
+        let db = open_db(|| {
+            sled::Config::new()
+                .path(dir)
+                .flush_every_ms(None)
+                .cache_capacity(16 << 20)
+        })
+        .map_err(|e| st(dir, "cannot open the raft database", e))?;
         let log = db
             .open_tree("raft_log")
             .map_err(|e| st(dir, "cannot open tree raft_log", e))?;
@@ -159,20 +195,27 @@ impl SledStore {
             conf_state =
                 ConfState::parse_from_bytes(&b).map_err(|e| st(dir, "corrupt conf state", e))?;
         }
-        let sink = SnapshotData::open(&dir.join("snapshots"))?;
+        let sink = SnapshotData::open(&dir.join("snapfiles"))?;
         let mut snapshot = None;
         if let Some(b) = decode(SNAPSHOT)? {
             let mut snap =
                 Snapshot::parse_from_bytes(&b).map_err(|e| st(dir, "corrupt snapshot", e))?;
             let index = snap.get_metadata().index;
-            let data = sink.read(index)?.ok_or_else(|| {
-                st(
+            // A store written before snapshots were files: move the data over.
+            if sink.read(index)?.is_none()
+                && let Some(old) = SnapshotData::read_legacy(&dir.join("snapshots"), index)?
+            {
+                sink.write(index, &old)?;
+                let _ = std::fs::remove_dir_all(dir.join("snapshots"));
+            }
+            if !sink.file(index).is_file() {
+                return Err(st(
                     dir,
                     "corrupt snapshot",
                     format!("the data of the snapshot at index {index} is missing"),
-                )
-            })?;
-            snap.set_data(data.to_vec().into());
+                ));
+            }
+            snap.set_data(Default::default());
             snapshot = Some(snap);
         }
         let snap_index = snapshot.as_ref().map_or(0, |s| s.get_metadata().index);
@@ -230,6 +273,21 @@ impl SledStore {
         Ok(())
     }
 
+    /// `meta` with its data, read from its file.
+    fn with_data(&self, meta: &Snapshot) -> StoreResult<Snapshot> {
+        let index = meta.get_metadata().index;
+        let data = self.sink.read(index)?.ok_or_else(|| {
+            st(
+                &self.dir,
+                "corrupt snapshot",
+                format!("the data of the snapshot at index {index} is missing"),
+            )
+        })?;
+        let mut s = meta.clone();
+        s.set_data(data.into());
+        Ok(s)
+    }
+
     /// Records `snap` (whose data is already in the sink) as the newest
     /// snapshot, keeping the previous one's data until the next.
     fn record_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
@@ -239,7 +297,7 @@ impl SledStore {
         if let Some(prev) = &self.snapshot {
             self.sink.prune(prev.get_metadata().index)?;
         }
-        self.snapshot = Some(snap.clone());
+        self.snapshot = Some(meta_only);
         Ok(())
     }
 
@@ -327,7 +385,9 @@ impl raft::Storage for SledStore {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &self.snapshot {
-            Some(s) if super::snapshot_usable(s, request_index, to) => Ok(s.clone()),
+            Some(s) if super::snapshot_usable(s, request_index, to) => {
+                self.with_data(s).map_err(to_raft)
+            }
             _ => {
                 self.snapshot_wanted.store(true, Ordering::SeqCst);
                 Err(raft::Error::Store(
@@ -438,8 +498,12 @@ impl LogStore for SledStore {
             .map_err(|e| st(&self.dir, "cannot fsync the raft database", e))
     }
 
-    fn latest_snapshot(&self) -> Option<&Snapshot> {
-        self.snapshot.as_ref()
+    fn latest_snapshot(&self) -> Option<Snapshot> {
+        // Unreadable data at this point is a broken disk: the caller's
+        // decode of an empty state reports it.
+        self.snapshot
+            .as_ref()
+            .map(|s| self.with_data(s).unwrap_or_else(|_| s.clone()))
     }
 
     fn hard_state(&self) -> HardState {

@@ -213,3 +213,52 @@ fn a_stored_commit_behind_the_snapshot_is_raised_to_it_on_open() {
     let node = raft::RawNode::new(&cfg, s, &slog::Logger::root(slog::Discard, slog::o!()));
     assert!(node.is_ok());
 }
+
+#[test]
+fn snapshot_data_is_a_file_and_a_store_from_before_moves_its_data_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let cs = ConfState {
+        voters: vec![1],
+        ..Default::default()
+    };
+    {
+        let mut s = SledStore::open(dir.path()).unwrap();
+        let es: Vec<Entry> = (1..=9).map(|i| entry(i, 1, b"x")).collect();
+        s.append(&es).unwrap();
+        for (index, data) in [(4u64, b"four".to_vec()), (8, b"eight".to_vec())] {
+            (s.snapshot_writer())(index, &data).unwrap();
+            s.compact_to(index, &cs, data).unwrap();
+        }
+        s.sync().unwrap();
+    }
+    // The newest two are kept as files; older ones go.
+    let files: Vec<String> = std::fs::read_dir(dir.path().join("snapfiles"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    // As a store from before files: the data in a sled database instead.
+    let data = std::fs::read(dir.path().join("snapfiles").join(format!("{:020}.snap", 8))).unwrap();
+    std::fs::remove_dir_all(dir.path().join("snapfiles")).unwrap();
+    {
+        let old = sled::open(dir.path().join("snapshots")).unwrap();
+        old.insert(8u64.to_be_bytes(), data.clone()).unwrap();
+        old.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path()).unwrap();
+    let snap = s.latest_snapshot().unwrap();
+    assert_eq!(
+        (snap.get_metadata().index, snap.data.to_vec()),
+        (8, b"eight".to_vec())
+    );
+    assert!(
+        !dir.path().join("snapshots").exists(),
+        "moved over, then removed"
+    );
+    drop(s);
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        s.latest_snapshot().unwrap().data.to_vec(),
+        b"eight".to_vec()
+    );
+}
