@@ -100,6 +100,8 @@ pub struct Member {
     pub child: Option<Child>,
     /// Extra `charter server` flags.
     pub extra: Vec<String>,
+    /// Extra environment (e.g. libfaketime's, to step its clock).
+    pub env: Vec<(String, String)>,
 }
 
 /// A cluster of member processes.
@@ -119,6 +121,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members of a fresh cluster with extra server flags.
     pub fn start(bin: &Path, n: usize, extra: &[&str]) -> Result<Cluster> {
+        let mut c = Cluster::prepare(bin, n, extra)?;
+        for i in 0..n {
+            c.spawn(i, false)?;
+        }
+        Ok(c)
+    }
+
+    /// [`Cluster::start`] without starting anyone: set members' `env`,
+    /// then [`Cluster::spawn`] each.
+    pub fn prepare(bin: &Path, n: usize, extra: &[&str]) -> Result<Cluster> {
         let dir =
             tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
         let token_file = dir.path().join("tokens");
@@ -139,6 +151,7 @@ impl Cluster {
                 log: dir.path().join(format!("m{id}.log")),
                 child: None,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                env: Vec::new(),
             });
         }
         let peers = members
@@ -146,17 +159,13 @@ impl Cluster {
             .map(|m| format!("{}={}", m.id, m.grpc))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster {
+        Ok(Cluster {
             bin: bin.to_path_buf(),
             dir,
             members,
             token_file,
             peers,
-        };
-        for i in 0..n {
-            c.spawn(i, false)?;
-        }
-        Ok(c)
+        })
     }
 
     /// Starts member `i` (again), from its data directory.
@@ -185,6 +194,7 @@ impl Cluster {
             .arg(&self.token_file)
             .args(&m.extra)
             .env("RUST_LOG", "info,raft=warn")
+            .envs(m.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(open()?)
             .stderr(open()?);
@@ -210,6 +220,7 @@ impl Cluster {
             log: self.dir.path().join(format!("m{id}.log")),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         self.peers.push_str(&format!(",{id}={}", m.grpc));
         self.members.push(m);

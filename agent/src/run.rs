@@ -6,7 +6,12 @@
 //!   (0.2 s doubling to 5 s); a refusal (bad token, not admin, bad offer) is
 //!   fatal and says why.
 //! - Heartbeats go every third of the TTL. A missed one is retried; the
-//!   servers mark the node down only when the whole TTL passes.
+//!   servers mark the node down only when the TTL and a margin pass
+//!   ([`charter_config::liveness`]). When no heartbeat has been answered
+//!   for the whole TTL, the agent fences itself: its leases' processes
+//!   stop before the servers can place their work elsewhere, and nothing
+//!   starts until a heartbeat is answered again; then the leases the
+//!   servers still hold go on and the rest are ended.
 //! - The watch is a server stream of the node's assignments, sent on every
 //!   change and every few seconds as a keepalive. When it breaks or goes
 //!   quiet for [`WATCH_QUIET`], the agent reconnects (to the next server)
@@ -248,18 +253,39 @@ async fn life(
         leases: shared.leases,
         leftovers: Arc::default(),
         servers: Some(servers.clone()),
+        fence_grace: Duration::from_millis(charter_config::liveness::fence_grace_ms(
+            opts.ttl.as_millis() as u64,
+        )),
     };
     let mut sup = Supervisor::new(ctx);
     let (assign_tx, mut assign_rx) = mpsc::channel::<Vec<(LeaseInfo, Option<TaskInfo>)>>(4);
     let reporter = tokio::spawn(report_loop(servers.clone(), opts.name.clone(), reports_rx));
     let sampler = tokio::spawn(usage_loop(servers.clone(), opts.name.clone(), usage_rx));
     let watcher = tokio::spawn(watch_loop(servers.clone(), opts.name.clone(), assign_tx));
-    let heart = heartbeat_loop(opts, &servers);
+    let (beats_tx, mut beats) = mpsc::channel::<Beat>(4);
+    // Registration was answered: it counts as the first heartbeat.
+    let mut answered = tokio::time::Instant::now();
+    let heart = heartbeat_loop(opts, &servers, beats_tx);
     tokio::pin!(heart);
     let out = loop {
+        let fence_at = answered + opts.ttl;
         tokio::select! {
             _ = &mut stop => break Ok(Exit::Stopped),
             r = &mut heart => break r,
+            Some(b) = beats.recv() => {
+                answered = answered.max(b.sent);
+                if sup.is_fenced() && b.sent + opts.ttl > tokio::time::Instant::now() {
+                    tracing::info!(leases = b.leases.len(), "a heartbeat was answered: the fence ends");
+                    sup.unfence(&b.leases);
+                }
+            }
+            _ = tokio::time::sleep_until(fence_at), if !sup.is_fenced() => {
+                tracing::warn!(
+                    ttl = ?opts.ttl,
+                    "no heartbeat was answered for the node's TTL: fencing (the leases' processes stop; the servers place their work elsewhere after the TTL and a margin)"
+                );
+                sup.fence();
+            }
             a = assign_rx.recv() => match a {
                 Some(a) => sup.apply(a),
                 None => break Err(AgentError { what: "the watch loop ended".into(), why: String::new() }),
@@ -326,20 +352,43 @@ async fn register(
     }
 }
 
-async fn heartbeat_loop(opts: &AgentOptions, servers: &Servers) -> Result<Exit, AgentError> {
+/// A heartbeat the servers answered: when it was sent, and the leases they
+/// hold on the node.
+struct Beat {
+    sent: tokio::time::Instant,
+    leases: BTreeSet<u64>,
+}
+
+async fn heartbeat_loop(
+    opts: &AgentOptions,
+    servers: &Servers,
+    beats: mpsc::Sender<Beat>,
+) -> Result<Exit, AgentError> {
     let every = (opts.ttl / 3).max(Duration::from_millis(50));
+    // One period per heartbeat (at least 1 s, at most CALL_RETRY): a
+    // member that does not answer costs a share of it and the next one is
+    // tried, so heartbeats flow while any member of a majority answers.
+    let budget = every.max(Duration::from_secs(1)).min(CALL_RETRY);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut down_since: Option<std::time::Instant> = None;
     loop {
-        tokio::time::sleep(every).await;
+        ticks.tick().await;
         let name = opts.name.clone();
+        let sent = tokio::time::Instant::now();
         let res = servers
-            .call(CALL_RETRY, |ch| {
+            .call(budget, |ch| {
                 let r = servers.req(pb::HeartbeatRequest { name: name.clone() });
                 async move { pb::nodes_client::NodesClient::new(ch).heartbeat(r).await }
             })
             .await;
         match res {
-            Ok(_) => {
+            Ok(reply) => {
+                let leases = reply
+                    .node
+                    .map(|n| n.lease_ids.into_iter().collect())
+                    .unwrap_or_default();
+                let _ = beats.send(Beat { sent, leases }).await;
                 if let Some(t) = down_since.take() {
                     tracing::info!(after = ?t.elapsed(), "servers reachable again");
                 }

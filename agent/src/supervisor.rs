@@ -156,11 +156,15 @@ pub struct Ctx {
     pub leftovers: Arc<Mutex<BTreeSet<u64>>>,
     /// The servers, for artifacts (none in unit tests).
     pub servers: Option<Arc<charter_proto::conn::Servers>>,
+    /// How long a fencing agent lets processes stop after SIGTERM
+    /// ([`charter_config::liveness::fence_grace_ms`]).
+    pub fence_grace: Duration,
 }
 
 struct Runner {
     expires: watch::Sender<i64>,
     stop: watch::Sender<bool>,
+    fence: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -171,6 +175,8 @@ pub struct Supervisor {
     /// Leases whose runner has finished: never started again.
     finished: BTreeSet<u64>,
     first: bool,
+    /// Set while the agent has fenced itself: nothing new starts.
+    fenced: bool,
 }
 
 /// Milliseconds since the epoch on this machine's clock.
@@ -192,6 +198,7 @@ impl Supervisor {
             runners: BTreeMap::new(),
             finished: BTreeSet::new(),
             first: true,
+            fenced: false,
         }
     }
 
@@ -210,18 +217,28 @@ impl Supervisor {
                 });
                 continue;
             }
-            if self.finished.contains(&lease.id) || lease.expires_at <= now_ms() {
+            // A fenced agent starts nothing: the servers may already have
+            // placed the work elsewhere (a list from a lagging member).
+            if self.fenced || self.finished.contains(&lease.id) || lease.expires_at <= now_ms() {
                 continue;
             }
             let (expires, expires_rx) = watch::channel(lease.expires_at);
             let (stop, stop_rx) = watch::channel(false);
+            let (fence, fence_rx) = watch::channel(false);
             let ctx = self.ctx.clone();
-            let handle = tokio::spawn(run_lease(ctx, lease.clone(), task, expires_rx, stop_rx));
+            let handle = tokio::spawn(run_lease(
+                ctx,
+                lease.clone(),
+                task,
+                expires_rx,
+                (stop_rx, fence_rx),
+            ));
             self.runners.insert(
                 lease.id,
                 Runner {
                     expires,
                     stop,
+                    fence,
                     handle,
                 },
             );
@@ -280,6 +297,37 @@ impl Supervisor {
         }
     }
 
+    /// Fences the node: no heartbeat was answered for the TTL, so the
+    /// servers may soon place its work elsewhere. Every lease's processes
+    /// stop (SIGTERM, the fence grace, SIGKILL); the leases' sandboxes
+    /// stay, and nothing starts until [`Supervisor::unfence`].
+    pub fn fence(&mut self) {
+        self.fenced = true;
+        for r in self.runners.values() {
+            let _ = r.fence.send(true);
+        }
+    }
+
+    /// Whether the node is fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// Ends a fence once a heartbeat was answered: the leases the servers
+    /// still hold on the node (`live`, from that answer) go on, and their
+    /// tasks are treated as exited (a service starts again, a batch task
+    /// is retried or reported failed); every other lease is stopped.
+    pub fn unfence(&mut self, live: &BTreeSet<u64>) {
+        self.fenced = false;
+        for (id, r) in &self.runners {
+            if live.contains(id) {
+                let _ = r.fence.send(false);
+            } else {
+                let _ = r.stop.send(true);
+            }
+        }
+    }
+
     /// Stops every lease now: SIGTERM, its grace, SIGKILL (the agent is stopping).
     pub async fn stop_all(&mut self) {
         for r in self.runners.values() {
@@ -294,6 +342,7 @@ impl Supervisor {
 /// How a runner's wait ended.
 enum Wake {
     Exited(Option<i32>),
+    Fence(bool),
     Term,
     Kill,
     Stop,
@@ -304,7 +353,7 @@ async fn run_lease(
     lease: LeaseInfo,
     task: Option<TaskInfo>,
     mut expires: watch::Receiver<i64>,
-    mut stop: watch::Receiver<bool>,
+    (mut stop, mut fence): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
     let dir = sandbox::lease_dir(&ctx.sandboxes, lease.id);
     let grace_of = |t: &Option<TaskInfo>| {
@@ -375,6 +424,10 @@ async fn run_lease(
             _ = tokio::time::sleep(until(term_at)), if !termed => Wake::Term,
             _ = tokio::time::sleep(until(exp)) => Wake::Kill,
             r = stop.changed() => if r.is_err() || *stop.borrow() { Wake::Stop } else { continue },
+            r = fence.changed() => match r {
+                Ok(()) => Wake::Fence(*fence.borrow_and_update()),
+                Err(_) => Wake::Stop,
+            },
             r = expires.changed() => {
                 if r.is_err() {
                     Wake::Stop
@@ -392,6 +445,47 @@ async fn run_lease(
             Wake::Exited(code) => {
                 if let Some(w) = work.as_mut() {
                     w.exited(code, &launch).await;
+                }
+            }
+            Wake::Fence(true) => {
+                if let Some(w) = work.as_mut() {
+                    w.stopping = true;
+                    w.next_start = None;
+                }
+                let fg = grace.min(ctx.fence_grace);
+                let mut killed = 0;
+                if sandbox::term_all(scope) > 0 {
+                    let deadline = now_ms() + fg.as_millis() as i64;
+                    while now_ms() < deadline && !sandbox::lease_pids(scope).is_empty() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    killed = sandbox::kill_all(scope, &ctx.iso);
+                }
+                if let Some(w) = work.as_mut() {
+                    let had = w.child.is_some() || w.adopted;
+                    w.reap().await;
+                    w.adopted = false;
+                    if had {
+                        w.fenced = true;
+                        ctx.running.lock().map(|mut r| r.remove(&w.task.id)).ok();
+                    }
+                }
+                tracing::warn!(
+                    lease = lease.id,
+                    killed,
+                    "fenced: no heartbeat was answered for the node's TTL, so the lease's processes are stopped until the servers answer"
+                );
+            }
+            Wake::Fence(false) => {
+                tracing::info!(
+                    lease = lease.id,
+                    "the servers answer again and still hold the lease: it goes on"
+                );
+                if let Some(w) = work.as_mut() {
+                    w.stopping = false;
+                    if w.fenced {
+                        w.exited(None, &launch).await;
+                    }
                 }
             }
             Wake::Term => {
@@ -502,6 +596,8 @@ struct Work {
     amp: Box<dyn Amp>,
     /// Its named ports: the servers' record, or picked here.
     ports: BTreeMap<String, u16>,
+    /// Its process was stopped by a fence: the next exit says so.
+    fenced: bool,
 }
 
 impl Work {
@@ -519,6 +615,7 @@ impl Work {
             health: None,
             amp,
             ports: BTreeMap::new(),
+            fenced: false,
         };
         if !matches!(w.task.state.as_str(), "pending" | "running") {
             return w;
@@ -809,10 +906,19 @@ impl Work {
         if self.stopping {
             return;
         }
+        let fenced = std::mem::take(&mut self.fenced);
+        let code = if fenced { None } else { code };
+        let why = |w: String| {
+            if fenced {
+                format!("stopped while the agent was out of contact with the servers (fenced); {w}")
+            } else {
+                w
+            }
+        };
         match self.amp.after_exit(code, self.starts) {
-            Next::Again { backoff_ms, why } => {
+            Next::Again { backoff_ms, why: w } => {
                 self.next_start = Some(now_ms() + backoff_ms);
-                self.report("running", code, why);
+                self.report("running", code, why(w));
             }
             Next::Done { state, why }
                 if state == "succeeded" && !self.task.artifact_out.is_empty() =>
@@ -822,7 +928,7 @@ impl Work {
                     Err(e) => self.report("failed", code, e),
                 }
             }
-            Next::Done { state, why } => self.report(state, code, why),
+            Next::Done { state, why: w } => self.report(state, code, why(w)),
         }
     }
 

@@ -21,6 +21,7 @@ mod error;
 pub mod fingerprint;
 pub mod lease;
 pub mod limits;
+pub mod liveness;
 pub mod node;
 pub mod reader;
 pub mod server;

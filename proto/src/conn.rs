@@ -1,12 +1,17 @@
 //! Talking to the servers: one lazily connected channel per address, a
-//! bearer token on every call, and failover. A call goes to the member that
-//! answered last; when it is down or has no leader (`UNAVAILABLE`), the next
-//! address is tried, until a retry budget runs out. Followers forward writes
-//! to the leader, so any live member will do.
+//! bearer token on every call, and failover. A call goes first to the member
+//! last named as leader (members name it in a [`LEADER_HEADER`] on every
+//! answer), else to the member that answered last. Each attempt is bounded
+//! by its share of the retry budget (at least [`MIN_ATTEMPT`], never more
+//! than what is left), so a silent member (frozen, cut off, or waiting out
+//! an election of its own) costs one share and the call moves on to the
+//! next address, as on `UNAVAILABLE`, until the budget runs out. Followers
+//! forward writes to the leader, so any member of a majority will do.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -16,7 +21,16 @@ pub struct Servers {
     channels: Vec<Channel>,
     token: Option<String>,
     current: AtomicUsize,
+    /// The index of the member last named as leader, plus one (0: none).
+    leader: AtomicUsize,
 }
+
+/// The response header in which a member names the leader it knows
+/// (its client address), so clients can go there first.
+pub const LEADER_HEADER: &str = "x-charter-leader";
+
+/// The shortest time one attempt is given, whatever the budget.
+pub const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 
 /// A call that failed for good: the server that answered last and its status.
 #[derive(Debug)]
@@ -65,6 +79,7 @@ impl Servers {
             channels,
             token: token.filter(|t| !t.is_empty()),
             current: AtomicUsize::new(0),
+            leader: AtomicUsize::new(0),
         })
     }
 
@@ -84,27 +99,53 @@ impl Servers {
     }
 
     /// Calls `f` on a member's channel, moving on to the next member when
-    /// one is unavailable, until it succeeds or `retry_for` has passed.
+    /// one is unavailable or silent, until it succeeds or `retry_for` has
+    /// passed. Each attempt gets `retry_for / members` (at least
+    /// [`MIN_ATTEMPT`], at most what is left); one that runs out is
+    /// abandoned (a write carries its idempotency key, so trying it again
+    /// elsewhere never applies it twice).
     pub async fn call<T, F, Fut>(&self, retry_for: Duration, f: F) -> Result<T, Failed>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + retry_for;
+        let began = Instant::now();
+        let deadline = began + retry_for;
         let n = self.channels.len();
-        let start = self.current.load(Ordering::Relaxed) % n;
+        let share = (retry_for / n as u32).max(MIN_ATTEMPT);
+        let start = match self.leader.load(Ordering::Relaxed) {
+            0 => self.current.load(Ordering::Relaxed),
+            l => l - 1,
+        } % n;
         let mut tried = 0usize;
         loop {
             let idx = (start + tried) % n;
-            match f(self.channels[idx].clone()).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let bound = share.min(left).max(MIN_ATTEMPT);
+            let res = match tokio::time::timeout(bound, f(self.channels[idx].clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::unavailable(format!(
+                    "{} did not answer within {} ms",
+                    self.addrs[idx],
+                    bound.as_millis()
+                ))),
+            };
+            match res {
                 Ok(r) => {
                     self.current.store(idx, Ordering::Relaxed);
+                    self.note_leader(r.metadata());
                     return Ok(r.into_inner());
                 }
                 Err(s) if retryable(&s) && Instant::now() < deadline => {
+                    if tried == 0 {
+                        // The leader hint led to a member that failed:
+                        // forget it until someone names the leader again.
+                        self.leader.store(0, Ordering::Relaxed);
+                    }
                     tried += 1;
                     if tried.is_multiple_of(n) {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        tokio::time::sleep(Duration::from_millis(100).min(left)).await;
                     }
                 }
                 Err(status) => {
@@ -115,6 +156,32 @@ impl Servers {
                 }
             }
         }
+    }
+
+    /// Remembers the leader a member named, if it is one of ours.
+    fn note_leader(&self, md: &MetadataMap) {
+        let Some(name) = md.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let bare = |a: &str| {
+            a.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string()
+        };
+        let name = bare(name);
+        let hit = self.addrs.iter().position(|a| bare(a) == name);
+        self.leader
+            .store(hit.map_or(0, |i| i + 1), Ordering::Relaxed);
+    }
+
+    /// The address calls go to first (the leader last named, else the
+    /// member that answered last).
+    pub fn preferred(&self) -> &str {
+        let i = match self.leader.load(Ordering::Relaxed) {
+            0 => self.current.load(Ordering::Relaxed),
+            l => l - 1,
+        };
+        &self.addrs[i % self.addrs.len()]
     }
 }
 

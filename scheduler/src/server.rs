@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Everything a member needs to start.
 #[derive(Clone, Debug)]
@@ -175,7 +176,7 @@ impl Server {
         cfg.join = opts.join;
         cfg.snapshot_entries = opts.snapshot_entries;
         cfg.tick = opts.tick;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SteadyClock::new(SystemClock));
         let (driver, member) = Driver::new(cfg, store, transport, clock, tx, rx, rand::random())?;
         write_identity(&opts)?;
         let (done_tx, driver_done) = tokio::sync::oneshot::channel();
@@ -195,8 +196,19 @@ impl Server {
             .with_history_keep(opts.history);
         let peer = Peer::new(member.clone(), &api);
         let icpt = opts.tokens.interceptor();
+        // Every answer names the leader this member knows, so clients go
+        // there first (charter_proto::conn).
+        let named = member.clone();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(SetResponseHeaderLayer::overriding(
+                ::http::HeaderName::from_static(charter_proto::conn::LEADER_HEADER),
+                move |_: &::http::Response<tonic::body::Body>| {
+                    named
+                        .leader_addr()
+                        .and_then(|a| ::http::HeaderValue::from_str(&a).ok())
+                },
+            ))
             .add_service(pb::cluster_server::ClusterServer::with_interceptor(
                 api.clone(),
                 icpt.clone(),

@@ -809,6 +809,16 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         if self.was_leader && !leader {
             self.fail_all(|| Error::LeaderChanged);
         }
+        if leader && !self.was_leader {
+            // A new term's time starts from this member's wall clock, never
+            // behind the state's; from here on it moves with the monotonic
+            // clock (crate::clock::SteadyClock).
+            let floor = match self.state.read() {
+                Ok(s) => s.time,
+                Err(p) => p.into_inner().time,
+            };
+            self.clock.anchor(floor);
+        }
         self.was_leader = leader;
         let r = &self.raw.raft;
         let role = match r.state {

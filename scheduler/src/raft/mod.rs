@@ -126,6 +126,12 @@ impl MemberHandle {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The address of the leader this member knows, if any.
+    pub fn leader_addr(&self) -> Option<String> {
+        let s = self.status.lock().ok()?;
+        s.leader_id.and_then(|l| s.members.get(&l).cloned())
+    }
+
     /// Whether this member is the leader now.
     pub fn is_leader(&self) -> bool {
         self.status().role == Role::Leader

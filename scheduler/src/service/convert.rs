@@ -41,6 +41,7 @@ pub fn node(n: &Node) -> pb::Node {
         ttl_ms: n.ttl_ms.unwrap_or(0),
         last_seen_ms: n.last_seen,
         agent_addr: n.agent.as_ref().map(|a| a.addr.clone()).unwrap_or_default(),
+        lease_ids: n.leases.iter().copied().collect(),
     }
 }
 

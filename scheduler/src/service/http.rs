@@ -68,7 +68,9 @@ async fn metrics(AxState(m): AxState<MemberHandle>) -> String {
          # HELP charter_history_bytes Bytes this member's history store keeps.\n\
          # TYPE charter_history_bytes gauge\ncharter_history_bytes {}\n\
          # HELP charter_raft_snapshot_bytes Size of the newest snapshot this member made.\n\
-         # TYPE charter_raft_snapshot_bytes gauge\ncharter_raft_snapshot_bytes {}\n",
+         # TYPE charter_raft_snapshot_bytes gauge\ncharter_raft_snapshot_bytes {}\n\
+         # HELP charter_clock_skew_ms This member's wall clock minus the steady time it stamps as leader.\n\
+         # TYPE charter_clock_skew_ms gauge\ncharter_clock_skew_ms {}\n",
         st.term,
         st.commit,
         st.applied,
@@ -80,6 +82,7 @@ async fn metrics(AxState(m): AxState<MemberHandle>) -> String {
         tasks,
         keys,
         history,
-        st.snapshot_bytes
+        st.snapshot_bytes,
+        m.clock().skew_ms().unwrap_or(0)
     )
 }

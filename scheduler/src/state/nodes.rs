@@ -8,6 +8,13 @@ use super::{
 fn ms(v: u64) -> Millis {
     Millis::try_from(v).unwrap_or(Millis::MAX)
 }
+
+/// When a node last seen at `seen` with heartbeat TTL `ttl` is marked
+/// down: the TTL plus the margin of [`charter_config::liveness`], by which
+/// its agent has stopped its work on its own.
+pub(super) fn due(seen: Millis, ttl: u64) -> Millis {
+    seen.saturating_add(ms(charter_config::liveness::down_after_ms(ttl)))
+}
 use std::collections::{BTreeMap, BTreeSet};
 
 impl State {
@@ -48,7 +55,7 @@ impl State {
         });
         let old_due = node
             .ttl_ms
-            .map(|t| (node.last_seen.saturating_add(ms(t)), node.name.clone()));
+            .map(|t| (due(node.last_seen, t), node.name.clone()));
         // A re-registration updates the offer; leases already granted stay, so
         // a shrunk node may be over its new capacity until they end.
         node.capacity = *capacity;
@@ -61,9 +68,7 @@ impl State {
         if node.state == NodeState::Down {
             node.state = NodeState::Ready;
         }
-        let new_due = node
-            .ttl_ms
-            .map(|t| (now.saturating_add(ms(t)), node.name.clone()));
+        let new_due = node.ttl_ms.map(|t| (due(now, t), node.name.clone()));
         let out = node.clone();
         if let Some(d) = old_due {
             self.heartbeats.remove(&d);
@@ -84,9 +89,8 @@ impl State {
         let came_back = node.state == NodeState::Down;
         if let Some(t) = node.ttl_ms {
             self.heartbeats
-                .remove(&(node.last_seen.saturating_add(ms(t)), name.to_string()));
-            self.heartbeats
-                .insert((now.saturating_add(ms(t)), name.to_string()));
+                .remove(&(due(node.last_seen, t), name.to_string()));
+            self.heartbeats.insert((due(now, t), name.to_string()));
         }
         node.last_seen = now;
         if came_back {
@@ -111,15 +115,15 @@ impl State {
         }
         self.term = term;
         let now = self.time.max(at);
-        let due: Vec<(Millis, String)> = self.heartbeats.iter().cloned().collect();
-        for (old, name) in due {
+        let dues: Vec<(Millis, String)> = self.heartbeats.iter().cloned().collect();
+        for (old, name) in dues {
             let Some(node) = self.nodes.get_mut(&name) else {
                 continue;
             };
             let (Some(ttl), false) = (node.ttl_ms, node.state == NodeState::Down) else {
                 continue;
             };
-            let new = now.saturating_add(ms(ttl));
+            let new = due(now, ttl);
             if new > old {
                 node.last_seen = now;
                 self.heartbeats.remove(&(old, name.clone()));
@@ -131,7 +135,7 @@ impl State {
     /// Marks nodes whose heartbeat is overdue as down; their leases are lost.
     pub(super) fn nodes_down(&mut self) -> (Vec<String>, Vec<u64>) {
         let now = self.time;
-        let due: Vec<(Millis, String)> = self
+        let overdue: Vec<(Millis, String)> = self
             .heartbeats
             .iter()
             .take_while(|(at, _)| *at <= now)
@@ -139,12 +143,17 @@ impl State {
             .collect();
         let mut down = Vec::new();
         let mut lost = Vec::new();
-        for key in due {
+        for key in overdue {
             self.heartbeats.remove(&key);
             let old_key = self.key_of(&key.1);
             let Some(node) = self.nodes.get_mut(&key.1) else {
                 continue;
             };
+            // An entry made by an older rule (a state from before the
+            // margin) that no longer matches the node's due: dropped.
+            if node.ttl_ms.map(|t| due(node.last_seen, t)) != Some(key.0) {
+                continue;
+            }
             node.state = NodeState::Down;
             let ids: Vec<u64> = node.leases.iter().copied().collect();
             self.reindex(old_key, None);
@@ -221,7 +230,7 @@ impl State {
         self.reindex(old_key, None);
         if let Some(t) = node.ttl_ms {
             self.heartbeats
-                .remove(&(node.last_seen.saturating_add(ms(t)), name.to_string()));
+                .remove(&(due(node.last_seen, t), name.to_string()));
         }
         // A deadline request's cheap price may have been this node's.
         self.grant_queue();

@@ -414,7 +414,8 @@ fn a_node_that_misses_its_heartbeat_is_down_and_its_leases_lost() {
         .unwrap();
     let on_a = got(s.apply(&p(0, "ann", None, lease(2000, 100_000))));
     assert_eq!(on_a.nodes, vec!["a".to_string()]);
-    assert_eq!(s.next_due(), Some(1000));
+    // Down at TTL (1 s) plus the margin (2 s) its agent stops work in.
+    assert_eq!(s.next_due(), Some(3000));
     s.apply(&p(
         900,
         "root",
@@ -422,8 +423,15 @@ fn a_node_that_misses_its_heartbeat_is_down_and_its_leases_lost() {
         Command::Heartbeat { name: "a".into() },
     ))
     .unwrap();
-    assert_eq!(s.next_due(), Some(1900));
-    match s.apply(&p(1900, "charter:tick", None, Command::Tick)) {
+    assert_eq!(s.next_due(), Some(3900));
+    s.apply(&p(3899, "charter:tick", None, Command::Tick))
+        .unwrap();
+    assert_eq!(
+        s.nodes["a"].state,
+        NodeState::Ready,
+        "not before TTL + margin"
+    );
+    match s.apply(&p(3900, "charter:tick", None, Command::Tick)) {
         Ok(Applied::Ticked { down, lost, .. }) => {
             assert_eq!((down, lost), (vec!["a".to_string()], vec![on_a.id]));
         }
@@ -433,12 +441,12 @@ fn a_node_that_misses_its_heartbeat_is_down_and_its_leases_lost() {
     assert_eq!(s.leases[&on_a.id].state, LeaseState::Lost);
     assert_eq!(s.nodes["a"].allocated.cpu_millis, 0);
     // Nothing is granted on a down node; a heartbeat brings it back.
-    let waiting = got(s.apply(&p(2000, "ann", None, queued(2000, 1000, 60_000, 0))));
+    let waiting = got(s.apply(&p(4000, "ann", None, queued(2000, 1000, 60_000, 0))));
     assert_eq!(waiting.nodes, vec!["b".to_string()]);
-    let next = got(s.apply(&p(2000, "ann", None, queued(2000, 1000, 60_000, 0))));
+    let next = got(s.apply(&p(4000, "ann", None, queued(2000, 1000, 60_000, 0))));
     assert_eq!(next.state, LeaseState::Pending);
     s.apply(&p(
-        2100,
+        4100,
         "root",
         None,
         Command::Heartbeat { name: "a".into() },
@@ -533,18 +541,20 @@ fn a_new_leader_term_gives_every_node_a_full_ttl_before_it_is_down() {
     s.observe_term(2, 5_000);
     let (_, _, _) = tick(&mut s, 5_500);
     assert_eq!(s.nodes["n1"].state, NodeState::Ready);
-    tick(&mut s, 6_001);
+    tick(&mut s, 7_999);
+    assert_eq!(s.nodes["n1"].state, NodeState::Ready, "TTL + margin: 8 s");
+    tick(&mut s, 8_001);
     assert_eq!(s.nodes["n1"].state, NodeState::Down);
     // An entry of a term already seen changes nothing.
     s.apply(&p(
-        6_100,
+        8_100,
         "root",
         None,
         Command::Heartbeat { name: "n1".into() },
     ))
     .unwrap();
     s.observe_term(2, 9_000);
-    tick(&mut s, 7_101);
+    tick(&mut s, 11_101);
     assert_eq!(s.nodes["n1"].state, NodeState::Down);
 }
 
