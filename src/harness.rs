@@ -102,6 +102,9 @@ pub struct Member {
     pub extra: Vec<String>,
     /// Extra environment (e.g. libfaketime's, to step its clock).
     pub env: Vec<(String, String)>,
+    /// A program and arguments the member runs under (e.g. `ip netns
+    /// exec NS`, from [`crate::netlab::Lab::wrap`]); empty: none.
+    pub wrap: Vec<String>,
 }
 
 /// A cluster of member processes.
@@ -152,6 +155,7 @@ impl Cluster {
                 child: None,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
                 env: Vec::new(),
+                wrap: Vec::new(),
             });
         }
         let peers = members
@@ -178,7 +182,14 @@ impl Cluster {
                 .open(&m.log)
                 .map_err(|e| format!("cannot open {}: {e}", m.log.display()))
         };
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match m.wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.args(["server", "--id", &m.id.to_string()])
             .arg("--data")
             .arg(&m.data)
@@ -221,6 +232,7 @@ impl Cluster {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            wrap: Vec::new(),
         };
         self.peers.push_str(&format!(",{id}={}", m.grpc));
         self.members.push(m);

@@ -102,6 +102,27 @@ fn bad_flags_are_refused_with_the_reason() {
         &server_exits(&[
             "server",
             "--id",
+            "1",
+            "--data",
+            d,
+            "--token-file",
+            t,
+            "--election-timeout",
+            "100ms",
+            "--heartbeat-interval",
+            "200ms",
+        ]),
+        1,
+        &[
+            "bad raft timing",
+            "must be longer than the heartbeat interval",
+            "hint: set --election-timeout above --heartbeat-interval",
+        ],
+    );
+    assert_clear_error(
+        &server_exits(&[
+            "server",
+            "--id",
             "4",
             "--data",
             d,

@@ -395,3 +395,72 @@ fn a_clock_step_on_the_leader_ends_no_lease_early_or_late() {
     let log = std::fs::read_to_string(&c.members[0].log).unwrap();
     assert!(log.contains("the wall clock disagrees"), "{log}");
 }
+
+/// A request that no member could answer may still be applied later: the
+/// CLI's error gives its idempotency key and a retry command that reuses
+/// it, and `lease list --key` finds what it made; retried twice, it is
+/// granted once.
+#[test]
+fn an_unavailable_request_prints_its_key_and_a_retry_that_never_doubles() {
+    let mut c = Cluster(charter::harness::Cluster::prepare(BIN.as_ref(), 3, &[]).unwrap());
+    c.spawn(0, false); // one of three: no majority, no leader
+    let ask = ["lease", "request", "--cpu", "1", "--for", "10m", "--json"];
+    let out = std::process::Command::new(BIN)
+        .args(["--server", &c.servers(), "--token", USER_TOKEN])
+        .args(ask)
+        .env("CHARTER_RETRY_FOR", "2s")
+        .env(
+            "CHARTER_HOME",
+            std::env::temp_dir().join("charter-tests-no-home"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let key = err
+        .split("idempotency key is ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no key in: {err}"))
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "lease request --cpu 1 --for 10m --json --key {key}"
+        )),
+        "no retry command reusing the key in: {err}"
+    );
+    assert!(
+        err.contains(&format!("charter lease list --key {key}")),
+        "{err}"
+    );
+    c.spawn(1, false);
+    c.spawn(2, false);
+    c.wait_leader(ELECTION);
+    let out = c.cli(&["node", "register", "n1", "--cpu", "4", "--mem", "4GiB"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut again = ask.to_vec();
+    again.extend(["--key", &key]);
+    let ann = |args: &[&str]| c.0.cli_as(&c.servers(), USER_TOKEN, args).unwrap();
+    let first = json_ok(&ann(&again));
+    let second = json_ok(&ann(&again));
+    assert_eq!(first["id"], second["id"], "the same key granted twice");
+    let found = json_ok(&ann(&["lease", "list", "--key", &key, "--json"]));
+    let ids: Vec<&Value> = found["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["id"])
+        .collect();
+    assert_eq!(ids, vec![&first["id"]], "{found}");
+    // Another principal's key is not found under the same name.
+    let bob =
+        c.0.cli_as(
+            &c.servers(),
+            OTHER_TOKEN,
+            &["lease", "list", "--key", &key, "--json"],
+        )
+        .unwrap();
+    assert_eq!(json_ok(&bob)["leases"], serde_json::json!([]));
+    let live = json_ok(&ann(&["lease", "list", "--json"]));
+    assert_eq!(live["leases"].as_array().unwrap().len(), 1, "{live}");
+}

@@ -34,6 +34,13 @@
 //! keep = "7d"                   # each member's history store keeps what left this long
 //! max_size = "32MiB"            # ... and at most this much (records; files ~2x)
 //! ```
+//!
+//! ```toml
+//! [raft]
+//! tick = "50ms"                 # raft's clock
+//! election_timeout = "500ms"    # a follower campaigns after 1-2x this without a leader
+//! heartbeat_interval = "100ms"  # the leader's heartbeats; below the election timeout
+//! ```
 
 use crate::reader::Fields;
 use serde::Serialize;
@@ -46,6 +53,53 @@ pub struct ServerConfig {
     pub pools: Vec<PoolConfig>,
     /// What leaves the live state, and how long history keeps it.
     pub history: HistoryConfig,
+    /// Election and heartbeat timing.
+    pub raft: RaftTiming,
+}
+
+/// The `[raft]` table: each field unset keeps its default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RaftTiming {
+    /// Raft's tick, in ms (50).
+    pub tick_ms: Option<u64>,
+    /// Time without a leader before a follower campaigns (randomised up to
+    /// twice this), in ms (500).
+    pub election_timeout_ms: Option<u64>,
+    /// Time between the leader's heartbeats, in ms (100).
+    pub heartbeat_interval_ms: Option<u64>,
+}
+
+impl RaftTiming {
+    fn read(f: &Fields<'_, '_>) -> RaftTiming {
+        RaftTiming {
+            tick_ms: f.duration("tick"),
+            election_timeout_ms: f.duration("election_timeout"),
+            heartbeat_interval_ms: f.duration("heartbeat_interval"),
+        }
+    }
+
+    /// `(tick, election ticks, heartbeat ticks)`, defaults filled in, or
+    /// what is wrong.
+    pub fn resolve(&self) -> Result<(u64, usize, usize), String> {
+        let tick = self.tick_ms.unwrap_or(50);
+        let election = self.election_timeout_ms.unwrap_or(tick * 10);
+        let heartbeat = self.heartbeat_interval_ms.unwrap_or(tick * 2);
+        if !(1..=10_000).contains(&tick) {
+            return Err(format!("the raft tick must be 1 ms to 10 s, got {tick} ms"));
+        }
+        if heartbeat < tick || election < tick {
+            return Err(format!(
+                "the heartbeat interval ({heartbeat} ms) and election timeout ({election} ms) must each be at least one tick ({tick} ms)"
+            ));
+        }
+        let (e, h) = (election / tick, heartbeat / tick);
+        if e <= h {
+            return Err(format!(
+                "the election timeout ({election} ms) must be longer than the heartbeat interval ({heartbeat} ms); 5-10x is usual"
+            ));
+        }
+        Ok((tick, e as usize, h as usize))
+    }
 }
 
 /// The `[history]` table: each field unset keeps its default.
@@ -156,7 +210,23 @@ impl ServerConfig {
                 out
             })
             .unwrap_or_default();
-        ok.then_some(ServerConfig { pools, history })
+        let raft = f
+            .table("raft")
+            .map(|h| {
+                let out = RaftTiming::read(&h);
+                if let Err(e) = out.resolve() {
+                    h.error_at("election_timeout", e);
+                    ok = false;
+                }
+                h.finish();
+                out
+            })
+            .unwrap_or_default();
+        ok.then_some(ServerConfig {
+            pools,
+            history,
+            raft,
+        })
     }
 }
 

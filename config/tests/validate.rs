@@ -230,3 +230,25 @@ fn cron_files() {
         .to_string();
     assert!(err.contains("no job named \"ghost\" in this file"), "{err}");
 }
+
+#[test]
+fn server_raft_timing() {
+    let src =
+        "kind = \"server\"\n\n[raft]\nelection_timeout = \"2s\"\nheartbeat_interval = \"250ms\"\n";
+    let AnyConfig::Server(c) = load("server.toml", src).unwrap() else {
+        panic!("not a server config")
+    };
+    assert_eq!(c.raft.resolve(), Ok((50, 40, 5)));
+    assert_eq!(
+        charter_config::server::RaftTiming::default().resolve(),
+        Ok((50, 10, 2)),
+        "defaults: 500 ms elections, 100 ms heartbeats"
+    );
+    let bad = "kind = \"server\"\n\n[raft]\nelection_timeout = \"100ms\"\nheartbeat_interval = \"200ms\"\n";
+    let err = load("server.toml", bad).unwrap_err().to_string();
+    assert!(
+        err.contains("server.toml:4")
+            && err.contains("must be longer than the heartbeat interval (200 ms)"),
+        "{err}"
+    );
+}

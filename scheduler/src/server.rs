@@ -38,6 +38,9 @@ pub struct ServerOptions {
     pub snapshot_entries: u64,
     /// Raft tick.
     pub tick: Duration,
+    /// Ticks without a leader before a follower campaigns, and ticks
+    /// between the leader's heartbeats.
+    pub timing: (usize, usize),
     /// Pools that can grow (from `--config`), and how to start local agents.
     pub scaling: controller::provision::ScalingOptions,
     /// Checks cron schedules for `Cron.Apply` (Hydra's parser, from the binary).
@@ -176,6 +179,9 @@ impl Server {
         cfg.join = opts.join;
         cfg.snapshot_entries = opts.snapshot_entries;
         cfg.tick = opts.tick;
+        (cfg.election_tick, cfg.heartbeat_tick) = opts.timing;
+        // Each campaign after 1-2x the election timeout.
+        cfg.election_spread = cfg.election_tick;
         let clock: Arc<dyn Clock> = Arc::new(crate::clock::SteadyClock::new(SystemClock));
         let (driver, member) = Driver::new(cfg, store, transport, clock, tx, rx, rand::random())?;
         write_identity(&opts)?;

@@ -108,6 +108,82 @@ impl Client {
     }
 }
 
+impl Client {
+    /// [`Client::call`] for a write carrying idempotency key `key`: when
+    /// no member answered for good (the write may or may not have been
+    /// applied), the error gives the key and a retry command that reuses
+    /// it, so a retry never applies twice; `find` says how to look for it.
+    pub async fn call_keyed<T, F, Fut>(
+        &self,
+        what: &str,
+        key: &str,
+        find: &str,
+        f: F,
+    ) -> anyhow::Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.servers.call(retry_for(), f).await.map_err(|e| {
+            let mut u = status_error(what, &e.addr, &e.status);
+            if charter_agent::conn::retryable(&e.status)
+                || e.status.code() == Code::DeadlineExceeded
+            {
+                u.why.push(format!(
+                    "the request may or may not have been applied; its idempotency key is {key}"
+                ));
+                u.hint = Some(format!(
+                    "retry with the same key, which never applies twice: {}; or look for it: {find}",
+                    retry_command(std::env::args(), key)
+                ));
+            }
+            u.into()
+        })
+    }
+}
+
+/// This command line again with `--key KEY` (any `--key` given replaced),
+/// quoted for a POSIX shell.
+pub fn retry_command(args: impl Iterator<Item = String>, key: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut args = args.peekable();
+    let mut first = true;
+    while let Some(a) = args.next() {
+        if first {
+            first = false;
+            out.push("charter".into());
+            continue;
+        }
+        if a == "--key" {
+            args.next();
+            continue;
+        }
+        if a.starts_with("--key=") {
+            continue;
+        }
+        out.push(a);
+    }
+    // Before a `--` that passes a command on, or at the end.
+    let at = out.iter().position(|a| a == "--").unwrap_or(out.len());
+    out.insert(at, key.to_string());
+    out.insert(at, "--key".into());
+    out.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
 /// Turns a gRPC status into a three-part error.
 pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
     let msg = s.message().to_string();
@@ -134,5 +210,42 @@ pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
         what: format!("{what} failed"),
         why: vec![format!("{msg} (server {addr}, code {:?})", s.code())],
         hint: Some(hint.to_string()).filter(|h| !h.is_empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_command;
+
+    fn argv(s: &[&str]) -> impl Iterator<Item = String> {
+        s.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn a_retry_command_reuses_the_key_once_and_quotes_what_a_shell_would_split() {
+        let c = retry_command(
+            argv(&[
+                "/x/charter",
+                "lease",
+                "request",
+                "--key",
+                "old",
+                "--reason",
+                "it's mine",
+            ]),
+            "cli-1",
+        );
+        assert_eq!(
+            c,
+            "charter lease request --reason 'it'\\''s mine' --key cli-1"
+        );
+        let c = retry_command(
+            argv(&["charter", "task", "submit", "--", "sh", "-c", "a b"]),
+            "k",
+        );
+        assert_eq!(c, "charter task submit --key k -- sh -c 'a b'");
     }
 }

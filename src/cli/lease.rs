@@ -35,6 +35,10 @@ pub enum LeaseCmd {
         /// Read local state without a ReadIndex round (may be stale).
         #[arg(long)]
         stale: bool,
+        /// Only the lease your request with this idempotency key made
+        /// (`lease request --key`, or the key an `Unavailable` error printed).
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Show one lease.
     Show {
@@ -455,11 +459,17 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
     match cmd {
         LeaseCmd::Request { args, file } => {
             let req = build_request(*args, load_lease(file.as_deref())?)?;
+            let key = req.idempotency_key.clone();
             let r = c
-                .call("lease request", |ch| {
-                    let req = c.req(req.clone());
-                    async move { LeasesClient::new(ch).request(req).await }
-                })
+                .call_keyed(
+                    "lease request",
+                    &key,
+                    &format!("`charter lease list --key {key}`"),
+                    |ch| {
+                        let req = c.req(req.clone());
+                        async move { LeasesClient::new(ch).request(req).await }
+                    },
+                )
                 .await?;
             let mut l = r.lease.unwrap_or_default();
             if l.state == "pending" {
@@ -470,12 +480,18 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
                 return Ok(1);
             }
         }
-        LeaseCmd::List { all, state, stale } => {
+        LeaseCmd::List {
+            all,
+            state,
+            stale,
+            key,
+        } => {
             let r = c
                 .call("lease list", |ch| {
                     let req = c.req(pb::ListLeasesRequest {
                         all: all || state.is_some(),
                         stale,
+                        key: key.clone().unwrap_or_default(),
                     });
                     async move { LeasesClient::new(ch).list(req).await }
                 })

@@ -42,9 +42,17 @@ pub struct ServerArgs {
     /// Applied entries between log compactions.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_entries: u64,
-    /// Raft tick in milliseconds (elections after 10–20 ticks without a leader).
-    #[arg(long, default_value_t = 50)]
-    pub tick_ms: u64,
+    /// Raft tick in milliseconds [default: 50, or `[raft] tick`].
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// A follower campaigns after 1-2x this without a leader [default: 500ms,
+    /// or `[raft] election_timeout`]; longer rides out lossy, slow links.
+    #[arg(long)]
+    pub election_timeout: Option<String>,
+    /// Time between the leader's heartbeats [default: 100ms, or `[raft]
+    /// heartbeat_interval`]; shorter than the election timeout.
+    #[arg(long)]
+    pub heartbeat_interval: Option<String>,
     /// Server config (`kind = "server"`): pools that grow with demand.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -358,9 +366,50 @@ pub fn parse_peers(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 
 /// Reads `--config`: the pools that grow (and the binary local agents run)
 /// and the `[history]` table.
-fn server_config(
-    config: Option<&Path>,
-) -> anyhow::Result<(ScalingOptions, charter_config::server::HistoryConfig)> {
+/// Election and heartbeat timing: flags, then `--config`'s `[raft]`, then
+/// defaults; `(tick ms, election ticks, heartbeat ticks)`.
+fn raft_timing(
+    a: &ServerArgs,
+    mut t: charter_config::server::RaftTiming,
+) -> anyhow::Result<(u64, usize, usize)> {
+    let dur = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+        v.as_deref()
+            .map(|s| {
+                charter_config::units::parse_duration(s).map_err(|e| {
+                    fail(
+                        format!("bad --{flag} {s}"),
+                        e,
+                        format!("pass e.g. --{flag} 1s"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    if let Some(v) = a.tick_ms {
+        t.tick_ms = Some(v);
+    }
+    if let Some(v) = dur("election-timeout", &a.election_timeout)? {
+        t.election_timeout_ms = Some(v);
+    }
+    if let Some(v) = dur("heartbeat-interval", &a.heartbeat_interval)? {
+        t.heartbeat_interval_ms = Some(v);
+    }
+    t.resolve().map_err(|e| {
+        fail(
+            "bad raft timing",
+            e,
+            "set --election-timeout above --heartbeat-interval, both at least --tick-ms",
+        )
+    })
+}
+
+type Config = (
+    ScalingOptions,
+    charter_config::server::HistoryConfig,
+    charter_config::server::RaftTiming,
+);
+
+fn server_config(config: Option<&Path>) -> anyhow::Result<Config> {
     let Some(path) = config else {
         return Ok(Default::default());
     };
@@ -387,7 +436,7 @@ fn server_config(
         exe,
         ..ScalingOptions::default()
     };
-    Ok((scaling, cfg.history))
+    Ok((scaling, cfg.history, cfg.raft))
 }
 
 pub fn init_tracing() {
@@ -492,8 +541,9 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         ));
     }
     check_data_dir(&a.data)?;
-    let (scaling, history) = server_config(a.config.as_deref())?;
+    let (scaling, history, raft) = server_config(a.config.as_deref())?;
     let (retention, history) = a.history.resolve(&history)?;
+    let (tick, election, heartbeat) = raft_timing(&a, raft)?;
     let opts = ServerOptions {
         id: a.id,
         data: a.data.clone(),
@@ -503,7 +553,8 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
         tokens,
         join: a.join,
         snapshot_entries: a.snapshot_entries.max(1),
-        tick: Duration::from_millis(a.tick_ms.max(1)),
+        tick: Duration::from_millis(tick),
+        timing: (election, heartbeat),
         scaling,
         schedule_check: schedule_check(),
         artifacts: Some(artifacts(&a.data)?),
@@ -650,8 +701,15 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
     let listen = addr("--listen", &a.listen)?;
     let http = addr("--http", &a.http)?;
     check_data_dir(&data)?;
-    let (scaling, history) = server_config(a.config.as_deref())?;
+    let (scaling, history, raft) = server_config(a.config.as_deref())?;
     let (retention, history) = a.history.resolve(&history)?;
+    let (tick, election, heartbeat) = raft.resolve().map_err(|e| {
+        fail(
+            "bad [raft] timing in --config",
+            e,
+            "fix the [raft] table of the server config",
+        )
+    })?;
     let token_file = match a.token_file {
         Some(f) => f,
         None => ensure_dev_tokens(&data)?,
@@ -684,7 +742,8 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
         tokens,
         join: false,
         snapshot_entries: 10_000,
-        tick: Duration::from_millis(50),
+        tick: Duration::from_millis(tick),
+        timing: (election, heartbeat),
         scaling,
         schedule_check: schedule_check(),
         artifacts: Some(store),

@@ -727,6 +727,19 @@ impl pb::leases_server::Leases for Api {
         let who = principal(&req)?;
         let r = req.get_ref();
         self.barrier(r.stale).await?;
+        if !r.key.is_empty() {
+            // A request by its key: the caller's own keys only.
+            let kid = crate::state::retention::key_id(&format!("{}/{}", who.name, r.key));
+            let id = self.member.read(|s| match s.keys.get(&kid) {
+                Some((_, crate::state::retention::KeyOutcome::Lease { id })) => Some(*id),
+                _ => None,
+            });
+            let leases = match id {
+                Some(id) => vec![convert::lease(&self.lease_anywhere(id)?)],
+                None => Vec::new(),
+            };
+            return Ok(Response::new(pb::ListLeasesReply { leases }));
+        }
         let mine = |l: &crate::state::Lease| who.admin || l.principal == who.name;
         let mut leases: Vec<pb::Lease> = self.member.read(|s| {
             if r.all {
