@@ -131,6 +131,33 @@ impl Cluster {
         Ok(c)
     }
 
+    /// `n` members, member `i` in host `i` of `lab` (`IP:7700` gRPC,
+    /// `IP:7800` HTTP), started. Clients reach them from another host of
+    /// the lab (`lab.command(host, bin)`).
+    pub fn in_lab(
+        bin: &Path,
+        lab: &crate::netlab::Lab,
+        n: usize,
+        extra: &[&str],
+    ) -> Result<Cluster> {
+        let mut c = Cluster::prepare(bin, n, extra)?;
+        for (i, m) in c.members.iter_mut().enumerate() {
+            m.grpc = format!("{}:7700", crate::netlab::ip(i));
+            m.http = format!("{}:7800", crate::netlab::ip(i));
+            m.wrap = lab.wrap(i);
+        }
+        c.peers = c
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        for i in 0..n {
+            c.spawn(i, false)?;
+        }
+        Ok(c)
+    }
+
     /// [`Cluster::start`] without starting anyone: set members' `env`,
     /// then [`Cluster::spawn`] each.
     pub fn prepare(bin: &Path, n: usize, extra: &[&str]) -> Result<Cluster> {

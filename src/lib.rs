@@ -5,3 +5,4 @@
 //!   in a temporary directory, for end-to-end tests and `charter bench`.
 
 pub mod harness;
+pub mod netlab;

@@ -241,8 +241,8 @@ fn server_raft_timing() {
     assert_eq!(c.raft.resolve(), Ok((50, 40, 5)));
     assert_eq!(
         charter_config::server::RaftTiming::default().resolve(),
-        Ok((50, 10, 2)),
-        "defaults: 500 ms elections, 100 ms heartbeats"
+        Ok((50, 20, 2)),
+        "defaults: 1 s elections, 100 ms heartbeats"
     );
     let bad = "kind = \"server\"\n\n[raft]\nelection_timeout = \"100ms\"\nheartbeat_interval = \"200ms\"\n";
     let err = load("server.toml", bad).unwrap_err().to_string();

@@ -45,7 +45,7 @@ pub struct ServerArgs {
     /// Raft tick in milliseconds [default: 50, or `[raft] tick`].
     #[arg(long)]
     pub tick_ms: Option<u64>,
-    /// A follower campaigns after 1-2x this without a leader [default: 500ms,
+    /// A follower campaigns after 1-2x this without a leader [default: 1s,
     /// or `[raft] election_timeout`]; longer rides out lossy, slow links.
     #[arg(long)]
     pub election_timeout: Option<String>,

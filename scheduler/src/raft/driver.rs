@@ -258,7 +258,13 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             ..Config::default()
         };
         rcfg.validate()?;
-        let raw = RawNode::new(&rcfg, store, &logger())?;
+        let mut raw = RawNode::new(&rcfg, store, &logger())?;
+        // The only voter: no one to wait for, so no election timeout either
+        // (`charter dev` leads at once whatever the timing settings).
+        let voters: Vec<u64> = raw.raft.prs().conf().voters().ids().iter().collect();
+        if voters == [cfg.id] {
+            let _ = raw.campaign();
+        }
         // The state was loaded from the newest snapshot: its index.
         let snapshot_index = applied;
         let state = Arc::new(RwLock::new(state));
