@@ -425,3 +425,81 @@ fn the_examples_validate() {
         "examples/ has its configs (lease, task, server, crontab, app)"
     );
 }
+
+#[test]
+fn tokens_with_a_line_end_work_and_bad_ones_and_bad_states_are_named() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(20));
+    // `--token "$(cat tokens)"`-style mistakes: a trailing newline works.
+    let out = cli(&c.servers(), &format!("{TOKEN}\n"), &["lease", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A 100 KB token is named as such, not as a capacity problem.
+    let big = "x".repeat(100_000);
+    assert_clear_error(
+        &cli(&c.servers(), &big, &["lease", "list"]),
+        1,
+        &["cannot use the token", "100000 bytes", "at most 4096"],
+    );
+    // A state that does not exist is an error, not an empty table.
+    assert_clear_error(
+        &cli(&c.servers(), TOKEN, &["lease", "list", "--state", "bogus"]),
+        1,
+        &["bad --state `bogus`", "use one of pending, granted"],
+    );
+}
+
+#[test]
+fn completion_scripts_and_man_pages_come_from_the_command_definitions() {
+    let out = charter(&["completion", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bash = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        bash.contains("_charter") && bash.contains("lease"),
+        "{bash}"
+    );
+    let zsh = charter(&["completion", "zsh"]);
+    assert!(String::from_utf8_lossy(&zsh.stdout).starts_with("#compdef charter"));
+    assert_clear_error(
+        &charter(&["completion", "tcsh"]),
+        2,
+        &["invalid value 'tcsh'"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = charter(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lease = std::fs::read_to_string(dir.path().join("charter-lease.1")).unwrap();
+    assert!(lease.contains(".TH charter-lease 1"), "{lease}");
+    assert!(
+        std::fs::read_to_string(dir.path().join("charter.1"))
+            .unwrap()
+            .contains(".TH charter 1")
+    );
+    // `--help` names the variable, not an empty value.
+    let help = String::from_utf8_lossy(&charter(&["--help"]).stdout).to_string();
+    assert!(
+        help.contains("[env: CHARTER_SERVER]") && !help.contains("CHARTER_SERVER="),
+        "{help}"
+    );
+}
+
+#[test]
+fn an_unreachable_server_fails_within_two_seconds_each_naming_them_all() {
+    let ports = free_ports(2);
+    let servers = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let t = Instant::now();
+    let out = cli(&servers, TOKEN, &["lease", "list"]);
+    let took = t.elapsed();
+    assert_clear_error(
+        &out,
+        1,
+        &[
+            &format!(
+                "cannot connect to 127.0.0.1:{}, 127.0.0.1:{}",
+                ports[0], ports[1]
+            ),
+            "hint: check that --server",
+        ],
+    );
+    // 2 s per server, not the 15 s retry budget (a loose bound: a busy machine).
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}

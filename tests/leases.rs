@@ -259,16 +259,47 @@ fn renew_drain_and_revoke_from_the_cli() {
         "capped at the max total: {}",
         stderr(&out)
     );
+    // It says it got less than asked, and why.
+    assert!(
+        stderr(&out).contains("its max total is 30m from its grant"),
+        "{}",
+        stderr(&out)
+    );
     let out = cli(
         &c.servers(),
         USER_TOKEN,
         &["lease", "renew", &l["id"].to_string(), "--for", "2h"],
     );
+    let err = stderr(&out);
+    assert!(err.contains("reached its max total"), "{err}");
     assert!(
-        stderr(&out).contains("reached its max total"),
-        "{}",
-        stderr(&out)
+        err.contains("FailedPrecondition")
+            && err.contains("--max-total")
+            && !err.contains("ask an admin"),
+        "the limit is the lease's own, not a permission: {err}"
     );
+    // Without --max-total a lease renews for up to 7 days from its grant.
+    let d = json_ok(&cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "request", "--cpu", "1", "--for", "10m", "--json"],
+    ));
+    assert_eq!(d["max_total_ms"], 7 * 24 * 3_600_000u64, "{d}");
+    let out = cli(
+        &c.servers(),
+        USER_TOKEN,
+        &[
+            "lease",
+            "renew",
+            &d["id"].to_string(),
+            "--for",
+            "1h",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json_ok(&out)["expires_at"].as_str() > d["expires_at"].as_str());
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
     // Draining a node keeps its lease but sends new grants elsewhere.
     let node = l["nodes"][0].as_str().unwrap().to_string();
     let d = json_ok(&c.cli(&["node", "drain", &node, "--json"]));
@@ -363,4 +394,97 @@ fn quotas_and_heartbeats_from_the_cli() {
     assert_eq!(n["state"], "down");
     let n = json_ok(&c.cli(&["node", "heartbeat", "beating", "--json"]));
     assert_eq!(n["state"], "ready", "a heartbeat brings it back");
+}
+
+/// Ctrl-C (or SIGTERM) on `lease request --wait` gives the pending
+/// request back, as `salloc` does, instead of leaving it to hold capacity
+/// later; its status line never goes into a pipe.
+#[test]
+fn interrupting_a_waiting_request_gives_it_back() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION);
+    fleet(&c, 1, "1");
+    let held = json_ok(&cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "request", "--cpu", "1", "--for", "10m", "--json"],
+    ));
+    assert_eq!(held["state"], "granted");
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let child = std::process::Command::new(BIN)
+            .args(["--server", &c.servers(), "--token", OTHER_TOKEN])
+            .args([
+                "lease", "request", "--cpu", "1", "--for", "10m", "--wait", "5m",
+            ])
+            .env(
+                "CHARTER_HOME",
+                std::env::temp_dir().join("charter-tests-no-home"),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let id = wait_for("the request to queue", Duration::from_secs(10), || {
+            let v = json_ok(&cli(
+                &c.servers(),
+                OTHER_TOKEN,
+                &["lease", "list", "--state", "pending", "--json"],
+            ));
+            v["leases"].as_array()?.first().map(|l| l["id"].to_string())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(
+            err.contains(&format!("lease request {id} given back")),
+            "{err}"
+        );
+        assert!(
+            !err.contains('\x1b'),
+            "terminal codes written into a pipe: {err:?}"
+        );
+        let l = json_ok(&cli(
+            &c.servers(),
+            OTHER_TOKEN,
+            &["lease", "show", &id, "--json"],
+        ));
+        assert_eq!(l["state"], "released", "{l}");
+    }
+}
+
+/// `charter lease show 1 | head -0`: a reader that closed the pipe ends
+/// the command quietly (141, as SIGPIPE ends `cat`), never with a panic.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(ELECTION);
+    fleet(&c, 1, "1");
+    let l = json_ok(&c.cli(&["lease", "request", "--cpu", "1", "--for", "10m", "--json"]));
+    for json in [false, true] {
+        let mut args = vec!["lease", "show"];
+        let id = l["id"].to_string();
+        args.push(&id);
+        if json {
+            args.push("--json");
+        }
+        let mut child = std::process::Command::new(BIN)
+            .args(["--server", &c.servers(), "--token", TOKEN])
+            .args(&args)
+            .env(
+                "CHARTER_HOME",
+                std::env::temp_dir().join("charter-tests-no-home"),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(out.status.code(), Some(141), "json {json}: {err}");
+        assert!(err.is_empty(), "json {json}: {err}");
+    }
 }

@@ -646,3 +646,41 @@ fn named_ports_are_picked_given_as_env_and_checked_by_health() {
         stderr(&out)
     );
 }
+
+/// `${PORT}`, `${PORT_<NAME>}` and `${CHARTER_*}` in a command run without
+/// a shell are filled in, as Nomad interpolates `${NOMAD_PORT_http}`.
+#[test]
+fn ports_and_charter_variables_expand_in_a_command_without_a_shell() {
+    let (c, dir) = setup();
+    let _a = agent(&c, dir.path(), "a1");
+    let id = submit(
+        &c,
+        &[
+            "--port",
+            "http",
+            "--port",
+            "admin",
+            "--",
+            "/bin/echo",
+            "${PORT}",
+            "${PORT_ADMIN}",
+            "task=${CHARTER_TASK_ID}",
+            "$PORT",
+            "${HOME}",
+        ],
+    );
+    let t = ended(&c, &id, Duration::from_secs(20));
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let out = String::from_utf8_lossy(&c.cli(&["task", "logs", &id]).stdout).to_string();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words.len(), 5, "{out}");
+    assert!(words[0].parse::<u16>().is_ok_and(|p| p > 0), "{out}");
+    assert!(words[1].parse::<u16>().is_ok_and(|p| p > 0), "{out}");
+    assert_ne!(words[0], words[1], "{out}");
+    assert_eq!(words[2], format!("task={id}"));
+    assert_eq!(
+        &words[3..],
+        ["$PORT", "${HOME}"],
+        "only ours are filled in: {out}"
+    );
+}

@@ -19,6 +19,7 @@ pub mod amp;
 pub mod artifact;
 pub use charter_proto::conn;
 pub mod health;
+pub mod interpolate;
 pub mod logs;
 pub mod resources;
 pub mod run;

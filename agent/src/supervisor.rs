@@ -724,7 +724,6 @@ impl Work {
             "\"$@\"; c=$?; echo $c > \"$CHARTER_EXIT_FILE\"; exit $c".to_string(),
             "charter-task".to_string(),
         ];
-        argv.extend(self.task.command.iter().cloned());
         let mut l = l.clone();
         l.env
             .insert("CHARTER_EXIT_FILE".into(), exit_file.display().to_string());
@@ -739,6 +738,17 @@ impl Work {
                     .insert(format!("PORT_{}", name.to_ascii_uppercase()), p.to_string());
             }
         }
+        // `${PORT}`, `${PORT_<NAME>}`, `${CHARTER_*}` in the argv itself.
+        let mut vars = l.env.clone();
+        vars.insert("CHARTER_LEASE_ID".into(), l.scope.lease.to_string());
+        vars.insert("CHARTER_NODE".into(), l.node.clone());
+        vars.insert("CHARTER_FENCING_TOKEN".into(), l.fencing_token.to_string());
+        argv.extend(
+            self.task
+                .command
+                .iter()
+                .map(|a| crate::interpolate::expand(a, &vars)),
+        );
         let spawned = logs::open(&dir, "stdout")
             .and_then(|out| Ok((out, logs::open(&dir, "stderr")?)))
             .and_then(|(out, err)| {

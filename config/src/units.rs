@@ -96,11 +96,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
-/// Formats bytes with the largest binary unit that keeps it whole: `4GiB`, `1536MiB`.
+/// Formats bytes for people, in the largest binary unit of at least 1,
+/// with one decimal unless whole: `4GiB`, `1.5GiB`, `23.5GiB`, `1000B`.
 pub fn format_size(b: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if b >= 1 << shift && b.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", b >> shift);
+        if b >= 1 << shift {
+            if b.is_multiple_of(1 << shift) {
+                return format!("{}{unit}", b >> shift);
+            }
+            let v = b as f64 / (1u64 << shift) as f64;
+            let s = format!("{v:.1}");
+            let s = s.strip_suffix(".0").unwrap_or(&s);
+            return format!("{s}{unit}");
         }
     }
     format!("{b}B")
@@ -210,7 +217,9 @@ mod tests {
             );
         }
         assert_eq!(format_size(4 << 30), "4GiB");
-        assert_eq!(format_size(1536 << 20), "1536MiB");
+        assert_eq!(format_size(1536 << 20), "1.5GiB");
+        assert_eq!(format_size(4_000_000_000), "3.7GiB", "--mem 4GB");
+        assert_eq!(format_size(24_683_584 << 10), "23.5GiB");
         assert_eq!(format_size(1000), "1000B");
     }
 

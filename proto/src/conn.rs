@@ -23,6 +23,9 @@ pub struct Servers {
     current: AtomicUsize,
     /// The index of the member last named as leader, plus one (0: none).
     leader: AtomicUsize,
+    /// Give up after this long per member when no member could even be
+    /// connected to (a person at a terminal); `None`: the whole budget.
+    connect_budget: Option<Duration>,
 }
 
 /// The response header in which a member names the leader it knows
@@ -80,7 +83,16 @@ impl Servers {
             token: token.filter(|t| !t.is_empty()),
             current: AtomicUsize::new(0),
             leader: AtomicUsize::new(0),
+            connect_budget: None,
         })
+    }
+
+    /// Gives up after `per_member` for each member when none of them could
+    /// be connected to at all, naming every address tried: a wrong
+    /// `--server` fails in seconds, not after the whole retry budget.
+    pub fn give_up_unreachable(mut self, per_member: Duration) -> Servers {
+        self.connect_budget = Some(per_member);
+        self
     }
 
     /// Every member's channel, with its address (to reach each one: an
@@ -118,6 +130,7 @@ impl Servers {
             l => l - 1,
         } % n;
         let mut tried = 0usize;
+        let mut reached = false;
         loop {
             let idx = (start + tried) % n;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -136,7 +149,25 @@ impl Servers {
                     self.note_leader(r.metadata());
                     return Ok(r.into_inner());
                 }
+                Err(s)
+                    if !reached
+                        && unreachable(&s)
+                        && self
+                            .connect_budget
+                            .is_some_and(|b| began.elapsed() >= b * n as u32) =>
+                {
+                    return Err(Failed {
+                        addr: self.addrs.join(","),
+                        status: Status::unavailable(format!(
+                            "cannot connect to {} (each tried for {:.0} s; last: {})",
+                            self.addrs.join(", "),
+                            self.connect_budget.unwrap_or_default().as_secs_f64(),
+                            s.message()
+                        )),
+                    });
+                }
                 Err(s) if retryable(&s) && Instant::now() < deadline => {
+                    reached |= !unreachable(&s);
                     if tried == 0 {
                         // The leader hint led to a member that failed:
                         // forget it until someone names the leader again.
@@ -183,6 +214,14 @@ impl Servers {
         };
         &self.addrs[i % self.addrs.len()]
     }
+}
+
+/// Whether a failed attempt never reached a member (no connection, or no
+/// answer at all), as opposed to a member's own `UNAVAILABLE`.
+fn unreachable(s: &Status) -> bool {
+    let m = s.message();
+    s.code() == Code::Unavailable
+        && (m.contains("tcp connect") || m.contains("did not answer") || m.contains("transport"))
 }
 
 /// `m` as a request carrying `token` (if any) as its bearer token.

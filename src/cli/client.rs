@@ -61,12 +61,17 @@ pub fn new_key() -> String {
 
 /// The token to call with: `--token`/`CHARTER_TOKEN`, else the dev token.
 pub fn find_token(g: &Global) -> Option<String> {
-    g.token.clone().filter(|t| !t.is_empty()).or_else(|| {
-        std::fs::read_to_string(dev_token_path())
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    })
+    // A token pasted with its line end still works.
+    g.token
+        .as_deref()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string(dev_token_path())
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
 }
 
 /// A connection to the cluster.
@@ -78,8 +83,26 @@ impl Client {
     /// Builds channels (lazily connected) to every `--server` address.
     pub fn new(g: &Global) -> anyhow::Result<Client> {
         let token = find_token(g);
+        if let Some(t) = token
+            .as_deref()
+            .filter(|t| t.len() > 4096 || t.chars().any(char::is_control))
+        {
+            return Err(super::output::fail(
+                "cannot use the token",
+                format!(
+                    "it is {} bytes{}; a token is one line of at most 4096 printable characters",
+                    t.len(),
+                    if t.chars().any(char::is_control) {
+                        " with control characters"
+                    } else {
+                        ""
+                    }
+                ),
+                "pass the token from the server's token file (--token or CHARTER_TOKEN)",
+            ));
+        }
         let addrs: Vec<String> = g.servers.split(',').map(str::to_string).collect();
-        let servers = Servers::new(&addrs, token).map_err(|e| {
+        let servers = Servers::new(&addrs, token).map(|s| s.give_up_unreachable(Duration::from_secs(2))).map_err(|e| {
             super::output::fail(
                 "cannot use --server",
                 e,
@@ -192,6 +215,9 @@ pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
             "pass --token or set CHARTER_TOKEN to a token from the server's token file (or run `charter dev`, which writes a dev token)"
         }
         Code::PermissionDenied => "ask an admin, or use a token of the principal that owns it",
+        Code::Unavailable if msg.starts_with("cannot connect to") => {
+            "check that --server (or CHARTER_SERVER) names running members (`charter dev` listens on 127.0.0.1:7700)"
+        }
         Code::Unavailable => {
             "the cluster may be electing a leader or down: check `charter cluster status`, or start one with `charter dev`; then retry"
         }
@@ -199,6 +225,9 @@ pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
         Code::NotFound => "list what exists with the matching `list` command",
         Code::ResourceExhausted => {
             "ask for less, add a node with `charter node register`, or wait for a lease to end"
+        }
+        Code::FailedPrecondition if msg.contains("max total") => {
+            "request a new lease; `--max-total D` on a request lets it be renewed up to D from its grant"
         }
         Code::FailedPrecondition => "check the current state with `show`/`list`, then retry",
         Code::DeadlineExceeded => {

@@ -392,7 +392,17 @@ async fn why(c: &Client, id: u64) -> anyhow::Result<pb::WhyReply> {
 /// Waits for a pending lease, with a one-line status on stderr, until it is
 /// granted or gives up.
 async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Result<pb::Lease> {
-    let tty = !g.json;
+    use std::io::IsTerminal;
+    // A live status line only on a terminal (never into a pipe or a file).
+    let tty = !g.json && std::io::stderr().is_terminal();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let interrupted = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => 130,
+            _ = term.recv() => 143,
+        }
+    };
+    tokio::pin!(interrupted);
     while l.state == "pending" {
         if tty {
             let w = why(c, l.id).await.map(|w| w.summary).unwrap_or_default();
@@ -406,7 +416,24 @@ async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Res
             );
             let _ = e.flush();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            code = &mut interrupted => {
+                // Like salloc: a request nobody waits for any more is
+                // given back, so it never holds capacity unused.
+                if tty {
+                    eprintln!();
+                }
+                let id = l.id;
+                match end_lease(c, id, false).await {
+                    Ok(r) => eprintln!("interrupted: lease request {id} given back ({})", r.state),
+                    Err(e) => eprintln!(
+                        "interrupted, but lease request {id} could not be given back: {e}; release it with `charter lease release {id}`"
+                    ),
+                }
+                std::process::exit(code);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
         l = show(c, l.id).await?;
     }
     if tty {
@@ -486,6 +513,22 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
             stale,
             key,
         } => {
+            const STATES: [&str; 7] = [
+                "pending",
+                "granted",
+                "released",
+                "expired",
+                "revoked",
+                "lost",
+                "timed_out",
+            ];
+            if let Some(st) = state.as_deref().filter(|s| !STATES.contains(s)) {
+                return Err(fail(
+                    format!("bad --state `{st}`"),
+                    "not a lease state",
+                    format!("use one of {}", STATES.join(", ")),
+                ));
+            }
             let r = c
                 .call("lease list", |ch| {
                     let req = c.req(pb::ListLeasesRequest {
@@ -555,7 +598,18 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
                     async move { LeasesClient::new(ch).renew(req).await }
                 })
                 .await?;
-            print_lease(g, &r.lease.unwrap_or_default())?;
+            let l = r.lease.unwrap_or_default();
+            // Say so when the lease got less than asked (its max total).
+            let asked = chrono::Utc::now().timestamp_millis() + duration_ms as i64;
+            if l.expires_at_ms + 1_000 < asked {
+                eprintln!(
+                    "note: lease {id} now ends at {}, not {}: its max total is {} from its grant (set --max-total on a request to renew longer)",
+                    output::time(l.expires_at_ms),
+                    output::time(asked),
+                    units::format_duration(l.max_total_ms)
+                );
+            }
+            print_lease(g, &l)?;
         }
         LeaseCmd::Release { id } => print_lease(g, &end_lease(&c, id, false).await?)?,
         LeaseCmd::Revoke { id } => print_lease(g, &end_lease(&c, id, true).await?)?,

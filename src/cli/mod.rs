@@ -30,6 +30,7 @@ pub struct Args {
         long,
         global = true,
         env = "CHARTER_SERVER",
+        hide_env_values = true,
         default_value = "127.0.0.1:7700"
     )]
     pub server: String,
@@ -81,6 +82,17 @@ pub enum Cmd {
     Validate(validate::ValidateArgs),
     /// Measure Charter on this machine: starts a cluster on 127.0.0.1, prints figures, stops it.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script: `charter completion bash > /etc/bash_completion.d/charter`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (charter.1), or write one per command into --dir.
+    Man {
+        /// Write charter.1 and charter-NOUN.1 … here instead.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs a command; returns the process exit code.
@@ -109,5 +121,52 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Validate(a) => validate::run(&g, a),
         Cmd::Cron(c) => cron::run(&rt, &g, c),
         Cmd::Bench(a) => bench::run(&rt, g.json, a),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Args::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "charter", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(0)
+        }
+        Cmd::Man { dir } => man(dir.as_deref()),
     }
+}
+
+/// Man pages from the same definitions as `--help` (clap_mangen).
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    use clap::CommandFactory;
+    let cmd = Args::command();
+    let Some(dir) = dir else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+        return Ok(0);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        output::fail(
+            format!("cannot create {}", dir.display()),
+            e.to_string(),
+            "pass a --dir you may write to",
+        )
+    })?;
+    let mut pages = vec![("charter".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("charter-{}", sub.get_name());
+        let title: &'static str = Box::leak(name.clone().into_boxed_str());
+        pages.push((name, sub.clone().name(title)));
+    }
+    for (name, c) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut f = std::fs::File::create(&path).map_err(|e| {
+            output::fail(
+                format!("cannot write {}", path.display()),
+                e.to_string(),
+                "pass a --dir you may write to",
+            )
+        })?;
+        clap_mangen::Man::new(c).render(&mut f)?;
+        println!("{}", path.display());
+    }
+    Ok(0)
 }

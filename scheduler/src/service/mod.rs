@@ -80,7 +80,7 @@ fn refusal_status(r: Refusal) -> Status {
         Refusal::NoCapacity { .. } => Status::resource_exhausted(msg),
         Refusal::NotFound { .. } | Refusal::Gone { .. } => Status::not_found(msg),
         Refusal::NotYours { .. } => Status::permission_denied(msg),
-        Refusal::Ended { .. } => Status::failed_precondition(msg),
+        Refusal::Ended { .. } | Refusal::Limit { .. } => Status::failed_precondition(msg),
         Refusal::Denied { .. } => Status::permission_denied(msg),
     }
 }

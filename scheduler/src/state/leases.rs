@@ -9,6 +9,10 @@ fn ms(v: u64) -> Millis {
     Millis::try_from(v).unwrap_or(Millis::MAX)
 }
 
+/// How long a lease may be renewed for, from its grant, when the request
+/// sets no max total (and no quota says less): 7 days.
+pub const DEFAULT_MAX_TOTAL_MS: u64 = 7 * 24 * 3_600_000;
+
 impl State {
     pub(super) fn request_lease(
         &mut self,
@@ -32,7 +36,19 @@ impl State {
         }
         let mut spec = spec.clone();
         if spec.max_total_ms == 0 {
-            spec.max_total_ms = spec.duration_ms;
+            // Renewable for a week by default, or up to the principal's
+            // quota: the time asked for is what the lease holds, renewals
+            // extend it (Slurm's and Nomad's leases are not capped at
+            // their first length either).
+            let quota = self
+                .quotas
+                .get(principal)
+                .or_else(|| self.quotas.get("*"))
+                .and_then(|q| q.max_duration_ms);
+            spec.max_total_ms = quota
+                .unwrap_or(DEFAULT_MAX_TOTAL_MS)
+                .min(DEFAULT_MAX_TOTAL_MS)
+                .max(spec.duration_ms);
         }
         self.check_quota(principal, &spec)?;
         // A deadline: the request may wait until it could still finish in
@@ -251,9 +267,9 @@ impl State {
         }
         let cap = lease.granted_at.saturating_add(ms(lease.spec.max_total_ms));
         if lease.expires_at >= cap {
-            return Err(Refusal::Denied {
+            return Err(Refusal::Limit {
                 reason: format!(
-                    "lease {id} has reached its max total of {} s; request a new lease",
+                    "lease {id} has reached its max total of {} s from its grant; request a new lease (with --max-total to renew longer)",
                     lease.spec.max_total_ms / 1000
                 ),
             });

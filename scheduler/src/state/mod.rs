@@ -349,10 +349,17 @@ pub enum Refusal {
         /// Its id.
         id: u64,
     },
-    /// The principal may not do this, or a limit forbids it.
+    /// The principal may not do this, or a quota forbids it.
     #[error("{reason}")]
     Denied {
         /// Why.
+        reason: String,
+    },
+    /// The object's own limit is reached (a lease at its max total):
+    /// nobody's permission would change that.
+    #[error("{reason}")]
+    Limit {
+        /// Why, and what to do instead.
         reason: String,
     },
 }

@@ -263,7 +263,7 @@ fn renewals_stop_at_the_max_total() {
         },
     ));
     assert!(
-        matches!(&r, Err(Refusal::Denied { reason }) if reason.contains("max total")),
+        matches!(&r, Err(Refusal::Limit { reason }) if reason.contains("max total")),
         "{r:?}"
     );
     assert_eq!(s.next_due(), Some(2500));
