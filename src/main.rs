@@ -15,6 +15,7 @@ fn main() {
     }
     quiet_on_closed_stdout();
     let args = cli::Args::parse();
+    let json = args.json;
     let code = match cli::run(args) {
         Ok(code) => code,
         Err(e)
@@ -24,6 +25,10 @@ fn main() {
             }) =>
         {
             141
+        }
+        Err(e) if json => {
+            eprintln!("{}", cli::output::error_json(&e));
+            1
         }
         Err(e) => {
             eprintln!("{}", cli::output::format_error(&e));

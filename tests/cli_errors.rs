@@ -503,3 +503,45 @@ fn an_unreachable_server_fails_within_two_seconds_each_naming_them_all() {
     // 2 s per server, not the 15 s retry budget (a loose bound: a busy machine).
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+#[test]
+fn errors_under_json_are_one_object_on_stderr() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(20));
+    let parse = |out: &Output| -> serde_json::Value {
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+        assert!(out.stdout.is_empty());
+        serde_json::from_str(stderr(out).trim()).unwrap_or_else(|e| panic!("{e}: {}", stderr(out)))
+    };
+    let e = parse(&cli(
+        &c.servers(),
+        TOKEN,
+        &["lease", "list", "--state", "x", "--json"],
+    ));
+    assert_eq!(e["error"]["code"], "invalid_input", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad --state `x`"),
+        "{e}"
+    );
+    assert!(
+        e["error"]["hint"].as_str().unwrap().contains("pending"),
+        "{e}"
+    );
+    let e = parse(&cli(
+        &c.servers(),
+        "wrong-token-1234",
+        &["lease", "list", "--json"],
+    ));
+    assert_eq!(e["error"]["code"], "Unauthenticated", "{e}");
+    assert!(
+        e["error"]["hint"].as_str().unwrap().contains("--token"),
+        "{e}"
+    );
+    // The member's log is a file: plain text, no colour codes.
+    let log = std::fs::read_to_string(&c.members[0].log).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+}

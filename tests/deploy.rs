@@ -397,6 +397,19 @@ fn a_signed_push_deploys_with_no_failed_request_and_replays_and_bad_signatures_s
     );
     assert_eq!(history(&c)["active"], second);
     assert_eq!(entry("/").unwrap(), (200, "hello from v2\n".into()));
+    // Twice: now the two newest deployments both ended `unchanged`, and
+    // status still shows the active version (it looks past them).
+    let (code, body) = push(&web, &v1, "d-8", SECRET);
+    assert_eq!(code, 202, "{body}");
+    let again = ended(&c, deployment_id(&body), Duration::from_secs(60));
+    assert_eq!(again["status"], "unchanged", "{again}");
+    let status = json_ok(&c.cli(&["deploy", "status", "hello", "--json"]));
+    assert_eq!(status["active"]["deployment"], second, "{status}");
+    let text = String::from_utf8_lossy(&c.cli(&["deploy", "status", "hello"]).stdout).to_string();
+    assert!(
+        text.contains(&format!("(deployment {second}")) && !text.contains("no active version"),
+        "{text}"
+    );
 
     // The agent is killed and restarted: its servers run on (their output
     // goes to files, not through the agent), the entry never fails, and the
@@ -473,6 +486,18 @@ fn failed_builds_and_unhealthy_versions_roll_back_and_rollback_returns_to_the_ea
         json_ok(&c.cli(&["deploy", "status", "hello", "--json"]))["active"]["deployment"]
     );
     assert_eq!(entry(), (200, "hello from v1\n".into()));
+    // A watch of it fails as `kubectl rollout status` would, and shows why.
+    let out = c.cli(&["deploy", "status", "hello", "--watch"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("rolled_back") && text.contains("compiler exploded"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "screen codes written into a pipe: {text:?}"
+    );
 
     // A version that never becomes healthy: rolled back at the deadline.
     commit(

@@ -129,6 +129,12 @@ fn a_queued_request_is_granted_promptly_once_capacity_frees() {
         "{}",
         stderr(&out)
     );
+    // ... and its hint fits: waiting would not help.
+    assert!(
+        stderr(&out).contains("add one that fits") && !stderr(&out).contains("wait"),
+        "{}",
+        stderr(&out)
+    );
     // A waiting request: `lease request --wait` blocks until granted.
     let servers = c.servers();
     let waiter = std::thread::spawn(move || {

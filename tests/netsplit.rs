@@ -1,11 +1,11 @@
 //! Partitions on real processes in network namespaces (`charter::netlab`):
 //! three members, each in a namespace of its own, and clients in a fourth.
-//! The leader is cut off from the other members (its clients can still
-//! reach it), then a one-way partition separates the new leader from a
-//! follower; meanwhile 4 clients request leases. Then every acknowledged
-//! lease must be in every member's state with the same fencing token and
-//! node, no token may repeat, no node may be over-committed, and all
-//! members must agree. Needs root (CI runs as root).
+//! A follower is cut off from the others (a minority), then the leader
+//! (its clients can still reach it), then a one-way partition separates
+//! the new leader from a follower; meanwhile 4 clients request leases.
+//! Then every acknowledged lease must be in every member's state with the
+//! same fencing token and node, no token may repeat, no node may be
+//! over-committed, and all members must agree. Needs root (CI runs as root).
 
 mod common;
 
@@ -24,7 +24,7 @@ const CUT: Link = Link {
 };
 
 #[test]
-fn no_acknowledged_lease_is_lost_across_leader_isolation_and_a_one_way_partition() {
+fn no_acknowledged_lease_is_lost_across_minority_and_leader_isolation_and_a_one_way_partition() {
     let lab = Lab::new(&format!("chs{}", std::process::id() % 10_000), 4).unwrap_or_else(|e| {
         panic!("cannot build the network lab (needs root, /dev/net/tun, iproute2): {e}")
     });
@@ -79,6 +79,17 @@ fn no_acknowledged_lease_is_lost_across_leader_isolation_and_a_one_way_partition
             });
         }
         std::thread::sleep(Duration::from_secs(3));
+        // A follower alone (a minority): the other two go on.
+        let lonely = (0..3).find(|i| *i != first).unwrap();
+        for o in (0..3).filter(|i| *i != lonely) {
+            lab.set(lonely, o, CUT);
+            lab.set(o, lonely, CUT);
+        }
+        phases.push(format!("follower {lonely} isolated"));
+        std::thread::sleep(Duration::from_secs(5));
+        lab.set_among(&[0, 1, 2], Link::CLEAN);
+        std::thread::sleep(Duration::from_secs(2));
+        let first = wait_for("a leader after the heal", Duration::from_secs(20), leader);
         // The leader alone: no member reaches it, it reaches none; its
         // clients still reach it.
         let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();

@@ -684,3 +684,24 @@ fn ports_and_charter_variables_expand_in_a_command_without_a_shell() {
         "only ours are filled in: {out}"
     );
 }
+
+/// Cancelling a task that already ended is not a permission problem.
+#[test]
+fn cancelling_an_ended_task_says_it_ended() {
+    let (c, dir) = setup();
+    let _a = agent(&c, dir.path(), "a1");
+    let id = submit(&c, &["--", "true"]);
+    ended(&c, &id, Duration::from_secs(20));
+    let out = c.cli(&["task", "cancel", &id]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("task {id} has already ended (succeeded)")),
+        "{err}"
+    );
+    assert!(err.contains("FailedPrecondition"), "{err}");
+    assert!(
+        !err.contains("PermissionDenied") && !err.contains("ask an admin"),
+        "{err}"
+    );
+}

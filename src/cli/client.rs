@@ -223,13 +223,19 @@ pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
         }
         Code::InvalidArgument => "fix the request as the message says",
         Code::NotFound => "list what exists with the matching `list` command",
+        // Waiting cannot help a request that no node could ever hold.
+        Code::ResourceExhausted if msg.contains("could ever hold") => {
+            "ask for what a node has (`charter node list`), or add one that fits: `charter agent --label k=v …` on a machine, or a pool that grows (`[[pool]]` in server.toml)"
+        }
         Code::ResourceExhausted => {
-            "ask for less, add a node with `charter node register`, or wait for a lease to end"
+            "ask for less, wait with `--wait D`, add a node (`charter agent` on a machine), or let a lease end"
         }
         Code::FailedPrecondition if msg.contains("max total") => {
             "request a new lease; `--max-total D` on a request lets it be renewed up to D from its grant"
         }
-        Code::FailedPrecondition => "check the current state with `show`/`list`, then retry",
+        Code::FailedPrecondition => {
+            "check its current state with the matching `show` or `list` command"
+        }
         Code::DeadlineExceeded => {
             "the server took too long; check `charter cluster status` and retry"
         }
@@ -239,6 +245,7 @@ pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
         what: format!("{what} failed"),
         why: vec![format!("{msg} (server {addr}, code {:?})", s.code())],
         hint: Some(hint.to_string()).filter(|h| !h.is_empty()),
+        code: Some(format!("{:?}", s.code())),
     }
 }
 

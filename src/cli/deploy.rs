@@ -5,6 +5,7 @@
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};
+use charter_config::deployment::DeployStatus;
 use charter_config::deployment::short_commit;
 use charter_proto as pb;
 use charter_proto::deploy_client::DeployClient;
@@ -118,22 +119,26 @@ fn servers_json(
         .collect()
 }
 
-fn print_status(
+fn status_text(
     app: &str,
     ds: &[Deployment],
     active: u64,
     tasks: &std::collections::BTreeMap<u64, TaskView>,
-) {
+) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
     match ds.iter().find(|d| d.id == active) {
         Some(a) => {
-            println!(
+            let _ = writeln!(
+                o,
                 "{app}: active {} (deployment {}, commit {})",
                 a.fingerprint,
                 a.id,
                 short_commit(&a.commit)
             );
             for s in servers_json(a, tasks) {
-                println!(
+                let _ = writeln!(
+                    o,
                     "  task {:<6} {:<12} {:<22} {} {}",
                     s["task"],
                     s["node"].as_str().unwrap_or(""),
@@ -143,13 +148,16 @@ fn print_status(
                 );
             }
         }
-        None => println!("{app}: no active version"),
+        None => {
+            let _ = writeln!(o, "{app}: no active version");
+        }
     }
     if let Some(d) = ds
         .first()
         .filter(|d| d.id != active || d.ended_at.is_none())
     {
-        println!(
+        let _ = writeln!(
+            o,
             "deployment {} of {} ({}): {}{}",
             d.id,
             short_commit(&d.commit),
@@ -162,7 +170,8 @@ fn print_status(
             }
         );
         for r in &d.steps {
-            println!(
+            let _ = writeln!(
+                o,
                 "  {:<14} {:<8} {:>8}  {}",
                 r.step,
                 r.state,
@@ -170,7 +179,17 @@ fn print_status(
                 r.message
             );
         }
+        // A failed build's cause, not only "exited with 1".
+        if d.status == DeployStatus::RolledBack && !d.build_log.trim().is_empty() {
+            let lines: Vec<&str> = d.build_log.trim_end().lines().collect();
+            let from = lines.len().saturating_sub(10);
+            let _ = writeln!(o, "  last lines of the build log:");
+            for l in &lines[from..] {
+                let _ = writeln!(o, "    {l}");
+            }
+        }
     }
+    o
 }
 
 /// An app as `--json` prints it.
@@ -301,32 +320,81 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                 .await?;
             return trigger_out(g, &r);
         }
-        DeployCmd::Status { app, watch } => loop {
-            let (ds, active, tasks) = history(&c, &app, 2).await?;
-            let newest = ds.first();
-            if g.json {
-                let a = ds.iter().find(|d| d.id == active);
-                output::json(&serde_json::json!({
-                    "app": app,
-                    "active": a.map(|a| serde_json::json!({
-                        "deployment": a.id,
-                        "fingerprint": a.fingerprint,
-                        "commit": a.commit,
-                        "servers": servers_json(a, &tasks),
-                    })),
-                    "deployment": newest,
-                }))?;
-            } else {
-                if watch {
-                    print!("\x1b[2J\x1b[H");
+        DeployCmd::Status { app, watch } => {
+            use std::io::IsTerminal;
+            let tty = std::io::stdout().is_terminal();
+            let mut shown = String::new();
+            loop {
+                let (mut ds, active, mut tasks) = history(&c, &app, 2).await?;
+                // The active version may be older than the two newest (a
+                // trigger of the active commit ends `unchanged`): look further.
+                if active != 0 && !ds.iter().any(|d| d.id == active) {
+                    let (more, _, t) = history(&c, &app, 200).await?;
+                    if let Some(a) = more.into_iter().find(|d| d.id == active) {
+                        ds.push(a);
+                        tasks.extend(t);
+                    }
                 }
-                print_status(&app, &ds, active, &tasks);
+                let newest = ds.first();
+                let text = if g.json {
+                    let a = ds.iter().find(|d| d.id == active);
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "app": app,
+                        "active": a.map(|a| serde_json::json!({
+                            "deployment": a.id,
+                            "fingerprint": a.fingerprint,
+                            "commit": a.commit,
+                            "servers": servers_json(a, &tasks),
+                        })),
+                        "deployment": newest,
+                    }))?
+                } else {
+                    status_text(&app, &ds, active, &tasks)
+                };
+                // A live view on a terminal; into a pipe or a file, each
+                // change once and no screen codes.
+                // Off a terminal, a change is a new deployment, status or
+                // step state (not the running clock of a step).
+                let key = if tty {
+                    text.clone()
+                } else {
+                    newest.map_or(String::new(), |d| {
+                        let steps: Vec<String> = d
+                            .steps
+                            .iter()
+                            .map(|r| format!("{}={}", r.step, r.state))
+                            .collect();
+                        format!(
+                            "{} {} {} {}",
+                            active,
+                            d.id,
+                            d.status.as_str(),
+                            steps.join(",")
+                        )
+                    })
+                };
+                if key != shown || !watch {
+                    if watch && tty && !g.json {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    println!("{}", text.trim_end());
+                    shown = key;
+                }
+                let done = newest.is_none_or(|d| d.ended_at.is_some());
+                if !watch || done {
+                    // Like `kubectl rollout status`: a watch fails unless the
+                    // deployment it followed was promoted (or had nothing to do).
+                    if watch
+                        && let Some(d) = newest
+                        && !matches!(d.status, DeployStatus::Active | DeployStatus::Unchanged)
+                    {
+                        return Ok(1);
+                    }
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
-            if !watch || newest.is_none_or(|d| d.ended_at.is_some()) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        },
+        }
         DeployCmd::History { app, n } => {
             let (ds, active, _) = history(&c, &app, n).await?;
             if g.json {

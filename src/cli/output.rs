@@ -57,6 +57,9 @@ pub struct UserError {
     pub why: Vec<String>,
     /// What to do.
     pub hint: Option<String>,
+    /// The gRPC code when a server refused, else a kind of our own
+    /// (`invalid_input`).
+    pub code: Option<String>,
 }
 
 impl std::fmt::Display for UserError {
@@ -85,8 +88,38 @@ pub fn fail(
         what: what.into(),
         why: if why.is_empty() { vec![] } else { vec![why] },
         hint: Some(hint.into()).filter(|h: &String| !h.is_empty()),
+        code: None,
     }
     .into()
+}
+
+/// Any error as one JSON object for stderr under `--json`:
+/// `{"error": {"code", "message", "hint"}}` (`message` holds what failed
+/// and why, as the plain form does).
+pub fn error_json(e: &anyhow::Error) -> String {
+    let (code, message, hint) = match e.downcast_ref::<UserError>() {
+        Some(u) => {
+            let mut m = u.what.clone();
+            for w in &u.why {
+                m.push_str(": ");
+                m.push_str(w);
+            }
+            (
+                u.code.clone().unwrap_or_else(|| "invalid_input".into()),
+                m,
+                u.hint.clone(),
+            )
+        }
+        None => (
+            "error".to_string(),
+            e.chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": "),
+            None,
+        ),
+    };
+    serde_json::json!({"error": {"code": code, "message": message, "hint": hint}}).to_string()
 }
 
 /// Formats any error for stderr, starting with `error: `.

@@ -446,7 +446,15 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .try_init();
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set
+/// (<https://no-color.org>): a log file holds plain text.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn check_data_dir(dir: &Path) -> anyhow::Result<()> {

@@ -173,8 +173,12 @@ impl State {
             });
         }
         if task.state.is_ended() {
-            return Err(Refusal::Denied {
-                reason: format!("task {id} has already ended ({})", task.state.as_str()),
+            // Nobody's permission would change it: FailedPrecondition.
+            return Err(Refusal::Limit {
+                reason: format!(
+                    "task {id} has already ended ({}); nothing to cancel",
+                    task.state.as_str()
+                ),
             });
         }
         let now = self.time;
