@@ -32,6 +32,9 @@ pub enum DeployCmd {
         commit: Option<String>,
     },
     /// The newest deployment's steps and the active version's servers.
+    #[command(
+        after_help = "Examples:\n  charter deploy status hello\n  charter deploy status hello --watch   # exits 1 unless promoted\n  charter deploy status hello --json"
+    )]
     Status {
         /// The app.
         app: String,

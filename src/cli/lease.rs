@@ -16,6 +16,9 @@ use std::time::Duration;
 #[derive(Subcommand, Debug)]
 pub enum LeaseCmd {
     /// Ask for capacity for a time; prints the lease id, nodes, expiry, fencing token and cost.
+    #[command(
+        after_help = "Examples:\n  charter lease request --cpu 4 --mem 8GiB --for 2h\n  charter lease request --cpu 1 --label gpu=a100 --for 30m --wait 10m\n  charter lease request -f lease.toml --key nightly-2026-12-02"
+    )]
     Request {
         /// What to ask for.
         #[command(flatten)]

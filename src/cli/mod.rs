@@ -48,10 +48,19 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run a cluster member.
+    #[command(
+        after_help = "Examples:\n  charter server --id 1 --data /var/lib/charter --listen 10.0.0.1:7700 --http 10.0.0.1:7800 --peers 1=10.0.0.1:7700,2=10.0.0.2:7700,3=10.0.0.3:7700 --token-file tokens\n  charter server ... --config server.toml --election-timeout 2s"
+    )]
     Server(server::ServerArgs),
     /// Offer this machine to the cluster: register, heartbeat, run leases' work.
+    #[command(
+        after_help = "Examples:\n  charter agent --join 10.0.0.1:7700,10.0.0.2:7700 --label gpu=a100\n  charter agent --join 127.0.0.1:7700 --cpu 2 --mem 4GiB --ttl 10s"
+    )]
     Agent(agent::AgentArgs),
     /// Run a one-member cluster for local use, with data in a default directory.
+    #[command(
+        after_help = "Examples:\n  charter dev\n  charter dev --no-agent --data /tmp/charter-dev"
+    )]
     Dev(server::DevArgs),
     /// Run Hydra (cron) on its own, for members started with --no-hydra.
     Hydra(server::HydraArgs),
@@ -59,24 +68,45 @@ pub enum Cmd {
     Deployer(server::DeployerArgs),
     /// Cluster membership and status.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter cluster status\n  charter cluster add 4 10.0.0.4:7700"
+    )]
     Cluster(cluster::ClusterCmd),
     /// Nodes: the servers that offer capacity.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter node list\n  charter node drain n1\n  charter node remove n1"
+    )]
     Node(node::NodeCmd),
     /// Leases: time-bounded claims on a node's capacity.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter lease request --cpu 4 --label gpu=a100 --for 2h --wait 10m\n  charter lease renew 42 --for 1h\n  charter lease exec 42 -- nvidia-smi"
+    )]
     Lease(lease::LeaseCmd),
     /// Tasks: work run by an agent in a lease of its own.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter task submit --cpu 1 -- ./train.sh\n  charter task submit --amp service --port http --health-http http/healthz -- python3 -m http.server '${PORT}'\n  charter task logs 7 --follow"
+    )]
     Task(task::TaskCmd),
     /// Per-principal limits: max cores, leases and duration.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter quota set ann --max-cores 8 --max-leases 4 --max-duration 1d\n  charter quota list"
+    )]
     Quota(quota::QuotaCmd),
     /// Hydra, distributed cron: apply cron files, list jobs, read their history.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter cron apply crontab.toml\n  charter cron list\n  charter cron history nightly"
+    )]
     Cron(cron::CronCmd),
     /// The deployer: register apps (`deploy apply app.toml`) and list them.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter deploy apply app.toml\n  charter deploy trigger hello\n  charter deploy status hello --watch"
+    )]
     Deploy(deploy::DeployCmd),
     /// Check any Charter config file; exits non-zero with every problem found.
     Validate(validate::ValidateArgs),
@@ -169,4 +199,40 @@ fn man(dir: Option<&std::path::Path>) -> anyhow::Result<i32> {
         println!("{}", path.display());
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::{CommandFactory, Parser};
+
+    fn examples(c: &clap::Command, out: &mut Vec<String>) {
+        if let Some(h) = c.get_after_help() {
+            for l in h.to_string().lines() {
+                let l = l.trim();
+                if l.starts_with("charter ") {
+                    out.push(l.split(" #").next().unwrap_or(l).trim().to_string());
+                }
+            }
+        }
+        for s in c.get_subcommands() {
+            examples(s, out);
+        }
+    }
+
+    #[test]
+    fn every_example_in_help_parses() {
+        let mut all = Vec::new();
+        examples(&Args::command(), &mut all);
+        assert!(all.len() >= 30, "{} examples", all.len());
+        for e in all.iter().filter(|e| !e.contains("...")) {
+            let argv: Vec<String> = e
+                .split_whitespace()
+                .map(|w| w.trim_matches('\'').to_string())
+                .collect();
+            if let Err(err) = Args::try_parse_from(&argv) {
+                panic!("`{e}` does not parse: {err}");
+            }
+        }
+    }
 }

@@ -16,6 +16,9 @@ use std::path::PathBuf;
 #[derive(Subcommand, Debug)]
 pub enum TaskCmd {
     /// Ask for a lease and run a task in it: `task submit [flags] -- CMD...` or `-f task.toml`.
+    #[command(
+        after_help = "Examples:\n  charter task submit --cpu 2 --mem 1GiB --retries 2 -- ./job.sh\n  charter task submit --amp service --port http -- python3 -m http.server '${PORT}'\n  charter task submit -f task.toml"
+    )]
     Submit(Box<SubmitArgs>),
     /// List your live tasks (admins see everyone's).
     List {
