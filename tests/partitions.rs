@@ -468,3 +468,63 @@ fn an_unavailable_request_prints_its_key_and_a_retry_that_never_doubles() {
     let live = json_ok(&ann(&["lease", "list", "--json"]));
     assert_eq!(live["leases"].as_array().unwrap().len(), 1, "{live}");
 }
+
+/// The same for `task submit`: its key, a retry that reuses it (before
+/// the `--` that starts the command), and `task list --key`.
+#[test]
+fn an_unavailable_task_submit_prints_its_key_and_task_list_finds_it() {
+    let mut c = Cluster(charter::harness::Cluster::prepare(BIN.as_ref(), 3, &[]).unwrap());
+    c.spawn(0, false); // no majority, no leader
+    let ask = ["task", "submit", "--cpu", "1", "--", "sleep", "60"];
+    let out = std::process::Command::new(BIN)
+        .args(["--server", &c.servers(), "--token", USER_TOKEN])
+        .args(ask)
+        .env("CHARTER_RETRY_FOR", "2s")
+        .env(
+            "CHARTER_HOME",
+            std::env::temp_dir().join("charter-tests-no-home"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let key: String = err
+        .split("idempotency key is ")
+        .nth(1)
+        .map(|s| {
+            s.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect()
+        })
+        .unwrap_or_else(|| panic!("no key in: {err}"));
+    assert!(
+        err.contains(&format!("task submit --cpu 1 --key {key} -- sleep 60")),
+        "no retry command reusing the key in: {err}"
+    );
+    assert!(
+        err.contains(&format!("charter task list --key {key}")),
+        "{err}"
+    );
+    c.spawn(1, false);
+    c.spawn(2, false);
+    c.wait_leader(ELECTION);
+    let out = c.cli(&["node", "register", "n1", "--cpu", "4", "--mem", "4GiB"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ann = |args: &[&str]| c.0.cli_as(&c.servers(), USER_TOKEN, args).unwrap();
+    let again = [
+        "task", "submit", "--json", "--cpu", "1", "--key", &key, "--", "sleep", "60",
+    ];
+    let first = json_ok(&ann(&again));
+    let second = json_ok(&ann(&again));
+    assert_eq!(first["id"], second["id"], "the same key submitted twice");
+    let found = json_ok(&ann(&["task", "list", "--key", &key, "--json"]));
+    let ids: Vec<&Value> = found["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["id"])
+        .collect();
+    assert_eq!(ids, vec![&first["id"]], "{found}");
+    let all = json_ok(&ann(&["task", "list", "--json"]));
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 1, "{all}");
+}

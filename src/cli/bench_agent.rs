@@ -338,6 +338,7 @@ pub fn tasks(rt: &tokio::runtime::Runtime, exe: &Path, dur: Duration) -> anyhow:
                         all: true,
                         state: String::new(),
                         stale: true,
+                        key: String::new(),
                     },
                 ))
                 .await?
@@ -485,6 +486,7 @@ pub fn cron(
                     all: true,
                     state: String::new(),
                     stale: false,
+                    key: String::new(),
                 });
                 async move { TasksClient::new(ch).list(r).await }
             }))

@@ -28,6 +28,10 @@ pub enum TaskCmd {
         /// Only tasks in this state (pending, running, succeeded, failed, cancelled, expired, lost).
         #[arg(long)]
         state: Option<String>,
+        /// Only the task your submit with this idempotency key made
+        /// (`task submit --key`, or the key an `Unavailable` error printed).
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Show one task: state, exit code, node, lease.
     Show {
@@ -336,24 +340,30 @@ pub async fn run(g: &Global, cmd: TaskCmd) -> anyhow::Result<i32> {
                 lease.idempotency_key.clone()
             };
             let r = c
-                .call("task submit", |ch| {
-                    let req = c.req(pb::SubmitTaskRequest {
-                        idempotency_key: key.clone(),
-                        lease: Some(lease.clone()),
-                        task: Some(task.clone()),
-                    });
-                    async move { TasksClient::new(ch).submit(req).await }
-                })
+                .call_keyed(
+                    "task submit",
+                    &key,
+                    &format!("`charter task list --key {key}`"),
+                    |ch| {
+                        let req = c.req(pb::SubmitTaskRequest {
+                            idempotency_key: key.clone(),
+                            lease: Some(lease.clone()),
+                            task: Some(task.clone()),
+                        });
+                        async move { TasksClient::new(ch).submit(req).await }
+                    },
+                )
                 .await?;
             print_task(g, &r.task.unwrap_or_default())?;
         }
-        TaskCmd::List { all, state } => {
+        TaskCmd::List { all, state, key } => {
             let r = c
                 .call("task list", |ch| {
                     let req = c.req(pb::ListTasksRequest {
                         all,
                         state: state.clone().unwrap_or_default(),
                         stale: false,
+                        key: key.clone().unwrap_or_default(),
                     });
                     async move { TasksClient::new(ch).list(req).await }
                 })

@@ -169,6 +169,26 @@ impl pb::tasks_server::Tasks for Api {
         let who = principal(&req)?;
         let r = req.into_inner();
         self.barrier(r.stale).await?;
+        if !r.key.is_empty() {
+            // A submit by its key: the caller's own keys only.
+            let kid = crate::state::retention::key_id(&format!("{}/{}", who.name, r.key));
+            let id = self.member.read(|s| match s.keys.get(&kid) {
+                Some((_, crate::state::retention::KeyOutcome::Task { id })) => Some(*id),
+                _ => None,
+            });
+            let tasks = match id {
+                Some(id) => {
+                    let (t, l) = self.task_anywhere(id)?;
+                    let mut t = self.with_usage(convert::task(&t, l.as_ref()));
+                    if let Some(spec) = t.spec.as_mut() {
+                        spec.env.clear();
+                    }
+                    vec![t]
+                }
+                None => Vec::new(),
+            };
+            return Ok(Response::new(pb::ListTasksReply { tasks }));
+        }
         let want = if r.state.is_empty() {
             None
         } else {
