@@ -168,7 +168,12 @@ impl Lab {
         };
         let mut fds = Vec::new();
         for (i, ns) in names.iter().enumerate() {
-            let _ = ip_cmd(&["netns", "del", ns]);
+            // Never someone else's: a namespace of that name is an error.
+            if std::path::Path::new("/var/run/netns").join(ns).exists() {
+                return Err(format!(
+                    "network namespace {ns} exists already (left by an earlier run?); remove it with `ip netns del {ns}` or use another prefix"
+                ));
+            }
             ip_cmd(&["netns", "add", ns])?;
             lab.names.push(ns.clone());
             ip_cmd(&["-n", ns, "link", "set", "lo", "up"])?;

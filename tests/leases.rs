@@ -417,19 +417,17 @@ fn interrupting_a_waiting_request_gives_it_back() {
     ));
     assert_eq!(held["state"], "granted");
     for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
-        let child = std::process::Command::new(BIN)
-            .args(["--server", &c.servers(), "--token", OTHER_TOKEN])
-            .args([
+        let child = cli_command(
+            &c.servers(),
+            OTHER_TOKEN,
+            &[
                 "lease", "request", "--cpu", "1", "--for", "10m", "--wait", "5m",
-            ])
-            .env(
-                "CHARTER_HOME",
-                std::env::temp_dir().join("charter-tests-no-home"),
-            )
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
         let id = wait_for("the request to queue", Duration::from_secs(10), || {
             let v = json_ok(&cli(
                 &c.servers(),
@@ -475,13 +473,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
         if json {
             args.push("--json");
         }
-        let mut child = std::process::Command::new(BIN)
-            .args(["--server", &c.servers(), "--token", TOKEN])
-            .args(&args)
-            .env(
-                "CHARTER_HOME",
-                std::env::temp_dir().join("charter-tests-no-home"),
-            )
+        let mut child = cli_command(&c.servers(), TOKEN, &args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -13,6 +13,13 @@ use std::time::{Duration, Instant};
 
 const CLIENT: usize = 3;
 
+/// Between members: 100-300 ms each way, 10% of packets dropped.
+const LOSSY: Link = Link {
+    delay_ms: (100, 300),
+    loss: 0.10,
+    cut: false,
+};
+
 fn secs() -> u64 {
     std::env::var("CHARTER_LOSSY_SECS")
         .ok()
@@ -57,14 +64,7 @@ fn a_cluster_on_lossy_links_answers_nine_requests_in_ten_within_five_seconds() {
     };
     let term0 = term();
 
-    lab.set_among(
-        &[0, 1, 2],
-        Link {
-            delay_ms: (100, 300),
-            loss: 0.10,
-            cut: false,
-        },
-    );
+    lab.set_among(&[0, 1, 2], LOSSY);
     let r = measure(|| {
         cli(&[
             "lease", "request", "--cpu", "0.01", "--for", "10m", "--json",
@@ -230,14 +230,7 @@ fn etcd_on_the_same_links(lab: &Lab) {
     wait_for("etcd to answer", Duration::from_secs(30), || {
         put("warmup").then_some(())
     });
-    lab.set_among(
-        &[0, 1, 2],
-        Link {
-            delay_ms: (100, 300),
-            loss: 0.10,
-            cut: false,
-        },
-    );
+    lab.set_among(&[0, 1, 2], LOSSY);
     let seq = std::sync::atomic::AtomicU64::new(0);
     let r = measure(|| {
         let k = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

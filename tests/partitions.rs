@@ -405,28 +405,13 @@ fn an_unavailable_request_prints_its_key_and_a_retry_that_never_doubles() {
     let mut c = Cluster(charter::harness::Cluster::prepare(BIN.as_ref(), 3, &[]).unwrap());
     c.spawn(0, false); // one of three: no majority, no leader
     let ask = ["lease", "request", "--cpu", "1", "--for", "10m", "--json"];
-    let out = std::process::Command::new(BIN)
-        .args(["--server", &c.servers(), "--token", USER_TOKEN])
-        .args(ask)
+    let out = cli_command(&c.servers(), USER_TOKEN, &ask)
         .env("CHARTER_RETRY_FOR", "2s")
-        .env(
-            "CHARTER_HOME",
-            std::env::temp_dir().join("charter-tests-no-home"),
-        )
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
-    let key = err
-        .split("idempotency key is ")
-        .nth(1)
-        .map(|s| {
-            s.chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect::<String>()
-        })
-        .filter(|k| !k.is_empty())
-        .unwrap_or_else(|| panic!("no key in: {err}"));
+    let key = printed_key(&err);
     assert!(
         err.contains(&format!(
             "lease request --cpu 1 --for 10m --json --key {key}"
@@ -476,27 +461,13 @@ fn an_unavailable_task_submit_prints_its_key_and_task_list_finds_it() {
     let mut c = Cluster(charter::harness::Cluster::prepare(BIN.as_ref(), 3, &[]).unwrap());
     c.spawn(0, false); // no majority, no leader
     let ask = ["task", "submit", "--cpu", "1", "--", "sleep", "60"];
-    let out = std::process::Command::new(BIN)
-        .args(["--server", &c.servers(), "--token", USER_TOKEN])
-        .args(ask)
+    let out = cli_command(&c.servers(), USER_TOKEN, &ask)
         .env("CHARTER_RETRY_FOR", "2s")
-        .env(
-            "CHARTER_HOME",
-            std::env::temp_dir().join("charter-tests-no-home"),
-        )
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
-    let key: String = err
-        .split("idempotency key is ")
-        .nth(1)
-        .map(|s| {
-            s.chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect()
-        })
-        .unwrap_or_else(|| panic!("no key in: {err}"));
+    let key = printed_key(&err);
     assert!(
         err.contains(&format!("task submit --cpu 1 --key {key} -- sleep 60")),
         "no retry command reusing the key in: {err}"
@@ -525,6 +496,15 @@ fn an_unavailable_task_submit_prints_its_key_and_task_list_finds_it() {
         .map(|t| &t["id"])
         .collect();
     assert_eq!(ids, vec![&first["id"]], "{found}");
+    // Another principal's key is not found under the same name.
+    let bob =
+        c.0.cli_as(
+            &c.servers(),
+            OTHER_TOKEN,
+            &["task", "list", "--key", &key, "--json"],
+        )
+        .unwrap();
+    assert_eq!(json_ok(&bob)["tasks"], serde_json::json!([]));
     let all = json_ok(&ann(&["task", "list", "--json"]));
     assert_eq!(all["tasks"].as_array().unwrap().len(), 1, "{all}");
 }

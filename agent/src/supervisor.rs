@@ -452,15 +452,8 @@ async fn run_lease(
                     w.stopping = true;
                     w.next_start = None;
                 }
-                let fg = grace.min(ctx.fence_grace);
-                let mut killed = 0;
-                if sandbox::term_all(scope) > 0 {
-                    let deadline = now_ms() + fg.as_millis() as i64;
-                    while now_ms() < deadline && !sandbox::lease_pids(scope).is_empty() {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    killed = sandbox::kill_all(scope, &ctx.iso);
-                }
+                let until = now_ms() + grace.min(ctx.fence_grace).as_millis() as i64;
+                let killed = stop_processes(scope, &ctx.iso, until).await.unwrap_or(0);
                 if let Some(w) = work.as_mut() {
                     let had = w.child.is_some() || w.adopted;
                     w.reap().await;
@@ -508,19 +501,11 @@ async fn run_lease(
                 if let Some(w) = work.as_mut() {
                     w.stopping = true;
                 }
-                // One look at /proc when nothing is left (the common end of
-                // a finished task); otherwise SIGTERM, the grace, SIGKILL.
-                if sandbox::term_all(scope) == 0 {
-                    sandbox::release_cgroup(lease.id, &ctx.iso);
-                    break;
+                let until = (now_ms() + grace.as_millis() as i64).min(exp);
+                match stop_processes(scope, &ctx.iso, until).await {
+                    None => sandbox::release_cgroup(lease.id, &ctx.iso),
+                    Some(n) => tracing::info!(lease = lease.id, killed = n, "lease ended"),
                 }
-                let deadline = now_ms() + grace.as_millis() as i64;
-                let deadline = deadline.min(exp);
-                while now_ms() < deadline && !sandbox::lease_pids(scope).is_empty() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let n = sandbox::kill_all(scope, &ctx.iso);
-                tracing::info!(lease = lease.id, killed = n, "lease ended");
                 break;
             }
         }
@@ -535,6 +520,19 @@ async fn run_lease(
     let _ = std::fs::remove_dir_all(&dir);
     // Nothing of the lease runs any more: its uid may serve another.
     ctx.users.release(lease.id);
+}
+
+/// Stops a lease's processes: SIGTERM, then SIGKILL to whatever is left at
+/// `until` (ms since the epoch); how many were killed. `None` when nothing
+/// was running (one look at /proc: the common end of a finished task).
+async fn stop_processes(scope: &Scope, iso: &Isolation, until: i64) -> Option<usize> {
+    if sandbox::term_all(scope) == 0 {
+        return None;
+    }
+    while now_ms() < until && !sandbox::lease_pids(scope).is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(sandbox::kill_all(scope, iso))
 }
 
 /// The lease's identity and its sandbox, made for it. `None` (reported on

@@ -125,24 +125,27 @@ impl Servers {
         let deadline = began + retry_for;
         let n = self.channels.len();
         let share = (retry_for / n as u32).max(MIN_ATTEMPT);
-        let start = match self.leader.load(Ordering::Relaxed) {
-            0 => self.current.load(Ordering::Relaxed),
-            l => l - 1,
-        } % n;
+        let start = self.first();
         let mut tried = 0usize;
         let mut reached = false;
         loop {
             let idx = (start + tried) % n;
             let left = deadline.saturating_duration_since(Instant::now());
             let bound = share.min(left).max(MIN_ATTEMPT);
-            let res = match tokio::time::timeout(bound, f(self.channels[idx].clone())).await {
-                Ok(r) => r,
-                Err(_) => Err(Status::unavailable(format!(
-                    "{} did not answer within {} ms",
-                    self.addrs[idx],
-                    bound.as_millis()
-                ))),
-            };
+            let (res, silent) =
+                match tokio::time::timeout(bound, f(self.channels[idx].clone())).await {
+                    Ok(r) => (r, false),
+                    Err(_) => (
+                        Err(Status::unavailable(format!(
+                            "{} did not answer within {} ms",
+                            self.addrs[idx],
+                            bound.as_millis()
+                        ))),
+                        true,
+                    ),
+                };
+            // Whether this attempt never reached a member at all.
+            let missed = silent || res.as_ref().is_err_and(not_connected);
             match res {
                 Ok(r) => {
                     self.current.store(idx, Ordering::Relaxed);
@@ -151,7 +154,7 @@ impl Servers {
                 }
                 Err(s)
                     if !reached
-                        && unreachable(&s)
+                        && missed
                         && self
                             .connect_budget
                             .is_some_and(|b| began.elapsed() >= b * n as u32) =>
@@ -167,7 +170,7 @@ impl Servers {
                     });
                 }
                 Err(s) if retryable(&s) && Instant::now() < deadline => {
-                    reached |= !unreachable(&s);
+                    reached |= !missed;
                     if tried == 0 {
                         // The leader hint led to a member that failed:
                         // forget it until someone names the leader again.
@@ -205,23 +208,22 @@ impl Servers {
             .store(hit.map_or(0, |i| i + 1), Ordering::Relaxed);
     }
 
-    /// The address calls go to first (the leader last named, else the
-    /// member that answered last).
-    pub fn preferred(&self) -> &str {
+    /// The member calls go to first: the leader last named, else the
+    /// member that answered last.
+    fn first(&self) -> usize {
         let i = match self.leader.load(Ordering::Relaxed) {
             0 => self.current.load(Ordering::Relaxed),
             l => l - 1,
         };
-        &self.addrs[i % self.addrs.len()]
+        i % self.channels.len()
     }
 }
 
-/// Whether a failed attempt never reached a member (no connection, or no
-/// answer at all), as opposed to a member's own `UNAVAILABLE`.
-fn unreachable(s: &Status) -> bool {
+/// Whether a call failed before any member got it (no connection), as
+/// opposed to a member's own `UNAVAILABLE` (tonic names the transport).
+fn not_connected(s: &Status) -> bool {
     let m = s.message();
-    s.code() == Code::Unavailable
-        && (m.contains("tcp connect") || m.contains("did not answer") || m.contains("transport"))
+    s.code() == Code::Unavailable && (m.contains("tcp connect") || m.contains("transport"))
 }
 
 /// `m` as a request carrying `token` (if any) as its bearer token.

@@ -130,9 +130,16 @@ impl Clock for ManualClock {
     }
 }
 
-impl Clock for std::sync::Arc<ManualClock> {
+/// A shared clock is a clock (so a test keeps a handle to move it).
+impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     fn now(&self) -> Millis {
-        self.0.load(Ordering::SeqCst)
+        (**self).now()
+    }
+    fn anchor(&self, floor: Millis) {
+        (**self).anchor(floor)
+    }
+    fn skew_ms(&self) -> Option<i64> {
+        (**self).skew_ms()
     }
 }
 

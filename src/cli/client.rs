@@ -129,9 +129,7 @@ impl Client {
             .await
             .map_err(|e| status_error(what, &e.addr, &e.status).into())
     }
-}
 
-impl Client {
     /// [`Client::call`] for a write carrying idempotency key `key`: when
     /// no member answered for good (the write may or may not have been
     /// applied), the error gives the key and a retry command that reuses
@@ -167,16 +165,11 @@ impl Client {
 
 /// This command line again with `--key KEY` (any `--key` given replaced),
 /// quoted for a POSIX shell.
-pub fn retry_command(args: impl Iterator<Item = String>, key: &str) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut args = args.peekable();
-    let mut first = true;
+pub fn retry_command(mut args: impl Iterator<Item = String>, key: &str) -> String {
+    // The program as a person types it, whatever path ran it.
+    let _ = args.next();
+    let mut out = vec!["charter".to_string()];
     while let Some(a) = args.next() {
-        if first {
-            first = false;
-            out.push("charter".into());
-            continue;
-        }
         if a == "--key" {
             args.next();
             continue;

@@ -516,20 +516,12 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
             stale,
             key,
         } => {
-            const STATES: [&str; 7] = [
-                "pending",
-                "granted",
-                "released",
-                "expired",
-                "revoked",
-                "lost",
-                "timed_out",
-            ];
-            if let Some(st) = state.as_deref().filter(|s| !STATES.contains(s)) {
+            let states = charter_scheduler::state::LeaseState::ALL.map(|s| s.as_str());
+            if let Some(st) = state.as_deref().filter(|s| !states.contains(s)) {
                 return Err(fail(
                     format!("bad --state `{st}`"),
                     "not a lease state",
-                    format!("use one of {}", STATES.join(", ")),
+                    format!("use one of {}", states.join(", ")),
                 ));
             }
             let r = c

@@ -60,10 +60,11 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     charter::harness::free_ports(n).unwrap()
 }
 
-/// Runs the CLI against `servers` with `token`, isolated from the user's home.
-pub fn cli(servers: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(["--server", servers, "--token", token])
+/// The CLI against `servers` with `token`, isolated from the user's home,
+/// not yet run (to set more environment, pipe it, or spawn it).
+pub fn cli_command(servers: &str, token: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["--server", servers, "--token", token])
         .args(args)
         .env(
             "CHARTER_HOME",
@@ -71,9 +72,28 @@ pub fn cli(servers: &str, token: &str, args: &[&str]) -> Output {
         )
         .env_remove("CHARTER_TOKEN")
         .env_remove("CHARTER_SERVER")
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs the CLI against `servers` with `token`, isolated from the user's home.
+pub fn cli(servers: &str, token: &str, args: &[&str]) -> Output {
+    cli_command(servers, token, args)
         .output()
         .expect("run charter")
+}
+
+/// The idempotency key an `Unavailable` error printed.
+pub fn printed_key(err: &str) -> String {
+    err.split("idempotency key is ")
+        .nth(1)
+        .map(|s| {
+            s.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| panic!("no idempotency key in: {err}"))
 }
 
 /// Asserts success and parses stdout as JSON.

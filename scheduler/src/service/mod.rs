@@ -24,7 +24,9 @@ pub mod proxy;
 mod tasks;
 
 use crate::raft_driver::{MemberHandle, Role};
-use crate::state::{AgentEndpoint, Applied, Command, LeaseState, Outcome, Proposal, Refusal};
+use crate::state::{
+    AgentEndpoint, Applied, Command, KeyOutcome, LeaseState, Outcome, Proposal, Refusal,
+};
 use crate::{Error, codec};
 use auth::{Principal, principal, require_admin};
 use charter_proto as pb;
@@ -729,11 +731,12 @@ impl pb::leases_server::Leases for Api {
         self.barrier(r.stale).await?;
         if !r.key.is_empty() {
             // A request by its key: the caller's own keys only.
-            let kid = crate::state::retention::key_id(&format!("{}/{}", who.name, r.key));
-            let id = self.member.read(|s| match s.keys.get(&kid) {
-                Some((_, crate::state::retention::KeyOutcome::Lease { id })) => Some(*id),
-                _ => None,
-            });
+            let id = self
+                .member
+                .read(|s| match s.kept_outcome(&who.name, &r.key) {
+                    Some(KeyOutcome::Lease { id }) => Some(*id),
+                    _ => None,
+                });
             let leases = match id {
                 Some(id) => vec![convert::lease(&self.lease_anywhere(id)?)],
                 None => Vec::new(),

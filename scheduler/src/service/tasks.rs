@@ -171,11 +171,12 @@ impl pb::tasks_server::Tasks for Api {
         self.barrier(r.stale).await?;
         if !r.key.is_empty() {
             // A submit by its key: the caller's own keys only.
-            let kid = crate::state::retention::key_id(&format!("{}/{}", who.name, r.key));
-            let id = self.member.read(|s| match s.keys.get(&kid) {
-                Some((_, crate::state::retention::KeyOutcome::Task { id })) => Some(*id),
-                _ => None,
-            });
+            let id = self
+                .member
+                .read(|s| match s.kept_outcome(&who.name, &r.key) {
+                    Some(crate::state::KeyOutcome::Task { id }) => Some(*id),
+                    _ => None,
+                });
             let tasks = match id {
                 Some(id) => {
                     let (t, l) = self.task_anywhere(id)?;

@@ -1,7 +1,7 @@
 //! Leases: request (grant, queue or refuse), release, renew, revoke, and the
 //! time-based changes of a tick (expiry, queue timeouts, queue grants).
 
-use super::{Applied, Lease, LeaseSpec, LeaseState, Millis, Outcome, Refusal, State};
+use super::{Applied, Lease, LeaseSpec, LeaseState, Millis, Outcome, Quota, Refusal, State};
 use crate::placement;
 use std::collections::BTreeMap;
 
@@ -40,11 +40,7 @@ impl State {
             // quota: the time asked for is what the lease holds, renewals
             // extend it (Slurm's and Nomad's leases are not capped at
             // their first length either).
-            let quota = self
-                .quotas
-                .get(principal)
-                .or_else(|| self.quotas.get("*"))
-                .and_then(|q| q.max_duration_ms);
+            let quota = self.quota_of(principal).and_then(|q| q.max_duration_ms);
             spec.max_total_ms = quota
                 .unwrap_or(DEFAULT_MAX_TOTAL_MS)
                 .min(DEFAULT_MAX_TOTAL_MS)
@@ -449,8 +445,13 @@ impl State {
         s
     }
 
+    /// The limits `principal` is held to: its own quota, else `*`'s.
+    fn quota_of(&self, principal: &str) -> Option<&Quota> {
+        self.quotas.get(principal).or_else(|| self.quotas.get("*"))
+    }
+
     fn check_quota(&self, principal: &str, spec: &LeaseSpec) -> Result<(), Refusal> {
-        let Some(q) = self.quotas.get(principal).or_else(|| self.quotas.get("*")) else {
+        let Some(q) = self.quota_of(principal) else {
             return Ok(());
         };
         let deny = |reason: String| Err(Refusal::Denied { reason });

@@ -509,7 +509,7 @@ impl State {
         let key = p
             .key
             .as_ref()
-            .map(|k| retention::key_id(&format!("{}/{}", p.principal, k)));
+            .map(|k| retention::principal_key_id(&p.principal, k));
         if let Some(k) = key
             && let Some(first) = self.replay(k)
         {

@@ -118,7 +118,21 @@ pub fn key_id(principal_key: &str) -> u128 {
     u128::from_be_bytes(b)
 }
 
+/// The identity of `principal`'s idempotency key `key` ([`key_id`] of
+/// `principal/key`): one principal's key never finds another's outcome.
+pub fn principal_key_id(principal: &str, key: &str) -> u128 {
+    key_id(&format!("{principal}/{key}"))
+}
+
 impl State {
+    /// What `principal`'s request with idempotency key `key` made, while
+    /// the key is kept.
+    pub fn kept_outcome(&self, principal: &str, key: &str) -> Option<&KeyOutcome> {
+        self.keys
+            .get(&principal_key_id(principal, key))
+            .map(|(_, o)| o)
+    }
+
     /// The outcome kept for key `id`, answered as it stands now.
     pub(super) fn replay(&self, id: u128) -> Option<Outcome> {
         let (_, kept) = self.keys.get(&id)?;

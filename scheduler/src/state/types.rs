@@ -272,6 +272,17 @@ pub enum LeaseState {
 }
 
 impl LeaseState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [LeaseState; 7] = [
+        LeaseState::Pending,
+        LeaseState::Granted,
+        LeaseState::Released,
+        LeaseState::Expired,
+        LeaseState::Revoked,
+        LeaseState::Lost,
+        LeaseState::TimedOut,
+    ];
+
     /// The snake_case name used in output.
     pub fn as_str(&self) -> &'static str {
         match self {
