@@ -141,19 +141,27 @@ fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
 /// Opens a sled database. sled 0.34 finishes its last buffer writes on a
 /// background thread after the `Db` is dropped, so a database reopened in
 /// the same process (tests, an in-process restart) can find its file lock
-/// still held for a moment: wait up to a second for it. Another process
-/// holding the directory still fails, after that second.
+/// still held for a moment (longer when the disk is busy with other
+/// fsyncs): wait up to 3 s for it. Another process holding the directory
+/// still fails, after those 3 s.
 pub(super) fn open_db(config: impl Fn() -> sled::Config) -> sled::Result<sled::Db> {
     let mut tries = 0;
     loop {
         match config().open() {
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 => {
+            Err(sled::Error::Io(e)) if lock_is_busy(&e) && tries < 150 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
         }
     }
+}
+
+/// Whether sled refused to open because another handle holds its file lock.
+/// sled 0.34 reports that as `ErrorKind::Other` with the lock error only in
+/// the message ("could not acquire lock on …"), not as `WouldBlock`.
+fn lock_is_busy(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 fn to_raft(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {

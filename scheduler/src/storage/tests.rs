@@ -262,3 +262,27 @@ fn snapshot_data_is_a_file_and_a_store_from_before_moves_its_data_over() {
         b"eight".to_vec()
     );
 }
+
+#[test]
+fn a_database_still_held_in_this_process_is_waited_for_then_refused() {
+    // sled finishes its last writes on a background thread after a drop, so
+    // a reopen in the same process can meet its own lock for a moment; sled
+    // reports that as ErrorKind::Other, which the wait must still recognise.
+    let dir = tempfile::tempdir().unwrap();
+    let held = sled_store::open_db(|| sled::Config::new().path(dir.path())).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(held);
+    });
+    let reopened = sled_store::open_db(|| sled::Config::new().path(dir.path()));
+    release.join().unwrap();
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+    drop(reopened);
+
+    // A holder that never lets go is refused after the wait, with sled's words.
+    let _kept = sled_store::open_db(|| sled::Config::new().path(dir.path())).unwrap();
+    let err = sled_store::open_db(|| sled::Config::new().path(dir.path()))
+        .err()
+        .expect("a held database is refused");
+    assert!(err.to_string().contains("could not acquire lock"), "{err}");
+}
