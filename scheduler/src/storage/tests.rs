@@ -281,8 +281,8 @@ fn a_database_still_held_in_this_process_is_waited_for_then_refused() {
 
     // A holder that never lets go is refused after the wait, with sled's words.
     let _kept = sled_store::open_db(|| sled::Config::new().path(dir.path())).unwrap();
-    let err = sled_store::open_db(|| sled::Config::new().path(dir.path()))
-        .err()
-        .expect("a held database is refused");
+    let Err(err) = sled_store::open_db(|| sled::Config::new().path(dir.path())) else {
+        panic!("a held database is refused");
+    };
     assert!(err.to_string().contains("could not acquire lock"), "{err}");
 }
