@@ -545,3 +545,64 @@ fn errors_under_json_are_one_object_on_stderr() {
     assert!(log.contains("INFO"), "{log}");
     assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
 }
+
+/// The example app's build works with a plain `rustc` on PATH, and says
+/// precisely why not (before anything is deployed: a failed build rolls
+/// back) when there is none or it does not run, as a rustup proxy without
+/// a toolchain does.
+#[test]
+fn the_example_app_builds_or_says_why_not() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/app");
+    let build = |path: &str, home: &str| -> (Output, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["build.sh", "hello.rs"] {
+            std::fs::copy(examples.join(f), dir.path().join(f)).unwrap();
+        }
+        let out = Command::new("/bin/sh")
+            .arg("build.sh")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", home)
+            .output()
+            .unwrap();
+        (out, dir)
+    };
+    // No rustc at all.
+    let empty = tempfile::tempdir().unwrap();
+    let (out, _d) = build(&format!("{}:/bin", empty.path().display()), "/nonexistent");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("no rustc on PATH for user"), "{err}");
+    assert!(err.contains("apt install rustc"), "{err}");
+    // A rustc that does not run (a rustup proxy with no default toolchain).
+    let proxy = tempfile::tempdir().unwrap();
+    let fake = proxy.path().join("rustc");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'error: rustup could not choose a version of rustc to run' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (out, _d) = build(
+        &format!("{}:/bin:/usr/bin", proxy.path().display()),
+        "/nonexistent",
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("does not run for user"), "{err}");
+    assert!(err.contains("rustup could not choose a version"), "{err}");
+    // A rustc that runs builds the service (this machine's own toolchain).
+    let which = Command::new("sh")
+        .args(["-c", "command -v rustc"])
+        .output()
+        .unwrap();
+    let rustc = std::path::PathBuf::from(String::from_utf8_lossy(&which.stdout).trim());
+    let home = std::env::var("HOME").unwrap_or_default();
+    let path = format!("{}:/usr/bin:/bin", rustc.parent().unwrap().display());
+    let (out, dir) = build(&path, &home);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("building with rustc"));
+    assert!(dir.path().join("out/hello").is_file());
+}

@@ -460,6 +460,24 @@ fn failed_builds_and_unhealthy_versions_roll_back_and_rollback_returns_to_the_ea
         "{d}"
     );
     assert_eq!(d["trigger"], "manual");
+    // Times in `--json` are RFC 3339, as in every other object, and every
+    // field is there (null when it does not apply).
+    for f in ["created_at", "promoted_at"] {
+        assert!(d[f].as_str().is_some_and(|t| t.ends_with('Z')), "{f}: {d}");
+    }
+    assert!(d["steps"][0]["started_at"].as_str().is_some(), "{d}");
+    assert!(
+        d.get("failed_step").is_some() && d["ended_at"].is_null(),
+        "{d}"
+    );
+    // Triggering the branch head that is already active starts nothing,
+    // and says so (as `--commit` of it does), instead of "started".
+    let v = json_ok(&c.cli(&["deploy", "trigger", "hello", "--json"]));
+    assert_eq!(v["started"], false, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("active"), "{v}");
+    let out = c.cli(&["deploy", "trigger", "hello"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("nothing started: "), "{text}");
 
     // A build that fails: rolled back at build, its output on record.
     commit(
@@ -566,6 +584,31 @@ fn failed_builds_and_unhealthy_versions_roll_back_and_rollback_returns_to_the_ea
     );
     assert_eq!(d["commit"], v1.as_str());
     assert_eq!(entry(), (200, "hello from v1\n".into()));
+    // The retired v2 took as long as it took to promote, not until it was
+    // retired.
+    let h = history(&c);
+    let v2d = h["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["status"] == "retired" && x["commit"] == v2.as_str())
+        .cloned()
+        .unwrap();
+    let ms = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(v2d[k].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let took = format!(
+        "{:.1}s",
+        (ms("promoted_at") - ms("created_at")) as f64 / 1000.0
+    );
+    let table = String::from_utf8_lossy(&c.cli(&["deploy", "history", "hello"]).stdout).to_string();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", v2d["id"])))
+        .unwrap();
+    assert!(row.contains(&format!(" {took} ")), "{took} in {row}");
     let out = c.cli(&["deploy", "rollback", "hello", "--to", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

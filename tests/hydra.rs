@@ -360,6 +360,22 @@ fn ticks_missed_while_the_cluster_was_down_follow_each_jobs_policy() {
     )
     .unwrap();
     apply(&c, &file);
+    // `cron show` says what each policy does after downtime.
+    for (job, words) in [
+        (
+            "latest",
+            "missed   latest: after downtime only the newest tick more than 10 s late runs",
+        ),
+        ("skip", "missed   skip: ticks more than 10 s late"),
+        (
+            "all",
+            "missed   all: after downtime the newest 3 ticks more than 10 s late run",
+        ),
+    ] {
+        let out = c.cli(&["cron", "show", job]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.contains(words), "{job}: {text}");
+    }
     std::thread::sleep(Duration::from_secs(3));
     c.stop(0);
     std::thread::sleep(Duration::from_secs(16));

@@ -371,6 +371,29 @@ fn quotas_and_heartbeats_from_the_cli() {
         "{}",
         stderr(&out)
     );
+    // A quota is ann's own limit: the hint says where to look, not "use a
+    // token of the principal that owns it".
+    assert!(
+        stderr(&out).contains("hint: see your limits with `charter quota list`"),
+        "{}",
+        stderr(&out)
+    );
+    // A request that names no resources holds the documented default.
+    let l = json_ok(&cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "request", "--for", "1m", "--json"],
+    ));
+    assert_eq!(
+        (l["cpu_millis"].as_u64(), l["memory_bytes"].as_u64()),
+        (Some(100), Some(256 << 20)),
+        "{l}"
+    );
+    json_ok(&cli(
+        &c.servers(),
+        USER_TOKEN,
+        &["lease", "release", &l["id"].to_string(), "--json"],
+    ));
     let out = cli(
         &c.servers(),
         USER_TOKEN,

@@ -64,6 +64,27 @@ fn local_provisioner_adds_a_node_for_unmet_demand_and_retires_it_when_idle() {
         "{}",
         stderr(&out)
     );
+    // Without --wait, a request only a pool could hold names the pools and
+    // --wait (a pool grows for waiting requests), not only the nodes.
+    let out = c.cli(&["lease", "request", "--cpu", "2", "--for", "1m"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("pool dear, burst can add nodes that do: ask with `--wait D`")
+            && err.contains("base: needs 2 cores, 1 free"),
+        "{err}"
+    );
+    // A gang larger than the pools can grow to names them and their limits.
+    let out = c.cli(&[
+        "lease", "request", "--cpu", "2", "--count", "5", "--for", "1m", "--wait", "1m",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs 5 nodes, 4 fit")
+            && err.contains("pool burst: its nodes fit, and it can add 2 more (max_nodes 2)"),
+        "{err}"
+    );
     // 2 cores fit no node there is, but a new burst node: the request waits,
     // the leader starts a local agent, and the lease lands on it.
     let t = Instant::now();

@@ -44,7 +44,11 @@ fn submit(c: &Cluster, args: &[&str]) -> String {
 fn ended(c: &Cluster, id: &str, within: Duration) -> Value {
     wait_for(&format!("task {id} to end"), within, || {
         let t = task(c, id);
-        (!matches!(t["state"].as_str(), Some("pending" | "running"))).then_some(t)
+        (!matches!(
+            t["state"].as_str(),
+            Some("pending" | "running" | "restarting")
+        ))
+        .then_some(t)
     })
 }
 
@@ -122,18 +126,41 @@ fn a_crashing_service_is_restarted_and_a_failing_check_makes_it_unhealthy() {
             "--",
             "sh",
             "-c",
-            "echo up; sleep 0.2; exit 1",
+            "echo up\nsleep 0.2; exit 1",
         ],
     );
+    // A crash loop is not `running`: between starts it is `restarting`,
+    // with its last exit and when it starts again.
     let t = wait_for(
         "the service to be restarted",
         Duration::from_secs(20),
         || {
             let t = task(&c, &id);
-            (t["starts"].as_u64().unwrap_or(0) >= 3).then_some(t)
+            (t["starts"].as_u64().unwrap_or(0) >= 3 && t["state"] == "restarting").then_some(t)
         },
     );
-    assert_eq!(t["state"], "running", "{t}");
+    assert_eq!(t["exit_code"], 1, "{t}");
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("exited with 1; restarting in "),
+        "{t}"
+    );
+    // `task list` says so too, one line per task although the command
+    // holds a line end.
+    let out = c.cli(&["task", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let row: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{id} ")))
+        .collect();
+    assert_eq!(row.len(), 1, "{text}");
+    assert!(
+        row[0].contains("restarting") && row[0].ends_with("sh -c echo up\\nsleep 0.2; exit 1"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 2, "a header and one row:\n{text}");
     json_ok(&c.cli(&["task", "cancel", &id, "--json"]));
     // Nothing listens on the checked port: the service turns unhealthy.
     let port = free_ports(1)[0].to_string();

@@ -615,12 +615,13 @@ impl Work {
             ports: BTreeMap::new(),
             fenced: false,
         };
-        if !matches!(w.task.state.as_str(), "pending" | "running") {
+        if !matches!(w.task.state.as_str(), "pending" | "running" | "restarting") {
             return w;
         }
         let exit_file = w.exit_file();
         let left = ctx.leftovers.lock().is_ok_and(|l| l.contains(&lease));
-        let earlier = w.task.state == "running" || exit_file.exists() || left;
+        let earlier =
+            matches!(w.task.state.as_str(), "running" | "restarting") || exit_file.exists() || left;
         if earlier {
             // An earlier life of this agent started it: never start it twice.
             w.adopted = true;
@@ -926,7 +927,8 @@ impl Work {
         match self.amp.after_exit(code, self.starts) {
             Next::Again { backoff_ms, why: w } => {
                 self.next_start = Some(now_ms() + backoff_ms);
-                self.report("running", code, why(w));
+                let again = format!("{w} in {:.1} s", backoff_ms as f64 / 1000.0);
+                self.report("restarting", code, why(again));
             }
             Next::Done { state, why }
                 if state == "succeeded" && !self.task.artifact_out.is_empty() =>

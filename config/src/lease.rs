@@ -1,8 +1,8 @@
 //! A lease request as a file (`charter lease request -f lease.toml`):
 //!
 //! ```toml
-//! cpu = 4                 # cores per node, or "500m"
-//! mem = "8GiB"
+//! cpu = 4                 # cores per node, or "500m" (default 100m)
+//! mem = "8GiB"            # (default 256MiB)
 //! gpu = 1
 //! labels = { gpu = "a100" }             # exact labels
 //! constraints = ["zone in (a,b)", "cuda>=12.0", "!spot"]
@@ -21,8 +21,15 @@ use crate::reader::Fields;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// CPU a lease or task holds when it names none: 0.1 core, as Nomad's
+/// 100 MHz default, so a lease that forgot `--cpu` still holds something
+/// and many fit on a node.
+pub const DEFAULT_CPU_MILLIS: u64 = 100;
+/// Memory a lease or task holds when it names none (Nomad: 300 MB).
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
+
 /// A validated lease request.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LeaseConfig {
     /// CPU in millicores, per node.
     pub cpu_millis: u64,
@@ -52,6 +59,28 @@ pub struct LeaseConfig {
     pub prefer: String,
     /// Why.
     pub reason: String,
+}
+
+impl Default for LeaseConfig {
+    /// A request with the default resources and nothing else.
+    fn default() -> LeaseConfig {
+        LeaseConfig {
+            cpu_millis: DEFAULT_CPU_MILLIS,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            disk_bytes: 0,
+            gpus: 0,
+            labels: BTreeMap::new(),
+            constraints: Vec::new(),
+            count: 0,
+            duration_ms: 0,
+            max_total_ms: 0,
+            wait_ms: 0,
+            priority: 0,
+            max_cost: None,
+            prefer: String::new(),
+            reason: String::new(),
+        }
+    }
 }
 
 impl LeaseConfig {
@@ -159,8 +188,8 @@ impl LeaseConfig {
             return None;
         }
         Some(LeaseConfig {
-            cpu_millis: cpu.unwrap_or(0),
-            memory_bytes: mem.unwrap_or(0),
+            cpu_millis: cpu.unwrap_or(DEFAULT_CPU_MILLIS),
+            memory_bytes: mem.unwrap_or(DEFAULT_MEMORY_BYTES),
             disk_bytes: disk.unwrap_or(0),
             gpus,
             labels,

@@ -82,7 +82,7 @@ fn fail(step: &str, reason: impl Into<String>) -> Action {
 }
 
 fn ended(t: &TaskView) -> bool {
-    !matches!(t.state.as_str(), "pending" | "running")
+    !matches!(t.state.as_str(), "pending" | "running" | "restarting")
 }
 
 fn why_ended(what: &str, id: u64, t: &TaskView) -> String {

@@ -346,7 +346,7 @@ pub fn tasks(rt: &tokio::runtime::Runtime, exe: &Path, dur: Duration) -> anyhow:
             let ended: BTreeMap<u64, pb::Task> = r
                 .tasks
                 .into_iter()
-                .filter(|t| !matches!(t.state.as_str(), "pending" | "running"))
+                .filter(|t| !matches!(t.state.as_str(), "pending" | "running" | "restarting"))
                 .map(|t| (t.id, t))
                 .collect();
             left.retain(|id| {

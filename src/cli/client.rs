@@ -207,6 +207,10 @@ pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
         Code::Unauthenticated => {
             "pass --token or set CHARTER_TOKEN to a token from the server's token file (or run `charter dev`, which writes a dev token)"
         }
+        // A quota is the principal's own limit, not someone else's object.
+        Code::PermissionDenied if msg.starts_with("quota:") => {
+            "see your limits with `charter quota list`; ask for less, release a lease you hold, or have an admin raise the quota (`charter quota set`)"
+        }
         Code::PermissionDenied => "ask an admin, or use a token of the principal that owns it",
         Code::Unavailable if msg.starts_with("cannot connect to") => {
             "check that --server (or CHARTER_SERVER) names running members (`charter dev` listens on 127.0.0.1:7700)"

@@ -193,6 +193,9 @@ fn print_job(json: bool, j: &pb::CronJob) -> anyhow::Result<()> {
     println!("paused   {}", v.paused);
     println!("version  {}", v.version);
     println!("next     {}", v.next.as_deref().unwrap_or("-"));
+    let missed = v.definition["missed"].as_str().unwrap_or("latest");
+    let catch_up = v.definition["max_catch_up"].as_u64().unwrap_or(1);
+    println!("missed   {}", missed_words(missed, catch_up));
     if let Some(l) = &v.last {
         println!(
             "last     {} {} {}",
@@ -202,6 +205,24 @@ fn print_job(json: bool, j: &pb::CronJob) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What a job's `missed` policy does after downtime, in words: which late
+/// ticks still run.
+fn missed_words(missed: &str, max_catch_up: u64) -> String {
+    let late = charter_hydra::plan::LATE_AFTER.num_seconds();
+    match missed {
+        "skip" => format!(
+            "skip: ticks more than {late} s late (no leader fired them in time) are skipped"
+        ),
+        "all" => format!(
+            "all: after downtime the newest {} ticks more than {late} s late run, older ones are skipped",
+            max_catch_up.max(1)
+        ),
+        _ => format!(
+            "latest: after downtime only the newest tick more than {late} s late runs (older ones are skipped); ticks less late run as usual"
+        ),
+    }
 }
 
 /// Reads and checks a cron file here first, so a bad file fails without a server.

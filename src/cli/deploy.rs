@@ -101,6 +101,57 @@ fn elapsed(from: i64, to: Option<i64>) -> String {
     format!("{:.1}s", (to - from).max(0) as f64 / 1000.0)
 }
 
+/// How long a deployment took: to its promotion when it was promoted
+/// (an active or retired version's `ended_at` is when it stopped serving),
+/// else to its end, or so far.
+fn took(d: &Deployment) -> String {
+    elapsed(d.created_at, d.promoted_at.or(d.ended_at))
+}
+
+/// A time for `--json`: RFC 3339, or null.
+fn rfc(ms: Option<i64>) -> serde_json::Value {
+    ms.filter(|m| *m != 0)
+        .map_or(serde_json::Value::Null, |m| output::time(m).into())
+}
+
+/// A deployment as `--json` prints it: every field always present (null or
+/// empty when it does not apply), times in RFC 3339 like every other object.
+fn deployment_json(d: &Deployment) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = d
+        .steps
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "step": r.step,
+                "started_at": rfc(Some(r.started_at)),
+                "ended_at": rfc(r.ended_at),
+                "state": r.state,
+                "message": r.message,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": d.id,
+        "app": d.app,
+        "commit": d.commit,
+        "fingerprint": d.fingerprint,
+        "trigger": d.trigger,
+        "by": d.by,
+        "created_at": rfc(Some(d.created_at)),
+        "status": d.status.as_str(),
+        "steps": steps,
+        "build_task": d.build_task,
+        "artifact": d.artifact,
+        "instances": d.instances,
+        "previous": d.previous,
+        "promoted_at": rfc(d.promoted_at),
+        "failed_step": d.failed_step,
+        "reason": d.reason,
+        "build_log": d.build_log,
+        "ended_at": rfc(d.ended_at),
+    })
+}
+
 /// The active version's servers: task, node, address, health.
 fn servers_json(
     d: &Deployment,
@@ -321,6 +372,10 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                     async move { DeployClient::new(ch).trigger(req).await }
                 })
                 .await?;
+            let mut r = r;
+            if commit.is_empty() {
+                settled_trigger(&c, &mut r).await?;
+            }
             return trigger_out(g, &r);
         }
         DeployCmd::Status { app, watch } => {
@@ -349,7 +404,7 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                             "commit": a.commit,
                             "servers": servers_json(a, &tasks),
                         })),
-                        "deployment": newest,
+                        "deployment": newest.map(deployment_json),
                     }))?
                 } else {
                     status_text(&app, &ds, active, &tasks)
@@ -401,6 +456,7 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
         DeployCmd::History { app, n } => {
             let (ds, active, _) = history(&c, &app, n).await?;
             if g.json {
+                let ds: Vec<serde_json::Value> = ds.iter().map(deployment_json).collect();
                 output::json(
                     &serde_json::json!({ "app": app, "active": active, "deployments": ds }),
                 )?;
@@ -431,7 +487,7 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                                     d.failed_step.clone()
                                 },
                                 output::time(d.created_at),
-                                elapsed(d.created_at, d.ended_at),
+                                took(d),
                                 d.reason.clone(),
                             ]
                         })
@@ -475,18 +531,51 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                     async move { DeployClient::new(ch).trigger(req).await }
                 })
                 .await?;
+            let mut r = r;
+            if commit.is_empty() {
+                settled_trigger(&c, &mut r).await?;
+            }
             return trigger_out(g, &r);
         }
     }
     Ok(0)
 }
 
+/// A deployment of the branch head started: waits (up to 10 s) for its
+/// fetch to learn the commit, so a head that is already active or being
+/// deployed is reported as nothing started, as `--commit` of it is.
+async fn settled_trigger(c: &Client, r: &mut pb::TriggerDeployReply) -> anyhow::Result<()> {
+    let Some(mut d) = serde_json::from_str::<Deployment>(&r.deployment).ok() else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while r.started && d.status == DeployStatus::Running && d.step() == "fetch" {
+        if std::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (ds, ..) = history(c, &d.app, 5).await?;
+        let Some(now) = ds.into_iter().find(|x| x.id == d.id) else {
+            return Ok(());
+        };
+        d = now;
+    }
+    if d.status == DeployStatus::Unchanged {
+        r.started = false;
+        r.reason = d.reason.clone();
+    }
+    r.deployment = serde_json::to_string(&d)?;
+    Ok(())
+}
+
 fn trigger_out(g: &Global, r: &pb::TriggerDeployReply) -> anyhow::Result<i32> {
     let d: Option<Deployment> = serde_json::from_str(&r.deployment).ok();
     if g.json {
-        output::json(
-            &serde_json::json!({ "started": r.started, "reason": r.reason, "deployment": d }),
-        )?;
+        output::json(&serde_json::json!({
+            "started": r.started,
+            "reason": r.reason,
+            "deployment": d.as_ref().map(deployment_json),
+        }))?;
     } else if let Some(d) = d.filter(|_| r.started) {
         println!(
             "deployment {} of {} started; charter deploy status {} --watch follows it",

@@ -6,6 +6,10 @@ use serde::Serialize;
 
 /// Prints rows as an aligned table with a header.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.iter().map(|c| one_line(c)).collect())
+        .collect();
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -29,6 +33,27 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     for r in rows {
         line(r);
     }
+}
+
+/// `text` on one line, safe to print: a line end, a tab or another control
+/// character (an escape sequence a command or a reason carries, say) is
+/// written as its escape (`\n`, `\t`, `\u{1b}`), so one row stays one line
+/// and no cell can drive the terminal.
+pub fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for ch in text.chars() {
+        match ch {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Prints a value as pretty JSON.
@@ -132,4 +157,16 @@ pub fn format_error(e: &anyhow::Error) -> String {
         s.push_str(&format!("\n  {cause}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn control_characters_are_written_as_escapes() {
+        assert_eq!(one_line("sh -c echo \"a\nb\""), "sh -c echo \"a\\nb\"");
+        assert_eq!(one_line("a\tb\r\u{1b}[2J"), "a\\tb\\r\\u{1b}[2J");
+        assert_eq!(one_line("plain é"), "plain é");
+    }
 }

@@ -25,7 +25,7 @@ pub enum TaskCmd {
         /// Include ended tasks.
         #[arg(long)]
         all: bool,
-        /// Only tasks in this state (pending, running, succeeded, failed, cancelled, expired, lost).
+        /// Only tasks in this state (pending, running, restarting, succeeded, failed, cancelled, expired, lost).
         #[arg(long)]
         state: Option<String>,
         /// Only the task your submit with this idempotency key made
@@ -163,7 +163,7 @@ fn print_task(g: &Global, t: &pb::Task) -> anyhow::Result<()> {
             format!(" on {}", j.node)
         }
     );
-    println!("  command  {}", j.command.join(" "));
+    println!("  command  {}", output::one_line(&j.command.join(" ")));
     println!("  amp      {}, lease {}", j.amp, j.lease);
     if let Some(c) = j.exit_code {
         println!("  exit     {c}");
@@ -186,7 +186,7 @@ fn print_task(g: &Global, t: &pb::Task) -> anyhow::Result<()> {
         );
     }
     if !j.message.is_empty() {
-        println!("  message  {}", j.message);
+        println!("  message  {}", output::one_line(&j.message));
     }
     Ok(())
 }

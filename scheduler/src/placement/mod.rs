@@ -20,7 +20,10 @@ use crate::state::{LeaseSpec, Node, NodeState, Prefer, Resources, State};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-/// Why no set of nodes could take a request: one line per node, by name.
+/// Why no set of nodes could take a request: one line per node, the nodes
+/// nearest to holding it first (short of CPU, memory, disk or GPUs, then
+/// draining or down, then too costly, then a label mismatch), by name
+/// within each.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NoFit {
     /// Nodes needed.
@@ -29,6 +32,37 @@ pub struct NoFit {
     pub fitting: u32,
     /// `(node, reason)` for each node that was ruled out.
     pub per_node: Vec<(String, String)>,
+}
+
+impl Why {
+    /// How near a node ruled out for this reason is to holding the
+    /// request: 0 lacks only free capacity (it could hold it once a lease
+    /// ends), 3 would need different labels.
+    fn nearness(self) -> u8 {
+        match self {
+            Why::Cpu(..) | Why::Memory(..) | Why::Disk(..) | Why::Gpus(..) | Why::Shrunk => 0,
+            Why::State(_) => 1,
+            Why::Cost(..) => 2,
+            Why::Label(_) => 3,
+        }
+    }
+}
+
+/// Reasons gathered with their nearness, put in [`NoFit`]'s order.
+#[derive(Default)]
+struct Reasons(Vec<(u8, String, String)>);
+
+impl Reasons {
+    fn push(&mut self, name: String, node: &Node, spec: &LeaseSpec, why: Why) {
+        self.0
+            .push((why.nearness(), name, explain(node, spec, why)));
+    }
+
+    /// Nearest first; the walk's order (by name) within a nearness.
+    fn ordered(mut self) -> Vec<(String, String)> {
+        self.0.sort_by_key(|(n, _, _)| *n);
+        self.0.into_iter().map(|(_, name, r)| (name, r)).collect()
+    }
 }
 
 impl NoFit {
@@ -293,12 +327,14 @@ pub fn why_not(state: &State, spec: &LeaseSpec) -> NoFit {
         needed: spec.count.max(1),
         ..NoFit::default()
     };
+    let mut reasons = Reasons::default();
     for n in state.nodes.values() {
         match rule_out(n, spec, false) {
-            Some(w) => nf.per_node.push((n.name.clone(), explain(n, spec, w))),
+            Some(w) => reasons.push(n.name.clone(), n, spec, w),
             None => nf.fitting += 1,
         }
     }
+    nf.per_node = reasons.ordered();
     nf
 }
 
@@ -306,33 +342,65 @@ pub fn why_not(state: &State, spec: &LeaseSpec) -> NoFit {
 /// could ever hold `spec` (ignoring their state and load); if not, every
 /// node's and pool's reason.
 pub fn could_ever_fit(state: &State, spec: &LeaseSpec) -> Result<(), NoFit> {
-    let mut nf = NoFit {
-        needed: spec.count.max(1),
-        ..NoFit::default()
-    };
-    for n in state.nodes.values() {
-        match rule_out(n, spec, true) {
-            Some(w) => nf.per_node.push((n.name.clone(), explain(n, spec, w))),
-            None => nf.fitting += 1,
-        }
+    let mut nf = registered_could_ever_fit(state, spec);
+    if nf.fitting >= nf.needed {
+        return Ok(());
     }
     // Nodes a pool could still add count too.
-    if nf.fitting < nf.needed {
-        for p in state.pools.values() {
-            let n = p.new_node("");
-            match rule_out(&n, spec, true) {
-                Some(w) => nf
-                    .per_node
-                    .push((format!("pool {}", p.name), explain(&n, spec, w))),
-                None => nf.fitting += state.pool_room(&p.name).min(nf.needed),
+    let mut reasons = Reasons::default();
+    let mut pool_lines = Vec::new();
+    for p in state.pools.values() {
+        let n = p.new_node("");
+        match rule_out(&n, spec, true) {
+            Some(w) => reasons.push(format!("pool {}", p.name), &n, spec, w),
+            None => {
+                let room = state.pool_room(&p.name);
+                nf.fitting += room.min(nf.needed);
+                pool_lines.push((
+                    format!("pool {}", p.name),
+                    format!(
+                        "its nodes fit, and it can add {room} more (max_nodes {})",
+                        p.max_nodes
+                    ),
+                ));
             }
         }
     }
     if nf.fitting >= nf.needed {
-        Ok(())
-    } else {
-        Err(nf)
+        return Ok(());
     }
+    nf.per_node.extend(pool_lines);
+    nf.per_node.extend(reasons.ordered());
+    Err(nf)
+}
+
+/// Like [`could_ever_fit`] over the registered nodes only (no pool grows):
+/// `fitting` counts the nodes that could hold `spec` once free.
+pub fn registered_could_ever_fit(state: &State, spec: &LeaseSpec) -> NoFit {
+    let mut nf = NoFit {
+        needed: spec.count.max(1),
+        ..NoFit::default()
+    };
+    let mut reasons = Reasons::default();
+    for n in state.nodes.values() {
+        match rule_out(n, spec, true) {
+            Some(w) => reasons.push(n.name.clone(), n, spec, w),
+            None => nf.fitting += 1,
+        }
+    }
+    nf.per_node = reasons.ordered();
+    nf
+}
+
+/// Pools whose new nodes could hold `spec` and that have room to add one.
+pub fn pools_that_fit(state: &State, spec: &LeaseSpec) -> Vec<String> {
+    state
+        .pools
+        .values()
+        .filter(|p| state.pool_room(&p.name) > 0)
+        .filter(|p| rule_out(&p.new_node(""), spec, true).is_none())
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 #[cfg(test)]

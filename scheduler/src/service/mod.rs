@@ -670,15 +670,7 @@ impl pb::leases_server::Leases for Api {
                 .get(&id)
                 .filter(|l| l.principal == who.name || who.admin)?;
             let (reasons, summary) = match l.state {
-                LeaseState::Pending => {
-                    let nf = crate::placement::why_not(s, &l.spec);
-                    let lines = nf
-                        .per_node
-                        .iter()
-                        .map(|(n, r)| format!("{n}: {r}"))
-                        .collect();
-                    (lines, format!("pending: {}", nf.summary()))
-                }
+                LeaseState::Pending => s.why_pending(l),
                 LeaseState::Granted => (vec![], format!("granted on {}", l.nodes.join(", "))),
                 other => (vec![], format!("{other}; nothing is waiting")),
             };

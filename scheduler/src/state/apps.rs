@@ -206,7 +206,11 @@ impl State {
                 old,
                 DeployStatus::Superseded,
                 "superseded",
-                format!("superseded by deployment {id} of {}", short_commit(&commit)),
+                if commit.is_empty() {
+                    format!("superseded by deployment {id} (of the branch head)")
+                } else {
+                    format!("superseded by deployment {id} of {}", short_commit(&commit))
+                },
             );
         }
         let d = Deployment {

@@ -84,7 +84,7 @@ impl State {
             Ok(nodes) => Some(nodes),
             Err(nf) if spec.wait_ms == 0 => {
                 return Err(Refusal::NoCapacity {
-                    reason: nf.summary(),
+                    reason: self.refusal_now(&spec, &nf),
                 });
             }
             Err(_) => {
@@ -443,6 +443,98 @@ impl State {
             s.max_cost_per_hour = Some(s.max_cost_per_hour.map_or(c, |m| m.min(c)));
         }
         s
+    }
+
+    /// Why a request that may not wait is refused, in the words that lead
+    /// to the fix: one that no node could ever hold says so (waiting cannot
+    /// help); one that only a pool could hold names the pool and `--wait`
+    /// (a pool grows for waiting requests); else what is busy now.
+    fn refusal_now(&self, spec: &LeaseSpec, now: &placement::NoFit) -> String {
+        if let Err(ever) = placement::could_ever_fit(self, spec) {
+            return format!("no node could ever hold it: {}", ever.summary());
+        }
+        let registered = placement::registered_could_ever_fit(self, spec);
+        if registered.fitting < registered.needed {
+            let pools = placement::pools_that_fit(self, spec).join(", ");
+            return format!(
+                "no registered node can hold it ({}); pool {pools} can add nodes that do: ask with `--wait D` and the pool grows for it",
+                now.summary()
+            );
+        }
+        now.summary()
+    }
+
+    /// Why pending lease `l` waits, for `lease why`: one line per node (the
+    /// nearest first), its place in the queue and the requests ahead, and,
+    /// in a deadline request's cheap phase, the pricier nodes it leaves
+    /// alone until then. Returns `(lines, summary)`.
+    pub fn why_pending(&self, l: &Lease) -> (Vec<String>, String) {
+        let cheap = l.cheap_until > self.time;
+        let spec = if cheap {
+            self.cheap_only(&l.spec)
+        } else {
+            l.spec.clone()
+        };
+        let nf = placement::why_not(self, &spec);
+        let mut lines: Vec<String> = nf
+            .per_node
+            .iter()
+            .map(|(n, r)| format!("{n}: {r}"))
+            .collect();
+        let mut summary = format!("pending: {}", nf.summary());
+        if cheap {
+            let pricier: Vec<String> = self
+                .nodes
+                .values()
+                .filter(|n| {
+                    placement::rule_out(n, &spec, false)
+                        .is_some_and(|w| matches!(w, placement::Why::Cost(..)))
+                })
+                .filter(|n| placement::rule_out(n, &l.spec, false).is_none())
+                .map(|n| format!("{} ({}/h)", n.name, n.cost_per_hour))
+                .collect();
+            let limit = spec.max_cost_per_hour.unwrap_or(0.0);
+            let until = chrono::DateTime::from_timestamp_millis(l.cheap_until)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            let line = if pricier.is_empty() {
+                format!(
+                    "until {until} (half the time its deadline leaves) it takes only the cheapest capacity, at most {limit}/h"
+                )
+            } else {
+                format!(
+                    "until {until} (half the time its deadline leaves) it takes only the cheapest capacity, at most {limit}/h; free now but pricier: {}",
+                    pricier.join(", ")
+                )
+            };
+            summary = format!("{summary}; {line}");
+            lines.push(line);
+        }
+        let key = (-(l.spec.priority as i64), l.requested_at, l.id);
+        let ahead: Vec<u64> = self.queue.range(..key).map(|(_, _, id)| *id).collect();
+        let place = if ahead.is_empty() {
+            "first in the queue".to_string()
+        } else {
+            let shown: Vec<String> = ahead
+                .iter()
+                .take(5)
+                .map(|id| format!("lease {id}"))
+                .collect();
+            let more = ahead.len().saturating_sub(5);
+            format!(
+                "position {} in the queue, behind {}{}",
+                ahead.len() + 1,
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        };
+        summary = format!("{summary}; {place}");
+        lines.push(place);
+        (lines, summary)
     }
 
     /// The limits `principal` is held to: its own quota, else `*`'s.

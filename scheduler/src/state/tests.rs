@@ -478,6 +478,19 @@ fn a_deadline_waits_for_cheap_capacity_then_takes_what_there_is() {
         "waits although the dear node is free"
     );
     assert_eq!((l.cheap_until, l.wait_until), (5_000, 10_000));
+    // `lease why` names the free pricier node it leaves alone, and until when.
+    let (lines, summary) = s.why_pending(&l);
+    assert!(
+        summary.contains("until 1970-01-01T00:00:05Z (half the time its deadline leaves) it takes only the cheapest capacity, at most 1/h; free now but pricier: dear (5/h)"),
+        "{summary}"
+    );
+    assert!(summary.contains("first in the queue"), "{summary}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("cheap: needs 1 cores, 0 free")),
+        "{lines:?}"
+    );
     assert_eq!(s.next_due(), Some(5_000));
     let (_, _, granted) = tick(&mut s, 5_000);
     assert_eq!(
@@ -942,6 +955,16 @@ fn deliveries_and_fingerprints_start_a_deployment_once_and_a_newer_commit_supers
         old.reason
     );
     assert_eq!(s.tasks[&build].state, TaskState::Cancelled);
+    // A trigger of the branch head (commit not known yet) supersedes too,
+    // and the reason says so instead of ending in "of ".
+    let (d, started, _) = deploy_of(s.apply(&p(16, "root", None, trigger("", "d3b"))));
+    assert!(started);
+    let third = d.unwrap();
+    let r = &s.deployments[&second.id].reason;
+    assert_eq!(
+        r,
+        &format!("superseded by deployment {} (of the branch head)", third.id)
+    );
     // Others may not trigger ann's app; only admins report steps.
     assert!(s.apply(&p(16, "bob", None, trigger(&a, "d4"))).is_err());
     assert!(
@@ -1224,4 +1247,55 @@ fn quotas_count_live_leases_without_scanning_history() {
         .unwrap();
     got(s.apply(&p(7, "ann", None, lease(100, 60_000))));
     assert_eq!(s.held.get("ann"), Some(&(2, 200)));
+}
+
+#[test]
+fn why_puts_the_nearest_nodes_first_and_names_the_queue_ahead() {
+    let mut s = State::new(Default::default());
+    // Nodes "a".."f" lack the label; "z" has it but is full.
+    for n in ["a", "b", "c", "d", "e", "f"] {
+        s.apply(&p(0, "root", None, register(n, 4000))).unwrap();
+    }
+    let mut z = register("z", 1000);
+    if let Command::RegisterNode { labels, .. } = &mut z {
+        labels.insert("q".into(), "1".into());
+    }
+    s.apply(&p(0, "root", None, z)).unwrap();
+    let labelled = |wait: u64| {
+        let mut sp = spec(1000, 10_000);
+        sp.constraints = vec![Constraint::parse("q=1").unwrap()];
+        sp.wait_ms = wait;
+        Command::RequestLease(sp)
+    };
+    got(s.apply(&p(1, "bob", None, labelled(0))));
+    let first = got(s.apply(&p(2, "ann", None, labelled(60_000))));
+    let second = got(s.apply(&p(3, "ann", None, labelled(60_000))));
+    assert_eq!(second.state, LeaseState::Pending);
+    let (lines, summary) = s.why_pending(&second);
+    // The real blocker comes before six label mismatches, not after them.
+    assert!(
+        summary.starts_with("pending: z: needs 1 cores, 0 free; a: needs q=1"),
+        "{summary}"
+    );
+    assert!(
+        summary.ends_with(&format!(
+            "position 2 in the queue, behind lease {}",
+            first.id
+        )),
+        "{summary}"
+    );
+    assert_eq!(lines[0], "z: needs 1 cores, 0 free");
+    // Without --wait, a label no node has is "never", not "busy now".
+    let mut sp = spec(1000, 10_000);
+    sp.constraints = vec![Constraint::parse("gpu=a100").unwrap()];
+    let r = s.apply(&p(4, "ann", None, Command::RequestLease(sp)));
+    match r {
+        Err(Refusal::NoCapacity { reason }) => {
+            assert!(
+                reason.starts_with("no node could ever hold it: "),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

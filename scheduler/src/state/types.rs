@@ -518,6 +518,10 @@ pub enum TaskState {
     Pending,
     /// Its process runs.
     Running,
+    /// Its process exited and the agent starts it again after a backoff
+    /// (a service's restart, a batch task's retry); `exit_code` is the
+    /// last exit.
+    Restarting,
     /// Exited 0 (batch).
     Succeeded,
     /// Exited non-zero after every retry, or could not start.
@@ -536,6 +540,7 @@ impl TaskState {
         match self {
             TaskState::Pending => "pending",
             TaskState::Running => "running",
+            TaskState::Restarting => "restarting",
             TaskState::Succeeded => "succeeded",
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",
@@ -549,6 +554,7 @@ impl TaskState {
         [
             TaskState::Pending,
             TaskState::Running,
+            TaskState::Restarting,
             TaskState::Succeeded,
             TaskState::Failed,
             TaskState::Cancelled,
@@ -561,7 +567,10 @@ impl TaskState {
 
     /// Whether the task is over.
     pub fn is_ended(&self) -> bool {
-        !matches!(self, TaskState::Pending | TaskState::Running)
+        !matches!(
+            self,
+            TaskState::Pending | TaskState::Running | TaskState::Restarting
+        )
     }
 }
 
