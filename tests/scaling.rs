@@ -70,7 +70,7 @@ fn local_provisioner_adds_a_node_for_unmet_demand_and_retires_it_when_idle() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains("pool dear, burst can add nodes that do: ask with `--wait D`")
+        err.contains("pools burst, dear can add nodes that do: ask with `--wait D`")
             && err.contains("base: needs 2 cores, 1 free"),
         "{err}"
     );

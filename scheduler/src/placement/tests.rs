@@ -207,7 +207,8 @@ fn ranking_table() {
             Prefer::Binpack,
             Some(0.9),
             vec![],
-            Err("a: costs 3/h, limit 0.9/h"),
+            // The node short only of free CPU comes before those too costly.
+            Err("d: needs 1 cores, 0.5 free; a: costs 3/h, limit 0.9/h"),
         ),
         (1000, 2, Prefer::Binpack, None, vec![], Ok(vec!["b", "c"])),
         (

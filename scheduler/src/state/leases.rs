@@ -455,9 +455,13 @@ impl State {
         }
         let registered = placement::registered_could_ever_fit(self, spec);
         if registered.fitting < registered.needed {
-            let pools = placement::pools_that_fit(self, spec).join(", ");
+            let pools = placement::pools_that_fit(self, spec);
+            let which = match pools.as_slice() {
+                [one] => format!("pool {one}"),
+                many => format!("pools {}", many.join(", ")),
+            };
             return format!(
-                "no registered node can hold it ({}); pool {pools} can add nodes that do: ask with `--wait D` and the pool grows for it",
+                "no registered node can hold it ({}); {which} can add nodes that do: ask with `--wait D` and a pool grows for it",
                 now.summary()
             );
         }
