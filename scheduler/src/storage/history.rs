@@ -62,7 +62,7 @@ impl History {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<History> {
         let db =
-            super::sled_store::open_db(|| sled::Config::new().path(dir).cache_capacity(8 << 20))
+            super::sled_store::open_db(|| sled::Config::new().path(dir).cache_capacity(2 << 20))
                 .map_err(|e| err(&format!("cannot open {}", dir.display()), e))?;
         let tree = |n: &str| db.open_tree(n).map_err(|e| err("cannot open a tree", e));
         Ok(History {
