@@ -17,6 +17,17 @@ pub const TOKEN: &str = "test-admin-token-0001";
 pub const USER_TOKEN: &str = "test-user-token-0002";
 /// Another non-admin token (principal `bob`).
 pub const OTHER_TOKEN: &str = "test-user-token-0003";
+/// A standalone Hydra's token (principal `hydra`, scope hydra).
+pub const HYDRA_TOKEN: &str = "test-hydra-token-0004";
+/// A standalone deployer's token (principal `deployer`, scope deployer).
+pub const DEPLOYER_TOKEN: &str = "test-deployer-token-0005";
+
+/// The node credential of node `name` in a harness cluster (what
+/// `charter node credential NAME` prints there).
+pub fn node_credential(name: &str) -> String {
+    charter_scheduler::service::auth::node_credential(TOKEN, name)
+        .unwrap_or_else(|| format!("invalid-node-name-{name}"))
+}
 
 /// What can go wrong driving the harness.
 pub type Result<T> = std::result::Result<T, String>;
@@ -119,6 +130,8 @@ pub struct Cluster {
     pub token_file: PathBuf,
     /// The `--peers` value.
     pub peers: String,
+    /// Environment every CLI call of the harness gets (e.g. `CHARTER_TLS_CA`).
+    pub cli_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -166,7 +179,10 @@ impl Cluster {
         let token_file = dir.path().join("tokens");
         std::fs::write(
             &token_file,
-            format!("{TOKEN} root admin\n{USER_TOKEN} ann\n{OTHER_TOKEN} bob\n"),
+            format!(
+                "{TOKEN} root admin\n{USER_TOKEN} ann\n{OTHER_TOKEN} bob\n\
+                 {HYDRA_TOKEN} hydra hydra\n{DEPLOYER_TOKEN} deployer deployer\n"
+            ),
         )
         .map_err(|e| format!("cannot write the token file: {e}"))?;
         let ports = free_ports(2 * n)?;
@@ -196,6 +212,7 @@ impl Cluster {
             members,
             token_file,
             peers,
+            cli_env: Vec::new(),
         })
     }
 
@@ -324,6 +341,7 @@ impl Cluster {
             .env("CHARTER_HOME", self.dir.path().join("cli-home"))
             .env_remove("CHARTER_TOKEN")
             .env_remove("CHARTER_SERVER")
+            .envs(self.cli_env.iter().cloned())
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))

@@ -143,7 +143,9 @@ fn bad_flags_are_refused_with_the_reason() {
     assert_clear_error(
         &server_exits(&["server", "--id", "1", "--data", d, "--token-file", t]),
         1,
-        &[":1: expected `admin` or nothing after the principal, got `superuser`"],
+        &[
+            ":1: expected `admin`, `hydra`, `deployer` or nothing after the principal, got `superuser`",
+        ],
     );
     assert_clear_error(
         &charter(&[
@@ -253,7 +255,9 @@ fn wrong_tokens_and_non_admins_are_refused() {
     assert_clear_error(
         &out,
         1,
-        &["registering a node needs an admin token; ann is not an admin"],
+        &[
+            "registering a node needs an agent's node credential or an admin token; a user token (ann) is neither",
+        ],
     );
     // Nothing changed.
     assert!(node_names(&json_ok(&c.cli(&["node", "list", "--json"]))).is_empty());

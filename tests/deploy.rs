@@ -807,7 +807,7 @@ fn members_started_without_the_deployer_leave_it_to_a_standalone_one() {
             "--server",
             &c.servers(),
             "--token",
-            TOKEN,
+            DEPLOYER_TOKEN,
             "deployer",
             "--work",
         ])

@@ -1,5 +1,5 @@
 //! `charter dev`: one command, a default data directory it prints, a dev
-//! token the CLI finds without being told, a local agent that runs tasks,
+//! token and a TLS CA the CLI finds without being told, a local agent that runs tasks,
 //! Hydra applying and firing the example crontab, and a clean stop on SIGINT.
 
 mod common;
@@ -48,6 +48,24 @@ fn dev_runs_with_a_token_the_cli_finds_and_stops_on_sigint() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Dev serves TLS with its own CA, which the CLI above trusted without
+    // being told; a client that does not know it (another home) is refused,
+    // even with the right token.
+    let token = std::fs::read_to_string(home.path().join("dev-token")).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let plain = Command::new(BIN)
+        .args(["--server", &listen, "--token", token.trim(), "node", "list"])
+        .env("CHARTER_HOME", other.path())
+        .env("CHARTER_RETRY_FOR", "1s")
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "plaintext reached dev");
+    let key = home.path().join("dev-tls").join("member-1-key.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // The dev agent offers this machine; a task runs on it.
     let deadline = Instant::now() + Duration::from_secs(20);
     while node_names(&json_ok(&cli(&["node", "list", "--json"]))).is_empty() {

@@ -432,7 +432,7 @@ fn hydra_runs_standalone_against_members_started_without_it() {
     std::thread::sleep(Duration::from_millis(2_500));
     assert!(history(&c, "solo", 10).is_empty(), "a member ran Hydra");
     let mut hydra = std::process::Command::new(BIN)
-        .args(["--server", &c.servers(), "--token", TOKEN, "hydra"])
+        .args(["--server", &c.servers(), "--token", HYDRA_TOKEN, "hydra"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -73,8 +73,12 @@ impl Dev {
         d
     }
 
+    /// The CLI with dev's home, so it trusts dev's CA.
     fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
-        cli(&self.listen, token, args)
+        cli_command(&self.listen, token, args)
+            .env("CHARTER_HOME", self.home.path())
+            .output()
+            .unwrap()
     }
 
     fn data(&self) -> std::path::PathBuf {

@@ -168,9 +168,20 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
         iso: iso.clone(),
     };
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = charter_proto::tls::installed() {
+        let cfg = t.server().map_err(|e| AgentError {
+            what: "cannot serve TLS".into(),
+            why: format!("{e} (from `charter tls init`)"),
+        })?;
+        builder = builder.tls_config(cfg).map_err(|e| AgentError {
+            what: "cannot serve TLS".into(),
+            why: format!("{e}; check --tls-cert, --tls-key and --tls-ca"),
+        })?;
+    }
     let server = tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let _ = tonic::transport::Server::builder()
+        let _ = builder
             .add_service(pb::agent_server::AgentServer::new(service))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = serving_stopped.await;

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// Channels to every server of a cluster.
@@ -63,12 +63,7 @@ impl Servers {
         }
         let mut channels = Vec::new();
         for a in &addrs {
-            let url = if a.starts_with("http://") {
-                a.clone()
-            } else {
-                format!("http://{a}")
-            };
-            let ep = Endpoint::from_shared(url)
+            let ep = crate::tls::endpoint(a, crate::tls::Role::Member)
                 .map_err(|e| format!("bad server address `{a}`: {e}; use HOST:PORT"))?;
             channels.push(
                 ep.connect_timeout(Duration::from_millis(500))

@@ -5,6 +5,7 @@
 //! those types.
 
 pub mod conn;
+pub mod tls;
 
 /// Version 1 of the API (`package charter.v1`).
 pub mod v1 {

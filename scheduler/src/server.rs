@@ -205,7 +205,15 @@ impl Server {
         // Every answer names the leader this member knows, so clients go
         // there first (charter_proto::conn).
         let named = member.clone();
-        let router = tonic::transport::Server::builder()
+        // With TLS (the process's identity, `charter_proto::tls`) the port
+        // speaks nothing else: a plaintext client fails the handshake.
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = charter_proto::tls::installed() {
+            builder = builder
+                .tls_config(t.server().map_err(Error::Config)?)
+                .map_err(|e| Error::Config(format!("cannot use the TLS settings: {e}")))?;
+        }
+        let router = builder
             .tcp_nodelay(true)
             .layer(SetResponseHeaderLayer::overriding(
                 ::http::HeaderName::from_static(charter_proto::conn::LEADER_HEADER),

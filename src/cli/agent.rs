@@ -233,7 +233,7 @@ pub async fn run(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
         Err(e) => Err(fail(
             e.what,
             e.why,
-            "check the token (agents need an admin token) and the flags",
+            "check the token (an agent needs its node credential, `charter node credential NAME`, or an admin token) and the flags",
         )),
     }
 }

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// `charter bench`.
 #[derive(ClapArgs, Debug)]
@@ -176,11 +176,14 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
 
 /// A lazily connected channel to `addr`.
 pub fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    Ok(
+        charter_proto::tls::endpoint(addr, charter_proto::tls::Role::Member)
+            .map_err(|e| anyhow::anyhow!("bad address {addr}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    )
 }
 
 /// `m` with the harness's admin token.

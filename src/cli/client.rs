@@ -50,6 +50,12 @@ pub fn dev_token_path() -> PathBuf {
     charter_home().join("dev-token")
 }
 
+/// Where `charter dev` keeps its CA and certificate, and the address it
+/// serves (`server`): the CLI trusts that CA for that address.
+pub fn dev_tls_dir() -> PathBuf {
+    charter_home().join("dev-tls")
+}
+
 /// A fresh idempotency key.
 pub fn new_key() -> String {
     format!(

@@ -3,6 +3,7 @@
 //! (env `CHARTER_TOKEN`, else the dev token), `--json`.
 
 mod agent;
+mod audit;
 mod bench;
 mod bench_agent;
 mod bench_deploy;
@@ -17,6 +18,7 @@ pub mod output;
 mod quota;
 mod server;
 mod task;
+mod tls;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,15 @@ pub struct Args {
     /// API token (else the dev token written by `charter dev`).
     #[arg(long, global = true, env = "CHARTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster CA (PEM): speak TLS and trust only certificates it signed.
+    #[arg(long, global = true, env = "CHARTER_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// This party's certificate (PEM), presented to the other side; servers and agents need one.
+    #[arg(long, global = true, env = "CHARTER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "CHARTER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Machine-readable JSON output (snake_case fields).
     #[arg(long, global = true)]
     pub json: bool,
@@ -108,6 +119,17 @@ pub enum Cmd {
         after_help = "Examples:\n  charter deploy apply app.toml\n  charter deploy trigger hello\n  charter deploy status hello --watch"
     )]
     Deploy(deploy::DeployCmd),
+    /// Who did what: principal, command, target and outcome of each change in the log.
+    #[command(
+        after_help = "Examples:\n  charter audit\n  charter audit --principal ann --since 1h --json"
+    )]
+    Audit(audit::AuditArgs),
+    /// Make a cluster CA and certificates for members, agents and clients.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter tls init certs --members 1,2,3 --agents n1,n2 --clients admin"
+    )]
+    Tls(tls::TlsCmd),
     /// Check any Charter config file; exits non-zero with every problem found.
     Validate(validate::ValidateArgs),
     /// Measure Charter on this machine: starts a cluster on 127.0.0.1, prints figures, stops it.
@@ -136,7 +158,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         token: args.token.clone(),
         json: args.json,
     };
+    // Processes that serve, and bench (its own clusters), never take dev's CA
+    // by themselves.
+    let client = !matches!(
+        args.cmd,
+        Cmd::Server(_) | Cmd::Dev(_) | Cmd::Agent(_) | Cmd::Bench(_) | Cmd::Tls(_)
+    );
+    tls::install(
+        &args.tls_ca,
+        &args.tls_cert,
+        &args.tls_key,
+        client.then_some(args.server.as_str()),
+    )?;
     match args.cmd {
+        Cmd::Tls(c) => tls::run(c),
         Cmd::Server(a) => rt.block_on(server::run_server(a)),
         Cmd::Dev(a) => rt.block_on(server::run_dev(a)),
         Cmd::Hydra(_) => rt.block_on(server::run_hydra(&g)),
@@ -146,6 +181,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Node(c) => rt.block_on(node::run(&g, c)),
         Cmd::Lease(c) => rt.block_on(lease::run(&g, c)),
         Cmd::Quota(c) => rt.block_on(quota::run(&g, c)),
+        Cmd::Audit(a) => rt.block_on(audit::run(&g, a)),
         Cmd::Task(c) => rt.block_on(task::run(&g, c)),
         Cmd::Deploy(c) => rt.block_on(deploy::run(&g, c)),
         Cmd::Validate(a) => validate::run(&g, a),

@@ -83,6 +83,14 @@ pub enum NodeCmd {
         /// The node's name.
         name: String,
     },
+    /// Print the node credential for a node's agent (admin): a token that can
+    /// only register, heartbeat, watch and report for that node. Give it to
+    /// the agent with `--token` or CHARTER_TOKEN; it stays valid until the
+    /// cluster's first admin token changes.
+    Credential {
+        /// The node's name.
+        name: String,
+    },
 }
 
 async fn list(c: &Client, stale: bool) -> anyhow::Result<Vec<pb::Node>> {
@@ -421,6 +429,20 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
                         })
                         .collect(),
                 );
+            }
+        }
+        NodeCmd::Credential { name } => {
+            let c = Client::new(g)?;
+            let r = c
+                .call("node credential", |ch| {
+                    let req = c.req(pb::NodeCredentialRequest { name: name.clone() });
+                    async move { NodesClient::new(ch).credential(req).await }
+                })
+                .await?;
+            if g.json {
+                output::json(&serde_json::json!({ "node": name, "credential": r.credential }))?;
+            } else {
+                println!("{}", r.credential);
             }
         }
         NodeCmd::Remove { name } => {

@@ -30,7 +30,7 @@ pub struct ServerArgs {
     /// Initial members, `ID=ADDR,ID=ADDR,…` (their gRPC addresses), including this one.
     #[arg(long)]
     pub peers: Option<String>,
-    /// Token file: lines `<token> <principal> [admin]`.
+    /// Token file: lines `<token> <principal> [admin|hydra|deployer]`.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Run without authentication (every caller is admin). Not for production.
@@ -90,6 +90,9 @@ pub struct DevArgs {
     /// Do not start the local agent that offers this machine.
     #[arg(long)]
     pub no_agent: bool,
+    /// Serve plaintext gRPC instead of TLS with dev's own CA.
+    #[arg(long)]
+    pub no_tls: bool,
     /// Do not run Hydra (cron).
     #[arg(long)]
     pub no_hydra: bool,
@@ -286,6 +289,7 @@ pub async fn run_hydra(g: &super::client::Global) -> anyhow::Result<i32> {
 /// The agent `charter dev` runs in its own process: this machine, detected.
 fn dev_agent(
     data: &Path,
+    name: &str,
     token: Option<String>,
     iso: &super::agent::IsolationArgs,
 ) -> anyhow::Result<AgentOptions> {
@@ -308,7 +312,7 @@ fn dev_agent(
     Ok(AgentOptions {
         servers: Vec::new(),
         token,
-        name: super::agent::host_name(),
+        name: name.to_string(),
         cpu_millis: found.cpu_millis,
         memory_bytes: found.memory_bytes,
         disk_bytes: found.disk_bytes,
@@ -514,7 +518,7 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
             fail(
                 "cannot use the token file",
                 e,
-                "fix the file; each line is `<token> <principal> [admin]`",
+                "fix the file; each line is `<token> <principal> [admin|hydra|deployer]`",
             )
         })?,
         (None, true) => {
@@ -530,7 +534,7 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
             return Err(fail(
                 "refusing to start without authentication",
                 "no --token-file was given",
-                "pass --token-file FILE (lines `<token> <principal> [admin]`), or --insecure for a throwaway cluster",
+                "pass --token-file FILE (lines `<token> <principal> [admin|hydra|deployer]`), or --insecure for a throwaway cluster",
             ));
         }
     };
@@ -729,6 +733,30 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
             "fix it or remove it to get a fresh dev token",
         )
     })?;
+    // TLS by default, with a CA of its own the CLI trusts for this address
+    // (unless --tls-* flags gave this process its identity already).
+    let tls_dir = super::client::dev_tls_dir();
+    if !a.no_tls && charter_proto::tls::installed().is_none() {
+        let tls = super::tls::init_dev(&tls_dir, &a.listen).map_err(|e| {
+            fail(
+                "cannot set up dev's TLS",
+                e,
+                format!(
+                    "remove {} to start over, or pass --no-tls",
+                    tls_dir.display()
+                ),
+            )
+        })?;
+        charter_proto::tls::install(tls);
+        eprintln!(
+            "charter dev: TLS with the CA {} (the CLI trusts it for --server {})",
+            tls_dir.join("ca.pem").display(),
+            a.listen
+        );
+    } else if a.no_tls {
+        // A plaintext dev: the CLI must not expect TLS at this address.
+        let _ = std::fs::remove_file(tls_dir.join("server"));
+    }
     eprintln!(
         "charter dev: data in {}\n  gRPC {listen}, HTTP http://{http}\n  token file {} (the CLI reads the dev token from {})",
         data.display(),
@@ -738,7 +766,10 @@ pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
     let agent = if a.no_agent {
         None
     } else {
-        Some(dev_agent(&data, tokens.peer_token(), &a.isolation)?)
+        // The dev agent holds its node's credential, not the admin token.
+        let name = super::agent::host_name();
+        let credential = tokens.node_credential(&name);
+        Some(dev_agent(&data, &name, credential, &a.isolation)?)
     };
     let store = artifacts(&data)?;
     let opts = ServerOptions {

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)]
-pub use charter::harness::{OTHER_TOKEN, TOKEN, USER_TOKEN};
+pub use charter::harness::{
+    DEPLOYER_TOKEN, HYDRA_TOKEN, OTHER_TOKEN, TOKEN, USER_TOKEN, node_credential,
+};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -146,9 +148,11 @@ impl Agent {
             open_like_tmp(parent);
         }
         let log = std::fs::File::create(data.with_extension("log")).unwrap();
+        // An agent holds its node's credential, never the admin token.
+        let token = node_credential(name);
         let child = Command::new(BIN)
             .args([
-                "--server", servers, "--token", TOKEN, "agent", "--name", name,
+                "--server", servers, "--token", &token, "agent", "--name", name,
             ])
             .args(["--cpu", "4", "--mem", "4GiB", "--disk", "10GiB"])
             .args(flags)

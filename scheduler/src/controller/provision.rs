@@ -43,7 +43,8 @@ pub struct ScalingOptions {
     pub exe: Option<PathBuf>,
     /// Where local agents keep their data (`DATA/pools`).
     pub dir: PathBuf,
-    /// The token local agents register with.
+    /// The peer token, from which each local agent's node credential is
+    /// minted.
     pub token: Option<String>,
 }
 
@@ -325,8 +326,14 @@ impl Scaler {
         for (k, v) in &cfg.labels {
             cmd.arg("--label").arg(format!("{k}={v}"));
         }
-        if let Some(t) = &self.opts.token {
-            cmd.env("CHARTER_TOKEN", t);
+        // The agent gets its node's credential, not the peer token itself.
+        let credential = self
+            .opts
+            .token
+            .as_deref()
+            .and_then(|t| crate::service::auth::node_credential(t, name));
+        if let Some(c) = credential {
+            cmd.env("CHARTER_TOKEN", c);
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)

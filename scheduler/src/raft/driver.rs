@@ -674,7 +674,21 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             if let Some(first) = props.first() {
                 st.observe_term(e.term, first.at);
             }
-            let outs = props.iter().map(|p| st.apply(p)).collect();
+            let outs: Vec<Outcome> = props.iter().map(|p| st.apply(p)).collect();
+            // Who did what, from the entry itself (see `state::audit`).
+            if let Some(h) = &self.cfg.history {
+                let records: Vec<_> = props
+                    .iter()
+                    .zip(&outs)
+                    .enumerate()
+                    .filter_map(|(i, (p, o))| crate::state::audit::record(e.index, i as u32, p, o))
+                    .collect();
+                if !records.is_empty()
+                    && let Err(err) = h.put_audit(st.time, &records)
+                {
+                    tracing::error!(member = self.cfg.id, error = %err, "audit lost: cannot write the history store");
+                }
+            }
             // What the retention rules took out goes to the history store
             // (not fsynced here: see `compact`).
             let gone = st.take_trimmed();

@@ -1,7 +1,7 @@
 //! Cron: applying cron files and reading jobs and history for people, and
 //! the keyed fires and skips Hydra's controller proposes.
 
-use super::auth::{Principal, principal, require_admin};
+use super::auth::{Principal, Scope, controller, principal, principal_or};
 use super::{Api, convert};
 use crate::state::{Applied, Command, CronFire, CronJob, CronRun, JobDef, RunState, State};
 use charter_config::AnyConfig;
@@ -297,7 +297,7 @@ impl pb::cron_server::Cron for Api {
         &self,
         req: Request<pb::FireCronRequest>,
     ) -> Result<Response<pb::CronRun>, Status> {
-        let who = principal(&req)?;
+        let who = principal_or(&req, Scope::Hydra)?;
         let r = req.into_inner();
         let lease = convert::lease_spec(r.lease.unwrap_or_default())?;
         let task = convert::task_spec(r.task.unwrap_or_default())?;
@@ -324,8 +324,7 @@ impl pb::cron_server::Cron for Api {
         &self,
         req: Request<pb::SkipCronRequest>,
     ) -> Result<Response<pb::CronRun>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "skipping cron ticks")?;
+        let who = controller(&req, Scope::Hydra, "skipping cron ticks")?;
         let r = req.into_inner();
         run_reply(
             self.submit_unkeyed(
@@ -344,8 +343,7 @@ impl pb::cron_server::Cron for Api {
         &self,
         req: Request<pb::CronPlanRequest>,
     ) -> Result<Response<pb::CronPlanReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "reading Hydra's plan")?;
+        let who = controller(&req, Scope::Hydra, "reading Hydra's plan")?;
         let is_leader = || self.member.status().role == crate::raft_driver::Role::Leader;
         if req.get_ref().leader_only && !is_leader() {
             return Ok(Response::new(pb::CronPlanReply::default()));

@@ -3,7 +3,7 @@
 //! member's artifact store (agents upload a build's artifact and fetch it
 //! for a server, checking its sha256).
 
-use super::auth::{principal, require_admin};
+use super::auth::{Scope, agent_caller, controller, principal, principal_or};
 use super::{Api, convert};
 use crate::state::{App, Applied, Command, DeployStep, State, Task};
 use charter_config::AnyConfig;
@@ -210,7 +210,7 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsReply>, Status> {
-        let who = principal(&req)?;
+        let who = principal_or(&req, Scope::Deployer)?;
         self.barrier(req.get_ref().stale).await?;
         Ok(Response::new(pb::ListAppsReply {
             apps: self
@@ -223,7 +223,7 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<pb::TriggerDeployRequest>,
     ) -> Result<Response<pb::TriggerDeployReply>, Status> {
-        let who = principal(&req)?;
+        let who = principal_or(&req, Scope::Deployer)?;
         let r = req.into_inner();
         let trigger = match r.trigger.as_str() {
             "" => "manual",
@@ -263,7 +263,7 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<pb::DeployHistoryRequest>,
     ) -> Result<Response<pb::DeployHistoryReply>, Status> {
-        let _who = principal(&req)?;
+        let _who = principal_or(&req, Scope::Deployer)?;
         self.barrier(req.get_ref().stale).await?;
         let r = req.into_inner();
         let n = if r.n == 0 { 20 } else { r.n as usize };
@@ -318,8 +318,7 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<pb::DeployPlanRequest>,
     ) -> Result<Response<pb::DeployPlanReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "reading the deployer's plan")?;
+        let _who = controller(&req, Scope::Deployer, "reading the deployer's plan")?;
         let is_leader = || self.member.status().role == crate::raft_driver::Role::Leader;
         if req.get_ref().leader_only && !is_leader() {
             return Ok(Response::new(pb::DeployPlanReply::default()));
@@ -345,8 +344,7 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<pb::DeployStepRequest>,
     ) -> Result<Response<pb::DeploymentReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "changing a deployment's step")?;
+        let who = controller(&req, Scope::Deployer, "changing a deployment's step")?;
         let r = req.into_inner();
         let cmd = Command::DeployStep(DeployStep {
             id: r.id,
@@ -368,8 +366,7 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<pb::DeploySubmitRequest>,
     ) -> Result<Response<pb::DeploymentReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "submitting a deployment's tasks")?;
+        let who = controller(&req, Scope::Deployer, "submitting a deployment's tasks")?;
         let r = req.into_inner();
         if r.leases.len() != r.tasks.len() {
             return Err(Status::invalid_argument("one lease per task"));
@@ -393,8 +390,7 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<Streaming<pb::ArtifactChunk>>,
     ) -> Result<Response<pb::PutArtifactReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "storing an artifact")?;
+        let (_, scoped) = agent_caller(&req, "storing an artifact")?;
         let store = self.artifacts()?;
         let mut stream = req.into_inner();
         let dir = store.0.incoming();
@@ -415,7 +411,10 @@ impl pb::deploy_server::Deploy for Api {
                 if std::mem::take(&mut first) {
                     // Only the app the named task builds, checked before a
                     // byte is written.
-                    member.read(|s| build_of(s, c.task_id, &c.app))?;
+                    member.read(|s| {
+                        build_of(s, c.task_id, &c.app)?;
+                        runs_on(s, c.task_id, &scoped)
+                    })?;
                     app = c.app;
                     want = c.sha256;
                 }
@@ -474,10 +473,12 @@ impl pb::deploy_server::Deploy for Api {
         &self,
         req: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<Self::GetArtifactStream>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "fetching an artifact")?;
+        let (_, scoped) = agent_caller(&req, "fetching an artifact")?;
         let store = self.artifacts()?;
         let key = req.into_inner().sha256;
+        if let Some(node) = &scoped {
+            self.member.read(|s| needed_on(s, &key, node))?;
+        }
         let path = store.0.path(&key).ok_or_else(|| {
             Status::not_found(format!("artifact {key} is not stored on this member"))
         })?;
@@ -539,6 +540,60 @@ fn build_of(s: &State, task: u64, app: &str) -> Result<(), Status> {
             "task {task} is not a build of app {app}; only a deployment's build stores an artifact"
         )))
     }
+}
+
+/// Refuses a node-scoped caller when task `task` does not run on its node.
+fn runs_on(s: &State, task: u64, scoped: &Option<String>) -> Result<(), Status> {
+    let Some(node) = scoped else {
+        return Ok(());
+    };
+    let here = s
+        .tasks
+        .get(&task)
+        .and_then(|t| s.leases.get(&t.lease))
+        .is_some_and(|l| l.nodes.contains(node));
+    if here {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "task {task} does not run on node {node}; a node credential moves only its own tasks' artifacts"
+        )))
+    }
+}
+
+/// Refuses node `node` an artifact no live task on it fetches.
+fn needed_on(s: &State, sha: &str, node: &str) -> Result<(), Status> {
+    let needed = s.tasks.values().any(|t| {
+        !t.state.is_ended()
+            && t.spec.artifact_in == sha
+            && s.leases
+                .get(&t.lease)
+                .is_some_and(|l| l.nodes.iter().any(|n| n == node))
+    });
+    if needed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "no task on node {node} uses artifact {sha}; a node credential fetches only its own tasks' artifacts"
+        )))
+    }
+}
+
+/// Whether task `task` is a deployment's build or server.
+pub(super) fn deployment_task(s: &State, task: u64) -> bool {
+    s.deployments
+        .values()
+        .any(|d| d.build_task == Some(task) || d.instances.contains(&task))
+}
+
+/// Whether lease `lease` holds a deployment's build or server.
+pub(super) fn deployment_lease(s: &State, lease: u64) -> bool {
+    s.deployments.values().any(|d| {
+        d.build_task
+            .iter()
+            .chain(&d.instances)
+            .any(|t| s.tasks.get(t).is_some_and(|t| t.lease == lease))
+    })
 }
 
 /// A name for an upload's temporary file, unique within the process.

@@ -28,14 +28,14 @@ use crate::state::{
     AgentEndpoint, Applied, Command, KeyOutcome, LeaseState, Outcome, Proposal, Refusal,
 };
 use crate::{Error, codec};
-use auth::{Principal, principal, require_admin};
+use auth::{Principal, agent_caller, own_node, principal, principal_or, require_admin};
 use charter_proto as pb;
 use charter_proto::raft_peer_client::RaftPeerClient;
 use protobuf::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 /// How long a write keeps retrying through elections before giving up.
@@ -183,7 +183,7 @@ impl Api {
         if let Some(c) = cs.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let ch = charter_proto::tls::endpoint(addr, charter_proto::tls::Role::Member)
             .map_err(|e| Status::internal(format!("bad leader address {addr}: {e}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
@@ -232,6 +232,31 @@ impl Api {
     /// are not kept in the state.
     pub async fn submit_unkeyed(&self, who: &Principal, cmd: Command) -> Result<Applied, Status> {
         self.submit_with(who, None, cmd).await
+    }
+
+    /// Refuses a non-admin `what`, and puts the refusal in the log so that
+    /// `charter audit` shows it (`command` and `target` as the audit names
+    /// them).
+    pub async fn admin_only(
+        &self,
+        who: &Principal,
+        what: &str,
+        command: &str,
+        target: String,
+    ) -> Result<(), Status> {
+        let Err(status) = require_admin(who, what) else {
+            return Ok(());
+        };
+        let cmd = Command::Refused {
+            command: command.to_string(),
+            target,
+            reason: status.message().to_string(),
+        };
+        // The refusal stands whether or not its record could be written.
+        if let Err(e) = self.submit_unkeyed(who, cmd).await {
+            tracing::warn!(principal = %who.name, command, error = %e.message(), "cannot log a refused call");
+        }
+        Err(status)
     }
 
     async fn submit_with(
@@ -315,7 +340,18 @@ impl Api {
         id: u64,
         addr: Option<String>,
     ) -> Result<pb::MembershipReply, Status> {
-        require_admin(who, "changing cluster membership")?;
+        let verb = if addr.is_some() {
+            "cluster add"
+        } else {
+            "cluster remove"
+        };
+        self.admin_only(
+            who,
+            "changing cluster membership",
+            verb,
+            format!("member {id}"),
+        )
+        .await?;
         if let Some(a) = &addr
             && a.parse::<std::net::SocketAddr>().is_err()
         {
@@ -385,17 +421,96 @@ impl pb::cluster_server::Cluster for Api {
         let r = req.into_inner();
         Ok(Response::new(self.change_member(&who, r.id, None).await?))
     }
+
+    async fn audit(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditReply>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        let only = if who.admin {
+            (!r.principal.is_empty()).then_some(r.principal)
+        } else if r.principal.is_empty() || r.principal == who.name {
+            Some(who.name.clone())
+        } else {
+            return Err(Status::permission_denied(format!(
+                "reading {}'s audit records needs an admin token; {} may read only its own",
+                r.principal, who.name
+            )));
+        };
+        let n = match r.n {
+            0 => 100,
+            n => (n as usize).min(10_000),
+        };
+        let Some(h) = self.member.history() else {
+            return Err(Status::failed_precondition(
+                "this member keeps no history store, so no audit records",
+            ));
+        };
+        let since = r.since_ms;
+        let records = tokio::task::spawn_blocking({
+            let h = h.clone();
+            move || {
+                h.audit(since, n, |a| {
+                    only.as_ref().is_none_or(|p| a.principal == *p)
+                })
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::AuditReply {
+            entries: records
+                .into_iter()
+                .map(|a| pb::AuditEntry {
+                    index: a.index,
+                    at_ms: a.at,
+                    principal: a.principal,
+                    command: a.command,
+                    target: a.target,
+                    outcome: a.outcome,
+                })
+                .collect(),
+        }))
+    }
 }
 
 #[tonic::async_trait]
 impl pb::nodes_server::Nodes for Api {
+    async fn credential(
+        &self,
+        req: Request<pb::NodeCredentialRequest>,
+    ) -> Result<Response<pb::NodeCredentialReply>, Status> {
+        let who = principal(&req)?;
+        let name = req.into_inner().name;
+        self.admin_only(
+            &who,
+            "minting a node credential",
+            "node credential",
+            format!("node {}", name.chars().take(64).collect::<String>()),
+        )
+        .await?;
+        let Some(peer) = self.peer_token.as_deref() else {
+            return Err(Status::failed_precondition(
+                "this member runs without tokens (--insecure): agents need no credential",
+            ));
+        };
+        let credential = auth::node_credential(peer, &name).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "node name {:?}: {}",
+                name.chars().take(64).collect::<String>(),
+                charter_config::limits::NAME_RULE
+            ))
+        })?;
+        Ok(Response::new(pb::NodeCredentialReply { credential }))
+    }
+
     async fn register(
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "registering a node")?;
+        let (who, scoped) = agent_caller(&req, "registering a node")?;
         let r = req.into_inner();
+        own_node(&scoped, &r.name, "register")?;
         use charter_config::limits;
         if !limits::name(&r.name) {
             return Err(Status::invalid_argument(format!(
@@ -442,9 +557,9 @@ impl pb::nodes_server::Nodes for Api {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "a node heartbeat")?;
+        let (who, scoped) = agent_caller(&req, "a node heartbeat")?;
         let name = req.into_inner().name;
+        own_node(&scoped, &name, "heartbeat for")?;
         match self
             .submit_unkeyed(&who, Command::Heartbeat { name })
             .await?
@@ -461,8 +576,14 @@ impl pb::nodes_server::Nodes for Api {
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::NodeReply>, Status> {
         let who = principal(&req)?;
-        require_admin(&who, "removing a node")?;
         let r = req.into_inner();
+        self.admin_only(
+            &who,
+            "removing a node",
+            "node remove",
+            format!("node {}", r.name.chars().take(64).collect::<String>()),
+        )
+        .await?;
         let cmd = Command::RemoveNode { name: r.name };
         match self.submit(&who, &r.idempotency_key, cmd).await? {
             Applied::Node(n) => Ok(Response::new(pb::NodeReply {
@@ -477,8 +598,18 @@ impl pb::nodes_server::Nodes for Api {
         req: Request<pb::SetDrainingRequest>,
     ) -> Result<Response<pb::NodeReply>, Status> {
         let who = principal(&req)?;
-        require_admin(&who, "draining a node")?;
         let r = req.into_inner();
+        self.admin_only(
+            &who,
+            "draining a node",
+            if r.draining {
+                "node drain"
+            } else {
+                "node undrain"
+            },
+            format!("node {}", r.name.chars().take(64).collect::<String>()),
+        )
+        .await?;
         let cmd = Command::SetDraining {
             name: r.name,
             draining: r.draining,
@@ -587,8 +718,16 @@ impl pb::leases_server::Leases for Api {
         &self,
         req: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::LeaseReply>, Status> {
-        let who = principal(&req)?;
+        let who = principal_or(&req, auth::Scope::Deployer)?;
         let r = req.into_inner();
+        if who.scope == auth::Scope::Deployer
+            && !self.member.read(|s| deploy::deployment_lease(s, r.id))
+        {
+            return Err(Status::permission_denied(format!(
+                "lease {}: a deployer token renews only deployments' leases",
+                r.id
+            )));
+        }
         if r.duration_ms == 0 {
             return Err(Status::invalid_argument(
                 "renewal duration is zero; pass --for, e.g. --for 1h",
@@ -606,8 +745,14 @@ impl pb::leases_server::Leases for Api {
         req: Request<pb::ReleaseLeaseRequest>,
     ) -> Result<Response<pb::LeaseReply>, Status> {
         let who = principal(&req)?;
-        require_admin(&who, "revoking a lease")?;
         let r = req.into_inner();
+        self.admin_only(
+            &who,
+            "revoking a lease",
+            "lease revoke",
+            format!("lease {}", r.id),
+        )
+        .await?;
         lease_reply(
             self.submit(&who, &r.idempotency_key, Command::RevokeLease { id: r.id })
                 .await?,
@@ -619,8 +764,20 @@ impl pb::leases_server::Leases for Api {
         req: Request<pb::SetQuotaRequest>,
     ) -> Result<Response<pb::QuotaReply>, Status> {
         let who = principal(&req)?;
-        require_admin(&who, "setting a quota")?;
         let r = req.into_inner();
+        self.admin_only(
+            &who,
+            "setting a quota",
+            "quota set",
+            format!(
+                "quota {}",
+                r.quota
+                    .as_ref()
+                    .map(|q| q.principal.chars().take(64).collect::<String>())
+                    .unwrap_or_default()
+            ),
+        )
+        .await?;
         let q = r.quota.unwrap_or_default();
         let quota = crate::state::Quota {
             max_cpu_millis: q.max_cpu_millis,
@@ -800,6 +957,7 @@ impl Peer {
 impl pb::raft_peer_server::RaftPeer for Peer {
     async fn send(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
         require_admin(&principal(&req)?, "raft peer traffic")?;
+        auth::member_certificate(&req)?;
         self.step_all(req.into_inner())?;
         Ok(Response::new(pb::RaftAck {}))
     }
@@ -809,6 +967,7 @@ impl pb::raft_peer_server::RaftPeer for Peer {
         req: Request<Streaming<pb::RaftBatch>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         require_admin(&principal(&req)?, "raft peer traffic")?;
+        auth::member_certificate(&req)?;
         let mut batches = req.into_inner();
         let stop = stopped(self.stop.clone());
         tokio::pin!(stop);
@@ -832,6 +991,7 @@ impl pb::raft_peer_server::RaftPeer for Peer {
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         require_admin(&principal(&req)?, "raft peer traffic")?;
+        auth::member_certificate(&req)?;
         let mut chunks = req.into_inner();
         let mut head: Option<::raft::eraftpb::Message> = None;
         let mut data = Vec::new();
@@ -861,6 +1021,7 @@ impl pb::raft_peer_server::RaftPeer for Peer {
         req: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::ForwardReply>, Status> {
         require_admin(&principal(&req)?, "forwarding writes")?;
+        auth::member_certificate(&req)?;
         let mut p: Proposal = codec::decode(codec::Kind::Forward, &req.get_ref().proposal)
             .map_err(|e| Status::invalid_argument(format!("undecodable forwarded write: {e}")))?;
         let _held = if self.member.is_leader() {

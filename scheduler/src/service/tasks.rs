@@ -2,7 +2,7 @@
 //! inspecting and cancelling tasks, streaming their logs from the agent
 //! through this member, and the agents' assignment watch and reports.
 
-use super::auth::{principal, require_admin};
+use super::auth::{Scope, agent_caller, own_node, principal, principal_or};
 use super::{Api, convert};
 use crate::state::AgentEndpoint;
 use crate::state::{Applied, Command, State, TaskReport, TaskState};
@@ -10,7 +10,7 @@ use charter_proto as pb;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// How often a watch looks for a new applied index.
@@ -250,10 +250,17 @@ impl pb::tasks_server::Tasks for Api {
     }
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<ChunkStream>, Status> {
-        let who = principal(&req)?;
+        let who = principal_or(&req, Scope::Deployer)?;
         self.barrier(false).await?;
         let r = req.into_inner();
         let id = r.task_id;
+        if who.scope == Scope::Deployer
+            && !self.member.read(|s| super::deploy::deployment_task(s, id))
+        {
+            return Err(Status::permission_denied(format!(
+                "task {id}: a deployer token reads only deployments' logs"
+            )));
+        }
         let found = self.member.read(|s| {
             let t = s.tasks.get(&id)?;
             let node = s
@@ -307,7 +314,7 @@ pub(super) async fn agent_request<T>(
             "node {name} has no agent (it was registered by hand), so nothing runs there"
         )));
     };
-    let ch = Endpoint::from_shared(format!("http://{}", agent.addr))
+    let ch = charter_proto::tls::endpoint(&agent.addr, charter_proto::tls::Role::Agent)
         .map_err(|e| Status::internal(format!("bad agent address {}: {e}", agent.addr)))?
         .connect_timeout(Duration::from_secs(2))
         .connect()
@@ -326,9 +333,9 @@ impl pb::agents_server::Agents for Api {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "watching a node's assignments")?;
+        let (_, scoped) = agent_caller(&req, "watching a node's assignments")?;
         let node = req.into_inner().node;
+        own_node(&scoped, &node, "watch the assignments of")?;
         let member = self.member.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Assignments, Status>>(4);
         tokio::spawn(async move {
@@ -369,9 +376,9 @@ impl pb::agents_server::Agents for Api {
         &self,
         req: Request<pb::UsageReport>,
     ) -> Result<Response<pb::UsageReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "reporting resource usage")?;
+        let (_, scoped) = agent_caller(&req, "reporting resource usage")?;
         let r = req.into_inner();
+        own_node(&scoped, &r.node, "report the usage of")?;
         // Only samples of tasks running on the reporting node are kept, and
         // samples of tasks no longer running here go.
         let running: std::collections::HashSet<u64> = self.member.read(|s| {
@@ -423,9 +430,9 @@ impl pb::agents_server::Agents for Api {
         &self,
         req: Request<pb::TaskReportRequest>,
     ) -> Result<Response<pb::TaskReply>, Status> {
-        let who = principal(&req)?;
-        require_admin(&who, "reporting on a task")?;
+        let (who, scoped) = agent_caller(&req, "reporting on a task")?;
         let r = req.into_inner();
+        own_node(&scoped, &r.node, "report tasks of")?;
         let state = TaskState::parse(&r.state)
             .ok_or_else(|| Status::invalid_argument(format!("unknown task state `{}`", r.state)))?;
         let report = TaskReport {

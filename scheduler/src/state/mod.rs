@@ -26,6 +26,7 @@
 //! priority order (a large request can be passed by smaller ones).
 
 mod apps;
+pub mod audit;
 mod cron;
 mod leases;
 mod nodes;
@@ -202,6 +203,17 @@ pub enum Command {
     /// first; the leader proposes `Tick` when [`State::next_due`] has passed
     /// and nothing else brought the time forward.
     Tick,
+    /// A call a member refused before it reached the log (a non-admin's
+    /// admin call), logged only so that the audit shows it: it changes
+    /// nothing and is refused again in `apply`.
+    Refused {
+        /// What was asked, as the CLI says it (`node drain`).
+        command: String,
+        /// What it was about (`node n1`).
+        target: String,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 /// A command with the context it was proposed in.
@@ -576,6 +588,9 @@ impl State {
             }
             Command::SetRetention(r) => self.set_retention(*r, p.admin),
             Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
+            Command::Refused { reason, .. } => Err(Refusal::Denied {
+                reason: reason.clone(),
+            }),
         };
         if let Some(k) = key {
             self.remember(k, &out);

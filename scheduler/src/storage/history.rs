@@ -11,6 +11,7 @@
 //! - `lease`, `task`: id → record;
 //! - `run`: job, 0, scheduled_at → record;
 //! - `deploy`: app, 0, id → record;
+//! - `audit`: raft index, place in the batch → [`AuditRecord`];
 //! - `age`: trimmed-at, tree name, 0, key → value size (for pruning);
 //! - `meta`: `bytes` → the values' total size.
 //!
@@ -23,6 +24,7 @@
 //! Limitations: a member that joined (or installed a snapshot) holds only
 //! what it trimmed itself since; the history is not replicated.
 
+use crate::state::audit::AuditRecord;
 use crate::state::{CronRun, Lease, Millis, Task, Trimmed};
 use charter_config::deployment::Deployment;
 use serde::de::DeserializeOwned;
@@ -36,6 +38,7 @@ pub struct History {
     task: sled::Tree,
     run: sled::Tree,
     deploy: sled::Tree,
+    audit: sled::Tree,
     age: sled::Tree,
     meta: sled::Tree,
 }
@@ -70,6 +73,7 @@ impl History {
             task: tree("task")?,
             run: tree("run")?,
             deploy: tree("deploy")?,
+            audit: tree("audit")?,
             age: tree("age")?,
             meta: tree("meta")?,
             db,
@@ -111,6 +115,55 @@ impl History {
             self.add_bytes(added as i64)?;
         }
         Ok(())
+    }
+
+    /// Keeps audit records made at state time `at`.
+    pub fn put_audit(&self, at: Millis, records: &[AuditRecord]) -> Result<()> {
+        let mut added = 0u64;
+        for r in records {
+            let mut key = be(r.index).to_vec();
+            key.extend_from_slice(&r.seq.to_be_bytes());
+            let value = json(r);
+            let size = value.len() as u64;
+            if self
+                .audit
+                .insert(&key, value)
+                .map_err(|e| err("cannot write", e))?
+                .is_none()
+            {
+                let mut age = be(at.max(0) as u64).to_vec();
+                age.extend(pair("audit", &key));
+                self.age
+                    .insert(age, &be(size))
+                    .map_err(|e| err("cannot write", e))?;
+                added += size;
+            }
+        }
+        if added > 0 {
+            self.add_bytes(added as i64)?;
+        }
+        Ok(())
+    }
+
+    /// The newest `n` audit records at or after `since` that `keep`
+    /// accepts, oldest first.
+    pub fn audit(
+        &self,
+        since: Millis,
+        n: usize,
+        keep: impl Fn(&AuditRecord) -> bool,
+    ) -> Vec<AuditRecord> {
+        let mut out: Vec<AuditRecord> = self
+            .audit
+            .iter()
+            .rev()
+            .filter_map(|kv| kv.ok().and_then(|(_, v)| read::<AuditRecord>(&v)))
+            .take_while(|r| r.at >= since)
+            .filter(|r| keep(r))
+            .take(n)
+            .collect();
+        out.reverse();
+        out
     }
 
     fn add_bytes(&self, n: i64) -> Result<u64> {
@@ -157,6 +210,7 @@ impl History {
                 b"task" => &self.task,
                 b"run" => &self.run,
                 b"deploy" => &self.deploy,
+                b"audit" => &self.audit,
                 _ => continue,
             };
             tree.remove(&rest[sep + 1..])

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The largest gRPC message between peers (raft batches; snapshots travel
 /// in chunks).
@@ -118,7 +118,7 @@ struct PeerTask {
 
 impl PeerTask {
     fn client(&self) -> Option<RaftPeerClient<Channel>> {
-        let ep = Endpoint::from_shared(format!("http://{}", self.addr))
+        let ep = charter_proto::tls::endpoint(&self.addr, charter_proto::tls::Role::Member)
             .ok()?
             .connect_timeout(Duration::from_millis(300))
             .tcp_nodelay(true)
