@@ -260,6 +260,9 @@ pub fn tasks(rt: &tokio::runtime::Runtime, exe: &Path, dur: Duration) -> anyhow:
     let child = Command::new(exe)
         .args([
             "dev",
+            // Plaintext, as the other scenarios' clusters: this bench's
+            // clients dial without TLS.
+            "--no-tls",
             "--listen",
             &listen,
             "--http",
