@@ -684,7 +684,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                     .filter_map(|(i, (p, o))| crate::state::audit::record(e.index, i as u32, p, o))
                     .collect();
                 if !records.is_empty()
-                    && let Err(err) = h.put_audit(st.time, &records)
+                    && let Err(err) = h.put_audit(e.index, &records)
                 {
                     tracing::error!(member = self.cfg.id, error = %err, "audit lost: cannot write the history store");
                 }

@@ -11,7 +11,9 @@
 //! - `lease`, `task`: id → record;
 //! - `run`: job, 0, scheduled_at → record;
 //! - `deploy`: app, 0, id → record;
-//! - `audit`: raft index, place in the batch → [`AuditRecord`];
+//! - `audit`: raft index → that entry's [`AuditRecord`]s (one value per
+//!   entry, outside the byte and age accounting above: pruned by
+//!   [`AUDIT_ENTRIES`] and by age in [`History::prune`]);
 //! - `age`: trimmed-at, tree name, 0, key → value size (for pruning);
 //! - `meta`: `bytes` → the values' total size.
 //!
@@ -44,6 +46,10 @@ pub struct History {
 }
 
 type Result<T> = std::result::Result<T, String>;
+
+/// Audit records are kept for at most this many of the newest log entries
+/// (and no longer than the history's age limit).
+pub const AUDIT_ENTRIES: u64 = 100_000;
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("history store: {what}: {e}")
@@ -117,31 +123,11 @@ impl History {
         Ok(())
     }
 
-    /// Keeps audit records made at state time `at`.
-    pub fn put_audit(&self, at: Millis, records: &[AuditRecord]) -> Result<()> {
-        let mut added = 0u64;
-        for r in records {
-            let mut key = be(r.index).to_vec();
-            key.extend_from_slice(&r.seq.to_be_bytes());
-            let value = json(r);
-            let size = value.len() as u64;
-            if self
-                .audit
-                .insert(&key, value)
-                .map_err(|e| err("cannot write", e))?
-                .is_none()
-            {
-                let mut age = be(at.max(0) as u64).to_vec();
-                age.extend(pair("audit", &key));
-                self.age
-                    .insert(age, &be(size))
-                    .map_err(|e| err("cannot write", e))?;
-                added += size;
-            }
-        }
-        if added > 0 {
-            self.add_bytes(added as i64)?;
-        }
+    /// Keeps the audit records of log entry `index` (one write per entry).
+    pub fn put_audit(&self, index: u64, records: &[AuditRecord]) -> Result<()> {
+        self.audit
+            .insert(be(index), json(&records))
+            .map_err(|e| err("cannot write", e))?;
         Ok(())
     }
 
@@ -157,13 +143,39 @@ impl History {
             .audit
             .iter()
             .rev()
-            .filter_map(|kv| kv.ok().and_then(|(_, v)| read::<AuditRecord>(&v)))
+            .filter_map(|kv| kv.ok().and_then(|(_, v)| read::<Vec<AuditRecord>>(&v)))
+            .flat_map(|rs| rs.into_iter().rev())
             .take_while(|r| r.at >= since)
             .filter(|r| keep(r))
             .take(n)
             .collect();
         out.reverse();
         out
+    }
+
+    /// Drops audit records of entries more than [`AUDIT_ENTRIES`] behind
+    /// the newest, or applied before `cut`. Returns how many entries went.
+    fn prune_audit(&self, cut: Millis) -> Result<usize> {
+        let newest = match self.audit.last().map_err(|e| err("cannot read", e))? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
+            None => return Ok(0),
+        };
+        let below = newest.saturating_sub(AUDIT_ENTRIES);
+        let mut dropped = 0;
+        for item in self.audit.iter() {
+            let (k, v) = item.map_err(|e| err("cannot read", e))?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let old = index <= below
+                || read::<Vec<AuditRecord>>(&v)
+                    .and_then(|rs| rs.first().map(|r| r.at < cut))
+                    .unwrap_or(true);
+            if !old {
+                break;
+            }
+            self.audit.remove(&k).map_err(|e| err("cannot prune", e))?;
+            dropped += 1;
+        }
+        Ok(dropped)
     }
 
     fn add_bytes(&self, n: i64) -> Result<u64> {
@@ -190,7 +202,8 @@ impl History {
     }
 
     /// Drops what was trimmed before `now - keep_ms`, then the oldest until
-    /// at most `max_bytes` are kept. Returns how many were dropped.
+    /// at most `max_bytes` are kept, and audit records beyond their bound.
+    /// Returns how many were dropped.
     pub fn prune(&self, now: Millis, keep_ms: u64, max_bytes: u64) -> Result<usize> {
         let cut = now.saturating_sub(i64::try_from(keep_ms).unwrap_or(i64::MAX));
         let mut bytes = self.bytes();
@@ -210,7 +223,6 @@ impl History {
                 b"task" => &self.task,
                 b"run" => &self.run,
                 b"deploy" => &self.deploy,
-                b"audit" => &self.audit,
                 _ => continue,
             };
             tree.remove(&rest[sep + 1..])
@@ -220,7 +232,7 @@ impl History {
             bytes = self.add_bytes(-(size as i64))?;
             dropped += 1;
         }
-        Ok(dropped)
+        Ok(dropped + self.prune_audit(cut)?)
     }
 
     /// Writes everything so far to disk.
@@ -307,6 +319,40 @@ mod tests {
             ended_at: Some(id as i64),
             ..Lease::default()
         })
+    }
+
+    #[test]
+    fn audit_records_read_newest_last_and_leave_by_entries_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        let rec = |index: u64, seq: u32, at: Millis, who: &str| AuditRecord {
+            index,
+            seq,
+            at,
+            principal: who.into(),
+            command: "lease request".into(),
+            target: format!("lease {index}"),
+            outcome: "ok".into(),
+        };
+        h.put_audit(5, &[rec(5, 0, 100, "ann"), rec(5, 1, 100, "bob")])
+            .unwrap();
+        h.put_audit(7, &[rec(7, 0, 200, "ann")]).unwrap();
+        let all = h.audit(0, 10, |_| true);
+        let keys: Vec<(u64, u32)> = all.iter().map(|r| (r.index, r.seq)).collect();
+        assert_eq!(keys, [(5, 0), (5, 1), (7, 0)], "oldest first");
+        let anns = h.audit(0, 1, |r| r.principal == "ann");
+        assert_eq!(anns.len(), 1);
+        assert_eq!(anns[0].index, 7, "the newest n");
+        assert_eq!(h.audit(150, 10, |_| true).len(), 1, "since");
+        // By age: entry 5 (at 100) goes, entry 7 stays; by entries: all
+        // but the newest AUDIT_ENTRIES go.
+        h.prune(150 + 1_000, 1_000, u64::MAX).unwrap();
+        assert_eq!(h.audit(0, 10, |_| true).len(), 1);
+        h.put_audit(7 + AUDIT_ENTRIES, &[rec(7 + AUDIT_ENTRIES, 0, 300, "ann")])
+            .unwrap();
+        h.prune(300, u64::MAX, u64::MAX).unwrap();
+        let left: Vec<u64> = h.audit(0, 10, |_| true).iter().map(|r| r.index).collect();
+        assert_eq!(left, [7 + AUDIT_ENTRIES]);
     }
 
     #[test]
