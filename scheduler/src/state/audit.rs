@@ -58,7 +58,10 @@ fn describe(cmd: &Command, out: &Outcome) -> Option<(String, String)> {
     }
     let (command, target): (&str, String) = match cmd {
         Command::Refused { .. } => return None,
-        Command::Heartbeat { .. } | Command::ReportTask(_) | Command::Tick => return None,
+        Command::Heartbeat { .. }
+        | Command::ReportTask(_)
+        | Command::Tick
+        | Command::RenewLock { .. } => return None,
         Command::RegisterNode { name, .. } => ("node register", format!("node {name}")),
         Command::SetQuota { principal, .. } => ("quota set", format!("quota {principal}")),
         Command::SetDraining { name, draining } => (
@@ -118,6 +121,14 @@ fn describe(cmd: &Command, out: &Outcome) -> Option<(String, String)> {
         Command::DeployStep(s) => ("deploy step", format!("deployment {}", s.id)),
         Command::DeploySubmit { id, .. } => ("deploy submit", format!("deployment {id}")),
         Command::SetRetention(_) => ("retention set", "retention".into()),
+        Command::AcquireLock(spec) => (
+            "lock acquire",
+            match out {
+                Ok(Applied::Hold(h)) => format!("lock {} acquisition {}", spec.name, h.id),
+                _ => format!("lock {}", spec.name),
+            },
+        ),
+        Command::ReleaseLock { id } => ("lock release", format!("lock acquisition {id}")),
     };
     Some((command.to_string(), target))
 }

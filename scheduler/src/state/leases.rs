@@ -311,6 +311,7 @@ impl State {
             self.end_lease(*id, LeaseState::TimedOut);
         }
         let granted = self.grant_queue();
+        self.tick_locks();
         Applied::Ticked {
             expired,
             timed_out,
@@ -591,6 +592,7 @@ impl State {
             self.timeouts.iter().next().map(|(at, _)| *at),
             self.price_steps.iter().next().map(|(at, _)| *at),
             self.heartbeats.iter().next().map(|(at, _)| *at),
+            self.next_lock_due(),
             self.next_trim(),
         ]
         .into_iter()

@@ -29,6 +29,7 @@ mod apps;
 pub mod audit;
 mod cron;
 mod leases;
+pub mod locks;
 mod nodes;
 pub mod retention;
 mod tasks;
@@ -36,6 +37,7 @@ mod types;
 
 pub use apps::{App, DeployStep, full_commit};
 pub use cron::{CronFire, CronJob, CronRun, JobChange, JobDef, RUNS_KEPT, RunState, Runs};
+pub use locks::{HoldState, Lock, LockHold, LockSpec};
 pub use retention::{KeyOutcome, Retention, Trimmed};
 pub use tasks::TaskReport;
 
@@ -197,6 +199,18 @@ pub enum Command {
     },
     /// Sets the retention rules (the leader's config). Admin only.
     SetRetention(Retention),
+    /// Takes a named lock (or a place in its line).
+    AcquireLock(LockSpec),
+    /// Keeps a lock acquisition (held or waiting) alive for another TTL.
+    RenewLock {
+        /// The acquisition's id.
+        id: u64,
+    },
+    /// Lets go of a lock acquisition, or leaves its line.
+    ReleaseLock {
+        /// The acquisition's id.
+        id: u64,
+    },
     /// Applies every time-based change due at the proposal's time: leases
     /// expire, queued requests time out, nodes that missed their heartbeat go
     /// down, and the queue is granted what fits. Every command does this
@@ -301,6 +315,8 @@ pub enum Applied {
     },
     /// The retention rules in force after the change.
     Retention(Retention),
+    /// A lock acquisition after the change.
+    Hold(Box<LockHold>),
     /// A principal's limits after the change.
     Quota {
         /// The principal, or `*`.
@@ -445,6 +461,19 @@ pub struct State {
     /// The retention rules in force.
     #[serde(default)]
     pub retention: Retention,
+    /// Locks someone holds or waits for, by name.
+    #[serde(default)]
+    pub locks: OrdMap<String, Lock>,
+    /// Live lock acquisitions (held or waiting) by id.
+    #[serde(default)]
+    pub holds: OrdMap<u64, LockHold>,
+    /// Live acquisitions by when they next expire or give up: `(due, id)`
+    /// (derived from `holds`, rebuilt on load).
+    #[serde(skip)]
+    pub hold_due: OrdSet<(Millis, u64)>,
+    /// The id the next lock acquisition gets.
+    #[serde(default)]
+    pub next_hold_id: u64,
     /// Raft members and their peer addresses, changed by conf-change entries.
     pub members: BTreeMap<u64, String>,
     /// The raft term of the newest applied entry (see [`State::observe_term`]).
@@ -587,6 +616,9 @@ impl State {
                 self.deploy_submit(p.admin, *id, step, tasks)
             }
             Command::SetRetention(r) => self.set_retention(*r, p.admin),
+            Command::AcquireLock(spec) => self.acquire_lock(&p.principal, spec),
+            Command::RenewLock { id } => self.renew_lock(*id, &p.principal, p.admin),
+            Command::ReleaseLock { id } => self.release_lock(*id, &p.principal, p.admin),
             Command::Tick => Ok(due.unwrap_or_else(|| self.tick())),
             Command::Refused { reason, .. } => Err(Refusal::Denied {
                 reason: reason.clone(),
@@ -650,6 +682,11 @@ impl State {
             .collect();
         for (principal, spec) in live {
             self.hold(&principal, &spec, true);
+        }
+        self.hold_due = self.holds.values().map(|h| (h.due(), h.id)).collect();
+        let holders: Vec<String> = self.holds.values().map(|h| h.principal.clone()).collect();
+        for principal in holders {
+            self.count_lock(&principal, true);
         }
     }
 

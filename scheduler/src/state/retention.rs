@@ -68,6 +68,8 @@ pub enum Trimmed {
     CronRun(super::CronRun),
     /// An ended deployment beyond its app's keep.
     Deployment(Deployment),
+    /// An ended lock acquisition.
+    Hold(super::LockHold),
 }
 
 /// An idempotency outcome, kept small: a reference for the common creates,

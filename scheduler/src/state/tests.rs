@@ -1299,3 +1299,174 @@ fn why_puts_the_nearest_nodes_first_and_names_the_queue_ahead() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+fn lock(name: &str, ttl: u64, limit: u32, wait: u64) -> Command {
+    Command::AcquireLock(LockSpec {
+        name: name.into(),
+        ttl_ms: ttl,
+        limit,
+        wait_ms: wait,
+        holder: "test".into(),
+        value: String::new(),
+    })
+}
+
+fn hold(o: Outcome) -> LockHold {
+    match o {
+        Ok(Applied::Hold(h)) => *h,
+        other => panic!("expected a lock acquisition, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_mutex_goes_to_waiters_in_arrival_order_with_growing_tokens() {
+    let mut s = State::new(Default::default());
+    let a = hold(s.apply(&p(10, "ann", None, lock("db", 5000, 1, 0))));
+    assert_eq!((a.state, a.token, a.expires_at), (HoldState::Held, 1, 5010));
+    // Full and no wait: refused, nothing changes.
+    let busy = s.apply(&p(20, "bob", None, lock("db", 5000, 1, 0)));
+    assert!(matches!(busy, Err(Refusal::Limit { .. })), "{busy:?}");
+    let b = hold(s.apply(&p(30, "bob", None, lock("db", 5000, 1, 60_000))));
+    let c = hold(s.apply(&p(40, "cat", None, lock("db", 5000, 1, 60_000))));
+    assert_eq!((b.state, c.state), (HoldState::Waiting, HoldState::Waiting));
+    // A lease in between takes a token from the same sequence.
+    s.apply(&p(45, "ann", None, register("n1", 1000))).unwrap();
+    assert_eq!(
+        got(s.apply(&p(46, "ann", None, lease(100, 1000)))).fencing_token,
+        2
+    );
+    // Only the owner (or an admin) lets go.
+    let not_owner = s.apply(&p(50, "bob", None, Command::ReleaseLock { id: a.id }));
+    assert!(
+        matches!(not_owner, Err(Refusal::Denied { .. })),
+        "{not_owner:?}"
+    );
+    s.apply(&p(60, "ann", None, Command::ReleaseLock { id: a.id }))
+        .unwrap();
+    let (lk, holds) = s.lock_view("db").unwrap();
+    assert_eq!(lk.holders, vec![b.id]);
+    assert_eq!(lk.waiters, vec![c.id]);
+    assert_eq!((holds[0].token, holds[0].acquired_at), (3, Some(60)));
+    s.apply(&p(70, "root", None, Command::ReleaseLock { id: b.id }))
+        .unwrap();
+    assert_eq!(s.lock_leader("db").unwrap().id, c.id);
+    assert_eq!(s.lock_leader("db").unwrap().token, 4);
+    s.apply(&p(80, "cat", None, Command::ReleaseLock { id: c.id }))
+        .unwrap();
+    assert!(
+        s.locks.is_empty() && s.holds.is_empty(),
+        "an idle lock leaves"
+    );
+    assert_eq!(s.trimmed.0.len(), 3, "ended acquisitions go to history");
+}
+
+#[test]
+fn a_lock_expires_at_its_absolute_time_inside_apply() {
+    let mut s = State::new(Default::default());
+    let a = hold(s.apply(&p(0, "ann", None, lock("job", 2000, 1, 0))));
+    let b = hold(s.apply(&p(10, "bob", None, lock("job", 2000, 1, 60_000))));
+    // bob renews his place in line; ann stops renewing.
+    s.apply(&p(1500, "bob", None, Command::RenewLock { id: b.id }))
+        .unwrap();
+    assert_eq!(s.next_due(), Some(2000));
+    // Any command at or past 2000 sees ann's acquisition end first.
+    let late = s.apply(&p(1999, "ann", None, Command::RenewLock { id: a.id }));
+    assert_eq!(
+        hold(late).expires_at,
+        3999,
+        "a renewal before expiry counts"
+    );
+    s.apply(&p(3400, "bob", None, Command::RenewLock { id: b.id }))
+        .unwrap();
+    let gone = s.apply(&p(4000, "ann", None, Command::RenewLock { id: a.id }));
+    assert!(matches!(gone, Err(Refusal::NotFound { .. })), "{gone:?}");
+    let leader = s.lock_leader("job").unwrap();
+    assert_eq!((leader.id, leader.acquired_at), (b.id, Some(4000)));
+    assert!(leader.token > a.token);
+    match s.trimmed.0.last() {
+        Some(Trimmed::Hold(h)) => assert_eq!(
+            (h.id, h.state, h.ended_at),
+            (a.id, HoldState::Expired, Some(4000))
+        ),
+        other => panic!("expected ann's ended acquisition, got {other:?}"),
+    }
+}
+
+#[test]
+fn waiters_time_out_and_dead_waiters_expire() {
+    let mut s = State::new(Default::default());
+    let a = hold(s.apply(&p(0, "ann", None, lock("x", 60_000, 1, 0))));
+    let b = hold(s.apply(&p(0, "bob", None, lock("x", 60_000, 1, 1000))));
+    let c = hold(s.apply(&p(0, "cat", None, lock("x", 1000, 1, 120_000))));
+    tick(&mut s, 1000);
+    assert!(s.holds.get(&b.id).is_none() && s.holds.get(&c.id).is_none());
+    let ended: Vec<(u64, HoldState)> = s
+        .trimmed
+        .0
+        .iter()
+        .filter_map(|t| match t {
+            Trimmed::Hold(h) => Some((h.id, h.state)),
+            _ => None,
+        })
+        .collect();
+    assert!(ended.contains(&(b.id, HoldState::TimedOut)), "{ended:?}");
+    assert!(ended.contains(&(c.id, HoldState::Expired)), "{ended:?}");
+    assert_eq!(s.lock_leader("x").unwrap().id, a.id);
+}
+
+#[test]
+fn a_semaphore_holds_at_most_its_limit_and_limits_must_agree() {
+    let mut s = State::new(Default::default());
+    let mut ids = Vec::new();
+    for (i, who) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        ids.push(hold(s.apply(&p(
+            i as Millis,
+            who,
+            None,
+            lock("pool", 5000, 3, 60_000),
+        ))));
+    }
+    let held = |s: &State| s.locks["pool"].holders.len();
+    assert_eq!(held(&s), 3);
+    assert_eq!(s.locks["pool"].waiters, vec![ids[3].id, ids[4].id]);
+    let wrong = s.apply(&p(10, "f", None, lock("pool", 5000, 2, 0)));
+    assert!(matches!(wrong, Err(Refusal::Invalid { .. })), "{wrong:?}");
+    s.apply(&p(20, "b", None, Command::ReleaseLock { id: ids[1].id }))
+        .unwrap();
+    assert_eq!(held(&s), 3);
+    assert_eq!(s.holds[&ids[3].id].state, HoldState::Held);
+    let bad = s.apply(&p(30, "f", None, lock("../etc", 5000, 1, 0)));
+    assert!(matches!(bad, Err(Refusal::Invalid { .. })), "{bad:?}");
+    let short = s.apply(&p(30, "f", None, lock("ok", 10, 1, 0)));
+    assert!(matches!(short, Err(Refusal::Invalid { .. })), "{short:?}");
+}
+
+#[test]
+fn lock_acquisitions_count_against_the_lease_quota_and_survive_a_reload() {
+    let mut s = State::new(Default::default());
+    s.apply(&p(
+        0,
+        "root",
+        None,
+        Command::SetQuota {
+            principal: "ann".into(),
+            quota: Quota {
+                max_leases: Some(2),
+                ..Quota::default()
+            },
+        },
+    ))
+    .unwrap();
+    hold(s.apply(&p(1, "ann", None, lock("a", 5000, 1, 0))));
+    hold(s.apply(&p(2, "ann", None, lock("b", 5000, 1, 0))));
+    let over = s.apply(&p(3, "ann", None, lock("c", 5000, 1, 0)));
+    assert!(matches!(over, Err(Refusal::Denied { .. })), "{over:?}");
+    let mut back = State::from_bytes(&s.to_bytes()).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.next_due(), s.next_due());
+    let again = back.apply(&p(4, "ann", None, lock("c", 5000, 1, 0)));
+    assert!(matches!(again, Err(Refusal::Denied { .. })), "{again:?}");
+    tick(&mut back, 5002);
+    assert!(back.holds.is_empty());
+    hold(back.apply(&p(5003, "ann", None, lock("c", 5000, 1, 0))));
+}

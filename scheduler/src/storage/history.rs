@@ -11,6 +11,7 @@
 //! - `lease`, `task`: id → record;
 //! - `run`: job, 0, scheduled_at → record;
 //! - `deploy`: app, 0, id → record;
+//! - `lock`: lock name, 0, acquisition id → ended acquisition;
 //! - `audit`: raft index → that entry's [`AuditRecord`]s (one value per
 //!   entry, outside the byte and age accounting above: pruned by
 //!   [`AUDIT_ENTRIES`] and by age in [`History::prune`]);
@@ -40,6 +41,7 @@ pub struct History {
     task: sled::Tree,
     run: sled::Tree,
     deploy: sled::Tree,
+    lock: sled::Tree,
     audit: sled::Tree,
     age: sled::Tree,
     meta: sled::Tree,
@@ -79,6 +81,7 @@ impl History {
             task: tree("task")?,
             run: tree("run")?,
             deploy: tree("deploy")?,
+            lock: tree("lock")?,
             audit: tree("audit")?,
             age: tree("age")?,
             meta: tree("meta")?,
@@ -102,6 +105,7 @@ impl History {
                 Trimmed::Deployment(d) => {
                     (&self.deploy, "deploy", pair(&d.app, &be(d.id)), json(d))
                 }
+                Trimmed::Hold(h) => (&self.lock, "lock", pair(&h.lock, &be(h.id)), json(h)),
             };
             let size = value.len() as u64;
             if tree
@@ -223,6 +227,7 @@ impl History {
                 b"task" => &self.task,
                 b"run" => &self.run,
                 b"deploy" => &self.deploy,
+                b"lock" => &self.lock,
                 _ => continue,
             };
             tree.remove(&rest[sep + 1..])
@@ -267,6 +272,16 @@ impl History {
     pub fn runs(&self, job: &str, n: usize) -> Vec<CronRun> {
         self.run
             .scan_prefix(pair(job, &[]))
+            .rev()
+            .filter_map(|r| read(&r.ok()?.1))
+            .take(n)
+            .collect()
+    }
+
+    /// A lock's kept (ended) acquisitions, newest first; at most `n`.
+    pub fn holds(&self, lock: &str, n: usize) -> Vec<crate::state::LockHold> {
+        self.lock
+            .scan_prefix(pair(lock, &[]))
             .rev()
             .filter_map(|r| read(&r.ok()?.1))
             .take(n)
