@@ -248,7 +248,11 @@ impl Server {
                 icpt.clone(),
             ))
             .add_service(pb::deploy_server::DeployServer::with_interceptor(
-                api,
+                api.clone(),
+                icpt.clone(),
+            ))
+            .add_service(pb::locks_server::LocksServer::with_interceptor(
+                api.clone(),
                 icpt.clone(),
             ))
             .add_service(tonic::service::interceptor::InterceptedService::new(
@@ -272,7 +276,10 @@ impl Server {
             }
         })];
         let mut http_stop = stop_rx.clone();
-        let mut app = http::router(member.clone());
+        let mut app = http::router(member.clone()).merge(crate::service::locks::http::router(
+            api,
+            opts.tokens.clone(),
+        ));
         if let Some(extra) = opts.http_extra.clone() {
             app = app.merge(extra);
         }

@@ -13,6 +13,7 @@ mod cluster;
 mod cron;
 mod deploy;
 mod lease;
+mod lock;
 mod node;
 pub mod output;
 mod quota;
@@ -101,6 +102,17 @@ pub enum Cmd {
         after_help = "Examples:\n  charter task submit --cpu 1 -- ./train.sh\n  charter task submit --amp service --port http --health-http http/healthz -- python3 -m http.server '${PORT}'\n  charter task logs 7 --follow"
     )]
     Task(task::TaskCmd),
+    /// Named locks and semaphores with fencing tokens; `lock run` runs a command while holding one.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  charter lock run nightly --ttl 10s -- ./report.sh\n  charter lock acquire db --wait 1m\n  charter lock show db"
+    )]
+    Lock(lock::LockCmd),
+    /// Leader election on a lock: campaign and run a command while leader, or --observe.
+    #[command(
+        after_help = "Examples:\n  charter elect primary --value 10.0.0.7:8080 -- ./serve.sh\n  charter elect primary --observe"
+    )]
+    Elect(lock::ElectArgs),
     /// Per-principal limits: max cores, leases and duration.
     #[command(subcommand)]
     #[command(
@@ -181,6 +193,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Node(c) => rt.block_on(node::run(&g, c)),
         Cmd::Lease(c) => rt.block_on(lease::run(&g, c)),
         Cmd::Quota(c) => rt.block_on(quota::run(&g, c)),
+        Cmd::Lock(c) => rt.block_on(lock::run(&g, c)),
+        Cmd::Elect(a) => rt.block_on(lock::elect(&g, a)),
         Cmd::Audit(a) => rt.block_on(audit::run(&g, a)),
         Cmd::Task(c) => rt.block_on(task::run(&g, c)),
         Cmd::Deploy(c) => rt.block_on(deploy::run(&g, c)),

@@ -139,6 +139,8 @@ pub struct Driver<S: LogStore, T: Transport> {
     rx: Receiver<Input>,
     state: Arc<RwLock<State>>,
     status: Arc<Mutex<Status>>,
+    /// The applied index, for those who wait for the state to change.
+    applied_tx: Arc<tokio::sync::watch::Sender<u64>>,
     clock: Arc<dyn Clock>,
     cfg: MemberConfig,
     nonce: u64,
@@ -275,11 +277,13 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             members: peers,
             ..Status::default()
         }));
+        let applied_tx = Arc::new(tokio::sync::watch::Sender::new(applied));
         let handle = MemberHandle {
             id: cfg.id,
             tx: tx.clone(),
             state: state.clone(),
             status: status.clone(),
+            applied: applied_tx.clone(),
             clock: clock.clone(),
             history: cfg.history.clone(),
         };
@@ -290,6 +294,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             rx,
             state,
             status,
+            applied_tx,
             clock,
             cfg,
             nonce,
@@ -860,6 +865,11 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 s.members = members;
             }
         }
+        self.applied_tx.send_if_modified(|a| {
+            let moved = *a != applied;
+            *a = applied;
+            moved
+        });
     }
 
     fn fail_all(&mut self, err: impl Fn() -> Error) {

@@ -101,6 +101,7 @@ pub struct MemberHandle {
     tx: std::sync::mpsc::Sender<Input>,
     state: Arc<RwLock<State>>,
     status: Arc<Mutex<Status>>,
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
     clock: Arc<dyn Clock>,
     history: Option<Arc<crate::storage::History>>,
 }
@@ -124,6 +125,12 @@ impl MemberHandle {
     /// A copy of the member's status.
     pub fn status(&self) -> Status {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The applied index, changing whenever this member applies entries:
+    /// `changed().await` to wait for the state to move instead of polling.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// The address of the leader this member knows, if any.

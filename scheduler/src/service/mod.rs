@@ -13,6 +13,7 @@
 
 pub mod auth;
 mod history;
+pub mod locks;
 pub use cron::{ScheduleChecker, run_pb};
 pub use deploy::{ArtifactStore, Artifacts, deploy_view, task_view};
 mod convert;

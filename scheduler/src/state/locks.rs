@@ -227,7 +227,7 @@ impl State {
                     .collect();
                 return Err(Refusal::Limit {
                     reason: format!(
-                        "lock {} is held by {} ({} of {}) and {} wait: try again, or wait in line with --wait",
+                        "lock {} is held by {} ({} of {}, {} waiting): try again, or wait in line with --wait",
                         spec.name,
                         holders.join(", "),
                         lock.holders.len(),
@@ -442,7 +442,13 @@ impl State {
             lock.waiters.retain(|x| *x != id);
         }
         h.state = to;
-        h.ended_at = Some(self.time);
+        // An expiry or a timeout happened at its time, whichever command
+        // brought it into the log.
+        h.ended_at = Some(match to {
+            HoldState::Expired => h.expires_at.min(self.time),
+            HoldState::TimedOut => h.wait_until.min(self.time),
+            _ => self.time,
+        });
         self.count_lock(&h.principal, false);
         self.trimmed.push(Trimmed::Hold(h.clone()));
         h

@@ -1386,7 +1386,7 @@ fn a_lock_expires_at_its_absolute_time_inside_apply() {
     match s.trimmed.0.last() {
         Some(Trimmed::Hold(h)) => assert_eq!(
             (h.id, h.state, h.ended_at),
-            (a.id, HoldState::Expired, Some(4000))
+            (a.id, HoldState::Expired, Some(3999))
         ),
         other => panic!("expected ann's ended acquisition, got {other:?}"),
     }
