@@ -117,11 +117,16 @@ impl Api {
                 "a lock command applied as {out:?}"
             )));
         };
+        // The outcome as applied (this member may not have applied it yet
+        // when it forwarded the command); the place in line as known here.
         let applied = self.member.status().applied;
-        Ok(self
-            .member
-            .read(|s| live_hold(s, h.id, who, applied))
-            .unwrap_or_else(|| hold_pb(&h, who, 0, applied)))
+        let position = self.member.read(|s| {
+            s.locks
+                .get(&h.lock)
+                .and_then(|l| l.waiters.iter().position(|w| *w == h.id))
+                .map_or(0, |i| i + 1)
+        });
+        Ok(hold_pb(&h, who, position, applied))
     }
 
     /// Takes `spec`'s lock (or a place in line), waiting up to `block`.
@@ -152,6 +157,9 @@ impl Api {
         check_name(name)?;
         let deadline = Instant::now() + max.min(MAX_BLOCK);
         let mut applied = self.member.applied_watch();
+        // Everything committed before this call (the acquisition itself,
+        // when it was proposed through another member) is applied here.
+        self.barrier(false).await?;
         loop {
             let at = *applied.borrow_and_update();
             let now = self.member.read(|s| {
