@@ -345,12 +345,35 @@ impl Sim {
         }
     }
 
+    /// A lock command: mutexes `l0`, `l1` and a semaphore `l2` of 3,
+    /// acquired with short TTLs and waits, renewed and released by id.
+    fn lock_command(&mut self) -> Command {
+        let id = self.rng.random_range(1..(self.next_key / 8).max(2));
+        match self.rng.random_range(0..6) {
+            0..=2 => {
+                let n = self.rng.random_range(0..3);
+                Command::AcquireLock(crate::state::LockSpec {
+                    name: format!("l{n}"),
+                    ttl_ms: self.rng.random_range(1_000..3_000),
+                    limit: if n == 2 { 3 } else { 1 },
+                    wait_ms: [0, 500, 5_000, crate::state::locks::WAIT_FOREVER_MS]
+                        [self.rng.random_range(0..4)],
+                    holder: "sim".into(),
+                    value: format!("v{id}"),
+                })
+            }
+            3..=4 => Command::RenewLock { id },
+            _ => Command::ReleaseLock { id },
+        }
+    }
+
     fn new_request(&mut self) {
         let key = format!("k{}", self.next_key);
         self.next_key += 1;
         let some_lease = self.rng.random_range(1..(self.next_key / 2).max(2));
-        let cmd = match self.rng.random_range(0..22) {
+        let cmd = match self.rng.random_range(0..25) {
             20..=21 => self.deploy_command(),
+            22..=24 => self.lock_command(),
             0..=4 => Command::RegisterNode {
                 name: format!("n{}", self.rng.random_range(0..4)),
                 capacity: Resources {

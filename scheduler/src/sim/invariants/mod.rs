@@ -8,6 +8,7 @@ pub mod equal_state;
 pub mod exclusive;
 pub mod fencing;
 pub mod hydra;
+pub mod locks;
 pub mod one_leader_per_term;
 pub mod queue;
 pub mod retention;
@@ -37,6 +38,13 @@ pub struct MemberView<'a> {
     pub store: &'a SimStore,
 }
 
+/// One member's view of locks for [`locks`]: the applied index it was
+/// taken at and, per lock, the greatest holder token and the holders seen.
+pub type LockTokens = (
+    u64,
+    BTreeMap<String, (u64, std::collections::BTreeSet<u64>)>,
+);
+
 /// What the invariants remember across steps.
 #[derive(Default)]
 pub struct History {
@@ -46,6 +54,12 @@ pub struct History {
     pub committed: BTreeMap<u64, (u64, u64)>,
     /// Hash of the state at each applied index.
     pub states: BTreeMap<u64, u64>,
+    /// Per lock and fencing token: the acquisition that held it (an
+    /// election's term has one leader).
+    pub lock_terms: BTreeMap<(String, u64), u64>,
+    /// Per member: the applied index last seen and, per lock, the greatest
+    /// token a holder had by then.
+    pub lock_tokens: BTreeMap<u64, LockTokens>,
     /// Per member: the applied index last hashed and the commit index last checked.
     pub checked: BTreeMap<u64, (u64, u64)>,
 }
@@ -62,6 +76,7 @@ pub fn check_all(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String
     tasks::check(views)?;
     deployments::check(views)?;
     time_bounds::check(views)?;
+    locks::check(h, views)?;
     equal_state::check(h, views)?;
     Ok(())
 }
