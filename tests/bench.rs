@@ -56,7 +56,8 @@ fn every_scenario_runs_once_and_reports_json() {
             "expiry",
             "tasks",
             "cron",
-            "deploy"
+            "deploy",
+            "locks"
         ]
     );
     let grant = &reports[0]["metrics"];
@@ -99,6 +100,19 @@ fn every_scenario_runs_once_and_reports_json() {
     assert!(deploy["build_p50_ms"].as_f64().unwrap() > 0.0, "{deploy}");
     assert!(deploy["overhead_p50_ms"].as_f64().is_some(), "{deploy}");
     assert_eq!(deploy["apps"].as_f64(), Some(3.0), "{deploy}");
+    let locks = &reports[8]["metrics"];
+    assert!(
+        locks["lib_c1_cycles_per_s"].as_f64().unwrap() > 0.0,
+        "{locks}"
+    );
+    assert!(
+        locks["lib_release_handover_p50_ms"].as_f64().unwrap() > 0.0,
+        "{locks}"
+    );
+    assert!(
+        locks["cli_charter_handover_p50_ms"].as_f64().is_some(),
+        "{locks}"
+    );
 }
 
 #[test]

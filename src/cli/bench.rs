@@ -12,6 +12,8 @@
 //!   acknowledged write, over several rounds;
 //! - `memory`: each member's resident memory with N leases held;
 //! - `expiry`, `tasks`: with agents, see `bench_agent`;
+//! - `locks`: lock cycles/s and handover latency, beside `etcdctl lock`
+//!   when etcd is installed, see `bench_locks`;
 //! - `soak`: request-and-release cycles for a long while, see `bench_soak`
 //!   (not part of `all`).
 
@@ -34,7 +36,7 @@ use tonic::transport::Channel;
 /// `charter bench`.
 #[derive(ClapArgs, Debug)]
 pub struct BenchArgs {
-    /// grant, placement, failover, memory, expiry, tasks, cron, deploy, or
+    /// grant, placement, failover, memory, expiry, tasks, cron, deploy, locks, or
     /// all of these; or soak (never part of all).
     #[arg(long, default_value = "all")]
     pub scenario: String,
@@ -44,7 +46,7 @@ pub struct BenchArgs {
     /// Nodes registered for `grant`.
     #[arg(long, default_value_t = 1000)]
     pub nodes: usize,
-    /// Rounds of `failover`.
+    /// Rounds of `failover` (and of the handovers `locks` measures).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Leases held for `memory`.
@@ -94,6 +96,7 @@ const SCENARIOS: &[&str] = &[
     "tasks",
     "cron",
     "deploy",
+    "locks",
 ];
 
 /// Runs the chosen scenarios and prints their figures.
@@ -145,6 +148,7 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
             "tasks" => super::bench_agent::tasks(rt, &exe, dur)?,
             "cron" => super::bench_agent::cron(rt, &exe, dur, a.cron_kills)?,
             "deploy" => super::bench_deploy::deploy(rt, &exe, a.deploy_rounds, a.deploy_apps)?,
+            "locks" => super::bench_locks::locks(rt, &exe, dur, a.rounds)?,
             "soak" => {
                 let every = units::parse_duration(&a.soak_every).map_err(|e| {
                     fail(format!("bad --soak-every `{}`", a.soak_every), e, "e.g. 1m")
