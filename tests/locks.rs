@@ -443,6 +443,20 @@ fn http_locks_ownership_and_elections() {
     assert!(v["error"].as_str().unwrap().contains("ttl"), "{text}");
     let (code, _, text) = call("POST", "/v1/locks/x", "Bearer nope-nope-nope", "");
     assert_eq!(code, 401, "{text}");
+    // Machine credentials are not users: a Hydra token or a node's may not.
+    for machine in [HYDRA_TOKEN.to_string(), node_credential("n1")] {
+        let (code, _, text) = call("POST", "/v1/locks/x", &auth(&machine), "");
+        assert_eq!(code, 403, "{text}");
+        let out = cmd(&c, &machine, &["lock", "acquire", "x"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("needs a user or admin token"),
+            "{}",
+            stderr(&out)
+        );
+    }
     // The watch: an SSE stream that names the leader, then the next one.
     let watcher = std::thread::spawn({
         let http = http.clone();
@@ -486,4 +500,106 @@ fn http_locks_ownership_and_elections() {
     let out = user(&c, &["lock", "release", "web", &b["id"].to_string()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("belongs to bob"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_election_hands_over_at_expiry_and_observers_see_every_leader() {
+    let c = Cluster::start(3, &[]);
+    c.wait_leader(ELECTION);
+    let dir = tempfile::tempdir().unwrap();
+    let mut observer = cmd(&c, OTHER_TOKEN, &["elect", "primary", "--observe"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let out = observer.stdout.take().unwrap();
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    let elector = |value: &str, log: &Path| {
+        cmd(
+            &c,
+            USER_TOKEN,
+            &[
+                "elect",
+                "primary",
+                "--value",
+                value,
+                "--ttl",
+                "2s",
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "echo \"$CHARTER_LOCK_TOKEN\" > {}; exec sleep 600",
+                    log.display()
+                ),
+            ],
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+    };
+    let (la, lb) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = elector("10.0.0.1:80", &la);
+    let first = wait_held(&c, "primary", Duration::from_secs(20));
+    let mut b = elector("10.0.0.2:80", &lb);
+    wait_for("b in line", Duration::from_secs(10), || {
+        (show(&c, "primary")["waiters"].as_array()?.len() == 1).then_some(())
+    });
+    assert!(!lb.exists(), "b ran while a led");
+    a.kill().unwrap(); // the leader stops renewing
+    a.wait().unwrap();
+    let term_b: u64 = wait_for("b to lead", Duration::from_secs(20), || {
+        std::fs::read_to_string(&lb).ok()?.trim().parse().ok()
+    });
+    let term_a: u64 = std::fs::read_to_string(&la)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(term_a, first["token"].as_u64().unwrap());
+    assert!(term_b > term_a);
+    let v = show(&c, "primary");
+    let old = v["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == first["id"])
+        .cloned()
+        .unwrap();
+    assert_eq!(old["state"], "expired");
+    assert!(ms(&holders(&v)[0]["acquired_at"]) >= ms(&old["expires_at"]));
+    // The observer (another principal) saw ann lead in both terms, values blanked.
+    wait_for(
+        "the observer to see term b",
+        Duration::from_secs(10),
+        || {
+            let l = lines.lock().unwrap();
+            l.iter()
+                .any(|x| x.ends_with(&format!("term {term_b}")))
+                .then_some(())
+        },
+    );
+    let seen = lines.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|x| x.ends_with(&format!("term {term_a}"))),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|x| !x.contains("10.0.0.")),
+        "another principal's value shown: {seen:?}"
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
+    observer.kill().unwrap();
+    observer.wait().unwrap();
+    reader.join().unwrap();
 }
