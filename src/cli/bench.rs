@@ -225,11 +225,30 @@ fn grant(
     rt.block_on(async {
         let ch = channel(&c.members[leader].grpc)?;
         register_fleet(&ch, nodes).await?;
+        // What the members burn with no load (raft ticks, heartbeats,
+        // controllers), to read the per-grant figures against.
+        let idle0 = members_cpu_s(&c);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        metrics.insert(
+            "idle_server_cpu_pct".into(),
+            (members_cpu_s(&c) - idle0) / 2.0 * 100.0,
+        );
         for (target, idx) in [("leader", leader), ("follower", follower)] {
             let ch = channel(&c.members[idx].grpc)?;
             for clients in [1usize, 16, 64] {
+                let cpu0 = members_cpu_s(&c);
                 let (count, lat) = load(ch.clone(), clients, dur).await;
+                let cpu = members_cpu_s(&c) - cpu0;
                 let secs = dur.as_secs_f64();
+                // What a grant costs the servers, whatever the client does.
+                metrics.insert(
+                    format!("{target}_c{clients}_server_cpu_us_per_grant"),
+                    if count == 0 {
+                        0.0
+                    } else {
+                        cpu * 1e6 / count as f64
+                    },
+                );
                 metrics.insert(
                     format!("{target}_c{clients}_grants_per_s"),
                     count as f64 / secs,
@@ -257,6 +276,33 @@ fn grant(
     })
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+pub fn cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 counted from
+    // the state field (field 3).
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds all running members of `c` have used.
+fn members_cpu_s(c: &Cluster) -> f64 {
+    c.members
+        .iter()
+        .filter_map(|m| m.child.as_ref())
+        .map(|ch| cpu_s(ch.id()))
+        .sum()
+}
+
 /// Registers nodes `b0..bN` (64 cores, 256 GiB, zone labels), 32 at a time.
 async fn register_fleet(ch: &Channel, nodes: usize) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
@@ -280,7 +326,8 @@ async fn register_fleet(ch: &Channel, nodes: usize) -> anyhow::Result<()> {
                     }),
                     labels: [("zone".to_string(), format!("z{}", i % 4))].into(),
                     pool: "bench".into(),
-                    cost_per_hour: 1.0,
+                    // Five price levels, for `--prefer cheapest`.
+                    cost_per_hour: 1.0 + (i % 5) as f64 * 0.25,
                     ttl_ms: 0,
                     agent_addr: String::new(),
                     agent_secret: String::new(),
@@ -370,7 +417,8 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
                     ]
                     .into(),
                     pool: "bench".into(),
-                    cost_per_hour: 1.0,
+                    // Five price levels, for `--prefer cheapest`.
+                    cost_per_hour: 1.0 + (i % 5) as f64 * 0.25,
                     state: NodeState::Ready,
                     registered_at: 0,
                     ttl_ms: None,
@@ -391,12 +439,23 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
         );
         s.rebuild_index();
         // `common`: 1 node in 8 meets the constraints; `rare`: 1 in 1,000
-        // (the free-CPU walk meets many nodes before a fit).
+        // (walked through the label index); `cheapest`: any node, by price;
+        // `rare_cheapest`: both.
         spec.constraints = vec![Constraint::eq("gpu", "a100"), Constraint::eq("zone", "z0")];
         let mut rare = spec.clone();
         rare.resources.gpus = 0;
         rare.constraints = vec![Constraint::eq("rack", "r0")];
-        for (label, spec) in [("", &spec), ("rare_", &rare)] {
+        let mut cheapest = spec.clone();
+        cheapest.prefer = charter_scheduler::state::Prefer::Cheapest;
+        cheapest.constraints.clear();
+        let mut rare_cheapest = rare.clone();
+        rare_cheapest.prefer = charter_scheduler::state::Prefer::Cheapest;
+        for (label, spec) in [
+            ("", &spec),
+            ("rare_", &rare),
+            ("cheapest_", &cheapest),
+            ("rare_cheapest_", &rare_cheapest),
+        ] {
             let start = Instant::now();
             let mut decisions = 0u64;
             while start.elapsed() < dur || decisions == 0 {
@@ -507,17 +566,23 @@ fn failover(
             .map(|m| channel(&m.grpc))
             .collect::<Result<_, _>>()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let acks = Arc::new(Mutex::new(Vec::<Instant>::new()));
+        // (sent, acknowledged) of each write.
+        let acks = Arc::new(Mutex::new(Vec::<(Instant, Instant)>::new()));
         let writer = rt.spawn(write_loop(chans, stop.clone(), acks.clone(), round));
         std::thread::sleep(Duration::from_millis(500));
         let killed = Instant::now();
         c.kill9(leader);
         let deadline = killed + Duration::from_secs(30);
         let first = loop {
-            let after = acks
-                .lock()
-                .ok()
-                .and_then(|a| a.iter().find(|t| **t > killed).copied());
+            // A write sent before the kill may be acknowledged just after
+            // it (the old leader had committed it): only a write sent after
+            // the kill shows the cluster writing again.
+            let after = acks.lock().ok().and_then(|a| {
+                a.iter()
+                    .filter(|(sent, _)| *sent > killed)
+                    .map(|(_, acked)| *acked)
+                    .min()
+            });
             if let Some(t) = after {
                 break t.duration_since(killed);
             }
@@ -556,7 +621,7 @@ fn failover(
 async fn write_loop(
     chans: Vec<Channel>,
     stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<Instant>>>,
+    acks: Arc<Mutex<Vec<(Instant, Instant)>>>,
     round: usize,
 ) {
     let mut cur = 0;
@@ -573,10 +638,11 @@ async fn write_loop(
             ..Default::default()
         });
         req.set_timeout(Duration::from_millis(1500));
+        let sent = Instant::now();
         match NodesClient::new(chans[cur].clone()).register(req).await {
             Ok(_) => {
                 if let Ok(mut a) = acks.lock() {
-                    a.push(Instant::now());
+                    a.push((sent, Instant::now()));
                 }
                 seq += 1;
             }

@@ -9,14 +9,18 @@
 //! preference (binpack, spread, cheapest) and the best `count` taken; ties
 //! break by name, so every member picks the same.
 //!
-//! Binpack and spread find candidates through the free-CPU index
-//! ([`State::by_free`]) instead of scanning the fleet; see [`pick`].
+//! Candidates are found through indexes of ready nodes instead of scanning
+//! the fleet: by free CPU ([`State::by_free`]) for binpack and spread, by
+//! price then free CPU ([`State::by_price`]) for cheapest, each also per
+//! label value ([`State::by_label`]) for `key=value` constraints; see
+//! [`pick`].
 //!
-//! Limitations: no label index (a constraint few nodes meet makes the walk
-//! long); `cheapest` scans every node; a gang request ranks nodes
+//! Limitations: only `key=value` constraints narrow the walk (`in`, `!=`,
+//! versions are checked per node met); a gang request ranks nodes
 //! independently (no topology).
 
-use crate::state::{LeaseSpec, Node, NodeState, Prefer, Resources, State};
+use crate::state::{LabelIndex, LeaseSpec, Node, NodeState, Prefer, Resources, State, price_key};
+use charter_config::constraint::Op;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -235,8 +239,11 @@ pub fn place_with(
 /// Binpack and spread walk [`State::by_free`] (ready nodes by free CPU)
 /// from the tightest or the loosest fit and stop at the first `count` that
 /// pass every checker, so a fleet of any size costs a few lookups when
-/// nodes are alike. Nodes with reservations are judged apart, since the
-/// index does not know what they hold back. Cheapest scans every node.
+/// nodes are alike; cheapest walks [`State::by_price`] the same way. With
+/// a `key=value` constraint, the walk is over the nodes that carry that
+/// label ([`State::by_label`], the fewest of the constraints'), so a rare
+/// label costs what its nodes cost, not the fleet. Nodes with reservations
+/// are judged apart, since the index does not know what they hold back.
 pub fn pick(
     state: &State,
     spec: &LeaseSpec,
@@ -260,9 +267,15 @@ pub fn pick(
         rule_out(n, spec, false).is_none().then_some(n)
     };
     let mut found = 0usize;
+    let empty = LabelIndex::default();
+    let (by_free, by_price) = match narrowest(state, spec) {
+        Some(ix) => (&ix.by_free, &ix.by_price),
+        None if has_missing_label(state, spec) => (&empty.by_free, &empty.by_price),
+        None => (&state.by_free, &state.by_price),
+    };
     match spec.prefer {
         Prefer::Binpack => {
-            for (free, name) in state.by_free.range((need, String::new())..) {
+            for (free, name) in by_free.range((need, String::new())..) {
                 if let Some(n) = fits(name) {
                     cands.push((n, free - need));
                     found += 1;
@@ -274,15 +287,15 @@ pub fn pick(
         }
         Prefer::Spread => {
             // Free-CPU levels from the top; names ascending within a level.
-            let mut level = state.by_free.iter().next_back().map(|(f, _)| *f);
+            let mut level = by_free.iter().next_back().map(|(f, _)| *f);
             while let Some(l) = level {
                 if l < need || found == count {
                     break;
                 }
                 let from = (l, String::new());
                 let entries: Box<dyn Iterator<Item = &(u64, String)>> = match l.checked_add(1) {
-                    Some(next) => Box::new(state.by_free.range(from..(next, String::new()))),
-                    None => Box::new(state.by_free.range(from..)),
+                    Some(next) => Box::new(by_free.range(from..(next, String::new()))),
+                    None => Box::new(by_free.range(from..)),
                 };
                 for (free, name) in entries {
                     if let Some(n) = fits(name) {
@@ -293,17 +306,39 @@ pub fn pick(
                         }
                     }
                 }
-                level = state
-                    .by_free
+                level = by_free
                     .range(..(l, String::new()))
                     .next_back()
                     .map(|(f, _)| *f);
             }
         }
         Prefer::Cheapest => {
-            for n in state.nodes.values() {
-                if !reserved.contains_key(&n.name) && rule_out(n, spec, false).is_none() {
-                    cands.push((n, n.free().cpu_millis - need));
+            // Price levels from the cheapest; within a level, free CPU from
+            // the tightest fit: the order `better` ranks in.
+            let max = spec.max_cost_per_hour.map(price_key);
+            let mut from = (0u64, need, String::new());
+            'levels: loop {
+                let mut next = None;
+                for (price, free, name) in by_price.range(from.clone()..) {
+                    if max.is_some_and(|m| *price > m) {
+                        break 'levels;
+                    }
+                    if *free < need {
+                        // The next level's nodes that cannot fit: skip them.
+                        next = Some(*price);
+                        break;
+                    }
+                    if let Some(n) = fits(name) {
+                        cands.push((n, free - need));
+                        found += 1;
+                        if found == count {
+                            break 'levels;
+                        }
+                    }
+                }
+                match next {
+                    Some(p) => from = (p, need, String::new()),
+                    None => break,
                 }
             }
         }
@@ -319,6 +354,27 @@ pub fn pick(
             .map(|(n, _)| n.name.clone())
             .collect(),
     )
+}
+
+/// The label index of the `key=value` constraint of `spec` that the fewest
+/// ready nodes meet, when it is smaller than the whole fleet.
+fn narrowest<'a>(state: &'a State, spec: &LeaseSpec) -> Option<&'a LabelIndex> {
+    spec.constraints
+        .iter()
+        .filter_map(|c| match &c.op {
+            Op::Eq { value } => state.by_label.get(&(c.key.clone(), value.clone())),
+            _ => None,
+        })
+        .min_by_key(|ix| ix.by_free.len())
+        .filter(|ix| ix.by_free.len() < state.by_free.len())
+}
+
+/// Whether a `key=value` constraint of `spec` is met by no ready node.
+fn has_missing_label(state: &State, spec: &LeaseSpec) -> bool {
+    spec.constraints.iter().any(|c| match &c.op {
+        Op::Eq { value } => !state.by_label.contains_key(&(c.key.clone(), value.clone())),
+        _ => false,
+    })
 }
 
 /// Every node's reason for refusing `spec` now, in words (the slow path).

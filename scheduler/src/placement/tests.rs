@@ -329,13 +329,17 @@ mod index_matches_a_full_scan {
             prefer in 0u8..3,
             zone in proptest::option::of(0u8..3),
             reserved in proptest::collection::vec((0usize..30, 0u64..3), 0..4),
+            max_cost in proptest::option::of(0u8..4),
+            rack in proptest::option::of(0u8..2),
         ) {
             let mut s = State::new(BTreeMap::new());
             for (i, (cap, used, st, z, cost)) in nodes.iter().enumerate() {
                 let cap = (cap + 1) * 1000;
                 let state = [NodeState::Ready, NodeState::Ready, NodeState::Draining, NodeState::Down][*st as usize];
                 let zone = format!("z{z}");
-                let n = node(&format!("n{i:02}"), cap, (used * 500).min(cap), &[("zone", &zone)], state, f64::from(*cost));
+                // 1 node in 7 is on rack r1: a rare label.
+                let rack = if i % 7 == 3 { "r1" } else { "r0" };
+                let n = node(&format!("n{i:02}"), cap, (used * 500).min(cap), &[("zone", &zone), ("rack", rack)], state, f64::from(*cost));
                 s.nodes.insert(n.name.clone(), n);
             }
             s.rebuild_index();
@@ -345,6 +349,10 @@ mod index_matches_a_full_scan {
             if let Some(z) = zone {
                 sp.constraints = vec![Constraint::eq("zone", &format!("z{z}"))];
             }
+            if let Some(r) = rack {
+                sp.constraints.push(Constraint::eq("rack", &format!("r{r}")));
+            }
+            sp.max_cost_per_hour = max_cost.map(|c| f64::from(c) - 0.5);
             let mut held = BTreeMap::new();
             for (i, c) in reserved {
                 if i < nodes.len() {

@@ -176,7 +176,7 @@ impl State {
                 .nodes
                 .get_mut(name)
                 .expect("placement returned a node that exists");
-            let old_key = super::free_key(node);
+            let old_key = super::node_key(node);
             node.allocated = node.allocated.plus(&lease.spec.resources);
             assert!(
                 node.allocated.fits_in(&node.capacity),
@@ -184,7 +184,7 @@ impl State {
             );
             node.leases.insert(id);
             cost += node.cost_per_hour;
-            moved.push((old_key, super::free_key(node)));
+            moved.push((old_key, super::node_key(node)));
         }
         self.queue
             .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
@@ -353,10 +353,10 @@ impl State {
                 let mut moved = Vec::with_capacity(lease.nodes.len());
                 for name in &lease.nodes {
                     if let Some(node) = self.nodes.get_mut(name) {
-                        let old_key = super::free_key(node);
+                        let old_key = super::node_key(node);
                         node.allocated = node.allocated.minus(&lease.spec.resources);
                         node.leases.remove(&id);
-                        moved.push((old_key, super::free_key(node)));
+                        moved.push((old_key, super::node_key(node)));
                     }
                 }
                 lease.state = to;

@@ -484,6 +484,14 @@ pub struct State {
     /// tightest or loosest fit without scanning the fleet.
     #[serde(skip)]
     pub by_free: OrdSet<(u64, String)>,
+    /// Ready nodes by price, then free CPU: `(price_key(cost), free, name)`
+    /// (derived), so `--prefer cheapest` walks from the cheapest fit.
+    #[serde(skip)]
+    pub by_price: OrdSet<(u64, u64, String)>,
+    /// Ready nodes with each label `(key, value)`, in both orders
+    /// (derived): a constraint `key=value` met by few nodes walks those.
+    #[serde(skip)]
+    pub by_label: OrdMap<(String, String), LabelIndex>,
     /// Ended leases by `(ended_at, id)`: the order they leave in (derived
     /// from `leases`, rebuilt on load).
     #[serde(skip)]
@@ -522,6 +530,69 @@ impl Outbox {
 /// A node's key in [`State::by_free`]: only ready nodes take grants.
 pub fn free_key(n: &Node) -> Option<(u64, String)> {
     (n.state == NodeState::Ready).then(|| (n.free().cpu_millis, n.name.clone()))
+}
+
+/// `cost` as a key that sorts as [`f64::total_cmp`] does.
+pub fn price_key(cost: f64) -> u64 {
+    let b = cost.to_bits();
+    if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+/// The ready nodes that carry one label value, in the two orders placement
+/// walks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LabelIndex {
+    /// `(free cpu_millis, name)`.
+    pub by_free: OrdSet<(u64, String)>,
+    /// `(price_key(cost), free cpu_millis, name)`.
+    pub by_price: OrdSet<(u64, u64, String)>,
+}
+
+/// A ready node's entries in the placement indexes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeKey {
+    free: u64,
+    name: String,
+    price: u64,
+    labels: Vec<(String, String)>,
+}
+
+/// A node's [`NodeKey`]: only ready nodes take grants.
+pub fn node_key(n: &Node) -> Option<NodeKey> {
+    (n.state == NodeState::Ready).then(|| NodeKey {
+        free: n.free().cpu_millis,
+        name: n.name.clone(),
+        price: price_key(n.cost_per_hour),
+        labels: n
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    })
+}
+
+/// Placement's indexes of a fleet, as [`State`] keeps them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeIndexes {
+    /// See [`State::by_free`].
+    pub by_free: OrdSet<(u64, String)>,
+    /// See [`State::by_price`].
+    pub by_price: OrdSet<(u64, u64, String)>,
+    /// See [`State::by_label`].
+    pub by_label: OrdMap<(String, String), LabelIndex>,
+}
+
+/// The placement indexes of `nodes`, built from scratch.
+pub fn node_indexes<'a>(nodes: impl Iterator<Item = &'a Node>) -> NodeIndexes {
+    let mut s = State::new(BTreeMap::new());
+    for k in nodes.filter_map(node_key) {
+        s.index_node(k, true);
+    }
+    NodeIndexes {
+        by_free: s.by_free,
+        by_price: s.by_price,
+        by_label: s.by_label,
+    }
 }
 
 impl State {
@@ -656,12 +727,14 @@ impl State {
         Ok(s)
     }
 
-    /// Recomputes the derived indexes ([`State::by_free`], `ended`,
+    /// Recomputes the derived indexes ([`State::by_free`], `by_price`,
+    /// `by_label`, `ended`,
     /// `key_times`, `held`) after loading, or after a test or benchmark
     /// filled the maps directly. Outcomes of an older snapshot's
     /// `applied_keys` are kept as applied now.
     pub fn rebuild_index(&mut self) {
-        self.by_free = self.nodes.values().filter_map(free_key).collect();
+        let ix = node_indexes(self.nodes.values());
+        (self.by_free, self.by_price, self.by_label) = (ix.by_free, ix.by_price, ix.by_label);
         for (k, out) in std::mem::take(&mut self.applied_keys) {
             self.keys
                 .insert(retention::key_id(&k), (self.time, KeyOutcome::of(&out)));
@@ -716,21 +789,48 @@ impl State {
         Ok(Applied::Retention(r))
     }
 
-    /// Moves a node's entry in [`State::by_free`] from `old` to `new`.
-    fn reindex(&mut self, old: Option<(u64, String)>, new: Option<(u64, String)>) {
+    /// Moves a node's entries in the placement indexes ([`State::by_free`],
+    /// [`State::by_price`], [`State::by_label`]) from `old` to `new`.
+    fn reindex(&mut self, old: Option<NodeKey>, new: Option<NodeKey>) {
         if old != new {
             if let Some(o) = old {
-                self.by_free.remove(&o);
+                self.index_node(o, false);
             }
             if let Some(n) = new {
-                self.by_free.insert(n);
+                self.index_node(n, true);
             }
         }
     }
 
-    /// A node's current key in [`State::by_free`], if it takes grants.
-    fn key_of(&self, name: &str) -> Option<(u64, String)> {
-        self.nodes.get(name).and_then(free_key)
+    /// Adds (or removes) a node's entries in the placement indexes.
+    fn index_node(&mut self, k: NodeKey, add: bool) {
+        let by_free = (k.free, k.name.clone());
+        let by_price = (k.price, k.free, k.name.clone());
+        if add {
+            self.by_free.insert(by_free.clone());
+            self.by_price.insert(by_price.clone());
+        } else {
+            self.by_free.remove(&by_free);
+            self.by_price.remove(&by_price);
+        }
+        for label in k.labels {
+            if add {
+                let ix = self.by_label.entry(label).or_default();
+                ix.by_free.insert(by_free.clone());
+                ix.by_price.insert(by_price.clone());
+            } else if let Some(ix) = self.by_label.get_mut(&label) {
+                ix.by_free.remove(&by_free);
+                ix.by_price.remove(&by_price);
+                if ix.by_free.is_empty() {
+                    self.by_label.remove(&label);
+                }
+            }
+        }
+    }
+
+    /// A node's current placement key, if it takes grants.
+    fn key_of(&self, name: &str) -> Option<NodeKey> {
+        self.nodes.get(name).and_then(node_key)
     }
 }
 

@@ -76,7 +76,7 @@ impl State {
         if let Some(d) = new_due {
             self.heartbeats.insert(d);
         }
-        self.reindex(old_key, super::free_key(&out));
+        self.reindex(old_key, super::node_key(&out));
         self.grant_queue();
         Ok(Applied::Node(out))
     }
@@ -98,7 +98,7 @@ impl State {
         }
         let out = node.clone();
         if came_back {
-            self.reindex(None, super::free_key(&out));
+            self.reindex(None, super::node_key(&out));
             self.grant_queue();
         }
         Ok(Applied::Node(out))
@@ -200,7 +200,7 @@ impl State {
             (_, false) => NodeState::Ready,
         };
         let out = node.clone();
-        self.reindex(old_key, super::free_key(&out));
+        self.reindex(old_key, super::node_key(&out));
         if !draining {
             self.grant_queue();
         }

@@ -1,6 +1,6 @@
 //! No node's granted resources exceed its capacity, a node's allocation is
-//! exactly the sum of its granted leases, and placement's free-CPU index
-//! says what the nodes say.
+//! exactly the sum of its granted leases, and placement's indexes (free
+//! CPU, price, label) say what the nodes say.
 
 use super::MemberView;
 use crate::state::{LeaseState, Resources};
@@ -18,6 +18,13 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
             return Err(format!(
                 "member {}: the free-CPU index {:?} disagrees with the nodes {:?}",
                 v.id, v.state.by_free, want
+            ));
+        }
+        let ix = crate::state::node_indexes(v.state.nodes.values());
+        if ix.by_price != v.state.by_price || ix.by_label != v.state.by_label {
+            return Err(format!(
+                "member {}: the price or label index disagrees with the nodes",
+                v.id
             ));
         }
         for n in v.state.nodes.values() {
