@@ -12,13 +12,14 @@
 //! - `run`: job, 0, scheduled_at → record;
 //! - `deploy`: app, 0, id → record;
 //! - `lock`: lock name, 0, acquisition id → ended acquisition;
-//! - `audit`: raft index → that entry's [`AuditRecord`]s (one value per
-//!   entry, outside the byte and age accounting above: pruned by
-//!   [`AUDIT_ENTRIES`] and by age in [`History::prune`]);
 //! - `age`: trimmed-at, tree name, 0, key → value size (for pruning);
 //! - `meta`: `bytes` → the values' total size.
 //!
 //! Records are MessagePack by field name (`rmp-serde`), like the log.
+//!
+//! Audit records are not in sled: they go to an append-only
+//! [`AuditLog`] in the `audit-log` directory inside the store's, bounded
+//! by its own bytes ([`AUDIT_BYTES`]) and by the same age.
 //!
 //! Writes are not fsynced on their own: the driver calls [`History::flush`]
 //! before it compacts the raft log, and a member that crashes applies again
@@ -27,6 +28,7 @@
 //! Limitations: a member that joined (or installed a snapshot) holds only
 //! what it trimmed itself since; the history is not replicated.
 
+use super::audit_log::AuditLog;
 use crate::state::audit::AuditRecord;
 use crate::state::{CronRun, Lease, Millis, Task, Trimmed};
 use charter_config::deployment::Deployment;
@@ -42,7 +44,7 @@ pub struct History {
     run: sled::Tree,
     deploy: sled::Tree,
     lock: sled::Tree,
-    audit: sled::Tree,
+    audit: AuditLog,
     age: sled::Tree,
     meta: sled::Tree,
 }
@@ -51,7 +53,7 @@ type Result<T> = std::result::Result<T, String>;
 
 /// Audit records are kept for at most this many of the newest log entries
 /// (and no longer than the history's age limit).
-pub const AUDIT_ENTRIES: u64 = 100_000;
+pub const AUDIT_BYTES: u64 = super::audit_log::MAX_BYTES;
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("history store: {what}: {e}")
@@ -76,13 +78,20 @@ impl History {
             super::sled_store::open_db(|| sled::Config::new().path(dir).cache_capacity(2 << 20))
                 .map_err(|e| err(&format!("cannot open {}", dir.display()), e))?;
         let tree = |n: &str| db.open_tree(n).map_err(|e| err("cannot open a tree", e));
+        // Audit records were a tree here before they had a log of their own.
+        db.drop_tree("audit")
+            .map_err(|e| err("cannot drop the old audit tree", e))?;
         Ok(History {
             lease: tree("lease")?,
             task: tree("task")?,
             run: tree("run")?,
             deploy: tree("deploy")?,
             lock: tree("lock")?,
-            audit: tree("audit")?,
+            audit: AuditLog::open(
+                &dir.join("audit-log"),
+                AUDIT_BYTES,
+                super::audit_log::SEGMENT_BYTES,
+            )?,
             age: tree("age")?,
             meta: tree("meta")?,
             db,
@@ -127,12 +136,11 @@ impl History {
         Ok(())
     }
 
-    /// Keeps the audit records of log entry `index` (one write per entry).
+    /// Keeps the audit records of log entry `index` (one buffered append
+    /// per entry; a replayed entry is written once).
     pub fn put_audit(&self, index: u64, records: &[AuditRecord]) -> Result<()> {
-        self.audit
-            .insert(be(index), json(&records))
-            .map_err(|e| err("cannot write", e))?;
-        Ok(())
+        let at = records.first().map_or(0, |r| r.at);
+        self.audit.put(index, at, records)
     }
 
     /// The newest `n` audit records at or after `since` that `keep`
@@ -143,43 +151,7 @@ impl History {
         n: usize,
         keep: impl Fn(&AuditRecord) -> bool,
     ) -> Vec<AuditRecord> {
-        let mut out: Vec<AuditRecord> = self
-            .audit
-            .iter()
-            .rev()
-            .filter_map(|kv| kv.ok().and_then(|(_, v)| read::<Vec<AuditRecord>>(&v)))
-            .flat_map(|rs| rs.into_iter().rev())
-            .take_while(|r| r.at >= since)
-            .filter(|r| keep(r))
-            .take(n)
-            .collect();
-        out.reverse();
-        out
-    }
-
-    /// Drops audit records of entries more than [`AUDIT_ENTRIES`] behind
-    /// the newest, or applied before `cut`. Returns how many entries went.
-    fn prune_audit(&self, cut: Millis) -> Result<usize> {
-        let newest = match self.audit.last().map_err(|e| err("cannot read", e))? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
-            None => return Ok(0),
-        };
-        let below = newest.saturating_sub(AUDIT_ENTRIES);
-        let mut dropped = 0;
-        for item in self.audit.iter() {
-            let (k, v) = item.map_err(|e| err("cannot read", e))?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let old = index <= below
-                || read::<Vec<AuditRecord>>(&v)
-                    .and_then(|rs| rs.first().map(|r| r.at < cut))
-                    .unwrap_or(true);
-            if !old {
-                break;
-            }
-            self.audit.remove(&k).map_err(|e| err("cannot prune", e))?;
-            dropped += 1;
-        }
-        Ok(dropped)
+        self.audit.read(since, n, keep)
     }
 
     fn add_bytes(&self, n: i64) -> Result<u64> {
@@ -237,11 +209,12 @@ impl History {
             bytes = self.add_bytes(-(size as i64))?;
             dropped += 1;
         }
-        Ok(dropped + self.prune_audit(cut)?)
+        Ok(dropped + self.audit.prune(cut)?)
     }
 
     /// Writes everything so far to disk.
     pub fn flush(&self) -> Result<()> {
+        self.audit.flush()?;
         self.db
             .flush()
             .map(|_| ())
@@ -359,15 +332,76 @@ mod tests {
         assert_eq!(anns.len(), 1);
         assert_eq!(anns[0].index, 7, "the newest n");
         assert_eq!(h.audit(150, 10, |_| true).len(), 1, "since");
-        // By age: entry 5 (at 100) goes, entry 7 stays; by entries: all
-        // but the newest AUDIT_ENTRIES go.
-        h.prune(150 + 1_000, 1_000, u64::MAX).unwrap();
-        assert_eq!(h.audit(0, 10, |_| true).len(), 1);
-        h.put_audit(7 + AUDIT_ENTRIES, &[rec(7 + AUDIT_ENTRIES, 0, 300, "ann")])
+        // Entries replayed after a crash are written once.
+        h.put_audit(7, &[rec(7, 0, 200, "ann")]).unwrap();
+        assert_eq!(h.audit(0, 10, |_| true).len(), 3);
+        drop(h);
+        let h = History::open(dir.path()).unwrap();
+        h.put_audit(7, &[rec(7, 0, 200, "ann")]).unwrap();
+        assert_eq!(h.audit(0, 10, |_| true).len(), 3, "after a reopen too");
+    }
+
+    #[test]
+    fn the_audit_log_keeps_whole_segments_within_its_bytes_and_age() {
+        use super::super::audit_log::AuditLog;
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |index: u64, at: Millis| AuditRecord {
+            index,
+            seq: 0,
+            at,
+            principal: "ann".into(),
+            command: "lease request".into(),
+            target: format!("lease {index}"),
+            outcome: "ok".into(),
+        };
+        let log = AuditLog::open(dir.path(), 2_000, 500).unwrap();
+        for i in 1..=200u64 {
+            log.put(i, i as Millis * 10, &[rec(i, i as Millis * 10)])
+                .unwrap();
+        }
+        let on_disk: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        log.flush().unwrap();
+        assert!(log.bytes() <= 2_000 + 500, "{} bytes kept", log.bytes());
+        assert!(on_disk <= 2_000 + 500, "{on_disk} bytes on disk");
+        let kept = log.read(0, 1_000, |_| true);
+        assert_eq!(kept.last().unwrap().index, 200, "the newest stay");
+        let first = kept[0].index;
+        assert!(first > 1, "the oldest went");
+        let idx: Vec<u64> = kept.iter().map(|r| r.index).collect();
+        assert_eq!(idx, (first..=200).collect::<Vec<_>>(), "in order, no gaps");
+        // A torn last line (a crash mid-write) is skipped; the log goes on.
+        drop(log);
+        let newest = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
             .unwrap();
-        h.prune(300, u64::MAX, u64::MAX).unwrap();
-        let left: Vec<u64> = h.audit(0, 10, |_| true).iter().map(|r| r.index).collect();
-        assert_eq!(left, [7 + AUDIT_ENTRIES]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&newest)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"index\":201,\"rec").unwrap();
+        let log = AuditLog::open(dir.path(), 2_000, 500).unwrap();
+        assert_eq!(log.read(0, 1, |_| true)[0].index, 200);
+        log.put(201, 2_010, &[rec(201, 2_010)]).unwrap();
+        assert_eq!(
+            log.read(0, 1, |_| true)[0].index,
+            201,
+            "a clean line after the torn one"
+        );
+        // By age: a segment goes once the next one began before the cut.
+        log.put(300, 100_000, &[rec(300, 100_000)]).unwrap();
+        log.prune(100_001).unwrap();
+        let left: Vec<u64> = log
+            .read(0, 1_000, |_| true)
+            .iter()
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(left.last(), Some(&300));
+        assert!(left.iter().all(|i| *i >= 150), "{left:?}");
     }
 
     #[test]

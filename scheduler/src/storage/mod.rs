@@ -9,6 +9,7 @@
 //! since sled's own `flush` is `sync_file_range` on Linux and not an fsync),
 //! and [`MemStore`] for tests and simulation.
 
+pub mod audit_log;
 pub mod history;
 mod memory;
 mod sled_store;
