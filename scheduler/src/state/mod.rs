@@ -4,9 +4,13 @@
 //! Invariants, at every applied index:
 //! - a node's allocated resources are the sum of its granted leases' resources,
 //!   and never exceed its capacity;
-//! - fencing tokens strictly increase with every grant;
+//! - fencing tokens strictly increase with every grant, of a lease or of a
+//!   lock ([`locks`]);
+//! - a lock has at most `limit` holders, and no acquisition, held or
+//!   waiting, outlives its `expires_at` (or a waiter its `wait_until`);
 //! - a pending request is in the queue, a granted lease in the expiry index,
-//!   and an ended one in neither;
+//!   and an ended one in neither; placement's node indexes (`by_free`,
+//!   `by_price`, `by_label`) say what the nodes say;
 //! - a proposal whose idempotency key was already applied (and is still
 //!   kept) changes nothing and returns that request's outcome;
 //! - nothing live (a pending or granted lease, a task not ended, a running
