@@ -14,12 +14,6 @@ use tonic::Code;
 
 const ELECTION: Duration = Duration::from_secs(15);
 
-fn refused(out: &std::process::Output, want: &str) {
-    assert!(!out.status.success(), "accepted: {}", stderr(out));
-    let err = stderr(out);
-    assert!(err.contains(want), "wanted {want:?} in: {err}");
-}
-
 fn channel(rt: &tokio::runtime::Runtime, c: &Cluster) -> tonic::transport::Channel {
     let addr = format!("http://{}", c.servers().split(',').next().unwrap());
     rt.block_on(

@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 fn tls_init(dir: &Path, args: &[&str]) {
@@ -31,12 +30,6 @@ fn flags(dir: &Path, party: &str) -> Vec<String> {
         "--tls-key".into(),
         p(&format!("{party}-key.pem")),
     ]
-}
-
-fn refused(out: &Output, want: &str) {
-    assert!(!out.status.success(), "accepted: {}", stderr(out));
-    let err = stderr(out);
-    assert!(err.contains(want), "wanted {want:?} in: {err}");
 }
 
 #[test]

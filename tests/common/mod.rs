@@ -111,6 +111,13 @@ pub fn json_ok(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Asserts the command failed and said `want` on stderr.
+pub fn refused(out: &Output, want: &str) {
+    assert!(!out.status.success(), "accepted: {}", stderr(out));
+    let err = stderr(out);
+    assert!(err.contains(want), "wanted {want:?} in: {err}");
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
