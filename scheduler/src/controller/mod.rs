@@ -15,7 +15,7 @@ use crate::state::{Applied, Command, Millis, Proposal, State};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often the tick loop looks at `next_due`.
+/// The longest the tick loop sleeps before it looks at `next_due` again.
 pub const TICK_PERIOD: Duration = Duration::from_millis(20);
 
 /// The proposal that applies everything due at `now`, if anything is.
@@ -111,18 +111,32 @@ pub async fn retention(
 }
 
 /// Runs the tick loop until `stop` turns true.
+///
+/// The leader sleeps until the next thing falls due (at most
+/// [`TICK_PERIOD`]), and wakes early when an applied entry may have made
+/// something due sooner, so an expiry is proposed within a millisecond or
+/// two of its time rather than up to a period late.
 pub async fn ticks(member: MemberHandle, mut stop: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(TICK_PERIOD);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut applied = member.applied_watch();
+    let mut wait = TICK_PERIOD;
     loop {
         tokio::select! {
-            _ = every.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
+            r = applied.changed() => if r.is_err() { return },
             _ = stop.changed() => return,
         }
+        wait = TICK_PERIOD;
         if !member.is_leader() {
             continue;
         }
         let now = member.clock().now();
+        let due = member.read(|s| s.next_due());
+        if let Some(d) = due.filter(|d| *d > now) {
+            // One millisecond past it, so the time has come when we wake.
+            let ms = u64::try_from(d - now).unwrap_or(u64::MAX).saturating_add(1);
+            wait = Duration::from_millis(ms).min(TICK_PERIOD);
+            continue;
+        }
         let Some(p) = member.read(|s| tick_proposal(s, now)) else {
             continue;
         };
@@ -149,7 +163,11 @@ pub async fn ticks(member: MemberHandle, mut stop: watch::Receiver<bool>) {
                 );
             }
             Ok(other) => tracing::warn!(?other, "unexpected tick outcome"),
-            Err(e) => tracing::debug!(error = %e, "tick proposal failed; will retry"),
+            Err(e) => {
+                tracing::debug!(error = %e, "tick proposal failed; will retry");
+                // Not at once: leadership may be moving.
+                wait = Duration::from_millis(5);
+            }
         }
     }
 }
