@@ -300,15 +300,21 @@ fn a_leader_crash_moves_no_expiry_and_loses_no_acquisition() {
     c.0.kill9(leader);
     let new = c.wait_leader(ELECTION);
     assert_ne!(new, leader);
+    // Each acquisition is still held, or ended at the expiry it had: the
+    // new leader neither moved it nor lost it.
     for (n, b) in ["l1", "l2", "l3"].iter().zip(&before) {
         let v = show(&c, n);
-        if let Some(h) = holders(&v).first().filter(|h| h["id"] == b["id"]) {
-            assert_eq!(
-                (&h["expires_at"], &h["token"]),
-                (&b["expires_at"], &b["token"]),
-                "{n}"
-            );
-        }
+        let h = holders(&v)
+            .into_iter()
+            .chain(v["recent"].as_array().cloned().unwrap_or_default())
+            .find(|h| h["id"] == b["id"])
+            .unwrap_or_else(|| panic!("{n}'s acquisition is gone: {v}"));
+        assert_eq!(
+            (&h["expires_at"], &h["token"]),
+            (&b["expires_at"], &b["token"]),
+            "{n}: {v}"
+        );
+        assert!(h["state"] == "held" || h["state"] == "expired", "{h}");
     }
     let got = waiter.wait_with_output().unwrap();
     let w = json_ok(&got);

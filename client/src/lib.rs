@@ -264,7 +264,7 @@ impl LockOptions {
             })
             .await?;
         let give_up = self.wait.map(|w| sent + w);
-        let mut renewed = sent;
+        // `sent`: when the last acquire or renewal that succeeded was sent.
         while h.state == "waiting" {
             if give_up.is_some_and(|g| Instant::now() >= g) {
                 let _ = release(c, &self.name, h.id).await;
@@ -273,14 +273,13 @@ impl LockOptions {
                     self.name
                 )));
             }
-            if renewed.elapsed() >= self.ttl / 3 {
+            if sent.elapsed() >= self.ttl / 3 {
                 let t = Instant::now();
                 h = renew(c, h.id, RETRY_FOR.min(self.ttl)).await?;
-                renewed = t;
                 sent = t;
                 continue;
             }
-            let left = (renewed + self.ttl / 3).saturating_duration_since(Instant::now());
+            let left = (sent + self.ttl / 3).saturating_duration_since(Instant::now());
             let wreq = pb::WaitLockRequest {
                 name: self.name.clone(),
                 id: h.id,

@@ -253,21 +253,11 @@ pub fn status_error(what: &str, addr: &str, s: &Status) -> UserError {
 }
 
 /// The locks client library ([`charter_client`]) over the same servers and
-/// token as every other command.
+/// token as every other command (checked as [`Client::new`] checks them).
 pub fn lock_client(g: &Global) -> anyhow::Result<charter_client::Client> {
-    // Checks the token and the addresses the same way.
-    Client::new(g)?;
-    let addrs: Vec<String> = g.servers.split(',').map(str::to_string).collect();
-    let servers = Servers::new(&addrs, find_token(g))
-        .map(|s| s.give_up_unreachable(Duration::from_secs(2)))
-        .map_err(|e| {
-            super::output::fail(
-                "cannot use --server",
-                e,
-                "pass --server HOST:PORT[,HOST:PORT…] or set CHARTER_SERVER",
-            )
-        })?;
-    Ok(charter_client::Client::from_servers(servers))
+    Ok(charter_client::Client::from_servers(
+        Client::new(g)?.servers,
+    ))
 }
 
 #[cfg(test)]

@@ -141,7 +141,12 @@ impl MemberHandle {
 
     /// Whether this member is the leader now.
     pub fn is_leader(&self) -> bool {
-        self.status().role == Role::Leader
+        // Without copying the status (members and all): the tick loop asks
+        // after every applied batch.
+        self.status
+            .lock()
+            .map(|s| s.role == Role::Leader)
+            .unwrap_or(false)
     }
 
     /// Runs `f` over the applied state. Not linearizable on its own: call

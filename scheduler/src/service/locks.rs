@@ -90,24 +90,11 @@ fn view(s: &State, name: &str, who: &Principal, applied: u64) -> pb::LockReply {
 
 fn live_hold(s: &State, id: u64, who: &Principal, applied: u64) -> Option<pb::LockHold> {
     let h = s.holds.get(&id)?;
-    let position = s
-        .locks
-        .get(&h.lock)
-        .and_then(|l| l.waiters.iter().position(|w| *w == id))
-        .map_or(0, |i| i + 1);
-    Some(hold_pb(h, who, position, applied))
+    Some(hold_pb(h, who, s.lock_position(&h.lock, id), applied))
 }
 
 fn check_name(name: &str) -> Result<(), Status> {
-    if charter_config::limits::name(name) {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "lock name {:?}: {}",
-            name.chars().take(64).collect::<String>(),
-            charter_config::limits::NAME_RULE
-        )))
-    }
+    locks::check_name(name).map_err(Status::invalid_argument)
 }
 
 impl Api {
@@ -120,12 +107,7 @@ impl Api {
         // The outcome as applied (this member may not have applied it yet
         // when it forwarded the command); the place in line as known here.
         let applied = self.member.status().applied;
-        let position = self.member.read(|s| {
-            s.locks
-                .get(&h.lock)
-                .and_then(|l| l.waiters.iter().position(|w| *w == h.id))
-                .map_or(0, |i| i + 1)
-        });
+        let position = self.member.read(|s| s.lock_position(&h.lock, h.id));
         Ok(hold_pb(&h, who, position, applied))
     }
 

@@ -170,16 +170,22 @@ pub struct Lock {
     pub waiters: Vec<u64>,
 }
 
+/// Checks a lock's name; the reason says what names may be.
+pub fn check_name(name: &str) -> Result<(), String> {
+    use charter_config::limits;
+    if limits::name(name) {
+        return Ok(());
+    }
+    Err(format!(
+        "lock name {:?}: {}",
+        name.chars().take(64).collect::<String>(),
+        limits::NAME_RULE
+    ))
+}
+
 /// Checks an acquisition's fields; the reason says which and what is allowed.
 pub fn check_spec(s: &LockSpec) -> Result<(), String> {
-    use charter_config::limits;
-    if !limits::name(&s.name) {
-        return Err(format!(
-            "lock name {:?}: {}",
-            s.name.chars().take(64).collect::<String>(),
-            limits::NAME_RULE
-        ));
-    }
+    check_name(&s.name)?;
     if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&s.ttl_ms) {
         return Err(format!(
             "lock ttl {} ms: must be between 1s and 24h",
@@ -343,6 +349,14 @@ impl State {
             .filter_map(|id| self.holds.get(id))
             .collect();
         Some((lock, holds))
+    }
+
+    /// Acquisition `id`'s place in its lock's line, 1 first (0: not waiting).
+    pub fn lock_position(&self, lock: &str, id: u64) -> usize {
+        self.locks
+            .get(lock)
+            .and_then(|l| l.waiters.iter().position(|w| *w == id))
+            .map_or(0, |i| i + 1)
     }
 
     /// The leader of election `name`: the oldest holder of its lock.

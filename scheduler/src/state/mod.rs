@@ -588,14 +588,38 @@ pub struct NodeIndexes {
 
 /// The placement indexes of `nodes`, built from scratch.
 pub fn node_indexes<'a>(nodes: impl Iterator<Item = &'a Node>) -> NodeIndexes {
-    let mut s = State::new(BTreeMap::new());
+    let mut ix = NodeIndexes::default();
     for k in nodes.filter_map(node_key) {
-        s.index_node(k, true);
+        ix.index(k, true);
     }
-    NodeIndexes {
-        by_free: s.by_free,
-        by_price: s.by_price,
-        by_label: s.by_label,
+    ix
+}
+
+impl NodeIndexes {
+    /// Adds (or removes) a node's entries.
+    fn index(&mut self, k: NodeKey, add: bool) {
+        let by_free = (k.free, k.name.clone());
+        let by_price = (k.price, k.free, k.name.clone());
+        if add {
+            self.by_free.insert(by_free.clone());
+            self.by_price.insert(by_price.clone());
+        } else {
+            self.by_free.remove(&by_free);
+            self.by_price.remove(&by_price);
+        }
+        for label in k.labels {
+            if add {
+                let ix = self.by_label.entry(label).or_default();
+                ix.by_free.insert(by_free.clone());
+                ix.by_price.insert(by_price.clone());
+            } else if let Some(ix) = self.by_label.get_mut(&label) {
+                ix.by_free.remove(&by_free);
+                ix.by_price.remove(&by_price);
+                if ix.by_free.is_empty() {
+                    self.by_label.remove(&label);
+                }
+            }
+        }
     }
 }
 
@@ -808,28 +832,13 @@ impl State {
 
     /// Adds (or removes) a node's entries in the placement indexes.
     fn index_node(&mut self, k: NodeKey, add: bool) {
-        let by_free = (k.free, k.name.clone());
-        let by_price = (k.price, k.free, k.name.clone());
-        if add {
-            self.by_free.insert(by_free.clone());
-            self.by_price.insert(by_price.clone());
-        } else {
-            self.by_free.remove(&by_free);
-            self.by_price.remove(&by_price);
-        }
-        for label in k.labels {
-            if add {
-                let ix = self.by_label.entry(label).or_default();
-                ix.by_free.insert(by_free.clone());
-                ix.by_price.insert(by_price.clone());
-            } else if let Some(ix) = self.by_label.get_mut(&label) {
-                ix.by_free.remove(&by_free);
-                ix.by_price.remove(&by_price);
-                if ix.by_free.is_empty() {
-                    self.by_label.remove(&label);
-                }
-            }
-        }
+        let mut ix = NodeIndexes {
+            by_free: std::mem::take(&mut self.by_free),
+            by_price: std::mem::take(&mut self.by_price),
+            by_label: std::mem::take(&mut self.by_label),
+        };
+        ix.index(k, add);
+        (self.by_free, self.by_price, self.by_label) = (ix.by_free, ix.by_price, ix.by_label);
     }
 
     /// A node's current placement key, if it takes grants.
