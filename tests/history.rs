@@ -209,7 +209,10 @@ fn a_state_larger_than_a_message_reaches_a_new_member_in_chunks() {
     c.wait_applied(j, commit, Duration::from_secs(120));
     let leases = gauge(&c.members[j].http, "charter_state_leases");
     assert_eq!(leases, n, "the new member holds every live lease");
-    assert_eq!(gauge(&c.members[j].http, "charter_leases_granted"), n);
+    assert_eq!(
+        gauge(&c.members[j].http, "charter_leases{kind=\"granted\"}"),
+        n
+    );
 }
 
 #[test]

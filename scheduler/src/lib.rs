@@ -15,6 +15,8 @@ pub mod clock;
 pub mod codec;
 pub mod controller;
 mod error;
+pub mod events;
+pub mod metrics;
 pub mod placement;
 #[path = "raft/mod.rs"]
 pub mod raft_driver;

@@ -276,10 +276,15 @@ impl Server {
             }
         })];
         let mut http_stop = stop_rx.clone();
-        let mut app = http::router(member.clone()).merge(crate::service::locks::http::router(
-            api,
-            opts.tokens.clone(),
-        ));
+        let mut app = http::router(member.clone())
+            .merge(crate::service::locks::http::router(
+                api.clone(),
+                opts.tokens.clone(),
+            ))
+            .merge(crate::service::events::http::router(
+                api,
+                opts.tokens.clone(),
+            ));
         if let Some(extra) = opts.http_extra.clone() {
             app = app.merge(extra);
         }

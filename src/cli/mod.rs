@@ -13,6 +13,7 @@ mod client;
 mod cluster;
 mod cron;
 mod deploy;
+mod events;
 mod lease;
 mod lock;
 mod node;
@@ -137,6 +138,11 @@ pub enum Cmd {
         after_help = "Examples:\n  charter audit\n  charter audit --principal ann --since 1h --json"
     )]
     Audit(audit::AuditArgs),
+    /// The cluster's events: leases, nodes, tasks, cron runs, deployments, members.
+    #[command(
+        after_help = "Examples:\n  charter events --follow\n  charter events --type lease,task --json\n  charter events --since-index 1200 --follow"
+    )]
+    Events(events::EventsArgs),
     /// Make a cluster CA and certificates for members, agents and clients.
     #[command(subcommand)]
     #[command(
@@ -197,6 +203,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Cmd::Lock(c) => rt.block_on(lock::run(&g, c)),
         Cmd::Elect(a) => rt.block_on(lock::elect(&g, a)),
         Cmd::Audit(a) => rt.block_on(audit::run(&g, a)),
+        Cmd::Events(a) => rt.block_on(events::run(&g, a)),
         Cmd::Task(c) => rt.block_on(task::run(&g, c)),
         Cmd::Deploy(c) => rt.block_on(deploy::run(&g, c)),
         Cmd::Validate(a) => validate::run(&g, a),

@@ -2,7 +2,9 @@
 
 use super::{MemberHandle, Role, Status};
 use crate::clock::Clock;
-use crate::state::{Outcome, Proposal, State};
+use crate::events::EventLog;
+use crate::metrics::Metrics;
+use crate::state::{Event, EventKind, Millis, Outcome, Proposal, State};
 use crate::storage::{History, LogStore};
 use crate::transport::{Report, Transport};
 use crate::{Error, Result};
@@ -116,7 +118,7 @@ enum Waiter {
     /// Clients of one proposed entry, with a digest of the entry's data: an
     /// entry from another proposer that happens to carry the same context is
     /// never mistaken for ours.
-    Batch(u64, Vec<oneshot::Sender<Result<Outcome>>>),
+    Batch(u64, Instant, Vec<oneshot::Sender<Result<Outcome>>>),
     Conf(MembersReply),
 }
 
@@ -141,6 +143,10 @@ pub struct Driver<S: LogStore, T: Transport> {
     status: Arc<Mutex<Status>>,
     /// The applied index, for those who wait for the state to change.
     applied_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What the applied entries meant to people ([`crate::events`]).
+    events: Arc<EventLog>,
+    /// What `/metrics` counts ([`crate::metrics`]).
+    metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     cfg: MemberConfig,
     nonce: u64,
@@ -278,7 +284,11 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             ..Status::default()
         }));
         let applied_tx = Arc::new(tokio::sync::watch::Sender::new(applied));
+        let events = Arc::new(EventLog::new(applied));
+        let metrics = Arc::new(Metrics::new());
         let handle = MemberHandle {
+            events: events.clone(),
+            metrics: metrics.clone(),
             id: cfg.id,
             tx: tx.clone(),
             state: state.clone(),
@@ -295,6 +305,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             state,
             status,
             applied_tx,
+            events,
+            metrics,
             clock,
             cfg,
             nonce,
@@ -537,7 +549,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let sum = digest(&data);
         match self.raw.propose(ctx.clone(), data) {
             Ok(()) => {
-                self.waiters.insert(ctx, Waiter::Batch(sum, replies));
+                self.waiters
+                    .insert(ctx, Waiter::Batch(sum, Instant::now(), replies));
             }
             Err(_) => {
                 for r in replies {
@@ -604,7 +617,9 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         // commit lost in a crash is learned again from the leader, and the
         // store raises a stored commit below its snapshot when it opens.
         if ready.must_sync() {
+            let t = Instant::now();
             self.raw.mut_store().sync()?;
+            self.metrics.observe_fsync(t.elapsed());
         }
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
@@ -636,6 +651,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         }
         self.applied = index;
         self.snapshot_index = index;
+        self.events.reset(index);
         tracing::info!(
             member = self.cfg.id,
             index,
@@ -676,10 +692,20 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
+            let mut events = Vec::new();
             if let Some(first) = props.first() {
+                if e.term > st.term {
+                    events.push(self.leader_event(e.term, first.at.max(st.time)));
+                }
                 st.observe_term(e.term, first.at);
             }
             let outs: Vec<Outcome> = props.iter().map(|p| st.apply(p)).collect();
+            events.extend(st.take_events());
+            self.metrics.observe_events(&events);
+            for r in outs.iter().filter_map(|o| o.as_ref().err()) {
+                self.metrics.observe_refusal(r);
+            }
+            self.events.push(e.index, events);
             // Who did what, from the entry itself (see `state::audit`).
             if let Some(h) = &self.cfg.history {
                 let records: Vec<_> = props
@@ -705,8 +731,11 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             }
             outs
         };
-        if let Some(Waiter::Batch(sum, replies)) = self.waiters.remove(&e.context[..]) {
+        if let Some(Waiter::Batch(sum, proposed, replies)) = self.waiters.remove(&e.context[..]) {
             if sum == digest(&e.data) && replies.len() == outcomes.len() {
+                self.metrics
+                    .propose_to_apply
+                    .observe(proposed.elapsed().as_secs_f64());
                 for (r, o) in replies.into_iter().zip(outcomes) {
                     let _ = r.send(Ok(o));
                 }
@@ -718,6 +747,27 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             }
         }
         Ok(())
+    }
+
+    /// The event of the first entry of a new term: its leader (as far as
+    /// this member knows it) took over.
+    fn leader_event(&self, term: u64, at: Millis) -> Event {
+        let r = &self.raw.raft;
+        let leader = if r.term == term && r.leader_id != 0 {
+            r.leader_id.to_string()
+        } else {
+            "unknown".to_string()
+        };
+        Event {
+            index: 0,
+            seq: 0,
+            at,
+            kind: EventKind::LeaderChanged,
+            principal: String::new(),
+            subject: leader,
+            detail: format!("term {term}"),
+            ms: None,
+        }
     }
 
     fn apply_conf_change(&mut self, e: &Entry) -> Result<()> {
@@ -748,6 +798,30 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             changed = cc.node_id,
             ?members,
             "membership changed"
+        );
+        let (kind, detail) = match cc.get_change_type() {
+            ConfChangeType::RemoveNode => (EventKind::MemberLeft, String::new()),
+            _ => (
+                EventKind::MemberJoined,
+                members.get(&cc.node_id).cloned().unwrap_or_default(),
+            ),
+        };
+        let at = match self.state.read() {
+            Ok(s) => s.time,
+            Err(p) => p.into_inner().time,
+        };
+        self.events.push(
+            e.index,
+            vec![Event {
+                index: e.index,
+                seq: 0,
+                at,
+                kind,
+                principal: String::new(),
+                subject: cc.node_id.to_string(),
+                detail,
+                ms: None,
+            }],
         );
         if let Some(Waiter::Conf(r)) = self.waiters.remove(&e.context[..]) {
             let _ = r.send(Ok(members));
@@ -875,7 +949,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     fn fail_all(&mut self, err: impl Fn() -> Error) {
         for (_, w) in self.waiters.drain() {
             match w {
-                Waiter::Batch(_, rs) => {
+                Waiter::Batch(_, _, rs) => {
                     for r in rs {
                         let _ = r.send(Err(err()));
                     }

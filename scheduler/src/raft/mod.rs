@@ -104,6 +104,8 @@ pub struct MemberHandle {
     applied: Arc<tokio::sync::watch::Sender<u64>>,
     clock: Arc<dyn Clock>,
     history: Option<Arc<crate::storage::History>>,
+    events: Arc<crate::events::EventLog>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl MemberHandle {
@@ -120,6 +122,16 @@ impl MemberHandle {
     /// The member's history store: what left its live state.
     pub fn history(&self) -> Option<&Arc<crate::storage::History>> {
         self.history.as_ref()
+    }
+
+    /// The member's recent events ([`crate::events`]).
+    pub fn events(&self) -> &Arc<crate::events::EventLog> {
+        &self.events
+    }
+
+    /// The member's metrics ([`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// A copy of the member's status.

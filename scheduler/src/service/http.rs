@@ -1,5 +1,7 @@
-//! The HTTP side: `/healthz` and `/metrics` (Prometheus text format).
+//! The HTTP side: `/healthz` and `/metrics` (Prometheus text format,
+//! [`crate::metrics`]).
 
+use crate::metrics::Reading;
 use crate::raft_driver::{MemberHandle, Role};
 use axum::Router;
 use axum::extract::State as AxState;
@@ -36,53 +38,55 @@ async fn healthz(AxState(m): AxState<MemberHandle>) -> (StatusCode, String) {
     (StatusCode::OK, body)
 }
 
-async fn metrics(AxState(m): AxState<MemberHandle>) -> String {
+async fn metrics(AxState(m): AxState<MemberHandle>) -> impl axum::response::IntoResponse {
     let st = m.status();
-    // O(1) with respect to history: map sizes and the expiry index.
-    let (nodes, granted, leases, ended, tasks, keys) = m.read(|s| {
-        (
-            s.nodes.len(),
-            s.expiries.len(),
-            s.leases.len(),
-            s.ended.len(),
-            s.tasks.len(),
-            s.keys.len(),
-        )
+    let now = m.clock().now();
+    // O(live objects): map sizes, the queue and the fleet, never history.
+    let mut r = m.read(|s| {
+        let mut by_state = std::collections::BTreeMap::new();
+        let mut per_node = Vec::with_capacity(s.nodes.len());
+        for n in s.nodes.values() {
+            *by_state.entry(n.state.as_str()).or_insert(0u64) += 1;
+            per_node.push((
+                n.name.clone(),
+                [
+                    n.capacity.cpu_millis,
+                    n.allocated.cpu_millis,
+                    n.capacity.memory_bytes,
+                    n.allocated.memory_bytes,
+                ],
+            ));
+        }
+        let oldest = s.queue.iter().map(|(_, at, _)| *at).min();
+        Reading {
+            nodes: by_state.into_iter().collect(),
+            leases: vec![
+                ("pending", s.queue.len() as u64),
+                ("granted", s.expiries.len() as u64),
+            ],
+            ended_leases: s.ended.len() as u64,
+            state_leases: s.leases.len() as u64,
+            tasks: s.tasks.len() as u64,
+            keys: s.keys.len() as u64,
+            queue: (
+                s.queue.len() as u64,
+                oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0),
+            ),
+            per_node,
+            ..Reading::default()
+        }
     });
-    let history = m.history().map_or(0, |h| h.bytes());
-    format!(
-        "# TYPE charter_raft_term gauge\ncharter_raft_term {}\n\
-         # TYPE charter_raft_commit_index gauge\ncharter_raft_commit_index {}\n\
-         # TYPE charter_raft_applied_index gauge\ncharter_raft_applied_index {}\n\
-         # TYPE charter_raft_is_leader gauge\ncharter_raft_is_leader {}\n\
-         # TYPE charter_nodes gauge\ncharter_nodes {}\n\
-         # TYPE charter_leases_granted gauge\ncharter_leases_granted {}\n\
-         # HELP charter_state_leases Leases in the live state, live and recently ended.\n\
-         # TYPE charter_state_leases gauge\ncharter_state_leases {}\n\
-         # HELP charter_state_ended_leases Ended leases the live state still holds.\n\
-         # TYPE charter_state_ended_leases gauge\ncharter_state_ended_leases {}\n\
-         # HELP charter_state_tasks Tasks in the live state.\n\
-         # TYPE charter_state_tasks gauge\ncharter_state_tasks {}\n\
-         # HELP charter_state_idempotency_keys Idempotency outcomes kept.\n\
-         # TYPE charter_state_idempotency_keys gauge\ncharter_state_idempotency_keys {}\n\
-         # HELP charter_history_bytes Bytes this member's history store keeps.\n\
-         # TYPE charter_history_bytes gauge\ncharter_history_bytes {}\n\
-         # HELP charter_raft_snapshot_bytes Size of the newest snapshot this member made.\n\
-         # TYPE charter_raft_snapshot_bytes gauge\ncharter_raft_snapshot_bytes {}\n\
-         # HELP charter_clock_skew_ms This member's wall clock minus the steady time it stamps as leader.\n\
-         # TYPE charter_clock_skew_ms gauge\ncharter_clock_skew_ms {}\n",
-        st.term,
-        st.commit,
-        st.applied,
-        u8::from(st.role == Role::Leader),
-        nodes,
-        granted,
-        leases,
-        ended,
-        tasks,
-        keys,
-        history,
-        st.snapshot_bytes,
-        m.clock().skew_ms().unwrap_or(0)
+    r.raft = (st.term, st.leader_id.unwrap_or(0), st.role == Role::Leader);
+    r.index = (st.commit, st.applied);
+    r.snapshot = (st.snapshot_index, st.snapshot_bytes);
+    r.history_bytes = m.history().map_or(0, |h| h.bytes());
+    r.clock_skew_ms = m.clock().skew_ms().unwrap_or(0);
+    r.events_kept_from = m.events().oldest();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.metrics().render(&r),
     )
 }

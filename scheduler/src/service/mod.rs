@@ -12,6 +12,7 @@
 //! waits on a ReadIndex barrier, then reads its applied state.
 
 pub mod auth;
+pub mod events;
 mod history;
 pub mod locks;
 pub use cron::{ScheduleChecker, run_pb};
@@ -200,6 +201,7 @@ impl Api {
     async fn forward(&self, addr: &str, p: &Proposal) -> Result<Outcome, Error> {
         let ch = self.channel(addr).map_err(|_| Error::NoLeader)?;
         let bytes = codec::encode(codec::Kind::Forward, p);
+        self.member.metrics().forwards.inc();
         let mut req = self.authed(pb::ForwardRequest { proposal: bytes });
         req.set_timeout(WRITE_RETRY);
         let reply = RaftPeerClient::new(ch)
@@ -384,6 +386,15 @@ impl Api {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Api {
+    type EventsStream = EventStream;
+
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        self.events_rpc(req).await
+    }
+
     async fn status(
         &self,
         req: Request<pb::StatusRequest>,
@@ -662,6 +673,10 @@ fn lease_reply(a: Applied) -> Result<Response<pb::LeaseReply>, Status> {
         other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
     }
 }
+
+/// `Cluster.Events`' stream.
+pub type EventStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::EventMessage, Status>> + Send>>;
 
 type ExecStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;

@@ -7,6 +7,7 @@
 //! once per step). Rollback, supersession and retirement cancel the tasks in
 //! the same command, so no deployment's servers outlive its end.
 
+use super::events::EventKind;
 use super::{Applied, LeaseSpec, Millis, Outcome, Refusal, State, TaskSpec};
 use charter_config::app::AppConfig;
 use charter_config::deployment::{DeployStatus, Deployment, StepRecord, next_step, short_commit};
@@ -240,6 +241,17 @@ impl State {
             ended_at: None,
         };
         self.deployments.insert(id, d.clone());
+        let what = if d.commit.is_empty() {
+            "the branch head".to_string()
+        } else {
+            short_commit(&d.commit).to_string()
+        };
+        self.note(
+            EventKind::DeployStarted,
+            &app.applied_by,
+            id,
+            format!("app {name} at {what} ({trigger})"),
+        );
         self.trim_deployments(name);
         deployed(Some(&d), true, "")
     }
@@ -280,8 +292,21 @@ impl State {
         if status == DeployStatus::RolledBack {
             d.failed_step = d.step().to_string();
         }
+        let kind = if status == DeployStatus::RolledBack {
+            EventKind::DeployRolledBack
+        } else {
+            EventKind::DeployEnded
+        };
+        let detail = format!(
+            "app {}: {} at {}: {reason}",
+            d.app,
+            status.as_str(),
+            d.step()
+        );
         d.reason = reason;
         let tasks: Vec<u64> = d.build_task.iter().chain(&d.instances).copied().collect();
+        let owner = self.apps.get(&d.app).map(|a| a.applied_by.clone());
+        self.note(kind, owner.as_deref().unwrap_or(""), id, detail);
         self.unpin(id);
         for t in tasks {
             let _ = self.cancel_task(t, "deployer", true);
@@ -375,6 +400,13 @@ impl State {
                 if let Some(a) = self.apps.get_mut(&d.app) {
                     a.active = Some(d.id);
                 }
+                let owner = self.apps.get(&d.app).map(|a| a.applied_by.clone());
+                self.note(
+                    EventKind::DeployPromoted,
+                    owner.as_deref().unwrap_or(""),
+                    d.id,
+                    format!("app {} serves {}", d.app, short_commit(&d.commit)),
+                );
                 if let Some(x) = self.deployments.get_mut(&d.id) {
                     x.promoted_at = Some(now);
                 }
@@ -398,27 +430,41 @@ impl State {
             _ => {}
         }
         let x = self.deployments.get_mut(&d.id).expect("looked up above");
+        let mut took = None;
         if let Some(r) = x.steps.last_mut() {
+            took = Some(now - r.started_at);
             r.state = "done".into();
             r.ended_at = Some(now);
             if !step.message.is_empty() {
                 r.message = step.message.clone();
             }
         }
-        match next_step(&step.step) {
-            Some(n) => x.steps.push(StepRecord {
-                step: n.to_string(),
-                started_at: now,
-                ended_at: None,
-                state: "running".into(),
-                message: String::new(),
-            }),
+        let detail = match next_step(&step.step) {
+            Some(n) => {
+                x.steps.push(StepRecord {
+                    step: n.to_string(),
+                    started_at: now,
+                    ended_at: None,
+                    state: "running".into(),
+                    message: String::new(),
+                });
+                format!("{} done, {n} next (app {})", step.step, d.app)
+            }
             None => {
                 x.status = DeployStatus::Active;
                 x.ended_at = Some(now);
                 self.unpin(d.id);
+                format!("{} done, active (app {})", step.step, d.app)
             }
-        }
+        };
+        let owner = self.apps.get(&d.app).map(|a| a.applied_by.clone());
+        self.note_ms(
+            EventKind::DeployStep,
+            owner.as_deref().unwrap_or(""),
+            d.id,
+            detail,
+            took,
+        );
         deployed(self.deployments.get(&d.id), false, "")
     }
 

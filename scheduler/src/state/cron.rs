@@ -10,6 +10,7 @@
 //! before the newest dropped one are refused as already decided, so
 //! trimming never reopens a tick.
 
+use super::events::EventKind;
 use super::{Applied, LeaseSpec, Millis, Outcome, Refusal, State, TaskSpec, TaskState};
 use charter_config::cron::JobConfig;
 use imbl::OrdMap;
@@ -274,6 +275,18 @@ impl State {
 
     fn record_run(&mut self, run: CronRun) -> Applied {
         let name = run.job.clone();
+        let owner = self.cron_jobs.get(&name).map(|j| j.owner.clone());
+        let tick = tick_name(run.scheduled_at, run.manual);
+        let (kind, detail) = match run.state {
+            RunState::Skipped => (EventKind::CronSkipped, format!("{tick}: {}", run.reason)),
+            RunState::Running => (
+                EventKind::CronFired,
+                format!("{tick}, task {}", run.task.unwrap_or(0)),
+            ),
+            _ => (EventKind::CronFailed, format!("{tick}: {}", run.reason)),
+        };
+        let late = (!run.manual).then(|| run.fired_at - run.scheduled_at);
+        self.note_ms(kind, owner.as_deref().unwrap_or(""), &name, detail, late);
         let runs = self.cron_runs.entry(name.clone()).or_default();
         runs.insert(run.scheduled_at, run.clone());
         let mut dropped = None;
@@ -425,6 +438,26 @@ impl State {
         if run.reason.is_empty() && state != TaskState::Succeeded {
             run.reason = format!("task {task} {}: {message}", state.as_str());
         }
+        let (kind, detail) = match run.state {
+            RunState::Succeeded => (EventKind::CronSucceeded, tick_name(at, run.manual)),
+            _ => (
+                EventKind::CronFailed,
+                format!("{}: {}", tick_name(at, run.manual), run.reason),
+            ),
+        };
+        let owner = self.cron_jobs.get(&job).map(|j| j.owner.clone());
+        self.note(kind, owner.as_deref().unwrap_or(""), &job, detail);
+    }
+}
+
+/// How an event names a tick: `tick 2026-12-04T10:00:00Z` or `manual run`.
+fn tick_name(at: Millis, manual: bool) -> String {
+    if manual {
+        return "manual run".into();
+    }
+    match chrono::DateTime::from_timestamp_millis(at) {
+        Some(t) => format!("tick {}", t.format("%Y-%m-%dT%H:%M:%SZ")),
+        None => format!("tick {at}"),
     }
 }
 

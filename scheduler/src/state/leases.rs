@@ -1,9 +1,20 @@
 //! Leases: request (grant, queue or refuse), release, renew, revoke, and the
 //! time-based changes of a tick (expiry, queue timeouts, queue grants).
 
+use super::events::EventKind;
 use super::{Applied, Lease, LeaseSpec, LeaseState, Millis, Outcome, Quota, Refusal, State};
 use crate::placement;
 use std::collections::BTreeMap;
+
+/// What a lease asks for, as an event tells it.
+fn lease_ask(spec: &LeaseSpec) -> String {
+    let r = &spec.resources;
+    let mut s = format!("{} cpu", r.cpu_millis as f64 / 1000.0);
+    if spec.count > 1 {
+        s = format!("{} x {s}", spec.count);
+    }
+    format!("{s} for {} s", spec.duration_ms / 1000)
+}
 
 fn ms(v: u64) -> Millis {
     Millis::try_from(v).unwrap_or(Millis::MAX)
@@ -116,6 +127,12 @@ impl State {
         };
         self.leases.insert(id, lease.clone());
         self.hold(principal, &lease.spec, true);
+        self.note(
+            EventKind::LeaseRequested,
+            principal,
+            id,
+            lease_ask(&lease.spec),
+        );
         match nodes {
             Some(nodes) => self.grant(id, nodes),
             None => {
@@ -198,9 +215,14 @@ impl State {
         lease.cost_per_hour = cost;
         lease.gpu_ids = gpu_ids;
         self.expiries.insert((lease.expires_at, id));
+        let (principal, detail) = (
+            lease.principal.clone(),
+            format!("on {}, token {token}", lease.nodes.join(",")),
+        );
         for (old, new) in moved {
             self.reindex(old, new);
         }
+        self.note(EventKind::LeaseGranted, &principal, id, detail);
     }
 
     fn owned(&self, id: u64, principal: &str, admin: bool) -> Result<&Lease, Refusal> {
@@ -276,7 +298,9 @@ impl State {
         lease.expires_at = new;
         self.expiries.remove(&(old, id));
         self.expiries.insert((new, id));
-        Ok(Applied::Lease(lease.clone()))
+        let out = lease.clone();
+        self.note(EventKind::LeaseRenewed, &out.principal, id, "");
+        Ok(Applied::Lease(out))
     }
 
     /// Expires due leases, times out due requests, then grants what fits.
@@ -382,6 +406,14 @@ impl State {
     /// Bookkeeping of a lease that just ended: its principal holds it no
     /// more, and it may leave the live state later.
     fn ended_lease(&mut self, l: &Lease) {
+        let late = (l.state == LeaseState::Expired).then(|| self.time - l.expires_at);
+        self.note_ms(
+            EventKind::lease_ended(l.state),
+            &l.principal,
+            l.id,
+            "",
+            late,
+        );
         self.hold(&l.principal, &l.spec, false);
         self.note_ended(l.ended_at.unwrap_or(self.time), l.id);
     }

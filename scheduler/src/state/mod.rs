@@ -32,6 +32,7 @@
 mod apps;
 pub mod audit;
 mod cron;
+pub mod events;
 mod leases;
 pub mod locks;
 mod nodes;
@@ -41,6 +42,7 @@ mod types;
 
 pub use apps::{App, DeployStep, full_commit};
 pub use cron::{CronFire, CronJob, CronRun, JobChange, JobDef, RUNS_KEPT, RunState, Runs};
+pub use events::{Event, EventKind, KindFilter};
 pub use locks::{HoldState, Lock, LockHold, LockSpec};
 pub use retention::{KeyOutcome, Retention, Trimmed};
 pub use tasks::TaskReport;
@@ -511,6 +513,10 @@ pub struct State {
     /// ([`State::take_trimmed`]); not part of the state's identity.
     #[serde(skip)]
     pub trimmed: Outbox,
+    /// Events noted since the member last took them
+    /// ([`State::take_events`]); not part of the state's identity.
+    #[serde(skip)]
+    pub events: events::EventBox,
 }
 
 /// Objects on their way from the live state to a member's history store.

@@ -1,5 +1,6 @@
 //! Node registration.
 
+use super::events::EventKind;
 use super::{
     AgentEndpoint, Applied, Millis, Node, NodeState, Outcome, PoolOffer, Quota, Refusal, Resources,
     State,
@@ -65,7 +66,8 @@ impl State {
         node.ttl_ms = ttl_ms.filter(|t| *t > 0);
         node.agent = agent.cloned();
         node.last_seen = now;
-        if node.state == NodeState::Down {
+        let came_back = node.state == NodeState::Down;
+        if came_back {
             node.state = NodeState::Ready;
         }
         let new_due = node.ttl_ms.map(|t| (due(now, t), node.name.clone()));
@@ -77,6 +79,15 @@ impl State {
             self.heartbeats.insert(d);
         }
         self.reindex(old_key, super::node_key(&out));
+        let r = &out.capacity;
+        let detail = format!(
+            "{} cpu, {} MiB, pool {}{}",
+            r.cpu_millis as f64 / 1000.0,
+            r.memory_bytes >> 20,
+            if out.pool.is_empty() { "-" } else { &out.pool },
+            if came_back { ", back from down" } else { "" }
+        );
+        self.note(EventKind::NodeRegistered, "", name, detail);
         self.grant_queue();
         Ok(Applied::Node(out))
     }
@@ -99,6 +110,7 @@ impl State {
         let out = node.clone();
         if came_back {
             self.reindex(None, super::node_key(&out));
+            self.note(EventKind::NodeUp, "", name, "heartbeat resumed");
             self.grant_queue();
         }
         Ok(Applied::Node(out))
@@ -157,6 +169,12 @@ impl State {
             node.state = NodeState::Down;
             let ids: Vec<u64> = node.leases.iter().copied().collect();
             self.reindex(old_key, None);
+            self.note(
+                EventKind::NodeDown,
+                "",
+                &key.1,
+                format!("missed its heartbeat; {} leases lost", ids.len()),
+            );
             down.push(key.1);
             for id in ids {
                 self.lose_lease(id);
@@ -201,6 +219,12 @@ impl State {
         };
         let out = node.clone();
         self.reindex(old_key, super::node_key(&out));
+        let kind = if draining {
+            EventKind::NodeDrained
+        } else {
+            EventKind::NodeUndrained
+        };
+        self.note(kind, "", name, out.state.as_str());
         if !draining {
             self.grant_queue();
         }
@@ -232,6 +256,7 @@ impl State {
             self.heartbeats
                 .remove(&(due(node.last_seen, t), name.to_string()));
         }
+        self.note(EventKind::NodeRemoved, "", name, "");
         // A deadline request's cheap price may have been this node's.
         self.grant_queue();
         Ok(Applied::Node(node))

@@ -2,6 +2,7 @@
 //! task to it in one command; the lease's agent runs it and reports; a task
 //! that ends releases its lease, and a lease that ends takes its task along.
 
+use super::events::EventKind;
 use super::{
     Amp, Applied, Lease, LeaseSpec, LeaseState, Outcome, Refusal, Restart, State, Task, TaskSpec,
     TaskState, Usage,
@@ -82,6 +83,12 @@ impl State {
         };
         self.tasks.insert(id, task.clone());
         self.lease_tasks.insert(lease.id, id);
+        self.note(
+            EventKind::TaskSubmitted,
+            principal,
+            id,
+            format!("{} in lease {}", spec.command.join(" "), lease.id),
+        );
         Ok(Applied::Task {
             task: Box::new(task),
             lease: Box::new(lease),
@@ -125,6 +132,7 @@ impl State {
         }
         let now = self.time;
         let t = self.tasks.get_mut(&r.id).expect("looked up above");
+        let was = (t.state, t.health.clone());
         t.state = r.state;
         t.exit_code = r.exit_code.or(t.exit_code);
         t.starts = t.starts.max(r.starts);
@@ -149,6 +157,9 @@ impl State {
         }
         if r.state.is_ended() {
             t.ended_at = Some(now);
+        }
+        self.note_task(r.id, (was.0, &was.1));
+        if r.state.is_ended() {
             self.settle_run(r.id);
             if lease.state == LeaseState::Granted {
                 self.end_lease(lease.id, LeaseState::Released);
@@ -183,9 +194,11 @@ impl State {
         }
         let now = self.time;
         let t = self.tasks.get_mut(&id).expect("looked up above");
+        let was = t.state;
         t.state = TaskState::Cancelled;
         t.ended_at = Some(now);
         t.message = format!("cancelled by {principal}");
+        self.note_task(id, (was, ""));
         self.settle_run(id);
         if !lease.state.is_ended() {
             self.end_lease(lease.id, LeaseState::Released);
@@ -230,7 +243,9 @@ impl State {
                 t.health.clear();
                 t.health_since = None;
                 t.message = format!("node {node} was lost; placed again in lease {}", new.id);
+                let detail = t.message.clone();
                 self.lease_tasks.insert(new.id, id);
+                self.note(EventKind::TaskRestarted, &principal, id, detail);
                 return;
             }
         }
@@ -238,6 +253,7 @@ impl State {
         if let Some(t) = self.tasks.get_mut(&id)
             && !t.state.is_ended()
         {
+            let was = t.state;
             t.state = match to {
                 LeaseState::Expired => TaskState::Expired,
                 LeaseState::Lost => TaskState::Lost,
@@ -246,6 +262,7 @@ impl State {
             };
             t.message = format!("its lease {lease} ended: {}", to.as_str());
             t.ended_at = Some(now);
+            self.note_task(id, (was, ""));
             self.settle_run(id);
         }
     }

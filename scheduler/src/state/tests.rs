@@ -1470,3 +1470,199 @@ fn lock_acquisitions_count_against_the_lease_quota_and_survive_a_reload() {
     assert!(back.holds.is_empty());
     hold(back.apply(&p(5003, "ann", None, lock("c", 5000, 1, 0))));
 }
+
+fn kinds(s: &mut State) -> Vec<String> {
+    s.take_events()
+        .into_iter()
+        .map(|e| format!("{} {} {}", e.kind, e.subject, e.principal))
+        .collect()
+}
+
+fn report(task: u64, state: TaskState, health: &str, code: Option<i32>) -> Command {
+    Command::ReportTask(TaskReport {
+        id: task,
+        node: "n1".into(),
+        state,
+        exit_code: code,
+        starts: 1,
+        health: health.into(),
+        message: String::new(),
+        usage: None,
+        ports: Default::default(),
+        artifact: String::new(),
+    })
+}
+
+#[test]
+fn applied_changes_note_typed_events_in_order_and_refusals_note_none() {
+    let mut s = State::new(BTreeMap::new());
+    s.apply(&p(1, "root", None, register("n1", 2000))).unwrap();
+    let mut long = spec(1500, 1_000);
+    long.max_total_ms = 10_000;
+    let l = got(s.apply(&p(2, "ann", None, Command::RequestLease(long))));
+    // Queued behind it, then granted when it expires.
+    let q = got(s.apply(&p(3, "bob", None, queued(1000, 1_000, 60_000, 0))));
+    s.apply(&p(
+        4,
+        "ann",
+        None,
+        Command::RenewLease {
+            id: l.id,
+            duration_ms: 1_000,
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        kinds(&mut s),
+        [
+            "node.registered n1 ",
+            &format!("lease.requested {} ann", l.id),
+            &format!("lease.granted {} ann", l.id),
+            &format!("lease.requested {} bob", q.id),
+            &format!("lease.renewed {} ann", l.id),
+        ]
+    );
+    // A refusal changes nothing and says nothing.
+    assert!(
+        s.apply(&p(5, "bob", None, Command::ReleaseLease { id: l.id }))
+            .is_err()
+    );
+    assert!(kinds(&mut s).is_empty());
+    // Expiry 20 ms late, then the queue's grant, in one tick.
+    tick(&mut s, 1_024);
+    let evs = s.take_events();
+    let names: Vec<String> = evs
+        .iter()
+        .map(|e| format!("{} {}", e.kind, e.subject))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("lease.expired {}", l.id),
+            format!("lease.granted {}", q.id)
+        ]
+    );
+    assert_eq!(evs[0].ms, Some(20), "lateness: state time minus expires_at");
+    assert_eq!(evs[0].at, 1_024);
+
+    // A task's life: submitted (with its lease), started, healthy, exited,
+    // and its lease released.
+    s.apply(&p(2_000, "bob", None, Command::ReleaseLease { id: q.id }))
+        .unwrap();
+    kinds(&mut s);
+    let t = match s.apply(&p(
+        2_001,
+        "ann",
+        None,
+        Command::SubmitTask {
+            lease: Box::new(spec(500, 60_000)),
+            task: Box::new(TaskSpec {
+                command: vec!["./run".into()],
+                ..TaskSpec::default()
+            }),
+        },
+    )) {
+        Ok(Applied::Task { task, .. }) => task.id,
+        other => panic!("{other:?}"),
+    };
+    s.apply(&p(
+        2_002,
+        "root",
+        None,
+        report(t, TaskState::Running, "", None),
+    ))
+    .unwrap();
+    s.apply(&p(
+        2_003,
+        "root",
+        None,
+        report(t, TaskState::Running, "healthy", None),
+    ))
+    .unwrap();
+    // The same report again is no change.
+    s.apply(&p(
+        2_004,
+        "root",
+        None,
+        report(t, TaskState::Running, "healthy", None),
+    ))
+    .unwrap();
+    s.apply(&p(
+        2_005,
+        "root",
+        None,
+        report(t, TaskState::Failed, "healthy", Some(3)),
+    ))
+    .unwrap();
+    let evs = s.take_events();
+    let names: Vec<String> = evs.iter().map(|e| e.kind.to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "lease.requested",
+            "lease.granted",
+            "task.submitted",
+            "task.started",
+            "task.healthy",
+            "task.exited",
+            "lease.released"
+        ]
+    );
+    assert!(
+        evs[5].detail.contains("failed, exit code 3"),
+        "{}",
+        evs[5].detail
+    );
+    assert!(evs.iter().all(|e| e.principal == "ann"));
+    // Events are not part of the state's identity.
+    let mut other = s.clone();
+    other
+        .apply(&p(3_000, "root", None, register("n2", 1000)))
+        .unwrap();
+    let mut same = s.clone();
+    same.apply(&p(3_000, "root", None, register("n2", 1000)))
+        .unwrap();
+    same.take_events();
+    assert_eq!(other, same);
+}
+
+#[test]
+fn cron_fires_and_deploy_steps_note_their_lateness_and_durations() {
+    let mut s = State::new(BTreeMap::new());
+    s.apply(&p(1, "root", None, register("n1", 4000))).unwrap();
+    s.apply(&p(
+        2,
+        "ann",
+        None,
+        Command::CronApply {
+            version: "v1".into(),
+            jobs: cron_jobs("ann", TWO_JOBS),
+        },
+    ))
+    .unwrap();
+    s.take_events();
+    s.apply(&p(60_250, "root", None, fire("a", 60_000)))
+        .unwrap();
+    let evs = s.take_events();
+    let fired = evs
+        .iter()
+        .find(|e| e.kind == EventKind::CronFired)
+        .expect("fired");
+    assert_eq!(
+        (fired.subject.as_str(), fired.principal.as_str()),
+        ("a", "ann")
+    );
+    assert_eq!(fired.ms, Some(250));
+    s.apply(&p(
+        60_300,
+        "root",
+        None,
+        Command::CronSkip {
+            job: "b".into(),
+            scheduled_at: 60_000,
+            reason: "paused".into(),
+        },
+    ))
+    .unwrap();
+    assert!(kinds(&mut s).contains(&"cron.skipped b ann".to_string()));
+}
