@@ -35,8 +35,10 @@ pub const LOG_TAIL: usize = 8 << 10;
 /// ancestor of (a push that would roll back), if it is.
 type Fetched = (String, Option<String>);
 
-/// How a build runs in its sandbox: clone, check out, run the command.
-const BUILD_SCRIPT: &str = "set -e\ngit clone --quiet -- \"$1\" src\ncd src\ngit -c advice.detachedHead=false checkout --quiet --detach \"$2\"\nshift 2\nexec \"$@\"";
+/// How a build runs in its sandbox: clone, check out, run the command. The
+/// clone trusts a local repository another user owns (git's
+/// safe.directory), which a lease's own uid never does.
+const BUILD_SCRIPT: &str = "set -e\nprintf '[safe]\\n\\tdirectory = *\\n' > .clone-gitconfig\nGIT_CONFIG_GLOBAL=\"$PWD/.clone-gitconfig\" git clone --quiet -- \"$1\" src\nrm -f .clone-gitconfig\ncd src\ngit -c advice.detachedHead=false checkout --quiet --detach \"$2\"\nshift 2\nexec \"$@\"";
 
 /// How the controller runs.
 #[derive(Clone, Debug)]

@@ -50,12 +50,13 @@ impl EventLog {
         EventLog::with_capacity(applied, EventLog::CAPACITY)
     }
 
-    /// The same with room for `cap` events.
+    /// The same with room for `cap` events. A member that starts from the
+    /// bootstrap snapshot (index 1, which carries no event) keeps from 1.
     pub fn with_capacity(applied: u64, cap: usize) -> EventLog {
         EventLog {
             ring: Mutex::new(Ring {
                 events: VecDeque::new(),
-                floor: applied + 1,
+                floor: applied.max(1) + u64::from(applied > 1),
             }),
             cap: cap.max(1),
         }

@@ -282,9 +282,10 @@ impl Server {
                 opts.tokens.clone(),
             ))
             .merge(crate::service::events::http::router(
-                api,
+                api.clone(),
                 opts.tokens.clone(),
-            ));
+            ))
+            .merge(crate::service::dashboard::router(api, opts.tokens.clone()));
         if let Some(extra) = opts.http_extra.clone() {
             app = app.merge(extra);
         }

@@ -267,9 +267,22 @@ pub struct HydraArgs {}
 
 /// Hydra's schedule parser, for the server's `Cron.Apply`.
 fn schedule_check() -> Option<charter_scheduler::service::ScheduleChecker> {
-    Some(charter_scheduler::service::ScheduleChecker(
-        std::sync::Arc::new(charter_hydra::schedule::check),
-    ))
+    use charter_hydra::schedule::Schedule;
+    Some(charter_scheduler::service::ScheduleChecker {
+        check: std::sync::Arc::new(charter_hydra::schedule::check),
+        upcoming: std::sync::Arc::new(|expr, tz, after, n| {
+            let (Ok(s), Some(t)) = (
+                Schedule::parse(expr, tz),
+                chrono::DateTime::from_timestamp_millis(after),
+            ) else {
+                return Vec::new();
+            };
+            s.upcoming(t, n)
+                .into_iter()
+                .map(|t| t.timestamp_millis())
+                .collect()
+        }),
+    })
 }
 
 /// Runs Hydra standalone against `--server` until interrupted.

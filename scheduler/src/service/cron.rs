@@ -9,13 +9,22 @@ use charter_proto as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// Checks a schedule expression and zone: Hydra's parser, handed in by the
-/// binary (the scheduler does not depend on Hydra).
+/// Checks a schedule expression and zone, and tells its next ticks:
+/// Hydra's parser, handed in by the binary (the scheduler does not depend
+/// on Hydra).
 #[derive(Clone)]
-pub struct ScheduleChecker(pub Arc<CheckFn>);
+pub struct ScheduleChecker {
+    /// `(expression, zone) -> Ok or the reason`.
+    pub check: Arc<CheckFn>,
+    /// `(expression, zone, after ms, n) -> the next n ticks (ms)`.
+    pub upcoming: Arc<UpcomingFn>,
+}
 
-/// `(expression, zone) -> Ok or the reason`.
+/// See [`ScheduleChecker::check`].
 pub type CheckFn = dyn Fn(&str, Option<&str>) -> Result<(), String> + Send + Sync;
+
+/// See [`ScheduleChecker::upcoming`].
+pub type UpcomingFn = dyn Fn(&str, Option<&str>, i64, usize) -> Vec<i64> + Send + Sync;
 
 impl std::fmt::Debug for ScheduleChecker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,7 +116,7 @@ impl Api {
         } else {
             file
         };
-        let cfg = match charter_config::load_with(name, text, &|e, z| (check.0)(e, z)) {
+        let cfg = match charter_config::load_with(name, text, &|e, z| (check.check)(e, z)) {
             Ok(AnyConfig::Cron(c)) => c,
             Ok(other) => {
                 return Err(Status::invalid_argument(format!(

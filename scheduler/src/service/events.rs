@@ -244,7 +244,8 @@ pub mod http {
     }
 
     /// `GET /v1/events?since_index=&tail=&type=lease,task&principal=&follow=1`:
-    /// each event as `event: <type>`, `id: <index>.<seq>`, JSON data.
+    /// each event as `id: <index>.<seq>` and JSON data (its `type` inside);
+    /// an error as `event: error`.
     /// A `Last-Event-ID` header resumes after that event.
     async fn events(
         State(h): State<Http>,
@@ -276,7 +277,6 @@ pub mod http {
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
             let ev = match item {
                 Ok(e) => Event::default()
-                    .event(e.r#type.clone())
                     .id(format!("{}.{}", e.index, e.seq))
                     .data(event_json(&e).to_string()),
                 Err(s) => Event::default()

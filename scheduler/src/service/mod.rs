@@ -12,6 +12,7 @@
 //! waits on a ReadIndex barrier, then reads its applied state.
 
 pub mod auth;
+pub mod dashboard;
 pub mod events;
 mod history;
 pub mod locks;

@@ -39,6 +39,19 @@ pub struct TaskReport {
     pub artifact: String,
 }
 
+/// How an event names a task: its name, else its command (at most 80
+/// characters of it).
+fn task_title(spec: &TaskSpec) -> String {
+    if !spec.name.is_empty() {
+        return spec.name.clone();
+    }
+    let cmd = spec.command.join(" ");
+    match cmd.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &cmd[..i]),
+        None => cmd,
+    }
+}
+
 impl State {
     pub(super) fn submit_task(
         &mut self,
@@ -87,7 +100,7 @@ impl State {
             EventKind::TaskSubmitted,
             principal,
             id,
-            format!("{} in lease {}", spec.command.join(" "), lease.id),
+            format!("{} in lease {}", task_title(spec), lease.id),
         );
         Ok(Applied::Task {
             task: Box::new(task),
