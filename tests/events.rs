@@ -88,7 +88,7 @@ fn summary(e: &Value) -> String {
 
 #[test]
 fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_their_own() {
-    let c = Cluster::start(3, &[]);
+    let c = Cluster::start(3, &["--log-format", "json"]);
     let leader = c.wait_leader(Duration::from_secs(15));
     let dir = tempfile::tempdir().unwrap();
     let _a = agent_with(
@@ -335,6 +335,32 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
     )
     .unwrap();
     assert_eq!(code, 401, "no token, no events");
+
+    // The leader logged the grant and the expiry as JSON lines with the
+    // ids as fields, and no terminal colour codes.
+    // (Every member's log: the leader logs, and it could have changed.)
+    let log: String = c
+        .members
+        .iter()
+        .map(|m| std::fs::read_to_string(&m.log).unwrap())
+        .collect();
+    assert!(!log.contains('\x1b'), "colour codes in a log file");
+    let logged: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    for kind in ["lease.granted", "lease.expired"] {
+        assert!(
+            logged.iter().any(|l| l["level"] == "INFO"
+                && l["fields"]["event"] == kind
+                && l["fields"]["subject"] == lease.as_str()
+                && l["fields"]["index"].as_u64().is_some()),
+            "no {kind} line for lease {lease} in the leader's log"
+        );
+    }
+    assert!(logged.iter().any(|l| l["fields"]["event"] == "cron.fired"));
+    assert!(logged.iter().any(|l| l["fields"]["event"] == "deploy.step"));
 
     // Metrics: Prometheus text that promtool accepts, counting what happened.
     let (code, metrics) =

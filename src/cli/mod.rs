@@ -54,6 +54,10 @@ pub struct Args {
     /// Machine-readable JSON output (snake_case fields).
     #[arg(long, global = true)]
     pub json: bool,
+    /// How servers, agents and controllers log to stderr: text (plain
+    /// when stderr is not a terminal) or json (one object per line).
+    #[arg(long, global = true, env = "CHARTER_LOG_FORMAT", value_enum, default_value_t = server::LogFormat::Text)]
+    pub log_format: server::LogFormat,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -172,6 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    server::set_log_format(args.log_format);
     let g = client::Global {
         servers: args.server.clone(),
         token: args.token.clone(),

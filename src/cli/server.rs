@@ -460,11 +460,34 @@ pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,raft=warn,sled=warn,h2=warn,tower=warn")
     });
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LOG_FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => fmt.with_ansi(colour()).try_init(),
+    };
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human lines (colour only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, fields, target, span.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Sets the format [`init_tracing`] uses (once, from the global flag).
+pub fn set_log_format(f: LogFormat) {
+    let _ = LOG_FORMAT.set(f);
 }
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set

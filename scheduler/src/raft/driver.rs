@@ -132,6 +132,41 @@ fn digest(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The leader's INFO line for each grant and expiry, task start and exit,
+/// cron fire and deploy step, with the ids as fields (the rest are in
+/// `charter events`).
+fn log_events(member: u64, index: u64, events: &[Event]) {
+    for e in events {
+        use EventKind::*;
+        if matches!(
+            e.kind,
+            LeaseGranted
+                | LeaseExpired
+                | LeaseRevoked
+                | LeaseLost
+                | TaskStarted
+                | TaskExited
+                | CronFired
+                | CronSkipped
+                | DeployStep
+                | DeployPromoted
+                | DeployRolledBack
+                | NodeDown
+        ) {
+            tracing::info!(
+                member,
+                index,
+                event = e.kind.as_str(),
+                subject = %e.subject,
+                principal = %e.principal,
+                detail = %e.detail,
+                "{}",
+                e.kind
+            );
+        }
+    }
+}
+
 /// The member: raft, storage, transport and the state machine, on one thread.
 pub struct Driver<S: LogStore, T: Transport> {
     raw: RawNode<S>,
@@ -687,6 +722,12 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     fn apply_batch(&mut self, e: &Entry) -> Result<()> {
         let props: Vec<Proposal> = crate::codec::decode(crate::codec::Kind::Entry, &e.data)
             .map_err(|err| corrupt(e.index, err))?;
+        tracing::debug!(
+            member = self.cfg.id,
+            index = e.index,
+            proposals = props.len(),
+            "apply"
+        );
         let outcomes: Vec<Outcome> = {
             let mut st = match self.state.write() {
                 Ok(g) => g,
@@ -702,6 +743,9 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             let outs: Vec<Outcome> = props.iter().map(|p| st.apply(p)).collect();
             events.extend(st.take_events());
             self.metrics.observe_events(&events);
+            if self.was_leader {
+                log_events(self.cfg.id, e.index, &events);
+            }
             for r in outs.iter().filter_map(|o| o.as_ref().err()) {
                 self.metrics.observe_refusal(r);
             }

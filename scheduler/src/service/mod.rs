@@ -277,26 +277,45 @@ impl Api {
             hint: None,
             cmd,
         };
-        let deadline = Instant::now() + WRITE_RETRY;
-        loop {
-            let st = self.member.status();
-            let res = if st.role == Role::Leader {
-                let mut p = p.clone();
-                let _held = self.placer.hint(&self.member, &mut p);
-                self.member.propose(p).await
-            } else if let Some(addr) = st.leader_id.and_then(|l| st.members.get(&l)) {
-                self.forward(addr, &p).await
-            } else {
-                Err(Error::NoLeader)
-            };
-            match res {
-                Ok(outcome) => return outcome.map_err(refusal_status),
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+        use tracing::Instrument;
+        // The request's path (receive, forward or propose, reply) at DEBUG;
+        // the driver logs the apply with the entry's index.
+        let span =
+            tracing::debug_span!("request", member = self.member.id(), principal = %who.name);
+        async move {
+            tracing::debug!(key = ?p.key, "receive");
+            let deadline = Instant::now() + WRITE_RETRY;
+            loop {
+                let st = self.member.status();
+                let res = if st.role == Role::Leader {
+                    let mut p = p.clone();
+                    let _held = self.placer.hint(&self.member, &mut p);
+                    tracing::debug!(hint = ?p.hint, "propose");
+                    self.member.propose(p).await
+                } else if let Some(addr) = st.leader_id.and_then(|l| st.members.get(&l)) {
+                    tracing::debug!(leader = %addr, "forward");
+                    self.forward(addr, &p).await
+                } else {
+                    Err(Error::NoLeader)
+                };
+                match res {
+                    Ok(outcome) => {
+                        tracing::debug!(ok = outcome.is_ok(), "reply");
+                        return outcome.map_err(refusal_status);
+                    }
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "retry");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reply");
+                        return Err(to_status(e));
+                    }
                 }
-                Err(e) => return Err(to_status(e)),
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// Waits until a linearizable read may be served here (unless `stale`).
