@@ -91,11 +91,19 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
     let c = Cluster::start(3, &["--log-format", "json"]);
     let leader = c.wait_leader(Duration::from_secs(15));
     let dir = tempfile::tempdir().unwrap();
+    let agent_http = format!("127.0.0.1:{}", free_ports(1)[0]);
     let _a = agent_with(
         &c,
         dir.path(),
         "a1",
-        &["--ttl", "3s", "--run-as", "root=root"],
+        &[
+            "--ttl",
+            "3s",
+            "--run-as",
+            "root=root",
+            "--http",
+            &agent_http,
+        ],
     );
     wait_for("node a1", Duration::from_secs(15), || {
         let out = c.cli(&["node", "list", "--json"]);
@@ -366,6 +374,42 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
     let (code, metrics) =
         charter::harness::http(&c.members[other].http, "GET", "/metrics", &[], b"").unwrap();
     assert_eq!(code, 200);
+    promtool(&metrics);
+    let m = |line: &str| value(&metrics, line);
+    assert!(m("charter_lease_grants_total") >= 3.0);
+    assert!(m("charter_lease_ends_total{kind=\"expired\"}") >= 1.0);
+    assert!(m("charter_cron_ticks_total{kind=\"fired\"}") >= 1.0);
+    assert!(m("charter_deployments_total{kind=\"promoted\"}") >= 1.0);
+    assert!(m("charter_lease_expiry_lateness_seconds_count") >= 1.0);
+    assert!(m("charter_node_cpu_capacity_millis{node=\"a1\"}") > 0.0);
+
+    // The agent's own, on its --http port.
+    let (code, agent) = charter::harness::http(&agent_http, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(code, 200);
+    promtool(&agent);
+    assert!(value(&agent, "charter_agent_task_starts_total") >= 1.0);
+    assert!(value(&agent, "charter_agent_task_exits_total{kind=\"failed\"}") >= 1.0);
+    assert!(value(&agent, "charter_agent_kill_lateness_seconds_count") >= 1.0);
+    assert!(
+        value(&agent, "charter_agent_leases") >= 1.0,
+        "the deployment's server runs"
+    );
+}
+
+/// One sample's value in Prometheus text.
+fn value(metrics: &str, line: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{line} ")))
+        .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Fails unless `promtool check metrics` accepts the text (lint included).
+fn promtool(metrics: &str) {
+    use std::io::Write;
     let mut check = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -373,7 +417,6 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus; .ci/run installs it)");
-    use std::io::Write;
     check
         .stdin
         .take()
@@ -387,19 +430,4 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let value = |line: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{line} ")))
-            .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    assert!(value("charter_lease_grants_total") >= 3.0);
-    assert!(value("charter_lease_ends_total{kind=\"expired\"}") >= 1.0);
-    assert!(value("charter_cron_ticks_total{kind=\"fired\"}") >= 1.0);
-    assert!(value("charter_deployments_total{kind=\"promoted\"}") >= 1.0);
-    assert!(value("charter_lease_expiry_lateness_seconds_count") >= 1.0);
-    assert!(value("charter_node_cpu_capacity_millis{node=\"a1\"}") > 0.0);
 }

@@ -73,6 +73,7 @@ impl Monitor {
                     pass += 1;
                     fail = 0;
                 } else {
+                    crate::metrics::METRICS.health_failures.inc();
                     fail += 1;
                     pass = 0;
                 }

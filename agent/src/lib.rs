@@ -21,6 +21,7 @@ pub use charter_proto::conn;
 pub mod health;
 pub mod interpolate;
 pub mod logs;
+pub mod metrics;
 pub mod resources;
 pub mod run;
 pub mod sandbox;

@@ -76,6 +76,8 @@ pub struct AgentOptions {
     pub data: PathBuf,
     /// Where to serve logs to the servers (port 0: any free port).
     pub listen: SocketAddr,
+    /// Where to serve `/metrics` over HTTP (none: not served).
+    pub http: Option<SocketAddr>,
     /// Where leases' sandboxes go (None: [`crate::sandbox::root`] decides).
     pub sandboxes: Option<PathBuf>,
     /// The dynamic uids leases get when the agent is root.
@@ -188,6 +190,34 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
             })
             .await;
     });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match opts.http {
+        None => None,
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| AgentError {
+                    what: format!("cannot listen on --http {at}"),
+                    why: e.to_string(),
+                })?;
+            tracing::info!(http = %l.local_addr().unwrap_or(at), "metrics at /metrics");
+            let (r, ls) = (running.clone(), leases.clone());
+            let app = crate::metrics::router(move || {
+                let n = |len: Option<usize>| len.map_or(0, |v| v as i64);
+                (
+                    n(ls.lock().ok().map(|l| l.len())),
+                    n(r.lock().ok().map(|r| r.len())),
+                )
+            });
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async {
+                        let _ = http_stopped.await;
+                    })
+                    .await;
+            }))
+        }
+    };
     let shared = Shared {
         running,
         leases,
@@ -196,7 +226,11 @@ pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<E
     };
     let out = life(&opts, servers, iso, shared, addr, secret, stop).await;
     let _ = stop_serving.send(());
+    let _ = stop_http.send(());
     let _ = server.await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     out
 }
 

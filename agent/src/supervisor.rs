@@ -494,6 +494,9 @@ async fn run_lease(
                     w.stopping = true;
                 }
                 let n = sandbox::kill_all(scope, &ctx.iso);
+                crate::metrics::METRICS
+                    .kill_lateness
+                    .observe((now_ms() - exp).max(0) as f64 / 1000.0);
                 tracing::info!(lease = lease.id, killed = n, "lease expired");
                 break;
             }
@@ -714,6 +717,7 @@ impl Work {
     }
 
     fn start(&mut self, l: &Launch) {
+        crate::metrics::METRICS.starts.inc();
         let dir = self.logs();
         let exit_file = self.exit_file();
         let _ = std::fs::remove_file(&exit_file);
@@ -924,8 +928,13 @@ impl Work {
                 w
             }
         };
-        match self.amp.after_exit(code, self.starts) {
+        let next = self.amp.after_exit(code, self.starts);
+        if let Next::Done { state, .. } = &next {
+            crate::metrics::METRICS.exited(state);
+        }
+        match next {
             Next::Again { backoff_ms, why: w } => {
+                crate::metrics::METRICS.restarts.inc();
                 self.next_start = Some(now_ms() + backoff_ms);
                 let again = format!("{w} in {:.1} s", backoff_ms as f64 / 1000.0);
                 self.report("restarting", code, why(again));

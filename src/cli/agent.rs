@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// Where to serve task logs to the servers (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
+    /// Serve the agent's metrics at /metrics on this address (IP:PORT);
+    /// none by default.
+    #[arg(long)]
+    pub http: Option<String>,
     #[command(flatten)]
     pub isolation: IsolationArgs,
 }
@@ -213,6 +217,16 @@ pub async fn run(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
                 "use IP:PORT, e.g. --listen 127.0.0.1:0",
             )
         })?,
+        http: match &a.http {
+            None => None,
+            Some(h) => Some(h.parse().map_err(|e| {
+                fail(
+                    format!("bad --http `{h}`"),
+                    format!("{e}"),
+                    "use IP:PORT, e.g. --http 127.0.0.1:7790",
+                )
+            })?),
+        },
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {

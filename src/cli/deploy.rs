@@ -382,6 +382,9 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
             use std::io::IsTerminal;
             let tty = std::io::stdout().is_terminal();
             let mut shown = String::new();
+            // Woken by deploy and task events, not by polling; a terminal's
+            // view also ticks each second for the running step's clock.
+            let mut wake = watch.then(|| super::events::Wake::on(g, &["deploy", "task"]));
             loop {
                 let (mut ds, active, mut tasks) = history(&c, &app, 2).await?;
                 // The active version may be older than the two newest (a
@@ -450,7 +453,16 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                     }
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if let Some(w) = wake.as_mut() {
+                    if tty && !g.json {
+                        tokio::select! {
+                            _ = w.next() => {}
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        }
+                    } else {
+                        w.next().await;
+                    }
+                }
             }
         }
         DeployCmd::History { app, n } => {

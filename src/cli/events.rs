@@ -6,6 +6,7 @@ use charter_proto as pb;
 use charter_proto::cluster_client::ClusterClient;
 use clap::Args;
 use std::io::Write;
+use std::time::Duration;
 use tonic::Code;
 
 /// `charter events` flags.
@@ -108,5 +109,71 @@ pub async fn run(g: &Global, a: EventsArgs) -> anyhow::Result<i32> {
             since = index;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Wakes a waiting command when events of some types are applied, instead
+/// of polling: `lease request --wait`, `deploy status --watch`.
+pub struct Wake {
+    rx: tokio::sync::mpsc::Receiver<pb::EventMessage>,
+    /// The stream failed: wake on a slow timer instead.
+    fallback: Duration,
+}
+
+impl Wake {
+    /// Follows events of `types` (topics or types) from now on.
+    pub fn on(g: &Global, types: &[&str]) -> Wake {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let g = g.clone();
+        let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+        tokio::spawn(async move {
+            let Ok(c) = Client::new(&g) else { return };
+            loop {
+                let req = pb::EventsRequest {
+                    since_index: 0,
+                    // The newest one, then what comes: one early wake-up
+                    // at most, never a missed one.
+                    tail: 1,
+                    types: types.clone(),
+                    principal: String::new(),
+                    follow: true,
+                };
+                let s = c
+                    .call("events", |ch| {
+                        let req = c.req(req.clone());
+                        async move { ClusterClient::new(ch).events(req).await }
+                    })
+                    .await;
+                let Ok(mut s) = s else { return };
+                while let Ok(Some(e)) = s.message().await {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Wake {
+            rx,
+            fallback: Duration::from_secs(2),
+        }
+    }
+
+    /// Resolves at the next event (or, if the stream is gone, after the
+    /// fallback interval), with the event when there was one.
+    pub async fn next(&mut self) -> Option<pb::EventMessage> {
+        tokio::select! {
+            e = self.rx.recv() => match e {
+                Some(e) => Some(e),
+                None => {
+                    tokio::time::sleep(self.fallback).await;
+                    None
+                }
+            },
+            _ = tokio::time::sleep(self.fallback * 5) => None,
+        }
     }
 }

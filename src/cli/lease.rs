@@ -10,7 +10,6 @@ use clap::Subcommand;
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Lease verbs.
 #[derive(Subcommand, Debug)]
@@ -406,6 +405,9 @@ async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Res
         }
     };
     tokio::pin!(interrupted);
+    // Woken by this principal's lease events (a grant, a release that
+    // frees room, a timeout), not by polling.
+    let mut wake = super::events::Wake::on(g, &["lease", "node"]);
     while l.state == "pending" {
         if tty {
             let w = why(c, l.id).await.map(|w| w.summary).unwrap_or_default();
@@ -435,7 +437,7 @@ async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Res
                 }
                 std::process::exit(code);
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = wake.next() => {}
         }
         l = show(c, l.id).await?;
     }

@@ -336,6 +336,7 @@ fn dev_agent(
         ttl: Duration::from_secs(10),
         data: dir,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        http: None,
         sandboxes: iso.sandboxes.clone(),
         lease_uids,
         run_as,
