@@ -34,6 +34,8 @@ const STYLE: &str = include_str!("dashboard/style.css");
 
 /// At most this many of each list go to the page.
 const LEASES_SHOWN: usize = 500;
+/// Each queued request's why walks placement: the first this many.
+const QUEUE_SHOWN: usize = 100;
 const TASKS_SHOWN: usize = 200;
 const RUNS_SHOWN: usize = 20;
 const DEPLOYS_SHOWN: usize = 5;
@@ -256,6 +258,9 @@ fn view(
             "reason": l.spec.reason,
         });
         if l.state == LeaseState::Pending {
+            if queue.len() >= QUEUE_SHOWN {
+                continue;
+            }
             let (_, why) = s.why_pending(l);
             let mut q = base;
             q["why"] = json!(why);

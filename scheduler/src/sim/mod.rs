@@ -957,6 +957,7 @@ fn views(members: &[Member]) -> Vec<MemberView<'_>> {
                 applied: d.applied(),
                 state: h.read(|s| s.clone()),
                 store: d.store(),
+                events: h.events().clone(),
             })
         })
         .collect()

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod committed_entries;
 pub mod deployments;
 pub mod equal_state;
+pub mod events;
 pub mod exclusive;
 pub mod fencing;
 pub mod hydra;
@@ -36,6 +37,8 @@ pub struct MemberView<'a> {
     pub state: State,
     /// Its raft storage.
     pub store: &'a SimStore,
+    /// Its event log.
+    pub events: std::sync::Arc<crate::events::EventLog>,
 }
 
 /// One member's view of locks for [`locks`]: the applied index it was
@@ -62,6 +65,12 @@ pub struct History {
     pub lock_tokens: BTreeMap<u64, LockTokens>,
     /// Per member: the applied index last hashed and the commit index last checked.
     pub checked: BTreeMap<u64, (u64, u64)>,
+    /// What the first member to tell it said of each event `(index, seq)`.
+    pub events: BTreeMap<(u64, u32), (u64, String)>,
+    /// How many events the first member to tell an entry's said it had.
+    pub event_counts: BTreeMap<u64, (u64, u32)>,
+    /// Per member: the last event read from its log.
+    pub event_cursors: BTreeMap<u64, crate::events::Cursor>,
 }
 
 /// Runs every per-step invariant.
@@ -78,6 +87,7 @@ pub fn check_all(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String
     time_bounds::check(views)?;
     locks::check(h, views)?;
     equal_state::check(h, views)?;
+    events::check(h, views)?;
     Ok(())
 }
 
