@@ -110,6 +110,119 @@ struct Gauges {
     node_memory_allocated: Family<NodeLabel, Gauge>,
 }
 
+impl Gauges {
+    /// Registers the scrape-time gauges.
+    fn register(&self, r: &mut Registry) {
+        let g = self;
+        r.register(
+            "charter_raft_term",
+            "The raft term this member is in",
+            g.term.clone(),
+        );
+        r.register(
+            "charter_raft_leader_id",
+            "The leader this member knows (0: none)",
+            g.leader.clone(),
+        );
+        r.register(
+            "charter_raft_is_leader",
+            "1 when this member leads",
+            g.is_leader.clone(),
+        );
+        r.register(
+            "charter_raft_commit_index",
+            "The raft commit index",
+            g.commit.clone(),
+        );
+        r.register(
+            "charter_raft_applied_index",
+            "The index this member applied",
+            g.applied.clone(),
+        );
+        r.register(
+            "charter_raft_snapshot_index",
+            "Index of this member's newest snapshot",
+            g.snapshot_index.clone(),
+        );
+        r.register(
+            "charter_raft_snapshot_bytes",
+            "Size of the newest snapshot this member made",
+            g.snapshot_bytes.clone(),
+        );
+        r.register(
+            "charter_history_bytes",
+            "Bytes this member's history store keeps",
+            g.history_bytes.clone(),
+        );
+        r.register(
+            "charter_clock_skew_seconds",
+            "This member's wall clock minus the steady time it stamps as leader",
+            g.clock_skew.clone(),
+        );
+        r.register("charter_nodes", "Nodes by state", g.nodes.clone());
+        r.register(
+            "charter_leases",
+            "Live leases by state (pending, granted)",
+            g.leases.clone(),
+        );
+        r.register(
+            "charter_state_ended_leases",
+            "Ended leases the live state still holds",
+            g.ended_leases.clone(),
+        );
+        r.register(
+            "charter_state_leases",
+            "Leases in the live state, live and recently ended",
+            g.state_leases.clone(),
+        );
+        r.register(
+            "charter_state_tasks",
+            "Tasks in the live state",
+            g.tasks.clone(),
+        );
+        r.register(
+            "charter_state_idempotency_keys",
+            "Idempotency outcomes kept",
+            g.keys.clone(),
+        );
+        r.register(
+            "charter_queue_depth",
+            "Lease requests waiting",
+            g.queue.clone(),
+        );
+        r.register(
+            "charter_queue_oldest_seconds",
+            "Age of the oldest waiting request",
+            g.queue_oldest.clone(),
+        );
+        r.register(
+            "charter_events_kept_from_index",
+            "The oldest raft index whose events this member still serves",
+            g.events_kept_from.clone(),
+        );
+        r.register(
+            "charter_node_cpu_capacity_millis",
+            "A node's CPU, in millicores",
+            g.node_cpu_capacity.clone(),
+        );
+        r.register(
+            "charter_node_cpu_allocated_millis",
+            "CPU its live leases hold, in millicores",
+            g.node_cpu_allocated.clone(),
+        );
+        r.register(
+            "charter_node_memory_capacity_bytes",
+            "A node's memory",
+            g.node_memory_capacity.clone(),
+        );
+        r.register(
+            "charter_node_memory_allocated_bytes",
+            "Memory its live leases hold",
+            g.node_memory_allocated.clone(),
+        );
+    }
+}
+
 /// What a scrape reads from the member and its state.
 #[derive(Debug, Default)]
 pub struct Reading {
@@ -230,113 +343,7 @@ impl Metrics {
             "Writes this member forwarded to the leader",
             m.forwards.clone(),
         );
-        let g = &m.gauges;
-        r.register(
-            "charter_raft_term",
-            "The raft term this member is in",
-            g.term.clone(),
-        );
-        r.register(
-            "charter_raft_leader_id",
-            "The leader this member knows (0: none)",
-            g.leader.clone(),
-        );
-        r.register(
-            "charter_raft_is_leader",
-            "1 when this member leads",
-            g.is_leader.clone(),
-        );
-        r.register(
-            "charter_raft_commit_index",
-            "The raft commit index",
-            g.commit.clone(),
-        );
-        r.register(
-            "charter_raft_applied_index",
-            "The index this member applied",
-            g.applied.clone(),
-        );
-        r.register(
-            "charter_raft_snapshot_index",
-            "Index of this member's newest snapshot",
-            g.snapshot_index.clone(),
-        );
-        r.register(
-            "charter_raft_snapshot_bytes",
-            "Size of the newest snapshot this member made",
-            g.snapshot_bytes.clone(),
-        );
-        r.register(
-            "charter_history_bytes",
-            "Bytes this member's history store keeps",
-            g.history_bytes.clone(),
-        );
-        r.register(
-            "charter_clock_skew_seconds",
-            "This member's wall clock minus the steady time it stamps as leader",
-            g.clock_skew.clone(),
-        );
-        r.register("charter_nodes", "Nodes by state", g.nodes.clone());
-        r.register(
-            "charter_leases",
-            "Live leases by state (pending, granted)",
-            g.leases.clone(),
-        );
-        r.register(
-            "charter_state_ended_leases",
-            "Ended leases the live state still holds",
-            g.ended_leases.clone(),
-        );
-        r.register(
-            "charter_state_leases",
-            "Leases in the live state, live and recently ended",
-            g.state_leases.clone(),
-        );
-        r.register(
-            "charter_state_tasks",
-            "Tasks in the live state",
-            g.tasks.clone(),
-        );
-        r.register(
-            "charter_state_idempotency_keys",
-            "Idempotency outcomes kept",
-            g.keys.clone(),
-        );
-        r.register(
-            "charter_queue_depth",
-            "Lease requests waiting",
-            g.queue.clone(),
-        );
-        r.register(
-            "charter_queue_oldest_seconds",
-            "Age of the oldest waiting request",
-            g.queue_oldest.clone(),
-        );
-        r.register(
-            "charter_events_kept_from_index",
-            "The oldest raft index whose events this member still serves",
-            g.events_kept_from.clone(),
-        );
-        r.register(
-            "charter_node_cpu_capacity_millis",
-            "A node's CPU, in millicores",
-            g.node_cpu_capacity.clone(),
-        );
-        r.register(
-            "charter_node_cpu_allocated_millis",
-            "CPU its live leases hold, in millicores",
-            g.node_cpu_allocated.clone(),
-        );
-        r.register(
-            "charter_node_memory_capacity_bytes",
-            "A node's memory",
-            g.node_memory_capacity.clone(),
-        );
-        r.register(
-            "charter_node_memory_allocated_bytes",
-            "Memory its live leases hold",
-            g.node_memory_allocated.clone(),
-        );
+        m.gauges.register(r);
         m
     }
 

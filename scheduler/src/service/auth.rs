@@ -261,6 +261,21 @@ pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
     }
 }
 
+/// Whose records a read returns: an admin's, `asked`'s (everyone's when
+/// empty); anyone else's, only its own (`what` names them in the refusal).
+pub fn own_or_admin(who: &Principal, asked: String, what: &str) -> Result<Option<String>, Status> {
+    if who.admin {
+        Ok((!asked.is_empty()).then_some(asked))
+    } else if asked.is_empty() || asked == who.name {
+        Ok(Some(who.name.clone()))
+    } else {
+        Err(Status::permission_denied(format!(
+            "reading {asked}'s {what} needs an admin token; {} may read only its own",
+            who.name
+        )))
+    }
+}
+
 /// The caller of one of an agent's calls: an admin (any node) or a node
 /// credential (its own node, returned). The principal returned acts as
 /// the agent in the log (admin), so check the node before proposing.

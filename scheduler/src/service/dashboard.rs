@@ -15,7 +15,7 @@
 
 use super::Api;
 use super::auth::{Principal, Tokens};
-use super::events::http::{caller, error};
+use super::http::{caller, error};
 use crate::raft_driver::{Role, Status};
 use crate::state::{LeaseState, Millis, State};
 use axum::Router;
@@ -109,12 +109,12 @@ async fn login(AxState(ui): AxState<Ui>, Form(f): Form<LoginForm>) -> Response {
     if let Ok(v) = format!("Bearer {token}").parse() {
         h.insert(header::AUTHORIZATION, v);
     }
-    if caller(&ui.tokens, &h).is_err() {
+    if caller(&ui.tokens, &h, false, "the dashboard").is_err() {
         return back("refused");
     }
     let cookie = format!(
         "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200",
-        super::events::http::COOKIE
+        super::http::COOKIE
     );
     (
         StatusCode::SEE_OTHER,
@@ -126,7 +126,7 @@ async fn login(AxState(ui): AxState<Ui>, Form(f): Form<LoginForm>) -> Response {
 async fn logout() -> Response {
     let cookie = format!(
         "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        super::events::http::COOKIE
+        super::http::COOKIE
     );
     (
         StatusCode::SEE_OTHER,
@@ -136,7 +136,7 @@ async fn logout() -> Response {
 }
 
 async fn overview(AxState(ui): AxState<Ui>, headers: HeaderMap) -> Response {
-    let who = match caller(&ui.tokens, &headers) {
+    let who = match caller(&ui.tokens, &headers, true, "the dashboard") {
         Ok(p) => p,
         Err(r) => return *r,
     };
@@ -165,7 +165,7 @@ async fn task_logs(
     use axum::response::sse::{Event, KeepAlive, Sse};
     use pb::tasks_server::Tasks;
     use tokio_stream::StreamExt;
-    let who = match caller(&ui.tokens, &headers) {
+    let who = match caller(&ui.tokens, &headers, true, "the dashboard") {
         Ok(p) => p,
         Err(r) => return *r,
     };
@@ -208,7 +208,24 @@ fn view(
     upcoming: &dyn Fn(&str, Option<&str>) -> Vec<i64>,
 ) -> Value {
     let mine = |p: &str| who.admin || p == who.name;
-    let cluster = json!({
+    let (leases, queue) = leases_json(s, &mine);
+    json!({
+        "principal": who.name,
+        "admin": who.admin,
+        "now": now,
+        "cluster": cluster_json(st),
+        "nodes": nodes_json(s),
+        "leases": leases,
+        "queue": queue,
+        "tasks": tasks_json(s, &mine),
+        "cron": cron_json(s, &mine, upcoming),
+        "apps": apps_json(s, &mine),
+    })
+}
+
+/// Members, leader, term, indexes, health.
+fn cluster_json(st: &Status) -> Value {
+    json!({
         "member": st.id,
         "leader": st.leader_id,
         "role": st.role.as_str(),
@@ -223,9 +240,12 @@ fn view(
             "leader": st.leader_id == Some(*id),
         })).collect::<Vec<_>>(),
         "is_leader": st.role == Role::Leader,
-    });
-    let nodes: Vec<Value> = s
-        .nodes
+    })
+}
+
+/// Every node with its allocation.
+fn nodes_json(s: &State) -> Vec<Value> {
+    s.nodes
         .values()
         .map(|n| {
             json!({
@@ -239,7 +259,11 @@ fn view(
                 "leases": n.leases.len(),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Live granted leases (newest first) and the queue, with each request's why.
+fn leases_json(s: &State, mine: &dyn Fn(&str) -> bool) -> (Vec<Value>, Vec<Value>) {
     let mut leases = Vec::new();
     let mut queue = Vec::new();
     for l in s.leases.values().rev() {
@@ -270,8 +294,12 @@ fn view(
             leases.push(base);
         }
     }
-    let tasks: Vec<Value> = s
-        .tasks
+    (leases, queue)
+}
+
+/// The newest tasks.
+fn tasks_json(s: &State, mine: &dyn Fn(&str) -> bool) -> Vec<Value> {
+    s.tasks
         .values()
         .rev()
         .filter(|t| mine(&t.principal))
@@ -297,9 +325,16 @@ fn view(
                 "message": t.message,
             })
         })
-        .collect();
-    let cron: Vec<Value> = s
-        .cron_jobs
+        .collect()
+}
+
+/// Cron jobs with their next ticks and recent runs.
+fn cron_json(
+    s: &State,
+    mine: &dyn Fn(&str) -> bool,
+    upcoming: &dyn Fn(&str, Option<&str>) -> Vec<i64>,
+) -> Vec<Value> {
+    s.cron_jobs
         .values()
         .filter(|j| mine(&j.owner))
         .map(|j| {
@@ -337,8 +372,12 @@ fn view(
                 "runs": runs,
             })
         })
-        .collect();
-    let apps: Vec<Value> = s
+        .collect()
+}
+
+/// Apps with their newest deployments.
+fn apps_json(s: &State, mine: &dyn Fn(&str) -> bool) -> Vec<Value> {
+    s
         .apps
         .values()
         .filter(|a| mine(&a.applied_by))
@@ -386,17 +425,5 @@ fn view(
                 "deployments": deployments,
             })
         })
-        .collect();
-    json!({
-        "principal": who.name,
-        "admin": who.admin,
-        "now": now,
-        "cluster": cluster,
-        "nodes": nodes,
-        "leases": leases,
-        "queue": queue,
-        "tasks": tasks,
-        "cron": cron,
-        "apps": apps,
-    })
+        .collect()
 }

@@ -35,16 +35,7 @@ impl Follow {
     /// Checks a request against who made it.
     pub fn of(who: &Principal, r: pb::EventsRequest) -> Result<Follow, Status> {
         let kinds = KindFilter::parse(&r.types).map_err(Status::invalid_argument)?;
-        let principal = if who.admin {
-            (!r.principal.is_empty()).then_some(r.principal)
-        } else if r.principal.is_empty() || r.principal == who.name {
-            Some(who.name.clone())
-        } else {
-            return Err(Status::permission_denied(format!(
-                "reading {}'s events needs an admin token; {} may read only its own",
-                r.principal, who.name
-            )));
-        };
+        let principal = super::auth::own_or_admin(who, r.principal, "events")?;
         Ok(Follow {
             since_index: r.since_index,
             tail: r.tail,
@@ -149,10 +140,10 @@ impl Api {
 pub mod http {
     use super::Follow;
     use crate::service::Api;
-    use crate::service::auth::{Principal, Scope, Tokens};
+    use crate::service::auth::Tokens;
     use axum::Router;
     use axum::extract::{Query, State};
-    use axum::http::{HeaderMap, StatusCode};
+    use axum::http::HeaderMap;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use axum::response::{IntoResponse, Response};
     use axum::routing::get;
@@ -160,9 +151,6 @@ pub mod http {
     use serde_json::json;
     use std::collections::HashMap;
     use std::time::Duration;
-
-    /// The cookie the dashboard's login sets.
-    pub const COOKIE: &str = "charter_token";
 
     #[derive(Clone)]
     pub(crate) struct Http {
@@ -177,51 +165,7 @@ pub mod http {
             .with_state(Http { api, tokens })
     }
 
-    /// A JSON error with the status a gRPC code maps to.
-    pub(crate) fn error(s: tonic::Status) -> Response {
-        use tonic::Code;
-        let code = match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (code, axum::Json(json!({ "error": s.message() }))).into_response()
-    }
-
-    /// The token of a request: its bearer header, else the dashboard's cookie.
-    pub(crate) fn token_of(headers: &HeaderMap) -> Option<String> {
-        if let Some(h) = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        {
-            return Some(h.to_string());
-        }
-        headers
-            .get_all(axum::http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == COOKIE)
-            .map(|(_, v)| format!("Bearer {v}"))
-    }
-
-    /// Who calls, by bearer header or cookie; only user and admin tokens.
-    pub(crate) fn caller(tokens: &Tokens, headers: &HeaderMap) -> Result<Principal, Box<Response>> {
-        let token = token_of(headers);
-        let p = tokens
-            .check(token.as_deref())
-            .map_err(|s| Box::new(error(s)))?;
-        if p.scope != Scope::User {
-            return Err(Box::new(error(tonic::Status::permission_denied(
-                "events and the dashboard need a user or admin token",
-            ))));
-        }
-        Ok(p)
-    }
+    pub(crate) use crate::service::http::{caller, error};
 
     fn request_of(q: &HashMap<String, String>) -> Result<pb::EventsRequest, tonic::Status> {
         let num = |k: &str| -> Result<u64, tonic::Status> {
@@ -253,7 +197,7 @@ pub mod http {
         headers: HeaderMap,
     ) -> Response {
         use tokio_stream::StreamExt;
-        let who = match caller(&h.tokens, &headers) {
+        let who = match caller(&h.tokens, &headers, true, "events") {
             Ok(p) => p,
             Err(r) => return *r,
         };

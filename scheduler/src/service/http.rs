@@ -1,11 +1,13 @@
 //! The HTTP side: `/healthz` and `/metrics` (Prometheus text format,
 //! [`crate::metrics`]).
 
+use super::auth::{Principal, Scope, Tokens};
 use crate::metrics::Reading;
 use crate::raft_driver::{MemberHandle, Role};
 use axum::Router;
 use axum::extract::State as AxState;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 /// The HTTP routes of a member.
@@ -89,4 +91,71 @@ async fn metrics(AxState(m): AxState<MemberHandle>) -> impl axum::response::Into
         )],
         m.metrics().render(&r),
     )
+}
+
+/// A JSON error `{"error": …}` with the HTTP status a gRPC code maps to.
+pub(crate) fn error(s: tonic::Status) -> Response {
+    use tonic::Code;
+    let code = match s.code() {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (
+        code,
+        axum::Json(serde_json::json!({ "error": s.message() })),
+    )
+        .into_response()
+}
+
+/// The dashboard's session cookie.
+pub const COOKIE: &str = "charter_token";
+
+/// The token of a request: its bearer header, else (when `cookie`) the
+/// dashboard's session cookie.
+fn token_of(headers: &HeaderMap, cookie: bool) -> Option<String> {
+    if let Some(h) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(h.to_string());
+    }
+    if !cookie {
+        return None;
+    }
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| format!("Bearer {v}"))
+}
+
+/// Who calls an HTTP route: a user or admin token as a bearer header, or,
+/// on the read-only routes that pass `cookie`, the dashboard's cookie
+/// (never on a route that changes anything, so another site's page cannot
+/// act with it). Machine credentials are refused; `what` names the route
+/// in the refusal.
+pub(crate) fn caller(
+    tokens: &Tokens,
+    headers: &HeaderMap,
+    cookie: bool,
+    what: &str,
+) -> Result<Principal, Box<Response>> {
+    let p = tokens
+        .check(token_of(headers, cookie).as_deref())
+        .map_err(|s| Box::new(error(s)))?;
+    if p.scope != Scope::User {
+        return Err(Box::new(error(tonic::Status::permission_denied(format!(
+            "{what} need a user or admin token"
+        )))));
+    }
+    Ok(p)
 }

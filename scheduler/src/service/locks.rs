@@ -427,7 +427,7 @@ impl pb::locks_server::Locks for Api {
 /// The token comes as `Authorization: Bearer TOKEN`, as on gRPC.
 pub mod http {
     use super::{Api, MAX_BLOCK, Principal, spec_of};
-    use crate::service::auth::{Scope, Tokens};
+    use crate::service::auth::Tokens;
     use axum::extract::{Path, Query, State};
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
@@ -461,32 +461,10 @@ pub mod http {
             .with_state(Http { api, tokens })
     }
 
-    fn error(s: tonic::Status) -> Response {
-        use tonic::Code;
-        let code = match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (code, Json(json!({ "error": s.message() }))).into_response()
-    }
+    use crate::service::http::error;
 
     fn caller(h: &Http, headers: &HeaderMap) -> Result<Principal, Box<Response>> {
-        let header = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let p = h.tokens.check(header).map_err(|s| Box::new(error(s)))?;
-        if p.scope != Scope::User {
-            return Err(Box::new(error(tonic::Status::permission_denied(
-                "locks need a user or admin token",
-            ))));
-        }
-        Ok(p)
+        crate::service::http::caller(&h.tokens, headers, false, "locks")
     }
 
     /// An acquisition as JSON.

@@ -460,16 +460,7 @@ impl pb::cluster_server::Cluster for Api {
     ) -> Result<Response<pb::AuditReply>, Status> {
         let who = principal(&req)?;
         let r = req.into_inner();
-        let only = if who.admin {
-            (!r.principal.is_empty()).then_some(r.principal)
-        } else if r.principal.is_empty() || r.principal == who.name {
-            Some(who.name.clone())
-        } else {
-            return Err(Status::permission_denied(format!(
-                "reading {}'s audit records needs an admin token; {} may read only its own",
-                r.principal, who.name
-            )));
-        };
+        let only = auth::own_or_admin(&who, r.principal, "audit records")?;
         let n = match r.n {
             0 => 100,
             n => (n as usize).min(10_000),
