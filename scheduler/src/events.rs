@@ -43,7 +43,7 @@ pub struct EventLog {
 
 impl EventLog {
     /// How many events a member keeps.
-    pub const CAPACITY: usize = 100_000;
+    pub const CAPACITY: usize = 10_000;
 
     /// An empty log that will keep events of entries after `applied`.
     pub fn new(applied: u64) -> EventLog {
