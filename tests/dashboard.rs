@@ -362,6 +362,14 @@ fn the_dashboard_logs_in_shows_the_cluster_and_updates_from_events_without_a_rel
         Duration::from_secs(60),
     );
 
+    // A server's live log: its health checks' requests, as they come.
+    b.eval("[...document.querySelectorAll('#tasks tr[data-task-id]')].find(r => r.textContent.includes('#1')).click(); true");
+    b.until(
+        "the server's live log",
+        "!document.querySelector('#log').hidden && document.querySelector('#log pre').textContent.includes('GET / HTTP')",
+        Duration::from_secs(20),
+    );
+
     // The page as a person sees it.
     let shot = b.call(
         "Page.captureScreenshot",
@@ -375,4 +383,16 @@ fn the_dashboard_logs_in_shows_the_cluster_and_updates_from_events_without_a_rel
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&path, &png).unwrap();
     println!("screenshot: {} ({} bytes)", path.display(), png.len());
+
+    // On a phone's width nothing runs off the side: the page scrolls down,
+    // a wide table scrolls inside its own box.
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true }),
+    );
+    b.until(
+        "a page as wide as the phone",
+        "document.documentElement.scrollWidth <= 391",
+        Duration::from_secs(5),
+    );
 }

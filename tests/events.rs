@@ -370,6 +370,128 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
     assert!(logged.iter().any(|l| l["fields"]["event"] == "cron.fired"));
     assert!(logged.iter().any(|l| l["fields"]["event"] == "deploy.step"));
 
+    // The dashboard's data, as a non-admin may see it: the cluster and the
+    // nodes, her own lease history aside only her own live objects, none of
+    // root's apps.
+    let http = &c.members[other].http;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (code, body) = charter::harness::http(
+        http,
+        "GET",
+        "/v1/overview",
+        &[("authorization", &bearer(USER_TOKEN))],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let o: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (o["principal"].as_str(), o["admin"].as_bool()),
+        (Some("ann"), Some(false))
+    );
+    assert!(
+        o["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "a1")
+    );
+    assert!(
+        o["apps"].as_array().unwrap().is_empty(),
+        "root's app shown to ann: {o}"
+    );
+    assert!(
+        o["cron"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["owner"] == "ann")
+    );
+    assert!(
+        o["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["principal"] == "ann")
+    );
+    let (_, body) = charter::harness::http(
+        http,
+        "GET",
+        "/v1/overview",
+        &[("authorization", &bearer(TOKEN))],
+        b"",
+    )
+    .unwrap();
+    let o: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        o["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "hello")
+    );
+    // No token, a node credential: refused.
+    let (code, _) = charter::harness::http(http, "GET", "/v1/overview", &[], b"").unwrap();
+    assert_eq!(code, 401);
+    let (code, _) = charter::harness::http(
+        http,
+        "GET",
+        "/v1/overview",
+        &[("authorization", &bearer(&node_credential("a1")))],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 403, "a node credential reads no dashboard");
+    // The login checks the token and sets it as an HttpOnly, SameSite=Strict
+    // cookie, which the read-only routes take and a route that changes
+    // something (a lock) does not.
+    let login = |token: &str| {
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        let body = format!("token={token}");
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "POST /ui/login HTTP/1.1\r\nhost: {http}\r\nconnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let refused_login = login("not-a-token");
+    assert!(refused_login.starts_with("HTTP/1.1 303"), "{refused_login}");
+    assert!(
+        refused_login.contains("location: /?login=refused"),
+        "{refused_login}"
+    );
+    assert!(!refused_login.to_ascii_lowercase().contains("set-cookie"));
+    let ok = login(USER_TOKEN);
+    let cookie_line = ok
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {ok}"));
+    assert!(
+        cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"),
+        "{cookie_line}"
+    );
+    let cookie = format!("charter_token={USER_TOKEN}");
+    let (code, body) =
+        charter::harness::http(http, "GET", "/v1/overview", &[("cookie", &cookie)], b"").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = charter::harness::http(
+        http,
+        "POST",
+        "/v1/locks/by-cookie",
+        &[("cookie", &cookie), ("content-type", "application/json")],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(
+        code, 401,
+        "a state-changing route took the dashboard's cookie"
+    );
+
     // Metrics: Prometheus text that promtool accepts, counting what happened.
     let (code, metrics) =
         charter::harness::http(&c.members[other].http, "GET", "/metrics", &[], b"").unwrap();
