@@ -124,29 +124,37 @@ impl Browser {
         }
     }
 
-    /// The value of a JavaScript expression in the page.
-    fn eval(&mut self, expr: &str) -> Value {
+    /// The value of a JavaScript expression in the page, or what it threw.
+    fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
         let r = self.call(
             "Runtime.evaluate",
             json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
         );
-        if let Some(e) = r.get("exceptionDetails") {
-            panic!("{expr}: {e}");
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
         }
-        r["result"]["value"].clone()
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, expr: &str) -> Value {
+        self.try_eval(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
     }
 
     /// Waits until `expr` is true in the page.
     fn until(&mut self, what: &str, expr: &str, within: Duration) {
         let end = Instant::now() + within;
         loop {
-            if self.eval(expr) == json!(true) {
+            // While a navigation (the login's) replaces the document, the
+            // page may not have the elements yet: not yet, not an error.
+            if self.try_eval(expr) == Ok(json!(true)) {
                 return;
             }
             assert!(
                 Instant::now() < end,
                 "the page never showed {what}; its text:\n{}",
-                self.eval("document.body.innerText")
+                self.try_eval("document.body.innerText").unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
