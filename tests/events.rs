@@ -553,3 +553,68 @@ fn promtool(metrics: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn task_logs_follow_waits_for_a_queued_task_to_start_instead_of_failing() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(15));
+    let dir = tempfile::tempdir().unwrap();
+    // (The test agent offers 4 cores.)
+    let _a = agent_with(&c, dir.path(), "a1", &["--ttl", "3s"]);
+    wait_for("node a1", Duration::from_secs(15), || {
+        node_names(&json_ok(&c.cli(&["node", "list", "--json"])))
+            .contains(&"a1".to_string())
+            .then_some(())
+    });
+    // The node is full, so the task waits in the queue.
+    let blocker = json_ok(&c.cli(&["lease", "request", "--cpu", "4", "--for", "1m", "--json"]));
+    let blocker = blocker["id"].as_u64().unwrap().to_string();
+    let out = cli(
+        &c.servers(),
+        USER_TOKEN,
+        &[
+            "task",
+            "submit",
+            "--cpu",
+            "0.5",
+            "--wait",
+            "1m",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo hello-from-the-queue",
+        ],
+    );
+    let task = json_ok(&out)["id"].as_u64().unwrap().to_string();
+    let follower = cli_command(
+        &c.servers(),
+        USER_TOKEN,
+        &["task", "logs", &task, "--follow"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Still waiting, not failed with "not placed yet".
+    std::thread::sleep(Duration::from_millis(700));
+    let mut follower = follower;
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "task logs --follow gave up on a queued task"
+    );
+    json_ok(&c.cli(&["lease", "release", &blocker, "--json"]));
+    wait_for("the follower to end", Duration::from_secs(30), || {
+        follower.try_wait().unwrap().map(|_| ())
+    });
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello-from-the-queue\n"
+    );
+}

@@ -136,6 +136,16 @@ impl Client {
             .map_err(|e| status_error(what, &e.addr, &e.status).into())
     }
 
+    /// [`Client::call`] that hands the last status back, for a caller that
+    /// acts on it.
+    pub async fn try_call<T, F, Fut>(&self, f: F) -> Result<T, charter_proto::conn::Failed>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.servers.call(retry_for(), f).await
+    }
+
     /// [`Client::call`] for a write carrying idempotency key `key`: when
     /// no member answered for good (the write may or may not have been
     /// applied), the error gives the key and a retry command that reuses

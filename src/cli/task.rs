@@ -407,15 +407,37 @@ pub async fn run(g: &Global, cmd: TaskCmd) -> anyhow::Result<i32> {
             print_task(g, &r.task.unwrap_or_default())?;
         }
         TaskCmd::Logs { id, follow } => {
-            let mut s = c
-                .call("task logs", |ch| {
-                    let req = c.req(pb::LogsRequest {
-                        task_id: id,
-                        follow,
-                    });
-                    async move { TasksClient::new(ch).logs(req).await }
-                })
-                .await?;
+            // Following a task not placed yet waits for it to start, woken
+            // by task events rather than by polling.
+            let mut wake = None;
+            let mut s = loop {
+                let r = c
+                    .try_call(|ch| {
+                        let req = c.req(pb::LogsRequest {
+                            task_id: id,
+                            follow,
+                        });
+                        async move { TasksClient::new(ch).logs(req).await }
+                    })
+                    .await;
+                match r {
+                    Ok(s) => break s,
+                    Err(e)
+                        if follow
+                            && e.status.code() == tonic::Code::FailedPrecondition
+                            && e.status.message().contains("not been placed") =>
+                    {
+                        wake.get_or_insert_with(|| super::events::Wake::on(g, &["task"]))
+                            .next()
+                            .await;
+                    }
+                    Err(e) => {
+                        return Err(
+                            super::client::status_error("task logs", &e.addr, &e.status).into()
+                        );
+                    }
+                }
+            };
             loop {
                 match s.message().await {
                     Ok(Some(chunk)) => {
