@@ -343,6 +343,29 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
     )
     .unwrap();
     assert_eq!(code, 401, "no token, no events");
+    // A reconnecting EventSource's Last-Event-ID resumes right after it,
+    // mid-entry: after the request, its grant in the same entry.
+    let requested = seen
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| e["type"] == "lease.requested" && e["subject"] == lease.as_str())
+        .unwrap();
+    let (i, s) = key(requested);
+    let (code, body) = charter::harness::http(
+        &c.members[other].http,
+        "GET",
+        "/v1/events?follow=0&type=lease",
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("last-event-id", &format!("{i}.{s}")),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains(&format!("id: {i}.{s}\n")), "{body}");
+    assert!(body.contains(&format!("id: {i}.{}\n", s + 1)), "{body}");
+    assert!(body.contains("\"type\":\"lease.granted\""), "{body}");
 
     // The leader logged the grant and the expiry as JSON lines with the
     // ids as fields, and no terminal colour codes.
@@ -429,6 +452,24 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
             .unwrap()
             .iter()
             .any(|a| a["name"] == "hello")
+    );
+    // Another principal's task logs (root's server) are not ann's to read.
+    let server = o["apps"][0]["deployments"][0]["servers"][0]["task"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no server task in {o}"));
+    let (code, body) = charter::harness::http(
+        http,
+        "GET",
+        &format!("/v1/tasks/{server}/logs"),
+        &[("authorization", &bearer(USER_TOKEN))],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 403, "{body}");
+    // A node credential follows no events over gRPC either.
+    refused(
+        &cli(&c.servers(), &node_credential("a1"), &["events"]),
+        "cannot make this call",
     );
     // No token, a node credential: refused.
     let (code, _) = charter::harness::http(http, "GET", "/v1/overview", &[], b"").unwrap();

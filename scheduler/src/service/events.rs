@@ -29,6 +29,8 @@ pub struct Follow {
     pub principal: Option<String>,
     /// Keep going.
     pub follow: bool,
+    /// Resume after this event (an SSE client's `Last-Event-ID`).
+    pub after: Option<Cursor>,
 }
 
 impl Follow {
@@ -41,6 +43,7 @@ impl Follow {
             tail: r.tail,
             kinds,
             principal,
+            after: None,
             follow: r.follow,
         })
     }
@@ -52,7 +55,9 @@ impl Follow {
     /// Where reading starts: after the events before `since_index`, or
     /// before the newest `tail` that pass.
     fn start(&self, log: &EventLog) -> Cursor {
-        if self.since_index > 0 {
+        if let Some(c) = self.after {
+            c
+        } else if self.since_index > 0 {
             EventLog::cursor_before(self.since_index)
         } else if self.tail == 0 {
             EventLog::cursor_before(log.oldest())
@@ -201,22 +206,22 @@ pub mod http {
             Ok(p) => p,
             Err(r) => return *r,
         };
-        let mut req = match request_of(&q) {
+        let req = match request_of(&q) {
             Ok(r) => r,
             Err(e) => return error(e),
         };
-        if let Some(last) = headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split('.').next()?.parse::<u64>().ok())
-        {
-            // Resume at the entry after the last one fully seen.
-            req.since_index = last + 1;
-        }
-        let f = match Follow::of(&who, req) {
+        let mut f = match Follow::of(&who, req) {
             Ok(f) => f,
             Err(e) => return error(e),
         };
+        // A reconnecting EventSource resumes right after the last event it got.
+        f.after = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (i, s) = v.split_once('.')?;
+                Some((i.parse().ok()?, s.parse().ok()?))
+            });
         let rx = h.api.event_stream(f);
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
             let ev = match item {
