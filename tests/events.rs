@@ -412,30 +412,17 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
         (o["principal"].as_str(), o["admin"].as_bool()),
         (Some("ann"), Some(false))
     );
+    assert!(items(&o, "nodes").iter().any(|n| n["name"] == "a1"));
+    assert!(items(&o, "apps").is_empty(), "root's app shown to ann: {o}");
+    // Her own are there, and only hers.
+    let (cron, tasks) = (items(&o, "cron"), items(&o, "tasks"));
     assert!(
-        o["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["name"] == "a1")
+        !cron.is_empty() && cron.iter().all(|j| j["owner"] == "ann"),
+        "{o}"
     );
     assert!(
-        o["apps"].as_array().unwrap().is_empty(),
-        "root's app shown to ann: {o}"
-    );
-    assert!(
-        o["cron"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|j| j["owner"] == "ann")
-    );
-    assert!(
-        o["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["principal"] == "ann")
+        !tasks.is_empty() && tasks.iter().all(|t| t["principal"] == "ann"),
+        "{o}"
     );
     let (_, body) = charter::harness::http(
         http,
@@ -446,13 +433,7 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
     )
     .unwrap();
     let o: Value = serde_json::from_str(&body).unwrap();
-    assert!(
-        o["apps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["name"] == "hello")
-    );
+    assert!(items(&o, "apps").iter().any(|a| a["name"] == "hello"));
     // Another principal's task logs (root's server) are not ann's to read.
     let server = o["apps"][0]["deployments"][0]["servers"][0]["task"]
         .as_u64()
@@ -557,6 +538,14 @@ fn followers_see_each_change_once_in_order_resume_from_an_index_and_see_only_the
         value(&agent, "charter_agent_leases") >= 1.0,
         "the deployment's server runs"
     );
+}
+
+/// The array `key` of a JSON object.
+fn items(v: &Value, key: &str) -> Vec<Value> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array {key} in {v}"))
+        .clone()
 }
 
 /// One sample's value in Prometheus text.

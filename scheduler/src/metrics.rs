@@ -82,7 +82,16 @@ pub struct Metrics {
     pub forwards: Counter,
     /// Scrape-time gauges.
     gauges: Gauges,
+    /// `events`' counter of each kind, by `EventKind as usize`, made once:
+    /// the raft thread counts without allocating a label or locking the
+    /// family.
+    per_kind: Vec<Counter>,
+    /// `lease_ends`' counters, in [`END_KINDS`] order.
+    ends: Vec<Counter>,
 }
+
+/// How leases end, as `charter_lease_ends_total` labels them.
+const END_KINDS: [&str; 5] = ["released", "expired", "revoked", "lost", "timed_out"];
 
 #[derive(Debug, Default)]
 struct Gauges {
@@ -285,7 +294,16 @@ impl Metrics {
             fsync: seconds(),
             forwards: Counter::default(),
             gauges: Gauges::default(),
+            per_kind: Vec::new(),
+            ends: Vec::new(),
         };
+        let made =
+            |f: &Family<Kind, Counter>, k: &str| f.get_or_create(&Kind { kind: k.into() }).clone();
+        m.per_kind = EventKind::ALL
+            .iter()
+            .map(|k| made(&m.events, k.as_str()))
+            .collect();
+        m.ends = END_KINDS.iter().map(|k| made(&m.lease_ends, k)).collect();
         let r = &mut m.registry;
         r.register(
             "charter_events",
@@ -351,11 +369,14 @@ impl Metrics {
     pub fn observe_events(&self, events: &[Event]) {
         let secs = |ms: i64| ms.max(0) as f64 / 1000.0;
         for e in events {
-            self.events
-                .get_or_create(&Kind {
-                    kind: e.kind.to_string(),
-                })
-                .inc();
+            if let Some(c) = self.per_kind.get(e.kind as usize) {
+                c.inc();
+            }
+            let end = |i: usize| {
+                if let Some(c) = self.ends.get(i) {
+                    c.inc();
+                }
+            };
             let count = |f: &Family<Kind, Counter>, k: &str| {
                 f.get_or_create(&Kind { kind: k.into() }).inc();
             };
@@ -364,16 +385,16 @@ impl Metrics {
                 LeaseGranted => {
                     self.grants.inc();
                 }
-                LeaseReleased => count(&self.lease_ends, "released"),
+                LeaseReleased => end(0),
                 LeaseExpired => {
-                    count(&self.lease_ends, "expired");
+                    end(1);
                     if let Some(ms) = e.ms {
                         self.expiry_lateness.observe(secs(ms));
                     }
                 }
-                LeaseRevoked => count(&self.lease_ends, "revoked"),
-                LeaseLost => count(&self.lease_ends, "lost"),
-                LeaseTimedOut => count(&self.lease_ends, "timed_out"),
+                LeaseRevoked => end(2),
+                LeaseLost => end(3),
+                LeaseTimedOut => end(4),
                 CronFired => {
                     count(&self.cron_ticks, "fired");
                     if let Some(ms) = e.ms {
@@ -489,5 +510,60 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode the metrics");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_counts_in_its_own_counter() {
+        // `per_kind` is indexed by `EventKind as usize`: ALL must be in
+        // declaration order.
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k}");
+        }
+        let m = Metrics::new();
+        let ev = |kind| Event {
+            index: 1,
+            seq: 0,
+            at: 0,
+            kind,
+            principal: String::new(),
+            subject: String::new(),
+            detail: String::new(),
+            ms: Some(5),
+        };
+        m.observe_events(&[
+            ev(EventKind::LeaseExpired),
+            ev(EventKind::LeaseExpired),
+            ev(EventKind::TaskExited),
+        ]);
+        let text = m.render(&Reading::default());
+        assert!(
+            text.contains("charter_events_total{kind=\"lease.expired\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("charter_events_total{kind=\"task.exited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("charter_events_total{kind=\"cron.fired\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("charter_lease_ends_total{kind=\"expired\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("charter_lease_ends_total{kind=\"lost\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("charter_lease_expiry_lateness_seconds_count 2"),
+            "{text}"
+        );
     }
 }
