@@ -5,7 +5,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::raft_driver::{Driver, Input, MemberConfig, MemberHandle};
 use crate::service::auth::Tokens;
 use crate::service::{Api, Peer, http};
-use crate::storage::SledStore;
+use crate::storage::EngineStore;
 use crate::transport::{GrpcTransport, MAX_PEER_MESSAGE};
 use crate::{Error, Result, controller};
 use charter_proto as pb;
@@ -153,7 +153,7 @@ impl Server {
             .local_addr()
             .map_err(|e| Error::Config(format!("cannot read the bound HTTP address: {e}")))?;
         let raft_dir = opts.data.join("raft");
-        let store = SledStore::open(&raft_dir).map_err(|e| {
+        let store = EngineStore::open(&raft_dir).map_err(|e| {
             Error::Config(format!(
                 "{e}; check that --data {} is a writable directory Charter owns",
                 opts.data.display()

@@ -15,7 +15,9 @@
 //! - `locks`: lock cycles/s and handover latency, beside `etcdctl lock`
 //!   when etcd is installed, see `bench_locks`;
 //! - `soak`: request-and-release cycles for a long while, see `bench_soak`
-//!   (not part of `all`).
+//!   (not part of `all`);
+//! - `race`: Charter's grants beside etcd's lease grants, one Rust client,
+//!   alternating rounds, see `bench_etcd` (not part of `all`; needs etcd).
 
 use super::output::{self, fail};
 use charter::harness::{Cluster, TOKEN};
@@ -37,7 +39,7 @@ use tonic::transport::Channel;
 #[derive(ClapArgs, Debug)]
 pub struct BenchArgs {
     /// grant, placement, failover, memory, expiry, tasks, cron, deploy, locks, or
-    /// all of these; or soak (never part of all).
+    /// all of these; or soak or race (never part of all).
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// How long each measured run lasts, e.g. 5s.
@@ -115,10 +117,10 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
         a.scenario.split(',').map(str::trim).collect()
     };
     for s in &chosen {
-        if !SCENARIOS.contains(s) && *s != "soak" {
+        if !SCENARIOS.contains(s) && *s != "soak" && *s != "race" {
             return Err(fail(
                 format!("unknown scenario `{s}`"),
-                format!("known: {}, soak", SCENARIOS.join(", ")),
+                format!("known: {}, soak, race", SCENARIOS.join(", ")),
                 "pass --scenario NAME or all",
             ));
         }
@@ -149,6 +151,7 @@ pub fn run(rt: &tokio::runtime::Runtime, json: bool, a: BenchArgs) -> anyhow::Re
             "cron" => super::bench_agent::cron(rt, &exe, dur, a.cron_kills)?,
             "deploy" => super::bench_deploy::deploy(rt, &exe, a.deploy_rounds, a.deploy_apps)?,
             "locks" => super::bench_locks::locks(rt, &exe, dur, a.rounds)?,
+            "race" => super::bench_etcd::race(rt, &exe, dur, a.rounds, a.nodes)?,
             "soak" => {
                 let every = units::parse_duration(&a.soak_every).map_err(|e| {
                     fail(format!("bad --soak-every `{}`", a.soak_every), e, "e.g. 1m")
@@ -304,7 +307,7 @@ fn members_cpu_s(c: &Cluster) -> f64 {
 }
 
 /// Registers nodes `b0..bN` (64 cores, 256 GiB, zone labels), 32 at a time.
-async fn register_fleet(ch: &Channel, nodes: usize) -> anyhow::Result<()> {
+pub async fn register_fleet(ch: &Channel, nodes: usize) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..32 {
@@ -345,28 +348,45 @@ async fn register_fleet(ch: &Channel, nodes: usize) -> anyhow::Result<()> {
 /// `clients` concurrent loops of lease requests for `dur`; returns the
 /// number granted and every latency in µs, sorted.
 async fn load(ch: Channel, clients: usize, dur: Duration) -> (u64, Vec<u64>) {
+    closed_loop(clients, dur, move |w, n| {
+        let ch = ch.clone();
+        async move {
+            let req = authed(pb::LeaseRequest {
+                idempotency_key: format!("bench-{w}-{n}-{}", rand::random::<u32>()),
+                resources: Some(pb::Resources {
+                    cpu_millis: 10,
+                    ..Default::default()
+                }),
+                duration_ms: 3_600_000,
+                reason: "bench".into(),
+                ..Default::default()
+            });
+            LeasesClient::new(ch).request(req).await.is_ok()
+        }
+    })
+    .await
+}
+
+/// `clients` concurrent loops, each calling `call(worker, n)` again as soon
+/// as the last call returned, for `dur`; returns how many calls succeeded
+/// and their latencies in µs, sorted.
+pub async fn closed_loop<F, Fut>(clients: usize, dur: Duration, call: F) -> (u64, Vec<u64>)
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let deadline = Instant::now() + dur;
     let lat = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for w in 0..clients {
-        let ch = ch.clone();
+        let call = call.clone();
         let lat = lat.clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let req = authed(pb::LeaseRequest {
-                    idempotency_key: format!("bench-{w}-{n}-{}", rand::random::<u32>()),
-                    resources: Some(pb::Resources {
-                        cpu_millis: 10,
-                        ..Default::default()
-                    }),
-                    duration_ms: 3_600_000,
-                    reason: "bench".into(),
-                    ..Default::default()
-                });
                 let t = Instant::now();
-                if LeasesClient::new(ch.clone()).request(req).await.is_ok() {
+                if call(w, n).await {
                     mine.push(t.elapsed().as_micros() as u64);
                 }
                 n += 1;

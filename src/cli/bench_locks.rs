@@ -14,6 +14,7 @@
 //!   start time.
 
 use super::bench::{Report, percentile_ms};
+use super::bench_etcd::Etcd;
 use super::output::fail;
 use charter::harness::{Cluster, TOKEN};
 use std::collections::BTreeMap;
@@ -293,85 +294,4 @@ fn cli_handover(
         }
     }
     out
-}
-
-/// A 3-member etcd on loopback, stopped on drop.
-struct Etcd {
-    children: Vec<std::process::Child>,
-    endpoints: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Option<Etcd> {
-        let (etcd, etcdctl) = (Path::new("/usr/bin/etcd"), Path::new("/usr/bin/etcdctl"));
-        if !etcd.exists() || !etcdctl.exists() {
-            return None;
-        }
-        let ports = charter::harness::free_ports(6).ok()?;
-        let dir = tempfile::tempdir().ok()?;
-        let peer = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i]);
-        let client = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
-        let cluster = (0..3)
-            .map(|i| format!("e{i}={}", peer(i)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut children = Vec::new();
-        for i in 0..3 {
-            let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).ok()?;
-            let child = Command::new(etcd)
-                .args(["--name", &format!("e{i}")])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("e{i}")))
-                .args(["--listen-peer-urls", &peer(i)])
-                .args(["--initial-advertise-peer-urls", &peer(i)])
-                .args(["--listen-client-urls", &client(i)])
-                .args(["--advertise-client-urls", &client(i)])
-                .args(["--initial-cluster", &cluster])
-                .args(["--initial-cluster-state", "new"])
-                .stdout(log.try_clone().ok()?)
-                .stderr(log)
-                .spawn()
-                .ok()?;
-            children.push(child);
-        }
-        let e = Etcd {
-            children,
-            endpoints: (0..3).map(client).collect::<Vec<_>>().join(","),
-            _dir: dir,
-        };
-        let until = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < until {
-            if e.lock("warmup", &["true"])
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                return Some(e);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        eprintln!("bench: etcd did not answer within 30 s; not measured");
-        None
-    }
-
-    /// `etcdctl lock NAME CMD…`, not yet run.
-    fn lock(&self, name: &str, cmd: &[&str]) -> Command {
-        let mut k = Command::new("/usr/bin/etcdctl");
-        k.env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoints, "lock", name, "--"])
-            .args(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        k
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }

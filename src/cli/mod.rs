@@ -7,6 +7,7 @@ mod audit;
 mod bench;
 mod bench_agent;
 mod bench_deploy;
+mod bench_etcd;
 mod bench_locks;
 mod bench_soak;
 mod client;

@@ -10,13 +10,17 @@
 //! and [`MemStore`] for tests and simulation.
 
 pub mod audit_log;
+mod engine_store;
 pub mod history;
 mod memory;
 mod sled_store;
+mod snapshot_files;
 
+pub use engine_store::EngineStore;
 pub use history::History;
 pub use memory::MemStore;
-pub use sled_store::{SledStore, SnapshotData};
+pub use sled_store::SledStore;
+pub use snapshot_files::SnapshotData;
 
 /// Writes a snapshot's data durably (from any thread) before the driver
 /// records it with [`LogStore::compact_to`].

@@ -14,7 +14,7 @@
 //! [`SledStore::sync`] therefore follows it with `fsync` on the database file
 //! (through a second descriptor; fsync acts on the inode).
 
-use super::{LogStore, SnapshotWriter, StoreResult};
+use super::{LogStore, SnapshotData, SnapshotWriter, StoreResult};
 use crate::Error;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -55,86 +55,7 @@ pub struct SledStore {
     sink: SnapshotData,
 }
 
-/// Where snapshot data is written: one file per snapshot, `INDEX.snap`
-/// (written to a temporary name, fsynced, renamed, and the directory
-/// fsynced), so a large state leaves no garbage behind and a background
-/// thread can write one while the raft thread goes on.
-#[derive(Clone)]
-pub struct SnapshotData {
-    dir: PathBuf,
-}
-
-impl SnapshotData {
-    fn open(dir: &Path) -> StoreResult<SnapshotData> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| st(dir, "cannot create the snapshot directory", e))?;
-        Ok(SnapshotData {
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    fn file(&self, index: u64) -> PathBuf {
-        self.dir.join(format!("{index:020}.snap"))
-    }
-
-    /// Writes the data of the snapshot at `index` and makes it durable.
-    pub fn write(&self, index: u64, data: &[u8]) -> StoreResult<()> {
-        use std::io::Write;
-        let tmp = self.dir.join(format!("{index:020}.snap.tmp"));
-        let io = |what: &str, e: std::io::Error| st(&self.dir, what, e);
-        let mut f = File::create(&tmp).map_err(|e| io("cannot write snapshot data", e))?;
-        f.write_all(data)
-            .map_err(|e| io("cannot write snapshot data", e))?;
-        f.sync_data()
-            .map_err(|e| io("cannot fsync snapshot data", e))?;
-        std::fs::rename(&tmp, self.file(index)).map_err(|e| io("cannot write snapshot data", e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("cannot fsync the snapshot directory", e))
-    }
-
-    fn read(&self, index: u64) -> StoreResult<Option<Vec<u8>>> {
-        match std::fs::read(self.file(index)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(st(&self.dir, "cannot read snapshot data", e)),
-        }
-    }
-
-    /// Drops snapshot data older than `keep_from` (not synced: losing the
-    /// removal in a crash only leaves garbage behind).
-    fn prune(&self, keep_from: u64) -> StoreResult<()> {
-        let entries =
-            std::fs::read_dir(&self.dir).map_err(|e| st(&self.dir, "cannot list snapshots", e))?;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let index = name
-                .strip_suffix(".snap")
-                .or_else(|| name.strip_suffix(".snap.tmp"))
-                .and_then(|i| i.parse::<u64>().ok());
-            if index.is_some_and(|i| i < keep_from) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        Ok(())
-    }
-
-    /// Data of the snapshot at `index` from the sled database that held
-    /// snapshots before files did (`snapshots/`), if there is one.
-    fn read_legacy(dir: &Path, index: u64) -> StoreResult<Option<Vec<u8>>> {
-        if !dir.join("db").is_file() {
-            return Ok(None);
-        }
-        let db = open_db(|| sled::Config::new().path(dir).flush_every_ms(None))
-            .map_err(|e| st(dir, "cannot open the old snapshot database", e))?;
-        let data = db
-            .get(index.to_be_bytes())
-            .map_err(|e| st(dir, "cannot read old snapshot data", e))?;
-        Ok(data.map(|d| d.to_vec()))
-    }
-}
-
-fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+pub(super) fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("{}: {what}: {e}", dir.display()))
 }
 
@@ -283,21 +204,6 @@ impl SledStore {
         Ok(())
     }
 
-    /// `meta` with its data, read from its file.
-    fn with_data(&self, meta: &Snapshot) -> StoreResult<Snapshot> {
-        let index = meta.get_metadata().index;
-        let data = self.sink.read(index)?.ok_or_else(|| {
-            st(
-                &self.dir,
-                "corrupt snapshot",
-                format!("the data of the snapshot at index {index} is missing"),
-            )
-        })?;
-        let mut s = meta.clone();
-        s.set_data(data.into());
-        Ok(s)
-    }
-
     /// Records `snap` (whose data is already in the sink) as the newest
     /// snapshot, keeping the previous one's data until the next.
     fn record_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
@@ -396,7 +302,7 @@ impl raft::Storage for SledStore {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &self.snapshot {
             Some(s) if super::snapshot_usable(s, request_index, to) => {
-                self.with_data(s).map_err(to_raft)
+                self.sink.with_data(s).map_err(to_raft)
             }
             _ => {
                 self.snapshot_wanted.store(true, Ordering::SeqCst);
@@ -513,7 +419,7 @@ impl LogStore for SledStore {
         // decode of an empty state reports it.
         self.snapshot
             .as_ref()
-            .map(|s| self.with_data(s).unwrap_or_else(|_| s.clone()))
+            .map(|s| self.sink.with_data(s).unwrap_or_else(|_| s.clone()))
     }
 
     fn hard_state(&self) -> HardState {

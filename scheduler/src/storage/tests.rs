@@ -1,5 +1,59 @@
 use super::*;
 use raft::{GetEntriesContext, Storage};
+use std::path::Path;
+
+/// A store on disk, opened the same way whichever it is.
+trait Opened: LogStore + Sized {
+    fn open_at(dir: &Path) -> StoreResult<Self>;
+    fn fresh(&self) -> bool;
+}
+
+impl Opened for SledStore {
+    fn open_at(dir: &Path) -> StoreResult<Self> {
+        SledStore::open(dir)
+    }
+    fn fresh(&self) -> bool {
+        self.is_fresh()
+    }
+}
+
+impl Opened for EngineStore {
+    fn open_at(dir: &Path) -> StoreResult<Self> {
+        EngineStore::open(dir)
+    }
+    fn fresh(&self) -> bool {
+        self.is_fresh()
+    }
+}
+
+/// Each named test, run on both stores.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(#[test]
+            fn $name() {
+                super::$name::<super::SledStore>()
+            })*
+        }
+        mod on_engine {
+            $(#[test]
+            fn $name() {
+                super::$name::<super::EngineStore>()
+            })*
+        }
+    };
+}
+
+on_both!(
+    log_and_hard_state_survive_reopen,
+    append_truncates_a_conflicting_suffix,
+    compaction_keeps_a_snapshot_and_drops_the_prefix,
+    a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew,
+    a_received_snapshot_replaces_the_log,
+    a_directory_that_is_a_file_is_a_clear_error,
+    a_snapshot_whose_data_vanished_is_a_clear_error,
+    a_stored_commit_behind_the_snapshot_is_raised_to_it_on_open,
+);
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
     Entry {
@@ -10,12 +64,11 @@ fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
     }
 }
 
-#[test]
-fn log_and_hard_state_survive_reopen() {
+fn log_and_hard_state_survive_reopen<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = SledStore::open(dir.path()).unwrap();
-        assert!(s.is_fresh());
+        let mut s = S::open_at(dir.path()).unwrap();
+        assert!(s.fresh());
         s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 2, b"c")])
             .unwrap();
         let hs = HardState {
@@ -27,8 +80,8 @@ fn log_and_hard_state_survive_reopen() {
         s.set_hard_state(&hs).unwrap();
         s.sync().unwrap();
     }
-    let s = SledStore::open(dir.path()).unwrap();
-    assert!(!s.is_fresh());
+    let s = S::open_at(dir.path()).unwrap();
+    assert!(!s.fresh());
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 3));
     assert_eq!(s.term(3).unwrap(), 2);
     let es = s
@@ -45,10 +98,9 @@ fn log_and_hard_state_survive_reopen() {
     );
 }
 
-#[test]
-fn append_truncates_a_conflicting_suffix() {
+fn append_truncates_a_conflicting_suffix<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = SledStore::open(dir.path()).unwrap();
+    let mut s = S::open_at(dir.path()).unwrap();
     s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
         .unwrap();
     s.append(&[entry(2, 2, b"B")]).unwrap();
@@ -60,11 +112,10 @@ fn append_truncates_a_conflicting_suffix() {
     );
 }
 
-#[test]
-fn compaction_keeps_a_snapshot_and_drops_the_prefix() {
+fn compaction_keeps_a_snapshot_and_drops_the_prefix<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = SledStore::open(dir.path()).unwrap();
+        let mut s = S::open_at(dir.path()).unwrap();
         let es: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
         s.append(&es).unwrap();
         let cs = ConfState {
@@ -86,17 +137,16 @@ fn compaction_keeps_a_snapshot_and_drops_the_prefix() {
         ));
         assert_eq!(s.term(7).unwrap(), 1);
     }
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = S::open_at(dir.path()).unwrap();
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (8, 10));
     let snap = s.snapshot(0, 2).unwrap();
     assert_eq!(snap.get_metadata().index, 7);
     assert_eq!(&snap.data[..], b"state@7");
 }
 
-#[test]
-fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew() {
+fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = SledStore::open(dir.path()).unwrap();
+    let mut s = S::open_at(dir.path()).unwrap();
     let es: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
     s.append(&es).unwrap();
     let mut cs = ConfState {
@@ -122,10 +172,9 @@ fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew() {
     assert_eq!(&s.snapshot(0, 4).unwrap().data[..], b"new");
 }
 
-#[test]
-fn a_received_snapshot_replaces_the_log() {
+fn a_received_snapshot_replaces_the_log<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = SledStore::open(dir.path()).unwrap();
+    let mut s = S::open_at(dir.path()).unwrap();
     s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
     let mut snap = Snapshot::default();
     snap.mut_metadata().index = 50;
@@ -139,24 +188,62 @@ fn a_received_snapshot_replaces_the_log() {
     assert_eq!(s.term(50).unwrap(), 4);
     assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
     assert_eq!(s.hard_state().commit, 50);
+    s.sync().unwrap();
+    drop(s);
+    // A snapshot inside the log: the entries after it are another history.
+    let mut s = S::open_at(dir.path()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (51, 50)
+    );
+    let es: Vec<Entry> = (51..=60).map(|i| entry(i, 4, b"x")).collect();
+    s.append(&es).unwrap();
+    s.sync().unwrap();
+    let mut snap = Snapshot::default();
+    snap.mut_metadata().index = 55;
+    snap.mut_metadata().term = 6;
+    snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+    s.apply_snapshot(&snap).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let mut s = S::open_at(dir.path()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (56, 55)
+    );
+    assert_eq!(s.term(55).unwrap(), 6);
+    assert!(matches!(
+        s.term(57),
+        Err(raft::Error::Store(raft::StorageError::Unavailable))
+    ));
+    s.append(&[entry(56, 6, b"new")]).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let s = S::open_at(dir.path()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (56, 56)
+    );
+    let got = s
+        .entries(56, 57, None, GetEntriesContext::empty(false))
+        .unwrap();
+    assert_eq!((got[0].term, got[0].data.to_vec()), (6, b"new".to_vec()));
 }
 
-#[test]
-fn a_directory_that_is_a_file_is_a_clear_error() {
+fn a_directory_that_is_a_file_is_a_clear_error<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("data");
     std::fs::write(&f, b"not a dir").unwrap();
-    let err = SledStore::open(&f)
+    let err = S::open_at(&f)
         .err()
         .expect("opening a file as a data dir fails");
     assert!(err.to_string().contains("data"), "{err}");
 }
 
-#[test]
-fn a_snapshot_whose_data_vanished_is_a_clear_error() {
+fn a_snapshot_whose_data_vanished_is_a_clear_error<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = SledStore::open(dir.path()).unwrap();
+        let mut s = S::open_at(dir.path()).unwrap();
         let es: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
         s.append(&es).unwrap();
         let cs = ConfState {
@@ -167,7 +254,7 @@ fn a_snapshot_whose_data_vanished_is_a_clear_error() {
         s.compact_to(4, &cs, b"lost".to_vec()).unwrap();
         s.sync().unwrap();
     }
-    let err = SledStore::open(dir.path())
+    let err = S::open_at(dir.path())
         .err()
         .expect("missing data is refused");
     assert!(
@@ -177,14 +264,13 @@ fn a_snapshot_whose_data_vanished_is_a_clear_error() {
     );
 }
 
-#[test]
-fn a_stored_commit_behind_the_snapshot_is_raised_to_it_on_open() {
+fn a_stored_commit_behind_the_snapshot_is_raised_to_it_on_open<S: Opened>() {
     // Commit-only hard states are not synced on their own, so a crash can
     // leave the stored commit below a snapshot recorded later; raft-rs
     // refuses to start on such a hard state.
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = SledStore::open(dir.path()).unwrap();
+        let mut s = S::open_at(dir.path()).unwrap();
         let es: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
         s.append(&es).unwrap();
         let cs = ConfState {
@@ -203,7 +289,7 @@ fn a_stored_commit_behind_the_snapshot_is_raised_to_it_on_open() {
         assert!(s.compact_to(7, &cs, b"state@7".to_vec()).unwrap());
         s.sync().unwrap();
     }
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = S::open_at(dir.path()).unwrap();
     assert_eq!(s.hard_state().commit, 7);
     let cfg = raft::Config {
         id: 1,
@@ -285,4 +371,192 @@ fn a_database_still_held_in_this_process_is_waited_for_then_refused() {
         panic!("a held database is refused");
     };
     assert!(err.to_string().contains("could not acquire lock"), "{err}");
+}
+
+fn sized(index: u64, term: u64, len: usize) -> Entry {
+    let mut data = vec![(index % 251) as u8; len];
+    data[..8].copy_from_slice(&index.to_be_bytes());
+    entry(index, term, &data)
+}
+
+#[test]
+fn the_engine_reads_old_entries_from_disk_and_new_ones_from_memory() {
+    // More entries than the in-memory cache holds: the oldest are read back
+    // from raft-engine's files, and a read across the two is seamless.
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000u64;
+    {
+        let mut s = EngineStore::open(dir.path()).unwrap();
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(100) {
+            let es: Vec<Entry> = chunk.iter().map(|&i| sized(i, 1 + i / 1000, 100)).collect();
+            s.append(&es).unwrap();
+            s.sync().unwrap();
+        }
+        let all = s
+            .entries(1, n + 1, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(all.len() as u64, n);
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e, &sized(i as u64 + 1, 1 + (i as u64 + 1) / 1000, 100));
+        }
+        assert_eq!(s.term(5).unwrap(), 1);
+        assert_eq!(s.term(2999).unwrap(), 3);
+        // A size limit stops a read that starts on disk, inside the disk part.
+        let some = s
+            .entries(1, n + 1, Some(10_000), GetEntriesContext::empty(false))
+            .unwrap();
+        assert!(!some.is_empty() && some.len() < 200, "{}", some.len());
+        assert_eq!(some[0].index, 1);
+        // A conflicting suffix from inside what is on disk.
+        s.append(&[sized(1500, 9, 10)]).unwrap();
+        assert_eq!(s.last_index().unwrap(), 1500);
+        assert_eq!(s.term(1500).unwrap(), 9);
+        s.sync().unwrap();
+    }
+    let s = EngineStore::open(dir.path()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (1, 1500)
+    );
+    assert_eq!(s.term(1500).unwrap(), 9);
+    assert_eq!(s.term(1499).unwrap(), 2);
+    let tail = s
+        .entries(1498, 1501, None, GetEntriesContext::empty(false))
+        .unwrap();
+    assert_eq!(tail[2], sized(1500, 9, 10));
+}
+
+#[test]
+fn the_engine_keeps_only_what_a_sync_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = EngineStore::open(dir.path()).unwrap();
+        s.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
+        s.set_hard_state(&HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        s.sync().unwrap();
+        // Written, readable, but never synced: gone after the store is.
+        s.append(&[entry(3, 1, b"c")]).unwrap();
+        s.set_commit(2).unwrap();
+        assert_eq!(
+            s.entries(3, 4, None, GetEntriesContext::empty(false))
+                .unwrap()[0]
+                .data
+                .to_vec(),
+            b"c".to_vec()
+        );
+    }
+    let s = EngineStore::open(dir.path()).unwrap();
+    assert_eq!(s.last_index().unwrap(), 2);
+    assert_eq!(s.hard_state().commit, 1);
+}
+
+#[test]
+fn the_engine_drops_log_files_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = |d: &Path| -> u64 {
+        std::fs::read_dir(d.join("engine"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let mut s = EngineStore::open(dir.path()).unwrap();
+    let cs = ConfState {
+        voters: vec![1],
+        ..Default::default()
+    };
+    // Twice 96 MiB of entries, each time compacted nearly to the end.
+    let mut sizes = Vec::new();
+    for round in 0..2u64 {
+        let from = 1 + round * 1536;
+        let to = from + 1535;
+        for chunk in (from..=to).collect::<Vec<_>>().chunks(64) {
+            let es: Vec<Entry> = chunk.iter().map(|&i| sized(i, 1, 64 << 10)).collect();
+            s.append(&es).unwrap();
+            s.sync().unwrap();
+        }
+        let live = s.log_bytes();
+        assert!(live > 90 << 20, "{live}");
+        (s.snapshot_writer())(to - 6, b"state").unwrap();
+        assert!(s.compact_to(to - 6, &cs, b"state".to_vec()).unwrap());
+        s.sync().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while s.log_bytes() > 40 << 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log files were not dropped: {live} -> {} bytes",
+                s.log_bytes()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        sizes.push(on_disk(dir.path()));
+    }
+    // Dropped files are reused, not added to.
+    assert!(sizes[1] <= sizes[0] + (16 << 20), "{sizes:?}");
+    drop(s);
+    let s = EngineStore::open(dir.path()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (3067, 3072)
+    );
+    assert_eq!(
+        s.entries(3067, 3068, None, GetEntriesContext::empty(false))
+            .unwrap()[0],
+        sized(3067, 1, 64 << 10)
+    );
+}
+
+#[test]
+fn a_log_kept_in_sled_moves_to_the_engine_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let cs = ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let hs = HardState {
+        term: 3,
+        vote: 2,
+        commit: 9,
+        ..Default::default()
+    };
+    {
+        let mut s = SledStore::open(dir.path()).unwrap();
+        let es: Vec<Entry> = (1..=2500).map(|i| sized(i, 1 + i / 1000, 32)).collect();
+        s.append(&es).unwrap();
+        s.set_conf_state(&cs).unwrap();
+        s.set_hard_state(&hs).unwrap();
+        (s.snapshot_writer())(7, b"state@7").unwrap();
+        assert!(s.compact_to(7, &cs, b"state@7".to_vec()).unwrap());
+        s.sync().unwrap();
+    }
+    // A move that stopped halfway left a half-made log: it is made again.
+    std::fs::create_dir_all(dir.path().join("engine.tmp")).unwrap();
+    std::fs::write(dir.path().join("engine.tmp").join("junk"), b"x").unwrap();
+    for round in 0..2 {
+        let s = EngineStore::open(dir.path()).unwrap();
+        assert!(!dir.path().join("db").exists(), "sled's files are removed");
+        assert!(!dir.path().join("engine.tmp").exists());
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (8, 2500),
+            "round {round}"
+        );
+        assert_eq!(s.hard_state(), hs);
+        assert_eq!(s.conf_state(), cs);
+        let snap = s.latest_snapshot().unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, &snap.data[..]),
+            (7, &b"state@7"[..])
+        );
+        let es = s
+            .entries(8, 2501, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(es.len(), 2493);
+        assert_eq!(es[2492], sized(2500, 3, 32));
+        assert_eq!(s.term(1200).unwrap(), 2);
+    }
 }

@@ -1,0 +1,102 @@
+//! Snapshot data as files, `INDEX.snap` in one directory beside the raft
+//! log, whichever store keeps the log.
+
+use super::StoreResult;
+use super::sled_store::{open_db, st};
+use raft::eraftpb::Snapshot;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Where snapshot data is written: one file per snapshot, `INDEX.snap`
+/// (written to a temporary name, fsynced, renamed, and the directory
+/// fsynced), so a large state leaves no garbage behind and a background
+/// thread can write one while the raft thread goes on.
+#[derive(Clone)]
+pub struct SnapshotData {
+    dir: PathBuf,
+}
+
+impl SnapshotData {
+    pub(super) fn open(dir: &Path) -> StoreResult<SnapshotData> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| st(dir, "cannot create the snapshot directory", e))?;
+        Ok(SnapshotData {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub(super) fn file(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("{index:020}.snap"))
+    }
+
+    /// Writes the data of the snapshot at `index` and makes it durable.
+    pub fn write(&self, index: u64, data: &[u8]) -> StoreResult<()> {
+        use std::io::Write;
+        let tmp = self.dir.join(format!("{index:020}.snap.tmp"));
+        let io = |what: &str, e: std::io::Error| st(&self.dir, what, e);
+        let mut f = File::create(&tmp).map_err(|e| io("cannot write snapshot data", e))?;
+        f.write_all(data)
+            .map_err(|e| io("cannot write snapshot data", e))?;
+        f.sync_data()
+            .map_err(|e| io("cannot fsync snapshot data", e))?;
+        std::fs::rename(&tmp, self.file(index)).map_err(|e| io("cannot write snapshot data", e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot fsync the snapshot directory", e))
+    }
+
+    pub(super) fn read(&self, index: u64) -> StoreResult<Option<Vec<u8>>> {
+        match std::fs::read(self.file(index)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(st(&self.dir, "cannot read snapshot data", e)),
+        }
+    }
+
+    /// `meta` (a snapshot's metadata) with its data, read from its file.
+    pub(super) fn with_data(&self, meta: &Snapshot) -> StoreResult<Snapshot> {
+        let index = meta.get_metadata().index;
+        let data = self.read(index)?.ok_or_else(|| {
+            st(
+                &self.dir,
+                "corrupt snapshot",
+                format!("the data of the snapshot at index {index} is missing"),
+            )
+        })?;
+        let mut s = meta.clone();
+        s.set_data(data.into());
+        Ok(s)
+    }
+
+    /// Drops snapshot data older than `keep_from` (not synced: losing the
+    /// removal in a crash only leaves garbage behind).
+    pub(super) fn prune(&self, keep_from: u64) -> StoreResult<()> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| st(&self.dir, "cannot list snapshots", e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let index = name
+                .strip_suffix(".snap")
+                .or_else(|| name.strip_suffix(".snap.tmp"))
+                .and_then(|i| i.parse::<u64>().ok());
+            if index.is_some_and(|i| i < keep_from) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Data of the snapshot at `index` from the sled database that held
+    /// snapshots before files did (`snapshots/`), if there is one.
+    pub(super) fn read_legacy(dir: &Path, index: u64) -> StoreResult<Option<Vec<u8>>> {
+        if !dir.join("db").is_file() {
+            return Ok(None);
+        }
+        let db = open_db(|| sled::Config::new().path(dir).flush_every_ms(None))
+            .map_err(|e| st(dir, "cannot open the old snapshot database", e))?;
+        let data = db
+            .get(index.to_be_bytes())
+            .map_err(|e| st(dir, "cannot read old snapshot data", e))?;
+        Ok(data.map(|d| d.to_vec()))
+    }
+}
