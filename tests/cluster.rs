@@ -56,6 +56,55 @@ fn three_members_elect_and_replicate_writes_from_any_member() {
     assert_eq!(l["state"], "granted");
 }
 
+#[test]
+fn concurrent_writes_through_a_follower_reach_the_leader_in_batches() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION);
+    let follower = (leader + 1) % 3;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = channels(std::slice::from_ref(&c.members[follower].grpc)).remove(0);
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let ch = ch.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut req = tonic::Request::new(pb::RegisterNodeRequest {
+                    idempotency_key: format!("b{i}"),
+                    name: format!("b{i}"),
+                    capacity: Some(pb::Resources {
+                        cpu_millis: 1000,
+                        memory_bytes: 1 << 30,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+                NodesClient::new(ch).register(req).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    assert_eq!(nodes_on(&c, leader).len(), 64);
+    let metrics = |m: usize| {
+        let (code, text) =
+            charter::harness::http(&c.members[m].http, "GET", "/metrics", &[], b"").unwrap();
+        assert_eq!(code, 200);
+        text
+    };
+    assert_eq!(value(&metrics(follower), "charter_forwards_total"), 64.0);
+    let on_leader = metrics(leader);
+    assert_eq!(
+        value(&on_leader, "charter_forwarded_writes_served_total"),
+        64.0
+    );
+    // What arrived while a call was out went in the next one.
+    let calls = value(&on_leader, "charter_forward_batches_served_total");
+    assert!(calls <= 32.0, "64 concurrent writes took {calls} calls");
+}
+
 fn channels(addrs: &[String]) -> Vec<Channel> {
     addrs
         .iter()

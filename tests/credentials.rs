@@ -163,6 +163,16 @@ fn a_node_credential_acts_only_for_its_own_node() {
         .block_on(raft.forward(req(&cred, pb::ForwardRequest::default())))
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // And so do batches of forwarded writes: a node or a user is refused.
+    for token in [cred.as_str(), USER_TOKEN] {
+        let batch = pb::ForwardBatchRequest {
+            proposals: vec![Vec::new()],
+        };
+        let e = rt
+            .block_on(raft.forward_batch(req(token, batch)))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
 
     // Nothing of it changed a2 or its task.
     assert_eq!(state(on_a2)["state"], "running");

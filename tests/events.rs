@@ -548,17 +548,6 @@ fn items(v: &Value, key: &str) -> Vec<Value> {
         .clone()
 }
 
-/// One sample's value in Prometheus text.
-fn value(metrics: &str, line: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{line} ")))
-        .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Fails unless `promtool check metrics` accepts the text (lint included).
 fn promtool(metrics: &str) {
     use std::io::Write;

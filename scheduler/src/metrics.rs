@@ -80,6 +80,9 @@ pub struct Metrics {
     pub fsync: Histogram,
     /// Writes this member forwarded to the leader.
     pub forwards: Counter,
+    /// `ForwardBatch` calls this member (as leader) served, and the writes in them.
+    pub forward_batches: Counter,
+    pub forwarded_writes: Counter,
     /// Scrape-time gauges.
     gauges: Gauges,
     /// `events`' counter of each kind, by `EventKind as usize`, made once:
@@ -293,6 +296,8 @@ impl Metrics {
             propose_to_apply: seconds(),
             fsync: seconds(),
             forwards: Counter::default(),
+            forward_batches: Counter::default(),
+            forwarded_writes: Counter::default(),
             gauges: Gauges::default(),
             per_kind: Vec::new(),
             ends: Vec::new(),
@@ -360,6 +365,16 @@ impl Metrics {
             "charter_forwards",
             "Writes this member forwarded to the leader",
             m.forwards.clone(),
+        );
+        r.register(
+            "charter_forward_batches_served",
+            "Calls of forwarded writes this member served as leader (one per batch)",
+            m.forward_batches.clone(),
+        );
+        r.register(
+            "charter_forwarded_writes_served",
+            "Forwarded writes this member served as leader",
+            m.forwarded_writes.clone(),
         );
         m.gauges.register(r);
         m

@@ -269,3 +269,14 @@ pub fn agent_with(c: &Cluster, dir: &Path, name: &str, flags: &[&str]) -> Agent 
     });
     a
 }
+
+/// One sample's value in Prometheus text.
+pub fn value(metrics: &str, line: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{line} ")))
+        .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -191,6 +191,24 @@ impl MemberHandle {
         rx.await.map_err(|_| Error::Stopped)?
     }
 
+    /// Proposes every one of `proposals` before waiting for any, so that
+    /// they can share one log entry; outcomes in the same order.
+    pub async fn propose_all(&self, proposals: Vec<Proposal>) -> Vec<Result<Outcome>> {
+        let mut waits = Vec::with_capacity(proposals.len());
+        for proposal in proposals {
+            let (reply, rx) = oneshot::channel();
+            waits.push(self.send(Input::Propose { proposal, reply }).map(|()| rx));
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(match w {
+                Ok(rx) => rx.await.map_err(|_| Error::Stopped).and_then(|r| r),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
     /// Resolves when every write committed before the call is applied here.
     pub async fn read_barrier(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();

@@ -21,6 +21,7 @@ pub use deploy::{ArtifactStore, Artifacts, deploy_view, task_view};
 mod convert;
 mod cron;
 mod deploy;
+mod forward;
 pub mod http;
 mod placer;
 pub mod proxy;
@@ -33,7 +34,6 @@ use crate::state::{
 use crate::{Error, codec};
 use auth::{Principal, agent_caller, own_node, principal, principal_or, require_admin};
 use charter_proto as pb;
-use charter_proto::raft_peer_client::RaftPeerClient;
 use protobuf::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,7 @@ pub struct Api {
     placer: Arc<placer::Placer>,
     peer_token: Option<String>,
     clients: Arc<Mutex<HashMap<String, Channel>>>,
+    forwarder: forward::Forwarder,
     schedule_check: Option<ScheduleChecker>,
     artifacts: Option<ArtifactStore>,
     /// Becomes true when the member stops serving: long-lived streams end
@@ -116,6 +117,7 @@ impl Api {
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Api {
         Api {
+            forwarder: forward::Forwarder::new(peer_token.clone()),
             placer: Arc::new(placer::Placer::default()),
             member,
             peer_token,
@@ -201,19 +203,8 @@ impl Api {
 
     async fn forward(&self, addr: &str, p: &Proposal) -> Result<Outcome, Error> {
         let ch = self.channel(addr).map_err(|_| Error::NoLeader)?;
-        let bytes = codec::encode(codec::Kind::Forward, p);
         self.member.metrics().forwards.inc();
-        let mut req = self.authed(pb::ForwardRequest { proposal: bytes });
-        req.set_timeout(WRITE_RETRY);
-        let reply = RaftPeerClient::new(ch)
-            .forward(req)
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::FailedPrecondition => Error::Config(s.message().to_string()),
-                _ => Error::LeaderChanged,
-            })?;
-        codec::decode(codec::Kind::Outcome, &reply.into_inner().outcome)
-            .map_err(|e| Error::Config(format!("the leader sent an unreadable outcome: {e}")))
+        self.forwarder.forward(addr, ch, p).await
     }
 
     /// Proposes `cmd` for `who` through the leader, retrying through elections.
@@ -1060,5 +1051,12 @@ impl pb::raft_peer_server::RaftPeer for Peer {
         Ok(Response::new(pb::ForwardReply {
             outcome: codec::encode(codec::Kind::Outcome, &outcome),
         }))
+    }
+
+    async fn forward_batch(
+        &self,
+        req: Request<pb::ForwardBatchRequest>,
+    ) -> Result<Response<pb::ForwardBatchReply>, Status> {
+        forward::serve_batch(&self.member, &self.placer, req).await
     }
 }
