@@ -34,7 +34,11 @@ pub struct MemberConfig {
     /// Applied entries between log compactions…
     pub snapshot_entries: u64,
     /// …or applied bytes of entries, whichever comes first: a log of large
-    /// batched entries is compacted before it holds much memory and disk.
+    /// batched entries is compacted before it holds much disk. A state
+    /// larger than this is snapshotted after as many bytes of log as its
+    /// last snapshot held, so snapshotting costs at most a byte encoded per
+    /// byte of log (measured: at 64 in flight with 150,000 leases held, a
+    /// snapshot every 4 MiB took 18% of the members' CPU and made the p99).
     pub snapshot_log_bytes: u64,
     /// The initial members and their peer addresses (used to bootstrap and to find peers).
     pub peers: BTreeMap<u64, String>,
@@ -197,6 +201,8 @@ pub struct Driver<S: LogStore, T: Transport> {
     snapshotting: bool,
     /// Bytes of entries applied since the last snapshot was started.
     log_bytes: u64,
+    /// Size of the newest snapshot's data.
+    snapshot_bytes: u64,
     /// A fatal error met while handling input; ends the thread at the turn's end.
     fatal: Option<Error>,
     was_leader: bool,
@@ -272,12 +278,13 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             store.apply_snapshot(&snap)?;
             store.sync()?;
         }
-        let (state, applied) = match store.latest_snapshot() {
+        let (state, applied, snapshot_bytes) = match store.latest_snapshot() {
             Some(s) => (
                 State::from_bytes(&s.data).map_err(|e| corrupt(s.get_metadata().index, e))?,
                 s.get_metadata().index,
+                s.data.len() as u64,
             ),
-            None => (State::default(), 0),
+            None => (State::default(), 0, 0),
         };
         let mut peers = cfg.peers.clone();
         peers.extend(state.members.clone());
@@ -355,6 +362,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             snapshot_index,
             snapshotting: false,
             log_bytes: 0,
+            snapshot_bytes,
             fatal: None,
             was_leader: false,
             stop: false,
@@ -488,6 +496,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 match self.raw.mut_store().compact_to(index, &conf_state, data) {
                     Ok(true) => {
                         self.snapshot_index = self.snapshot_index.max(index);
+                        self.snapshot_bytes = bytes;
                         if let Ok(mut s) = self.status.lock() {
                             s.snapshot_bytes = bytes;
                         }
@@ -880,7 +889,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     fn maybe_compact(&mut self) {
         let wanted = self.raw.mut_store().take_snapshot_request();
         let due = self.applied >= self.snapshot_index + self.cfg.snapshot_entries.max(1)
-            || self.log_bytes >= self.cfg.snapshot_log_bytes.max(1);
+            || self.log_bytes >= self.cfg.snapshot_log_bytes.max(self.snapshot_bytes).max(1);
         if self.snapshotting || !(due || wanted) || self.applied <= self.snapshot_index {
             return;
         }

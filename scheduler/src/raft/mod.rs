@@ -23,14 +23,21 @@
 //! initial member (voters = the `--peers`); a joining member starts empty and
 //! so always receives a snapshot from the leader. The log is compacted into a
 //! snapshot of the state every `snapshot_entries` applied entries, or every
-//! `snapshot_log_bytes` (4 MiB) of them, whichever comes first.
+//! `snapshot_log_bytes` (4 MiB) of them, whichever comes first; once the
+//! last snapshot is larger than 4 MiB, after that many bytes of log instead
+//! (the log since a snapshot is never much larger than the snapshot).
 //!
 //! Invariants: nothing is answered before it is applied, nothing is applied
 //! before it is committed, and no vote or append response leaves before it is
 //! fsynced. A storage failure ends the thread with a fatal error.
 //!
-//! Limitations: snapshots travel in one gRPC message (capped at 256 MiB); the
-//! state machine is applied on the driver thread, so a slow apply slows raft.
+//! Storage is a [`crate::storage::LogStore`]: raft-engine on disk (one
+//! write and one fdatasync per Ready), memory in tests and simulation.
+//! Snapshots are encoded on a thread of their own and stream to a lagging
+//! member in chunks.
+//!
+//! Limitations: the state machine is applied on the driver thread, so a
+//! slow apply slows raft.
 
 mod driver;
 

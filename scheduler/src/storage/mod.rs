@@ -5,9 +5,11 @@
 //! [`LogStore::sync`] returns, and the driver calls it before it sends any
 //! message that depends on those writes and before it answers a client.
 //!
-//! Two implementations: [`SledStore`] on disk (sled plus an explicit fsync,
-//! since sled's own `flush` is `sync_file_range` on Linux and not an fsync),
-//! and [`MemStore`] for tests and simulation.
+//! Implementations: [`EngineStore`] on disk (raft-engine, TiKV's store for
+//! raft logs; what members use), [`SledStore`] (the log in sled with an
+//! explicit fsync, as before; kept to move such a log over and as the
+//! reference the store tests hold both to), and [`MemStore`] for tests and
+//! simulation.
 
 pub mod audit_log;
 mod engine_store;

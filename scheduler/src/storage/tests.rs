@@ -469,7 +469,8 @@ fn the_engine_drops_log_files_after_compaction() {
         voters: vec![1],
         ..Default::default()
     };
-    // Twice 96 MiB of entries, each time compacted nearly to the end.
+    // Twice 96 MiB of entries (files are dropped beyond 16 MiB), each time
+    // compacted nearly to the end.
     let mut sizes = Vec::new();
     for round in 0..2u64 {
         let from = 1 + round * 1536;
