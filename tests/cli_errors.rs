@@ -320,7 +320,7 @@ fn unusable_or_corrupt_data_dirs_are_clear_errors() {
         1,
         &["is not a directory"],
     );
-    // A member's directory whose raft database was destroyed.
+    // A member's directory whose raft log was destroyed.
     let mut c = Cluster::start(1, &[]);
     c.wait_leader(Duration::from_secs(15));
     json_ok(&c.cli(&[
@@ -328,9 +328,16 @@ fn unusable_or_corrupt_data_dirs_are_clear_errors() {
     ]));
     c.stop(0);
     let data = c.members[0].data.clone();
-    let db = data.join("raft").join("db");
-    let len = std::fs::metadata(&db).unwrap().len() as usize;
-    std::fs::write(&db, vec![0xA5u8; len]).unwrap();
+    let mut destroyed = 0;
+    for f in std::fs::read_dir(data.join("raft").join("engine")).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_some_and(|e| e == "raftlog") {
+            let len = std::fs::metadata(&path).unwrap().len() as usize;
+            std::fs::write(&path, vec![0xA5u8; len]).unwrap();
+            destroyed += 1;
+        }
+    }
+    assert!(destroyed > 0, "no raft log files found");
     let ports = free_ports(2);
     let (l, h) = (
         format!("127.0.0.1:{}", ports[0]),
