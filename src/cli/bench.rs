@@ -349,22 +349,26 @@ pub async fn register_fleet(ch: &Channel, nodes: usize) -> anyhow::Result<()> {
 /// number granted and every latency in µs, sorted.
 async fn load(ch: Channel, clients: usize, dur: Duration) -> (u64, Vec<u64>) {
     closed_loop(clients, dur, move |w, n| {
-        let ch = ch.clone();
-        async move {
-            let req = authed(pb::LeaseRequest {
-                idempotency_key: format!("bench-{w}-{n}-{}", rand::random::<u32>()),
-                resources: Some(pb::Resources {
-                    cpu_millis: 10,
-                    ..Default::default()
-                }),
-                duration_ms: 3_600_000,
-                reason: "bench".into(),
-                ..Default::default()
-            });
-            LeasesClient::new(ch).request(req).await.is_ok()
-        }
+        let key = format!("bench-{w}-{n}-{}", rand::random::<u32>());
+        grant_once(ch.clone(), key)
     })
     .await
+}
+
+/// One hour-long lease of 10 millicores, as the grant benches ask for;
+/// whether it was granted.
+pub async fn grant_once(ch: Channel, key: String) -> bool {
+    let req = authed(pb::LeaseRequest {
+        idempotency_key: key,
+        resources: Some(pb::Resources {
+            cpu_millis: 10,
+            ..Default::default()
+        }),
+        duration_ms: 3_600_000,
+        reason: "bench".into(),
+        ..Default::default()
+    });
+    LeasesClient::new(ch).request(req).await.is_ok()
 }
 
 /// `clients` concurrent loops, each calling `call(worker, n)` again as soon

@@ -14,11 +14,11 @@
 //! etcd's messages are declared here with prost by their field numbers
 //! (etcd's `rpc.proto`), so no etcd crate or generated code is needed.
 
-use super::bench::{Report, authed, channel, closed_loop, cpu_s, percentile_ms, register_fleet};
+use super::bench::{
+    Report, channel, closed_loop, cpu_s, grant_once, percentile_ms, register_fleet,
+};
 use super::output::fail;
 use charter::harness::Cluster;
-use charter_proto as pb;
-use charter_proto::leases_client::LeasesClient;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -180,17 +180,7 @@ pub fn race(
                                     etcd_call(ch, "/etcdserverpb.Lease/LeaseGrant", req).await;
                                 r.is_ok_and(|r| r.error.is_empty() && r.id != 0)
                             } else {
-                                let req = authed(pb::LeaseRequest {
-                                    idempotency_key: format!("race-{round}-{w}-{n}"),
-                                    resources: Some(pb::Resources {
-                                        cpu_millis: 10,
-                                        ..Default::default()
-                                    }),
-                                    duration_ms: 3_600_000,
-                                    reason: "bench".into(),
-                                    ..Default::default()
-                                });
-                                LeasesClient::new(ch).request(req).await.is_ok()
+                                grant_once(ch, format!("race-{round}-{w}-{n}")).await
                             }
                         }
                     })

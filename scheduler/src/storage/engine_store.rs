@@ -21,7 +21,8 @@
 //! when it is opened: the new log is built beside it, synced, renamed into
 //! place, and only then are sled's files removed.
 
-use super::{LogStore, SledStore, SnapshotData, SnapshotWriter, StoreResult};
+use super::snapshot_files::Snapshots;
+use super::{LogStore, SnapshotData, SnapshotWriter, StoreResult};
 use crate::Error;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -29,23 +30,20 @@ use raft_engine::{Command, Engine, LogBatch, ReadableSize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 /// The one raft group in the engine.
-const GROUP: u64 = 1;
-const HARD_STATE: &[u8] = b"hard_state";
-const CONF_STATE: &[u8] = b"conf_state";
-const SNAPSHOT: &[u8] = b"snapshot";
+pub(super) const GROUP: u64 = 1;
+pub(super) const HARD_STATE: &[u8] = b"hard_state";
+pub(super) const CONF_STATE: &[u8] = b"conf_state";
+pub(super) const SNAPSHOT: &[u8] = b"snapshot";
 /// The newest entries kept in memory once written: what a turn applies and
 /// what an up-to-date follower is sent. At most this many, and this many bytes.
 const CACHE_ENTRIES: usize = 1024;
 const CACHE_BYTES: usize = 4 << 20;
-/// Entries moved from a sled log per batch.
-const MOVE_CHUNK: u64 = 1024;
 
 /// raft-rs's entries, as raft-engine stores them.
-struct Entries;
+pub(super) struct Entries;
 
 impl raft_engine::MessageExt for Entries {
     type Entry = Entry;
@@ -66,8 +64,8 @@ pub struct EngineStore {
     compacting: bool,
     hard_state: HardState,
     conf_state: ConfState,
-    /// The newest snapshot's metadata (its data stays in its file).
-    snapshot: Option<Snapshot>,
+    /// The newest snapshot's metadata and its data's files.
+    snaps: Snapshots,
     /// Index of the first entry in the log (snapshot index + 1).
     first: u64,
     /// Index of the last entry (or the snapshot index when the log is empty).
@@ -76,15 +74,12 @@ pub struct EngineStore {
     /// Entries not yet synced are always here.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
-    /// Set when raft asked for a snapshot that the stored one cannot serve.
-    snapshot_wanted: AtomicBool,
-    sink: SnapshotData,
     /// Wakes the thread that drops log files after a compaction.
     purge: Option<mpsc::Sender<()>>,
     purger: Option<std::thread::JoinHandle<()>>,
 }
 
-fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+pub(super) fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("{}: {what}: {e}", dir.display()))
 }
 
@@ -92,7 +87,7 @@ fn to_raft(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
 
-fn open_engine(dir: &Path) -> StoreResult<Engine> {
+pub(super) fn open_engine(dir: &Path) -> StoreResult<Engine> {
     let path = dir
         .to_str()
         .ok_or_else(|| st(dir, "cannot open the raft log", "the path is not UTF-8"))?;
@@ -132,9 +127,9 @@ impl EngineStore {
         let engine_dir = dir.join("engine");
         if dir.join("db").is_file() {
             if !engine_dir.exists() {
-                move_from_sled(dir, &engine_dir)?;
+                super::sled_move::move_from_sled(dir, &engine_dir)?;
             }
-            remove_sled_files(dir)?;
+            super::sled_move::remove_sled_files(dir)?;
         }
         let engine = open_engine(&engine_dir)?;
         let hard_state: Option<HardState> = read_meta(&engine, dir, HARD_STATE)?;
@@ -174,13 +169,11 @@ impl EngineStore {
             compacting: false,
             hard_state,
             conf_state: conf_state.unwrap_or_default(),
-            snapshot,
             first,
             last,
             cache: VecDeque::new(),
             cache_bytes: 0,
-            snapshot_wanted: AtomicBool::new(false),
-            sink,
+            snaps: Snapshots::new(sink, snapshot),
             purge: Some(purge),
             purger: Some(purger),
         })
@@ -188,7 +181,7 @@ impl EngineStore {
 
     /// Whether the store holds no raft state at all (a fresh directory).
     pub fn is_fresh(&self) -> bool {
-        self.snapshot.is_none() && self.last == 0 && self.hard_state == HardState::default()
+        self.snaps.newest().is_none() && self.last == 0 && self.hard_state == HardState::default()
     }
 
     /// Bytes of log files holding live entries (files kept for reuse
@@ -227,14 +220,8 @@ impl EngineStore {
     /// Records `snap` (whose data is already in the sink) as the newest
     /// snapshot, keeping the previous one's data until the next.
     fn record_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
-        let mut meta_only = snap.clone();
-        meta_only.set_data(Default::default());
-        self.put_meta(SNAPSHOT, &meta_only)?;
-        if let Some(prev) = &self.snapshot {
-            self.sink.prune(prev.get_metadata().index)?;
-        }
-        self.snapshot = Some(meta_only);
-        Ok(())
+        let meta = self.snaps.record(snap)?;
+        self.put_meta(SNAPSHOT, &meta)
     }
 
     fn engine_entries(&self, low: u64, high: u64, max: Option<u64>) -> raft::Result<Vec<Entry>> {
@@ -278,85 +265,6 @@ fn start_purger(
     Ok((tx, t))
 }
 
-/// Moves a log kept in sled (`dir/db`) to a new engine at `engine_dir`:
-/// built in `engine.tmp`, synced, then renamed, so a crash midway leaves
-/// the sled log as it was and the move starts again.
-fn move_from_sled(dir: &Path, engine_dir: &Path) -> StoreResult<()> {
-    let old = SledStore::open(dir)?;
-    let tmp = dir.join("engine.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| st(&tmp, "cannot remove a half-made log", e))?;
-    }
-    {
-        let engine = open_engine(&tmp)?;
-        let (first, last) = (
-            raft::Storage::first_index(&old),
-            raft::Storage::last_index(&old),
-        );
-        let (first, last) = (
-            first.map_err(|e| st(dir, "cannot read the log", e))?,
-            last.map_err(|e| st(dir, "cannot read the log", e))?,
-        );
-        let mut low = first;
-        while low <= last {
-            let high = (low + MOVE_CHUNK).min(last + 1);
-            let es = raft::Storage::entries(&old, low, high, None, GetEntriesContext::empty(false))
-                .map_err(|e| st(dir, "cannot read the log", e))?;
-            let mut batch = LogBatch::default();
-            batch
-                .add_entries::<Entries>(GROUP, &es)
-                .map_err(|e| st(&tmp, "cannot write the log", e))?;
-            engine
-                .write(&mut batch, false)
-                .map_err(|e| st(&tmp, "cannot write the log", e))?;
-            low = high;
-        }
-        let mut batch = LogBatch::default();
-        let meta = |b: &mut LogBatch, key: &[u8], m: &dyn protobuf::Message| -> StoreResult<()> {
-            let bytes = m
-                .write_to_bytes()
-                .map_err(|e| st(&tmp, "cannot encode raft metadata", e))?;
-            b.put(GROUP, key.to_vec(), bytes)
-                .map_err(|e| st(&tmp, "cannot write raft metadata", e))
-        };
-        meta(&mut batch, HARD_STATE, &old.hard_state())?;
-        meta(&mut batch, CONF_STATE, &old.conf_state())?;
-        if let Some(mut snap) = old.latest_snapshot() {
-            snap.set_data(Default::default());
-            meta(&mut batch, SNAPSHOT, &snap)?;
-        }
-        engine
-            .write(&mut batch, true)
-            .map_err(|e| st(&tmp, "cannot write the log", e))?;
-    }
-    drop(old);
-    std::fs::rename(&tmp, engine_dir)
-        .map_err(|e| st(dir, "cannot move the new log into place", e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| st(dir, "cannot fsync the raft directory", e))?;
-    tracing::info!(dir = %dir.display(), "moved the raft log from sled to raft-engine");
-    Ok(())
-}
-
-/// Removes what sled kept in `dir` (its log and metadata, now in the engine).
-fn remove_sled_files(dir: &Path) -> StoreResult<()> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| st(dir, "cannot list the raft directory", e))?;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let path = e.path();
-        let r = match name.as_str() {
-            "db" | "conf" => std::fs::remove_file(&path),
-            "blobs" => std::fs::remove_dir_all(&path),
-            n if n.starts_with("snap.") => std::fs::remove_file(&path),
-            _ => Ok(()),
-        };
-        r.map_err(|e| st(&path, "cannot remove the old sled log", e))?;
-    }
-    Ok(())
-}
-
 impl raft::Storage for EngineStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(
@@ -398,10 +306,8 @@ impl raft::Storage for EngineStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if let Some(s) = &self.snapshot
-            && s.get_metadata().index == idx
-        {
-            return Ok(s.get_metadata().term);
+        if let Some(term) = self.snaps.term_at(idx) {
+            return Ok(term);
         }
         if idx == 0 {
             return Ok(0);
@@ -435,17 +341,7 @@ impl raft::Storage for EngineStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        match &self.snapshot {
-            Some(s) if super::snapshot_usable(s, request_index, to) => {
-                self.sink.with_data(s).map_err(to_raft)
-            }
-            _ => {
-                self.snapshot_wanted.store(true, Ordering::SeqCst);
-                Err(raft::Error::Store(
-                    StorageError::SnapshotTemporarilyUnavailable,
-                ))
-            }
-        }
+        self.snaps.serve(request_index, to)
     }
 }
 
@@ -504,7 +400,7 @@ impl LogStore for EngineStore {
 
     fn apply_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
         let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
-        self.sink.write(index, &snap.data)?;
+        self.snaps.sink.write(index, &snap.data)?;
         self.record_snapshot(snap)?;
         // Entries after the snapshot are from another history and must go:
         // raft-engine drops a suffix only when an append overwrites it, so
@@ -563,8 +459,7 @@ impl LogStore for EngineStore {
     }
 
     fn snapshot_writer(&self) -> SnapshotWriter {
-        let sink = self.sink.clone();
-        Arc::new(move |index, data| sink.write(index, data))
+        self.snaps.writer()
     }
 
     fn sync(&mut self) -> StoreResult<()> {
@@ -584,11 +479,7 @@ impl LogStore for EngineStore {
     }
 
     fn latest_snapshot(&self) -> Option<Snapshot> {
-        // Unreadable data at this point is a broken disk: the caller's
-        // decode of an empty state reports it.
-        self.snapshot
-            .as_ref()
-            .map(|s| self.sink.with_data(s).unwrap_or_else(|_| s.clone()))
+        self.snaps.latest()
     }
 
     fn hard_state(&self) -> HardState {
@@ -596,6 +487,6 @@ impl LogStore for EngineStore {
     }
 
     fn take_snapshot_request(&mut self) -> bool {
-        self.snapshot_wanted.swap(false, Ordering::SeqCst)
+        self.snaps.take_request()
     }
 }

@@ -15,6 +15,7 @@ pub mod audit_log;
 mod engine_store;
 pub mod history;
 mod memory;
+mod sled_move;
 mod sled_store;
 mod snapshot_files;
 

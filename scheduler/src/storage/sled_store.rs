@@ -14,6 +14,7 @@
 //! [`SledStore::sync`] therefore follows it with `fsync` on the database file
 //! (through a second descriptor; fsync acts on the inode).
 
+use super::snapshot_files::Snapshots;
 use super::{LogStore, SnapshotData, SnapshotWriter, StoreResult};
 use crate::Error;
 use protobuf::Message as _;
@@ -21,8 +22,6 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
@@ -42,17 +41,12 @@ pub struct SledStore {
     dir: PathBuf,
     hard_state: HardState,
     conf_state: ConfState,
-    /// The newest snapshot's metadata (its data stays on disk, read when a
-    /// follower needs it: no member holds a large state twice in memory).
-    snapshot: Option<Snapshot>,
+    /// The newest snapshot's metadata and its data's files.
+    snaps: Snapshots,
     /// Index of the first entry in the log (snapshot index + 1).
     first: u64,
     /// Index of the last entry (or the snapshot index when the log is empty).
     last: u64,
-    /// Set when raft asked for a snapshot that the stored one cannot serve.
-    snapshot_wanted: AtomicBool,
-    /// Where snapshot data is written (shared with background writers).
-    sink: SnapshotData,
 }
 
 pub(super) fn st(dir: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -181,17 +175,15 @@ impl SledStore {
             dir: dir.to_path_buf(),
             hard_state,
             conf_state,
-            snapshot,
             first,
             last,
-            snapshot_wanted: AtomicBool::new(false),
-            sink,
+            snaps: Snapshots::new(sink, snapshot),
         })
     }
 
     /// Whether the store holds no raft state at all (a fresh directory).
     pub fn is_fresh(&self) -> bool {
-        self.snapshot.is_none() && self.last == 0 && self.hard_state == HardState::default()
+        self.snaps.newest().is_none() && self.last == 0 && self.hard_state == HardState::default()
     }
 
     fn put_meta(&self, key: &[u8], m: &impl protobuf::Message) -> StoreResult<()> {
@@ -207,14 +199,8 @@ impl SledStore {
     /// Records `snap` (whose data is already in the sink) as the newest
     /// snapshot, keeping the previous one's data until the next.
     fn record_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
-        let mut meta_only = snap.clone();
-        meta_only.set_data(Default::default());
-        self.put_meta(SNAPSHOT, &meta_only)?;
-        if let Some(prev) = &self.snapshot {
-            self.sink.prune(prev.get_metadata().index)?;
-        }
-        self.snapshot = Some(meta_only);
-        Ok(())
+        let meta = self.snaps.record(snap)?;
+        self.put_meta(SNAPSHOT, &meta)
     }
 
     fn remove_range(&self, from: u64, to_inclusive: u64) -> StoreResult<()> {
@@ -267,10 +253,8 @@ impl raft::Storage for SledStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if let Some(s) = &self.snapshot
-            && s.get_metadata().index == idx
-        {
-            return Ok(s.get_metadata().term);
+        if let Some(term) = self.snaps.term_at(idx) {
+            return Ok(term);
         }
         if idx == 0 {
             return Ok(0);
@@ -300,17 +284,7 @@ impl raft::Storage for SledStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        match &self.snapshot {
-            Some(s) if super::snapshot_usable(s, request_index, to) => {
-                self.sink.with_data(s).map_err(to_raft)
-            }
-            _ => {
-                self.snapshot_wanted.store(true, Ordering::SeqCst);
-                Err(raft::Error::Store(
-                    StorageError::SnapshotTemporarilyUnavailable,
-                ))
-            }
-        }
+        self.snaps.serve(request_index, to)
     }
 }
 
@@ -364,7 +338,7 @@ impl LogStore for SledStore {
 
     fn apply_snapshot(&mut self, snap: &Snapshot) -> StoreResult<()> {
         let meta = snap.get_metadata();
-        self.sink.write(meta.index, &snap.data)?;
+        self.snaps.sink.write(meta.index, &snap.data)?;
         self.record_snapshot(snap)?;
         self.remove_range(self.first, self.last)?;
         self.first = meta.index + 1;
@@ -401,8 +375,7 @@ impl LogStore for SledStore {
     }
 
     fn snapshot_writer(&self) -> SnapshotWriter {
-        let sink = self.sink.clone();
-        Arc::new(move |index, data| sink.write(index, data))
+        self.snaps.writer()
     }
 
     fn sync(&mut self) -> StoreResult<()> {
@@ -415,11 +388,7 @@ impl LogStore for SledStore {
     }
 
     fn latest_snapshot(&self) -> Option<Snapshot> {
-        // Unreadable data at this point is a broken disk: the caller's
-        // decode of an empty state reports it.
-        self.snapshot
-            .as_ref()
-            .map(|s| self.sink.with_data(s).unwrap_or_else(|_| s.clone()))
+        self.snaps.latest()
     }
 
     fn hard_state(&self) -> HardState {
@@ -427,6 +396,6 @@ impl LogStore for SledStore {
     }
 
     fn take_snapshot_request(&mut self) -> bool {
-        self.snapshot_wanted.swap(false, Ordering::SeqCst)
+        self.snaps.take_request()
     }
 }

@@ -1,11 +1,12 @@
 //! Snapshot data as files, `INDEX.snap` in one directory beside the raft
 //! log, whichever store keeps the log.
 
-use super::StoreResult;
 use super::sled_store::{open_db, st};
+use super::{SnapshotWriter, StoreResult};
 use raft::eraftpb::Snapshot;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where snapshot data is written: one file per snapshot, `INDEX.snap`
 /// (written to a temporary name, fsynced, renamed, and the directory
@@ -98,5 +99,85 @@ impl SnapshotData {
             .get(index.to_be_bytes())
             .map_err(|e| st(dir, "cannot read old snapshot data", e))?;
         Ok(data.map(|d| d.to_vec()))
+    }
+}
+
+/// What a store keeps of its snapshots: the newest one's metadata (its data
+/// stays in its file) and whether raft asked for one it could not give.
+pub(super) struct Snapshots {
+    pub(super) sink: SnapshotData,
+    newest: Option<Snapshot>,
+    wanted: AtomicBool,
+}
+
+impl Snapshots {
+    pub(super) fn new(sink: SnapshotData, newest: Option<Snapshot>) -> Snapshots {
+        Snapshots {
+            sink,
+            newest,
+            wanted: AtomicBool::new(false),
+        }
+    }
+
+    /// The newest snapshot's metadata.
+    pub(super) fn newest(&self) -> Option<&Snapshot> {
+        self.newest.as_ref()
+    }
+
+    /// Records `snap` (whose data is already in the sink) as the newest,
+    /// keeping the previous one's data until the next; returns the metadata
+    /// for the store to write.
+    pub(super) fn record(&mut self, snap: &Snapshot) -> StoreResult<Snapshot> {
+        let mut meta_only = snap.clone();
+        meta_only.set_data(Default::default());
+        if let Some(prev) = &self.newest {
+            self.sink.prune(prev.get_metadata().index)?;
+        }
+        self.newest = Some(meta_only.clone());
+        Ok(meta_only)
+    }
+
+    /// The term at `idx` when it is the newest snapshot's index.
+    pub(super) fn term_at(&self, idx: u64) -> Option<u64> {
+        self.newest
+            .as_ref()
+            .filter(|s| s.get_metadata().index == idx)
+            .map(|s| s.get_metadata().term)
+    }
+
+    /// `raft::Storage::snapshot`: the newest, with its data, if member `to`
+    /// can take it; otherwise a fresh one is asked for.
+    pub(super) fn serve(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        match &self.newest {
+            Some(s) if super::snapshot_usable(s, request_index, to) => self
+                .sink
+                .with_data(s)
+                .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e)))),
+            _ => {
+                self.wanted.store(true, Ordering::SeqCst);
+                Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+
+    /// The newest snapshot with its data (metadata only if it is unreadable:
+    /// a broken disk, which the caller's decode of an empty state reports).
+    pub(super) fn latest(&self) -> Option<Snapshot> {
+        self.newest
+            .as_ref()
+            .map(|s| self.sink.with_data(s).unwrap_or_else(|_| s.clone()))
+    }
+
+    /// Whether raft asked for a snapshot that could not be given; clears it.
+    pub(super) fn take_request(&self) -> bool {
+        self.wanted.swap(false, Ordering::SeqCst)
+    }
+
+    /// A handle that writes snapshot data durably from another thread.
+    pub(super) fn writer(&self) -> SnapshotWriter {
+        let sink = self.sink.clone();
+        std::sync::Arc::new(move |index, data| sink.write(index, data))
     }
 }
