@@ -14,6 +14,8 @@
 
 use crate::health::Check;
 use crate::supervisor::TaskInfo;
+use charter_config::spec::{Amp as AmpKind, Restart};
+use charter_config::states::TaskState;
 
 /// What follows a process's exit.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,10 +27,10 @@ pub enum Next {
         /// For the task's message.
         why: String,
     },
-    /// The task is over: `succeeded` or `failed`.
+    /// The task is over: succeeded or failed.
     Done {
         /// The final state.
-        state: &'static str,
+        state: TaskState,
         /// For the task's message.
         why: String,
     },
@@ -73,7 +75,7 @@ impl Amp for Batch {
     fn after_exit(&self, code: Option<i32>, starts: u32) -> Next {
         if code == Some(0) {
             return Next::Done {
-                state: "succeeded",
+                state: TaskState::Succeeded,
                 why: String::new(),
             };
         }
@@ -84,7 +86,7 @@ impl Amp for Batch {
             };
         }
         Next::Done {
-            state: "failed",
+            state: TaskState::Failed,
             why: exited(code),
         }
     }
@@ -92,8 +94,8 @@ impl Amp for Batch {
 
 /// Long-running, restarted per its policy, health-checked.
 pub struct Service {
-    /// `always`, `on_failure` or `never`.
-    pub restart: String,
+    /// When it is started again.
+    pub restart: Restart,
     /// Most restarts (0: no limit).
     pub max_restarts: u32,
     /// Its health check.
@@ -111,10 +113,10 @@ impl Amp for Service {
 
     fn after_exit(&self, code: Option<i32>, starts: u32) -> Next {
         let ok = code == Some(0);
-        let again = match self.restart.as_str() {
-            "always" => true,
-            "never" => false,
-            _ => !ok,
+        let again = match self.restart {
+            Restart::Always => true,
+            Restart::Never => false,
+            Restart::OnFailure => !ok,
         };
         let room = self.max_restarts == 0 || starts <= self.max_restarts;
         if again && room {
@@ -124,7 +126,11 @@ impl Amp for Service {
             };
         }
         Next::Done {
-            state: if ok { "succeeded" } else { "failed" },
+            state: if ok {
+                TaskState::Succeeded
+            } else {
+                TaskState::Failed
+            },
             why: if again {
                 format!("{}; out of restarts ({})", exited(code), self.max_restarts)
             } else {
@@ -136,13 +142,15 @@ impl Amp for Service {
 
 /// The amp a task names.
 pub fn for_task(t: &TaskInfo) -> Box<dyn Amp> {
-    match t.amp.as_str() {
-        "service" => Box::new(Service {
-            restart: t.restart.clone(),
-            max_restarts: t.max_restarts,
-            check: t.health.clone(),
+    match t.spec.amp {
+        AmpKind::Service => Box::new(Service {
+            restart: t.spec.restart,
+            max_restarts: t.spec.max_restarts,
+            check: t.spec.health.as_ref().map(Check::from),
         }),
-        _ => Box::new(Batch { retries: t.retries }),
+        AmpKind::Batch => Box::new(Batch {
+            retries: t.spec.retries,
+        }),
     }
 }
 
@@ -156,7 +164,7 @@ mod tests {
         assert!(matches!(
             b.after_exit(Some(0), 1),
             Next::Done {
-                state: "succeeded",
+                state: TaskState::Succeeded,
                 ..
             }
         ));
@@ -177,7 +185,7 @@ mod tests {
         assert!(matches!(
             b.after_exit(Some(1), 3),
             Next::Done {
-                state: "failed",
+                state: TaskState::Failed,
                 ..
             }
         ));
@@ -185,21 +193,21 @@ mod tests {
 
     #[test]
     fn service_restart_policies() {
-        let s = |restart: &str, max| Service {
-            restart: restart.into(),
+        let s = |restart: Restart, max| Service {
+            restart,
             max_restarts: max,
             check: None,
         };
         let again = |n: &Next| matches!(n, Next::Again { .. });
         // (policy, max restarts, exit code, starts so far, restarted?)
         let cases = [
-            ("always", 0, Some(0), 9, true),
-            ("always", 2, Some(0), 2, true),
-            ("always", 2, Some(0), 3, false),
-            ("on_failure", 0, Some(0), 1, false),
-            ("on_failure", 0, Some(2), 1, true),
-            ("on_failure", 0, None, 1, true),
-            ("never", 0, Some(2), 1, false),
+            (Restart::Always, 0, Some(0), 9, true),
+            (Restart::Always, 2, Some(0), 2, true),
+            (Restart::Always, 2, Some(0), 3, false),
+            (Restart::OnFailure, 0, Some(0), 1, false),
+            (Restart::OnFailure, 0, Some(2), 1, true),
+            (Restart::OnFailure, 0, None, 1, true),
+            (Restart::Never, 0, Some(2), 1, false),
         ];
         for (policy, max, code, starts, want) in cases {
             let n = s(policy, max).after_exit(code, starts);

@@ -6,6 +6,8 @@
 //! It starts `starting`.
 
 use crate::sandbox::{self, Isolation, Launch};
+use charter_config::spec::Health;
+use charter_config::states::HealthState;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -24,40 +26,32 @@ pub struct Check {
     pub unhealthy_after: u32,
 }
 
-/// One probe.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Probe {
-    /// `GET http://127.0.0.1:PORT/PATH` answers `status`.
-    Http {
-        /// Port.
-        port: u16,
-        /// Path.
-        path: String,
-        /// Expected status.
-        status: u16,
-    },
-    /// `127.0.0.1:PORT` accepts a connection.
-    Tcp {
-        /// Port.
-        port: u16,
-    },
-    /// The command exits 0.
-    Command {
-        /// Program and arguments.
-        argv: Vec<String>,
-    },
+/// One probe: the task spec's check.
+pub use charter_config::spec::Check as Probe;
+
+impl From<&Health> for Check {
+    /// A task's health check, checked no more often than every 100 ms.
+    fn from(h: &Health) -> Check {
+        Check {
+            probe: h.check.clone(),
+            interval: Duration::from_millis(h.interval_ms.max(100)),
+            timeout: Duration::from_millis(h.timeout_ms.max(100)),
+            healthy_after: h.healthy_after.max(1),
+            unhealthy_after: h.unhealthy_after.max(1),
+        }
+    }
 }
 
 /// A running health monitor.
 pub struct Monitor {
-    state: watch::Receiver<&'static str>,
+    state: watch::Receiver<HealthState>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Monitor {
     /// Starts checking; a command probe runs as `launch` says.
     pub fn start(check: Check, launch: Launch, iso: Isolation) -> Monitor {
-        let (tx, rx) = watch::channel("starting");
+        let (tx, rx) = watch::channel(HealthState::Starting);
         let task = tokio::spawn(async move {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let client = reqwest::Client::builder()
@@ -79,9 +73,9 @@ impl Monitor {
                 }
                 let cur = *tx.borrow();
                 let next = if pass >= check.healthy_after.max(1) {
-                    "healthy"
+                    HealthState::Healthy
                 } else if fail >= check.unhealthy_after.max(1) {
-                    "unhealthy"
+                    HealthState::Unhealthy
                 } else {
                     cur
                 };
@@ -94,12 +88,12 @@ impl Monitor {
     }
 
     /// The state now.
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> HealthState {
         *self.state.borrow()
     }
 
     /// Waits for the next change and returns the new state.
-    pub async fn changed(&mut self) -> &'static str {
+    pub async fn changed(&mut self) -> HealthState {
         if self.state.changed().await.is_err() {
             return std::future::pending().await;
         }

@@ -24,11 +24,11 @@
 //!   killed leaves its leases' processes running; restarted, it adopts them.
 
 use crate::conn::{Servers, retryable};
-use crate::health::{Check, Probe};
 use crate::sandbox::Isolation;
 use crate::serve::AgentService;
 use crate::supervisor::{Ctx, LeaseInfo, Report, Supervisor, TaskInfo};
 use crate::users::Users;
+use charter_config::spec::TaskSpec;
 use charter_proto as pb;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -575,7 +575,7 @@ async fn send_report(servers: &Servers, node: &str, r: Report) {
         state: r.state.to_string(),
         exit_code: r.exit_code,
         starts: r.starts,
-        health: r.health.clone(),
+        health: r.health.to_string(),
         message: r.message.clone(),
         usage: None,
         ports: r
@@ -629,64 +629,27 @@ pub fn assignments(a: pb::Assignments, node: &str) -> Vec<(LeaseInfo, Option<Tas
                     .filter_map(|g| g.strip_prefix(node)?.strip_prefix(':')?.parse().ok())
                     .collect(),
             };
-            let task = it.task.map(|t| {
-                let spec = t.spec.unwrap_or_default();
-                TaskInfo {
+            let task = it.task.and_then(|t| {
+                let spec = match TaskSpec::try_from(t.spec.unwrap_or_default()) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        tracing::warn!(task = t.id, error = %e.message(), "a task this agent cannot read");
+                        return None;
+                    }
+                };
+                Some(TaskInfo {
                     id: t.id,
-                    amp: if spec.amp.is_empty() {
-                        "batch".into()
-                    } else {
-                        spec.amp
-                    },
-                    command: spec.command,
-                    env: spec.env.into_iter().collect(),
-                    retries: spec.retries,
-                    restart: spec.restart,
-                    max_restarts: spec.max_restarts,
-                    health: spec.health.and_then(check),
-                    grace_ms: spec.grace_ms,
-                    state: t.state,
+                    spec,
+                    state: t.state.parse().unwrap_or_default(),
                     starts: t.starts,
-                    ports: spec.ports,
-                    artifact_out: spec.artifact_out,
-                    artifact_in: spec.artifact_in,
-                    artifact_name: spec.artifact_name,
                     picked: t
                         .ports
                         .into_iter()
                         .filter_map(|(k, v)| Some((k, u16::try_from(v).ok()?)))
                         .collect(),
-                }
+                })
             });
             Some((lease, task))
         })
         .collect()
-}
-
-fn check(h: pb::HealthCheck) -> Option<Check> {
-    let port = u16::try_from(h.port).ok();
-    let probe = match h.kind.as_str() {
-        "http" => Probe::Http {
-            port: port?,
-            path: if h.path.is_empty() {
-                "/".into()
-            } else {
-                h.path
-            },
-            status: u16::try_from(h.status)
-                .ok()
-                .filter(|s| *s > 0)
-                .unwrap_or(200),
-        },
-        "tcp" => Probe::Tcp { port: port? },
-        "command" => Probe::Command { argv: h.argv },
-        _ => return None,
-    };
-    Some(Check {
-        probe,
-        interval: Duration::from_millis(h.interval_ms.max(100)),
-        timeout: Duration::from_millis(h.timeout_ms.max(100)),
-        healthy_after: h.healthy_after.max(1),
-        unhealthy_after: h.unhealthy_after.max(1),
-    })
 }

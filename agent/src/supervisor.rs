@@ -29,6 +29,8 @@ use crate::amp::{Amp, Next};
 use crate::logs;
 use crate::sandbox::{self, Isolation, Launch, Scope};
 use crate::users::{self, Identity, Users};
+use charter_config::spec::TaskSpec;
+use charter_config::states::{HealthState, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -72,36 +74,14 @@ pub struct LeaseInfo {
 pub struct TaskInfo {
     /// Id.
     pub id: u64,
-    /// `batch` or `service`.
-    pub amp: String,
-    /// Program and arguments.
-    pub command: Vec<String>,
-    /// Extra environment.
-    pub env: BTreeMap<String, String>,
-    /// Batch: further attempts after a failure.
-    pub retries: u32,
-    /// Service: restart `always`, on `on_failure`, or `never`.
-    pub restart: String,
-    /// Service: most restarts (0: no limit).
-    pub max_restarts: u32,
-    /// Service health check.
-    pub health: Option<crate::health::Check>,
-    /// Grace in ms (0: the default).
-    pub grace_ms: u64,
+    /// What to run.
+    pub spec: TaskSpec,
     /// The servers' view of its state.
-    pub state: String,
+    pub state: TaskState,
     /// Processes started so far, per the servers.
     pub starts: u32,
-    /// Named ports to pick for it.
-    pub ports: Vec<String>,
     /// The ports picked for it earlier, per the servers (kept across restarts).
     pub picked: BTreeMap<String, u16>,
-    /// Batch: the sandbox file stored as an artifact after exit 0.
-    pub artifact_out: String,
-    /// Service: the artifact fetched into the sandbox before the first start.
-    pub artifact_in: String,
-    /// Its file name there.
-    pub artifact_name: String,
 }
 
 /// A report for the servers.
@@ -109,14 +89,14 @@ pub struct TaskInfo {
 pub struct Report {
     /// The task.
     pub task: u64,
-    /// Its state: running, succeeded, failed.
-    pub state: &'static str,
+    /// Its state: running, restarting, succeeded, failed.
+    pub state: TaskState,
     /// The last exit code.
     pub exit_code: Option<i32>,
     /// Processes started so far.
     pub starts: u32,
-    /// Service health.
-    pub health: String,
+    /// A service's health.
+    pub health: HealthState,
     /// A note.
     pub message: String,
     /// The ports picked for it, by name.
@@ -359,7 +339,7 @@ async fn run_lease(
     let grace_of = |t: &Option<TaskInfo>| {
         let g = t
             .as_ref()
-            .map(|t| t.grace_ms)
+            .map(|t| t.spec.grace_ms)
             .filter(|g| *g > 0)
             .map_or(GRACE, Duration::from_millis);
         // A quarter of one grant: renewals move the end, not the grace, so
@@ -388,7 +368,10 @@ async fn run_lease(
         cpu_millis: lease.cpu_millis,
         memory_bytes: lease.memory_bytes,
         gpus: lease.gpus.clone(),
-        env: task.as_ref().map(|t| t.env.clone()).unwrap_or_default(),
+        env: task
+            .as_ref()
+            .map(|t| t.spec.env.clone())
+            .unwrap_or_default(),
     };
     let scope = &launch.scope;
     if let Ok(mut l) = ctx.leases.lock() {
@@ -566,10 +549,10 @@ fn sandbox_for(
             if let Some(t) = task {
                 let _ = ctx.reports.send(Report {
                     task: t.id,
-                    state: "failed",
+                    state: TaskState::Failed,
                     exit_code: None,
                     starts: t.starts,
-                    health: String::new(),
+                    health: HealthState::Unchecked,
                     message: e,
                     ports: BTreeMap::new(),
                     artifact: String::new(),
@@ -618,13 +601,13 @@ impl Work {
             ports: BTreeMap::new(),
             fenced: false,
         };
-        if !matches!(w.task.state.as_str(), "pending" | "running" | "restarting") {
+        if w.task.state.is_ended() {
             return w;
         }
         let exit_file = w.exit_file();
         let left = ctx.leftovers.lock().is_ok_and(|l| l.contains(&lease));
-        let earlier =
-            matches!(w.task.state.as_str(), "running" | "restarting") || exit_file.exists() || left;
+        let started = matches!(w.task.state, TaskState::Running | TaskState::Restarting);
+        let earlier = started || exit_file.exists() || left;
         if earlier {
             // An earlier life of this agent started it: never start it twice.
             w.adopted = true;
@@ -640,7 +623,7 @@ impl Work {
             w.next_start = Some(now_ms());
         }
         w.ports = if w.task.picked.is_empty() && !w.adopted {
-            pick_ports(&w.task.ports)
+            pick_ports(&w.task.spec.ports)
         } else {
             w.task.picked.clone()
         };
@@ -651,7 +634,7 @@ impl Work {
         logs::task_dir(&self.ctx.data, self.task.id)
     }
 
-    fn report(&self, state: &'static str, exit_code: Option<i32>, message: String) {
+    fn report(&self, state: TaskState, exit_code: Option<i32>, message: String) {
         self.send(state, exit_code, message, String::new());
     }
 
@@ -670,12 +653,8 @@ impl Work {
         }
     }
 
-    fn send(&self, state: &'static str, exit_code: Option<i32>, message: String, artifact: String) {
-        let health = self
-            .health
-            .as_ref()
-            .map(|h| h.state().to_string())
-            .unwrap_or_default();
+    fn send(&self, state: TaskState, exit_code: Option<i32>, message: String, artifact: String) {
+        let health = self.health.as_ref().map(|h| h.state()).unwrap_or_default();
         let _ = self.ctx.reports.send(Report {
             task: self.task.id,
             state,
@@ -708,7 +687,7 @@ impl Work {
             tokio::time::sleep(until(at)).await;
             if let Err(e) = self.fetch_artifact(l).await {
                 self.next_start = None;
-                self.report("failed", None, e);
+                self.report(TaskState::Failed, None, e);
                 return std::future::pending().await;
             }
             self.next_start = None;
@@ -732,7 +711,7 @@ impl Work {
             .insert("CHARTER_EXIT_FILE".into(), exit_file.display().to_string());
         l.env
             .insert("CHARTER_TASK_ID".into(), self.task.id.to_string());
-        for (i, name) in self.task.ports.iter().enumerate() {
+        for (i, name) in self.task.spec.ports.iter().enumerate() {
             if let Some(p) = self.ports.get(name) {
                 if i == 0 {
                     l.env.insert("PORT".into(), p.to_string());
@@ -748,6 +727,7 @@ impl Work {
         vars.insert("CHARTER_FENCING_TOKEN".into(), l.fencing_token.to_string());
         argv.extend(
             self.task
+                .spec
                 .command
                 .iter()
                 .map(|a| crate::interpolate::expand(a, &vars)),
@@ -765,13 +745,13 @@ impl Work {
                 }
                 self.child = Some(child);
                 self.start_health(&l);
-                self.report("running", None, String::new());
+                self.report(TaskState::Running, None, String::new());
             }
             Err(e) => {
                 self.report(
-                    "failed",
+                    TaskState::Failed,
                     None,
-                    format!("cannot start {:?}: {e}", self.task.command),
+                    format!("cannot start {:?}: {e}", self.task.spec.command),
                 );
             }
         }
@@ -781,6 +761,7 @@ impl Work {
     fn start_health(&mut self, l: &Launch) {
         let first = self
             .task
+            .spec
             .ports
             .first()
             .and_then(|n| self.ports.get(n))
@@ -823,7 +804,7 @@ impl Work {
                 },
             };
             match health {
-                Ok(st) => self.report("running", None, format!("health: {st}")),
+                Ok(st) => self.report(TaskState::Running, None, format!("health: {st}")),
                 Err(_) if std::mem::take(&mut self.adopted) => {
                     return self.exit_file_code().or(Some(-1));
                 }
@@ -854,7 +835,7 @@ impl Work {
 
     /// Puts the task's artifact in the sandbox before its first start.
     async fn fetch_artifact(&self, l: &Launch) -> Result<(), String> {
-        let t = &self.task;
+        let t = &self.task.spec;
         if t.artifact_in.is_empty() {
             return Ok(());
         }
@@ -878,7 +859,7 @@ impl Work {
 
     /// Stores a finished build's artifact; the task succeeds only then.
     async fn store_artifact(&self, l: &Launch) -> Result<String, String> {
-        let t = &self.task;
+        let t = &self.task.spec;
         if !charter_config::limits::relative_path(&t.artifact_out) {
             return Err(format!(
                 "the artifact path {:?} is not a relative path inside the sandbox",
@@ -901,8 +882,9 @@ impl Work {
             .servers
             .as_ref()
             .ok_or("this agent has no servers to store in")?;
-        let (sha, copies) = crate::artifact::upload(servers, (app, t.id), &file, l.user).await?;
-        tracing::info!(task = t.id, sha256 = %sha, copies, "artifact stored");
+        let id = self.task.id;
+        let (sha, copies) = crate::artifact::upload(servers, (app, id), &file, l.user).await?;
+        tracing::info!(task = id, sha256 = %sha, copies, "artifact stored");
         Ok(sha)
     }
 
@@ -930,21 +912,21 @@ impl Work {
         };
         let next = self.amp.after_exit(code, self.starts);
         if let Next::Done { state, .. } = &next {
-            crate::metrics::METRICS.exited(state);
+            crate::metrics::METRICS.exited(state.as_str());
         }
         match next {
             Next::Again { backoff_ms, why: w } => {
                 crate::metrics::METRICS.restarts.inc();
                 self.next_start = Some(now_ms() + backoff_ms);
                 let again = format!("{w} in {:.1} s", backoff_ms as f64 / 1000.0);
-                self.report("restarting", code, why(again));
+                self.report(TaskState::Restarting, code, why(again));
             }
             Next::Done { state, why }
-                if state == "succeeded" && !self.task.artifact_out.is_empty() =>
+                if state == TaskState::Succeeded && !self.task.spec.artifact_out.is_empty() =>
             {
                 match self.store_artifact(l).await {
                     Ok(sha) => self.send(state, code, why, sha),
-                    Err(e) => self.report("failed", code, e),
+                    Err(e) => self.report(TaskState::Failed, code, e),
                 }
             }
             Next::Done { state, why: w } => self.report(state, code, why(w)),

@@ -112,7 +112,7 @@ pub struct RunConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppHealth {
     /// `http` or `tcp`, on the first port.
-    pub kind: String,
+    pub kind: crate::spec::CheckKind,
     /// HTTP path.
     pub path: String,
     /// Expected HTTP status.
@@ -261,7 +261,11 @@ impl AppConfig {
                     h.error_at("status", format!("expected an HTTP status, got {status}"));
                 }
                 let out = AppHealth {
-                    kind: if tcp { "tcp" } else { "http" }.into(),
+                    kind: if tcp {
+                        crate::spec::CheckKind::Tcp
+                    } else {
+                        crate::spec::CheckKind::Http
+                    },
                     path: http.unwrap_or_default(),
                     status: status as u16,
                     interval_ms: h.duration("interval").unwrap_or(1_000),

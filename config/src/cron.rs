@@ -31,6 +31,34 @@ use crate::task::TaskConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+crate::named! {
+    /// What to do with a tick while a run of the same job is still going.
+    #[derive(Default)]
+    pub enum Concurrency: "concurrency" {
+        /// Fire it anyway.
+        #[default]
+        Allow = "allow",
+        /// Skip it.
+        Forbid = "forbid",
+        /// Fire it and cancel the running one.
+        Replace = "replace",
+    }
+}
+
+crate::named! {
+    /// What to do with ticks missed while no leader was there to fire them.
+    #[derive(Default)]
+    pub enum Missed: "missed policy" {
+        /// Skip them all.
+        Skip = "skip",
+        /// Fire the newest one only.
+        #[default]
+        Latest = "latest",
+        /// Fire them all, up to `max_catch_up` of the newest.
+        All = "all",
+    }
+}
+
 /// A validated cron file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CronConfig {
@@ -53,10 +81,10 @@ pub struct JobConfig {
     pub window_ms: u64,
     /// How long a run waits for its upstreams, in ms.
     pub dependency_wait_ms: u64,
-    /// allow | forbid | replace.
-    pub concurrency: String,
-    /// skip | latest | all.
-    pub missed: String,
+    /// A tick while a run is going.
+    pub concurrency: Concurrency,
+    /// Ticks missed while no leader was there.
+    pub missed: Missed,
     /// With missed = all.
     pub max_catch_up: u32,
     /// Further attempts of a failed run.
@@ -186,20 +214,8 @@ impl JobConfig {
         let depends_on = f.str_list("depends_on");
         let window = f.duration("window").unwrap_or(0);
         let wait = f.duration("dependency_wait").unwrap_or(3_600_000);
-        let concurrency = f.str("concurrency").unwrap_or_else(|| "allow".into());
-        if !matches!(concurrency.as_str(), "allow" | "forbid" | "replace") {
-            f.error_at(
-                "concurrency",
-                format!("expected allow, forbid or replace, got \"{concurrency}\""),
-            );
-        }
-        let missed = f.str("missed").unwrap_or_else(|| "latest".into());
-        if !matches!(missed.as_str(), "skip" | "latest" | "all") {
-            f.error_at(
-                "missed",
-                format!("expected skip, latest or all, got \"{missed}\""),
-            );
-        }
+        let concurrency: Concurrency = f.named("concurrency").unwrap_or_default();
+        let missed: Missed = f.named("missed").unwrap_or_default();
         let max_catch_up = f.u64("max_catch_up").unwrap_or(1);
         let retries = f.u64("retries").unwrap_or(0);
         let paused = f.bool("paused").unwrap_or(false);

@@ -5,71 +5,117 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Milliseconds since the Unix epoch.
-pub type Millis = i64;
+use crate::Millis;
+use crate::states::{HealthState, LeaseState, TaskState};
 
-/// The steps of a deployment, in order.
-pub const STEPS: [&str; 8] = [
-    "fetch",
-    "build",
-    "publish",
-    "lease",
-    "start",
-    "await_healthy",
-    "promote",
-    "retire",
-];
-
-/// The step after `step`, if any.
-pub fn next_step(step: &str) -> Option<&'static str> {
-    let i = STEPS.iter().position(|s| *s == step)?;
-    STEPS.get(i + 1).copied()
+crate::named! {
+    /// The steps of a deployment, in the order it walks them.
+    #[derive(Default)]
+    pub enum DeployStep: "deploy step" {
+        /// Resolve the commit in the app's repository (where each starts).
+        #[default]
+        Fetch = "fetch",
+        /// Build it as a batch task on the cluster (or reuse a build).
+        Build = "build",
+        /// The build's artifact is in the servers' store.
+        Publish = "publish",
+        /// Lease fresh servers for the new version.
+        Lease = "lease",
+        /// Its servers' processes run.
+        Start = "start",
+        /// Its servers are healthy for `min_healthy`.
+        AwaitHealthy = "await_healthy",
+        /// It becomes the active version.
+        Promote = "promote",
+        /// The previous version's servers drain and are released.
+        Retire = "retire",
+    }
 }
 
-/// Where a deployment is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployStatus {
-    /// Walking its steps.
-    Running,
-    /// Promoted and the app's active version.
-    Active,
-    /// A step failed or the deadline passed; its servers were released and
-    /// the previous version stayed active.
-    RolledBack,
-    /// A newer commit arrived before it was promoted.
-    Superseded,
-    /// It was active; a newer version replaced it and its servers were released.
-    Retired,
-    /// Its commit turned out to be the active one already.
-    Unchanged,
+impl DeployStep {
+    /// The step after this one, if any.
+    pub fn next(self) -> Option<DeployStep> {
+        let i = DeployStep::ALL.iter().position(|s| *s == self)?;
+        DeployStep::ALL.get(i + 1).copied()
+    }
+
+    /// Whether the old version still serves and a failure rolls back (every
+    /// step before `promote`).
+    pub fn before_promote(self) -> bool {
+        self < DeployStep::Promote
+    }
 }
 
-impl DeployStatus {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployStatus::Running => "running",
-            DeployStatus::Active => "active",
-            DeployStatus::RolledBack => "rolled_back",
-            DeployStatus::Superseded => "superseded",
-            DeployStatus::Retired => "retired",
-            DeployStatus::Unchanged => "unchanged",
-        }
+crate::named! {
+    /// How one step of a deployment went.
+    pub enum StepState: "step state" {
+        /// Under way.
+        Running = "running",
+        /// Finished.
+        Done = "done",
+        /// Failed; the deployment rolls back.
+        Failed = "failed",
+        /// Cut short: a newer deployment superseded this one.
+        Superseded = "superseded",
+    }
+}
+
+crate::named! {
+    /// What applying an app file changed.
+    pub enum AppChange: "app change" {
+        /// A new app.
+        Added = "added",
+        /// A new definition of an app.
+        Changed = "changed",
+        /// The same definition again.
+        Unchanged = "unchanged",
+    }
+}
+
+crate::named! {
+    /// Where a deployment is.
+    pub enum DeployStatus: "deployment status" {
+        /// Walking its steps.
+        Running = "running",
+        /// Promoted and the app's active version.
+        Active = "active",
+        /// A step failed or the deadline passed; its servers were released and
+        /// the previous version stayed active.
+        RolledBack = "rolled_back",
+        /// A newer commit arrived before it was promoted.
+        Superseded = "superseded",
+        /// It was active; a newer version replaced it and its servers were released.
+        Retired = "retired",
+        /// Its commit turned out to be the active one already.
+        Unchanged = "unchanged",
+    }
+}
+
+crate::named! {
+    /// What started a deployment.
+    pub enum Trigger: "trigger" {
+        /// A push webhook.
+        Webhook = "webhook",
+        /// Polling saw a new branch head.
+        Poll = "poll",
+        /// `charter deploy trigger`.
+        Manual = "manual",
+        /// `charter deploy rollback`.
+        Rollback = "rollback",
     }
 }
 
 /// One step of a deployment as it went.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
-    /// Its name (one of [`STEPS`]).
-    pub step: String,
+    /// Which step.
+    pub step: DeployStep,
     /// When it started.
     pub started_at: Millis,
     /// When it ended.
     pub ended_at: Option<Millis>,
-    /// `running`, `done` or `failed`.
-    pub state: String,
+    /// How it went.
+    pub state: StepState,
     /// Why it failed, or a note.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -86,8 +132,8 @@ pub struct Deployment {
     pub commit: String,
     /// The rendered fingerprint (empty until the commit is known in full).
     pub fingerprint: String,
-    /// `webhook`, `poll`, `manual` or `rollback`.
-    pub trigger: String,
+    /// What started it.
+    pub trigger: Trigger,
     /// Who started it.
     pub by: String,
     /// When it started.
@@ -109,8 +155,12 @@ pub struct Deployment {
     /// When it became the active version.
     pub promoted_at: Option<Millis>,
     /// The step that failed, when rolled back.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub failed_step: String,
+    #[serde(
+        default,
+        with = "crate::named::or_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failed_step: Option<DeployStep>,
     /// Why it rolled back, was superseded or ended unchanged.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
@@ -122,9 +172,9 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// The current step's name.
-    pub fn step(&self) -> &str {
-        self.steps.last().map_or("fetch", |s| s.step.as_str())
+    /// The current step.
+    pub fn step(&self) -> DeployStep {
+        self.steps.last().map_or(DeployStep::Fetch, |s| s.step)
     }
 
     /// The current step's record.
@@ -136,16 +186,16 @@ impl Deployment {
 /// What the controller knows of one task.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskView {
-    /// `pending`, `running`, `succeeded`, …
-    pub state: String,
-    /// `starting`, `healthy`, `unhealthy` (services).
-    pub health: String,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// A service's health.
+    pub health: HealthState,
     /// Since when its health is what it is.
     pub health_since: Option<Millis>,
     /// Its lease.
     pub lease: u64,
-    /// The lease's state (`pending`, `granted`, …).
-    pub lease_state: String,
+    /// The lease's state.
+    pub lease_state: LeaseState,
     /// When the lease ends.
     pub expires_at: Option<Millis>,
     /// The node it runs on.

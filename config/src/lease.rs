@@ -18,6 +18,7 @@
 
 use crate::constraint::Constraint;
 use crate::reader::Fields;
+use crate::spec::{LeaseSpec, Prefer, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -55,8 +56,9 @@ pub struct LeaseConfig {
     pub priority: i32,
     /// Price limit per node per hour.
     pub max_cost: Option<f64>,
-    /// binpack, spread or cheapest (empty = binpack).
-    pub prefer: String,
+    /// How nodes are ranked (none: binpack).
+    #[serde(with = "crate::named::or_empty")]
+    pub prefer: Option<Prefer>,
     /// Why.
     pub reason: String,
 }
@@ -77,41 +79,43 @@ impl Default for LeaseConfig {
             wait_ms: 0,
             priority: 0,
             max_cost: None,
-            prefer: String::new(),
+            prefer: None,
             reason: String::new(),
         }
     }
 }
 
 impl LeaseConfig {
-    /// The request in wire form, with no idempotency key and no deadline;
-    /// `labels` become `key=value` constraints ahead of the written ones.
-    pub fn to_pb(&self) -> charter_proto::LeaseRequest {
-        let mut constraints: Vec<String> = self
+    /// The request as the servers take it, with no deadline; `labels`
+    /// become `key=value` constraints ahead of the written ones. Fails on a
+    /// constraint that does not parse, saying which.
+    pub fn spec(&self) -> Result<LeaseSpec, String> {
+        let mut constraints: Vec<Constraint> = self
             .labels
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| Constraint::eq(k, v))
             .collect();
-        constraints.extend(self.constraints.iter().cloned());
-        charter_proto::LeaseRequest {
-            idempotency_key: String::new(),
-            resources: Some(charter_proto::Resources {
+        for c in &self.constraints {
+            constraints.push(Constraint::parse(c)?);
+        }
+        Ok(LeaseSpec {
+            resources: Resources {
                 cpu_millis: self.cpu_millis,
                 memory_bytes: self.memory_bytes,
                 disk_bytes: self.disk_bytes,
                 gpus: self.gpus,
-            }),
+            },
             constraints,
+            count: self.count.max(1),
             duration_ms: self.duration_ms,
-            reason: self.reason.clone(),
-            count: self.count,
             max_total_ms: self.max_total_ms,
             priority: self.priority,
             wait_ms: self.wait_ms,
             max_cost_per_hour: self.max_cost,
-            prefer: self.prefer.clone(),
-            deadline_ms: None,
-        }
+            prefer: self.prefer.unwrap_or_default(),
+            deadline: None,
+            reason: self.reason.clone(),
+        })
     }
 
     /// Reads a lease request from a table; `None` when a diagnostic was recorded.
@@ -133,13 +137,11 @@ impl LeaseConfig {
         let wait = f.duration("wait").unwrap_or(0);
         let priority = f.i64("priority").unwrap_or(0);
         let max_cost = f.f64("max_cost");
-        let prefer = f.str("prefer").unwrap_or_default();
-        if !matches!(prefer.as_str(), "" | "binpack" | "spread" | "cheapest") {
-            f.error_at(
-                "prefer",
-                format!("expected binpack, spread or cheapest, got \"{prefer}\""),
-            );
-        }
+        // `prefer = ""` is the default, as it always was.
+        let prefer: Option<Prefer> = match f.str("prefer").as_deref() {
+            None | Some("") => None,
+            Some(_) => f.named("prefer"),
+        };
         let reason = f.str("reason").unwrap_or_default();
         let limited = [
             ("reason", crate::limits::reason(&reason)),

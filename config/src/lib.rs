@@ -6,11 +6,21 @@
 //!   line and field, and what was expected.
 //! - [`limits`]: allowed characters and sizes of names and fields.
 //! - [`constraint`]: label constraints (`gpu=a100`, `zone in (a,b)`, `cuda>=12`).
-//! - [`lease`], [`node`], [`server`], [`task`]: the config kinds.
+//! - [`lease`], [`node`], [`server`], [`task`], [`cron`], [`app`]: the config
+//!   kinds, as files write them.
+//! - [`spec`]: what a lease asks for and what a task runs, as the servers
+//!   keep them and the agent runs them.
+//! - [`states`]: lifecycles of nodes, leases, tasks, health and cron runs;
+//!   [`deployment`]: a deployment's steps, states and records.
+//! - [`named!`]: enums with one name per variant (serde, `Display`, `FromStr`).
 //! - [`canonical`]: canonical serialisation and the sha256 content hash.
 //! - [`fingerprint`]: identities of submitted config versions from a template.
 //!
 //! [`load`] reads any Charter config and tells which kind it is.
+//!
+//! This crate is the one typed model of Charter's vocabulary: it depends on
+//! no gRPC, protobuf or async crate. Conversions to and from the wire live
+//! in `charter-proto`, one place per type.
 
 pub mod app;
 pub mod canonical;
@@ -22,11 +32,18 @@ pub mod fingerprint;
 pub mod lease;
 pub mod limits;
 pub mod liveness;
+#[macro_use]
+pub mod named;
 pub mod node;
 pub mod reader;
 pub mod server;
+pub mod spec;
+pub mod states;
 pub mod task;
 pub mod units;
+
+/// Milliseconds since the Unix epoch, UTC: every time Charter keeps.
+pub type Millis = i64;
 
 pub use error::{Diagnostic, Diagnostics};
 

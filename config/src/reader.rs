@@ -151,6 +151,22 @@ impl<'c, 'a> Fields<'c, 'a> {
         }
     }
 
+    /// A name of a [`named!`](crate::named) enum, like `amp = "service"`;
+    /// `None` when absent or not one of its names (then a diagnostic lists
+    /// the names it has).
+    pub fn named<T>(&self, key: &str) -> Option<T>
+    where
+        T: std::str::FromStr<Err = crate::named::UnknownName>,
+    {
+        match self.str(key)?.parse() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error_at(key, e.in_field());
+                None
+            }
+        }
+    }
+
     /// A string.
     pub fn str(&self, key: &str) -> Option<String> {
         let v = self.value(key)?;

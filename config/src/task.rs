@@ -28,14 +28,15 @@
 
 use crate::lease::LeaseConfig;
 use crate::reader::Fields;
+use crate::spec::{Amp, Check, CheckKind, Health, Restart, TaskSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A validated health check.
+/// A validated health check, as a file writes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HealthConfig {
-    /// `http`, `tcp` or `command`.
-    pub kind: String,
+    /// What kind of check.
+    pub kind: CheckKind,
     /// Port (http, tcp).
     pub port: u16,
     /// Path (http).
@@ -59,8 +60,8 @@ pub struct HealthConfig {
 pub struct TaskConfig {
     /// A name for listings.
     pub name: String,
-    /// `batch` or `service`.
-    pub amp: String,
+    /// How it is run.
+    pub amp: Amp,
     /// Program and arguments.
     pub command: Vec<String>,
     /// Extra environment.
@@ -71,8 +72,8 @@ pub struct TaskConfig {
     pub secret_env: BTreeMap<String, String>,
     /// Batch: further attempts.
     pub retries: u32,
-    /// Service: `always`, `on_failure` or `never`.
-    pub restart: String,
+    /// Service: when it is started again after it exits.
+    pub restart: Restart,
     /// Service: most restarts (0: no limit).
     pub max_restarts: u32,
     /// Grace in ms (0: the agent's default).
@@ -98,11 +99,12 @@ fn small(f: &Fields<'_, '_>, key: &str, v: Option<u64>) -> Option<u32> {
 }
 
 impl TaskConfig {
-    /// The task in wire form (for `task submit` and Hydra's fires).
-    pub fn to_pb(&self) -> charter_proto::TaskSpec {
-        charter_proto::TaskSpec {
+    /// The task as the servers keep it (for `task submit` and Hydra's
+    /// fires): `secret_env` joins `env`.
+    pub fn spec(&self) -> TaskSpec {
+        TaskSpec {
             name: self.name.clone(),
-            amp: self.amp.clone(),
+            amp: self.amp,
             command: self.command.clone(),
             env: self
                 .env
@@ -111,22 +113,19 @@ impl TaskConfig {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             retries: self.retries,
-            restart: self.restart.clone(),
+            restart: self.restart,
             max_restarts: self.max_restarts,
-            health: self.health.as_ref().map(HealthConfig::to_pb),
+            health: self.health.as_ref().map(HealthConfig::spec),
             grace_ms: self.grace_ms,
             ports: self.ports.clone(),
-            ..Default::default()
+            ..TaskSpec::default()
         }
     }
 
     /// Reads a task from a table; `None` when a diagnostic was recorded.
     pub fn read(f: &Fields<'_, '_>) -> Option<TaskConfig> {
         let name = f.str("name").unwrap_or_default();
-        let amp = f.str("amp").unwrap_or_else(|| "batch".into());
-        if !matches!(amp.as_str(), "batch" | "service") {
-            f.error_at("amp", format!("expected batch or service, got \"{amp}\""));
-        }
+        let amp: Amp = f.named("amp").unwrap_or_default();
         let command = f.str_list("command");
         if command.is_empty() && !f.has("command") {
             f.missing(
@@ -155,13 +154,7 @@ impl TaskConfig {
             }
         }
         let retries = small(f, "retries", f.u64("retries"));
-        let restart = f.str("restart").unwrap_or_else(|| "on_failure".into());
-        if !matches!(restart.as_str(), "always" | "on_failure" | "never") {
-            f.error_at(
-                "restart",
-                format!("expected always, on_failure or never, got \"{restart}\""),
-            );
-        }
+        let restart: Restart = f.named("restart").unwrap_or_default();
         let max_restarts = small(f, "max_restarts", f.u64("max_restarts"));
         let grace = f.duration("grace").unwrap_or(0);
         let health = f.table("health").and_then(|h| {
@@ -169,7 +162,7 @@ impl TaskConfig {
             h.finish();
             out
         });
-        if health.is_some() && amp != "service" {
+        if health.is_some() && amp != Amp::Service {
             f.error_at(
                 "health",
                 "health checks are for services; set amp = \"service\"",
@@ -183,9 +176,7 @@ impl TaskConfig {
             );
         }
         for p in &ports {
-            if !(1..=32).contains(&p.len())
-                || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if !crate::spec::valid_port_name(p) {
                 f.error_at(
                     "ports",
                     format!("port name \"{p}\" must be 1-32 letters, digits or '_'"),
@@ -219,14 +210,21 @@ pub fn hide(env: &mut BTreeMap<String, String>) {
 }
 
 impl HealthConfig {
-    /// The check in wire form.
-    pub fn to_pb(&self) -> charter_proto::HealthCheck {
-        charter_proto::HealthCheck {
-            kind: self.kind.clone(),
-            port: u32::from(self.port),
-            path: self.path.clone(),
-            status: u32::from(self.status),
-            argv: self.argv.clone(),
+    /// The check as a task spec holds it.
+    pub fn spec(&self) -> Health {
+        let check = match self.kind {
+            CheckKind::Http => Check::Http {
+                port: self.port,
+                path: self.path.clone(),
+                status: self.status,
+            },
+            CheckKind::Tcp => Check::Tcp { port: self.port },
+            CheckKind::Command => Check::Command {
+                argv: self.argv.clone(),
+            },
+        };
+        Health {
+            check,
             interval_ms: self.interval_ms,
             timeout_ms: self.timeout_ms,
             healthy_after: self.healthy_after,
@@ -253,15 +251,15 @@ impl HealthConfig {
             return None;
         }
         let kind = if http.is_some() {
-            "http"
+            CheckKind::Http
         } else if tcp {
-            "tcp"
+            CheckKind::Tcp
         } else {
-            "command"
+            CheckKind::Command
         };
         let port = match port.map(u16::try_from) {
             Some(Ok(p)) if p > 0 => p,
-            None if kind == "command" => 0,
+            None if kind == CheckKind::Command => 0,
             None => {
                 f.missing("port", "the port to check, like port = 8080");
                 return None;
@@ -276,7 +274,7 @@ impl HealthConfig {
             return None;
         };
         Some(HealthConfig {
-            kind: kind.into(),
+            kind,
             port,
             path: http.unwrap_or_default(),
             status,

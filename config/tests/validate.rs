@@ -1,5 +1,6 @@
 //! Validation is data-driven: each case is a file and the exact diagnostics.
 
+use charter_config::spec::Prefer;
 use charter_config::{AnyConfig, load};
 
 #[test]
@@ -101,7 +102,7 @@ fn lease_queue_and_constraint_fields() {
         (l.count, l.wait_ms, l.max_total_ms, l.priority),
         (2, 600_000, 14_400_000, -3)
     );
-    assert_eq!((l.max_cost, l.prefer.as_str()), (Some(1.5), "spread"));
+    assert_eq!((l.max_cost, l.prefer), (Some(1.5), Some(Prefer::Spread)));
     let bad = "cpu = 1\nfor = \"2h\"\nconstraints = [\"zone in a\"]\nprefer = \"random\"\nmax_total = \"1h\"\ncount = 0\n";
     let err = load("l.toml", bad).unwrap_err().to_string();
     for want in [

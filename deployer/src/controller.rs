@@ -11,10 +11,15 @@
 
 use crate::pipeline::{self, Action, Desired};
 use charter_config::app::AppConfig;
-use charter_config::deployment::{DeployStatus, DeployView, Deployment, short_commit};
+use charter_config::constraint::Constraint;
+use charter_config::deployment::{
+    DeployStatus, DeployStep, DeployView, Deployment, Trigger, short_commit,
+};
+use charter_config::spec::{Amp, Check, CheckKind, Health, LeaseSpec, Prefer, Resources, TaskSpec};
+use charter_config::states::LeaseState;
 use charter_proto as pb;
 use charter_proto::conn::Servers;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -222,7 +227,7 @@ impl Controller {
                     // active version already contains deploys nothing (an
                     // old push replayed with a new delivery id, say).
                     let behind_of = active
-                        .filter(|_| d.trigger == "webhook")
+                        .filter(|_| d.trigger == Trigger::Webhook)
                         .map(str::to_string);
                     let mirror = self
                         .opts
@@ -257,7 +262,7 @@ impl Controller {
                 let step = match h.await {
                     Ok(Ok((commit, None))) => pb::DeployStepRequest {
                         commit,
-                        ..step_req(d.id, "fetch")
+                        ..step_req(d.id, DeployStep::Fetch)
                     },
                     Ok(Ok((commit, Some(active)))) => pb::DeployStepRequest {
                         message: format!(
@@ -267,110 +272,22 @@ impl Controller {
                         ),
                         commit,
                         behind: true,
-                        ..step_req(d.id, "fetch")
+                        ..step_req(d.id, DeployStep::Fetch)
                     },
-                    Ok(Err(e)) => failed(d.id, "fetch", e),
-                    Err(e) => failed(d.id, "fetch", format!("the fetch stopped: {e}")),
+                    Ok(Err(e)) => failed(d.id, DeployStep::Fetch, e),
+                    Err(e) => failed(d.id, DeployStep::Fetch, format!("the fetch stopped: {e}")),
                 };
                 self.step(step).await
             }
             Action::SubmitBuild => {
-                let b = &app.build;
-                let lease = pb::LeaseRequest {
-                    resources: Some(pb::Resources {
-                        cpu_millis: b.cpu_millis,
-                        memory_bytes: b.memory_bytes,
-                        ..Default::default()
-                    }),
-                    duration_ms: b.timeout_ms,
-                    wait_ms: WAIT_MS,
-                    reason: format!("build {}@{}", app.name, short_commit(&d.commit)),
-                    ..Default::default()
-                };
-                let mut command = vec![
-                    "sh".to_string(),
-                    "-c".into(),
-                    BUILD_SCRIPT.into(),
-                    "charter-build".into(),
-                    app.repo.clone(),
-                    d.commit.clone(),
-                ];
-                command.extend(b.command.iter().cloned());
-                let task = pb::TaskSpec {
-                    name: format!("{} build {}", app.name, short_commit(&d.commit)),
-                    amp: "batch".into(),
-                    command,
-                    env: env(app, d),
-                    artifact_out: format!("src/{}", b.artifact),
-                    ..Default::default()
-                };
-                self.submit(d.id, "build", vec![(lease, task)]).await
+                let pair = build_task(app, d);
+                self.submit(d.id, DeployStep::Build, vec![pair]).await
             }
             Action::SubmitServers => {
-                let r = &app.requirements;
-                let mut constraints: Vec<String> =
-                    r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                constraints.extend(r.constraints.iter().cloned());
-                let h = &app.health;
-                let health = pb::HealthCheck {
-                    kind: h.kind.clone(),
-                    port: 0,
-                    path: h.path.clone(),
-                    status: u32::from(h.status),
-                    interval_ms: h.interval_ms,
-                    timeout_ms: h.timeout_ms,
-                    healthy_after: 1,
-                    unhealthy_after: 2,
-                    ..Default::default()
-                };
-                let name = app
-                    .build
-                    .artifact
-                    .rsplit('/')
-                    .next()
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or("app")
-                    .to_string();
-                let mut env = env(app, d);
-                env.extend(app.run.env.clone());
-                env.extend(app.run.secret_env.clone());
                 let pairs = (0..app.servers.max(1))
-                    .map(|i| {
-                        let lease = pb::LeaseRequest {
-                            resources: Some(pb::Resources {
-                                cpu_millis: r.cpu_millis,
-                                memory_bytes: r.memory_bytes,
-                                ..Default::default()
-                            }),
-                            constraints: constraints.clone(),
-                            duration_ms: self.lease_ms(),
-                            max_total_ms: u64::MAX / 4,
-                            wait_ms: WAIT_MS,
-                            prefer: "spread".into(),
-                            reason: format!(
-                                "{} server {} of {}",
-                                app.name,
-                                i + 1,
-                                short_commit(&d.commit)
-                            ),
-                            ..Default::default()
-                        };
-                        let task = pb::TaskSpec {
-                            name: format!("{} {} #{}", app.name, short_commit(&d.commit), i + 1),
-                            amp: "service".into(),
-                            command: app.run.command.clone(),
-                            env: env.clone(),
-                            restart: "on_failure".into(),
-                            health: Some(health.clone()),
-                            ports: app.run.ports.clone(),
-                            artifact_in: d.artifact.clone(),
-                            artifact_name: name.clone(),
-                            ..Default::default()
-                        };
-                        (lease, task)
-                    })
+                    .map(|i| server_task(app, d, i, self.lease_ms()))
                     .collect();
-                self.submit(d.id, "lease", pairs).await
+                self.submit(d.id, DeployStep::Lease, pairs).await
             }
             Action::Done {
                 step,
@@ -381,7 +298,7 @@ impl Controller {
                 self.step(pb::DeployStepRequest {
                     artifact,
                     message,
-                    ..step_req(d.id, &step)
+                    ..step_req(d.id, step)
                 })
                 .await
             }
@@ -397,7 +314,7 @@ impl Controller {
                 };
                 self.step(pb::DeployStepRequest {
                     build_log,
-                    ..failed(d.id, &step, reason)
+                    ..failed(d.id, step, reason)
                 })
                 .await
             }
@@ -418,10 +335,13 @@ impl Controller {
     async fn submit(
         &self,
         id: u64,
-        step: &str,
-        pairs: Vec<(pb::LeaseRequest, pb::TaskSpec)>,
+        step: DeployStep,
+        pairs: Vec<(LeaseSpec, TaskSpec)>,
     ) -> Result<(), String> {
-        let (leases, tasks) = pairs.into_iter().unzip();
+        let (leases, tasks) = pairs
+            .iter()
+            .map(|(l, t)| (pb::LeaseRequest::from(l), pb::TaskSpec::from(t)))
+            .unzip();
         let r = pb::DeploySubmitRequest {
             id,
             step: step.to_string(),
@@ -477,7 +397,9 @@ impl Controller {
         for d in &v.deployments {
             for id in &d.instances {
                 let Some(t) = v.tasks.get(id) else { continue };
-                if t.lease_state != "granted" || t.expires_at.is_none_or(|e| e - now > half) {
+                if t.lease_state != LeaseState::Granted
+                    || t.expires_at.is_none_or(|e| e - now > half)
+                {
                     continue;
                 }
                 let q = pb::RenewLeaseRequest {
@@ -563,7 +485,7 @@ impl Controller {
         let q = pb::TriggerDeployRequest {
             app: app.to_string(),
             commit: head.to_string(),
-            trigger: "poll".into(),
+            trigger: Trigger::Poll.to_string(),
             ..Default::default()
         };
         let r = self
@@ -589,15 +511,15 @@ fn spread(name: &str) -> i64 {
         & i64::MAX
 }
 
-fn env(app: &AppConfig, d: &Deployment) -> HashMap<String, String> {
-    HashMap::from([
+fn env(app: &AppConfig, d: &Deployment) -> BTreeMap<String, String> {
+    BTreeMap::from([
         ("CHARTER_APP".to_string(), app.name.clone()),
         ("CHARTER_COMMIT".to_string(), d.commit.clone()),
         ("CHARTER_DEPLOYMENT".to_string(), d.id.to_string()),
     ])
 }
 
-fn step_req(id: u64, step: &str) -> pb::DeployStepRequest {
+fn step_req(id: u64, step: DeployStep) -> pb::DeployStepRequest {
     pb::DeployStepRequest {
         id,
         step: step.to_string(),
@@ -605,10 +527,120 @@ fn step_req(id: u64, step: &str) -> pb::DeployStepRequest {
     }
 }
 
-fn failed(id: u64, step: &str, why: String) -> pb::DeployStepRequest {
+fn failed(id: u64, step: DeployStep, why: String) -> pb::DeployStepRequest {
     pb::DeployStepRequest {
         failed: true,
         message: why,
         ..step_req(id, step)
     }
+}
+
+/// The build of `d`: a batch task that clones the app's repository at the
+/// commit, runs the build command and stores the artifact.
+fn build_task(app: &AppConfig, d: &Deployment) -> (LeaseSpec, TaskSpec) {
+    let b = &app.build;
+    let lease = LeaseSpec {
+        max_total_ms: 0,
+        wait_ms: WAIT_MS,
+        reason: format!("build {}@{}", app.name, short_commit(&d.commit)),
+        ..LeaseSpec::simple(
+            Resources {
+                cpu_millis: b.cpu_millis,
+                memory_bytes: b.memory_bytes,
+                ..Resources::default()
+            },
+            b.timeout_ms,
+        )
+    };
+    let mut command = vec![
+        "sh".to_string(),
+        "-c".into(),
+        BUILD_SCRIPT.into(),
+        "charter-build".into(),
+        app.repo.clone(),
+        d.commit.clone(),
+    ];
+    command.extend(b.command.iter().cloned());
+    let task = TaskSpec {
+        name: format!("{} build {}", app.name, short_commit(&d.commit)),
+        amp: Amp::Batch,
+        command,
+        env: env(app, d),
+        artifact_out: format!("src/{}", b.artifact),
+        ..TaskSpec::default()
+    };
+    (lease, task)
+}
+
+/// Server `i` of `d`: a service of the artifact on a fresh lease, spread
+/// over the nodes, health-checked on its first port.
+fn server_task(app: &AppConfig, d: &Deployment, i: u32, lease_ms: u64) -> (LeaseSpec, TaskSpec) {
+    let r = &app.requirements;
+    let mut constraints: Vec<Constraint> =
+        r.labels.iter().map(|(k, v)| Constraint::eq(k, v)).collect();
+    // Checked when the app was applied; one that no longer parses is left
+    // to the servers, which refuse the submission saying why.
+    constraints.extend(
+        r.constraints
+            .iter()
+            .filter_map(|c| Constraint::parse(c).ok()),
+    );
+    let h = &app.health;
+    let check = match h.kind {
+        CheckKind::Tcp => Check::Tcp { port: 0 },
+        CheckKind::Http | CheckKind::Command => Check::Http {
+            port: 0,
+            path: h.path.clone(),
+            status: h.status,
+        },
+    };
+    let name = app
+        .build
+        .artifact
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("app")
+        .to_string();
+    let mut env = env(app, d);
+    env.extend(app.run.env.clone());
+    env.extend(app.run.secret_env.clone());
+    let lease = LeaseSpec {
+        constraints,
+        max_total_ms: u64::MAX / 4,
+        wait_ms: WAIT_MS,
+        prefer: Prefer::Spread,
+        reason: format!(
+            "{} server {} of {}",
+            app.name,
+            i + 1,
+            short_commit(&d.commit)
+        ),
+        ..LeaseSpec::simple(
+            Resources {
+                cpu_millis: r.cpu_millis,
+                memory_bytes: r.memory_bytes,
+                ..Resources::default()
+            },
+            lease_ms,
+        )
+    };
+    let task = TaskSpec {
+        name: format!("{} {} #{}", app.name, short_commit(&d.commit), i + 1),
+        amp: Amp::Service,
+        command: app.run.command.clone(),
+        env,
+        health: Some(Health {
+            check,
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            healthy_after: 1,
+            unhealthy_after: 2,
+        }),
+        ports: app.run.ports.clone(),
+        artifact_in: d.artifact.clone(),
+        artifact_name: name,
+        ..TaskSpec::default()
+    };
+    (lease, task)
 }

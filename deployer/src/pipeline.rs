@@ -14,7 +14,8 @@
 //! - After promotion there is no way back: `retire` waits [`DRAIN_MS`] for
 //!   requests in flight to the old servers, then retires them.
 
-use charter_config::deployment::{Deployment, TaskView};
+use charter_config::deployment::{DeployStep, Deployment, StepState, TaskView};
+use charter_config::states::{HealthState, LeaseState, TaskState};
 use charter_config::units::format_duration;
 use std::collections::BTreeMap;
 
@@ -48,7 +49,7 @@ pub enum Action {
     /// The current step is done.
     Done {
         /// The step.
-        step: String,
+        step: DeployStep,
         /// Build: the artifact's sha256.
         artifact: String,
         /// A note for the record.
@@ -57,7 +58,7 @@ pub enum Action {
     /// The current step failed: roll back.
     Fail {
         /// The step.
-        step: String,
+        step: DeployStep,
         /// Why.
         reason: String,
         /// A build task whose output should be kept.
@@ -65,24 +66,20 @@ pub enum Action {
     },
 }
 
-fn done(step: &str, message: impl Into<String>) -> Action {
+fn done(step: DeployStep, message: impl Into<String>) -> Action {
     Action::Done {
-        step: step.into(),
+        step,
         artifact: String::new(),
         message: message.into(),
     }
 }
 
-fn fail(step: &str, reason: impl Into<String>) -> Action {
+fn fail(step: DeployStep, reason: impl Into<String>) -> Action {
     Action::Fail {
-        step: step.into(),
+        step,
         reason: reason.into(),
         log_of: None,
     }
-}
-
-fn ended(t: &TaskView) -> bool {
-    !matches!(t.state.as_str(), "pending" | "running" | "restarting")
 }
 
 fn why_ended(what: &str, id: u64, t: &TaskView) -> String {
@@ -106,11 +103,10 @@ pub fn next(
     now: Millis,
 ) -> Action {
     let step = d.step();
-    if d.current().is_none_or(|r| r.state != "running") {
+    if d.current().is_none_or(|r| r.state != StepState::Running) {
         return Action::Wait;
     }
-    let before_promote = !matches!(step, "promote" | "retire");
-    if before_promote && now - d.created_at > want.progress_deadline_ms {
+    if step.before_promote() && now - d.created_at > want.progress_deadline_ms {
         return fail(
             step,
             format!(
@@ -122,88 +118,82 @@ pub fn next(
     let servers: Vec<(u64, Option<&TaskView>)> =
         d.instances.iter().map(|id| (*id, tasks.get(id))).collect();
     let lost = servers.iter().find_map(|(id, t)| match t {
-        Some(t) if ended(t) => Some(why_ended("a server", *id, t)),
+        Some(t) if t.state.is_ended() => Some(why_ended("a server", *id, t)),
         None => Some(format!("a server (task {id}) is gone from the state")),
         _ => None,
     });
+    let all = |ok: &dyn Fn(&TaskView) -> bool| servers.iter().all(|(_, t)| t.is_some_and(ok));
     match step {
-        "fetch" => Action::Fetch,
-        "build" => match (built, d.build_task) {
-            (Some(a), _) => Action::Done {
-                step: "build".into(),
-                artifact: a.to_string(),
-                message: "reused the artifact of an earlier build of this commit".into(),
-            },
-            (None, None) => Action::SubmitBuild,
-            (None, Some(id)) => match tasks.get(&id) {
-                Some(t) if t.state == "succeeded" && t.artifact.len() == 64 => Action::Done {
-                    step: "build".into(),
-                    artifact: t.artifact.clone(),
-                    message: String::new(),
-                },
-                Some(t) if ended(t) => Action::Fail {
-                    step: "build".into(),
-                    reason: why_ended("the build", id, t),
-                    log_of: Some(id),
-                },
-                Some(_) => Action::Wait,
-                None => fail(
-                    "build",
-                    format!("the build (task {id}) is gone from the state"),
-                ),
-            },
-        },
-        "publish" => done("publish", format!("sha256 {}", d.artifact)),
-        "lease" if d.instances.is_empty() => Action::SubmitServers,
-        "lease" | "start" | "await_healthy" if lost.is_some() => {
+        DeployStep::Fetch => Action::Fetch,
+        DeployStep::Build => build(d, tasks, built),
+        DeployStep::Publish => done(step, format!("sha256 {}", d.artifact)),
+        DeployStep::Lease if d.instances.is_empty() => Action::SubmitServers,
+        DeployStep::Lease | DeployStep::Start | DeployStep::AwaitHealthy if lost.is_some() => {
             fail(step, lost.unwrap_or_default())
         }
-        "lease" => {
-            if servers
-                .iter()
-                .all(|(_, t)| t.is_some_and(|t| t.lease_state == "granted"))
-            {
-                done("lease", "")
-            } else {
-                Action::Wait
-            }
-        }
-        "start" => {
-            if servers
-                .iter()
-                .all(|(_, t)| t.is_some_and(|t| t.state == "running"))
-            {
-                done("start", "")
-            } else {
-                Action::Wait
-            }
-        }
-        "await_healthy" => {
-            let since: Option<Vec<Millis>> = servers
-                .iter()
-                .map(|(_, t)| {
-                    t.filter(|t| t.health == "healthy")
-                        .and_then(|t| t.health_since)
-                })
-                .collect();
-            match since.and_then(|s| s.into_iter().max()) {
-                Some(all) if now - all >= want.min_healthy_ms => done(
-                    "await_healthy",
-                    format!(
-                        "{} servers healthy for {}",
-                        servers.len(),
-                        format_duration((now - all).max(0) as u64)
-                    ),
-                ),
-                _ => Action::Wait,
-            }
-        }
-        "promote" => done("promote", ""),
-        "retire" => match d.promoted_at {
-            Some(p) if now - p >= DRAIN_MS => done("retire", ""),
+        DeployStep::Lease if all(&|t| t.lease_state == LeaseState::Granted) => done(step, ""),
+        DeployStep::Start if all(&|t| t.state == TaskState::Running) => done(step, ""),
+        DeployStep::Lease | DeployStep::Start => Action::Wait,
+        DeployStep::AwaitHealthy => healthy_for(want, &servers, now),
+        DeployStep::Promote => done(step, ""),
+        DeployStep::Retire => match d.promoted_at {
+            Some(p) if now - p >= DRAIN_MS => done(step, ""),
             _ => Action::Wait,
         },
-        other => fail(other, format!("unknown step {other}")),
+    }
+}
+
+/// The build step: reuse an artifact of the same commit, submit the build,
+/// or follow its task.
+fn build(d: &Deployment, tasks: &BTreeMap<u64, TaskView>, built: Option<&str>) -> Action {
+    let step = DeployStep::Build;
+    match (built, d.build_task) {
+        (Some(a), _) => Action::Done {
+            step,
+            artifact: a.to_string(),
+            message: "reused the artifact of an earlier build of this commit".into(),
+        },
+        (None, None) => Action::SubmitBuild,
+        (None, Some(id)) => match tasks.get(&id) {
+            Some(t) if t.state == TaskState::Succeeded && t.artifact.len() == 64 => Action::Done {
+                step,
+                artifact: t.artifact.clone(),
+                message: String::new(),
+            },
+            Some(t) if t.state.is_ended() => Action::Fail {
+                step,
+                reason: why_ended("the build", id, t),
+                log_of: Some(id),
+            },
+            Some(_) => Action::Wait,
+            None => fail(
+                step,
+                format!("the build (task {id}) is gone from the state"),
+            ),
+        },
+    }
+}
+
+/// The await_healthy step: done once every server has been healthy for
+/// `min_healthy`.
+fn healthy_for(want: &Desired, servers: &[(u64, Option<&TaskView>)], now: Millis) -> Action {
+    let since: Option<Vec<Millis>> = servers
+        .iter()
+        .map(|(_, t)| {
+            t.filter(|t| t.health == HealthState::Healthy)
+                .and_then(|t| t.health_since)
+        })
+        .collect();
+    match since.and_then(|s| s.into_iter().max()) {
+        Some(all) if now - all >= want.min_healthy_ms => done(
+            DeployStep::AwaitHealthy,
+            format!(
+                "{} servers healthy for {}",
+                servers.len(),
+                format_duration((now - all).max(0) as u64)
+            ),
+        ),
+        _ => Action::Wait,
     }
 }
 
@@ -211,22 +201,23 @@ pub fn next(
 mod tests {
     use super::*;
     use charter_config::deployment::{DeployStatus, StepRecord};
+    use charter_config::states::{HealthState, LeaseState, TaskState};
 
-    fn dep(step: &str) -> Deployment {
+    fn dep(step: DeployStep) -> Deployment {
         Deployment {
             id: 7,
             app: "hello".into(),
             commit: "a".repeat(40),
             fingerprint: String::new(),
-            trigger: "webhook".into(),
+            trigger: charter_config::deployment::Trigger::Webhook,
             by: "root".into(),
             created_at: 0,
             status: DeployStatus::Running,
             steps: vec![StepRecord {
-                step: step.into(),
+                step,
                 started_at: 0,
                 ended_at: None,
-                state: "running".into(),
+                state: StepState::Running,
                 message: String::new(),
             }],
             build_task: None,
@@ -234,24 +225,23 @@ mod tests {
             instances: vec![],
             previous: None,
             promoted_at: None,
-            failed_step: String::new(),
+            failed_step: None,
             reason: String::new(),
             build_log: String::new(),
             ended_at: None,
         }
     }
 
-    fn task(state: &str, health: &str, since: Option<Millis>) -> TaskView {
+    fn task(state: TaskState, health: HealthState, since: Option<Millis>) -> TaskView {
         TaskView {
-            state: state.into(),
-            health: health.into(),
+            state,
+            health,
             health_since: since,
-            lease_state: if state == "pending" {
-                "pending"
+            lease_state: if state == TaskState::Pending {
+                LeaseState::Pending
             } else {
-                "granted"
-            }
-            .into(),
+                LeaseState::Granted
+            },
             ..TaskView::default()
         }
     }
@@ -265,9 +255,9 @@ mod tests {
         let sha = "b".repeat(64);
         let built = TaskView {
             artifact: sha.clone(),
-            ..task("succeeded", "", None)
+            ..task(TaskState::Succeeded, HealthState::Unchecked, None)
         };
-        let with = |step: &str, f: &dyn Fn(&mut Deployment)| {
+        let with = |step: DeployStep, f: &dyn Fn(&mut Deployment)| {
             let mut d = dep(step);
             f(&mut d);
             d
@@ -281,166 +271,184 @@ mod tests {
             Action,
         );
         let cases: Vec<Case> = vec![
-            (dep("fetch"), vec![], None, 1, Action::Fetch),
-            (dep("build"), vec![], None, 1, Action::SubmitBuild),
+            (dep(DeployStep::Fetch), vec![], None, 1, Action::Fetch),
+            (dep(DeployStep::Build), vec![], None, 1, Action::SubmitBuild),
             (
-                dep("build"),
+                dep(DeployStep::Build),
                 vec![],
                 Some(&sha),
                 1,
                 Action::Done {
-                    step: "build".into(),
+                    step: DeployStep::Build,
                     artifact: sha.clone(),
                     message: "reused the artifact of an earlier build of this commit".into(),
                 },
             ),
             (
-                with("build", &|d| d.build_task = Some(1)),
-                vec![(1, task("running", "", None))],
+                with(DeployStep::Build, &|d| d.build_task = Some(1)),
+                vec![(1, task(TaskState::Running, HealthState::Unchecked, None))],
                 None,
                 1,
                 Action::Wait,
             ),
             (
-                with("build", &|d| d.build_task = Some(1)),
+                with(DeployStep::Build, &|d| d.build_task = Some(1)),
                 vec![(1, built.clone())],
                 None,
                 1,
                 Action::Done {
-                    step: "build".into(),
+                    step: DeployStep::Build,
                     artifact: sha.clone(),
                     message: String::new(),
                 },
             ),
             (
-                with("build", &|d| d.build_task = Some(1)),
+                with(DeployStep::Build, &|d| d.build_task = Some(1)),
                 vec![(
                     1,
                     TaskView {
                         exit_code: Some(2),
                         message: "exited with 2".into(),
-                        ..task("failed", "", None)
+                        ..task(TaskState::Failed, HealthState::Unchecked, None)
                     },
                 )],
                 None,
                 1,
                 Action::Fail {
-                    step: "build".into(),
+                    step: DeployStep::Build,
                     reason: "the build (task 1) failed with exit code 2: exited with 2".into(),
                     log_of: Some(1),
                 },
             ),
             (
-                dep("publish"),
+                dep(DeployStep::Publish),
                 vec![],
                 None,
                 1,
-                done("publish", format!("sha256 {}", "f".repeat(64))),
+                done(DeployStep::Publish, format!("sha256 {}", "f".repeat(64))),
             ),
-            (dep("lease"), vec![], None, 1, Action::SubmitServers),
             (
-                with("lease", &servers),
+                dep(DeployStep::Lease),
+                vec![],
+                None,
+                1,
+                Action::SubmitServers,
+            ),
+            (
+                with(DeployStep::Lease, &servers),
                 vec![
-                    (2, task("pending", "", None)),
-                    (3, task("running", "", None)),
+                    (2, task(TaskState::Pending, HealthState::Unchecked, None)),
+                    (3, task(TaskState::Running, HealthState::Unchecked, None)),
                 ],
                 None,
                 1,
                 Action::Wait,
             ),
             (
-                with("lease", &servers),
+                with(DeployStep::Lease, &servers),
                 vec![
-                    (2, task("running", "", None)),
-                    (3, task("pending", "", None)),
+                    (2, task(TaskState::Running, HealthState::Unchecked, None)),
+                    (3, task(TaskState::Pending, HealthState::Unchecked, None)),
                 ],
                 None,
                 1,
                 Action::Wait,
             ),
             (
-                with("start", &servers),
+                with(DeployStep::Start, &servers),
                 vec![
-                    (2, task("running", "", None)),
-                    (3, task("running", "", None)),
+                    (2, task(TaskState::Running, HealthState::Unchecked, None)),
+                    (3, task(TaskState::Running, HealthState::Unchecked, None)),
                 ],
                 None,
                 1,
-                done("start", ""),
+                done(DeployStep::Start, ""),
             ),
             (
-                with("await_healthy", &servers),
+                with(DeployStep::AwaitHealthy, &servers),
                 vec![
-                    (2, task("running", "healthy", Some(100))),
-                    (3, task("running", "starting", Some(0))),
+                    (2, task(TaskState::Running, HealthState::Healthy, Some(100))),
+                    (3, task(TaskState::Running, HealthState::Starting, Some(0))),
                 ],
                 None,
                 10_000,
                 Action::Wait,
             ),
             (
-                with("await_healthy", &servers),
+                with(DeployStep::AwaitHealthy, &servers),
                 vec![
-                    (2, task("running", "healthy", Some(100))),
-                    (3, task("running", "healthy", Some(900))),
+                    (2, task(TaskState::Running, HealthState::Healthy, Some(100))),
+                    (3, task(TaskState::Running, HealthState::Healthy, Some(900))),
                 ],
                 None,
                 3_899,
                 Action::Wait,
             ),
             (
-                with("await_healthy", &servers),
+                with(DeployStep::AwaitHealthy, &servers),
                 vec![
-                    (2, task("running", "healthy", Some(100))),
-                    (3, task("running", "healthy", Some(900))),
+                    (2, task(TaskState::Running, HealthState::Healthy, Some(100))),
+                    (3, task(TaskState::Running, HealthState::Healthy, Some(900))),
                 ],
                 None,
                 3_900,
-                done("await_healthy", "2 servers healthy for 3s"),
+                done(DeployStep::AwaitHealthy, "2 servers healthy for 3s"),
             ),
             (
-                with("await_healthy", &servers),
+                with(DeployStep::AwaitHealthy, &servers),
                 vec![
-                    (2, task("running", "healthy", Some(100))),
+                    (2, task(TaskState::Running, HealthState::Healthy, Some(100))),
                     (
                         3,
                         TaskView {
                             message: "exited with 1".into(),
-                            ..task("failed", "", None)
+                            ..task(TaskState::Failed, HealthState::Unchecked, None)
                         },
                     ),
                 ],
                 None,
                 3_900,
-                fail("await_healthy", "a server (task 3) failed: exited with 1"),
+                fail(
+                    DeployStep::AwaitHealthy,
+                    "a server (task 3) failed: exited with 1",
+                ),
             ),
             (
-                with("await_healthy", &servers),
+                with(DeployStep::AwaitHealthy, &servers),
                 vec![
-                    (2, task("running", "unhealthy", Some(100))),
-                    (3, task("running", "healthy", Some(9))),
+                    (
+                        2,
+                        task(TaskState::Running, HealthState::Unhealthy, Some(100)),
+                    ),
+                    (3, task(TaskState::Running, HealthState::Healthy, Some(9))),
                 ],
                 None,
                 600_001,
                 fail(
-                    "await_healthy",
+                    DeployStep::AwaitHealthy,
                     "progress deadline of 10m passed in step await_healthy",
                 ),
             ),
-            (dep("promote"), vec![], None, 600_001, done("promote", "")),
             (
-                with("retire", &|d| d.promoted_at = Some(600_000)),
+                dep(DeployStep::Promote),
+                vec![],
+                None,
+                600_001,
+                done(DeployStep::Promote, ""),
+            ),
+            (
+                with(DeployStep::Retire, &|d| d.promoted_at = Some(600_000)),
                 vec![],
                 None,
                 601_999,
                 Action::Wait,
             ),
             (
-                with("retire", &|d| d.promoted_at = Some(600_000)),
+                with(DeployStep::Retire, &|d| d.promoted_at = Some(600_000)),
                 vec![],
                 None,
                 602_000,
-                done("retire", ""),
+                done(DeployStep::Retire, ""),
             ),
         ];
         for (i, (d, tasks, built, now, want_action)) in cases.into_iter().enumerate() {
@@ -456,8 +464,8 @@ mod tests {
 
     #[test]
     fn an_ended_step_waits_for_the_state() {
-        let mut d = dep("build");
-        d.steps[0].state = "failed".into();
+        let mut d = dep(DeployStep::Build);
+        d.steps[0].state = StepState::Failed;
         let want = Desired {
             progress_deadline_ms: 1,
             min_healthy_ms: 0,

@@ -10,9 +10,10 @@
 //! while that member leads; standalone it acts through whichever member
 //! answers.
 
-use crate::plan::{self, Concurrency, Decision, History, Job, Missed, RunState};
+use crate::plan::{self, Decision, History, Job, RunState};
 use crate::schedule::Schedule;
 use charter_config::cron::JobConfig;
+use charter_config::spec::LeaseSpec;
 use charter_proto as pb;
 use charter_proto::conn::Servers;
 use charter_proto::cron_client::CronClient;
@@ -43,6 +44,8 @@ pub struct Loaded {
     pub config: JobConfig,
     /// The planner's view.
     pub job: Job,
+    /// What each run asks for.
+    pub lease: LeaseSpec,
 }
 
 /// Reads one job of a `Cron.Plan` reply.
@@ -58,21 +61,18 @@ pub fn load(j: &pb::CronJob) -> Result<Loaded, String> {
         depends_on: config.depends_on.clone(),
         window: (config.window_ms > 0).then(|| Span::milliseconds(config.window_ms as i64)),
         dependency_wait: Span::milliseconds(config.dependency_wait_ms as i64),
-        concurrency: match config.concurrency.as_str() {
-            "forbid" => Concurrency::Forbid,
-            "replace" => Concurrency::Replace,
-            _ => Concurrency::Allow,
-        },
-        missed: match config.missed.as_str() {
-            "skip" => Missed::Skip,
-            "all" => Missed::All,
-            _ => Missed::Latest,
-        },
+        concurrency: config.concurrency,
+        missed: config.missed,
         max_catch_up: config.max_catch_up,
         paused: j.paused,
         since: millis(j.since_ms),
     };
-    Ok(Loaded { config, job })
+    let lease = config
+        .task
+        .lease
+        .spec()
+        .map_err(|e| format!("job {}: {e}", j.name))?;
+    Ok(Loaded { config, job, lease })
 }
 
 /// A state time as a UTC time.
@@ -106,7 +106,7 @@ pub fn fire_request(
 ) -> pb::FireCronRequest {
     let name = &l.config.name;
     let tz = l.job.schedule.tz();
-    let mut task = l.config.task.to_pb();
+    let mut task = l.config.task.spec();
     // The job's `retries` are its task's: the agent runs it again with backoff.
     task.retries = task.retries.max(l.config.retries);
     task.command = task
@@ -125,7 +125,7 @@ pub fn fire_request(
     if task.name.is_empty() {
         task.name = name.clone();
     }
-    let mut lease = l.config.task.lease.to_pb();
+    let mut lease = l.lease.clone();
     if lease.duration_ms == 0 {
         lease.duration_ms = DEFAULT_FOR_MS;
     }
@@ -141,18 +141,15 @@ pub fn fire_request(
         scheduled_at_ms: at.timestamp_millis(),
         manual,
         replaces_ms: replaces.iter().map(|r| r.timestamp_millis()).collect(),
-        lease: Some(lease),
-        task: Some(task),
+        lease: Some((&lease).into()),
+        task: Some((&task).into()),
     }
 }
 
+/// A run's state from the wire; one this build does not know counts as
+/// failed (it did not succeed).
 fn run_state(s: &str) -> RunState {
-    match s {
-        "running" => RunState::Running,
-        "succeeded" => RunState::Succeeded,
-        "skipped" => RunState::Skipped,
-        _ => RunState::Failed,
-    }
+    s.parse().unwrap_or(RunState::Failed)
 }
 
 /// The planner's inputs from a `Cron.Plan` reply; jobs that cannot be read

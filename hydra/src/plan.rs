@@ -37,29 +37,8 @@ pub const MAX_SKIPS_RECORDED: usize = 100;
 /// A walk over more ticks than this stops (a per-second job down for ~12 days).
 const MAX_TICKS: usize = 1_000_000;
 
-/// What to do with a tick while a run of the same job is still going.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Concurrency {
-    /// Fire it anyway.
-    #[default]
-    Allow,
-    /// Skip it.
-    Forbid,
-    /// Fire it and cancel the running one.
-    Replace,
-}
-
-/// What to do with ticks missed while no leader was there to fire them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Missed {
-    /// Skip them all.
-    Skip,
-    /// Fire the newest one only.
-    #[default]
-    Latest,
-    /// Fire them all, up to `max_catch_up` of the newest.
-    All,
-}
+pub use charter_config::cron::{Concurrency, Missed};
+pub use charter_config::states::RunState;
 
 /// A job as the planner needs it.
 #[derive(Clone, Debug)]
@@ -84,19 +63,6 @@ pub struct Job {
     pub paused: bool,
     /// Ticks at or before this are never decided (when the job was applied).
     pub since: DateTime<Utc>,
-}
-
-/// How a run stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunState {
-    /// Fired; its task has not ended.
-    Running,
-    /// Its task succeeded.
-    Succeeded,
-    /// Its task failed (after its retries).
-    Failed,
-    /// Decided not to run.
-    Skipped,
 }
 
 /// One decided tick.
@@ -185,7 +151,7 @@ fn upstream(job: &Job, history: &History, s: DateTime<Utc>, now: DateTime<Utc>) 
         };
         match run.map(|r| r.state) {
             Some(RunState::Succeeded) => {}
-            Some(RunState::Failed | RunState::Skipped) => {
+            Some(RunState::Failed | RunState::Cancelled | RunState::Skipped) => {
                 return Upstream::Failed(format!("dependency {dep} failed"));
             }
             Some(RunState::Running) | None => {

@@ -8,7 +8,7 @@
 //! applied since it started, entries replayed from its log at start
 //! included.
 
-use crate::state::{Event, EventKind, Refusal};
+use crate::state::{Event, EventKind, LeaseState, Refusal, RunState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -94,7 +94,13 @@ pub struct Metrics {
 }
 
 /// How leases end, as `charter_lease_ends_total` labels them.
-const END_KINDS: [&str; 5] = ["released", "expired", "revoked", "lost", "timed_out"];
+const END_KINDS: [LeaseState; 5] = [
+    LeaseState::Released,
+    LeaseState::Expired,
+    LeaseState::Revoked,
+    LeaseState::Lost,
+    LeaseState::TimedOut,
+];
 
 #[derive(Debug, Default)]
 struct Gauges {
@@ -308,7 +314,10 @@ impl Metrics {
             .iter()
             .map(|k| made(&m.events, k.as_str()))
             .collect();
-        m.ends = END_KINDS.iter().map(|k| made(&m.lease_ends, k)).collect();
+        m.ends = END_KINDS
+            .iter()
+            .map(|k| made(&m.lease_ends, k.as_str()))
+            .collect();
         let r = &mut m.registry;
         r.register(
             "charter_events",
@@ -416,11 +425,14 @@ impl Metrics {
                         self.cron_lateness.observe(secs(ms));
                     }
                 }
-                CronSkipped => count(&self.cron_ticks, "skipped"),
-                CronSucceeded => count(&self.cron_ticks, "succeeded"),
-                CronFailed => count(&self.cron_ticks, "failed"),
+                CronSkipped => count(&self.cron_ticks, RunState::Skipped.as_str()),
+                CronSucceeded => count(&self.cron_ticks, RunState::Succeeded.as_str()),
+                CronFailed => count(&self.cron_ticks, RunState::Failed.as_str()),
                 DeployPromoted => count(&self.deployments, "promoted"),
-                DeployRolledBack => count(&self.deployments, "rolled_back"),
+                DeployRolledBack => count(
+                    &self.deployments,
+                    charter_config::deployment::DeployStatus::RolledBack.as_str(),
+                ),
                 DeployEnded => {
                     // `app A: superseded at build: ...`
                     let how = e
@@ -429,19 +441,24 @@ impl Metrics {
                         .nth(1)
                         .and_then(|s| s.split(' ').next())
                         .unwrap_or("ended");
-                    let how = match how {
-                        "superseded" | "retired" | "unchanged" => how,
+                    use charter_config::deployment::DeployStatus as Status;
+                    let how = match how.parse() {
+                        Ok(s @ (Status::Superseded | Status::Retired | Status::Unchanged)) => {
+                            s.as_str()
+                        }
                         _ => "ended",
                     };
                     count(&self.deployments, how);
                 }
                 DeployStep => {
                     let step = e.detail.split(' ').next().unwrap_or("");
-                    if let (Some(ms), true) =
-                        (e.ms, charter_config::deployment::STEPS.contains(&step))
+                    if let (Some(ms), Ok(step)) =
+                        (e.ms, step.parse::<charter_config::deployment::DeployStep>())
                     {
                         self.step_seconds
-                            .get_or_create(&StepLabel { step: step.into() })
+                            .get_or_create(&StepLabel {
+                                step: step.to_string(),
+                            })
                             .observe(secs(ms));
                     }
                 }

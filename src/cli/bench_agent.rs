@@ -16,6 +16,7 @@
 use super::bench::{Report, authed, channel, percentile_ms, rss_mib};
 use super::output::fail;
 use charter::harness::{Cluster, TOKEN};
+use charter_config::states::{RunState, TaskState};
 use charter_proto as pb;
 use charter_proto::tasks_client::TasksClient;
 use std::collections::BTreeMap;
@@ -163,7 +164,7 @@ pub fn expiry(
             for id in &held {
                 if task(&ch, *id)
                     .await
-                    .is_some_and(|r| r.task.is_some_and(|t| t.state == "running"))
+                    .is_some_and(|r| r.task.is_some_and(|t| state(&t) == TaskState::Running))
                 {
                     running += 1;
                 }
@@ -349,12 +350,12 @@ pub fn tasks(rt: &tokio::runtime::Runtime, exe: &Path, dur: Duration) -> anyhow:
             let ended: BTreeMap<u64, pb::Task> = r
                 .tasks
                 .into_iter()
-                .filter(|t| !matches!(t.state.as_str(), "pending" | "running" | "restarting"))
+                .filter(|t| state(t).is_ended())
                 .map(|t| (t.id, t))
                 .collect();
             left.retain(|id| {
                 let Some(t) = ended.get(id) else { return true };
-                if t.state == "succeeded" {
+                if state(t) == TaskState::Succeeded {
                     ok += 1;
                 }
                 if t.started_at_ms > 0 {
@@ -369,7 +370,7 @@ pub fn tasks(rt: &tokio::runtime::Runtime, exe: &Path, dur: Duration) -> anyhow:
         let secs = start.elapsed().as_secs_f64();
         lat.sort_unstable();
         metrics.insert("submitted".into(), ids.len() as f64);
-        metrics.insert("succeeded".into(), ok as f64);
+        metrics.insert(TaskState::Succeeded.to_string(), ok as f64);
         metrics.insert("tasks_per_s".into(), ok as f64 / secs);
         metrics.insert("submit_to_running_p50_ms".into(), percentile_ms(&lat, 0.5));
         metrics.insert("submit_to_running_p99_ms".into(), percentile_ms(&lat, 0.99));
@@ -477,7 +478,10 @@ pub fn cron(
             .windows(2)
             .filter(|w| w[1].scheduled_at_ms - w[0].scheduled_at_ms != 1_000)
             .count();
-        let skipped = runs.iter().filter(|r| r.state == "skipped").count();
+        let skipped = runs
+            .iter()
+            .filter(|r| r.state.parse() == Ok(RunState::Skipped))
+            .count();
         let worst = runs
             .iter()
             .map(|r| r.fired_at_ms - r.scheduled_at_ms)
@@ -506,11 +510,16 @@ pub fn cron(
         metrics.insert("kill_phase_ticks".into(), runs.len() as f64);
         metrics.insert("duplicates".into(), dups as f64);
         metrics.insert("holes".into(), holes as f64);
-        metrics.insert("skipped".into(), skipped as f64);
+        metrics.insert(RunState::Skipped.to_string(), skipped as f64);
         metrics.insert("kill_lateness_max_ms".into(), worst as f64);
     }
     Ok(Report {
         scenario: "cron".into(),
         metrics,
     })
+}
+
+/// A task's state from the wire (one this build does not know: pending).
+fn state(t: &pb::Task) -> TaskState {
+    t.state.parse().unwrap_or_default()
 }

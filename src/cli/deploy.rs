@@ -5,8 +5,8 @@
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};
-use charter_config::deployment::DeployStatus;
 use charter_config::deployment::short_commit;
+use charter_config::deployment::{DeployStatus, DeployStep};
 use charter_proto as pb;
 use charter_proto::deploy_client::DeployClient;
 use clap::Subcommand;
@@ -491,13 +491,9 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
                                 d.id.to_string(),
                                 short_commit(&d.commit).to_string(),
                                 d.fingerprint.clone(),
-                                d.trigger.clone(),
-                                d.status.as_str().to_string(),
-                                if d.failed_step.is_empty() {
-                                    d.step().to_string()
-                                } else {
-                                    d.failed_step.clone()
-                                },
+                                d.trigger.to_string(),
+                                d.status.to_string(),
+                                d.failed_step.unwrap_or(d.step()).to_string(),
                                 output::time(d.created_at),
                                 took(d),
                                 d.reason.clone(),
@@ -561,7 +557,7 @@ async fn settled_trigger(c: &Client, r: &mut pb::TriggerDeployReply) -> anyhow::
         return Ok(());
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while r.started && d.status == DeployStatus::Running && d.step() == "fetch" {
+    while r.started && d.status == DeployStatus::Running && d.step() == DeployStep::Fetch {
         if std::time::Instant::now() > deadline {
             return Ok(());
         }

@@ -3,6 +3,7 @@
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};
 use charter_config::constraint::Constraint;
+use charter_config::states::LeaseState;
 use charter_config::units;
 use charter_proto as pb;
 use charter_proto::leases_client::LeasesClient;
@@ -122,7 +123,7 @@ pub struct RequestArgs {
     max_cost: Option<f64>,
     /// binpack (default), spread or cheapest.
     #[arg(long)]
-    prefer: Option<String>,
+    prefer: Option<charter_config::spec::Prefer>,
     /// Finish by this time (RFC 3339, or +D from now, e.g. +6h): waits for the
     /// cheapest capacity while the deadline allows, then takes any price.
     #[arg(long)]
@@ -306,25 +307,29 @@ pub fn build_request(
             "add e.g. --for 2h",
         ));
     }
-    let mut r = base.to_pb();
-    r.idempotency_key = a.key.unwrap_or_else(new_key);
+    let mut spec = base
+        .spec()
+        .map_err(|e| fail("bad constraint", e, "e.g. --constraint 'zone in (a,b)'"))?;
     if let Some(v) = a.reason {
-        r.reason = v;
+        spec.reason = v;
     }
     if let Some(v) = a.count {
-        r.count = v;
+        spec.count = v;
     }
     if let Some(v) = a.priority {
-        r.priority = v;
+        spec.priority = v;
     }
     if let Some(v) = a.max_cost {
-        r.max_cost_per_hour = Some(v);
+        spec.max_cost_per_hour = Some(v);
     }
     if let Some(v) = a.prefer {
-        r.prefer = v;
+        spec.prefer = v;
     }
-    r.deadline_ms = a.deadline.as_deref().map(parse_deadline).transpose()?;
-    Ok(r)
+    spec.deadline = a.deadline.as_deref().map(parse_deadline).transpose()?;
+    Ok(pb::LeaseRequest {
+        idempotency_key: a.key.unwrap_or_else(new_key),
+        ..pb::LeaseRequest::from(&spec)
+    })
 }
 
 /// `+6h` from now, or an RFC 3339 time.
@@ -408,7 +413,7 @@ async fn wait_for_grant(g: &Global, c: &Client, mut l: pb::Lease) -> anyhow::Res
     // Woken by this principal's lease events (a grant, a release that
     // frees room, a timeout), not by polling.
     let mut wake = super::events::Wake::on(g, &["lease", "node"]);
-    while l.state == "pending" {
+    while state(&l) == LeaseState::Pending {
         if tty {
             let w = why(c, l.id).await.map(|w| w.summary).unwrap_or_default();
             let mut e = std::io::stderr();
@@ -504,11 +509,11 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
                 )
                 .await?;
             let mut l = r.lease.unwrap_or_default();
-            if l.state == "pending" {
+            if state(&l) == LeaseState::Pending {
                 l = wait_for_grant(g, &c, l).await?;
             }
             print_lease(g, &l)?;
-            if l.state != "granted" {
+            if state(&l) != LeaseState::Granted {
                 return Ok(1);
             }
         }
@@ -518,7 +523,7 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
             stale,
             key,
         } => {
-            let states = charter_scheduler::state::LeaseState::ALL.map(|s| s.as_str());
+            let states = charter_scheduler::state::LeaseState::NAMES;
             if let Some(st) = state.as_deref().filter(|s| !states.contains(s)) {
                 return Err(fail(
                     format!("bad --state `{st}`"),
@@ -628,4 +633,9 @@ pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A lease's state from the wire (one this build does not know: pending).
+fn state(l: &pb::Lease) -> LeaseState {
+    l.state.parse().unwrap_or_default()
 }

@@ -4,6 +4,7 @@
 use super::client::{Client, Global, new_key};
 use super::lease::{RequestArgs, build_request};
 use super::output::{self, fail};
+use charter_config::spec::{Amp, Check, Health, Restart};
 use charter_config::units;
 use charter_proto as pb;
 use charter_proto::tasks_client::TasksClient;
@@ -64,13 +65,13 @@ pub struct SubmitArgs {
     name: Option<String>,
     /// batch (default: runs to completion) or service (long-running).
     #[arg(long)]
-    amp: Option<String>,
+    amp: Option<Amp>,
     /// Batch: further attempts after a failure.
     #[arg(long)]
     retries: Option<u32>,
     /// Service: always, on_failure (default) or never.
     #[arg(long)]
-    restart: Option<String>,
+    restart: Option<Restart>,
     /// Service: most restarts (0: no limit).
     #[arg(long)]
     max_restarts: Option<u32>,
@@ -212,12 +213,12 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
         },
         None => charter_config::task::TaskConfig {
             name: String::new(),
-            amp: "batch".into(),
+            amp: Amp::Batch,
             command: Vec::new(),
             env: Default::default(),
             secret_env: Default::default(),
             retries: 0,
-            restart: "on_failure".into(),
+            restart: Restart::OnFailure,
             max_restarts: 0,
             grace_ms: 0,
             health: None,
@@ -238,28 +239,14 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
     if let Some(v) = &a.name {
         t.name = v.clone();
     }
-    if let Some(v) = &a.amp {
-        if !matches!(v.as_str(), "batch" | "service") {
-            return Err(fail(
-                format!("bad --amp `{v}`"),
-                "expected batch or service",
-                "pass --amp service",
-            ));
-        }
-        t.amp = v.clone();
+    if let Some(v) = a.amp {
+        t.amp = v;
     }
     if let Some(v) = a.retries {
         t.retries = v;
     }
-    if let Some(v) = &a.restart {
-        if !matches!(v.as_str(), "always" | "on_failure" | "never") {
-            return Err(fail(
-                format!("bad --restart `{v}`"),
-                "expected always, on_failure or never",
-                "pass --restart always",
-            ));
-        }
-        t.restart = v.clone();
+    if let Some(v) = a.restart {
+        t.restart = v;
     }
     if let Some(v) = a.max_restarts {
         t.max_restarts = v;
@@ -271,7 +258,16 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
     t.env
         .extend(super::node::parse_pairs("--env", "MODE=fast", &a.env)?);
     t.ports.extend(a.ports.iter().cloned());
-    let mut health = t.health.as_ref().map(|h| h.to_pb());
+    let mut spec = t.spec();
+    // A check from a flag: every half second, healthy at once, unhealthy
+    // after two failures.
+    let quick = |check| Health {
+        check,
+        interval_ms: 500,
+        timeout_ms: 1_000,
+        healthy_after: 1,
+        unhealthy_after: 2,
+    };
     if let Some(v) = &a.health_http {
         let (port, path) = v.split_once('/').unwrap_or((v.as_str(), ""));
         // The first named port is port 0: the agent checks what it picked.
@@ -287,36 +283,20 @@ fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::
                 )
             })?
         };
-        health = Some(pb::HealthCheck {
-            kind: "http".into(),
-            port: u32::from(port),
+        spec.health = Some(quick(Check::Http {
+            port,
             path: format!("/{path}"),
             status: 200,
-            interval_ms: 500,
-            timeout_ms: 1_000,
-            healthy_after: 1,
-            unhealthy_after: 2,
-            ..Default::default()
-        });
+        }));
     }
     if let Some(port) = a.health_tcp {
-        health = Some(pb::HealthCheck {
-            kind: "tcp".into(),
-            port: u32::from(port),
-            interval_ms: 500,
-            timeout_ms: 1_000,
-            healthy_after: 1,
-            unhealthy_after: 2,
-            ..Default::default()
-        });
+        spec.health = Some(quick(Check::Tcp { port }));
     }
     let mut lease = t.lease.clone();
     if lease.duration_ms == 0 {
         lease.duration_ms = 3_600_000;
     }
-    let mut spec = t.to_pb();
-    spec.health = health;
-    Ok((spec, lease))
+    Ok((pb::TaskSpec::from(&spec), lease))
 }
 
 async fn show(c: &Client, id: u64) -> anyhow::Result<pb::TaskReply> {

@@ -1,8 +1,8 @@
 //! Cron: applying cron files and reading jobs and history for people, and
 //! the keyed fires and skips Hydra's controller proposes.
 
+use super::Api;
 use super::auth::{Principal, Scope, controller, principal, principal_or};
-use super::{Api, convert};
 use crate::state::{Applied, Command, CronFire, CronJob, CronRun, JobDef, RunState, State};
 use charter_config::AnyConfig;
 use charter_proto as pb;
@@ -308,8 +308,8 @@ impl pb::cron_server::Cron for Api {
     ) -> Result<Response<pb::CronRun>, Status> {
         let who = principal_or(&req, Scope::Hydra)?;
         let r = req.into_inner();
-        let lease = convert::lease_spec(r.lease.unwrap_or_default())?;
-        let task = convert::task_spec(r.task.unwrap_or_default())?;
+        let lease = crate::state::LeaseSpec::try_from(r.lease.unwrap_or_default())?;
+        let task = crate::state::TaskSpec::try_from(r.task.unwrap_or_default())?;
         let fire = CronFire {
             job: r.job,
             scheduled_at: r.scheduled_at_ms,

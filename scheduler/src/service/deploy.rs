@@ -3,11 +3,13 @@
 //! member's artifact store (agents upload a build's artifact and fetch it
 //! for a server, checking its sha256).
 
+use super::Api;
 use super::auth::{Scope, agent_caller, controller, principal, principal_or};
-use super::{Api, convert};
-use crate::state::{App, Applied, Command, DeployStep, State, Task};
+use crate::state::{App, Applied, Command, State, StepReport, Task};
 use charter_config::AnyConfig;
 use charter_config::deployment::{AppView, DeployStatus, DeployView, Deployment, TaskView};
+use charter_config::deployment::{DeployStep, Trigger};
+use charter_config::named::UnknownName;
 use charter_proto as pb;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -49,6 +51,12 @@ fn deployment_json(d: &Deployment) -> String {
     serde_json::to_string(d).unwrap_or_default()
 }
 
+/// A deployment step named on the wire.
+fn step_of(s: &str) -> Result<DeployStep, Status> {
+    s.parse()
+        .map_err(|e: UnknownName| Status::invalid_argument(e.to_string()))
+}
+
 fn deploy_reply(out: Applied) -> Result<(Option<Box<Deployment>>, bool, String), Status> {
     match out {
         Applied::Deploy {
@@ -77,13 +85,11 @@ pub fn task_view(s: &State, t: &Task) -> TaskView {
         .unwrap_or_default();
     let host = agent_host(s, &node).unwrap_or_default().to_string();
     TaskView {
-        state: t.state.as_str().to_string(),
-        health: t.health.clone(),
+        state: t.state,
+        health: t.health,
         health_since: t.health_since,
         lease: t.lease,
-        lease_state: lease
-            .map(|l| l.state.as_str().to_string())
-            .unwrap_or_default(),
+        lease_state: lease.map(|l| l.state).unwrap_or_default(),
         expires_at: lease.map(|l| l.expires_at),
         node,
         host,
@@ -200,7 +206,7 @@ impl pb::deploy_server::Deploy for Api {
         match out {
             Applied::AppApplied { app, change } => Ok(Response::new(pb::ApplyAppReply {
                 app: Some(app_pb(&app, &who)),
-                change,
+                change: change.to_string(),
             })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -226,13 +232,10 @@ impl pb::deploy_server::Deploy for Api {
         let who = principal_or(&req, Scope::Deployer)?;
         let r = req.into_inner();
         let trigger = match r.trigger.as_str() {
-            "" => "manual",
-            t @ ("webhook" | "poll" | "manual" | "rollback") => t,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown trigger `{other}`; expected webhook, poll, manual or rollback"
-                )));
-            }
+            "" => Trigger::Manual,
+            t => t
+                .parse()
+                .map_err(|e: UnknownName| Status::invalid_argument(e.to_string()))?,
         };
         if !r.commit.is_empty() && !r.commit.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Status::invalid_argument(format!(
@@ -243,7 +246,7 @@ impl pb::deploy_server::Deploy for Api {
         let cmd = Command::DeployTrigger {
             app: r.app,
             commit: r.commit,
-            trigger: trigger.to_string(),
+            trigger,
             delivery: r.delivery,
         };
         let out = if r.idempotency_key.is_empty() {
@@ -346,9 +349,9 @@ impl pb::deploy_server::Deploy for Api {
     ) -> Result<Response<pb::DeploymentReply>, Status> {
         let who = controller(&req, Scope::Deployer, "changing a deployment's step")?;
         let r = req.into_inner();
-        let cmd = Command::DeployStep(DeployStep {
+        let cmd = Command::DeployStep(StepReport {
             id: r.id,
-            step: r.step,
+            step: step_of(&r.step)?,
             failed: r.failed,
             message: r.message,
             commit: r.commit,
@@ -373,11 +376,14 @@ impl pb::deploy_server::Deploy for Api {
         }
         let mut tasks = Vec::new();
         for (l, t) in r.leases.into_iter().zip(r.tasks) {
-            tasks.push((convert::lease_spec(l)?, convert::task_spec(t)?));
+            tasks.push((
+                crate::state::LeaseSpec::try_from(l)?,
+                crate::state::TaskSpec::try_from(t)?,
+            ));
         }
         let cmd = Command::DeploySubmit {
             id: r.id,
-            step: r.step,
+            step: step_of(&r.step)?,
             tasks,
         };
         let (d, _, _) = deploy_reply(self.submit_unkeyed(&who, cmd).await?)?;

@@ -4,6 +4,7 @@
 use super::auth::{Principal, Scope, Tokens};
 use crate::metrics::Reading;
 use crate::raft_driver::{MemberHandle, Role};
+use crate::state::LeaseState;
 use axum::Router;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
@@ -63,8 +64,8 @@ async fn metrics(AxState(m): AxState<MemberHandle>) -> impl axum::response::Into
         Reading {
             nodes: by_state.into_iter().collect(),
             leases: vec![
-                ("pending", s.queue.len() as u64),
-                ("granted", s.expiries.len() as u64),
+                (LeaseState::Pending.as_str(), s.queue.len() as u64),
+                (LeaseState::Granted.as_str(), s.expiries.len() as u64),
             ],
             ended_leases: s.ended.len() as u64,
             state_leases: s.leases.len() as u64,

@@ -545,7 +545,7 @@ impl pb::nodes_server::Nodes for Api {
         let cap = r.capacity.unwrap_or_default();
         let cmd = Command::RegisterNode {
             name: r.name,
-            capacity: convert::resources_in(&cap),
+            capacity: crate::state::Resources::from(&cap),
             labels,
             pool: if r.pool.is_empty() {
                 "default".into()
@@ -728,7 +728,7 @@ impl pb::leases_server::Leases for Api {
         let who = principal(&req)?;
         let r = req.into_inner();
         let key = r.idempotency_key.clone();
-        let spec = convert::lease_spec(r)?;
+        let spec = crate::state::LeaseSpec::try_from(r)?;
         lease_reply(self.submit(&who, &key, Command::RequestLease(spec)).await?)
     }
 

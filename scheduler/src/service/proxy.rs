@@ -27,7 +27,7 @@ pub fn targets(s: &State, app: &str) -> Vec<String> {
     d.instances
         .iter()
         .filter_map(|id| s.tasks.get(id))
-        .filter(|t| t.health == "healthy" && !t.state.is_ended())
+        .filter(|t| t.health == crate::state::HealthState::Healthy && !t.state.is_ended())
         .filter_map(|t| {
             let node = s.leases.get(&t.lease)?.nodes.first()?;
             let host = super::deploy::agent_host(s, node)?;

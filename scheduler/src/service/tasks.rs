@@ -5,7 +5,7 @@
 use super::auth::{Scope, agent_caller, own_node, principal, principal_or};
 use super::{Api, convert};
 use crate::state::AgentEndpoint;
-use crate::state::{Applied, Command, State, TaskReport, TaskState};
+use crate::state::{Applied, Command, HealthState, State, TaskReport, TaskState};
 use charter_proto as pb;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -122,8 +122,8 @@ impl pb::tasks_server::Tasks for Api {
     ) -> Result<Response<pb::TaskReply>, Status> {
         let who = principal(&req)?;
         let r = req.into_inner();
-        let lease = convert::lease_spec(r.lease.unwrap_or_default())?;
-        let task = convert::task_spec(r.task.unwrap_or_default())?;
+        let lease = crate::state::LeaseSpec::try_from(r.lease.unwrap_or_default())?;
+        let task = crate::state::TaskSpec::try_from(r.task.unwrap_or_default())?;
         let artifacts = !task.artifact_out.is_empty() || !task.artifact_in.is_empty();
         if artifacts && !who.admin {
             return Err(Status::permission_denied(
@@ -193,12 +193,11 @@ impl pb::tasks_server::Tasks for Api {
         let want = if r.state.is_empty() {
             None
         } else {
-            Some(TaskState::parse(&r.state).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "unknown task state `{}`; expected pending, running, succeeded, failed, cancelled, expired or lost",
-                    r.state
-                ))
-            })?)
+            Some(
+                r.state
+                    .parse::<TaskState>()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )
         };
         let wanted = |t: &crate::state::Task| {
             (who.admin || t.principal == who.name)
@@ -433,15 +432,25 @@ impl pb::agents_server::Agents for Api {
         let (who, scoped) = agent_caller(&req, "reporting on a task")?;
         let r = req.into_inner();
         own_node(&scoped, &r.node, "report tasks of")?;
-        let state = TaskState::parse(&r.state)
-            .ok_or_else(|| Status::invalid_argument(format!("unknown task state `{}`", r.state)))?;
+        let state: TaskState =
+            r.state
+                .parse()
+                .map_err(|e: charter_config::named::UnknownName| {
+                    Status::invalid_argument(e.to_string())
+                })?;
+        let health: HealthState =
+            r.health
+                .parse()
+                .map_err(|e: charter_config::named::UnknownName| {
+                    Status::invalid_argument(e.to_string())
+                })?;
         let report = TaskReport {
             id: r.task_id,
             node: r.node,
             state,
             exit_code: r.exit_code,
             starts: r.starts,
-            health: r.health,
+            health,
             // An agent's note, kept short (it travels in every assignment list).
             message: cut(r.message, charter_config::limits::TEXT_MAX),
             // Samples go through `Usage`, never the log.

@@ -24,6 +24,7 @@ use crate::state::{
 };
 use crate::transport::Report;
 use crate::{Error, Result};
+use charter_config::deployment::DeployStep;
 use invariants::{History, MemberView};
 use net::{Envelope, Net, SimTransport};
 use raft::eraftpb::MessageType;
@@ -274,7 +275,7 @@ impl Sim {
         let commits = ["a", "b", "c"].map(|c| c.repeat(40));
         // Mostly about a running deployment and its current step, as the
         // leader's deployer sends them; otherwise any id and any step.
-        let running: Vec<(u64, String)> = self
+        let running: Vec<(u64, DeployStep)> = self
             .leader()
             .and_then(|l| self.members[l].node.as_ref())
             .map(|(_, h)| {
@@ -282,17 +283,17 @@ impl Sim {
                     s.deployments
                         .values()
                         .filter(|d| d.status == charter_config::deployment::DeployStatus::Running)
-                        .map(|d| (d.id, d.step().to_string()))
+                        .map(|d| (d.id, d.step()))
                         .collect()
                 })
             })
             .unwrap_or_default();
         let (some_deployment, step) = if !running.is_empty() && self.rng.random_ratio(3, 4) {
-            running[self.rng.random_range(0..running.len())].clone()
+            running[self.rng.random_range(0..running.len())]
         } else {
             (self.rng.random_range(1..(self.next_key / 40).max(2)), {
-                let steps = charter_config::deployment::STEPS;
-                steps[self.rng.random_range(0..steps.len())].to_string()
+                let steps = DeployStep::ALL;
+                steps[self.rng.random_range(0..steps.len())]
             })
         };
         match self.rng.random_range(0..10) {
@@ -303,10 +304,10 @@ impl Sim {
             1..=3 => Command::DeployTrigger {
                 app: "app0".into(),
                 commit: commits[self.rng.random_range(0..3)].clone(),
-                trigger: "webhook".into(),
+                trigger: charter_config::deployment::Trigger::Webhook,
                 delivery: format!("d{}", self.rng.random_range(0..30)),
             },
-            4..=7 => Command::DeployStep(crate::state::DeployStep {
+            4..=7 => Command::DeployStep(crate::state::StepReport {
                 id: some_deployment,
                 step,
                 failed: self.rng.random_ratio(1, 8),
@@ -318,10 +319,10 @@ impl Sim {
             }),
             _ => Command::DeploySubmit {
                 id: some_deployment,
-                step: if matches!(step.as_str(), "build" | "lease") {
+                step: if matches!(step, DeployStep::Build | DeployStep::Lease) {
                     step
                 } else {
-                    ["build", "lease"][self.rng.random_range(0..2)].into()
+                    [DeployStep::Build, DeployStep::Lease][self.rng.random_range(0..2)]
                 },
                 tasks: (0..self.rng.random_range(1..3))
                     .map(|_| {
@@ -486,7 +487,7 @@ impl Sim {
                         [self.rng.random_range(0..3)],
                     exit_code: Some(self.rng.random_range(0..2)),
                     starts: 1,
-                    health: String::new(),
+                    health: crate::state::HealthState::Unchecked,
                     message: String::new(),
                     usage: None,
                     ports: Default::default(),
@@ -914,7 +915,7 @@ fn sim_app() -> charter_config::app::AppConfig {
             secret_env: Default::default(),
         },
         health: charter_config::app::AppHealth {
-            kind: "tcp".into(),
+            kind: charter_config::spec::CheckKind::Tcp,
             path: String::new(),
             status: 200,
             interval_ms: 500,

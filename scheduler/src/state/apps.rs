@@ -1,7 +1,7 @@
 //! The deployer's apps (each applied `app.toml`, by name) and their
 //! deployments. A trigger starts a deployment keyed by the webhook's
 //! delivery id and the commit's fingerprint; the deployer's controller moves
-//! it through its steps with `DeployStep` (a change for a step other than
+//! it through its steps with `DeployStep` reports (a change for a step other than
 //! the current one changes nothing, so a retried or repeated proposal is
 //! harmless) and `DeploySubmit` (the build task, the servers' tasks: at most
 //! once per step). Rollback, supersession and retirement cancel the tasks in
@@ -10,7 +10,9 @@
 use super::events::EventKind;
 use super::{Applied, LeaseSpec, Millis, Outcome, Refusal, State, TaskSpec};
 use charter_config::app::AppConfig;
-use charter_config::deployment::{DeployStatus, Deployment, StepRecord, next_step, short_commit};
+use charter_config::deployment::{
+    AppChange, DeployStatus, DeployStep, Deployment, StepRecord, StepState, Trigger, short_commit,
+};
 use serde::{Deserialize, Serialize};
 
 /// Webhook delivery ids remembered per app.
@@ -64,11 +66,11 @@ impl State {
                     ),
                 });
             }
-            Some(a) if a.version == version => "unchanged",
-            Some(_) => "changed",
-            None => "added",
+            Some(a) if a.version == version => AppChange::Unchanged,
+            Some(_) => AppChange::Changed,
+            None => AppChange::Added,
         };
-        if change != "unchanged" {
+        if change != AppChange::Unchanged {
             let created_at = self.apps.get(&config.name).map_or(now, |a| a.created_at);
             self.apps.insert(
                 config.name.clone(),
@@ -89,7 +91,7 @@ impl State {
         }
         Ok(Applied::AppApplied {
             app: Box::new(self.apps[&config.name].clone()),
-            change: change.into(),
+            change,
         })
     }
 }
@@ -157,7 +159,7 @@ impl State {
         &mut self,
         principal: &str,
         admin: bool,
-        (name, commit, trigger, delivery): (&str, &str, &str, &str),
+        (name, commit, trigger, delivery): (&str, &str, Trigger, &str),
     ) -> Outcome {
         let app = self
             .apps
@@ -206,7 +208,7 @@ impl State {
             self.end_deployment(
                 old,
                 DeployStatus::Superseded,
-                "superseded",
+                StepState::Superseded,
                 if commit.is_empty() {
                     format!("superseded by deployment {id} (of the branch head)")
                 } else {
@@ -219,15 +221,15 @@ impl State {
             app: name.to_string(),
             commit,
             fingerprint,
-            trigger: trigger.to_string(),
+            trigger,
             by: principal.to_string(),
             created_at: self.time,
             status: DeployStatus::Running,
             steps: vec![StepRecord {
-                step: "fetch".into(),
+                step: DeployStep::Fetch,
                 started_at: self.time,
                 ended_at: None,
-                state: "running".into(),
+                state: StepState::Running,
                 message: String::new(),
             }],
             build_task: None,
@@ -235,7 +237,7 @@ impl State {
             instances: Vec::new(),
             previous: app.active,
             promoted_at: None,
-            failed_step: String::new(),
+            failed_step: None,
             reason: String::new(),
             build_log: String::new(),
             ended_at: None,
@@ -275,7 +277,13 @@ impl State {
 
     /// Ends a deployment: its current step is closed as `step_state`, and
     /// its tasks still going are cancelled.
-    fn end_deployment(&mut self, id: u64, status: DeployStatus, step_state: &str, reason: String) {
+    fn end_deployment(
+        &mut self,
+        id: u64,
+        status: DeployStatus,
+        step_state: StepState,
+        reason: String,
+    ) {
         let now = self.time;
         let Some(d) = self.deployments.get_mut(&id) else {
             return;
@@ -284,25 +292,20 @@ impl State {
         d.ended_at = Some(now);
         if let Some(r) = d.steps.last_mut().filter(|r| r.ended_at.is_none()) {
             r.ended_at = Some(now);
-            r.state = step_state.to_string();
+            r.state = step_state;
             if r.message.is_empty() {
                 r.message = reason.clone();
             }
         }
         if status == DeployStatus::RolledBack {
-            d.failed_step = d.step().to_string();
+            d.failed_step = Some(d.step());
         }
         let kind = if status == DeployStatus::RolledBack {
             EventKind::DeployRolledBack
         } else {
             EventKind::DeployEnded
         };
-        let detail = format!(
-            "app {}: {} at {}: {reason}",
-            d.app,
-            status.as_str(),
-            d.step()
-        );
+        let detail = format!("app {}: {status} at {}: {reason}", d.app, d.step());
         d.reason = reason;
         let tasks: Vec<u64> = d.build_task.iter().chain(&d.instances).copied().collect();
         let owner = self.apps.get(&d.app).map(|a| a.applied_by.clone());
@@ -314,7 +317,7 @@ impl State {
     }
 
     /// The controller's report on the current step of a deployment.
-    pub(super) fn deploy_step(&mut self, admin: bool, step: &DeployStep) -> Outcome {
+    pub(super) fn deploy_step(&mut self, admin: bool, step: &StepReport) -> Outcome {
         if !admin {
             return Err(Refusal::Denied {
                 reason: "deployment steps are the deployer's (an admin token)".into(),
@@ -327,7 +330,7 @@ impl State {
             .ok_or_else(|| Refusal::NotFound {
                 what: format!("deployment {}", step.id),
             })?;
-        let current = d.current().filter(|r| r.state == "running");
+        let current = d.current().filter(|r| r.state == StepState::Running);
         if d.status != DeployStatus::Running || current.is_none_or(|r| r.step != step.step) {
             return deployed(Some(&d), false, "not its current step");
         }
@@ -351,14 +354,14 @@ impl State {
                 self.end_deployment(
                     step.id,
                     DeployStatus::RolledBack,
-                    "failed",
+                    StepState::Failed,
                     step.message.clone(),
                 );
             }
             return deployed(self.deployments.get(&step.id), false, "");
         }
-        match step.step.as_str() {
-            "fetch" => {
+        match step.step {
+            DeployStep::Fetch => {
                 let commit = step.commit.trim().to_ascii_lowercase();
                 if !full_commit(&commit) {
                     return Err(Refusal::Invalid {
@@ -382,11 +385,11 @@ impl State {
                 }
                 let same = same.or_else(|| step.behind.then(|| step.message.clone()));
                 if let Some(why) = same {
-                    self.end_deployment(d.id, DeployStatus::Unchanged, "done", why);
+                    self.end_deployment(d.id, DeployStatus::Unchanged, StepState::Done, why);
                     return deployed(self.deployments.get(&d.id), false, "");
                 }
             }
-            "build" => {
+            DeployStep::Build => {
                 if step.artifact.len() != 64 {
                     return Err(Refusal::Invalid {
                         reason: "a finished build names its artifact's sha256".into(),
@@ -396,7 +399,7 @@ impl State {
                     x.artifact = step.artifact.clone();
                 }
             }
-            "promote" => {
+            DeployStep::Promote => {
                 if let Some(a) = self.apps.get_mut(&d.app) {
                     a.active = Some(d.id);
                 }
@@ -411,7 +414,7 @@ impl State {
                     x.promoted_at = Some(now);
                 }
             }
-            "retire" => {
+            DeployStep::Retire => {
                 let old: Vec<u64> = self
                     .deployments
                     .values()
@@ -422,30 +425,33 @@ impl State {
                     self.end_deployment(
                         o,
                         DeployStatus::Retired,
-                        "done",
+                        StepState::Done,
                         format!("replaced by deployment {}", d.id),
                     );
                 }
             }
-            _ => {}
+            DeployStep::Publish
+            | DeployStep::Lease
+            | DeployStep::Start
+            | DeployStep::AwaitHealthy => {}
         }
         let x = self.deployments.get_mut(&d.id).expect("looked up above");
         let mut took = None;
         if let Some(r) = x.steps.last_mut() {
             took = Some(now - r.started_at);
-            r.state = "done".into();
+            r.state = StepState::Done;
             r.ended_at = Some(now);
             if !step.message.is_empty() {
                 r.message = step.message.clone();
             }
         }
-        let detail = match next_step(&step.step) {
+        let detail = match step.step.next() {
             Some(n) => {
                 x.steps.push(StepRecord {
-                    step: n.to_string(),
+                    step: n,
                     started_at: now,
                     ended_at: None,
-                    state: "running".into(),
+                    state: StepState::Running,
                     message: String::new(),
                 });
                 format!("{} done, {n} next (app {})", step.step, d.app)
@@ -474,7 +480,7 @@ impl State {
         &mut self,
         admin: bool,
         id: u64,
-        step: &str,
+        step: DeployStep,
         tasks: &[(LeaseSpec, TaskSpec)],
     ) -> Outcome {
         if !admin {
@@ -491,10 +497,10 @@ impl State {
             })?;
         let open = d.status == DeployStatus::Running
             && d.current()
-                .is_some_and(|r| r.step == step && r.state == "running");
+                .is_some_and(|r| r.step == step && r.state == StepState::Running);
         let fresh = match step {
-            "build" => d.build_task.is_none() && tasks.len() == 1,
-            "lease" => d.instances.is_empty() && !tasks.is_empty(),
+            DeployStep::Build => d.build_task.is_none() && tasks.len() == 1,
+            DeployStep::Lease => d.instances.is_empty() && !tasks.is_empty(),
             _ => {
                 return Err(Refusal::Invalid {
                     reason: format!("step {step} submits no tasks; build and lease do"),
@@ -522,13 +528,13 @@ impl State {
             }
         }
         let x = self.deployments.get_mut(&id).expect("looked up above");
-        if step == "build" {
+        if step == DeployStep::Build {
             x.build_task = ids.first().copied();
         } else {
             x.instances = ids;
         }
         if let Some(e) = refused {
-            let what = if step == "build" {
+            let what = if step == DeployStep::Build {
                 "the build task"
             } else {
                 "a server"
@@ -536,7 +542,7 @@ impl State {
             self.end_deployment(
                 id,
                 DeployStatus::RolledBack,
-                "failed",
+                StepState::Failed,
                 format!("could not submit {what}: {e}"),
             );
         }
@@ -546,11 +552,11 @@ impl State {
 
 /// The controller's report on a step (see [`State::deploy_step`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeployStep {
+pub struct StepReport {
     /// The deployment.
     pub id: u64,
     /// The step it is about.
-    pub step: String,
+    pub step: DeployStep,
     /// Failed (then the deployment rolls back) or done.
     pub failed: bool,
     /// Why, or a note.

@@ -39,34 +39,7 @@ pub struct CronJob {
     pub trimmed_to: Option<Millis>,
 }
 
-/// How a run stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    /// Its task has not ended.
-    Running,
-    /// Its task succeeded.
-    Succeeded,
-    /// Its task failed, expired, was lost, or could not be placed.
-    Failed,
-    /// Its task was cancelled (by hand, or replaced by a newer run).
-    Cancelled,
-    /// Decided not to run; the reason says why.
-    Skipped,
-}
-
-impl RunState {
-    /// Its name in listings.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Running => "running",
-            RunState::Succeeded => "succeeded",
-            RunState::Failed => "failed",
-            RunState::Cancelled => "cancelled",
-            RunState::Skipped => "skipped",
-        }
-    }
-}
+pub use charter_config::states::RunState;
 
 /// One decided tick.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

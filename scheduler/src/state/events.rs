@@ -7,7 +7,7 @@
 //! within it ([`crate::events`] keeps and serves them). Like the history
 //! outbox they are not part of the state's identity.
 
-use super::{LeaseState, Millis, State, TaskState};
+use super::{HealthState, LeaseState, Millis, State, TaskState};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -319,11 +319,11 @@ impl State {
     }
 
     /// Notes a task's move from `old` to its present state and health.
-    pub(super) fn note_task(&mut self, id: u64, old: (TaskState, &str)) {
+    pub(super) fn note_task(&mut self, id: u64, old: (TaskState, HealthState)) {
         let Some(t) = self.tasks.get(&id) else {
             return;
         };
-        let (state, health, principal) = (t.state, t.health.clone(), t.principal.clone());
+        let (state, health, principal) = (t.state, t.health, t.principal.clone());
         let code = t.exit_code;
         let message = t.message.clone();
         if state != old.0 {
@@ -345,10 +345,12 @@ impl State {
             }
         }
         if health != old.1 && !state.is_ended() {
-            match health.as_str() {
-                "healthy" => self.note(EventKind::TaskHealthy, &principal, id, ""),
-                "unhealthy" => self.note(EventKind::TaskUnhealthy, &principal, id, message),
-                _ => {}
+            match health {
+                HealthState::Healthy => self.note(EventKind::TaskHealthy, &principal, id, ""),
+                HealthState::Unhealthy => {
+                    self.note(EventKind::TaskUnhealthy, &principal, id, message)
+                }
+                HealthState::Unchecked | HealthState::Starting => {}
             }
         }
     }

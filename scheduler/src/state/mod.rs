@@ -40,7 +40,7 @@ pub mod retention;
 mod tasks;
 mod types;
 
-pub use apps::{App, DeployStep, full_commit};
+pub use apps::{App, StepReport, full_commit};
 pub use cron::{CronFire, CronJob, CronRun, JobChange, JobDef, RUNS_KEPT, RunState, Runs};
 pub use events::{Event, EventKind, KindFilter};
 pub use locks::{HoldState, Lock, LockHold, LockSpec};
@@ -187,19 +187,19 @@ pub enum Command {
         app: String,
         /// The commit, full, abbreviated or empty (the branch head).
         commit: String,
-        /// `webhook`, `poll`, `manual` or `rollback`.
-        trigger: String,
+        /// What started it.
+        trigger: charter_config::deployment::Trigger,
         /// The webhook's delivery id, deduplicated.
         delivery: String,
     },
     /// The deployer's report on a deployment's current step.
-    DeployStep(DeployStep),
+    DeployStep(StepReport),
     /// The build task or the servers' tasks of a deployment's current step.
     DeploySubmit {
         /// The deployment.
         id: u64,
         /// `build` or `lease`.
-        step: String,
+        step: charter_config::deployment::DeployStep,
         /// One lease and task each.
         tasks: Vec<(LeaseSpec, TaskSpec)>,
     },
@@ -306,8 +306,8 @@ pub enum Applied {
     AppApplied {
         /// The app.
         app: Box<App>,
-        /// added, changed or unchanged.
-        change: String,
+        /// What the apply changed.
+        change: charter_config::deployment::AppChange,
     },
     /// A deployment after a deployer command (none when a trigger's
     /// delivery was seen before).
@@ -715,10 +715,10 @@ impl State {
                 commit,
                 trigger,
                 delivery,
-            } => self.deploy_trigger(&p.principal, p.admin, (app, commit, trigger, delivery)),
+            } => self.deploy_trigger(&p.principal, p.admin, (app, commit, *trigger, delivery)),
             Command::DeployStep(step) => self.deploy_step(p.admin, step),
             Command::DeploySubmit { id, step, tasks } => {
-                self.deploy_submit(p.admin, *id, step, tasks)
+                self.deploy_submit(p.admin, *id, *step, tasks)
             }
             Command::SetRetention(r) => self.set_retention(*r, p.admin),
             Command::AcquireLock(spec) => self.acquire_lock(&p.principal, spec),

@@ -4,8 +4,8 @@
 
 use super::events::EventKind;
 use super::{
-    Amp, Applied, Lease, LeaseSpec, LeaseState, Outcome, Refusal, Restart, State, Task, TaskSpec,
-    TaskState, Usage,
+    Amp, Applied, HealthState, Lease, LeaseSpec, LeaseState, Outcome, Refusal, Restart, State,
+    Task, TaskSpec, TaskState, Usage,
 };
 
 /// How long a task placed again after its node was lost waits for capacity.
@@ -24,8 +24,8 @@ pub struct TaskReport {
     pub exit_code: Option<i32>,
     /// Processes started so far.
     pub starts: u32,
-    /// Service health.
-    pub health: String,
+    /// A service's health.
+    pub health: HealthState,
     /// An error or note.
     pub message: String,
     /// A resource-usage sample, if one was taken.
@@ -83,7 +83,7 @@ impl State {
             state: TaskState::Pending,
             exit_code: None,
             starts: 0,
-            health: String::new(),
+            health: HealthState::Unchecked,
             submitted_at: self.time,
             started_at: None,
             ended_at: None,
@@ -145,14 +145,14 @@ impl State {
         }
         let now = self.time;
         let t = self.tasks.get_mut(&r.id).expect("looked up above");
-        let was = (t.state, t.health.clone());
+        let was = (t.state, t.health);
         t.state = r.state;
         t.exit_code = r.exit_code.or(t.exit_code);
         t.starts = t.starts.max(r.starts);
         if t.health != r.health {
             t.health_since = Some(now);
         }
-        t.health = r.health.clone();
+        t.health = r.health;
         if !r.artifact.is_empty() {
             t.artifact = r.artifact.clone();
         }
@@ -171,7 +171,7 @@ impl State {
         if r.state.is_ended() {
             t.ended_at = Some(now);
         }
-        self.note_task(r.id, (was.0, &was.1));
+        self.note_task(r.id, was);
         if r.state.is_ended() {
             self.settle_run(r.id);
             if lease.state == LeaseState::Granted {
@@ -211,7 +211,7 @@ impl State {
         t.state = TaskState::Cancelled;
         t.ended_at = Some(now);
         t.message = format!("cancelled by {principal}");
-        self.note_task(id, (was, ""));
+        self.note_task(id, (was, HealthState::Unchecked));
         self.settle_run(id);
         if !lease.state.is_ended() {
             self.end_lease(lease.id, LeaseState::Released);
@@ -253,7 +253,7 @@ impl State {
                 // next node: its agent picks fresh ports (the old ones may
                 // still be held by the lost node's leftovers) and checks anew.
                 t.ports.clear();
-                t.health.clear();
+                t.health = HealthState::Unchecked;
                 t.health_since = None;
                 t.message = format!("node {node} was lost; placed again in lease {}", new.id);
                 let detail = t.message.clone();
@@ -275,7 +275,7 @@ impl State {
             };
             t.message = format!("its lease {lease} ended: {}", to.as_str());
             t.ended_at = Some(now);
-            self.note_task(id, (was, ""));
+            self.note_task(id, (was, HealthState::Unchecked));
             self.settle_run(id);
         }
     }

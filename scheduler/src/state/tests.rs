@@ -673,7 +673,7 @@ fn a_cron_tick_fires_once_whoever_proposes_it() {
             state: TaskState::Failed,
             exit_code: Some(3),
             starts: 1,
-            health: String::new(),
+            health: HealthState::Unchecked,
             message: "exited with 3".into(),
             usage: None,
             ports: Default::default(),
@@ -861,7 +861,7 @@ fn trigger(commit: &str, delivery: &str) -> Command {
     Command::DeployTrigger {
         app: "hello".into(),
         commit: commit.into(),
-        trigger: "webhook".into(),
+        trigger: Trigger::Webhook,
         delivery: delivery.into(),
     }
 }
@@ -877,11 +877,11 @@ fn deploy_of(o: Outcome) -> (Option<Deployment>, bool, String) {
     }
 }
 
-fn step(id: u64, name: &str) -> Command {
-    Command::DeployStep(DeployStep {
+fn step(id: u64, step: DeployStep) -> Command {
+    Command::DeployStep(StepReport {
         id,
-        step: name.into(),
-        ..DeployStep::default()
+        step,
+        ..StepReport::default()
     })
 }
 
@@ -895,7 +895,7 @@ fn one_task() -> Vec<(LeaseSpec, TaskSpec)> {
     )]
 }
 
-use charter_config::deployment::{DeployStatus, Deployment};
+use charter_config::deployment::{DeployStatus, DeployStep, Deployment, Trigger};
 
 #[test]
 fn deliveries_and_fingerprints_start_a_deployment_once_and_a_newer_commit_supersedes() {
@@ -920,11 +920,11 @@ fn deliveries_and_fingerprints_start_a_deployment_once_and_a_newer_commit_supers
         13,
         "root",
         None,
-        Command::DeployStep(DeployStep {
+        Command::DeployStep(StepReport {
             id: first.id,
-            step: "fetch".into(),
+            step: DeployStep::Fetch,
             commit: a.clone(),
-            ..DeployStep::default()
+            ..StepReport::default()
         }),
     ))
     .unwrap();
@@ -934,7 +934,7 @@ fn deliveries_and_fingerprints_start_a_deployment_once_and_a_newer_commit_supers
         None,
         Command::DeploySubmit {
             id: first.id,
-            step: "build".into(),
+            step: DeployStep::Build,
             tasks: one_task(),
         },
     )));
@@ -968,7 +968,7 @@ fn deliveries_and_fingerprints_start_a_deployment_once_and_a_newer_commit_supers
     // Others may not trigger ann's app; only admins report steps.
     assert!(s.apply(&p(16, "bob", None, trigger(&a, "d4"))).is_err());
     assert!(
-        s.apply(&p(16, "ann", None, step(second.id, "fetch")))
+        s.apply(&p(16, "ann", None, step(second.id, DeployStep::Fetch)))
             .is_err()
     );
 }
@@ -980,17 +980,17 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
         let (d, ..) = deploy_of(s.apply(&p(at, "root", None, trigger(commit, ""))));
         let id = d.unwrap().id;
         // A report for a later step changes nothing.
-        let (d, ..) = deploy_of(s.apply(&p(at, "root", None, step(id, "build"))));
-        assert_eq!(d.unwrap().step(), "fetch");
+        let (d, ..) = deploy_of(s.apply(&p(at, "root", None, step(id, DeployStep::Build))));
+        assert_eq!(d.unwrap().step(), DeployStep::Fetch);
         s.apply(&p(
             at + 1,
             "root",
             None,
-            Command::DeployStep(DeployStep {
+            Command::DeployStep(StepReport {
                 id,
-                step: "fetch".into(),
+                step: DeployStep::Fetch,
                 commit: commit.into(),
-                ..DeployStep::default()
+                ..StepReport::default()
             }),
         ))
         .unwrap();
@@ -998,15 +998,15 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
             at + 2,
             "root",
             None,
-            Command::DeployStep(DeployStep {
+            Command::DeployStep(StepReport {
                 id,
-                step: "build".into(),
+                step: DeployStep::Build,
                 artifact: "f".repeat(64),
-                ..DeployStep::default()
+                ..StepReport::default()
             }),
         ))
         .unwrap();
-        s.apply(&p(at + 3, "root", None, step(id, "publish")))
+        s.apply(&p(at + 3, "root", None, step(id, DeployStep::Publish)))
             .unwrap();
         let servers = [one_task(), one_task()].concat();
         for _ in 0..2 {
@@ -1017,16 +1017,21 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
                 None,
                 Command::DeploySubmit {
                     id,
-                    step: "lease".into(),
+                    step: DeployStep::Lease,
                     tasks: servers.clone(),
                 },
             ))
             .unwrap();
         }
         assert_eq!(s.deployments[&id].instances.len(), 2);
-        for (i, name) in ["lease", "start", "await_healthy", "promote"]
-            .iter()
-            .enumerate()
+        for (i, name) in [
+            DeployStep::Lease,
+            DeployStep::Start,
+            DeployStep::AwaitHealthy,
+            DeployStep::Promote,
+        ]
+        .into_iter()
+        .enumerate()
         {
             s.apply(&p(at + 5 + i as Millis, "root", None, step(id, name)))
                 .unwrap();
@@ -1035,7 +1040,7 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
     };
     let first = walk(&mut s, &"a".repeat(40), 10);
     assert_eq!(s.apps["hello"].active, Some(first));
-    s.apply(&p(20, "root", None, step(first, "retire")))
+    s.apply(&p(20, "root", None, step(first, DeployStep::Retire)))
         .unwrap();
     assert_eq!(s.deployments[&first].status, DeployStatus::Active);
     let old_servers = s.deployments[&first].instances.clone();
@@ -1049,7 +1054,7 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
             "the old servers serve until retire"
         );
     }
-    s.apply(&p(40, "root", None, step(second, "retire")))
+    s.apply(&p(40, "root", None, step(second, DeployStep::Retire)))
         .unwrap();
     assert_eq!(s.deployments[&first].status, DeployStatus::Retired);
     assert_eq!(s.deployments[&second].status, DeployStatus::Active);
@@ -1067,19 +1072,23 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
         51,
         "root",
         None,
-        Command::DeployStep(DeployStep {
+        Command::DeployStep(StepReport {
             id,
-            step: "fetch".into(),
+            step: DeployStep::Fetch,
             failed: true,
             message: "no commit cccc".into(),
-            ..DeployStep::default()
+            ..StepReport::default()
         }),
     ))
     .unwrap();
     let d = &s.deployments[&id];
     assert_eq!(
-        (d.status, d.failed_step.as_str(), d.reason.as_str()),
-        (DeployStatus::RolledBack, "fetch", "no commit cccc")
+        (d.status, d.failed_step, d.reason.as_str()),
+        (
+            DeployStatus::RolledBack,
+            Some(DeployStep::Fetch),
+            "no commit cccc"
+        )
     );
     assert_eq!(
         s.apps["hello"].active,
@@ -1478,14 +1487,14 @@ fn kinds(s: &mut State) -> Vec<String> {
         .collect()
 }
 
-fn report(task: u64, state: TaskState, health: &str, code: Option<i32>) -> Command {
+fn report(task: u64, state: TaskState, health: HealthState, code: Option<i32>) -> Command {
     Command::ReportTask(TaskReport {
         id: task,
         node: "n1".into(),
         state,
         exit_code: code,
         starts: 1,
-        health: health.into(),
+        health,
         message: String::new(),
         usage: None,
         ports: Default::default(),
@@ -1569,14 +1578,14 @@ fn applied_changes_note_typed_events_in_order_and_refusals_note_none() {
         2_002,
         "root",
         None,
-        report(t, TaskState::Running, "", None),
+        report(t, TaskState::Running, HealthState::Unchecked, None),
     ))
     .unwrap();
     s.apply(&p(
         2_003,
         "root",
         None,
-        report(t, TaskState::Running, "healthy", None),
+        report(t, TaskState::Running, HealthState::Healthy, None),
     ))
     .unwrap();
     // The same report again is no change.
@@ -1584,14 +1593,14 @@ fn applied_changes_note_typed_events_in_order_and_refusals_note_none() {
         2_004,
         "root",
         None,
-        report(t, TaskState::Running, "healthy", None),
+        report(t, TaskState::Running, HealthState::Healthy, None),
     ))
     .unwrap();
     s.apply(&p(
         2_005,
         "root",
         None,
-        report(t, TaskState::Failed, "healthy", Some(3)),
+        report(t, TaskState::Failed, HealthState::Healthy, Some(3)),
     ))
     .unwrap();
     let evs = s.take_events();

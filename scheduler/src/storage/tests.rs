@@ -496,8 +496,11 @@ fn the_engine_drops_log_files_after_compaction() {
         }
         sizes.push(on_disk(dir.path()));
     }
-    // Dropped files are reused, not added to.
-    assert!(sizes[1] <= sizes[0] + (16 << 20), "{sizes:?}");
+    // Dropped files are reused, not added to: each round wrote 96 MiB, and
+    // the disk holds at most the purge threshold (16 MiB), 1.5 times that
+    // kept for reuse and the file being written (4 MiB), however the purge
+    // thread's timing fell (one run measured 23 then 39.8 MiB).
+    assert!(sizes.iter().all(|s| *s <= 44 << 20), "{sizes:?}");
     drop(s);
     let s = EngineStore::open(dir.path()).unwrap();
     assert_eq!(
