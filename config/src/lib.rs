@@ -14,6 +14,8 @@
 //!   [`deployment`]: a deployment's steps, states and records.
 //! - [`named!`]: enums with one name per variant (serde, `Display`, `FromStr`).
 //! - [`canonical`]: canonical serialisation and the sha256 content hash.
+//! - [`codec`]: the versioned binary encoding of log entries, snapshots,
+//!   forwarded writes and the typed records in API `bytes` fields.
 //! - [`fingerprint`]: identities of submitted config versions from a template.
 //!
 //! [`load`] reads any Charter config and tells which kind it is.
@@ -24,6 +26,7 @@
 
 pub mod app;
 pub mod canonical;
+pub mod codec;
 pub mod constraint;
 pub mod cron;
 pub mod deployment;

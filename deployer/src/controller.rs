@@ -11,6 +11,7 @@
 
 use crate::pipeline::{self, Action, Desired};
 use charter_config::app::AppConfig;
+use charter_config::codec::{self, Kind};
 use charter_config::constraint::Constraint;
 use charter_config::deployment::{
     DeployStatus, DeployStep, DeployView, Deployment, Trigger, short_commit,
@@ -150,7 +151,7 @@ impl Controller {
         if only && !r.leader {
             return Ok(None);
         }
-        serde_json::from_str(&r.view)
+        codec::decode(Kind::DeployView, &r.view)
             .map(Some)
             .map_err(|e| format!("unreadable plan: {e}"))
     }

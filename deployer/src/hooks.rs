@@ -16,6 +16,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use charter_config::app::AppConfig;
+use charter_config::codec::{self, Kind};
+use charter_config::deployment::Deployment;
 use charter_proto as pb;
 use charter_proto::conn::Servers;
 use serde_json::json;
@@ -57,10 +59,13 @@ async fn apps(servers: &Servers) -> Result<Vec<AppConfig>, String> {
         })
         .await
         .map_err(|f| f.status.message().to_string())?;
-    Ok(r.apps
+    r.apps
         .iter()
-        .filter_map(|a| serde_json::from_str(&a.definition).ok())
-        .collect())
+        .map(|a| {
+            codec::decode(Kind::App, &a.definition)
+                .map_err(|e| format!("app {}: unreadable definition: {e}", a.name))
+        })
+        .collect()
 }
 
 async fn hook(
@@ -154,9 +159,9 @@ async fn hook(
         .await;
     match r {
         Ok(r) => {
-            let id = serde_json::from_str::<serde_json::Value>(&r.deployment)
+            let id = codec::decode::<Deployment>(Kind::Deployment, &r.deployment)
                 .ok()
-                .and_then(|d| d["id"].as_u64());
+                .map(|d| d.id);
             tracing::info!(app = %app.name, commit = %push.commit, delivery = %push.delivery, started = r.started, "webhook");
             answer(
                 StatusCode::ACCEPTED,

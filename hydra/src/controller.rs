@@ -12,6 +12,7 @@
 
 use crate::plan::{self, Decision, History, Job, RunState};
 use crate::schedule::Schedule;
+use charter_config::codec::{self, Kind};
 use charter_config::cron::JobConfig;
 use charter_config::spec::LeaseSpec;
 use charter_proto as pb;
@@ -50,7 +51,7 @@ pub struct Loaded {
 
 /// Reads one job of a `Cron.Plan` reply.
 pub fn load(j: &pb::CronJob) -> Result<Loaded, String> {
-    let config: JobConfig = serde_json::from_str(&j.definition)
+    let config: JobConfig = codec::decode(Kind::Job, &j.definition)
         .map_err(|e| format!("job {}: unreadable definition: {e}", j.name))?;
     let zone = Some(config.timezone.as_str()).filter(|z| !z.is_empty());
     let schedule =

@@ -1,112 +1,28 @@
-//! The encoding of what the replicated log, snapshots and member-to-member
-//! forwards carry: a 4-byte header (`C`, `H`, the format version, what it
-//! holds) and then MessagePack (`rmp-serde`, fields by name, so a field
-//! added with a default reads old bytes).
-//!
-//! | version | encoding |
-//! | --- | --- |
-//! | 0 | JSON without a header: written before this codec; read, never written |
-//! | 1 | MessagePack after the header |
-//!
-//! A member refuses, with an error that names both versions, bytes whose
-//! version it does not know (written by a newer Charter), and bytes that
-//! hold another kind than asked for.
-//!
-//! Limitations: MessagePack by field name repeats each name in every record
-//! (about 60% of the JSON's size, not a schema-driven minimum).
+//! The scheduler's side of [`charter_config::codec`], Charter's versioned
+//! binary encoding: log entries, snapshots and forwarded writes. Writing
+//! them cannot fail (plain data with string or integer keys; a failure is a
+//! broken invariant of the types). Stored entries and snapshots written
+//! before the format had versions (version 0, JSON) are read by
+//! [`crate::storage::v0`]; nothing else ever reads JSON here.
 
+pub use charter_config::codec::{CodecError, Kind, VERSION, decode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The format version this build writes.
-pub const VERSION: u8 = 1;
-
-const MAGIC: [u8; 2] = *b"CH";
-
-/// What a run of bytes holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// A log entry: a batch of proposals.
-    Entry = b'E',
-    /// A snapshot: the whole state.
-    Snapshot = b'S',
-    /// A write forwarded from a follower to the leader.
-    Forward = b'F',
-    /// The outcome of a forwarded write.
-    Outcome = b'O',
-}
-
-/// Why bytes could not be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CodecError {
-    /// Written by a format version this member does not know.
-    #[error(
-        "format version {found} (this member reads versions 0 to {VERSION}): written by a newer Charter; upgrade this member"
-    )]
-    Version {
-        /// The version found.
-        found: u8,
-    },
-    /// Bytes of another kind than expected.
-    #[error("holds {found:?}, not {expected:?}")]
-    Kind {
-        /// What was asked for.
-        expected: Kind,
-        /// What the header says (as a byte).
-        found: u8,
-    },
-    /// The payload does not decode.
-    #[error("undecodable {kind:?} (format version {version}): {why}")]
-    Corrupt {
-        /// What was asked for.
-        kind: Kind,
-        /// The version read.
-        version: u8,
-        /// The decoder's words.
-        why: String,
-    },
-}
-
-/// Encodes `v` as `kind` in the current format version.
+/// Encodes a log entry, snapshot, forward or outcome.
 pub fn encode<T: Serialize>(kind: Kind, v: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(kind as u8);
-    // Plain data (maps with string or integer keys): encoding cannot fail;
-    // a failure would be a broken invariant of the types, caught by tests.
-    if let Err(e) = rmp_serde::encode::write_named(&mut out, v) {
-        panic!("the {kind:?} types must encode as MessagePack: {e}");
-    }
-    out
-}
-
-/// Decodes bytes of `kind`, in any version this member knows.
-pub fn decode<T: DeserializeOwned>(kind: Kind, b: &[u8]) -> Result<T, CodecError> {
-    let corrupt = |version: u8, why: String| CodecError::Corrupt { kind, version, why };
-    match b {
-        [m0, m1, version, k, rest @ ..] if [*m0, *m1] == MAGIC => {
-            if *version != VERSION {
-                return Err(CodecError::Version { found: *version });
-            }
-            if *k != kind as u8 {
-                return Err(CodecError::Kind {
-                    expected: kind,
-                    found: *k,
-                });
-            }
-            rmp_serde::from_slice(rest).map_err(|e| corrupt(*version, e.to_string()))
-        }
-        _ => legacy::decode(b).map_err(|e| corrupt(0, e)),
+    match charter_config::codec::encode(kind, v) {
+        Ok(b) => b,
+        Err(e) => panic!("the {kind:?} types must encode as MessagePack: {e}"),
     }
 }
 
-/// Version 0: JSON, as written before this codec. Read only, so a member
-/// upgraded in place replays its log and loads its snapshot.
-mod legacy {
-    pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-        serde_json::from_slice(b).map_err(|e| e.to_string())
+/// Decodes a stored log entry or snapshot, in any version this member
+/// knows (version 0 too).
+pub fn decode_stored<T: DeserializeOwned>(kind: Kind, b: &[u8]) -> Result<T, CodecError> {
+    match decode(kind, b) {
+        Err(CodecError::Unversioned(_)) => crate::storage::v0::decode(kind, b),
+        other => other,
     }
 }
 
@@ -125,7 +41,7 @@ mod tests {
 
     fn fixture_state() -> State {
         let mut s = State::new([(1, "127.0.0.1:7701".to_string())].into());
-        let props = decode::<Vec<Proposal>>(Kind::Entry, ENTRY_V0.as_bytes()).unwrap();
+        let props = decode_stored::<Vec<Proposal>>(Kind::Entry, ENTRY_V0.as_bytes()).unwrap();
         for p in &props {
             let _ = s.apply(p);
         }
@@ -134,7 +50,7 @@ mod tests {
 
     #[test]
     fn fixtures_of_every_version_decode() {
-        let props = decode::<Vec<Proposal>>(Kind::Entry, ENTRY_V0.as_bytes()).unwrap();
+        let props = decode_stored::<Vec<Proposal>>(Kind::Entry, ENTRY_V0.as_bytes()).unwrap();
         assert_eq!(props.len(), 3, "v0 entry");
         assert!(matches!(props[0].cmd, Command::RegisterNode { .. }));
         let old = State::from_bytes(SNAPSHOT_V0.as_bytes()).unwrap();
@@ -172,7 +88,7 @@ mod tests {
         back.rebuild_index();
         assert_eq!(back, s);
         assert!(
-            b.len() < serde_json::to_vec(&s).unwrap().len(),
+            b.len() < crate::storage::v0::tests::json_len(&s),
             "smaller than JSON"
         );
         let mut newer = b.clone();
@@ -191,6 +107,8 @@ mod tests {
             ),
             "{e}"
         );
+        let e = decode_stored::<State>(Kind::Snapshot, b"{not json").unwrap_err();
+        assert!(matches!(e, CodecError::Corrupt { version: 0, .. }), "{e}");
         let e = decode::<State>(Kind::Snapshot, b"CH\x01S\xff").unwrap_err();
         assert!(matches!(e, CodecError::Corrupt { version: 1, .. }), "{e}");
     }

@@ -17,6 +17,8 @@
 use super::bench::{Report, percentile_ms};
 use super::output::fail;
 use charter::harness::{Cluster, TOKEN};
+use charter_config::codec::{self, Kind};
+use charter_config::deployment::{DeployStatus, Deployment, TaskView};
 use charter_proto as pb;
 use charter_proto::deploy_client::DeployClient;
 use std::collections::BTreeMap;
@@ -168,14 +170,19 @@ pub fn deploy(
         let deadline = Instant::now() + Duration::from_secs(300);
         let d: charter_config::deployment::Deployment = loop {
             let h = history()?;
-            let d = h.deployments.first().and_then(|d| {
-                serde_json::from_str::<charter_config::deployment::Deployment>(d).ok()
+            let d = h.deployments.first().map(|d| {
+                codec::decode::<Deployment>(Kind::Deployment, d)
+                    .map_err(|e| fail("cannot read a deployment", e.to_string(), ""))
             });
-            if let Some(d) = d.filter(|d| d.commit == commit && d.promoted_at.is_some()) {
-                break d;
+            let d = d.transpose()?;
+            if let Some(d) = d
+                .as_ref()
+                .filter(|d| d.commit == commit && d.promoted_at.is_some())
+            {
+                break d.clone();
             }
-            if let Some(d) = h.deployments.first().filter(|d| d.contains("rolled_back")) {
-                return Err(fail("the bench deployment rolled back", d.clone(), ""));
+            if let Some(d) = d.filter(|d| d.status == DeployStatus::RolledBack) {
+                return Err(fail("the bench deployment rolled back", d.reason, ""));
             }
             if Instant::now() > deadline {
                 return Err(fail("the bench deployment took over 5 minutes", "", ""));
@@ -194,7 +201,7 @@ pub fn deploy(
             let view = h
                 .tasks
                 .get(id)
-                .and_then(|t| serde_json::from_str::<charter_config::deployment::TaskView>(t).ok());
+                .and_then(|t| codec::decode::<TaskView>(Kind::TaskView, t).ok());
             if let (Some((s, _)), Some(v)) = (task_times(*id), view)
                 && let Some(hs) = v.health_since
             {
@@ -271,7 +278,7 @@ pub fn deploy(
                 async move { DeployClient::new(ch).plan(r).await }
             }))
             .map_err(|f| fail("cannot read the plan", f.status.message().to_string(), ""))?;
-        let v: charter_config::deployment::DeployView = serde_json::from_str(&r.view)?;
+        let v: charter_config::deployment::DeployView = codec::decode(Kind::DeployView, &r.view)?;
         if v.apps.len() < apps {
             return Err(fail(
                 "the plan lacks apps",

@@ -140,7 +140,13 @@ fn job_json(j: &pb::CronJob) -> JobJson {
         version: j.version.clone(),
         next: next.map(|t| output::time(t.timestamp_millis())),
         last: j.last.as_ref().map(run_json),
-        definition: serde_json::from_str(&j.definition).unwrap_or(serde_json::Value::Null),
+        definition: charter_config::codec::decode::<charter_config::cron::JobConfig>(
+            charter_config::codec::Kind::Job,
+            &j.definition,
+        )
+        .ok()
+        .and_then(|c| serde_json::to_value(c).ok())
+        .unwrap_or(serde_json::Value::Null),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};
+use charter_config::codec::{self, CodecError, Kind};
 use charter_config::deployment::short_commit;
 use charter_config::deployment::{DeployStatus, DeployStep};
 use charter_proto as pb;
@@ -86,13 +87,21 @@ async fn history(
     let ds = r
         .deployments
         .iter()
-        .filter_map(|d| serde_json::from_str(d).ok())
-        .collect();
+        .map(|d| codec::decode(Kind::Deployment, d))
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            fail(
+                "cannot read a deployment",
+                e.to_string(),
+                "upgrade this charter",
+            )
+        })?;
     let tasks = r
         .tasks
         .iter()
-        .filter_map(|(id, t)| Some((*id, serde_json::from_str(t).ok()?)))
-        .collect();
+        .map(|(id, t)| Ok((*id, codec::decode(Kind::TaskView, t)?)))
+        .collect::<Result<_, CodecError>>()
+        .map_err(|e| fail("cannot read a task", e.to_string(), "upgrade this charter"))?;
     Ok((ds, r.active, tasks))
 }
 
@@ -553,7 +562,7 @@ pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
 /// fetch to learn the commit, so a head that is already active or being
 /// deployed is reported as nothing started, as `--commit` of it is.
 async fn settled_trigger(c: &Client, r: &mut pb::TriggerDeployReply) -> anyhow::Result<()> {
-    let Some(mut d) = serde_json::from_str::<Deployment>(&r.deployment).ok() else {
+    let Some(mut d) = deployment_of(&r.deployment)? else {
         return Ok(());
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -572,12 +581,12 @@ async fn settled_trigger(c: &Client, r: &mut pb::TriggerDeployReply) -> anyhow::
         r.started = false;
         r.reason = d.reason.clone();
     }
-    r.deployment = serde_json::to_string(&d)?;
+    r.deployment = codec::encode(Kind::Deployment, &d)?;
     Ok(())
 }
 
 fn trigger_out(g: &Global, r: &pb::TriggerDeployReply) -> anyhow::Result<i32> {
-    let d: Option<Deployment> = serde_json::from_str(&r.deployment).ok();
+    let d = deployment_of(&r.deployment)?;
     if g.json {
         output::json(&serde_json::json!({
             "started": r.started,
@@ -593,4 +602,18 @@ fn trigger_out(g: &Global, r: &pb::TriggerDeployReply) -> anyhow::Result<i32> {
         println!("nothing started: {}", r.reason);
     }
     Ok(0)
+}
+
+/// The deployment an API reply carries, if any (an empty field: none).
+fn deployment_of(b: &[u8]) -> anyhow::Result<Option<Deployment>> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    codec::decode(Kind::Deployment, b).map(Some).map_err(|e| {
+        fail(
+            "cannot read the deployment",
+            e.to_string(),
+            "upgrade this charter",
+        )
+    })
 }

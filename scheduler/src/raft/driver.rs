@@ -729,7 +729,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     }
 
     fn apply_batch(&mut self, e: &Entry) -> Result<()> {
-        let props: Vec<Proposal> = crate::codec::decode(crate::codec::Kind::Entry, &e.data)
+        let props: Vec<Proposal> = crate::codec::decode_stored(crate::codec::Kind::Entry, &e.data)
             .map_err(|err| corrupt(e.index, err))?;
         tracing::debug!(
             member = self.cfg.id,

@@ -1,8 +1,16 @@
 //! Domain types to protobuf and back, at the edge.
 
 use crate::state::{Lease, Node, PoolOffer, Quota, Resources, Task};
+use charter_config::codec::Kind;
 use charter_proto as pb;
 use std::collections::BTreeMap;
+
+/// A typed record for an API `bytes` field, in Charter's codec; a record
+/// that does not encode is an `INTERNAL` error, never an empty field.
+pub fn record<T: serde::Serialize>(kind: Kind, v: &T) -> Result<Vec<u8>, tonic::Status> {
+    charter_config::codec::encode(kind, v)
+        .map_err(|e| tonic::Status::internal(format!("cannot send a {kind:?}: {e}")))
+}
 
 fn resources_out(r: &Resources) -> pb::Resources {
     pb::Resources::from(r)

@@ -49,7 +49,7 @@ pub fn run_pb(r: &CronRun) -> pb::CronRun {
 
 /// A job in wire form, with its newest run, as `who` may see it: its
 /// `secret_env` values are hidden from anyone but its owner and admins.
-fn job_pb(s: &State, j: &CronJob, who: &Principal) -> pb::CronJob {
+fn job_pb(s: &State, j: &CronJob, who: &Principal) -> Result<pb::CronJob, Status> {
     let mut config = j.config.clone();
     if !who.admin && who.name != j.owner {
         charter_config::task::hide(&mut config.task.secret_env);
@@ -59,10 +59,9 @@ fn job_pb(s: &State, j: &CronJob, who: &Principal) -> pb::CronJob {
         .get(&j.config.name)
         .and_then(|r| r.values().next_back())
         .map(run_pb);
-    pb::CronJob {
+    Ok(pb::CronJob {
         name: j.config.name.clone(),
-        definition: String::from_utf8_lossy(&charter_config::canonical::to_bytes(&config))
-            .into_owned(),
+        definition: super::convert::record(charter_config::codec::Kind::Job, &config)?,
         version: j.version.clone(),
         owner: j.owner.clone(),
         paused: j.paused,
@@ -70,7 +69,7 @@ fn job_pb(s: &State, j: &CronJob, who: &Principal) -> pb::CronJob {
         last,
         schedule: j.config.schedule.clone(),
         timezone: j.config.timezone.clone(),
-    }
+    })
 }
 
 fn run_reply(a: Applied) -> Result<Response<pb::CronRun>, Status> {
@@ -82,7 +81,7 @@ fn run_reply(a: Applied) -> Result<Response<pb::CronRun>, Status> {
 
 fn job_reply(s: &State, a: Applied, who: &Principal) -> Result<Response<pb::CronJob>, Status> {
     match a {
-        Applied::CronJob(j) => Ok(Response::new(job_pb(s, &j, who))),
+        Applied::CronJob(j) => Ok(Response::new(job_pb(s, &j, who)?)),
         other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
     }
 }
@@ -220,10 +219,17 @@ impl pb::cron_server::Cron for Api {
     ) -> Result<Response<pb::ListCronReply>, Status> {
         let who = principal(&req)?;
         self.barrier(req.get_ref().stale).await?;
-        Ok(Response::new(self.member.read(|s| pb::ListCronReply {
-            jobs: s.cron_jobs.values().map(|j| job_pb(s, j, &who)).collect(),
-            version: s.cron_version.clone(),
-        })))
+        let reply = self.member.read(|s| {
+            Ok::<_, Status>(pb::ListCronReply {
+                jobs: s
+                    .cron_jobs
+                    .values()
+                    .map(|j| job_pb(s, j, &who))
+                    .collect::<Result<_, _>>()?,
+                version: s.cron_version.clone(),
+            })
+        })?;
+        Ok(Response::new(reply))
     }
 
     async fn history(
@@ -379,18 +385,18 @@ impl pb::cron_server::Cron for Api {
                             from = from.min(cursor(d) - d.config.window_ms as i64);
                         }
                     }
-                    pb::CronPlanJob {
-                        job: Some(job_pb(s, j, &who)),
+                    Ok(pb::CronPlanJob {
+                        job: Some(job_pb(s, j, &who)?),
                         runs: plan_runs(s, &j.config.name, from),
-                    }
+                    })
                 })
-                .collect();
-            pb::CronPlanReply {
+                .collect::<Result<_, Status>>()?;
+            Ok::<_, Status>(pb::CronPlanReply {
                 jobs,
                 leader,
                 time_ms: s.time,
-            }
-        });
+            })
+        })?;
         Ok(Response::new(reply))
     }
 }

@@ -3,10 +3,11 @@
 //! member's artifact store (agents upload a build's artifact and fetch it
 //! for a server, checking its sha256).
 
-use super::Api;
 use super::auth::{Scope, agent_caller, controller, principal, principal_or};
+use super::{Api, convert};
 use crate::state::{App, Applied, Command, State, StepReport, Task};
 use charter_config::AnyConfig;
+use charter_config::codec::Kind;
 use charter_config::deployment::{AppView, DeployStatus, DeployView, Deployment, TaskView};
 use charter_config::deployment::{DeployStep, Trigger};
 use charter_config::named::UnknownName;
@@ -47,8 +48,16 @@ impl std::fmt::Debug for ArtifactStore {
 /// Bytes per artifact chunk on the wire.
 const CHUNK: usize = 1 << 20;
 
-fn deployment_json(d: &Deployment) -> String {
-    serde_json::to_string(d).unwrap_or_default()
+/// A deployment for an API `bytes` field (see [`convert::record`]).
+fn deployment_bytes(d: &Deployment) -> Result<Vec<u8>, Status> {
+    convert::record(Kind::Deployment, d)
+}
+
+/// A deployment if there is one, or an empty field.
+fn maybe_deployment(d: Option<Box<Deployment>>) -> Result<Vec<u8>, Status> {
+    d.map(|d| deployment_bytes(&d))
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 /// A deployment step named on the wire.
@@ -143,7 +152,7 @@ pub fn deploy_view(s: &State) -> DeployView {
 }
 
 /// An app on the wire; its webhook secret only for its applier and admins.
-fn app_pb(a: &App, who: &super::auth::Principal) -> pb::App {
+fn app_pb(a: &App, who: &super::auth::Principal) -> Result<pb::App, Status> {
     let mut config = a.config.clone();
     if !who.admin && who.name != a.applied_by {
         if !config.secret.is_empty() {
@@ -151,7 +160,7 @@ fn app_pb(a: &App, who: &super::auth::Principal) -> pb::App {
         }
         charter_config::task::hide(&mut config.run.secret_env);
     }
-    pb::App {
+    Ok(pb::App {
         name: a.config.name.clone(),
         repo: a.config.repo.clone(),
         branch: a.config.branch.clone(),
@@ -160,9 +169,8 @@ fn app_pb(a: &App, who: &super::auth::Principal) -> pb::App {
         applied_by: a.applied_by.clone(),
         created_at_ms: a.created_at,
         updated_at_ms: a.updated_at,
-        definition: String::from_utf8_lossy(&charter_config::canonical::to_bytes(&config))
-            .into_owned(),
-    }
+        definition: convert::record(Kind::App, &config)?,
+    })
 }
 
 #[tonic::async_trait]
@@ -205,7 +213,7 @@ impl pb::deploy_server::Deploy for Api {
             .await?;
         match out {
             Applied::AppApplied { app, change } => Ok(Response::new(pb::ApplyAppReply {
-                app: Some(app_pb(&app, &who)),
+                app: Some(app_pb(&app, &who)?),
                 change: change.to_string(),
             })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -219,9 +227,12 @@ impl pb::deploy_server::Deploy for Api {
         let who = principal_or(&req, Scope::Deployer)?;
         self.barrier(req.get_ref().stale).await?;
         Ok(Response::new(pb::ListAppsReply {
-            apps: self
-                .member
-                .read(|s| s.apps.values().map(|a| app_pb(a, &who)).collect()),
+            apps: self.member.read(|s| {
+                s.apps
+                    .values()
+                    .map(|a| app_pb(a, &who))
+                    .collect::<Result<_, _>>()
+            })?,
         }))
     }
 
@@ -256,7 +267,7 @@ impl pb::deploy_server::Deploy for Api {
         };
         let (d, started, reason) = deploy_reply(out)?;
         Ok(Response::new(pb::TriggerDeployReply {
-            deployment: d.map(|d| deployment_json(&d)).unwrap_or_default(),
+            deployment: maybe_deployment(d)?,
             started,
             reason,
         }))
@@ -288,26 +299,25 @@ impl pb::deploy_server::Deploy for Api {
             for d in &ds {
                 for id in d.build_task.iter().chain(&d.instances) {
                     if let Some(t) = s.tasks.get(id) {
-                        tasks.insert(
-                            *id,
-                            serde_json::to_string(&task_view(s, t)).unwrap_or_default(),
-                        );
+                        tasks.insert(*id, convert::record(Kind::TaskView, &task_view(s, t))?);
                     }
                 }
             }
-            let mut deployments: Vec<String> = ds.iter().map(|d| deployment_json(d)).collect();
+            let mut deployments = ds
+                .iter()
+                .map(|d| deployment_bytes(d))
+                .collect::<Result<Vec<_>, _>>()?;
             // Older deployments than the live state keeps, from history.
             if deployments.len() < n {
                 let oldest = ds.last().map_or(u64::MAX, |d| d.id);
-                deployments.extend(
-                    self.member
-                        .history()
-                        .map(|h| h.deployments(&r.app, n - deployments.len()))
-                        .unwrap_or_default()
-                        .iter()
-                        .filter(|d| d.id < oldest)
-                        .map(deployment_json),
-                );
+                let older = self
+                    .member
+                    .history()
+                    .map(|h| h.deployments(&r.app, n - deployments.len()))
+                    .unwrap_or_default();
+                for d in older.iter().filter(|d| d.id < oldest) {
+                    deployments.push(deployment_bytes(d)?);
+                }
             }
             Ok(Response::new(pb::DeployHistoryReply {
                 deployments,
@@ -339,7 +349,7 @@ impl pb::deploy_server::Deploy for Api {
         }
         Ok(Response::new(pb::DeployPlanReply {
             leader,
-            view: serde_json::to_string(&view).map_err(|e| Status::internal(e.to_string()))?,
+            view: convert::record(Kind::DeployView, &view)?,
         }))
     }
 
@@ -361,7 +371,7 @@ impl pb::deploy_server::Deploy for Api {
         });
         let (d, _, _) = deploy_reply(self.submit_unkeyed(&who, cmd).await?)?;
         Ok(Response::new(pb::DeploymentReply {
-            deployment: d.map(|d| deployment_json(&d)).unwrap_or_default(),
+            deployment: maybe_deployment(d)?,
         }))
     }
 
@@ -388,7 +398,7 @@ impl pb::deploy_server::Deploy for Api {
         };
         let (d, _, _) = deploy_reply(self.submit_unkeyed(&who, cmd).await?)?;
         Ok(Response::new(pb::DeploymentReply {
-            deployment: d.map(|d| deployment_json(&d)).unwrap_or_default(),
+            deployment: maybe_deployment(d)?,
         }))
     }
 

@@ -756,7 +756,7 @@ impl State {
 
     /// Reads a snapshot's state, in any format version this member knows.
     pub fn from_bytes(b: &[u8]) -> Result<State, crate::codec::CodecError> {
-        let mut s: State = crate::codec::decode(crate::codec::Kind::Snapshot, b)?;
+        let mut s: State = crate::codec::decode_stored(crate::codec::Kind::Snapshot, b)?;
         s.rebuild_index();
         Ok(s)
     }

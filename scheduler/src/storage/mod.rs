@@ -18,6 +18,7 @@ mod memory;
 mod sled_move;
 mod sled_store;
 mod snapshot_files;
+pub mod v0;
 
 pub use engine_store::EngineStore;
 pub use history::History;

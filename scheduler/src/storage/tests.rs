@@ -485,22 +485,24 @@ fn the_engine_drops_log_files_after_compaction() {
         (s.snapshot_writer())(to - 6, b"state").unwrap();
         assert!(s.compact_to(to - 6, &cs, b"state".to_vec()).unwrap());
         s.sync().unwrap();
+        // The purge thread drops (or keeps for reuse, up to 24 MiB) files
+        // a moment after the engine stops counting them: wait for the disk.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while s.log_bytes() > 40 << 20 {
+        while on_disk(dir.path()) > 40 << 20 {
             assert!(
                 std::time::Instant::now() < deadline,
-                "log files were not dropped: {live} -> {} bytes",
-                s.log_bytes()
+                "log files were not dropped: {live} -> {} bytes in use, {} on disk",
+                s.log_bytes(),
+                on_disk(dir.path())
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         sizes.push(on_disk(dir.path()));
     }
     // Dropped files are reused, not added to: each round wrote 96 MiB, and
-    // the disk holds at most the purge threshold (16 MiB), 1.5 times that
-    // kept for reuse and the file being written (4 MiB), however the purge
-    // thread's timing fell (one run measured 23 then 39.8 MiB).
-    assert!(sizes.iter().all(|s| *s <= 44 << 20), "{sizes:?}");
+    // the disk came back under 40 MiB (the purge threshold, 16 MiB, and
+    // 1.5 times that kept for reuse) both times.
+    assert!(sizes.iter().all(|s| *s <= 40 << 20), "{sizes:?}");
     drop(s);
     let s = EngineStore::open(dir.path()).unwrap();
     assert_eq!(
