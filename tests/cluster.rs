@@ -421,6 +421,57 @@ fn members_are_added_and_removed_while_writes_continue() {
 }
 
 #[test]
+fn a_leader_removed_from_the_cluster_steps_down_and_the_rest_go_on() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(ELECTION);
+    // Writes keep arriving at every member, the leader included, while it
+    // removes itself: the ready that applies its removal also persists new
+    // entries, and raft-rs keeps no progress for a leader outside the
+    // configuration (one that did not step down at once panicked there).
+    let w = Writer::start(&c);
+    w.wait_for(20, Duration::from_secs(20));
+    let out = c.cli_on(
+        leader,
+        &[
+            "cluster",
+            "remove",
+            &(leader as u64 + 1).to_string(),
+            "--json",
+        ],
+    );
+    let members = json_ok(&out);
+    assert_eq!(members["members"].as_array().unwrap().len(), 2, "{members}");
+    // The two left elect one of themselves and keep taking writes.
+    w.wait_for(w.count() + 50, Duration::from_secs(30));
+    let acks = w.finish();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for i in &rest {
+        let names = nodes_on(&c, *i);
+        for (name, _) in &acks {
+            assert!(
+                names.contains(name),
+                "member {} lacks acknowledged {name}",
+                i + 1
+            );
+        }
+    }
+    // The removed member is alive, knows it is out, and leads nobody.
+    assert!(
+        c.is_running(leader),
+        "the removed member crashed:\n{}",
+        c.logs()
+    );
+    let s = c.status(leader).expect("the removed member answers");
+    assert_ne!(s["role"], "leader", "{s}");
+    assert!(
+        c.logs()
+            .contains("this member was removed from the cluster"),
+        "{}",
+        c.logs()
+    );
+}
+
+#[test]
 fn without_a_quorum_writes_and_reads_fail_with_a_retryable_error() {
     let mut c = Cluster::start(3, &[]);
     let leader = c.wait_leader(ELECTION);

@@ -9,7 +9,8 @@
 //! - [`controller`]: leader-only loops (lease expiry).
 //! - [`server`]: wires a member together from flags.
 //! - [`clock`]: the `Clock` trait; the only place that reads the wall clock.
-//! - [`sim`]: a deterministic simulation of a whole cluster with invariants.
+//! - `sim` (feature `sim`, on for this crate's tests only): a deterministic
+//!   simulation of a whole cluster with invariants.
 
 pub mod clock;
 pub mod codec;
@@ -22,6 +23,7 @@ pub mod placement;
 pub mod raft_driver;
 pub mod server;
 pub mod service;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod state;
 pub mod storage;

@@ -19,19 +19,22 @@ fn seeds_keep_every_invariant() {
     };
     let started = Instant::now();
     let (mut faults, mut acked, mut max_term) = (0u64, 0usize, 0u64);
+    let (mut joined, mut removed) = (0u64, 0u64);
     for &seed in &seeds {
         match run_seed(seed) {
             Ok(r) => {
                 faults += r.faults;
                 acked += r.acknowledged;
                 max_term = max_term.max(r.max_term);
+                joined += r.joined;
+                removed += r.removed;
             }
             Err(e) => panic!("{e}"),
         }
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "simulation: {} seeds in {secs:.1}s ({:.1} seeds/s), {:.1} faults/seed, {} acknowledged requests, max term {max_term}",
+        "simulation: {} seeds in {secs:.1}s ({:.1} seeds/s), {:.1} faults/seed, {} acknowledged requests, max term {max_term}, {joined} members joined and {removed} removed",
         seeds.len(),
         seeds.len() as f64 / secs,
         faults as f64 / seeds.len() as f64,

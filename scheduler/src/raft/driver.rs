@@ -827,6 +827,20 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| corrupt(e.index, err))?;
         let cs = self.raw.apply_conf_change(&cc)?;
         self.raw.mut_store().set_conf_state(&cs)?;
+        if cc.get_change_type() == ConfChangeType::RemoveNode && cc.node_id == self.cfg.id {
+            // Removed: a leader steps down before this ready's entries are
+            // marked persisted (raft-rs keeps no progress for a leader that
+            // is not a member, and would panic), and the rest elect one; a
+            // member no longer in the configuration never campaigns.
+            tracing::warn!(
+                member = self.cfg.id,
+                "this member was removed from the cluster; it no longer takes part"
+            );
+            if self.raw.raft.state == ::raft::StateRole::Leader {
+                let term = self.raw.raft.term;
+                self.raw.raft.become_follower(term, ::raft::INVALID_ID);
+            }
+        }
         let addr = match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 Some(String::from_utf8(cc.context.to_vec()).map_err(|err| corrupt(e.index, err))?)

@@ -87,6 +87,53 @@ fn job_reply(s: &State, a: Applied, who: &Principal) -> Result<Response<pb::Cron
 }
 
 /// The runs of `job` the planner needs: from `from` on, and every running one.
+/// What Hydra plans from (`Cron.Plan`): every job with its runs from its
+/// own newest tick, and from where any downstream job's pending ticks may
+/// look (its cursor minus its window); running ones always.
+pub fn plan_reply(s: &State, who: &Principal, leader: bool) -> Result<pb::CronPlanReply, Status> {
+    let newest = |name: &str| {
+        s.cron_runs
+            .get(name)
+            .and_then(|r| r.iter().rev().find(|(_, r)| !r.manual).map(|(at, _)| *at))
+    };
+    let cursor = |j: &CronJob| newest(&j.config.name).map_or(j.since, |n| n.max(j.since));
+    let jobs = s
+        .cron_jobs
+        .values()
+        .map(|j| {
+            let mut from = newest(&j.config.name).unwrap_or(i64::MAX);
+            for d in s.cron_jobs.values() {
+                if d.config.depends_on.contains(&j.config.name) {
+                    from = from.min(cursor(d) - d.config.window_ms as i64);
+                }
+            }
+            Ok(pb::CronPlanJob {
+                job: Some(job_pb(s, j, who)?),
+                runs: plan_runs(s, &j.config.name, from),
+            })
+        })
+        .collect::<Result<_, Status>>()?;
+    Ok(pb::CronPlanReply {
+        jobs,
+        leader,
+        time_ms: s.time,
+    })
+}
+
+/// A fire request from the wire (Hydra's or `cron trigger`'s), checked.
+pub fn fire_command(r: pb::FireCronRequest) -> Result<CronFire, Status> {
+    let lease = crate::state::LeaseSpec::try_from(r.lease.unwrap_or_default())?;
+    let task = crate::state::TaskSpec::try_from(r.task.unwrap_or_default())?;
+    Ok(CronFire {
+        job: r.job,
+        scheduled_at: r.scheduled_at_ms,
+        manual: r.manual,
+        replaces: r.replaces_ms,
+        lease: Box::new(lease),
+        task: Box::new(task),
+    })
+}
+
 fn plan_runs(s: &State, job: &str, from: i64) -> Vec<pb::CronRun> {
     let Some(runs) = s.cron_runs.get(job) else {
         return Vec::new();
@@ -314,23 +361,14 @@ impl pb::cron_server::Cron for Api {
     ) -> Result<Response<pb::CronRun>, Status> {
         let who = principal_or(&req, Scope::Hydra)?;
         let r = req.into_inner();
-        let lease = crate::state::LeaseSpec::try_from(r.lease.unwrap_or_default())?;
-        let task = crate::state::TaskSpec::try_from(r.task.unwrap_or_default())?;
-        let fire = CronFire {
-            job: r.job,
-            scheduled_at: r.scheduled_at_ms,
-            manual: r.manual,
-            replaces: r.replaces_ms,
-            lease: Box::new(lease),
-            task: Box::new(task),
-        };
+        let key = r.idempotency_key.clone();
+        let fire = fire_command(r)?;
         // The (job, scheduled_at) key is in the command itself: a scheduled
         // fire needs no client key to be applied once.
-        let out = if r.idempotency_key.is_empty() && !fire.manual {
+        let out = if key.is_empty() && !fire.manual {
             self.submit_unkeyed(&who, Command::CronFire(fire)).await?
         } else {
-            self.submit(&who, &r.idempotency_key, Command::CronFire(fire))
-                .await?
+            self.submit(&who, &key, Command::CronFire(fire)).await?
         };
         run_reply(out)
     }
@@ -365,38 +403,7 @@ impl pb::cron_server::Cron for Api {
         }
         self.barrier(false).await?;
         let leader = is_leader();
-        let reply = self.member.read(|s| {
-            // A job's runs reach back to its own newest tick, and to where
-            // any downstream job's pending ticks may look (its cursor minus
-            // its window).
-            let newest = |name: &str| {
-                s.cron_runs
-                    .get(name)
-                    .and_then(|r| r.iter().rev().find(|(_, r)| !r.manual).map(|(at, _)| *at))
-            };
-            let cursor = |j: &CronJob| newest(&j.config.name).map_or(j.since, |n| n.max(j.since));
-            let jobs = s
-                .cron_jobs
-                .values()
-                .map(|j| {
-                    let mut from = newest(&j.config.name).unwrap_or(i64::MAX);
-                    for d in s.cron_jobs.values() {
-                        if d.config.depends_on.contains(&j.config.name) {
-                            from = from.min(cursor(d) - d.config.window_ms as i64);
-                        }
-                    }
-                    Ok(pb::CronPlanJob {
-                        job: Some(job_pb(s, j, &who)?),
-                        runs: plan_runs(s, &j.config.name, from),
-                    })
-                })
-                .collect::<Result<_, Status>>()?;
-            Ok::<_, Status>(pb::CronPlanReply {
-                jobs,
-                leader,
-                time_ms: s.time,
-            })
-        })?;
+        let reply = self.member.read(|s| plan_reply(s, &who, leader))?;
         Ok(Response::new(reply))
     }
 }

@@ -19,7 +19,7 @@ pub mod locks;
 pub use cron::{ScheduleChecker, run_pb};
 pub use deploy::{ArtifactStore, Artifacts, deploy_view, task_view};
 mod convert;
-mod cron;
+pub mod cron;
 mod deploy;
 mod forward;
 pub mod http;

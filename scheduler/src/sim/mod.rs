@@ -9,10 +9,14 @@
 //! (`election_spread = 1`, per-member election timeouts instead), snapshots
 //! are taken inline, and nothing reads the wall clock.
 //!
-//! Limitations: no membership changes and no Hydra ticks yet; a step is one
-//! raft tick (10 virtual ms) for every member at once.
+//! Hydra's side runs the real planner (`charter_hydra::plan::due` over the
+//! leader's `Cron.Plan` reply) for job `j0`.
+//!
+//! Limitations: a step is one raft tick (10 virtual ms) for every member at
+//! once.
 
 pub mod invariants;
+mod membership;
 pub mod net;
 pub mod store;
 
@@ -71,6 +75,10 @@ pub struct SimReport {
     pub max_term: u64,
     /// Steps the liveness phase needed.
     pub liveness_steps: u64,
+    /// Members that joined while the run went on (conf changes applied).
+    pub joined: u64,
+    /// Members removed while the run went on.
+    pub removed: u64,
 }
 
 type Reply = oneshot::Receiver<Result<Outcome>>;
@@ -81,6 +89,10 @@ struct Member {
     durable: Arc<Mutex<Durable>>,
     clock: Arc<ManualClock>,
     node: Option<(Driver<SimStore, SimTransport>, MemberHandle)>,
+    /// Seen in the state's membership at least once.
+    joined: bool,
+    /// Its removal was applied: stopped for good.
+    removed: bool,
 }
 
 struct Request {
@@ -145,6 +157,8 @@ impl Sim {
                 durable: Arc::new(Mutex::new(Durable::default())),
                 clock: Arc::new(ManualClock::new(EPOCH)),
                 node: None,
+                joined: true,
+                removed: false,
             });
         }
         let mut sim = Sim {
@@ -251,7 +265,9 @@ impl Sim {
                 }
             }
             11..=14 => {
-                let down: Vec<usize> = (0..n).filter(|i| self.members[*i].node.is_none()).collect();
+                let down: Vec<usize> = (0..n)
+                    .filter(|i| self.members[*i].node.is_none() && !self.members[*i].removed)
+                    .collect();
                 if let Some(&i) = down.first() {
                     // Restart failures surface as a failed run below.
                     let _ = self.start(i);
@@ -263,6 +279,8 @@ impl Sim {
                 self.members[i].clock.advance(jump);
                 self.report.faults += 1;
             }
+            16 if self.rng.random_ratio(1, 3) && self.add_member() => self.report.faults += 1,
+            17 if self.rng.random_ratio(1, 3) && self.remove_member() => self.report.faults += 1,
             _ => {}
         }
     }
@@ -633,39 +651,67 @@ impl Sim {
         }
     }
 
-    /// Hydra for job `j0`, as its controller does it: every tick after the
-    /// newest decided one up to the leader's clock is proposed (five per
-    /// step at most), keyed only by `(job, scheduled_at)`. Returns whether
-    /// nothing was left to propose.
+    /// Hydra for job `j0`, as its controller does it: the leader's
+    /// `Cron.Plan` reply, read by `charter_hydra::controller::view`, planned
+    /// by `charter_hydra::plan::due` at the leader's clock; each decision
+    /// (five per step at most) proposed as `Cron.Fire`/`Cron.Skip` would
+    /// propose it, keyed only by `(job, scheduled_at)`. Returns whether
+    /// nothing was left to decide.
     fn propose_cron(&mut self) -> bool {
+        use charter_hydra::plan::Decision;
         let Some(l) = self.leader() else { return false };
         let now = self.members[l].clock.now();
         let Some((_, h)) = &self.members[l].node else {
             return false;
         };
-        let due: Vec<i64> = h.read(|s| {
-            let Some(j) = s.cron_jobs.get("j0") else {
-                return Vec::new();
+        let hydra = crate::service::auth::Principal {
+            name: "hydra".into(),
+            admin: true,
+            scope: crate::service::auth::Scope::Hydra,
+        };
+        let Ok(reply) = h.read(|s| crate::service::cron::plan_reply(s, &hydra, true)) else {
+            return false;
+        };
+        let (jobs, history, _) = charter_hydra::controller::view(&reply);
+        let Some(j0) = jobs.iter().find(|l| l.config.name == "j0") else {
+            return true;
+        };
+        let at = charter_hydra::controller::millis(now);
+        let due = charter_hydra::plan::due(std::slice::from_ref(&j0.job), &history, at);
+        for d in due.iter().take(5) {
+            let cmd = match d {
+                Decision::Fire {
+                    scheduled_at,
+                    replaces,
+                    ..
+                } => {
+                    let r =
+                        charter_hydra::controller::fire_request(j0, *scheduled_at, false, replaces);
+                    match crate::service::cron::fire_command(r) {
+                        Ok(f) => Command::CronFire(f),
+                        Err(e) => {
+                            self.cron_violation = Some(format!("Hydra's fire does not read: {e}"));
+                            return false;
+                        }
+                    }
+                }
+                Decision::Skip {
+                    job,
+                    scheduled_at,
+                    reason,
+                } => Command::CronSkip {
+                    job: job.clone(),
+                    scheduled_at: scheduled_at.timestamp_millis(),
+                    reason: reason.clone(),
+                },
             };
-            let newest = s
-                .cron_runs
-                .get("j0")
-                .and_then(|r| r.keys().next_back().copied());
-            let cursor = newest.map_or(j.since, |n| n.max(j.since));
-            let first = (cursor.div_euclid(1000) + 1) * 1000;
-            (0..5)
-                .map(|k| first + k * 1000)
-                .take_while(|t| *t <= now)
-                .collect()
-        });
-        for &tick in &due {
             let proposal = Proposal {
                 at: 0,
-                principal: "sim".into(),
+                principal: "hydra".into(),
                 admin: true,
                 key: None,
                 hint: None,
-                cmd: sim_fire("j0", tick, 500),
+                cmd,
             };
             let (reply, _rx) = oneshot::channel();
             let _ = h.send_input(Input::Propose { proposal, reply });
@@ -799,6 +845,7 @@ impl Sim {
             }
         }
         self.collect_replies();
+        self.retire_removed();
         let views = views(&self.members);
         for v in &views {
             self.report.max_term = self.report.max_term.max(v.term);
@@ -812,8 +859,14 @@ impl Sim {
             .map_err(|e| format!("step {step}: {e}"))
     }
 
-    fn views(&self) -> Vec<MemberView<'_>> {
+    /// Views of the members the state names (joiners whose addition
+    /// never committed left out).
+    fn member_views(&self) -> Vec<MemberView<'_>> {
+        let members = self.membership();
         views(&self.members)
+            .into_iter()
+            .filter(|v| members.contains(&v.id))
+            .collect()
     }
 
     /// Runs the fault phase, then heals and requires liveness.
@@ -826,7 +879,7 @@ impl Sim {
             net.blocked.clear();
         }
         for i in 0..self.members.len() {
-            if self.members[i].node.is_none() {
+            if self.members[i].node.is_none() && !self.members[i].removed {
                 self.start(i)
                     .map_err(|e| format!("restart of member {} failed: {e}", i + 1))?;
             }
@@ -835,9 +888,9 @@ impl Sim {
         loop {
             self.run_step(false)?;
             let quiet = self.requests.is_empty();
-            let views = self.views();
+            let views = self.member_views();
             let converged = !views.is_empty()
-                && views.len() == self.members.len()
+                && views.len() == self.membership().len()
                 && views
                     .iter()
                     .all(|v| v.applied == views[0].applied && v.applied == v.commit)
@@ -858,9 +911,10 @@ impl Sim {
             }
         }
         self.report.liveness_steps = self.step - healed_at;
-        invariants::acknowledged::check(&self.acked, &self.views())?;
-        invariants::hydra::check_acked(&self.acked_runs, &self.views())?;
-        invariants::hydra::check_every_tick(&self.views())?;
+        let views = self.member_views();
+        invariants::acknowledged::check(&self.acked, &views)?;
+        invariants::hydra::check_acked(&self.acked_runs, &views)?;
+        invariants::hydra::check_every_tick(&views)?;
         self.report.acknowledged = self.acked.len();
         Ok(self.report)
     }
