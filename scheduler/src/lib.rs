@@ -1,7 +1,8 @@
 //! charter-scheduler: the replicated scheduler.
 //!
 //! - [`state`]: the replicated state machine (`Command`, `State::apply`); pure.
-//! - [`placement`]: feasibility checkers and ranking; pure.
+//! - [`fleet`]: the nodes room of the state: nodes, pools, placement's indexes.
+//! - [`placement`]: feasibility checkers and ranking over a [`fleet::Fleet`]; pure.
 //! - [`storage`]: raft-rs `Storage` on sled, and in memory.
 //! - [`transport`]: how raft messages reach peers: gRPC, or a test double.
 //! - [`raft_driver`] (`raft/`): the raft-rs `RawNode` driver: one thread, raft-rs's Ready order.
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod controller;
 mod error;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod placement;
 #[path = "raft/mod.rs"]

@@ -483,7 +483,7 @@ fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
             let start = Instant::now();
             let mut decisions = 0u64;
             while start.elapsed() < dur || decisions == 0 {
-                std::hint::black_box(placement::place(std::hint::black_box(&s), spec).ok());
+                std::hint::black_box(placement::place(std::hint::black_box(&s.nodes), spec).ok());
                 decisions += 1;
             }
             let secs = start.elapsed().as_secs_f64();

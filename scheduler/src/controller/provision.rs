@@ -67,7 +67,7 @@ pub fn offer(p: &PoolConfig) -> PoolOffer {
 
 /// What a `command` provisioner reads on stdin.
 pub fn demand_json(state: &State, g: &scaling::Grow, servers: &[String]) -> serde_json::Value {
-    let node = state.pools.get(&g.pool);
+    let node = state.nodes.pools.get(&g.pool);
     let demand: Vec<serde_json::Value> = g
         .demand
         .iter()
@@ -177,7 +177,7 @@ impl Scaler {
         offers.sort_by(|a, b| a.name.cmp(&b.name)); // the state keeps them by name
         let current = self
             .member
-            .read(|st| st.pools.values().cloned().collect::<Vec<_>>());
+            .read(|st| st.nodes.pools.values().cloned().collect::<Vec<_>>());
         if current != offers {
             let p = self.proposal(now, Command::SetPools { pools: offers });
             match self.member.propose(p).await {

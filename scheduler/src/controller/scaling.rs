@@ -61,6 +61,7 @@ pub fn plan(
     now: Millis,
 ) -> Plan {
     let mut pools: Vec<&PoolOffer> = state
+        .nodes
         .pools
         .values()
         .filter(|p| !blocked.contains(&p.name))
@@ -82,7 +83,7 @@ pub fn plan(
         room.insert(&p.name, r);
     }
     let mut grow: BTreeMap<&str, Grow> = BTreeMap::new();
-    for (_, _, id) in state.queue.iter() {
+    for (_, _, id) in state.leases.queue.iter() {
         let Some(lease) = state.leases.get(id) else {
             continue;
         };
@@ -116,7 +117,7 @@ pub fn plan(
         .values()
         .filter(|n| n.leases.is_empty())
         .filter_map(|n| {
-            let p = state.pools.get(&n.pool)?;
+            let p = state.nodes.pools.get(&n.pool)?;
             let since = *idle_since.get(&n.name)?;
             (now.saturating_sub(since) >= i64::try_from(p.idle_ms).unwrap_or(i64::MAX))
                 .then(|| n.name.clone())
@@ -165,10 +166,10 @@ pub fn observe_idle(state: &State, idle_since: &mut BTreeMap<String, Millis>, no
         state
             .nodes
             .get(name)
-            .is_some_and(|n| n.leases.is_empty() && state.pools.contains_key(&n.pool))
+            .is_some_and(|n| n.leases.is_empty() && state.nodes.pools.contains_key(&n.pool))
     });
     for n in state.nodes.values() {
-        if n.leases.is_empty() && state.pools.contains_key(&n.pool) {
+        if n.leases.is_empty() && state.nodes.pools.contains_key(&n.pool) {
             idle_since.entry(n.name.clone()).or_insert(now);
         }
     }

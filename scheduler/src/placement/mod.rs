@@ -19,8 +19,10 @@
 //! versions are checked per node met); a gang request ranks nodes
 //! independently (no topology).
 
-use crate::state::{LabelIndex, LeaseSpec, Node, NodeState, Prefer, Resources, State, price_key};
+use crate::fleet::{Fleet, LabelIndex, Node, price_key};
 use charter_config::constraint::Op;
+use charter_config::spec::{LeaseSpec, Prefer, Resources};
+use charter_config::states::NodeState;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -220,18 +222,18 @@ fn better(prefer: Prefer, a: (&Node, u64), b: (&Node, u64)) -> Ordering {
 }
 
 /// Picks `spec.count` nodes for `spec`, best first by its preference.
-pub fn place(state: &State, spec: &LeaseSpec) -> Result<Vec<String>, NoFit> {
-    place_with(state, spec, &BTreeMap::new())
+pub fn place(fleet: &Fleet, spec: &LeaseSpec) -> Result<Vec<String>, NoFit> {
+    place_with(fleet, spec, &BTreeMap::new())
 }
 
 /// [`place`] with some resources of some nodes held back (`reserved`: the
 /// leader's in-flight grants).
 pub fn place_with(
-    state: &State,
+    fleet: &Fleet,
     spec: &LeaseSpec,
     reserved: &BTreeMap<String, Resources>,
 ) -> Result<Vec<String>, NoFit> {
-    pick(state, spec, reserved).ok_or_else(|| why_not(state, spec))
+    pick(fleet, spec, reserved).ok_or_else(|| why_not(fleet, spec))
 }
 
 /// The best `spec.count` nodes, or `None` (no reasons: the fast path).
@@ -245,7 +247,7 @@ pub fn place_with(
 /// label costs what its nodes cost, not the fleet. Nodes with reservations
 /// are judged apart, since the index does not know what they hold back.
 pub fn pick(
-    state: &State,
+    fleet: &Fleet,
     spec: &LeaseSpec,
     reserved: &BTreeMap<String, Resources>,
 ) -> Option<Vec<String>> {
@@ -253,7 +255,7 @@ pub fn pick(
     let need = spec.resources.cpu_millis;
     let mut cands: Vec<(&Node, u64)> = Vec::with_capacity(count + reserved.len());
     for (name, held) in reserved {
-        if let Some(n) = state.nodes.get(name)
+        if let Some(n) = fleet.get(name)
             && rule_out_with(n, spec, false, held).is_none()
         {
             cands.push((n, n.free().minus(held).cpu_millis - need));
@@ -263,15 +265,15 @@ pub fn pick(
         if reserved.contains_key(name) {
             return None;
         }
-        let n = state.nodes.get(name)?;
+        let n = fleet.get(name)?;
         rule_out(n, spec, false).is_none().then_some(n)
     };
     let mut found = 0usize;
     let empty = LabelIndex::default();
-    let (by_free, by_price) = match narrowest(state, spec) {
+    let (by_free, by_price) = match narrowest(fleet, spec) {
         Some(ix) => (&ix.by_free, &ix.by_price),
-        None if has_missing_label(state, spec) => (&empty.by_free, &empty.by_price),
-        None => (&state.by_free, &state.by_price),
+        None if has_missing_label(fleet, spec) => (&empty.by_free, &empty.by_price),
+        None => (&fleet.index.by_free, &fleet.index.by_price),
     };
     match spec.prefer {
         Prefer::Binpack => {
@@ -358,33 +360,36 @@ pub fn pick(
 
 /// The label index of the `key=value` constraint of `spec` that the fewest
 /// ready nodes meet, when it is smaller than the whole fleet.
-fn narrowest<'a>(state: &'a State, spec: &LeaseSpec) -> Option<&'a LabelIndex> {
+fn narrowest<'a>(fleet: &'a Fleet, spec: &LeaseSpec) -> Option<&'a LabelIndex> {
     spec.constraints
         .iter()
         .filter_map(|c| match &c.op {
-            Op::Eq { value } => state.by_label.get(&(c.key.clone(), value.clone())),
+            Op::Eq { value } => fleet.index.by_label.get(&(c.key.clone(), value.clone())),
             _ => None,
         })
         .min_by_key(|ix| ix.by_free.len())
-        .filter(|ix| ix.by_free.len() < state.by_free.len())
+        .filter(|ix| ix.by_free.len() < fleet.index.by_free.len())
 }
 
 /// Whether a `key=value` constraint of `spec` is met by no ready node.
-fn has_missing_label(state: &State, spec: &LeaseSpec) -> bool {
+fn has_missing_label(fleet: &Fleet, spec: &LeaseSpec) -> bool {
     spec.constraints.iter().any(|c| match &c.op {
-        Op::Eq { value } => !state.by_label.contains_key(&(c.key.clone(), value.clone())),
+        Op::Eq { value } => !fleet
+            .index
+            .by_label
+            .contains_key(&(c.key.clone(), value.clone())),
         _ => false,
     })
 }
 
 /// Every node's reason for refusing `spec` now, in words (the slow path).
-pub fn why_not(state: &State, spec: &LeaseSpec) -> NoFit {
+pub fn why_not(fleet: &Fleet, spec: &LeaseSpec) -> NoFit {
     let mut nf = NoFit {
         needed: spec.count.max(1),
         ..NoFit::default()
     };
     let mut reasons = Reasons::default();
-    for n in state.nodes.values() {
+    for n in fleet.values() {
         match rule_out(n, spec, false) {
             Some(w) => reasons.push(n.name.clone(), n, spec, w),
             None => nf.fitting += 1,
@@ -397,20 +402,20 @@ pub fn why_not(state: &State, spec: &LeaseSpec) -> NoFit {
 /// Whether any `count` nodes, registered or that a pool could still add,
 /// could ever hold `spec` (ignoring their state and load); if not, every
 /// node's and pool's reason.
-pub fn could_ever_fit(state: &State, spec: &LeaseSpec) -> Result<(), NoFit> {
-    let mut nf = registered_could_ever_fit(state, spec);
+pub fn could_ever_fit(fleet: &Fleet, spec: &LeaseSpec) -> Result<(), NoFit> {
+    let mut nf = registered_could_ever_fit(fleet, spec);
     if nf.fitting >= nf.needed {
         return Ok(());
     }
     // Nodes a pool could still add count too.
     let mut reasons = Reasons::default();
     let mut pool_lines = Vec::new();
-    for p in state.pools.values() {
+    for p in fleet.pools.values() {
         let n = p.new_node("");
         match rule_out(&n, spec, true) {
             Some(w) => reasons.push(format!("pool {}", p.name), &n, spec, w),
             None => {
-                let room = state.pool_room(&p.name);
+                let room = fleet.pool_room(&p.name);
                 nf.fitting += room.min(nf.needed);
                 pool_lines.push((
                     format!("pool {}", p.name),
@@ -432,13 +437,13 @@ pub fn could_ever_fit(state: &State, spec: &LeaseSpec) -> Result<(), NoFit> {
 
 /// Like [`could_ever_fit`] over the registered nodes only (no pool grows):
 /// `fitting` counts the nodes that could hold `spec` once free.
-pub fn registered_could_ever_fit(state: &State, spec: &LeaseSpec) -> NoFit {
+pub fn registered_could_ever_fit(fleet: &Fleet, spec: &LeaseSpec) -> NoFit {
     let mut nf = NoFit {
         needed: spec.count.max(1),
         ..NoFit::default()
     };
     let mut reasons = Reasons::default();
-    for n in state.nodes.values() {
+    for n in fleet.values() {
         match rule_out(n, spec, true) {
             Some(w) => reasons.push(n.name.clone(), n, spec, w),
             None => nf.fitting += 1,
@@ -449,11 +454,11 @@ pub fn registered_could_ever_fit(state: &State, spec: &LeaseSpec) -> NoFit {
 }
 
 /// Pools whose new nodes could hold `spec` and that have room to add one.
-pub fn pools_that_fit(state: &State, spec: &LeaseSpec) -> Vec<String> {
-    state
+pub fn pools_that_fit(fleet: &Fleet, spec: &LeaseSpec) -> Vec<String> {
+    fleet
         .pools
         .values()
-        .filter(|p| state.pool_room(&p.name) > 0)
+        .filter(|p| fleet.pool_room(&p.name) > 0)
         .filter(|p| rule_out(&p.new_node(""), spec, true).is_none())
         .map(|p| p.name.clone())
         .collect()

@@ -1,5 +1,5 @@
 use super::*;
-use crate::state::{Constraint, Resources};
+use crate::state::{Constraint, Resources, State};
 use std::collections::BTreeMap;
 
 fn node(
@@ -249,7 +249,7 @@ fn ranking_table() {
         sp.count = count;
         sp.prefer = prefer;
         sp.max_cost_per_hour = max_cost;
-        match (place(&s, &sp), want) {
+        match (place(&s.nodes, &sp), want) {
             (Ok(got), Ok(w)) => assert_eq!(got, w, "case {i}"),
             (Err(nf), Err(w)) => assert!(nf.summary().starts_with(w), "case {i}: {}", nf.summary()),
             (got, w) => panic!("case {i}: got {got:?}, want {w:?}"),
@@ -261,23 +261,23 @@ fn ranking_table() {
 fn could_ever_fit_ignores_load_but_not_capacity() {
     let s = fleet();
     assert!(
-        could_ever_fit(&s, &spec(8000, &[])).is_ok(),
+        could_ever_fit(&s.nodes, &spec(8000, &[])).is_ok(),
         "a full node could free up"
     );
-    let nf = could_ever_fit(&s, &spec(1000, &["gpu=a100"])).unwrap_err();
+    let nf = could_ever_fit(&s.nodes, &spec(1000, &["gpu=a100"])).unwrap_err();
     assert_eq!(nf.per_node.len(), 4);
     assert_eq!(
         nf.per_node[0],
         ("a".to_string(), "needs gpu=a100, has no gpu".to_string())
     );
-    assert!(could_ever_fit(&s, &spec(9000, &[])).is_err());
+    assert!(could_ever_fit(&s.nodes, &spec(9000, &[])).is_err());
 }
 
 #[test]
 fn empty_fleet_says_so() {
     let s = State::new(BTreeMap::new());
     assert_eq!(
-        place(&s, &spec(1, &[])).unwrap_err().summary(),
+        place(&s.nodes, &spec(1, &[])).unwrap_err().summary(),
         "no nodes are registered"
     );
 }
@@ -359,7 +359,7 @@ mod index_matches_a_full_scan {
                     held.insert(format!("n{i:02}"), Resources { cpu_millis: c * 500, ..Resources::default() });
                 }
             }
-            prop_assert_eq!(pick(&s, &sp, &held), reference(&s, &sp, &held));
+            prop_assert_eq!(pick(&s.nodes, &sp, &held), reference(&s, &sp, &held));
         }
     }
 }

@@ -287,7 +287,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             None => (State::default(), 0, 0),
         };
         let mut peers = cfg.peers.clone();
-        peers.extend(state.members.clone());
+        peers.extend(state.members.ids.clone());
         for (id, addr) in &peers {
             if *id != cfg.id {
                 transport.set_peer(*id, addr);
@@ -567,8 +567,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
 
     fn read_members(&self) -> BTreeMap<u64, String> {
         match self.state.read() {
-            Ok(s) => s.members.clone(),
-            Err(p) => p.into_inner().members.clone(),
+            Ok(s) => s.members.ids.clone(),
+            Err(p) => p.into_inner().members.ids.clone(),
         }
     }
 
@@ -684,7 +684,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let state = State::from_bytes(&snap.data).map_err(|e| corrupt(index, e))?;
         self.raw.mut_store().apply_snapshot(snap)?;
         self.raw.mut_store().sync()?;
-        for (id, addr) in &state.members {
+        for (id, addr) in state.members.iter() {
             if *id != self.cfg.id {
                 self.transport.set_peer(*id, addr);
             }
@@ -744,7 +744,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             };
             let mut events = Vec::new();
             if let Some(first) = props.first() {
-                if e.term > st.term {
+                if e.term > st.members.term {
                     events.push(self.leader_event(e.term, first.at.max(st.time)));
                 }
                 st.observe_term(e.term, first.at);
@@ -858,7 +858,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 Err(p) => p.into_inner(),
             };
             st.set_member(cc.node_id, addr);
-            st.members.clone()
+            st.members.ids.clone()
         };
         tracing::info!(
             member = self.cfg.id,

@@ -55,7 +55,8 @@ fn job_pb(s: &State, j: &CronJob, who: &Principal) -> Result<pb::CronJob, Status
         charter_config::task::hide(&mut config.task.secret_env);
     }
     let last = s
-        .cron_runs
+        .cron
+        .runs
         .get(&j.config.name)
         .and_then(|r| r.values().next_back())
         .map(run_pb);
@@ -92,17 +93,19 @@ fn job_reply(s: &State, a: Applied, who: &Principal) -> Result<Response<pb::Cron
 /// look (its cursor minus its window); running ones always.
 pub fn plan_reply(s: &State, who: &Principal, leader: bool) -> Result<pb::CronPlanReply, Status> {
     let newest = |name: &str| {
-        s.cron_runs
+        s.cron
+            .runs
             .get(name)
             .and_then(|r| r.iter().rev().find(|(_, r)| !r.manual).map(|(at, _)| *at))
     };
     let cursor = |j: &CronJob| newest(&j.config.name).map_or(j.since, |n| n.max(j.since));
     let jobs = s
-        .cron_jobs
+        .cron
+        .jobs
         .values()
         .map(|j| {
             let mut from = newest(&j.config.name).unwrap_or(i64::MAX);
-            for d in s.cron_jobs.values() {
+            for d in s.cron.jobs.values() {
                 if d.config.depends_on.contains(&j.config.name) {
                     from = from.min(cursor(d) - d.config.window_ms as i64);
                 }
@@ -135,7 +138,7 @@ pub fn fire_command(r: pb::FireCronRequest) -> Result<CronFire, Status> {
 }
 
 fn plan_runs(s: &State, job: &str, from: i64) -> Vec<pb::CronRun> {
-    let Some(runs) = s.cron_runs.get(job) else {
+    let Some(runs) = s.cron.runs.get(job) else {
         return Vec::new();
     };
     runs.values()
@@ -269,11 +272,12 @@ impl pb::cron_server::Cron for Api {
         let reply = self.member.read(|s| {
             Ok::<_, Status>(pb::ListCronReply {
                 jobs: s
-                    .cron_jobs
+                    .cron
+                    .jobs
                     .values()
                     .map(|j| job_pb(s, j, &who))
                     .collect::<Result<_, _>>()?,
-                version: s.cron_version.clone(),
+                version: s.cron.version.clone(),
             })
         })?;
         Ok(Response::new(reply))
@@ -288,7 +292,7 @@ impl pb::cron_server::Cron for Api {
         self.barrier(r.stale).await?;
         let n = if r.n == 0 { 20 } else { r.n as usize };
         let runs = self.member.read(|s| {
-            let runs = s.cron_runs.get(&r.job)?;
+            let runs = s.cron.runs.get(&r.job)?;
             let mut v: Vec<pb::CronRun> = runs.values().rev().take(n).map(run_pb).collect();
             v.reverse();
             Some(v)
@@ -314,7 +318,7 @@ impl pb::cron_server::Cron for Api {
         };
         match runs {
             Some(runs) => Ok(Response::new(pb::CronHistoryReply { runs })),
-            None if self.member.read(|s| s.cron_jobs.contains_key(&r.job)) => {
+            None if self.member.read(|s| s.cron.jobs.contains_key(&r.job)) => {
                 Ok(Response::new(pb::CronHistoryReply { runs: Vec::new() }))
             }
             None => Err(Status::not_found(format!(

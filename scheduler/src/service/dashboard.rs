@@ -334,14 +334,16 @@ fn cron_json(
     mine: &dyn Fn(&str) -> bool,
     upcoming: &dyn Fn(&str, Option<&str>) -> Vec<i64>,
 ) -> Vec<Value> {
-    s.cron_jobs
+    s.cron
+        .jobs
         .values()
         .filter(|j| mine(&j.owner))
         .map(|j| {
             let c = &j.config;
             let tz = (!c.timezone.is_empty()).then_some(c.timezone.as_str());
             let runs: Vec<Value> = s
-                .cron_runs
+                .cron
+                .runs
                 .get(&c.name)
                 .map(|r| {
                     r.values()
@@ -384,7 +386,7 @@ fn apps_json(s: &State, mine: &dyn Fn(&str) -> bool) -> Vec<Value> {
         .map(|a| {
             let name = &a.config.name;
             let deployments: Vec<Value> = s
-                .deployments
+                .apps.deployments
                 .values()
                 .rev()
                 .filter(|d| &d.app == name)

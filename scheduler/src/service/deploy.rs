@@ -127,12 +127,13 @@ pub fn deploy_view(s: &State) -> DeployView {
     }
     // Only the commits being deployed now can reuse a build.
     let deploying: std::collections::BTreeSet<(&str, &str)> = s
+        .apps
         .deployments
         .values()
         .filter(|d| d.status == DeployStatus::Running)
         .map(|d| (d.app.as_str(), d.commit.as_str()))
         .collect();
-    for d in s.deployments.values() {
+    for d in s.apps.deployments.values() {
         if !d.artifact.is_empty() && deploying.contains(&(d.app.as_str(), d.commit.as_str())) {
             v.built
                 .entry(d.app.clone())
@@ -289,6 +290,7 @@ impl pb::deploy_server::Deploy for Api {
                 ))
             })?;
             let ds: Vec<&Deployment> = s
+                .apps
                 .deployments
                 .values()
                 .rev()
@@ -452,6 +454,7 @@ impl pb::deploy_server::Deploy for Api {
         let (keep, pinned) = self.member.read(|s| {
             let keep = s.apps.get(&app).map_or(5, |a| a.config.keep as usize);
             let pinned: Vec<String> = s
+                .apps
                 .deployments
                 .values()
                 .filter(|d| {
@@ -546,6 +549,7 @@ fn build_of(s: &State, task: u64, app: &str) -> Result<(), Status> {
         )));
     }
     let builds = s
+        .apps
         .deployments
         .values()
         .any(|d| d.build_task == Some(task) && d.app == app);
@@ -597,14 +601,15 @@ fn needed_on(s: &State, sha: &str, node: &str) -> Result<(), Status> {
 
 /// Whether task `task` is a deployment's build or server.
 pub(super) fn deployment_task(s: &State, task: u64) -> bool {
-    s.deployments
+    s.apps
+        .deployments
         .values()
         .any(|d| d.build_task == Some(task) || d.instances.contains(&task))
 }
 
 /// Whether lease `lease` holds a deployment's build or server.
 pub(super) fn deployment_lease(s: &State, lease: u64) -> bool {
-    s.deployments.values().any(|d| {
+    s.apps.deployments.values().any(|d| {
         d.build_task
             .iter()
             .chain(&d.instances)

@@ -30,7 +30,7 @@ impl Api {
     pub(super) fn lease_anywhere(&self, id: u64) -> Result<Lease, Status> {
         let (live, next) = self
             .member
-            .read(|s| (s.leases.get(&id).cloned(), s.next_lease_id));
+            .read(|s| (s.leases.get(&id).cloned(), s.leases.next_id));
         live.or_else(|| self.member.history()?.lease(id))
             .ok_or_else(|| self.not_kept("lease", id, next))
     }
@@ -42,7 +42,7 @@ impl Api {
                 .tasks
                 .get(&id)
                 .map(|t| (t.clone(), s.leases.get(&t.lease).cloned()));
-            (found, s.next_task_id)
+            (found, s.tasks.next_id)
         });
         if let Some(found) = live {
             return Ok(found);
@@ -75,10 +75,11 @@ impl Api {
 /// The live leases (pending and granted) in id order: O(live).
 pub(super) fn live_leases(s: &State) -> Vec<&Lease> {
     let mut ids: Vec<u64> = s
+        .leases
         .expiries
         .iter()
         .map(|(_, id)| *id)
-        .chain(s.queue.iter().map(|(_, _, id)| *id))
+        .chain(s.leases.queue.iter().map(|(_, _, id)| *id))
         .collect();
     ids.sort_unstable();
     ids.iter().filter_map(|id| s.leases.get(id)).collect()

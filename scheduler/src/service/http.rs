@@ -60,19 +60,19 @@ async fn metrics(AxState(m): AxState<MemberHandle>) -> impl axum::response::Into
                 ],
             ));
         }
-        let oldest = s.queue.iter().map(|(_, at, _)| *at).min();
+        let oldest = s.leases.queue.iter().map(|(_, at, _)| *at).min();
         Reading {
             nodes: by_state.into_iter().collect(),
             leases: vec![
-                (LeaseState::Pending.as_str(), s.queue.len() as u64),
-                (LeaseState::Granted.as_str(), s.expiries.len() as u64),
+                (LeaseState::Pending.as_str(), s.leases.queue.len() as u64),
+                (LeaseState::Granted.as_str(), s.leases.expiries.len() as u64),
             ],
-            ended_leases: s.ended.len() as u64,
+            ended_leases: s.leases.ended.len() as u64,
             state_leases: s.leases.len() as u64,
             tasks: s.tasks.len() as u64,
             keys: s.keys.len() as u64,
             queue: (
-                s.queue.len() as u64,
+                s.leases.queue.len() as u64,
                 oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0),
             ),
             per_node,

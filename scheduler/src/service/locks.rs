@@ -62,7 +62,7 @@ pub fn hold_pb(h: &LockHold, who: &Principal, position: usize, applied: u64) -> 
 }
 
 fn view(s: &State, name: &str, who: &Principal, applied: u64) -> pb::LockReply {
-    let Some((lock, _)) = s.lock_view(name) else {
+    let Some((lock, _)) = s.locks.view(name) else {
         return pb::LockReply {
             name: name.to_string(),
             applied_index: applied,
@@ -73,7 +73,7 @@ fn view(s: &State, name: &str, who: &Principal, applied: u64) -> pb::LockReply {
         ids.iter()
             .enumerate()
             .filter_map(|(i, id)| {
-                let h = s.holds.get(id)?;
+                let h = s.locks.holds.get(id)?;
                 Some(hold_pb(h, who, if line { i + 1 } else { 0 }, applied))
             })
             .collect()
@@ -89,8 +89,8 @@ fn view(s: &State, name: &str, who: &Principal, applied: u64) -> pb::LockReply {
 }
 
 fn live_hold(s: &State, id: u64, who: &Principal, applied: u64) -> Option<pb::LockHold> {
-    let h = s.holds.get(&id)?;
-    Some(hold_pb(h, who, s.lock_position(&h.lock, id), applied))
+    let h = s.locks.holds.get(&id)?;
+    Some(hold_pb(h, who, s.locks.position(&h.lock, id), applied))
 }
 
 fn check_name(name: &str) -> Result<(), Status> {
@@ -107,7 +107,7 @@ impl Api {
         // The outcome as applied (this member may not have applied it yet
         // when it forwarded the command); the place in line as known here.
         let applied = self.member.status().applied;
-        let position = self.member.read(|s| s.lock_position(&h.lock, h.id));
+        let position = self.member.read(|s| s.locks.position(&h.lock, h.id));
         Ok(hold_pb(&h, who, position, applied))
     }
 
@@ -145,7 +145,8 @@ impl Api {
         loop {
             let at = *applied.borrow_and_update();
             let now = self.member.read(|s| {
-                s.holds
+                s.locks
+                    .holds
                     .get(&id)
                     .map(|h| (h.lock == name, h.principal == who.name || who.admin))
                     .map(|found| (found, live_hold(s, id, who, at)))
@@ -181,7 +182,7 @@ impl Api {
     /// An acquisition that left the live state, from this member's history.
     fn ended_hold(&self, who: &Principal, name: &str, id: u64) -> Result<pb::LockHold, Status> {
         let applied = self.member.status().applied;
-        let next = self.member.read(|s| s.next_hold_id);
+        let next = self.member.read(|s| s.locks.next_hold_id);
         let found = self
             .member
             .history()

@@ -655,7 +655,8 @@ impl pb::nodes_server::Nodes for Api {
         principal(&req)?;
         self.barrier(req.get_ref().stale).await?;
         let pools = self.member.read(|s| {
-            s.pools
+            s.nodes
+                .pools
                 .values()
                 .map(|p| {
                     let held = s.nodes.values().filter(|n| n.pool == p.name).count();
@@ -826,9 +827,13 @@ impl pb::leases_server::Leases for Api {
     ) -> Result<Response<pb::ListQuotasReply>, Status> {
         principal(&req)?;
         self.barrier(false).await?;
-        let quotas = self
-            .member
-            .read(|s| s.quotas.iter().map(|(p, q)| convert::quota(p, q)).collect());
+        let quotas = self.member.read(|s| {
+            s.leases
+                .quotas
+                .iter()
+                .map(|(p, q)| convert::quota(p, q))
+                .collect()
+        });
         Ok(Response::new(pb::ListQuotasReply { quotas }))
     }
 

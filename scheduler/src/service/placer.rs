@@ -58,7 +58,7 @@ impl Placer {
         // Place under the state's read lock rather than on a copy: a copy of
         // the persistent maps is O(1), but the raft thread's next write would
         // then copy whole chunks of nodes (lease sets included) to stay apart.
-        let nodes = member.read(|state| placement::pick(state, spec, &r))?;
+        let nodes = member.read(|state| placement::pick(&state.nodes, spec, &r))?;
         for n in &nodes {
             let held = r.entry(n.clone()).or_default();
             *held = held.plus(&spec.resources);

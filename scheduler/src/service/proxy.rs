@@ -20,7 +20,7 @@ pub fn targets(s: &State, app: &str) -> Vec<String> {
         .apps
         .get(app)
         .and_then(|a| a.active)
-        .and_then(|id| s.deployments.get(&id))
+        .and_then(|id| s.apps.deployments.get(&id))
     else {
         return Vec::new();
     };

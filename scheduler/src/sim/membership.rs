@@ -19,14 +19,27 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 impl Sim {
-    /// The members by the state of the up member that applied most.
+    /// The members as of the highest applied index any member has shown
+    /// (committed entries are the same everywhere, so a later index is the
+    /// newer truth; the up members may all be behind it for a while).
     pub(super) fn membership(&self) -> BTreeSet<u64> {
-        self.members
+        self.known_members.1.clone()
+    }
+
+    /// Learns the membership from the up member that applied most, if it
+    /// applied more than anyone before.
+    fn learn_membership(&mut self) {
+        let best = self
+            .members
             .iter()
             .filter_map(|m| m.node.as_ref())
             .max_by_key(|(d, _)| d.applied())
-            .map(|(_, h)| h.read(|s| s.members.keys().copied().collect()))
-            .unwrap_or_default()
+            .map(|(d, h)| (d.applied(), h.read(|s| s.members.keys().copied().collect())));
+        if let Some((applied, ids)) = best
+            && applied >= self.known_members.0
+        {
+            self.known_members = (applied, ids);
+        }
     }
 
     /// Members not removed: in the cluster, or joining it.
@@ -92,6 +105,7 @@ impl Sim {
     /// Stops for good every member whose removal was applied (it was a
     /// member once and the state no longer names it).
     pub(super) fn retire_removed(&mut self) {
+        self.learn_membership();
         let now = self.membership();
         for m in &mut self.members {
             if now.contains(&m.id) {

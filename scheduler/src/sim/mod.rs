@@ -122,6 +122,8 @@ pub struct Sim {
     cron_caught_up: bool,
     next_key: u64,
     report: SimReport,
+    /// The members as of the highest applied index seen: `(index, ids)`.
+    known_members: (u64, std::collections::BTreeSet<u64>),
     /// Message fault rates for this run (per mille).
     drop_pm: u32,
     dup_pm: u32,
@@ -161,6 +163,7 @@ impl Sim {
                 removed: false,
             });
         }
+        let cfg_members = cfg.members as u64;
         let mut sim = Sim {
             drop_pm: rng.random_range(0..100),
             dup_pm: rng.random_range(0..50),
@@ -179,6 +182,7 @@ impl Sim {
             cron_caught_up: false,
             next_key: 0,
             report: SimReport::default(),
+            known_members: (0, (1..=cfg_members).collect()),
         };
         for i in 0..sim.members.len() {
             sim.start(i)?;
@@ -298,7 +302,8 @@ impl Sim {
             .and_then(|l| self.members[l].node.as_ref())
             .map(|(_, h)| {
                 h.read(|s| {
-                    s.deployments
+                    s.apps
+                        .deployments
                         .values()
                         .filter(|d| d.status == charter_config::deployment::DeployStatus::Running)
                         .map(|d| (d.id, d.step()))
@@ -580,7 +585,7 @@ impl Sim {
             // purpose: apply must re-check and never over-commit.
             let hint = match (&r.cmd, self.rng.random_range(0..4)) {
                 (Command::RequestLease(spec), 0 | 1) => {
-                    h.read(|s| crate::placement::place(s, spec).ok())
+                    h.read(|s| crate::placement::place(&s.nodes, spec).ok())
                 }
                 (Command::RequestLease(spec), 2) => Some(
                     (0..spec.count)
@@ -900,9 +905,18 @@ impl Sim {
             }
             if self.step - healed_at > self.cfg.liveness_steps {
                 return Err(format!(
-                    "no convergence {} steps after healing: {} requests pending, applied {:?}",
+                    "no convergence {} steps after healing: {} requests pending {:?}, members {:?} of {:?}, applied {:?}",
                     self.cfg.liveness_steps,
                     self.requests.len(),
+                    self.requests
+                        .iter()
+                        .map(|r| format!("{:?}", r.cmd).chars().take(80).collect::<String>())
+                        .collect::<Vec<_>>(),
+                    self.members
+                        .iter()
+                        .map(|m| (m.id, m.node.is_some(), m.joined, m.removed))
+                        .collect::<Vec<_>>(),
+                    self.membership(),
                     views
                         .iter()
                         .map(|v| (v.id, v.role.as_str(), v.applied, v.commit))

@@ -13,6 +13,7 @@ use charter_config::app::AppConfig;
 use charter_config::deployment::{
     AppChange, DeployStatus, DeployStep, Deployment, StepRecord, StepState, Trigger, short_commit,
 };
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 /// Webhook delivery ids remembered per app.
@@ -48,6 +49,31 @@ pub fn full_commit(c: &str) -> bool {
             .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
+/// The apps room: the deployer's apps by name (what it dereferences to) and
+/// their deployments.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Apps {
+    /// Apps by name.
+    pub all: OrdMap<String, App>,
+    /// Deployments by id.
+    pub deployments: OrdMap<u64, Deployment>,
+    /// The id the next deployment gets.
+    pub next_deploy_id: u64,
+}
+
+impl std::ops::Deref for Apps {
+    type Target = OrdMap<String, App>;
+    fn deref(&self) -> &OrdMap<String, App> {
+        &self.all
+    }
+}
+
+impl std::ops::DerefMut for Apps {
+    fn deref_mut(&mut self) -> &mut OrdMap<String, App> {
+        &mut self.all
+    }
+}
+
 impl State {
     pub(super) fn app_apply(
         &mut self,
@@ -57,7 +83,7 @@ impl State {
         version: &str,
     ) -> Outcome {
         let now = self.time;
-        let change = match self.apps.get(&config.name) {
+        let change = match self.apps.all.get(&config.name) {
             Some(a) if a.applied_by != principal && !admin => {
                 return Err(Refusal::Denied {
                     reason: format!(
@@ -71,8 +97,12 @@ impl State {
             None => AppChange::Added,
         };
         if change != AppChange::Unchanged {
-            let created_at = self.apps.get(&config.name).map_or(now, |a| a.created_at);
-            self.apps.insert(
+            let created_at = self
+                .apps
+                .all
+                .get(&config.name)
+                .map_or(now, |a| a.created_at);
+            self.apps.all.insert(
                 config.name.clone(),
                 App {
                     config: config.clone(),
@@ -80,9 +110,10 @@ impl State {
                     applied_by: principal.to_string(),
                     created_at,
                     updated_at: now,
-                    active: self.apps.get(&config.name).and_then(|a| a.active),
+                    active: self.apps.all.get(&config.name).and_then(|a| a.active),
                     deliveries: self
                         .apps
+                        .all
                         .get(&config.name)
                         .map(|a| a.deliveries.clone())
                         .unwrap_or_default(),
@@ -130,12 +161,13 @@ impl State {
         }
         if let Some(a) = app
             .active
-            .and_then(|id| self.deployments.get(&id))
+            .and_then(|id| self.apps.deployments.get(&id))
             .filter(|a| a.fingerprint == fingerprint)
         {
             return Some((a.id, format!("{fingerprint} is already active")));
         }
-        self.deployments
+        self.apps
+            .deployments
             .values()
             .find(|o| {
                 o.id != except
@@ -163,6 +195,7 @@ impl State {
     ) -> Outcome {
         let app = self
             .apps
+            .all
             .get(name)
             .cloned()
             .ok_or_else(|| Refusal::NotFound {
@@ -180,7 +213,7 @@ impl State {
             if app.deliveries.iter().any(|d| d == delivery) {
                 return deployed(None, false, format!("delivery {delivery} was seen before"));
             }
-            let a = self.apps.get_mut(name).expect("looked up above");
+            let a = self.apps.all.get_mut(name).expect("looked up above");
             a.deliveries.push(delivery.to_string());
             let cut = a.deliveries.len().saturating_sub(DELIVERIES_KEPT);
             a.deliveries.drain(..cut);
@@ -192,11 +225,12 @@ impl State {
             String::new()
         };
         if let Some((id, why)) = self.same_version(&app, &fingerprint, 0) {
-            return deployed(self.deployments.get(&id), false, why);
+            return deployed(self.apps.deployments.get(&id), false, why);
         }
-        let id = self.next_deploy_id.max(1);
-        self.next_deploy_id = id + 1;
+        let id = self.apps.next_deploy_id.max(1);
+        self.apps.next_deploy_id = id + 1;
         let superseded: Vec<u64> = self
+            .apps
             .deployments
             .values()
             .filter(|d| {
@@ -242,7 +276,7 @@ impl State {
             build_log: String::new(),
             ended_at: None,
         };
-        self.deployments.insert(id, d.clone());
+        self.apps.deployments.insert(id, d.clone());
         let what = if d.commit.is_empty() {
             "the branch head".to_string()
         } else {
@@ -260,6 +294,7 @@ impl State {
 
     fn trim_deployments(&mut self, app: &str) {
         let ended: Vec<u64> = self
+            .apps
             .deployments
             .values()
             .filter(|d| d.app == app && d.ended_at.is_some() && d.status != DeployStatus::Active)
@@ -269,7 +304,7 @@ impl State {
             .iter()
             .take(ended.len().saturating_sub(DEPLOYMENTS_KEPT))
         {
-            if let Some(d) = self.deployments.remove(id) {
+            if let Some(d) = self.apps.deployments.remove(id) {
                 self.trimmed.push(super::Trimmed::Deployment(d));
             }
         }
@@ -285,7 +320,7 @@ impl State {
         reason: String,
     ) {
         let now = self.time;
-        let Some(d) = self.deployments.get_mut(&id) else {
+        let Some(d) = self.apps.deployments.get_mut(&id) else {
             return;
         };
         d.status = status;
@@ -308,7 +343,7 @@ impl State {
         let detail = format!("app {}: {status} at {}: {reason}", d.app, d.step());
         d.reason = reason;
         let tasks: Vec<u64> = d.build_task.iter().chain(&d.instances).copied().collect();
-        let owner = self.apps.get(&d.app).map(|a| a.applied_by.clone());
+        let owner = self.apps.all.get(&d.app).map(|a| a.applied_by.clone());
         self.note(kind, owner.as_deref().unwrap_or(""), id, detail);
         self.unpin(id);
         for t in tasks {
@@ -324,6 +359,7 @@ impl State {
             });
         }
         let d = self
+            .apps
             .deployments
             .get(&step.id)
             .cloned()
@@ -339,6 +375,7 @@ impl State {
             if d.promoted_at.is_some() {
                 // Past promotion there is no way back: note it, retry.
                 let r = self
+                    .apps
                     .deployments
                     .get_mut(&step.id)
                     .and_then(|d| d.steps.last_mut());
@@ -347,7 +384,7 @@ impl State {
                 }
             } else {
                 if !step.build_log.is_empty()
-                    && let Some(d) = self.deployments.get_mut(&step.id)
+                    && let Some(d) = self.apps.deployments.get_mut(&step.id)
                 {
                     d.build_log = step.build_log.clone();
                 }
@@ -358,7 +395,7 @@ impl State {
                     step.message.clone(),
                 );
             }
-            return deployed(self.deployments.get(&step.id), false, "");
+            return deployed(self.apps.deployments.get(&step.id), false, "");
         }
         match step.step {
             DeployStep::Fetch => {
@@ -370,6 +407,7 @@ impl State {
                 }
                 let app = self
                     .apps
+                    .all
                     .get(&d.app)
                     .cloned()
                     .ok_or_else(|| Refusal::NotFound {
@@ -379,14 +417,14 @@ impl State {
                 let same = self
                     .same_version(&app, &fingerprint, d.id)
                     .map(|(_, why)| why);
-                if let Some(x) = self.deployments.get_mut(&d.id) {
+                if let Some(x) = self.apps.deployments.get_mut(&d.id) {
                     x.commit = commit;
                     x.fingerprint = fingerprint;
                 }
                 let same = same.or_else(|| step.behind.then(|| step.message.clone()));
                 if let Some(why) = same {
                     self.end_deployment(d.id, DeployStatus::Unchanged, StepState::Done, why);
-                    return deployed(self.deployments.get(&d.id), false, "");
+                    return deployed(self.apps.deployments.get(&d.id), false, "");
                 }
             }
             DeployStep::Build => {
@@ -395,27 +433,28 @@ impl State {
                         reason: "a finished build names its artifact's sha256".into(),
                     });
                 }
-                if let Some(x) = self.deployments.get_mut(&d.id) {
+                if let Some(x) = self.apps.deployments.get_mut(&d.id) {
                     x.artifact = step.artifact.clone();
                 }
             }
             DeployStep::Promote => {
-                if let Some(a) = self.apps.get_mut(&d.app) {
+                if let Some(a) = self.apps.all.get_mut(&d.app) {
                     a.active = Some(d.id);
                 }
-                let owner = self.apps.get(&d.app).map(|a| a.applied_by.clone());
+                let owner = self.apps.all.get(&d.app).map(|a| a.applied_by.clone());
                 self.note(
                     EventKind::DeployPromoted,
                     owner.as_deref().unwrap_or(""),
                     d.id,
                     format!("app {} serves {}", d.app, short_commit(&d.commit)),
                 );
-                if let Some(x) = self.deployments.get_mut(&d.id) {
+                if let Some(x) = self.apps.deployments.get_mut(&d.id) {
                     x.promoted_at = Some(now);
                 }
             }
             DeployStep::Retire => {
                 let old: Vec<u64> = self
+                    .apps
                     .deployments
                     .values()
                     .filter(|o| o.app == d.app && o.id != d.id && o.status == DeployStatus::Active)
@@ -435,7 +474,11 @@ impl State {
             | DeployStep::Start
             | DeployStep::AwaitHealthy => {}
         }
-        let x = self.deployments.get_mut(&d.id).expect("looked up above");
+        let x = self
+            .apps
+            .deployments
+            .get_mut(&d.id)
+            .expect("looked up above");
         let mut took = None;
         if let Some(r) = x.steps.last_mut() {
             took = Some(now - r.started_at);
@@ -463,7 +506,7 @@ impl State {
                 format!("{} done, active (app {})", step.step, d.app)
             }
         };
-        let owner = self.apps.get(&d.app).map(|a| a.applied_by.clone());
+        let owner = self.apps.all.get(&d.app).map(|a| a.applied_by.clone());
         self.note_ms(
             EventKind::DeployStep,
             owner.as_deref().unwrap_or(""),
@@ -471,7 +514,7 @@ impl State {
             detail,
             took,
         );
-        deployed(self.deployments.get(&d.id), false, "")
+        deployed(self.apps.deployments.get(&d.id), false, "")
     }
 
     /// Submits the build task or the servers' tasks of a deployment's
@@ -489,6 +532,7 @@ impl State {
             });
         }
         let d = self
+            .apps
             .deployments
             .get(&id)
             .cloned()
@@ -512,6 +556,7 @@ impl State {
         }
         let owner = self
             .apps
+            .all
             .get(&d.app)
             .map(|a| a.applied_by.clone())
             .unwrap_or_default();
@@ -527,7 +572,7 @@ impl State {
                 }
             }
         }
-        let x = self.deployments.get_mut(&id).expect("looked up above");
+        let x = self.apps.deployments.get_mut(&id).expect("looked up above");
         if step == DeployStep::Build {
             x.build_task = ids.first().copied();
         } else {
@@ -546,7 +591,7 @@ impl State {
                 format!("could not submit {what}: {e}"),
             );
         }
-        deployed(self.deployments.get(&id), false, "")
+        deployed(self.apps.deployments.get(&id), false, "")
     }
 }
 

@@ -89,6 +89,17 @@ pub struct JobChange {
     pub change: String,
 }
 
+/// The cron room: applied jobs and their decided ticks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cron {
+    /// Applied jobs by name.
+    pub jobs: OrdMap<String, CronJob>,
+    /// Decided ticks, per job by scheduled time.
+    pub runs: Runs,
+    /// The fingerprint of the newest applied cron file.
+    pub version: String,
+}
+
 impl State {
     /// What applying `jobs` as `principal`'s file would change: its jobs
     /// are added or changed, and jobs it applied before that the file no
@@ -111,7 +122,7 @@ impl State {
                     ),
                 });
             }
-            let change = match self.cron_jobs.get(name) {
+            let change = match self.cron.jobs.get(name) {
                 None => "added",
                 Some(j) if j.applied_by != principal && !admin => {
                     return Err(Refusal::Denied {
@@ -129,7 +140,7 @@ impl State {
                 change: change.into(),
             });
         }
-        for (name, j) in &self.cron_jobs {
+        for (name, j) in &self.cron.jobs {
             if j.applied_by == principal && !jobs.iter().any(|d| &d.config.name == name) {
                 out.push(JobChange {
                     job: name.clone(),
@@ -152,7 +163,7 @@ impl State {
         for c in &changes {
             match c.change.as_str() {
                 "deleted" => {
-                    self.cron_jobs.remove(&c.job);
+                    self.cron.jobs.remove(&c.job);
                 }
                 "unchanged" => {}
                 _ => {
@@ -160,7 +171,7 @@ impl State {
                         .iter()
                         .find(|d| d.config.name == c.job)
                         .expect("planned from these jobs");
-                    let old = self.cron_jobs.get(&c.job);
+                    let old = self.cron.jobs.get(&c.job);
                     // A new schedule starts now: its ticks before the
                     // change were never due, so they are not missed.
                     let same_times = old.is_some_and(|o| {
@@ -179,16 +190,16 @@ impl State {
                         },
                         trimmed_to: old.and_then(|o| o.trimmed_to),
                     };
-                    self.cron_jobs.insert(c.job.clone(), job);
+                    self.cron.jobs.insert(c.job.clone(), job);
                 }
             }
         }
-        self.cron_version = version.to_string();
+        self.cron.version = version.to_string();
         Ok(Applied::CronApplied { changes })
     }
 
     fn cron_job_for(&self, name: &str, principal: &str, admin: bool) -> Result<&CronJob, Refusal> {
-        let job = self.cron_jobs.get(name).ok_or_else(|| Refusal::NotFound {
+        let job = self.cron.jobs.get(name).ok_or_else(|| Refusal::NotFound {
             what: format!("cron job {name}"),
         })?;
         if !admin && job.owner != principal && job.applied_by != principal {
@@ -211,7 +222,7 @@ impl State {
     ) -> Outcome {
         self.cron_job_for(name, principal, admin)?;
         let now = self.time;
-        let job = self.cron_jobs.get_mut(name).expect("looked up above");
+        let job = self.cron.jobs.get_mut(name).expect("looked up above");
         if job.paused && !paused {
             // Ticks while paused are not missed: they were never due.
             job.since = job.since.max(now);
@@ -222,14 +233,15 @@ impl State {
 
     pub(super) fn cron_delete(&mut self, name: &str, principal: &str, admin: bool) -> Outcome {
         let job = self.cron_job_for(name, principal, admin)?.clone();
-        self.cron_jobs.remove(name);
+        self.cron.jobs.remove(name);
         Ok(Applied::CronJob(Box::new(job)))
     }
 
     /// The run of `(job, at)` if that tick is already decided (or trimmed).
     fn decided(&self, job: &CronJob, at: Millis) -> Option<Result<Applied, Refusal>> {
         if let Some(r) = self
-            .cron_runs
+            .cron
+            .runs
             .get(&job.config.name)
             .and_then(|r| r.get(&at))
         {
@@ -248,7 +260,7 @@ impl State {
 
     fn record_run(&mut self, run: CronRun) -> Applied {
         let name = run.job.clone();
-        let owner = self.cron_jobs.get(&name).map(|j| j.owner.clone());
+        let owner = self.cron.jobs.get(&name).map(|j| j.owner.clone());
         let tick = tick_name(run.scheduled_at, run.manual);
         let (kind, detail) = match run.state {
             RunState::Skipped => (EventKind::CronSkipped, format!("{tick}: {}", run.reason)),
@@ -260,7 +272,7 @@ impl State {
         };
         let late = (!run.manual).then(|| run.fired_at - run.scheduled_at);
         self.note_ms(kind, owner.as_deref().unwrap_or(""), &name, detail, late);
-        let runs = self.cron_runs.entry(name.clone()).or_default();
+        let runs = self.cron.runs.entry(name.clone()).or_default();
         runs.insert(run.scheduled_at, run.clone());
         let mut dropped = None;
         let mut gone = Vec::new();
@@ -277,7 +289,7 @@ impl State {
             }
         }
         if let Some(at) = dropped
-            && let Some(job) = self.cron_jobs.get_mut(&name)
+            && let Some(job) = self.cron.jobs.get_mut(&name)
         {
             job.trimmed_to = Some(job.trimmed_to.map_or(at, |t| t.max(at)));
         }
@@ -302,7 +314,8 @@ impl State {
         }
         for at in &fire.replaces {
             let task = self
-                .cron_runs
+                .cron
+                .runs
                 .get(&fire.job)
                 .and_then(|r| r.get(at))
                 .filter(|r| r.state == RunState::Running)
@@ -314,7 +327,8 @@ impl State {
                 );
                 let _ = self.cancel_task(id, &job.owner, true);
                 if let Some(r) = self
-                    .cron_runs
+                    .cron
+                    .runs
                     .get_mut(&fire.job)
                     .and_then(|r| r.get_mut(at))
                 {
@@ -340,7 +354,7 @@ impl State {
         match self.submit_task(&job.owner, &fire.lease, &task) {
             Ok(Applied::Task { task, .. }) => {
                 run.task = Some(task.id);
-                if let Some(t) = self.tasks.get_mut(&task.id) {
+                if let Some(t) = self.tasks.all.get_mut(&task.id) {
                     t.run = Some((fire.job.clone(), fire.scheduled_at));
                 }
             }
@@ -385,7 +399,7 @@ impl State {
 
     /// A task ended: its run, if it has one, takes its outcome.
     pub(super) fn settle_run(&mut self, task: u64) {
-        let Some(t) = self.tasks.get(&task) else {
+        let Some(t) = self.tasks.all.get(&task) else {
             return;
         };
         let Some((job, at)) = t.run.clone() else {
@@ -395,7 +409,7 @@ impl State {
             return;
         }
         let (state, code, ended, message) = (t.state, t.exit_code, t.ended_at, t.message.clone());
-        let Some(run) = self.cron_runs.get_mut(&job).and_then(|r| r.get_mut(&at)) else {
+        let Some(run) = self.cron.runs.get_mut(&job).and_then(|r| r.get_mut(&at)) else {
             return;
         };
         if run.state != RunState::Running {
@@ -418,7 +432,7 @@ impl State {
                 format!("{}: {}", tick_name(at, run.manual), run.reason),
             ),
         };
-        let owner = self.cron_jobs.get(&job).map(|j| j.owner.clone());
+        let owner = self.cron.jobs.get(&job).map(|j| j.owner.clone());
         self.note(kind, owner.as_deref().unwrap_or(""), &job, detail);
     }
 }

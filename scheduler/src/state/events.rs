@@ -320,7 +320,7 @@ impl State {
 
     /// Notes a task's move from `old` to its present state and health.
     pub(super) fn note_task(&mut self, id: u64, old: (TaskState, HealthState)) {
-        let Some(t) = self.tasks.get(&id) else {
+        let Some(t) = self.tasks.all.get(&id) else {
             return;
         };
         let (state, health, principal) = (t.state, t.health, t.principal.clone());

@@ -4,6 +4,7 @@
 use super::events::EventKind;
 use super::{Applied, Lease, LeaseSpec, LeaseState, Millis, Outcome, Quota, Refusal, State};
 use crate::placement;
+use imbl::{OrdMap, OrdSet};
 use std::collections::BTreeMap;
 
 /// What a lease asks for, as an event tells it.
@@ -23,6 +24,62 @@ fn ms(v: u64) -> Millis {
 /// How long a lease may be renewed for, from its grant, when the request
 /// sets no max total (and no quota says less): 7 days.
 pub const DEFAULT_MAX_TOTAL_MS: u64 = 7 * 24 * 3_600_000;
+
+/// The leases room: leases by id, live and ended not yet trimmed (what it
+/// dereferences to), and their orders: by expiry, the queue, timeouts,
+/// price steps; the quotas and what each principal holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Leases {
+    /// Leases by id.
+    pub all: OrdMap<u64, Lease>,
+    /// Granted leases ordered by expiry: `(expires_at, id)`.
+    pub expiries: OrdSet<(Millis, u64)>,
+    /// The queue: `(-priority, requested_at, id)` of pending requests.
+    pub queue: OrdSet<(i64, Millis, u64)>,
+    /// Pending requests ordered by when they give up: `(wait_until, id)`.
+    pub timeouts: OrdSet<(Millis, u64)>,
+    /// Pending deadline requests ordered by when they start taking any price.
+    pub price_steps: OrdSet<(Millis, u64)>,
+    /// Limits by principal; `*` is the default.
+    pub quotas: OrdMap<String, Quota>,
+    /// Live (pending or granted) leases and lock acquisitions per
+    /// principal: how many, and their CPU in millicores, for quotas in O(1)
+    /// (derived, rebuilt on load).
+    pub held: OrdMap<String, (u64, u64)>,
+    /// Ended leases by `(ended_at, id)`: the order they leave in (derived).
+    pub ended: OrdSet<(Millis, u64)>,
+    /// The id the next lease gets.
+    pub next_id: u64,
+}
+
+impl std::ops::Deref for Leases {
+    type Target = OrdMap<u64, Lease>;
+    fn deref(&self) -> &OrdMap<u64, Lease> {
+        &self.all
+    }
+}
+
+impl std::ops::DerefMut for Leases {
+    fn deref_mut(&mut self) -> &mut OrdMap<u64, Lease> {
+        &mut self.all
+    }
+}
+
+impl Leases {
+    /// Counts one live lease (or lock acquisition) holding `cpu`
+    /// millicores in (or out of) `principal`'s total.
+    pub(super) fn count(&mut self, principal: &str, cpu: u64, add: bool) {
+        let e = self.held.entry(principal.to_string()).or_default();
+        if add {
+            *e = (e.0 + 1, e.1 + cpu);
+        } else {
+            *e = (e.0.saturating_sub(1), e.1.saturating_sub(cpu));
+        }
+        if *e == (0, 0) {
+            self.held.remove(principal);
+        }
+    }
+}
 
 impl State {
     pub(super) fn request_lease(
@@ -89,7 +146,7 @@ impl State {
         };
         let placed = match hint.filter(|h| self.hint_fits(h, &effective)) {
             Some(h) => Ok(h.to_vec()),
-            None => placement::place(self, &effective),
+            None => placement::place(&self.nodes, &effective),
         };
         let nodes = match placed {
             Ok(nodes) => Some(nodes),
@@ -99,7 +156,7 @@ impl State {
                 });
             }
             Err(_) => {
-                if let Err(nf) = placement::could_ever_fit(self, &spec) {
+                if let Err(nf) = placement::could_ever_fit(&self.nodes, &spec) {
                     return Err(Refusal::NoCapacity {
                         reason: format!("no node could ever hold it: {}", nf.summary()),
                     });
@@ -107,8 +164,8 @@ impl State {
                 None
             }
         };
-        let id = self.next_lease_id;
-        self.next_lease_id += 1;
+        let id = self.leases.next_id;
+        self.leases.next_id += 1;
         let lease = Lease {
             id,
             principal: principal.to_string(),
@@ -125,7 +182,7 @@ impl State {
             gpu_ids: Default::default(),
             spec,
         };
-        self.leases.insert(id, lease.clone());
+        self.leases.all.insert(id, lease.clone());
         self.hold(principal, &lease.spec, true);
         self.note(
             EventKind::LeaseRequested,
@@ -136,11 +193,12 @@ impl State {
         match nodes {
             Some(nodes) => self.grant(id, nodes),
             None => {
-                self.queue
+                self.leases
+                    .queue
                     .insert((-(lease.spec.priority as i64), lease.requested_at, id));
-                self.timeouts.insert((lease.wait_until, id));
+                self.leases.timeouts.insert((lease.wait_until, id));
                 if lease.cheap_until > lease.requested_at {
-                    self.price_steps.insert((lease.cheap_until, id));
+                    self.leases.price_steps.insert((lease.cheap_until, id));
                 }
             }
         }
@@ -152,13 +210,13 @@ impl State {
     /// Placement checked that `n` GPUs are free (and that the node is not
     /// over its capacity), so `n` of `0..capacity` are unheld.
     fn free_gpus(&self, node: &str, n: u32) -> Vec<u32> {
-        let Some(nd) = self.nodes.get(node) else {
+        let Some(nd) = self.nodes.nodes.get(node) else {
             return Vec::new();
         };
         let held: std::collections::BTreeSet<u32> = nd
             .leases
             .iter()
-            .filter_map(|l| self.leases.get(l))
+            .filter_map(|l| self.leases.all.get(l))
             .filter_map(|l| l.gpu_ids.get(node))
             .flatten()
             .copied()
@@ -173,7 +231,11 @@ impl State {
         let now = self.time;
         self.fencing_token += 1;
         let token = self.fencing_token;
-        let want = self.leases.get(&id).map_or(0, |l| l.spec.resources.gpus);
+        let want = self
+            .leases
+            .all
+            .get(&id)
+            .map_or(0, |l| l.spec.resources.gpus);
         let gpu_ids: BTreeMap<String, Vec<u32>> = if want == 0 {
             BTreeMap::new()
         } else {
@@ -184,12 +246,14 @@ impl State {
         };
         let lease = self
             .leases
+            .all
             .get_mut(&id)
             .expect("grant of a lease that exists");
         let mut cost = 0.0;
         let mut moved = Vec::with_capacity(nodes.len());
         for name in &nodes {
             let node = self
+                .nodes
                 .nodes
                 .get_mut(name)
                 .expect("placement returned a node that exists");
@@ -203,10 +267,11 @@ impl State {
             cost += node.cost_per_hour;
             moved.push((old_key, super::node_key(node)));
         }
-        self.queue
+        self.leases
+            .queue
             .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
-        self.timeouts.remove(&(lease.wait_until, id));
-        self.price_steps.remove(&(lease.cheap_until, id));
+        self.leases.timeouts.remove(&(lease.wait_until, id));
+        self.leases.price_steps.remove(&(lease.cheap_until, id));
         lease.nodes = nodes;
         lease.state = LeaseState::Granted;
         lease.granted_at = now;
@@ -214,19 +279,19 @@ impl State {
         lease.fencing_token = token;
         lease.cost_per_hour = cost;
         lease.gpu_ids = gpu_ids;
-        self.expiries.insert((lease.expires_at, id));
+        self.leases.expiries.insert((lease.expires_at, id));
         let (principal, detail) = (
             lease.principal.clone(),
             format!("on {}, token {token}", lease.nodes.join(",")),
         );
         for (old, new) in moved {
-            self.reindex(old, new);
+            self.nodes.reindex(old, new);
         }
         self.note(EventKind::LeaseGranted, &principal, id, detail);
     }
 
     fn owned(&self, id: u64, principal: &str, admin: bool) -> Result<&Lease, Refusal> {
-        let lease = self.leases.get(&id).ok_or_else(|| Refusal::NotFound {
+        let lease = self.leases.all.get(&id).ok_or_else(|| Refusal::NotFound {
             what: format!("lease {id}"),
         })?;
         if lease.principal != principal && !admin {
@@ -294,10 +359,10 @@ impl State {
         }
         let old = lease.expires_at;
         let new = self.time.saturating_add(ms(duration_ms)).min(cap).max(old);
-        let lease = self.leases.get_mut(&id).expect("checked above");
+        let lease = self.leases.all.get_mut(&id).expect("checked above");
         lease.expires_at = new;
-        self.expiries.remove(&(old, id));
-        self.expiries.insert((new, id));
+        self.leases.expiries.remove(&(old, id));
+        self.leases.expiries.insert((new, id));
         let out = lease.clone();
         self.note(EventKind::LeaseRenewed, &out.principal, id, "");
         Ok(Applied::Lease(out))
@@ -308,15 +373,17 @@ impl State {
         let now = self.time;
         let (down, lost) = self.nodes_down();
         let stepped: Vec<(Millis, u64)> = self
+            .leases
             .price_steps
             .iter()
             .take_while(|(at, _)| *at <= now)
             .copied()
             .collect();
         for k in stepped {
-            self.price_steps.remove(&k);
+            self.leases.price_steps.remove(&k);
         }
         let expired: Vec<u64> = self
+            .leases
             .expiries
             .iter()
             .take_while(|(at, _)| *at <= now)
@@ -326,6 +393,7 @@ impl State {
             self.end_lease(*id, LeaseState::Expired);
         }
         let timed_out: Vec<u64> = self
+            .leases
             .timeouts
             .iter()
             .take_while(|(at, _)| *at <= now)
@@ -348,7 +416,7 @@ impl State {
     /// Grants queued requests in priority order, each that fits (first fit).
     pub(super) fn grant_queue(&mut self) -> Vec<u64> {
         let mut granted = Vec::new();
-        let queued: Vec<u64> = self.queue.iter().map(|(_, _, id)| *id).collect();
+        let queued: Vec<u64> = self.leases.queue.iter().map(|(_, _, id)| *id).collect();
         for id in queued {
             if let Some(nodes) = self.place_pending(&self.leases[&id]) {
                 self.grant(id, nodes);
@@ -363,20 +431,22 @@ impl State {
         let now = self.time;
         let lease = self
             .leases
+            .all
             .get_mut(&id)
             .expect("caller checked the lease exists");
         match lease.state {
             LeaseState::Pending => {
-                self.queue
+                self.leases
+                    .queue
                     .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
-                self.timeouts.remove(&(lease.wait_until, id));
-                self.price_steps.remove(&(lease.cheap_until, id));
+                self.leases.timeouts.remove(&(lease.wait_until, id));
+                self.leases.price_steps.remove(&(lease.cheap_until, id));
             }
             LeaseState::Granted => {
-                self.expiries.remove(&(lease.expires_at, id));
+                self.leases.expiries.remove(&(lease.expires_at, id));
                 let mut moved = Vec::with_capacity(lease.nodes.len());
                 for name in &lease.nodes {
-                    if let Some(node) = self.nodes.get_mut(name) {
+                    if let Some(node) = self.nodes.nodes.get_mut(name) {
                         let old_key = super::node_key(node);
                         node.allocated = node.allocated.minus(&lease.spec.resources);
                         node.leases.remove(&id);
@@ -387,7 +457,7 @@ impl State {
                 lease.ended_at = Some(now);
                 let out = lease.clone();
                 for (old, new) in moved {
-                    self.reindex(old, new);
+                    self.nodes.reindex(old, new);
                 }
                 self.ended_lease(&out);
                 self.end_task_of(id, to);
@@ -422,6 +492,7 @@ impl State {
     pub(super) fn lose_lease(&mut self, id: u64) {
         if self
             .leases
+            .all
             .get(&id)
             .is_some_and(|l| l.state == LeaseState::Granted)
         {
@@ -438,6 +509,7 @@ impl State {
             && hint.len() == spec.count.max(1) as usize
             && hint.iter().all(|n| {
                 self.nodes
+                    .nodes
                     .get(n)
                     .is_some_and(|node| placement::rule_out(node, spec, false).is_none())
             })
@@ -448,9 +520,9 @@ impl State {
     pub fn place_pending(&self, l: &Lease) -> Option<Vec<String>> {
         let none = std::collections::BTreeMap::new();
         if l.cheap_until > self.time {
-            placement::pick(self, &self.cheap_only(&l.spec), &none)
+            placement::pick(&self.nodes, &self.cheap_only(&l.spec), &none)
         } else {
-            placement::pick(self, &l.spec, &none)
+            placement::pick(&self.nodes, &l.spec, &none)
         }
     }
 
@@ -458,6 +530,7 @@ impl State {
     /// it, including nodes a pool could still add.
     pub fn cheap_only(&self, spec: &LeaseSpec) -> LeaseSpec {
         let pooled = self
+            .nodes
             .pools
             .values()
             .filter(|p| self.pool_room(&p.name) > 0)
@@ -465,6 +538,7 @@ impl State {
             .filter(|n| placement::rule_out(n, spec, true).is_none())
             .map(|n| n.cost_per_hour);
         let cheapest = self
+            .nodes
             .nodes
             .values()
             .filter(|n| placement::rule_out(n, spec, true).is_none())
@@ -483,12 +557,12 @@ impl State {
     /// help); one that only a pool could hold names the pool and `--wait`
     /// (a pool grows for waiting requests); else what is busy now.
     fn refusal_now(&self, spec: &LeaseSpec, now: &placement::NoFit) -> String {
-        if let Err(ever) = placement::could_ever_fit(self, spec) {
+        if let Err(ever) = placement::could_ever_fit(&self.nodes, spec) {
             return format!("no node could ever hold it: {}", ever.summary());
         }
-        let registered = placement::registered_could_ever_fit(self, spec);
+        let registered = placement::registered_could_ever_fit(&self.nodes, spec);
         if registered.fitting < registered.needed {
-            let pools = placement::pools_that_fit(self, spec);
+            let pools = placement::pools_that_fit(&self.nodes, spec);
             let which = match pools.as_slice() {
                 [one] => format!("pool {one}"),
                 many => format!("pools {}", many.join(", ")),
@@ -512,7 +586,7 @@ impl State {
         } else {
             l.spec.clone()
         };
-        let nf = placement::why_not(self, &spec);
+        let nf = placement::why_not(&self.nodes, &spec);
         let mut lines: Vec<String> = nf
             .per_node
             .iter()
@@ -521,6 +595,7 @@ impl State {
         let mut summary = format!("pending: {}", nf.summary());
         if cheap {
             let pricier: Vec<String> = self
+                .nodes
                 .nodes
                 .values()
                 .filter(|n| {
@@ -548,7 +623,12 @@ impl State {
             lines.push(line);
         }
         let key = (-(l.spec.priority as i64), l.requested_at, l.id);
-        let ahead: Vec<u64> = self.queue.range(..key).map(|(_, _, id)| *id).collect();
+        let ahead: Vec<u64> = self
+            .leases
+            .queue
+            .range(..key)
+            .map(|(_, _, id)| *id)
+            .collect();
         let place = if ahead.is_empty() {
             "first in the queue".to_string()
         } else {
@@ -576,7 +656,10 @@ impl State {
 
     /// The limits `principal` is held to: its own quota, else `*`'s.
     fn quota_of(&self, principal: &str) -> Option<&Quota> {
-        self.quotas.get(principal).or_else(|| self.quotas.get("*"))
+        self.leases
+            .quotas
+            .get(principal)
+            .or_else(|| self.leases.quotas.get("*"))
     }
 
     fn check_quota(&self, principal: &str, spec: &LeaseSpec) -> Result<(), Refusal> {
@@ -594,7 +677,7 @@ impl State {
             ));
         }
         // O(1): live leases are counted per principal as they come and go.
-        let (live, held) = self.held.get(principal).copied().unwrap_or((0, 0));
+        let (live, held) = self.leases.held.get(principal).copied().unwrap_or((0, 0));
         if let Some(max) = q.max_leases
             && live >= u64::from(max)
         {
@@ -620,11 +703,11 @@ impl State {
     /// a deadline request's price step, or a missed heartbeat.
     pub fn next_due(&self) -> Option<Millis> {
         [
-            self.expiries.iter().next().map(|(at, _)| *at),
-            self.timeouts.iter().next().map(|(at, _)| *at),
-            self.price_steps.iter().next().map(|(at, _)| *at),
-            self.heartbeats.iter().next().map(|(at, _)| *at),
-            self.next_lock_due(),
+            self.leases.expiries.iter().next().map(|(at, _)| *at),
+            self.leases.timeouts.iter().next().map(|(at, _)| *at),
+            self.leases.price_steps.iter().next().map(|(at, _)| *at),
+            self.nodes.heartbeats.iter().next().map(|(at, _)| *at),
+            self.locks.next_due(),
             self.next_trim(),
         ]
         .into_iter()

@@ -21,6 +21,7 @@
 //! Live acquisitions count against the principal's `max_leases` quota.
 
 use super::{Applied, Millis, Outcome, Refusal, State, Trimmed};
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 /// The shortest TTL an acquisition may have.
@@ -209,12 +210,73 @@ pub fn check_spec(s: &LockSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// The locks room: locks someone holds or waits for, by name (what it
+/// dereferences to), and the live acquisitions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Locks {
+    /// Locks by name.
+    pub all: OrdMap<String, Lock>,
+    /// Live acquisitions (held or waiting) by id.
+    pub holds: OrdMap<u64, LockHold>,
+    /// Live acquisitions by when they next expire or give up: `(due, id)`
+    /// (derived, rebuilt on load).
+    pub hold_due: OrdSet<(Millis, u64)>,
+    /// The id the next acquisition gets.
+    pub next_hold_id: u64,
+}
+
+impl std::ops::Deref for Locks {
+    type Target = OrdMap<String, Lock>;
+    fn deref(&self) -> &OrdMap<String, Lock> {
+        &self.all
+    }
+}
+
+impl std::ops::DerefMut for Locks {
+    fn deref_mut(&mut self) -> &mut OrdMap<String, Lock> {
+        &mut self.all
+    }
+}
+
+impl Locks {
+    /// When the next acquisition expires or gives up.
+    pub fn next_due(&self) -> Option<Millis> {
+        self.hold_due.iter().next().map(|(at, _)| *at)
+    }
+
+    /// The lock `name` with its acquisitions: holders, then waiters in line.
+    pub fn view(&self, name: &str) -> Option<(&Lock, Vec<&LockHold>)> {
+        let lock = self.all.get(name)?;
+        let holds = lock
+            .holders
+            .iter()
+            .chain(&lock.waiters)
+            .filter_map(|id| self.holds.get(id))
+            .collect();
+        Some((lock, holds))
+    }
+
+    /// Acquisition `id`'s place in its lock's line, 1 first (0: not waiting).
+    pub fn position(&self, lock: &str, id: u64) -> usize {
+        self.all
+            .get(lock)
+            .and_then(|l| l.waiters.iter().position(|w| *w == id))
+            .map_or(0, |i| i + 1)
+    }
+
+    /// The leader of election `name`: the oldest holder of its lock.
+    pub fn leader(&self, name: &str) -> Option<&LockHold> {
+        let lock = self.all.get(name)?;
+        lock.holders.first().and_then(|id| self.holds.get(id))
+    }
+}
+
 impl State {
     /// Grants `spec`'s lock now, queues the caller, or refuses (full and no wait).
     pub(super) fn acquire_lock(&mut self, principal: &str, spec: &LockSpec) -> Outcome {
         check_spec(spec).map_err(|reason| Refusal::Invalid { reason })?;
         let now = self.time;
-        if let Some(lock) = self.locks.get(&spec.name) {
+        if let Some(lock) = self.locks.all.get(&spec.name) {
             if lock.limit != spec.limit {
                 return Err(Refusal::Invalid {
                     reason: format!(
@@ -228,7 +290,7 @@ impl State {
                 let holders: Vec<String> = lock
                     .holders
                     .iter()
-                    .filter_map(|id| self.holds.get(id))
+                    .filter_map(|id| self.locks.holds.get(id))
                     .map(|h| format!("{} (token {})", h.principal, h.token))
                     .collect();
                 return Err(Refusal::Limit {
@@ -244,8 +306,8 @@ impl State {
             }
         }
         self.check_lock_quota(principal)?;
-        let id = self.next_hold_id.max(1);
-        self.next_hold_id = id + 1;
+        let id = self.locks.next_hold_id.max(1);
+        self.locks.next_hold_id = id + 1;
         let hold = LockHold {
             id,
             lock: spec.name.clone(),
@@ -265,10 +327,11 @@ impl State {
             expires_at: now.saturating_add(ms(spec.ttl_ms)),
             ended_at: None,
         };
-        self.hold_due.insert((hold.due(), id));
-        self.holds.insert(id, hold);
+        self.locks.hold_due.insert((hold.due(), id));
+        self.locks.holds.insert(id, hold);
         self.count_lock(principal, true);
         self.locks
+            .all
             .entry(spec.name.clone())
             .or_insert_with(|| Lock {
                 name: spec.name.clone(),
@@ -278,7 +341,7 @@ impl State {
             .waiters
             .push(id);
         self.grant_locks(&spec.name);
-        Ok(Applied::Hold(Box::new(self.holds[&id].clone())))
+        Ok(Applied::Hold(Box::new(self.locks.holds[&id].clone())))
     }
 
     /// Keeps an acquisition (held or waiting) alive for another TTL.
@@ -286,12 +349,12 @@ impl State {
         let h = self.owned_hold(id, principal, admin)?;
         let (old, ttl) = (h.due(), h.ttl_ms);
         let now = self.time;
-        let h = self.holds.get_mut(&id).expect("checked above");
+        let h = self.locks.holds.get_mut(&id).expect("checked above");
         h.expires_at = now.saturating_add(ms(ttl)).max(h.expires_at);
         let new = h.due();
         let out = h.clone();
-        self.hold_due.remove(&(old, id));
-        self.hold_due.insert((new, id));
+        self.locks.hold_due.remove(&(old, id));
+        self.locks.hold_due.insert((new, id));
         Ok(Applied::Hold(Box::new(out)))
     }
 
@@ -309,6 +372,7 @@ impl State {
     pub(super) fn tick_locks(&mut self) -> Vec<u64> {
         let now = self.time;
         let due: Vec<u64> = self
+            .locks
             .hold_due
             .iter()
             .take_while(|(at, _)| *at <= now)
@@ -316,7 +380,7 @@ impl State {
             .collect();
         let mut freed = Vec::new();
         for id in &due {
-            let Some(h) = self.holds.get(id) else {
+            let Some(h) = self.locks.holds.get(id) else {
                 continue;
             };
             let to = if h.expires_at <= now {
@@ -334,39 +398,8 @@ impl State {
         due
     }
 
-    /// When the next acquisition expires or gives up.
-    pub fn next_lock_due(&self) -> Option<Millis> {
-        self.hold_due.iter().next().map(|(at, _)| *at)
-    }
-
-    /// The lock `name` with its acquisitions: holders, then waiters in line.
-    pub fn lock_view(&self, name: &str) -> Option<(&Lock, Vec<&LockHold>)> {
-        let lock = self.locks.get(name)?;
-        let holds = lock
-            .holders
-            .iter()
-            .chain(&lock.waiters)
-            .filter_map(|id| self.holds.get(id))
-            .collect();
-        Some((lock, holds))
-    }
-
-    /// Acquisition `id`'s place in its lock's line, 1 first (0: not waiting).
-    pub fn lock_position(&self, lock: &str, id: u64) -> usize {
-        self.locks
-            .get(lock)
-            .and_then(|l| l.waiters.iter().position(|w| *w == id))
-            .map_or(0, |i| i + 1)
-    }
-
-    /// The leader of election `name`: the oldest holder of its lock.
-    pub fn lock_leader(&self, name: &str) -> Option<&LockHold> {
-        let lock = self.locks.get(name)?;
-        lock.holders.first().and_then(|id| self.holds.get(id))
-    }
-
     fn owned_hold(&self, id: u64, principal: &str, admin: bool) -> Result<&LockHold, Refusal> {
-        let h = self.holds.get(&id).ok_or_else(|| Refusal::NotFound {
+        let h = self.locks.holds.get(&id).ok_or_else(|| Refusal::NotFound {
             what: format!(
                 "lock acquisition {id} (it ended, or never was: an ended acquisition cannot be renewed; acquire again)"
             ),
@@ -384,14 +417,15 @@ impl State {
 
     fn check_lock_quota(&self, principal: &str) -> Result<(), Refusal> {
         let Some(max) = self
+            .leases
             .quotas
             .get(principal)
-            .or_else(|| self.quotas.get("*"))
+            .or_else(|| self.leases.quotas.get("*"))
             .and_then(|q| q.max_leases)
         else {
             return Ok(());
         };
-        let (live, _) = self.held.get(principal).copied().unwrap_or((0, 0));
+        let (live, _) = self.leases.held.get(principal).copied().unwrap_or((0, 0));
         if live >= u64::from(max) {
             return Err(Refusal::Denied {
                 reason: format!(
@@ -404,18 +438,14 @@ impl State {
 
     /// Counts a live acquisition in (or out of) its principal's live leases.
     pub(super) fn count_lock(&mut self, principal: &str, add: bool) {
-        let e = self.held.entry(principal.to_string()).or_default();
-        e.0 = if add { e.0 + 1 } else { e.0.saturating_sub(1) };
-        if *e == (0, 0) {
-            self.held.remove(principal);
-        }
+        self.leases.count(principal, 0, add);
     }
 
     /// Gives lock `name` to waiters, first in line first, while it has room.
     fn grant_locks(&mut self, name: &str) {
         let now = self.time;
         loop {
-            let Some(lock) = self.locks.get_mut(name) else {
+            let Some(lock) = self.locks.all.get_mut(name) else {
                 return;
             };
             if lock.holders.len() as u64 >= u64::from(lock.limit) || lock.waiters.is_empty() {
@@ -425,7 +455,7 @@ impl State {
             lock.holders.push(id);
             self.fencing_token += 1;
             let token = self.fencing_token;
-            let Some(h) = self.holds.get_mut(&id) else {
+            let Some(h) = self.locks.holds.get_mut(&id) else {
                 continue;
             };
             let old = h.due();
@@ -433,25 +463,26 @@ impl State {
             h.token = token;
             h.acquired_at = Some(now);
             let new = h.due();
-            self.hold_due.remove(&(old, id));
-            self.hold_due.insert((new, id));
+            self.locks.hold_due.remove(&(old, id));
+            self.locks.hold_due.insert((new, id));
         }
-        if let Some(lock) = self.locks.get(name)
+        if let Some(lock) = self.locks.all.get(name)
             && lock.holders.is_empty()
             && lock.waiters.is_empty()
         {
-            self.locks.remove(name);
+            self.locks.all.remove(name);
         }
     }
 
     /// Ends a live acquisition: it leaves its lock's line and the live state.
     fn end_hold(&mut self, id: u64, to: HoldState) -> LockHold {
         let mut h = self
+            .locks
             .holds
             .remove(&id)
             .expect("caller checked the acquisition is live");
-        self.hold_due.remove(&(h.due(), id));
-        if let Some(lock) = self.locks.get_mut(&h.lock) {
+        self.locks.hold_due.remove(&(h.due(), id));
+        if let Some(lock) = self.locks.all.get_mut(&h.lock) {
             lock.holders.retain(|x| *x != id);
             lock.waiters.retain(|x| *x != id);
         }

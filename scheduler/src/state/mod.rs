@@ -1,6 +1,29 @@
 //! The replicated state machine. Every member applies the same committed
 //! [`Proposal`]s in the same order and so holds the same [`State`].
 //!
+//! The state is made of rooms, each owning its data (and what it derives
+//! from it) in a module of its own:
+//!
+//! | room | type | owns |
+//! | --- | --- | --- |
+//! | nodes | [`Fleet`] (`crate::fleet`) | nodes, heartbeat deadlines, pools, placement's indexes |
+//! | leases | [`leases::Leases`] | leases, expiry order, the queue, timeouts, price steps, quotas, per-principal counts |
+//! | tasks | [`tasks::Tasks`] | tasks and the lease each runs in |
+//! | cron | [`cron::Cron`] | applied jobs and decided ticks |
+//! | apps | [`apps::Apps`] | the deployer's apps and deployments |
+//! | locks | [`locks::Locks`] | locks, their acquisitions and when each is due |
+//! | keys | [`retention::Keys`] | idempotency outcomes and their order |
+//! | members | [`Members`] | raft members and the newest applied term |
+//!
+//! [`State::apply`] is the one entry: it brings the time forward, lets go
+//! of what the retention rules release, applies what fell due, and routes
+//! the command to the room that owns it. Commands that touch more than one
+//! room (a grant takes node capacity; a lost node loses its leases and
+//! their tasks; a deployment submits tasks) are written in the owning
+//! room's module as `impl State` and name each room they change. A snapshot
+//! stores the rooms flat ([`snapshot::Stored`]), so how rooms are arranged
+//! never changes what a snapshot means.
+//!
 //! Invariants, at every applied index:
 //! - a node's allocated resources are the sum of its granted leases' resources,
 //!   and never exceed its capacity;
@@ -9,8 +32,8 @@
 //! - a lock has at most `limit` holders, and no acquisition, held or
 //!   waiting, outlives its `expires_at` (or a waiter its `wait_until`);
 //! - a pending request is in the queue, a granted lease in the expiry index,
-//!   and an ended one in neither; placement's node indexes (`by_free`,
-//!   `by_price`, `by_label`) say what the nodes say;
+//!   and an ended one in neither; placement's node indexes say what the
+//!   nodes say;
 //! - a proposal whose idempotency key was already applied (and is still
 //!   kept) changes nothing and returns that request's outcome;
 //! - nothing live (a pending or granted lease, a task not ended, a running
@@ -25,9 +48,9 @@
 //! copying it.
 //!
 //! Limitations: placement runs inside `apply` (so it is trivially consistent);
-//! with very large fleets the leader should place with an overlay of its
-//! in-flight grants and `apply` only re-check. The queue is first-fit in
-//! priority order (a large request can be passed by smaller ones).
+//! the leader places with an overlay of its in-flight grants and `apply`
+//! re-checks its hint. The queue is first-fit in priority order (a large
+//! request can be passed by smaller ones).
 
 mod apps;
 pub mod audit;
@@ -37,6 +60,7 @@ mod leases;
 pub mod locks;
 mod nodes;
 pub mod retention;
+pub mod snapshot;
 mod tasks;
 mod types;
 
@@ -50,7 +74,12 @@ pub use tasks::TaskReport;
 pub use charter_config::constraint::{Constraint, Op, version_cmp};
 pub use types::*;
 
-use imbl::{OrdMap, OrdSet};
+pub use crate::fleet::{
+    AgentEndpoint, Fleet, LabelIndex, Node, NodeIndexes, NodeKey, PoolOffer, free_key,
+    node_indexes, node_key, price_key,
+};
+
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -398,125 +427,65 @@ pub enum Refusal {
     },
 }
 
-/// The whole replicated state.
+/// The whole replicated state: its rooms, each owning its data, and what
+/// they share (the time, the fencing sequence, the retention rules).
+/// Stored in snapshots as [`snapshot::Stored`], whose shape is the format's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "snapshot::Stored", into = "snapshot::Stored")]
 pub struct State {
     /// State time: the largest `at` applied so far.
     pub time: Millis,
-    /// Nodes by name.
-    pub nodes: OrdMap<String, Node>,
-    /// Leases by id, live and ended.
-    pub leases: OrdMap<u64, Lease>,
-    /// Granted leases ordered by expiry: `(expires_at, id)`.
-    pub expiries: OrdSet<(Millis, u64)>,
-    /// The queue: `(-priority, requested_at, id)` of pending requests.
-    pub queue: OrdSet<(i64, Millis, u64)>,
-    /// Pending requests ordered by when they give up: `(wait_until, id)`.
-    pub timeouts: OrdSet<(Millis, u64)>,
-    /// Pending deadline requests ordered by when they start taking any price.
-    #[serde(default)]
-    pub price_steps: OrdSet<(Millis, u64)>,
-    /// Nodes with a heartbeat TTL ordered by when they are due: `(last_seen + ttl, name)`.
-    #[serde(default)]
-    pub heartbeats: OrdSet<(Millis, String)>,
-    /// Limits by principal; `*` is the default.
-    #[serde(default)]
-    pub quotas: OrdMap<String, Quota>,
-    /// Pools that can grow, by name.
-    #[serde(default)]
-    pub pools: OrdMap<String, PoolOffer>,
-    /// Tasks by id, live and ended.
-    #[serde(default)]
-    pub tasks: OrdMap<u64, Task>,
-    /// The task bound to each lease that has one.
-    #[serde(default)]
-    pub lease_tasks: OrdMap<u64, u64>,
-    /// Applied cron jobs by name.
-    #[serde(default)]
-    pub cron_jobs: OrdMap<String, CronJob>,
-    /// Decided cron ticks, per job by scheduled time.
-    #[serde(default)]
-    pub cron_runs: Runs,
-    /// The deployer's apps by name.
-    #[serde(default)]
-    pub apps: OrdMap<String, App>,
-    /// Deployments by id.
-    #[serde(default)]
-    pub deployments: OrdMap<u64, charter_config::deployment::Deployment>,
-    /// The id the next deployment gets.
-    #[serde(default)]
-    pub next_deploy_id: u64,
-    /// The fingerprint of the newest applied cron file.
-    #[serde(default)]
-    pub cron_version: String,
-    /// The id the next task gets.
-    #[serde(default)]
-    pub next_task_id: u64,
-    /// The id the next lease gets.
-    pub next_lease_id: u64,
-    /// The last fencing token handed out; the next grant gets a larger one.
+    /// Nodes, their heartbeats, the pools and placement's indexes.
+    pub nodes: Fleet,
+    /// Leases, the queue, quotas and what each principal holds.
+    pub leases: leases::Leases,
+    /// Tasks and the lease each runs in.
+    pub tasks: tasks::Tasks,
+    /// Cron jobs and their decided ticks.
+    pub cron: cron::Cron,
+    /// The deployer's apps and their deployments.
+    pub apps: apps::Apps,
+    /// Locks and their acquisitions.
+    pub locks: locks::Locks,
+    /// Idempotency outcomes.
+    pub keys: retention::Keys,
+    /// Raft members and the term of the newest applied entry.
+    pub members: Members,
+    /// The last fencing token handed out (to a lease or a lock); the next
+    /// grant gets a larger one.
     pub fencing_token: u64,
-    /// Idempotency outcomes by [`retention::key_id`] of `principal/key`,
-    /// with when they were applied.
-    #[serde(default)]
-    pub keys: OrdMap<u128, (Millis, KeyOutcome)>,
-    /// First outcomes by `principal/key`, as states before retention kept
-    /// them: read from an older snapshot into `keys`, never written.
-    #[serde(default, skip_serializing)]
-    pub applied_keys: OrdMap<String, Outcome>,
     /// The retention rules in force.
-    #[serde(default)]
     pub retention: Retention,
-    /// Locks someone holds or waits for, by name.
-    #[serde(default)]
-    pub locks: OrdMap<String, Lock>,
-    /// Live lock acquisitions (held or waiting) by id.
-    #[serde(default)]
-    pub holds: OrdMap<u64, LockHold>,
-    /// Live acquisitions by when they next expire or give up: `(due, id)`
-    /// (derived from `holds`, rebuilt on load).
-    #[serde(skip)]
-    pub hold_due: OrdSet<(Millis, u64)>,
-    /// The id the next lock acquisition gets.
-    #[serde(default)]
-    pub next_hold_id: u64,
-    /// Raft members and their peer addresses, changed by conf-change entries.
-    pub members: BTreeMap<u64, String>,
-    /// The raft term of the newest applied entry (see [`State::observe_term`]).
-    #[serde(default)]
-    pub term: u64,
-    /// Ready nodes by free CPU, `(free cpu_millis, name)`: derived from
-    /// `nodes` (not serialised; rebuilt on load) so placement finds the
-    /// tightest or loosest fit without scanning the fleet.
-    #[serde(skip)]
-    pub by_free: OrdSet<(u64, String)>,
-    /// Ready nodes by price, then free CPU: `(price_key(cost), free, name)`
-    /// (derived), so `--prefer cheapest` walks from the cheapest fit.
-    #[serde(skip)]
-    pub by_price: OrdSet<(u64, u64, String)>,
-    /// Ready nodes with each label `(key, value)`, in both orders
-    /// (derived): a constraint `key=value` met by few nodes walks those.
-    #[serde(skip)]
-    pub by_label: OrdMap<(String, String), LabelIndex>,
-    /// Ended leases by `(ended_at, id)`: the order they leave in (derived
-    /// from `leases`, rebuilt on load).
-    #[serde(skip)]
-    pub ended: OrdSet<(Millis, u64)>,
-    /// Idempotency outcomes by `(applied at, key)` (derived from `keys`).
-    #[serde(skip)]
-    pub key_times: OrdSet<(Millis, u128)>,
-    /// Live (pending or granted) leases per principal: how many, and their
-    /// CPU in millicores, for quotas in O(1) (derived from `leases`).
-    #[serde(skip)]
-    pub held: OrdMap<String, (u64, u64)>,
     /// What left the live state since the member last took it
     /// ([`State::take_trimmed`]); not part of the state's identity.
-    #[serde(skip)]
     pub trimmed: Outbox,
     /// Events noted since the member last took them
     /// ([`State::take_events`]); not part of the state's identity.
-    #[serde(skip)]
     pub events: events::EventBox,
+}
+
+/// The members room: raft members and their peer addresses, changed by
+/// conf-change entries (what it dereferences to), and the term of the
+/// newest applied entry (see [`State::observe_term`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Members {
+    /// Members by id.
+    pub ids: BTreeMap<u64, String>,
+    /// The raft term of the newest applied entry.
+    pub term: u64,
+}
+
+impl std::ops::Deref for Members {
+    type Target = BTreeMap<u64, String>;
+    fn deref(&self) -> &BTreeMap<u64, String> {
+        &self.ids
+    }
+}
+
+impl std::ops::DerefMut for Members {
+    fn deref_mut(&mut self) -> &mut BTreeMap<u64, String> {
+        &mut self.ids
+    }
 }
 
 /// Objects on their way from the live state to a member's history store.
@@ -537,107 +506,14 @@ impl Outbox {
     }
 }
 
-/// A node's key in [`State::by_free`]: only ready nodes take grants.
-pub fn free_key(n: &Node) -> Option<(u64, String)> {
-    (n.state == NodeState::Ready).then(|| (n.free().cpu_millis, n.name.clone()))
-}
-
-/// `cost` as a key that sorts as [`f64::total_cmp`] does.
-pub fn price_key(cost: f64) -> u64 {
-    let b = cost.to_bits();
-    if b >> 63 == 1 { !b } else { b | (1 << 63) }
-}
-
-/// The ready nodes that carry one label value, in the two orders placement
-/// walks.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LabelIndex {
-    /// `(free cpu_millis, name)`.
-    pub by_free: OrdSet<(u64, String)>,
-    /// `(price_key(cost), free cpu_millis, name)`.
-    pub by_price: OrdSet<(u64, u64, String)>,
-}
-
-/// A ready node's entries in the placement indexes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeKey {
-    free: u64,
-    name: String,
-    price: u64,
-    labels: Vec<(String, String)>,
-}
-
-/// A node's [`NodeKey`]: only ready nodes take grants.
-pub fn node_key(n: &Node) -> Option<NodeKey> {
-    (n.state == NodeState::Ready).then(|| NodeKey {
-        free: n.free().cpu_millis,
-        name: n.name.clone(),
-        price: price_key(n.cost_per_hour),
-        labels: n
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    })
-}
-
-/// Placement's indexes of a fleet, as [`State`] keeps them.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NodeIndexes {
-    /// See [`State::by_free`].
-    pub by_free: OrdSet<(u64, String)>,
-    /// See [`State::by_price`].
-    pub by_price: OrdSet<(u64, u64, String)>,
-    /// See [`State::by_label`].
-    pub by_label: OrdMap<(String, String), LabelIndex>,
-}
-
-/// The placement indexes of `nodes`, built from scratch.
-pub fn node_indexes<'a>(nodes: impl Iterator<Item = &'a Node>) -> NodeIndexes {
-    let mut ix = NodeIndexes::default();
-    for k in nodes.filter_map(node_key) {
-        ix.index(k, true);
-    }
-    ix
-}
-
-impl NodeIndexes {
-    /// Adds (or removes) a node's entries.
-    fn index(&mut self, k: NodeKey, add: bool) {
-        let by_free = (k.free, k.name.clone());
-        let by_price = (k.price, k.free, k.name.clone());
-        if add {
-            self.by_free.insert(by_free.clone());
-            self.by_price.insert(by_price.clone());
-        } else {
-            self.by_free.remove(&by_free);
-            self.by_price.remove(&by_price);
-        }
-        for label in k.labels {
-            if add {
-                let ix = self.by_label.entry(label).or_default();
-                ix.by_free.insert(by_free.clone());
-                ix.by_price.insert(by_price.clone());
-            } else if let Some(ix) = self.by_label.get_mut(&label) {
-                ix.by_free.remove(&by_free);
-                ix.by_price.remove(&by_price);
-                if ix.by_free.is_empty() {
-                    self.by_label.remove(&label);
-                }
-            }
-        }
-    }
-}
-
 impl State {
     /// A fresh state with the bootstrap members.
     pub fn new(members: BTreeMap<u64, String>) -> State {
-        State {
-            next_lease_id: 1,
-            next_task_id: 1,
-            members,
-            ..State::default()
-        }
+        let mut s = State::default();
+        s.leases.next_id = 1;
+        s.tasks.next_id = 1;
+        s.members.ids = members;
+        s
     }
 
     /// Applies one proposal. Deterministic: the same state and proposal give
@@ -767,22 +643,24 @@ impl State {
     /// filled the maps directly. Outcomes of an older snapshot's
     /// `applied_keys` are kept as applied now.
     pub fn rebuild_index(&mut self) {
-        let ix = node_indexes(self.nodes.values());
-        (self.by_free, self.by_price, self.by_label) = (ix.by_free, ix.by_price, ix.by_label);
-        for (k, out) in std::mem::take(&mut self.applied_keys) {
+        self.nodes.rebuild_index();
+        for (k, out) in std::mem::take(&mut self.keys.legacy) {
             self.keys
+                .all
                 .insert(retention::key_id(&k), (self.time, KeyOutcome::of(&out)));
         }
-        self.key_times = self.keys.iter().map(|(k, (at, _))| (*at, *k)).collect();
-        self.ended = self
+        self.keys.times = self.keys.all.iter().map(|(k, (at, _))| (*at, *k)).collect();
+        self.leases.ended = self
             .leases
+            .all
             .values()
             .filter_map(|l| Some((l.ended_at?, l.id)))
             .filter(|(_, id)| !self.pinned(*id))
             .collect();
-        self.held = OrdMap::new();
+        self.leases.held = OrdMap::new();
         let live: Vec<(String, LeaseSpec)> = self
             .leases
+            .all
             .values()
             .filter(|l| !l.state.is_ended())
             .map(|l| (l.principal.clone(), l.spec.clone()))
@@ -790,8 +668,13 @@ impl State {
         for (principal, spec) in live {
             self.hold(&principal, &spec, true);
         }
-        self.hold_due = self.holds.values().map(|h| (h.due(), h.id)).collect();
-        let holders: Vec<String> = self.holds.values().map(|h| h.principal.clone()).collect();
+        self.locks.hold_due = self.locks.holds.values().map(|h| (h.due(), h.id)).collect();
+        let holders: Vec<String> = self
+            .locks
+            .holds
+            .values()
+            .map(|h| h.principal.clone())
+            .collect();
         for principal in holders {
             self.count_lock(&principal, true);
         }
@@ -800,15 +683,7 @@ impl State {
     /// Counts a lease in (or out of) its principal's live leases.
     pub(super) fn hold(&mut self, principal: &str, spec: &LeaseSpec, add: bool) {
         let cpu = spec.resources.cpu_millis * u64::from(spec.count.max(1));
-        let e = self.held.entry(principal.to_string()).or_default();
-        if add {
-            *e = (e.0 + 1, e.1 + cpu);
-        } else {
-            *e = (e.0.saturating_sub(1), e.1.saturating_sub(cpu));
-        }
-        if *e == (0, 0) {
-            self.held.remove(principal);
-        }
+        self.leases.count(principal, cpu, add);
     }
 
     /// Puts `r` in force. Admin only.
@@ -821,35 +696,6 @@ impl State {
         self.retention = r;
         self.trim();
         Ok(Applied::Retention(r))
-    }
-
-    /// Moves a node's entries in the placement indexes ([`State::by_free`],
-    /// [`State::by_price`], [`State::by_label`]) from `old` to `new`.
-    fn reindex(&mut self, old: Option<NodeKey>, new: Option<NodeKey>) {
-        if old != new {
-            if let Some(o) = old {
-                self.index_node(o, false);
-            }
-            if let Some(n) = new {
-                self.index_node(n, true);
-            }
-        }
-    }
-
-    /// Adds (or removes) a node's entries in the placement indexes.
-    fn index_node(&mut self, k: NodeKey, add: bool) {
-        let mut ix = NodeIndexes {
-            by_free: std::mem::take(&mut self.by_free),
-            by_price: std::mem::take(&mut self.by_price),
-            by_label: std::mem::take(&mut self.by_label),
-        };
-        ix.index(k, add);
-        (self.by_free, self.by_price, self.by_label) = (ix.by_free, ix.by_price, ix.by_label);
-    }
-
-    /// A node's current placement key, if it takes grants.
-    fn key_of(&self, name: &str) -> Option<NodeKey> {
-        self.nodes.get(name).and_then(node_key)
     }
 }
 

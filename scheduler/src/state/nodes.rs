@@ -39,21 +39,25 @@ impl State {
             });
         }
         let now = self.time;
-        let old_key = self.key_of(name);
-        let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
-            name: name.to_string(),
-            capacity: *capacity,
-            allocated: Resources::default(),
-            labels: BTreeMap::new(),
-            pool: String::new(),
-            cost_per_hour,
-            state: NodeState::Ready,
-            registered_at: now,
-            ttl_ms: None,
-            agent: None,
-            last_seen: now,
-            leases: BTreeSet::new(),
-        });
+        let old_key = self.nodes.key_of(name);
+        let node = self
+            .nodes
+            .nodes
+            .entry(name.to_string())
+            .or_insert_with(|| Node {
+                name: name.to_string(),
+                capacity: *capacity,
+                allocated: Resources::default(),
+                labels: BTreeMap::new(),
+                pool: String::new(),
+                cost_per_hour,
+                state: NodeState::Ready,
+                registered_at: now,
+                ttl_ms: None,
+                agent: None,
+                last_seen: now,
+                leases: BTreeSet::new(),
+            });
         let old_due = node
             .ttl_ms
             .map(|t| (due(node.last_seen, t), node.name.clone()));
@@ -73,12 +77,12 @@ impl State {
         let new_due = node.ttl_ms.map(|t| (due(now, t), node.name.clone()));
         let out = node.clone();
         if let Some(d) = old_due {
-            self.heartbeats.remove(&d);
+            self.nodes.heartbeats.remove(&d);
         }
         if let Some(d) = new_due {
-            self.heartbeats.insert(d);
+            self.nodes.heartbeats.insert(d);
         }
-        self.reindex(old_key, super::node_key(&out));
+        self.nodes.reindex(old_key, super::node_key(&out));
         let r = &out.capacity;
         let detail = format!(
             "{} cpu, {} MiB, pool {}{}",
@@ -94,14 +98,21 @@ impl State {
 
     pub(super) fn heartbeat(&mut self, name: &str) -> Outcome {
         let now = self.time;
-        let node = self.nodes.get_mut(name).ok_or_else(|| Refusal::NotFound {
-            what: format!("node {name}"),
-        })?;
+        let node = self
+            .nodes
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| Refusal::NotFound {
+                what: format!("node {name}"),
+            })?;
         let came_back = node.state == NodeState::Down;
         if let Some(t) = node.ttl_ms {
-            self.heartbeats
+            self.nodes
+                .heartbeats
                 .remove(&(due(node.last_seen, t), name.to_string()));
-            self.heartbeats.insert((due(now, t), name.to_string()));
+            self.nodes
+                .heartbeats
+                .insert((due(now, t), name.to_string()));
         }
         node.last_seen = now;
         if came_back {
@@ -109,7 +120,7 @@ impl State {
         }
         let out = node.clone();
         if came_back {
-            self.reindex(None, super::node_key(&out));
+            self.nodes.reindex(None, super::node_key(&out));
             self.note(EventKind::NodeUp, "", name, "heartbeat resumed");
             self.grant_queue();
         }
@@ -122,14 +133,14 @@ impl State {
     /// was no leader its heartbeats had nowhere to go (Nomad's failover
     /// heartbeat grace). Deterministic: term and time are in the log.
     pub fn observe_term(&mut self, term: u64, at: Millis) {
-        if term <= self.term {
+        if term <= self.members.term {
             return;
         }
-        self.term = term;
+        self.members.term = term;
         let now = self.time.max(at);
-        let dues: Vec<(Millis, String)> = self.heartbeats.iter().cloned().collect();
+        let dues: Vec<(Millis, String)> = self.nodes.heartbeats.iter().cloned().collect();
         for (old, name) in dues {
-            let Some(node) = self.nodes.get_mut(&name) else {
+            let Some(node) = self.nodes.nodes.get_mut(&name) else {
                 continue;
             };
             let (Some(ttl), false) = (node.ttl_ms, node.state == NodeState::Down) else {
@@ -138,8 +149,8 @@ impl State {
             let new = due(now, ttl);
             if new > old {
                 node.last_seen = now;
-                self.heartbeats.remove(&(old, name.clone()));
-                self.heartbeats.insert((new, name));
+                self.nodes.heartbeats.remove(&(old, name.clone()));
+                self.nodes.heartbeats.insert((new, name));
             }
         }
     }
@@ -148,6 +159,7 @@ impl State {
     pub(super) fn nodes_down(&mut self) -> (Vec<String>, Vec<u64>) {
         let now = self.time;
         let overdue: Vec<(Millis, String)> = self
+            .nodes
             .heartbeats
             .iter()
             .take_while(|(at, _)| *at <= now)
@@ -156,9 +168,9 @@ impl State {
         let mut down = Vec::new();
         let mut lost = Vec::new();
         for key in overdue {
-            self.heartbeats.remove(&key);
-            let old_key = self.key_of(&key.1);
-            let Some(node) = self.nodes.get_mut(&key.1) else {
+            self.nodes.heartbeats.remove(&key);
+            let old_key = self.nodes.key_of(&key.1);
+            let Some(node) = self.nodes.nodes.get_mut(&key.1) else {
                 continue;
             };
             // An entry made by an older rule (a state from before the
@@ -168,7 +180,7 @@ impl State {
             }
             node.state = NodeState::Down;
             let ids: Vec<u64> = node.leases.iter().copied().collect();
-            self.reindex(old_key, None);
+            self.nodes.reindex(old_key, None);
             self.note(
                 EventKind::NodeDown,
                 "",
@@ -195,7 +207,9 @@ impl State {
                 reason: "quota principal is empty; name one, or `*` for everyone".into(),
             });
         }
-        self.quotas.insert(principal.to_string(), quota.clone());
+        self.leases
+            .quotas
+            .insert(principal.to_string(), quota.clone());
         Ok(Applied::Quota {
             principal: principal.to_string(),
             quota: quota.clone(),
@@ -208,17 +222,21 @@ impl State {
                 reason: format!("draining node {name} needs an admin token"),
             });
         }
-        let old_key = self.key_of(name);
-        let node = self.nodes.get_mut(name).ok_or_else(|| Refusal::NotFound {
-            what: format!("node {name}"),
-        })?;
+        let old_key = self.nodes.key_of(name);
+        let node = self
+            .nodes
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| Refusal::NotFound {
+                what: format!("node {name}"),
+            })?;
         node.state = match (node.state, draining) {
             (NodeState::Down, _) => NodeState::Down,
             (_, true) => NodeState::Draining,
             (_, false) => NodeState::Ready,
         };
         let out = node.clone();
-        self.reindex(old_key, super::node_key(&out));
+        self.nodes.reindex(old_key, super::node_key(&out));
         let kind = if draining {
             EventKind::NodeDrained
         } else {
@@ -237,9 +255,13 @@ impl State {
                 reason: format!("removing node {name} needs an admin token"),
             });
         }
-        let node = self.nodes.get(name).ok_or_else(|| Refusal::NotFound {
-            what: format!("node {name}"),
-        })?;
+        let node = self
+            .nodes
+            .nodes
+            .get(name)
+            .ok_or_else(|| Refusal::NotFound {
+                what: format!("node {name}"),
+            })?;
         if !node.leases.is_empty() {
             let ids: Vec<String> = node.leases.iter().map(u64::to_string).collect();
             return Err(Refusal::Denied {
@@ -249,11 +271,12 @@ impl State {
                 ),
             });
         }
-        let old_key = self.key_of(name);
-        let node = self.nodes.remove(name).expect("looked up above");
-        self.reindex(old_key, None);
+        let old_key = self.nodes.key_of(name);
+        let node = self.nodes.nodes.remove(name).expect("looked up above");
+        self.nodes.reindex(old_key, None);
         if let Some(t) = node.ttl_ms {
-            self.heartbeats
+            self.nodes
+                .heartbeats
                 .remove(&(due(node.last_seen, t), name.to_string()));
         }
         self.note(EventKind::NodeRemoved, "", name, "");
@@ -281,7 +304,7 @@ impl State {
                 });
             }
         }
-        self.pools = pools.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        self.nodes.pools = pools.iter().map(|p| (p.name.clone(), p.clone())).collect();
         // A deadline request's cheap price may have been a pool's.
         self.grant_queue();
         Ok(Applied::Pools {
@@ -291,10 +314,10 @@ impl State {
 
     /// How many more nodes pool `name` may add (0 for an unknown pool).
     pub fn pool_room(&self, name: &str) -> u32 {
-        let Some(p) = self.pools.get(name) else {
+        let Some(p) = self.nodes.pools.get(name) else {
             return 0;
         };
-        let held = self.nodes.values().filter(|n| n.pool == name).count();
+        let held = self.nodes.nodes.values().filter(|n| n.pool == name).count();
         p.max_nodes
             .saturating_sub(u32::try_from(held).unwrap_or(u32::MAX))
     }

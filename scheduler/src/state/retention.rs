@@ -29,6 +29,7 @@
 
 use super::{Applied, Lease, Millis, Outcome, Refusal, State, Task};
 use charter_config::deployment::{DeployStatus, Deployment};
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 /// How long ended things and idempotency outcomes stay in live state.
@@ -126,27 +127,84 @@ pub fn principal_key_id(principal: &str, key: &str) -> u128 {
     key_id(&format!("{principal}/{key}"))
 }
 
+/// The keys room: idempotency outcomes by [`key_id`] of `principal/key`
+/// with when they were applied (what it dereferences to), and their order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Keys {
+    /// Outcomes by key id.
+    pub all: OrdMap<u128, (Millis, KeyOutcome)>,
+    /// Outcomes by `(applied at, key)` (derived).
+    pub times: OrdSet<(Millis, u128)>,
+    /// First outcomes by `principal/key` as states before retention kept
+    /// them: read from an older snapshot into `all`, never written.
+    pub legacy: OrdMap<String, Outcome>,
+}
+
+impl std::ops::Deref for Keys {
+    type Target = OrdMap<u128, (Millis, KeyOutcome)>;
+    fn deref(&self) -> &OrdMap<u128, (Millis, KeyOutcome)> {
+        &self.all
+    }
+}
+
+impl std::ops::DerefMut for Keys {
+    fn deref_mut(&mut self) -> &mut OrdMap<u128, (Millis, KeyOutcome)> {
+        &mut self.all
+    }
+}
+
+impl Keys {
+    /// Keeps `out` for key `id`, applied at `at`.
+    fn remember(&mut self, id: u128, at: Millis, out: &Outcome) {
+        self.all.insert(id, (at, KeyOutcome::of(out)));
+        self.times.insert((at, id));
+    }
+
+    /// When the oldest key leaves by age alone (kept `keep_ms`).
+    fn next_trim(&self, keep_ms: u64) -> Option<Millis> {
+        let keep = i64::try_from(keep_ms).unwrap_or(i64::MAX);
+        self.times
+            .iter()
+            .next()
+            .map(|(at, _)| at.saturating_add(keep))
+    }
+
+    /// Lets go of keys older than `keep_ms` at `now`, and of the oldest
+    /// beyond `max`.
+    fn trim(&mut self, now: Millis, keep_ms: u64, max: u64) {
+        let keep = i64::try_from(keep_ms).unwrap_or(i64::MAX);
+        while let Some(&(at, id)) = self.times.iter().next() {
+            if !(now.saturating_sub(at) >= keep || self.times.len() as u64 > max) {
+                break;
+            }
+            self.times.remove(&(at, id));
+            self.all.remove(&id);
+        }
+    }
+}
+
 impl State {
     /// What `principal`'s request with idempotency key `key` made, while
     /// the key is kept.
     pub fn kept_outcome(&self, principal: &str, key: &str) -> Option<&KeyOutcome> {
         self.keys
+            .all
             .get(&principal_key_id(principal, key))
             .map(|(_, o)| o)
     }
 
     /// The outcome kept for key `id`, answered as it stands now.
     pub(super) fn replay(&self, id: u128) -> Option<Outcome> {
-        let (_, kept) = self.keys.get(&id)?;
+        let (_, kept) = self.keys.all.get(&id)?;
         Some(match kept {
             KeyOutcome::Whole { outcome } => (**outcome).clone(),
-            KeyOutcome::Lease { id } => match self.leases.get(id) {
+            KeyOutcome::Lease { id } => match self.leases.all.get(id) {
                 Some(l) => Ok(Applied::Lease(l.clone())),
                 None => Err(gone("lease", *id)),
             },
             KeyOutcome::Task { id } => {
-                let t = self.tasks.get(id);
-                match t.and_then(|t| Some((t, self.leases.get(&t.lease)?))) {
+                let t = self.tasks.all.get(id);
+                match t.and_then(|t| Some((t, self.leases.all.get(&t.lease)?))) {
                     Some((t, l)) => Ok(Applied::Task {
                         task: Box::new(t.clone()),
                         lease: Box::new(l.clone()),
@@ -159,23 +217,22 @@ impl State {
 
     /// Keeps `out` for key `id`, applied now.
     pub(super) fn remember(&mut self, id: u128, out: &Outcome) {
-        self.keys.insert(id, (self.time, KeyOutcome::of(out)));
-        self.key_times.insert((self.time, id));
+        self.keys.remember(id, self.time, out);
     }
 
     /// Notes that lease `id` ended (it may leave later, unless pinned).
     pub(super) fn note_ended(&mut self, ended_at: Millis, id: u64) {
         if !self.pinned(id) {
-            self.ended.insert((ended_at, id));
+            self.leases.ended.insert((ended_at, id));
         }
     }
 
     /// Whether lease `id`'s task is named by a running deployment.
     pub fn pinned(&self, id: u64) -> bool {
-        let Some(task) = self.lease_tasks.get(&id) else {
+        let Some(task) = self.tasks.by_lease.get(&id) else {
             return false;
         };
-        self.deployments.values().any(|d| {
+        self.apps.deployments.values().any(|d| {
             d.status == DeployStatus::Running
                 && (d.build_task == Some(*task) || d.instances.contains(task))
         })
@@ -184,20 +241,21 @@ impl State {
     /// Deployment `id` stopped running: the ended leases of its tasks may
     /// leave now.
     pub(super) fn unpin(&mut self, id: u64) {
-        let Some(d) = self.deployments.get(&id) else {
+        let Some(d) = self.apps.deployments.get(&id) else {
             return;
         };
         let tasks: Vec<u64> = d.build_task.iter().chain(&d.instances).copied().collect();
         // Every lease the tasks had (a task placed again had more than one).
         let ended: Vec<(Millis, u64)> = self
-            .lease_tasks
+            .tasks
+            .by_lease
             .iter()
             .filter(|(_, t)| tasks.contains(t))
-            .filter_map(|(l, _)| Some((self.leases.get(l)?.ended_at?, *l)))
+            .filter_map(|(l, _)| Some((self.leases.all.get(l)?.ended_at?, *l)))
             .collect();
         for (at, lease) in ended {
             if !self.pinned(lease) {
-                self.ended.insert((at, lease));
+                self.leases.ended.insert((at, lease));
             }
         }
     }
@@ -207,14 +265,12 @@ impl State {
         let r = &self.retention;
         let after = |at: Millis, ms: u64| at.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
         [
-            self.ended
+            self.leases
+                .ended
                 .iter()
                 .next()
                 .map(|(at, _)| after(*at, r.history_ms)),
-            self.key_times
-                .iter()
-                .next()
-                .map(|(at, _)| after(*at, r.keys_ms)),
+            self.keys.next_trim(r.keys_ms),
         ]
         .into_iter()
         .flatten()
@@ -228,34 +284,29 @@ impl State {
         let now = self.time;
         let older =
             |at: Millis, ms: u64| now.saturating_sub(at) >= i64::try_from(ms).unwrap_or(i64::MAX);
-        while let Some(&(at, id)) = self.ended.iter().next() {
-            if !(older(at, r.history_ms) || self.ended.len() as u64 > r.history_max) {
+        while let Some(&(at, id)) = self.leases.ended.iter().next() {
+            if !(older(at, r.history_ms) || self.leases.ended.len() as u64 > r.history_max) {
                 break;
             }
-            self.ended.remove(&(at, id));
+            self.leases.ended.remove(&(at, id));
             self.trim_lease(id);
         }
-        while let Some(&(at, id)) = self.key_times.iter().next() {
-            if !(older(at, r.keys_ms) || self.key_times.len() as u64 > r.keys_max) {
-                break;
-            }
-            self.key_times.remove(&(at, id));
-            self.keys.remove(&id);
-        }
+        self.keys.trim(now, r.keys_ms, r.keys_max);
     }
 
     /// Takes an ended lease out, and its task when the task has ended and
     /// this was its newest lease (a task placed again lives on).
     fn trim_lease(&mut self, id: u64) {
-        let Some(lease) = self.leases.remove(&id) else {
+        let Some(lease) = self.leases.all.remove(&id) else {
             return;
         };
-        if let Some(t) = self.lease_tasks.remove(&id)
+        if let Some(t) = self.tasks.by_lease.remove(&id)
             && self
                 .tasks
+                .all
                 .get(&t)
                 .is_some_and(|t| t.lease == id && t.state.is_ended())
-            && let Some(task) = self.tasks.remove(&t)
+            && let Some(task) = self.tasks.all.remove(&t)
         {
             self.trimmed.push(Trimmed::Task(task));
         }

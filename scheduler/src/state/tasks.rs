@@ -7,6 +7,7 @@ use super::{
     Amp, Applied, HealthState, Lease, LeaseSpec, LeaseState, Outcome, Refusal, Restart, State,
     Task, TaskSpec, TaskState, Usage,
 };
+use imbl::OrdMap;
 
 /// How long a task placed again after its node was lost waits for capacity.
 pub const REPLACE_WAIT_MS: u64 = 10 * 60_000;
@@ -52,6 +53,31 @@ fn task_title(spec: &TaskSpec) -> String {
     }
 }
 
+/// The tasks room: tasks by id (what it dereferences to) and the task bound
+/// to each lease that has one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tasks {
+    /// Tasks by id, live and ended not yet trimmed.
+    pub all: OrdMap<u64, Task>,
+    /// The task bound to each lease that has one.
+    pub by_lease: OrdMap<u64, u64>,
+    /// The id the next task gets.
+    pub next_id: u64,
+}
+
+impl std::ops::Deref for Tasks {
+    type Target = OrdMap<u64, Task>;
+    fn deref(&self) -> &OrdMap<u64, Task> {
+        &self.all
+    }
+}
+
+impl std::ops::DerefMut for Tasks {
+    fn deref_mut(&mut self) -> &mut OrdMap<u64, Task> {
+        &mut self.all
+    }
+}
+
 impl State {
     pub(super) fn submit_task(
         &mut self,
@@ -73,8 +99,8 @@ impl State {
             Applied::Lease(l) => l,
             other => unreachable!("request_lease returns a lease, got {other:?}"),
         };
-        let id = self.next_task_id.max(1);
-        self.next_task_id = id + 1;
+        let id = self.tasks.next_id.max(1);
+        self.tasks.next_id = id + 1;
         let task = Task {
             id,
             principal: principal.to_string(),
@@ -94,8 +120,8 @@ impl State {
             health_since: None,
             artifact: String::new(),
         };
-        self.tasks.insert(id, task.clone());
-        self.lease_tasks.insert(lease.id, id);
+        self.tasks.all.insert(id, task.clone());
+        self.tasks.by_lease.insert(lease.id, id);
         self.note(
             EventKind::TaskSubmitted,
             principal,
@@ -109,11 +135,12 @@ impl State {
     }
 
     fn task_and_lease(&self, id: u64) -> Result<(Task, Lease), Refusal> {
-        let task = self.tasks.get(&id).ok_or_else(|| Refusal::NotFound {
+        let task = self.tasks.all.get(&id).ok_or_else(|| Refusal::NotFound {
             what: format!("task {id}"),
         })?;
         let lease = self
             .leases
+            .all
             .get(&task.lease)
             .ok_or_else(|| Refusal::NotFound {
                 what: format!("lease {} of task {id}", task.lease),
@@ -144,7 +171,7 @@ impl State {
             });
         }
         let now = self.time;
-        let t = self.tasks.get_mut(&r.id).expect("looked up above");
+        let t = self.tasks.all.get_mut(&r.id).expect("looked up above");
         let was = (t.state, t.health);
         t.state = r.state;
         t.exit_code = r.exit_code.or(t.exit_code);
@@ -206,7 +233,7 @@ impl State {
             });
         }
         let now = self.time;
-        let t = self.tasks.get_mut(&id).expect("looked up above");
+        let t = self.tasks.all.get_mut(&id).expect("looked up above");
         let was = t.state;
         t.state = TaskState::Cancelled;
         t.ended_at = Some(now);
@@ -229,16 +256,16 @@ impl State {
     /// `never`, a batch task with retries left), it gets a new lease
     /// elsewhere, waiting up to [`REPLACE_WAIT_MS`] for capacity.
     pub(super) fn end_task_of(&mut self, lease: u64, to: LeaseState) {
-        let Some(id) = self.lease_tasks.get(&lease).copied() else {
+        let Some(id) = self.tasks.by_lease.get(&lease).copied() else {
             return;
         };
         if to == LeaseState::Lost
-            && let Some(t) = self.tasks.get(&id).filter(|t| !t.state.is_ended())
+            && let Some(t) = self.tasks.all.get(&id).filter(|t| !t.state.is_ended())
             && match t.spec.amp {
                 Amp::Service => t.spec.restart != Restart::Never,
                 Amp::Batch => t.starts <= t.spec.retries,
             }
-            && let Some(old) = self.leases.get(&lease)
+            && let Some(old) = self.leases.all.get(&lease)
         {
             let principal = t.principal.clone();
             let mut spec = old.spec.clone();
@@ -246,7 +273,7 @@ impl State {
             spec.deadline = None;
             let node = old.nodes.join(",");
             if let Ok(Applied::Lease(new)) = self.request_lease(&principal, &spec, None) {
-                let t = self.tasks.get_mut(&id).expect("looked up above");
+                let t = self.tasks.all.get_mut(&id).expect("looked up above");
                 t.lease = new.id;
                 t.state = TaskState::Pending;
                 // The lost node's ports and health say nothing about the
@@ -257,13 +284,13 @@ impl State {
                 t.health_since = None;
                 t.message = format!("node {node} was lost; placed again in lease {}", new.id);
                 let detail = t.message.clone();
-                self.lease_tasks.insert(new.id, id);
+                self.tasks.by_lease.insert(new.id, id);
                 self.note(EventKind::TaskRestarted, &principal, id, detail);
                 return;
             }
         }
         let now = self.time;
-        if let Some(t) = self.tasks.get_mut(&id)
+        if let Some(t) = self.tasks.all.get_mut(&id)
             && !t.state.is_ended()
         {
             let was = t.state;
@@ -282,17 +309,18 @@ impl State {
 
     /// What node `name`'s agent must run: its granted leases, each with its task.
     pub fn assignments(&self, name: &str) -> Vec<(Lease, Option<Task>)> {
-        let Some(node) = self.nodes.get(name) else {
+        let Some(node) = self.nodes.nodes.get(name) else {
             return Vec::new();
         };
         node.leases
             .iter()
-            .filter_map(|id| self.leases.get(id))
+            .filter_map(|id| self.leases.all.get(id))
             .map(|l| {
                 let task = self
-                    .lease_tasks
+                    .tasks
+                    .by_lease
                     .get(&l.id)
-                    .and_then(|t| self.tasks.get(t))
+                    .and_then(|t| self.tasks.all.get(t))
                     .cloned();
                 (l.clone(), task)
             })

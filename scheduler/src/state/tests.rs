@@ -681,7 +681,7 @@ fn a_cron_tick_fires_once_whoever_proposes_it() {
         }),
     ))
     .unwrap();
-    let run = &s.cron_runs["a"][&60_000];
+    let run = &s.cron.runs["a"][&60_000];
     assert_eq!(run.state, RunState::Failed);
     assert_eq!(run.exit_code, Some(3));
     assert_eq!(run.duration_ms(), Some(995));
@@ -713,13 +713,13 @@ fn cron_apply_adds_changes_deletes_and_guards_other_principals_jobs() {
         .map(|c| (c.job.as_str(), c.change.as_str()))
         .collect();
     assert_eq!(kinds, [("a", "changed"), ("b", "deleted")]);
-    assert_eq!(s.cron_jobs["a"].since, 5);
+    assert_eq!(s.cron.jobs["a"].since, 5);
     s.time = 50;
     apply(&mut s, "ann", &changed).unwrap();
-    assert_eq!(s.cron_jobs.keys().collect::<Vec<_>>(), ["a"]);
-    assert_eq!(s.cron_jobs["a"].config.schedule, "*/5 * * * *");
+    assert_eq!(s.cron.jobs.keys().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(s.cron.jobs["a"].config.schedule, "*/5 * * * *");
     assert_eq!(
-        s.cron_jobs["a"].since, 50,
+        s.cron.jobs["a"].since, 50,
         "a new schedule starts when applied: its earlier ticks are not missed ones"
     );
     // Bob cannot take over ann's job, nor give his runs to ann.
@@ -740,7 +740,7 @@ fn cron_apply_adds_changes_deletes_and_guards_other_principals_jobs() {
         },
     ));
     assert!(matches!(r, Err(Refusal::Denied { .. })), "{r:?}");
-    assert_eq!(s.cron_jobs.len(), 1);
+    assert_eq!(s.cron.jobs.len(), 1);
 }
 
 #[test]
@@ -764,8 +764,8 @@ fn old_runs_are_trimmed_and_stay_decided() {
     for i in 0..(RUNS_KEPT as i64 + 5) {
         s.apply(&p(10 + i, "root", None, skip(1_000 + i))).unwrap();
     }
-    assert_eq!(s.cron_runs["a"].len(), RUNS_KEPT);
-    assert_eq!(s.cron_jobs["a"].trimmed_to, Some(1_004));
+    assert_eq!(s.cron.runs["a"].len(), RUNS_KEPT);
+    assert_eq!(s.cron.jobs["a"].trimmed_to, Some(1_004));
     // A stale controller re-deciding a dropped tick is refused, not re-run.
     assert!(s.apply(&p(9_999, "root", None, fire("a", 1_002))).is_err());
     assert!(s.tasks.is_empty());
@@ -946,7 +946,7 @@ fn deliveries_and_fingerprints_start_a_deployment_once_and_a_newer_commit_supers
     let (d, started, _) = deploy_of(s.apply(&p(15, "root", None, trigger(&b, "d3"))));
     assert!(started);
     let second = d.unwrap();
-    let old = &s.deployments[&first.id];
+    let old = &s.apps.deployments[&first.id];
     assert_eq!(old.status, DeployStatus::Superseded);
     assert!(
         old.reason
@@ -960,7 +960,7 @@ fn deliveries_and_fingerprints_start_a_deployment_once_and_a_newer_commit_supers
     let (d, started, _) = deploy_of(s.apply(&p(16, "root", None, trigger("", "d3b"))));
     assert!(started);
     let third = d.unwrap();
-    let r = &s.deployments[&second.id].reason;
+    let r = &s.apps.deployments[&second.id].reason;
     assert_eq!(
         r,
         &format!("superseded by deployment {} (of the branch head)", third.id)
@@ -1023,7 +1023,7 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
             ))
             .unwrap();
         }
-        assert_eq!(s.deployments[&id].instances.len(), 2);
+        assert_eq!(s.apps.deployments[&id].instances.len(), 2);
         for (i, name) in [
             DeployStep::Lease,
             DeployStep::Start,
@@ -1042,8 +1042,8 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
     assert_eq!(s.apps["hello"].active, Some(first));
     s.apply(&p(20, "root", None, step(first, DeployStep::Retire)))
         .unwrap();
-    assert_eq!(s.deployments[&first].status, DeployStatus::Active);
-    let old_servers = s.deployments[&first].instances.clone();
+    assert_eq!(s.apps.deployments[&first].status, DeployStatus::Active);
+    let old_servers = s.apps.deployments[&first].instances.clone();
 
     let second = walk(&mut s, &"b".repeat(40), 30);
     assert_eq!(s.apps["hello"].active, Some(second), "promoted");
@@ -1056,8 +1056,8 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
     }
     s.apply(&p(40, "root", None, step(second, DeployStep::Retire)))
         .unwrap();
-    assert_eq!(s.deployments[&first].status, DeployStatus::Retired);
-    assert_eq!(s.deployments[&second].status, DeployStatus::Active);
+    assert_eq!(s.apps.deployments[&first].status, DeployStatus::Retired);
+    assert_eq!(s.apps.deployments[&second].status, DeployStatus::Active);
     for t in &old_servers {
         assert_eq!(s.tasks[t].state, TaskState::Cancelled);
     }
@@ -1081,7 +1081,7 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
         }),
     ))
     .unwrap();
-    let d = &s.deployments[&id];
+    let d = &s.apps.deployments[&id];
     assert_eq!(
         (d.status, d.failed_step, d.reason.as_str()),
         (
@@ -1097,7 +1097,7 @@ fn steps_move_only_the_current_one_and_promotion_then_retirement_swap_versions()
     );
     // A snapshot keeps all of it.
     let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
-    assert_eq!(back.deployments, s.deployments);
+    assert_eq!(back.apps.deployments, s.apps.deployments);
 }
 
 /// A state with node n1 and the given retention rules in force.
@@ -1154,13 +1154,13 @@ fn ended_leases_leave_by_age_and_by_count_and_only_when_ended() {
     assert_eq!(s.take_trimmed().len(), 3);
     // The live one, its node and the quota counters are untouched.
     assert_eq!(s.nodes["n1"].allocated.cpu_millis, 100);
-    assert_eq!(s.held.get("ann"), Some(&(1, 100)));
+    assert_eq!(s.leases.held.get("ann"), Some(&(1, 100)));
     // Rebuilding the derived indexes from the serialised state agrees.
     let again = State::from_bytes(&s.to_bytes()).unwrap();
     assert_eq!(again, s);
     assert_eq!(
-        (again.ended.clone(), again.held.clone()),
-        (s.ended.clone(), s.held.clone())
+        (again.leases.ended.clone(), again.leases.held.clone()),
+        (s.leases.ended.clone(), s.leases.held.clone())
     );
 }
 
@@ -1174,7 +1174,7 @@ fn a_retry_inside_the_window_gets_its_result_and_after_it_is_new() {
     let first = got(s.apply(&p(10, "ann", Some("k1"), lease(100, 60_000))));
     // Retried inside the window: the same lease, nothing new.
     let again = got(s.apply(&p(20, "ann", Some("k1"), lease(100, 60_000))));
-    assert_eq!((again.id, s.next_lease_id), (first.id, first.id + 1));
+    assert_eq!((again.id, s.leases.next_id), (first.id, first.id + 1));
     // Another principal's same key is another request.
     let bob = got(s.apply(&p(21, "bob", Some("k1"), lease(100, 60_000))));
     assert_ne!(bob.id, first.id);
@@ -1227,7 +1227,7 @@ fn a_retry_whose_lease_left_names_it() {
             id: l.id
         })
     );
-    assert_eq!(s.next_lease_id, l.id + 1, "not requested again");
+    assert_eq!(s.leases.next_id, l.id + 1, "not requested again");
 }
 
 #[test]
@@ -1255,7 +1255,7 @@ fn quotas_count_live_leases_without_scanning_history() {
     s.apply(&p(6, "ann", None, Command::ReleaseLease { id: a.id }))
         .unwrap();
     got(s.apply(&p(7, "ann", None, lease(100, 60_000))));
-    assert_eq!(s.held.get("ann"), Some(&(2, 200)));
+    assert_eq!(s.leases.held.get("ann"), Some(&(2, 200)));
 }
 
 #[test]
@@ -1352,18 +1352,18 @@ fn a_mutex_goes_to_waiters_in_arrival_order_with_growing_tokens() {
     );
     s.apply(&p(60, "ann", None, Command::ReleaseLock { id: a.id }))
         .unwrap();
-    let (lk, holds) = s.lock_view("db").unwrap();
+    let (lk, holds) = s.locks.view("db").unwrap();
     assert_eq!(lk.holders, vec![b.id]);
     assert_eq!(lk.waiters, vec![c.id]);
     assert_eq!((holds[0].token, holds[0].acquired_at), (3, Some(60)));
     s.apply(&p(70, "root", None, Command::ReleaseLock { id: b.id }))
         .unwrap();
-    assert_eq!(s.lock_leader("db").unwrap().id, c.id);
-    assert_eq!(s.lock_leader("db").unwrap().token, 4);
+    assert_eq!(s.locks.leader("db").unwrap().id, c.id);
+    assert_eq!(s.locks.leader("db").unwrap().token, 4);
     s.apply(&p(80, "cat", None, Command::ReleaseLock { id: c.id }))
         .unwrap();
     assert!(
-        s.locks.is_empty() && s.holds.is_empty(),
+        s.locks.is_empty() && s.locks.holds.is_empty(),
         "an idle lock leaves"
     );
     assert_eq!(s.trimmed.0.len(), 3, "ended acquisitions go to history");
@@ -1389,7 +1389,7 @@ fn a_lock_expires_at_its_absolute_time_inside_apply() {
         .unwrap();
     let gone = s.apply(&p(4000, "ann", None, Command::RenewLock { id: a.id }));
     assert!(matches!(gone, Err(Refusal::NotFound { .. })), "{gone:?}");
-    let leader = s.lock_leader("job").unwrap();
+    let leader = s.locks.leader("job").unwrap();
     assert_eq!((leader.id, leader.acquired_at), (b.id, Some(4000)));
     assert!(leader.token > a.token);
     match s.trimmed.0.last() {
@@ -1408,7 +1408,7 @@ fn waiters_time_out_and_dead_waiters_expire() {
     let b = hold(s.apply(&p(0, "bob", None, lock("x", 60_000, 1, 1000))));
     let c = hold(s.apply(&p(0, "cat", None, lock("x", 1000, 1, 120_000))));
     tick(&mut s, 1000);
-    assert!(s.holds.get(&b.id).is_none() && s.holds.get(&c.id).is_none());
+    assert!(s.locks.holds.get(&b.id).is_none() && s.locks.holds.get(&c.id).is_none());
     let ended: Vec<(u64, HoldState)> = s
         .trimmed
         .0
@@ -1420,7 +1420,7 @@ fn waiters_time_out_and_dead_waiters_expire() {
         .collect();
     assert!(ended.contains(&(b.id, HoldState::TimedOut)), "{ended:?}");
     assert!(ended.contains(&(c.id, HoldState::Expired)), "{ended:?}");
-    assert_eq!(s.lock_leader("x").unwrap().id, a.id);
+    assert_eq!(s.locks.leader("x").unwrap().id, a.id);
 }
 
 #[test]
@@ -1443,7 +1443,7 @@ fn a_semaphore_holds_at_most_its_limit_and_limits_must_agree() {
     s.apply(&p(20, "b", None, Command::ReleaseLock { id: ids[1].id }))
         .unwrap();
     assert_eq!(held(&s), 3);
-    assert_eq!(s.holds[&ids[3].id].state, HoldState::Held);
+    assert_eq!(s.locks.holds[&ids[3].id].state, HoldState::Held);
     let bad = s.apply(&p(30, "f", None, lock("../etc", 5000, 1, 0)));
     assert!(matches!(bad, Err(Refusal::Invalid { .. })), "{bad:?}");
     let short = s.apply(&p(30, "f", None, lock("ok", 10, 1, 0)));
@@ -1476,7 +1476,7 @@ fn lock_acquisitions_count_against_the_lease_quota_and_survive_a_reload() {
     let again = back.apply(&p(4, "ann", None, lock("c", 5000, 1, 0)));
     assert!(matches!(again, Err(Refusal::Denied { .. })), "{again:?}");
     tick(&mut back, 5002);
-    assert!(back.holds.is_empty());
+    assert!(back.locks.holds.is_empty());
     hold(back.apply(&p(5003, "ann", None, lock("c", 5000, 1, 0))));
 }
 

@@ -14,14 +14,16 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
             .values()
             .filter_map(crate::state::free_key)
             .collect();
-        if want != v.state.by_free {
+        if want != v.state.nodes.index.by_free {
             return Err(format!(
                 "member {}: the free-CPU index {:?} disagrees with the nodes {:?}",
-                v.id, v.state.by_free, want
+                v.id, v.state.nodes.index.by_free, want
             ));
         }
         let ix = crate::state::node_indexes(v.state.nodes.values());
-        if ix.by_price != v.state.by_price || ix.by_label != v.state.by_label {
+        if ix.by_price != v.state.nodes.index.by_price
+            || ix.by_label != v.state.nodes.index.by_label
+        {
             return Err(format!(
                 "member {}: the price or label index disagrees with the nodes",
                 v.id

@@ -12,9 +12,9 @@ use charter_config::deployment::DeployStatus;
 pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
     for v in views {
         let s = &v.state;
-        for (name, app) in &s.apps {
+        for (name, app) in s.apps.iter() {
             if let Some(id) = app.active {
-                let Some(d) = s.deployments.get(&id) else {
+                let Some(d) = s.apps.deployments.get(&id) else {
                     return Err(format!(
                         "member {}: app {name} is active at a missing deployment {id}",
                         v.id
@@ -32,6 +32,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
                 }
             }
             let unpromoted = s
+                .apps
                 .deployments
                 .values()
                 .filter(|d| {
@@ -45,7 +46,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
                 ));
             }
         }
-        for d in s.deployments.values() {
+        for d in s.apps.deployments.values() {
             if matches!(d.status, DeployStatus::Running | DeployStatus::Active) {
                 continue;
             }

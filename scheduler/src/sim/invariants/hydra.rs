@@ -22,7 +22,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
                     v.id, t.id
                 ));
             }
-            let run = s.cron_runs.get(&k.0).and_then(|r| r.get(&k.1));
+            let run = s.cron.runs.get(&k.0).and_then(|r| r.get(&k.1));
             if run.and_then(|r| r.task) != Some(t.id) {
                 return Err(format!(
                     "member {}: task {} says tick {k:?}, whose run is {run:?}",
@@ -41,7 +41,7 @@ pub fn check_acked(acked: &Acked, views: &[MemberView<'_>]) -> Result<(), String
         let s = &v.state;
         for ((job, at), (task, fired_at)) in acked {
             // Trimming may drop old runs; the simulation never fills 1,000.
-            match s.cron_runs.get(job).and_then(|r| r.get(at)) {
+            match s.cron.runs.get(job).and_then(|r| r.get(at)) {
                 Some(r) if r.task == *task && r.fired_at == *fired_at => {}
                 other => {
                     return Err(format!(
@@ -60,12 +60,13 @@ pub fn check_acked(acked: &Acked, views: &[MemberView<'_>]) -> Result<(), String
 /// propose), every tick of `j0` from its first to its newest is decided.
 pub fn check_every_tick(views: &[MemberView<'_>]) -> Result<(), String> {
     for v in views {
-        let Some(job) = v.state.cron_jobs.get("j0") else {
+        let Some(job) = v.state.cron.jobs.get("j0") else {
             continue;
         };
         let ticks: Vec<Millis> = v
             .state
-            .cron_runs
+            .cron
+            .runs
             .get("j0")
             .map(|r| r.keys().copied().collect())
             .unwrap_or_default();

@@ -31,7 +31,7 @@ pub fn check(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String> {
             let (before, mut ids) = seen.remove(&lock.name).unwrap_or_default();
             let mut top = before;
             for id in &lock.holders {
-                let Some(hold) = s.holds.get(id) else {
+                let Some(hold) = s.locks.holds.get(id) else {
                     return Err(format!(
                         "member {}: lock {} holder {id} unknown",
                         v.id, lock.name
@@ -73,7 +73,7 @@ pub fn check(h: &mut History, views: &[MemberView<'_>]) -> Result<(), String> {
             }
             seen.insert(lock.name.clone(), (top, ids));
             for id in &lock.waiters {
-                match s.holds.get(id) {
+                match s.locks.holds.get(id) {
                     Some(w)
                         if w.state == HoldState::Waiting
                             && w.expires_at > now

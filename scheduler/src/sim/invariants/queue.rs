@@ -11,11 +11,12 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
     for v in views {
         let s = &v.state;
         for l in s.leases.values() {
-            let queued = s
-                .queue
-                .contains(&(-(l.spec.priority as i64), l.requested_at, l.id));
-            let timing = s.timeouts.contains(&(l.wait_until, l.id));
-            let expiring = s.expiries.contains(&(l.expires_at, l.id));
+            let queued =
+                s.leases
+                    .queue
+                    .contains(&(-(l.spec.priority as i64), l.requested_at, l.id));
+            let timing = s.leases.timeouts.contains(&(l.wait_until, l.id));
+            let expiring = s.leases.expiries.contains(&(l.expires_at, l.id));
             let want = match l.state {
                 LeaseState::Pending => (true, true, false),
                 LeaseState::Granted => (false, false, true),
@@ -37,7 +38,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
                 ));
             }
         }
-        let indexed = s.queue.len() + s.expiries.len();
+        let indexed = s.leases.queue.len() + s.leases.expiries.len();
         let live = s.leases.values().filter(|l| !l.state.is_ended()).count();
         if indexed != live {
             return Err(format!(

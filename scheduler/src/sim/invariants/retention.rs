@@ -14,12 +14,12 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
                 v.id
             ))
         };
-        for (_, id) in s.expiries.iter() {
+        for (_, id) in s.leases.expiries.iter() {
             if s.leases.get(id).is_none_or(|l| l.state.is_ended()) {
                 return missing("the expiry index", *id);
             }
         }
-        for (_, _, id) in s.queue.iter() {
+        for (_, _, id) in s.leases.queue.iter() {
             if s.leases.get(id).is_none_or(|l| l.state.is_ended()) {
                 return missing("the queue", *id);
             }
@@ -31,7 +31,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
                 }
             }
         }
-        for d in s.deployments.values().filter(|d| d.ended_at.is_none()) {
+        for d in s.apps.deployments.values().filter(|d| d.ended_at.is_none()) {
             for t in d.build_task.iter().chain(&d.instances) {
                 if !s.tasks.contains_key(t) {
                     return Err(format!(
@@ -47,11 +47,12 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
             .filter_map(|l| Some((l.ended_at?, l.id)))
             .filter(|(_, id)| !s.pinned(*id))
             .collect();
-        if ended.len() != s.ended.len() || ended.iter().any(|e| !s.ended.contains(e)) {
+        if ended.len() != s.leases.ended.len() || ended.iter().any(|e| !s.leases.ended.contains(e))
+        {
             return Err(format!(
                 "member {}: the index of ended leases ({}) disagrees with the ended leases ({})",
                 v.id,
-                s.ended.len(),
+                s.leases.ended.len(),
                 ended.len()
             ));
         }

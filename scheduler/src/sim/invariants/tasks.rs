@@ -10,7 +10,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
         for t in s.tasks.values() {
             let lease = s.leases.get(&t.lease);
             let live_lease = lease.is_some_and(|l| !l.state.is_ended());
-            if s.lease_tasks.get(&t.lease) != Some(&t.id) {
+            if s.tasks.by_lease.get(&t.lease) != Some(&t.id) {
                 return Err(format!(
                     "member {}: task {} says lease {}, which does not map back to it",
                     v.id, t.id, t.lease

@@ -1,0 +1,144 @@
+//! The shape a snapshot stores the state in: every replicated field by
+//! name, flat, as format version 1 has had it. The rooms of [`State`] are
+//! how a member holds the state; this is how it is written, so the rooms can
+//! change without changing what a snapshot means. Derived indexes are not
+//! stored: [`State::rebuild_index`] makes them after loading.
+
+use super::apps::App;
+use super::cron::{CronJob, Runs};
+use super::locks::{Lock, LockHold};
+use super::retention::KeyOutcome;
+use super::{Lease, Millis, Node, Outcome, PoolOffer, Quota, Retention, State, Task};
+use charter_config::deployment::Deployment;
+use imbl::{OrdMap, OrdSet};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The stored state (field names are the format: do not rename them).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stored {
+    time: Millis,
+    nodes: OrdMap<String, Node>,
+    leases: OrdMap<u64, Lease>,
+    expiries: OrdSet<(Millis, u64)>,
+    queue: OrdSet<(i64, Millis, u64)>,
+    timeouts: OrdSet<(Millis, u64)>,
+    #[serde(default)]
+    price_steps: OrdSet<(Millis, u64)>,
+    #[serde(default)]
+    heartbeats: OrdSet<(Millis, String)>,
+    #[serde(default)]
+    quotas: OrdMap<String, Quota>,
+    #[serde(default)]
+    pools: OrdMap<String, PoolOffer>,
+    #[serde(default)]
+    tasks: OrdMap<u64, Task>,
+    #[serde(default)]
+    lease_tasks: OrdMap<u64, u64>,
+    #[serde(default)]
+    cron_jobs: OrdMap<String, CronJob>,
+    #[serde(default)]
+    cron_runs: Runs,
+    #[serde(default)]
+    apps: OrdMap<String, App>,
+    #[serde(default)]
+    deployments: OrdMap<u64, Deployment>,
+    #[serde(default)]
+    next_deploy_id: u64,
+    #[serde(default)]
+    cron_version: String,
+    #[serde(default)]
+    next_task_id: u64,
+    next_lease_id: u64,
+    fencing_token: u64,
+    #[serde(default)]
+    keys: OrdMap<u128, (Millis, KeyOutcome)>,
+    /// Read from snapshots written before retention, never written.
+    #[serde(default, skip_serializing)]
+    applied_keys: OrdMap<String, Outcome>,
+    #[serde(default)]
+    retention: Retention,
+    #[serde(default)]
+    locks: OrdMap<String, Lock>,
+    #[serde(default)]
+    holds: OrdMap<u64, LockHold>,
+    #[serde(default)]
+    next_hold_id: u64,
+    members: BTreeMap<u64, String>,
+    #[serde(default)]
+    term: u64,
+}
+
+impl From<Stored> for State {
+    fn from(s: Stored) -> State {
+        let mut st = State {
+            time: s.time,
+            fencing_token: s.fencing_token,
+            retention: s.retention,
+            ..State::default()
+        };
+        st.nodes.nodes = s.nodes;
+        st.nodes.heartbeats = s.heartbeats;
+        st.nodes.pools = s.pools;
+        st.leases.all = s.leases;
+        st.leases.expiries = s.expiries;
+        st.leases.queue = s.queue;
+        st.leases.timeouts = s.timeouts;
+        st.leases.price_steps = s.price_steps;
+        st.leases.quotas = s.quotas;
+        st.leases.next_id = s.next_lease_id;
+        st.tasks.all = s.tasks;
+        st.tasks.by_lease = s.lease_tasks;
+        st.tasks.next_id = s.next_task_id;
+        st.cron.jobs = s.cron_jobs;
+        st.cron.runs = s.cron_runs;
+        st.cron.version = s.cron_version;
+        st.apps.all = s.apps;
+        st.apps.deployments = s.deployments;
+        st.apps.next_deploy_id = s.next_deploy_id;
+        st.locks.all = s.locks;
+        st.locks.holds = s.holds;
+        st.locks.next_hold_id = s.next_hold_id;
+        st.keys.all = s.keys;
+        st.keys.legacy = s.applied_keys;
+        st.members.ids = s.members;
+        st.members.term = s.term;
+        st
+    }
+}
+
+impl From<State> for Stored {
+    fn from(st: State) -> Stored {
+        Stored {
+            time: st.time,
+            nodes: st.nodes.nodes,
+            leases: st.leases.all,
+            expiries: st.leases.expiries,
+            queue: st.leases.queue,
+            timeouts: st.leases.timeouts,
+            price_steps: st.leases.price_steps,
+            heartbeats: st.nodes.heartbeats,
+            quotas: st.leases.quotas,
+            pools: st.nodes.pools,
+            tasks: st.tasks.all,
+            lease_tasks: st.tasks.by_lease,
+            cron_jobs: st.cron.jobs,
+            cron_runs: st.cron.runs,
+            apps: st.apps.all,
+            deployments: st.apps.deployments,
+            next_deploy_id: st.apps.next_deploy_id,
+            cron_version: st.cron.version,
+            next_task_id: st.tasks.next_id,
+            next_lease_id: st.leases.next_id,
+            fencing_token: st.fencing_token,
+            keys: st.keys.all,
+            applied_keys: OrdMap::new(),
+            retention: st.retention,
+            locks: st.locks.all,
+            holds: st.locks.holds,
+            next_hold_id: st.locks.next_hold_id,
+            members: st.members.ids,
+            term: st.members.term,
+        }
+    }
+}
