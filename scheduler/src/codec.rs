@@ -75,6 +75,331 @@ mod tests {
         assert_eq!(s, fixture_state(), "v1 snapshot");
     }
 
+    /// One proposal of every command, with every kind of field filled.
+    fn every_command() -> Vec<Proposal> {
+        use crate::state::defs::*;
+        use crate::state::*;
+        use charter_config::cron::{Concurrency, Missed};
+        use charter_config::deployment::{DeployStep, Trigger};
+        let res = Resources {
+            cpu_millis: 1500,
+            memory_bytes: 1 << 30,
+            disk_bytes: 2 << 30,
+            gpus: 1,
+        };
+        let lease = LeaseSpec {
+            constraints: vec![Constraint::parse("zone in (a,b)").unwrap()],
+            prefer: Prefer::Cheapest,
+            deadline: Some(1_900_000_000_000),
+            max_cost_per_hour: Some(2.5),
+            reason: "fixture".into(),
+            ..LeaseSpec::simple(res, 60_000)
+        };
+        let task = TaskSpec {
+            name: "web".into(),
+            amp: Amp::Service,
+            command: vec!["./web".into(), "${PORT}".into()],
+            env: [("MODE".to_string(), "fast".to_string())].into(),
+            restart: Restart::Always,
+            health: Some(Health {
+                check: Check::Http {
+                    port: 0,
+                    path: "/healthz".into(),
+                    status: 200,
+                },
+                interval_ms: 500,
+                timeout_ms: 1000,
+                healthy_after: 1,
+                unhealthy_after: 2,
+            }),
+            ports: vec!["http".into()],
+            ..TaskSpec::default()
+        };
+        let job = JobDefinition {
+            name: "nightly".into(),
+            schedule: "30 2 * * *".into(),
+            timezone: "Europe/Berlin".into(),
+            depends_on: vec!["ingest".into()],
+            window_ms: 3_600_000,
+            dependency_wait_ms: 1_800_000,
+            concurrency: Concurrency::Forbid,
+            missed: Missed::All,
+            max_catch_up: 3,
+            retries: 2,
+            paused: false,
+            owner: "ann".into(),
+            task: TaskDefinition {
+                name: "report".into(),
+                amp: Amp::Batch,
+                command: vec!["./report.sh".into()],
+                env: Default::default(),
+                secret_env: [("TOKEN".to_string(), "s".to_string())].into(),
+                retries: 1,
+                restart: Restart::OnFailure,
+                max_restarts: 0,
+                grace_ms: 5_000,
+                health: None,
+                ports: vec![],
+                lease: LeaseDefinition {
+                    cpu_millis: 500,
+                    memory_bytes: 256 << 20,
+                    disk_bytes: 0,
+                    gpus: 0,
+                    labels: [("zone".to_string(), "a".to_string())].into(),
+                    constraints: vec!["!spot".into()],
+                    count: 1,
+                    duration_ms: 3_600_000,
+                    max_total_ms: 0,
+                    wait_ms: 60_000,
+                    priority: 5,
+                    max_cost: None,
+                    prefer: Some(Prefer::Spread),
+                    reason: String::new(),
+                },
+            },
+        };
+        let app = AppDefinition {
+            name: "hello".into(),
+            repo: "/srv/git/hello".into(),
+            branch: "main".into(),
+            servers: 2,
+            progress_deadline_ms: 600_000,
+            poll_ms: 30_000,
+            secret: "s3cret".into(),
+            fingerprint: "{user}/{kind}/{name}@{commit}".into(),
+            keep: 5,
+            build: BuildDefinition {
+                command: vec!["sh".into(), "build.sh".into()],
+                artifact: "out/hello".into(),
+                cpu_millis: 1000,
+                memory_bytes: 512 << 20,
+                timeout_ms: 600_000,
+            },
+            run: RunDefinition {
+                command: vec!["./hello".into()],
+                ports: vec!["http".into()],
+                env: Default::default(),
+                secret_env: Default::default(),
+            },
+            health: AppHealthDefinition {
+                kind: CheckKind::Http,
+                path: "/healthz".into(),
+                status: 200,
+                interval_ms: 500,
+                timeout_ms: 1000,
+                min_healthy_ms: 3000,
+            },
+            requirements: RequirementsDefinition {
+                cpu_millis: 500,
+                memory_bytes: 256 << 20,
+                labels: Default::default(),
+                constraints: vec![],
+            },
+        };
+        let cmds = vec![
+            Command::RegisterNode {
+                name: "n1".into(),
+                capacity: res,
+                labels: [("gpu".to_string(), "a100".to_string())].into(),
+                pool: "default".into(),
+                cost_per_hour: 1.25,
+                ttl_ms: Some(10_000),
+                agent: Some(AgentEndpoint {
+                    addr: "127.0.0.1:7790".into(),
+                    secret: "x".into(),
+                }),
+            },
+            Command::Heartbeat { name: "n1".into() },
+            Command::SetQuota {
+                principal: "ann".into(),
+                quota: Quota {
+                    max_cpu_millis: Some(8000),
+                    max_leases: Some(10),
+                    max_duration_ms: None,
+                },
+            },
+            Command::SetDraining {
+                name: "n1".into(),
+                draining: true,
+            },
+            Command::RequestLease(lease.clone()),
+            Command::ReleaseLease { id: 1 },
+            Command::RenewLease {
+                id: 1,
+                duration_ms: 60_000,
+            },
+            Command::RevokeLease { id: 1 },
+            Command::RemoveNode { name: "n1".into() },
+            Command::SubmitTask {
+                lease: Box::new(lease.clone()),
+                task: Box::new(task.clone()),
+            },
+            Command::ReportTask(TaskReport {
+                id: 1,
+                node: "n1".into(),
+                state: TaskState::Running,
+                exit_code: None,
+                starts: 1,
+                health: HealthState::Healthy,
+                message: "m".into(),
+                usage: None,
+                ports: [("http".to_string(), 8080)].into(),
+                artifact: String::new(),
+            }),
+            Command::CancelTask { id: 1 },
+            Command::SetPools {
+                pools: vec![PoolOffer {
+                    name: "gpu".into(),
+                    max_nodes: 4,
+                    capacity: res,
+                    labels: Default::default(),
+                    cost_per_hour: 3.0,
+                    idle_ms: 600_000,
+                }],
+            },
+            Command::CronApply {
+                version: "v1".into(),
+                jobs: vec![JobDef {
+                    config: job,
+                    owner: "ann".into(),
+                }],
+            },
+            Command::CronFire(CronFire {
+                job: "nightly".into(),
+                scheduled_at: 1_800_000_000_000,
+                manual: false,
+                replaces: vec![1_799_999_000_000],
+                lease: Box::new(lease.clone()),
+                task: Box::new(task.clone()),
+            }),
+            Command::CronSkip {
+                job: "nightly".into(),
+                scheduled_at: 1_800_000_000_000,
+                reason: "late".into(),
+            },
+            Command::CronPause {
+                job: "nightly".into(),
+                paused: true,
+            },
+            Command::CronDelete {
+                job: "nightly".into(),
+            },
+            Command::AppApply {
+                config: Box::new(app),
+                version: "abc".into(),
+            },
+            Command::DeployTrigger {
+                app: "hello".into(),
+                commit: "a".repeat(40),
+                trigger: Trigger::Webhook,
+                delivery: "d-1".into(),
+            },
+            Command::DeployStep(StepReport {
+                id: 1,
+                step: DeployStep::Build,
+                failed: false,
+                message: "ok".into(),
+                commit: String::new(),
+                artifact: "f".repeat(64),
+                build_log: String::new(),
+                behind: false,
+            }),
+            Command::DeploySubmit {
+                id: 1,
+                step: DeployStep::Lease,
+                tasks: vec![(lease, task)],
+            },
+            Command::SetRetention(Retention {
+                keys_max: 7,
+                ..Retention::default()
+            }),
+            Command::AcquireLock(LockSpec {
+                name: "db".into(),
+                ttl_ms: 15_000,
+                limit: 1,
+                wait_ms: 0,
+                holder: "h".into(),
+                value: "v".into(),
+            }),
+            Command::RenewLock { id: 1 },
+            Command::ReleaseLock { id: 1 },
+            Command::Tick,
+            Command::Refused {
+                command: "node drain".into(),
+                target: "node n1".into(),
+                reason: "admin only".into(),
+            },
+        ];
+        cmds.into_iter()
+            .enumerate()
+            .map(|(i, cmd)| Proposal {
+                at: 1_800_000_000_000 + i as i64,
+                principal: "ann".into(),
+                admin: i % 2 == 0,
+                key: Some(format!("k{i}")),
+                hint: (i == 4).then(|| vec!["n1".into()]),
+                cmd,
+            })
+            .collect()
+    }
+
+    /// Every command's name, so that a new one fails the test below until
+    /// the fixture has it.
+    fn name(c: &Command) -> &'static str {
+        match c {
+            Command::RegisterNode { .. } => "register_node",
+            Command::Heartbeat { .. } => "heartbeat",
+            Command::SetQuota { .. } => "set_quota",
+            Command::SetDraining { .. } => "set_draining",
+            Command::RequestLease(_) => "request_lease",
+            Command::ReleaseLease { .. } => "release_lease",
+            Command::RenewLease { .. } => "renew_lease",
+            Command::RevokeLease { .. } => "revoke_lease",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::SubmitTask { .. } => "submit_task",
+            Command::ReportTask(_) => "report_task",
+            Command::CancelTask { .. } => "cancel_task",
+            Command::SetPools { .. } => "set_pools",
+            Command::CronApply { .. } => "cron_apply",
+            Command::CronFire(_) => "cron_fire",
+            Command::CronSkip { .. } => "cron_skip",
+            Command::CronPause { .. } => "cron_pause",
+            Command::CronDelete { .. } => "cron_delete",
+            Command::AppApply { .. } => "app_apply",
+            Command::DeployTrigger { .. } => "deploy_trigger",
+            Command::DeployStep(_) => "deploy_step",
+            Command::DeploySubmit { .. } => "deploy_submit",
+            Command::SetRetention(_) => "set_retention",
+            Command::AcquireLock(_) => "acquire_lock",
+            Command::RenewLock { .. } => "renew_lock",
+            Command::ReleaseLock { .. } => "release_lock",
+            Command::Tick => "tick",
+            Command::Refused { .. } => "refused",
+        }
+    }
+
+    /// A log entry of every command, written by format version 1: decoded
+    /// with today's types it is what was written. A change to a command's
+    /// types that would change the meaning of an entry already written
+    /// fails here. (`CHARTER_WRITE_FIXTURES=1` rewrites it.)
+    #[test]
+    fn an_entry_of_every_command_written_by_version_1_decodes() {
+        const ALL_V1: &[u8] = include_bytes!("../tests/fixtures/entry-v1-every-command.bin");
+        let want = every_command();
+        if std::env::var("CHARTER_WRITE_FIXTURES").is_ok() {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+            std::fs::write(
+                dir.join("entry-v1-every-command.bin"),
+                encode(Kind::Entry, &want),
+            )
+            .unwrap();
+        }
+        let got: Vec<Proposal> = decode(Kind::Entry, ALL_V1).unwrap();
+        assert_eq!(got, want);
+        let names: std::collections::BTreeSet<&str> = got.iter().map(|p| name(&p.cmd)).collect();
+        assert_eq!(names.len(), 28, "one of every command: {names:?}");
+    }
+
     #[test]
     fn round_trips_and_refuses_what_it_does_not_know() {
         let mut s = fixture_state();

@@ -50,7 +50,7 @@ pub fn run_pb(r: &CronRun) -> pb::CronRun {
 /// A job in wire form, with its newest run, as `who` may see it: its
 /// `secret_env` values are hidden from anyone but its owner and admins.
 fn job_pb(s: &State, j: &CronJob, who: &Principal) -> Result<pb::CronJob, Status> {
-    let mut config = j.config.clone();
+    let mut config = charter_config::cron::JobConfig::from(&j.config);
     if !who.admin && who.name != j.owner {
         charter_config::task::hide(&mut config.task.secret_env);
     }
@@ -203,7 +203,7 @@ impl Api {
                 } else {
                     c.owner.clone()
                 },
-                config: c,
+                config: (&c).into(),
             })
             .collect();
         Ok((version, jobs))

@@ -119,7 +119,7 @@ pub fn deploy_view(s: &State) -> DeployView {
         v.apps.insert(
             a.config.name.clone(),
             AppView {
-                config: a.config.clone(),
+                config: (&a.config).into(),
                 applied_by: a.applied_by.clone(),
                 active: a.active,
             },
@@ -154,7 +154,7 @@ pub fn deploy_view(s: &State) -> DeployView {
 
 /// An app on the wire; its webhook secret only for its applier and admins.
 fn app_pb(a: &App, who: &super::auth::Principal) -> Result<pb::App, Status> {
-    let mut config = a.config.clone();
+    let mut config = charter_config::app::AppConfig::from(&a.config);
     if !who.admin && who.name != a.applied_by {
         if !config.secret.is_empty() {
             config.secret = charter_config::task::HIDDEN.into();
@@ -207,7 +207,7 @@ impl pb::deploy_server::Deploy for Api {
                 &who,
                 &r.idempotency_key,
                 Command::AppApply {
-                    config: cfg,
+                    config: Box::new((&*cfg).into()),
                     version,
                 },
             )

@@ -321,7 +321,7 @@ impl Sim {
         };
         match self.rng.random_range(0..10) {
             0 => Command::AppApply {
-                config: Box::new(sim_app()),
+                config: Box::new((&sim_app()).into()),
                 version: "v1".into(),
             },
             1..=3 => Command::DeployTrigger {
@@ -1003,7 +1003,7 @@ fn sim_cron_jobs() -> Vec<JobDef> {
             .jobs
             .into_iter()
             .map(|config| JobDef {
-                config,
+                config: (&config).into(),
                 owner: "sim".into(),
             })
             .collect(),

@@ -7,9 +7,9 @@
 //! once per step). Rollback, supersession and retirement cancel the tasks in
 //! the same command, so no deployment's servers outlive its end.
 
+use super::defs::AppDefinition;
 use super::events::EventKind;
 use super::{Applied, LeaseSpec, Millis, Outcome, Refusal, State, TaskSpec};
-use charter_config::app::AppConfig;
 use charter_config::deployment::{
     AppChange, DeployStatus, DeployStep, Deployment, StepRecord, StepState, Trigger, short_commit,
 };
@@ -25,7 +25,7 @@ pub const DEPLOYMENTS_KEPT: usize = 200;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct App {
     /// Its definition, as validated from the file.
-    pub config: AppConfig,
+    pub config: AppDefinition,
     /// The content hash of that definition.
     pub version: String,
     /// Who applied it; only they (or an admin) may change it.
@@ -79,7 +79,7 @@ impl State {
         &mut self,
         principal: &str,
         admin: bool,
-        config: &AppConfig,
+        config: &AppDefinition,
         version: &str,
     ) -> Outcome {
         let now = self.time;

@@ -10,9 +10,9 @@
 //! before the newest dropped one are refused as already decided, so
 //! trimming never reopens a tick.
 
+use super::defs::JobDefinition;
 use super::events::EventKind;
 use super::{Applied, LeaseSpec, Millis, Outcome, Refusal, State, TaskSpec, TaskState};
-use charter_config::cron::JobConfig;
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,7 @@ pub const RUNS_KEPT: usize = 1_000;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CronJob {
     /// Its definition, as validated from the file.
-    pub config: JobConfig,
+    pub config: JobDefinition,
     /// The fingerprint of the file version that last changed it.
     pub version: String,
     /// Who its runs belong to.
@@ -75,7 +75,7 @@ impl CronRun {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobDef {
     /// The validated definition.
-    pub config: JobConfig,
+    pub config: JobDefinition,
     /// Who its runs belong to.
     pub owner: String,
 }

@@ -55,6 +55,7 @@
 mod apps;
 pub mod audit;
 mod cron;
+pub mod defs;
 pub mod events;
 mod leases;
 pub mod locks;
@@ -205,8 +206,8 @@ pub enum Command {
     },
     /// Registers or updates an app for the deployer.
     AppApply {
-        /// Its validated definition.
-        config: Box<charter_config::app::AppConfig>,
+        /// Its validated definition, as the log keeps it.
+        config: Box<defs::AppDefinition>,
         /// The content hash of the definition.
         version: String,
     },

@@ -577,7 +577,7 @@ fn cron_jobs(owner: &str, text: &str) -> Vec<JobDef> {
             .jobs
             .into_iter()
             .map(|config| JobDef {
-                config,
+                config: (&config).into(),
                 owner: owner.into(),
             })
             .collect(),
@@ -849,7 +849,7 @@ fn app_state() -> State {
         "ann",
         None,
         Command::AppApply {
-            config,
+            config: Box::new((&*config).into()),
             version: "v".into(),
         },
     ))
