@@ -285,277 +285,313 @@ fn app_json(a: &pb::App) -> AppJson {
 pub async fn run(g: &Global, cmd: DeployCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {
-        DeployCmd::Apply { file } => {
-            match charter_config::load_file(&file) {
-                Ok(charter_config::AnyConfig::App(_)) => {}
-                Ok(other) => {
-                    return Err(fail(
-                        format!(
-                            "{} is a {} config, not an app",
-                            file.display(),
-                            other.kind()
-                        ),
-                        "",
-                        "pass an app.toml (kind = \"app\"), like examples/app/app.toml",
-                    ));
-                }
-                Err(d) => {
-                    return Err(fail(
-                        format!("{} is not a valid app; nothing was applied", file.display()),
-                        d.to_string(),
-                        "fix the lines above and apply again",
-                    ));
-                }
-            }
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                fail(
-                    format!("cannot read {}", file.display()),
-                    e.to_string(),
-                    "check the path",
-                )
-            })?;
-            let key = new_key();
-            let name = file.display().to_string();
-            let r = c
-                .call("deploy apply", |ch| {
-                    let req = c.req(pb::ApplyAppRequest {
-                        idempotency_key: key.clone(),
-                        file: name.clone(),
-                        text: text.clone(),
-                    });
-                    async move { DeployClient::new(ch).apply(req).await }
-                })
-                .await?;
-            let app = r.app.unwrap_or_default();
-            if g.json {
-                output::json(&serde_json::json!({ "change": r.change, "app": app_json(&app) }))?;
-            } else {
-                println!(
-                    "{} {} (version {})",
-                    r.change,
-                    app.name,
-                    &app.version[..12.min(app.version.len())]
-                );
-            }
+        DeployCmd::Apply { file } => apply(g, &c, file).await,
+        DeployCmd::List => list(g, &c).await,
+        DeployCmd::Trigger { app, commit } => trigger(g, &c, app, commit).await,
+        DeployCmd::Status { app, watch } => status(g, &c, app, watch).await,
+        DeployCmd::History { app, n } => history_cmd(g, &c, app, n).await,
+        DeployCmd::Rollback { app, to } => rollback(g, &c, app, to).await,
+    }
+}
+
+/// `deploy apply FILE`: checks the file here, then applies it.
+async fn apply(g: &Global, c: &Client, file: PathBuf) -> anyhow::Result<i32> {
+    match charter_config::load_file(&file) {
+        Ok(charter_config::AnyConfig::App(_)) => {}
+        Ok(other) => {
+            return Err(fail(
+                format!(
+                    "{} is a {} config, not an app",
+                    file.display(),
+                    other.kind()
+                ),
+                "",
+                "pass an app.toml (kind = \"app\"), like examples/app/app.toml",
+            ));
         }
-        DeployCmd::List => {
-            let r = c
-                .call("deploy list", |ch| {
-                    let req = c.req(pb::ListAppsRequest { stale: false });
-                    async move { DeployClient::new(ch).list(req).await }
-                })
-                .await?;
-            let rows: Vec<AppJson> = r.apps.iter().map(app_json).collect();
-            if g.json {
-                output::json(&serde_json::json!({ "apps": rows }))?;
-            } else {
-                output::table(
-                    &["APP", "REPO", "BRANCH", "SERVERS", "VERSION", "UPDATED"],
-                    rows.iter()
-                        .map(|a| {
-                            vec![
-                                a.name.clone(),
-                                a.repo.clone(),
-                                a.branch.clone(),
-                                a.servers.to_string(),
-                                a.version.chars().take(12).collect(),
-                                a.updated_at.clone(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
-        }
-        DeployCmd::Trigger { app, commit } => {
-            let key = new_key();
-            let commit = commit.unwrap_or_default();
-            let r = c
-                .call("deploy trigger", |ch| {
-                    let req = c.req(pb::TriggerDeployRequest {
-                        idempotency_key: key.clone(),
-                        app: app.clone(),
-                        commit: commit.clone(),
-                        trigger: "manual".into(),
-                        delivery: String::new(),
-                    });
-                    async move { DeployClient::new(ch).trigger(req).await }
-                })
-                .await?;
-            let mut r = r;
-            if commit.is_empty() {
-                settled_trigger(&c, &mut r).await?;
-            }
-            return trigger_out(g, &r);
-        }
-        DeployCmd::Status { app, watch } => {
-            use std::io::IsTerminal;
-            let tty = std::io::stdout().is_terminal();
-            let mut shown = String::new();
-            // Woken by deploy and task events, not by polling; a terminal's
-            // view also ticks each second for the running step's clock.
-            let mut wake = watch.then(|| super::events::Wake::on(g, &["deploy", "task"]));
-            loop {
-                let (mut ds, active, mut tasks) = history(&c, &app, 2).await?;
-                // The active version may be older than the two newest (a
-                // trigger of the active commit ends `unchanged`): look further.
-                if active != 0 && !ds.iter().any(|d| d.id == active) {
-                    let (more, _, t) = history(&c, &app, 200).await?;
-                    if let Some(a) = more.into_iter().find(|d| d.id == active) {
-                        ds.push(a);
-                        tasks.extend(t);
-                    }
-                }
-                let newest = ds.first();
-                let text = if g.json {
-                    let a = ds.iter().find(|d| d.id == active);
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "app": app,
-                        "active": a.map(|a| serde_json::json!({
-                            "deployment": a.id,
-                            "fingerprint": a.fingerprint,
-                            "commit": a.commit,
-                            "servers": servers_json(a, &tasks),
-                        })),
-                        "deployment": newest.map(deployment_json),
-                    }))?
-                } else {
-                    status_text(&app, &ds, active, &tasks)
-                };
-                // A live view on a terminal; into a pipe or a file, each
-                // change once and no screen codes.
-                // Off a terminal, a change is a new deployment, status or
-                // step state (not the running clock of a step).
-                let key = if tty {
-                    text.clone()
-                } else {
-                    newest.map_or(String::new(), |d| {
-                        let steps: Vec<String> = d
-                            .steps
-                            .iter()
-                            .map(|r| format!("{}={}", r.step, r.state))
-                            .collect();
-                        format!(
-                            "{} {} {} {}",
-                            active,
-                            d.id,
-                            d.status.as_str(),
-                            steps.join(",")
-                        )
-                    })
-                };
-                if key != shown || !watch {
-                    if watch && tty && !g.json {
-                        print!("\x1b[2J\x1b[H");
-                    }
-                    println!("{}", text.trim_end());
-                    shown = key;
-                }
-                let done = newest.is_none_or(|d| d.ended_at.is_some());
-                if !watch || done {
-                    // Like `kubectl rollout status`: a watch fails unless the
-                    // deployment it followed was promoted (or had nothing to do).
-                    if watch
-                        && let Some(d) = newest
-                        && !matches!(d.status, DeployStatus::Active | DeployStatus::Unchanged)
-                    {
-                        return Ok(1);
-                    }
-                    break;
-                }
-                if let Some(w) = wake.as_mut() {
-                    if tty && !g.json {
-                        tokio::select! {
-                            _ = w.next() => {}
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                        }
-                    } else {
-                        w.next().await;
-                    }
-                }
-            }
-        }
-        DeployCmd::History { app, n } => {
-            let (ds, active, _) = history(&c, &app, n).await?;
-            if g.json {
-                let ds: Vec<serde_json::Value> = ds.iter().map(deployment_json).collect();
-                output::json(
-                    &serde_json::json!({ "app": app, "active": active, "deployments": ds }),
-                )?;
-            } else {
-                output::table(
-                    &[
-                        "ID",
-                        "COMMIT",
-                        "FINGERPRINT",
-                        "TRIGGER",
-                        "STATUS",
-                        "STEP",
-                        "STARTED",
-                        "TOOK",
-                        "REASON",
-                    ],
-                    ds.iter()
-                        .map(|d| {
-                            vec![
-                                d.id.to_string(),
-                                short_commit(&d.commit).to_string(),
-                                d.fingerprint.clone(),
-                                d.trigger.to_string(),
-                                d.status.to_string(),
-                                d.failed_step.unwrap_or(d.step()).to_string(),
-                                output::time(d.created_at),
-                                took(d),
-                                d.reason.clone(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
-        }
-        DeployCmd::Rollback { app, to } => {
-            let (ds, active, _) = history(&c, &app, 200).await?;
-            let target = match &to {
-                Some(fp) => ds
-                    .iter()
-                    .find(|d| &d.fingerprint == fp && !d.artifact.is_empty()),
-                None => ds
-                    .iter()
-                    .find(|d| d.id == active)
-                    .and_then(|a| a.previous)
-                    .and_then(|p| ds.iter().find(|d| d.id == p)),
-            };
-            let Some(target) = target else {
-                return Err(fail(
-                    format!("no version of {app} to roll back to"),
-                    match &to {
-                        Some(fp) => format!("no built deployment has fingerprint {fp}"),
-                        None => "the active version has no earlier one".into(),
-                    },
-                    "charter deploy history APP shows the fingerprints; pass one with --to",
-                ));
-            };
-            let key = new_key();
-            let commit = target.commit.clone();
-            let r = c
-                .call("deploy rollback", |ch| {
-                    let req = c.req(pb::TriggerDeployRequest {
-                        idempotency_key: key.clone(),
-                        app: app.clone(),
-                        commit: commit.clone(),
-                        trigger: "rollback".into(),
-                        delivery: String::new(),
-                    });
-                    async move { DeployClient::new(ch).trigger(req).await }
-                })
-                .await?;
-            let mut r = r;
-            if commit.is_empty() {
-                settled_trigger(&c, &mut r).await?;
-            }
-            return trigger_out(g, &r);
+        Err(d) => {
+            return Err(fail(
+                format!("{} is not a valid app; nothing was applied", file.display()),
+                d.to_string(),
+                "fix the lines above and apply again",
+            ));
         }
     }
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        fail(
+            format!("cannot read {}", file.display()),
+            e.to_string(),
+            "check the path",
+        )
+    })?;
+    let key = new_key();
+    let name = file.display().to_string();
+    let r = c
+        .call("deploy apply", |ch| {
+            let req = c.req(pb::ApplyAppRequest {
+                idempotency_key: key.clone(),
+                file: name.clone(),
+                text: text.clone(),
+            });
+            async move { DeployClient::new(ch).apply(req).await }
+        })
+        .await?;
+    let app = r.app.unwrap_or_default();
+    if g.json {
+        output::json(&serde_json::json!({ "change": r.change, "app": app_json(&app) }))?;
+    } else {
+        println!(
+            "{} {} (version {})",
+            r.change,
+            app.name,
+            &app.version[..12.min(app.version.len())]
+        );
+    }
+
     Ok(0)
+}
+
+/// `deploy list`.
+async fn list(g: &Global, c: &Client) -> anyhow::Result<i32> {
+    let r = c
+        .call("deploy list", |ch| {
+            let req = c.req(pb::ListAppsRequest { stale: false });
+            async move { DeployClient::new(ch).list(req).await }
+        })
+        .await?;
+    let rows: Vec<AppJson> = r.apps.iter().map(app_json).collect();
+    if g.json {
+        output::json(&serde_json::json!({ "apps": rows }))?;
+    } else {
+        output::table(
+            &["APP", "REPO", "BRANCH", "SERVERS", "VERSION", "UPDATED"],
+            rows.iter()
+                .map(|a| {
+                    vec![
+                        a.name.clone(),
+                        a.repo.clone(),
+                        a.branch.clone(),
+                        a.servers.to_string(),
+                        a.version.chars().take(12).collect(),
+                        a.updated_at.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    Ok(0)
+}
+
+/// `deploy trigger APP [--commit SHA]`.
+async fn trigger(
+    g: &Global,
+    c: &Client,
+    app: String,
+    commit: Option<String>,
+) -> anyhow::Result<i32> {
+    let key = new_key();
+    let commit = commit.unwrap_or_default();
+    let r = c
+        .call("deploy trigger", |ch| {
+            let req = c.req(pb::TriggerDeployRequest {
+                idempotency_key: key.clone(),
+                app: app.clone(),
+                commit: commit.clone(),
+                trigger: charter_config::deployment::Trigger::Manual.to_string(),
+                delivery: String::new(),
+            });
+            async move { DeployClient::new(ch).trigger(req).await }
+        })
+        .await?;
+    let mut r = r;
+    if commit.is_empty() {
+        settled_trigger(c, &mut r).await?;
+    }
+    trigger_out(g, &r)
+}
+
+/// What `deploy status` shows of the newest deployments, and the key that
+/// tells a change: on a terminal the text itself (the running step's clock
+/// ticks); off one, a new deployment, status or step state.
+fn status_view(
+    json: bool,
+    tty: bool,
+    app: &str,
+    (ds, active, tasks): (
+        &[Deployment],
+        u64,
+        &std::collections::BTreeMap<u64, TaskView>,
+    ),
+) -> anyhow::Result<(String, String)> {
+    let newest = ds.first();
+    let text = if json {
+        let a = ds.iter().find(|d| d.id == active);
+        serde_json::to_string_pretty(&serde_json::json!({
+            "app": app,
+            "active": a.map(|a| serde_json::json!({
+                "deployment": a.id,
+                "fingerprint": a.fingerprint,
+                "commit": a.commit,
+                "servers": servers_json(a, tasks),
+            })),
+            "deployment": newest.map(deployment_json),
+        }))?
+    } else {
+        status_text(app, ds, active, tasks)
+    };
+    let key = if tty {
+        text.clone()
+    } else {
+        newest.map_or(String::new(), |d| {
+            let steps: Vec<String> = d
+                .steps
+                .iter()
+                .map(|r| format!("{}={}", r.step, r.state))
+                .collect();
+            format!("{} {} {} {}", active, d.id, d.status, steps.join(","))
+        })
+    };
+    Ok((text, key))
+}
+
+/// `deploy status APP [--watch]`: follows the newest deployment on events.
+async fn status(g: &Global, c: &Client, app: String, watch: bool) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let mut shown = String::new();
+    // Woken by deploy and task events, not by polling; a terminal's
+    // view also ticks each second for the running step's clock.
+    let mut wake = watch.then(|| super::events::Wake::on(g, &["deploy", "task"]));
+    loop {
+        let (mut ds, active, mut tasks) = history(c, &app, 2).await?;
+        // The active version may be older than the two newest (a
+        // trigger of the active commit ends `unchanged`): look further.
+        if active != 0 && !ds.iter().any(|d| d.id == active) {
+            let (more, _, t) = history(c, &app, 200).await?;
+            if let Some(a) = more.into_iter().find(|d| d.id == active) {
+                ds.push(a);
+                tasks.extend(t);
+            }
+        }
+        let newest = ds.first();
+        let (text, key) = status_view(g.json, tty, &app, (&ds, active, &tasks))?;
+        if key != shown || !watch {
+            if watch && tty && !g.json {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("{}", text.trim_end());
+            shown = key;
+        }
+        let done = newest.is_none_or(|d| d.ended_at.is_some());
+        if !watch || done {
+            // Like `kubectl rollout status`: a watch fails unless the
+            // deployment it followed was promoted (or had nothing to do).
+            if watch
+                && let Some(d) = newest
+                && !matches!(d.status, DeployStatus::Active | DeployStatus::Unchanged)
+            {
+                return Ok(1);
+            }
+            break;
+        }
+        if let Some(w) = wake.as_mut() {
+            if tty && !g.json {
+                tokio::select! {
+                    _ = w.next() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            } else {
+                w.next().await;
+            }
+        }
+    }
+
+    Ok(0)
+}
+
+/// `deploy history APP`.
+async fn history_cmd(g: &Global, c: &Client, app: String, n: u32) -> anyhow::Result<i32> {
+    let (ds, active, _) = history(c, &app, n).await?;
+    if g.json {
+        let ds: Vec<serde_json::Value> = ds.iter().map(deployment_json).collect();
+        output::json(&serde_json::json!({ "app": app, "active": active, "deployments": ds }))?;
+    } else {
+        output::table(
+            &[
+                "ID",
+                "COMMIT",
+                "FINGERPRINT",
+                "TRIGGER",
+                "STATUS",
+                "STEP",
+                "STARTED",
+                "TOOK",
+                "REASON",
+            ],
+            ds.iter()
+                .map(|d| {
+                    vec![
+                        d.id.to_string(),
+                        short_commit(&d.commit).to_string(),
+                        d.fingerprint.clone(),
+                        d.trigger.to_string(),
+                        d.status.to_string(),
+                        d.failed_step.unwrap_or(d.step()).to_string(),
+                        output::time(d.created_at),
+                        took(d),
+                        d.reason.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    Ok(0)
+}
+
+/// `deploy rollback APP [--to FINGERPRINT]`.
+async fn rollback(g: &Global, c: &Client, app: String, to: Option<String>) -> anyhow::Result<i32> {
+    let (ds, active, _) = history(c, &app, 200).await?;
+    let target = match &to {
+        Some(fp) => ds
+            .iter()
+            .find(|d| &d.fingerprint == fp && !d.artifact.is_empty()),
+        None => ds
+            .iter()
+            .find(|d| d.id == active)
+            .and_then(|a| a.previous)
+            .and_then(|p| ds.iter().find(|d| d.id == p)),
+    };
+    let Some(target) = target else {
+        return Err(fail(
+            format!("no version of {app} to roll back to"),
+            match &to {
+                Some(fp) => format!("no built deployment has fingerprint {fp}"),
+                None => "the active version has no earlier one".into(),
+            },
+            "charter deploy history APP shows the fingerprints; pass one with --to",
+        ));
+    };
+    let key = new_key();
+    let commit = target.commit.clone();
+    let r = c
+        .call("deploy rollback", |ch| {
+            let req = c.req(pb::TriggerDeployRequest {
+                idempotency_key: key.clone(),
+                app: app.clone(),
+                commit: commit.clone(),
+                trigger: charter_config::deployment::Trigger::Rollback.to_string(),
+                delivery: String::new(),
+            });
+            async move { DeployClient::new(ch).trigger(req).await }
+        })
+        .await?;
+    let mut r = r;
+    if commit.is_empty() {
+        settled_trigger(c, &mut r).await?;
+    }
+    trigger_out(g, &r)
 }
 
 /// A deployment of the branch head started: waits (up to 10 s) for its
