@@ -336,43 +336,10 @@ async fn run_lease(
     (mut stop, mut fence): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
     let dir = sandbox::lease_dir(&ctx.sandboxes, lease.id);
-    let grace_of = |t: &Option<TaskInfo>| {
-        let g = t
-            .as_ref()
-            .map(|t| t.spec.grace_ms)
-            .filter(|g| *g > 0)
-            .map_or(GRACE, Duration::from_millis);
-        // A quarter of one grant: renewals move the end, not the grace, so
-        // a lease renewed at half its time is never signalled (also when a
-        // restarted agent adopts it long after it was first granted).
-        let granted = match lease.duration_ms {
-            0 => u64::try_from(lease.expires_at - lease.granted_at).unwrap_or(0),
-            d => d,
-        };
-        g.min(Duration::from_millis(granted / 4))
-    };
     let Some(user) = sandbox_for(&ctx, &lease, task.as_ref(), &dir) else {
         return;
     };
-    let launch = Launch {
-        scope: Scope {
-            agent: ctx.data.clone(),
-            lease: lease.id,
-            uid: user.filter(|u| u.dynamic).map(|u| u.uid),
-        },
-        node: ctx.node.clone(),
-        expires_at: lease.expires_at,
-        fencing_token: lease.fencing_token,
-        dir: dir.clone(),
-        user,
-        cpu_millis: lease.cpu_millis,
-        memory_bytes: lease.memory_bytes,
-        gpus: lease.gpus.clone(),
-        env: task
-            .as_ref()
-            .map(|t| t.spec.env.clone())
-            .unwrap_or_default(),
-    };
+    let launch = launch_for(&ctx, &lease, task.as_ref(), user);
     let scope = &launch.scope;
     if let Ok(mut l) = ctx.leases.lock() {
         l.insert(lease.id, (lease.clone(), user));
@@ -384,7 +351,7 @@ async fn run_lease(
     let mut sampled = tokio::time::Instant::now();
     loop {
         let exp = *expires.borrow();
-        let grace = grace_of(&task);
+        let grace = grace_of(&lease, task.as_ref());
         let term_at = exp - grace.as_millis() as i64;
         // What to wait for now.
         let wake = tokio::select! {
@@ -430,28 +397,7 @@ async fn run_lease(
                     w.exited(code, &launch).await;
                 }
             }
-            Wake::Fence(true) => {
-                if let Some(w) = work.as_mut() {
-                    w.stopping = true;
-                    w.next_start = None;
-                }
-                let until = now_ms() + grace.min(ctx.fence_grace).as_millis() as i64;
-                let killed = stop_processes(scope, &ctx.iso, until).await.unwrap_or(0);
-                if let Some(w) = work.as_mut() {
-                    let had = w.child.is_some() || w.adopted;
-                    w.reap().await;
-                    w.adopted = false;
-                    if had {
-                        w.fenced = true;
-                        ctx.running.lock().map(|mut r| r.remove(&w.task.id)).ok();
-                    }
-                }
-                tracing::warn!(
-                    lease = lease.id,
-                    killed,
-                    "fenced: no heartbeat was answered for the node's TTL, so the lease's processes are stopped until the servers answer"
-                );
-            }
+            Wake::Fence(true) => fenced(&ctx, work.as_mut(), scope, grace).await,
             Wake::Fence(false) => {
                 tracing::info!(
                     lease = lease.id,
@@ -506,6 +452,74 @@ async fn run_lease(
     let _ = std::fs::remove_dir_all(&dir);
     // Nothing of the lease runs any more: its uid may serve another.
     ctx.users.release(lease.id);
+}
+
+/// Between SIGTERM and SIGKILL at the lease's end: the task's grace (or the
+/// default), at most a quarter of one grant. Renewals move the end, not the
+/// grace, so a lease renewed at half its time is never signalled (also when
+/// a restarted agent adopts it long after it was first granted).
+fn grace_of(lease: &LeaseInfo, task: Option<&TaskInfo>) -> Duration {
+    let g = task
+        .map(|t| t.spec.grace_ms)
+        .filter(|g| *g > 0)
+        .map_or(GRACE, Duration::from_millis);
+    let granted = match lease.duration_ms {
+        0 => u64::try_from(lease.expires_at - lease.granted_at).unwrap_or(0),
+        d => d,
+    };
+    g.min(Duration::from_millis(granted / 4))
+}
+
+/// How the lease's processes are started: its scope, user, limits and the
+/// task's environment.
+fn launch_for(
+    ctx: &Ctx,
+    lease: &LeaseInfo,
+    task: Option<&TaskInfo>,
+    user: Option<Identity>,
+) -> Launch {
+    Launch {
+        scope: Scope {
+            agent: ctx.data.clone(),
+            lease: lease.id,
+            uid: user.filter(|u| u.dynamic).map(|u| u.uid),
+        },
+        node: ctx.node.clone(),
+        expires_at: lease.expires_at,
+        fencing_token: lease.fencing_token,
+        dir: sandbox::lease_dir(&ctx.sandboxes, lease.id),
+        user,
+        cpu_millis: lease.cpu_millis,
+        memory_bytes: lease.memory_bytes,
+        gpus: lease.gpus.clone(),
+        env: task.map(|t| t.spec.env.clone()).unwrap_or_default(),
+    }
+}
+
+/// No heartbeat was answered for the node's TTL: the lease's processes are
+/// stopped (SIGTERM, SIGKILL after the fence grace) and nothing starts until
+/// the servers answer; the task's next exit says it was fenced.
+async fn fenced(ctx: &Ctx, mut work: Option<&mut Work>, scope: &Scope, grace: Duration) {
+    if let Some(w) = work.as_deref_mut() {
+        w.stopping = true;
+        w.next_start = None;
+    }
+    let until = now_ms() + grace.min(ctx.fence_grace).as_millis() as i64;
+    let killed = stop_processes(scope, &ctx.iso, until).await.unwrap_or(0);
+    if let Some(w) = work {
+        let had = w.child.is_some() || w.adopted;
+        w.reap().await;
+        w.adopted = false;
+        if had {
+            w.fenced = true;
+            ctx.running.lock().map(|mut r| r.remove(&w.task.id)).ok();
+        }
+    }
+    tracing::warn!(
+        lease = scope.lease,
+        killed,
+        "fenced: no heartbeat was answered for the node's TTL, so the lease's processes are stopped until the servers answer"
+    );
 }
 
 /// Stops a lease's processes: SIGTERM, then SIGKILL to whatever is left at

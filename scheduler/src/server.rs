@@ -130,198 +130,34 @@ impl Server {
     /// Opens storage, binds both ports and starts everything. Errors say what
     /// failed and what to do; nothing is left running on error.
     pub async fn start(opts: ServerOptions) -> Result<Server> {
-        let grpc_listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .map_err(|e| {
-                Error::Config(format!(
-                    "cannot listen on {} for gRPC: {e}; choose another --listen",
-                    opts.listen
-                ))
-            })?;
-        let http_listener = tokio::net::TcpListener::bind(opts.http)
-            .await
-            .map_err(|e| {
-                Error::Config(format!(
-                    "cannot listen on {} for HTTP: {e}; choose another --http",
-                    opts.http
-                ))
-            })?;
+        let (grpc_listener, http_listener) = bind(&opts).await?;
         let listen = grpc_listener
             .local_addr()
             .map_err(|e| Error::Config(format!("cannot read the bound gRPC address: {e}")))?;
         let http_addr = http_listener
             .local_addr()
             .map_err(|e| Error::Config(format!("cannot read the bound HTTP address: {e}")))?;
-        let raft_dir = opts.data.join("raft");
-        let store = EngineStore::open(&raft_dir).map_err(|e| {
-            Error::Config(format!(
-                "{e}; check that --data {} is a writable directory Charter owns",
-                opts.data.display()
-            ))
-        })?;
-        check_identity(&opts, store.is_fresh())?;
-        let (tx, rx) = std::sync::mpsc::channel::<Input>();
-        let report_tx = std::sync::Mutex::new(tx.clone());
-        let transport = GrpcTransport::new(
-            opts.id,
-            opts.tokens.peer_token(),
-            tokio::runtime::Handle::current(),
-            Arc::new(move |r| {
-                if let Ok(t) = report_tx.lock() {
-                    let _ = t.send(Input::Report(r));
-                }
-            }),
-        );
-        let history_dir = opts.data.join("history");
-        let history = crate::storage::History::open(&history_dir).map_err(Error::Config)?;
-        let mut cfg = MemberConfig::new(opts.id, opts.peers.clone());
-        cfg.history = Some(Arc::new(history));
-        cfg.join = opts.join;
-        cfg.snapshot_entries = opts.snapshot_entries;
-        cfg.tick = opts.tick;
-        (cfg.election_tick, cfg.heartbeat_tick) = opts.timing;
-        // Each campaign after 1-2x the election timeout.
-        cfg.election_spread = cfg.election_tick;
-        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SteadyClock::new(SystemClock));
-        let (driver, member) = Driver::new(cfg, store, transport, clock, tx, rx, rand::random())?;
-        write_identity(&opts)?;
-        let (done_tx, driver_done) = tokio::sync::oneshot::channel();
-        let driver = std::thread::Builder::new()
-            .name(format!("raft-{}", opts.id))
-            .spawn(move || {
-                let r = driver.run();
-                let _ = done_tx.send(());
-                r
-            })
-            .map_err(|e| Error::Config(format!("cannot start the raft thread: {e}")))?;
-
+        let (member, driver, driver_done) = start_member(&opts)?;
         let (stop, stop_rx) = watch::channel(false);
         let api = Api::new(member.clone(), opts.tokens.peer_token(), stop_rx.clone())
             .with_schedule_check(opts.schedule_check.clone())
             .with_artifacts(opts.artifacts.clone())
             .with_history_keep(opts.history);
-        let peer = Peer::new(member.clone(), &api);
-        let icpt = opts.tokens.interceptor();
-        // Every answer names the leader this member knows, so clients go
-        // there first (charter_proto::conn).
-        let named = member.clone();
-        // With TLS (the process's identity, `charter_proto::tls`) the port
-        // speaks nothing else: a plaintext client fails the handshake.
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(t) = charter_proto::tls::installed() {
-            builder = builder
-                .tls_config(t.server().map_err(Error::Config)?)
-                .map_err(|e| Error::Config(format!("cannot use the TLS settings: {e}")))?;
-        }
-        let router = builder
-            .tcp_nodelay(true)
-            .layer(SetResponseHeaderLayer::overriding(
-                ::http::HeaderName::from_static(charter_proto::conn::LEADER_HEADER),
-                move |_: &::http::Response<tonic::body::Body>| {
-                    named
-                        .leader_addr()
-                        .and_then(|a| ::http::HeaderValue::from_str(&a).ok())
-                },
-            ))
-            .add_service(pb::cluster_server::ClusterServer::with_interceptor(
-                api.clone(),
-                icpt.clone(),
-            ))
-            .add_service(pb::nodes_server::NodesServer::with_interceptor(
-                api.clone(),
-                icpt.clone(),
-            ))
-            .add_service(pb::leases_server::LeasesServer::with_interceptor(
-                api.clone(),
-                icpt.clone(),
-            ))
-            .add_service(pb::tasks_server::TasksServer::with_interceptor(
-                api.clone(),
-                icpt.clone(),
-            ))
-            .add_service(pb::agents_server::AgentsServer::with_interceptor(
-                api.clone(),
-                icpt.clone(),
-            ))
-            .add_service(pb::cron_server::CronServer::with_interceptor(
-                api.clone(),
-                icpt.clone(),
-            ))
-            .add_service(pb::deploy_server::DeployServer::with_interceptor(
-                api.clone(),
-                icpt.clone(),
-            ))
-            .add_service(pb::locks_server::LocksServer::with_interceptor(
-                api.clone(),
-                icpt.clone(),
-            ))
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                pb::raft_peer_server::RaftPeerServer::new(peer)
-                    .max_decoding_message_size(MAX_PEER_MESSAGE)
-                    .max_encoding_message_size(MAX_PEER_MESSAGE),
-                icpt,
-            ));
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let mut grpc_stop = stop_rx.clone();
-        let mut tasks = vec![tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = grpc_stop.changed().await;
-            };
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "gRPC server failed");
-            }
-        })];
-        let mut http_stop = stop_rx.clone();
-        let mut app = http::router(member.clone())
-            .merge(crate::service::locks::http::router(
-                api.clone(),
-                opts.tokens.clone(),
-            ))
-            .merge(crate::service::events::http::router(
-                api.clone(),
-                opts.tokens.clone(),
-            ))
-            .merge(crate::service::dashboard::router(api, opts.tokens.clone()));
-        if let Some(extra) = opts.http_extra.clone() {
-            app = app.merge(extra);
-        }
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = http_stop.changed().await;
-            };
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
-        tasks.push(tokio::spawn(controller::ticks(
-            member.clone(),
+        let mut tasks = vec![serve_grpc(
+            &opts,
+            &member,
+            &api,
+            grpc_listener,
             stop_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(controller::retention(
-            member.clone(),
-            opts.retention,
-            opts.history,
+        )?];
+        tasks.push(serve_http(
+            &opts,
+            &member,
+            api,
+            http_listener,
             stop_rx.clone(),
-        )));
-        let mut scaling = opts.scaling.clone();
-        if scaling.dir.as_os_str().is_empty() {
-            scaling.dir = opts.data.join("pools");
-        }
-        if scaling.token.is_none() {
-            scaling.token = opts.tokens.peer_token();
-        }
-        tasks.push(tokio::spawn(controller::provision::run(
-            member.clone(),
-            scaling,
-            stop_rx,
-        )));
+        ));
+        tasks.extend(start_controllers(&opts, &member, stop_rx));
         Ok(Server {
             member,
             listen,
@@ -354,4 +190,225 @@ impl Server {
             None => Ok(()),
         }
     }
+}
+
+/// Binds the gRPC and HTTP ports, saying which flag to change on failure.
+async fn bind(opts: &ServerOptions) -> Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    let grpc = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot listen on {} for gRPC: {e}; choose another --listen",
+                opts.listen
+            ))
+        })?;
+    let http = tokio::net::TcpListener::bind(opts.http)
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot listen on {} for HTTP: {e}; choose another --http",
+                opts.http
+            ))
+        })?;
+    Ok((grpc, http))
+}
+
+/// The member's handle, its raft thread, and what tells when that ended.
+type Started = (
+    MemberHandle,
+    std::thread::JoinHandle<Result<()>>,
+    tokio::sync::oneshot::Receiver<()>,
+);
+
+/// Opens the member's storage and history, and starts its raft thread.
+fn start_member(opts: &ServerOptions) -> Result<Started> {
+    let raft_dir = opts.data.join("raft");
+    let store = EngineStore::open(&raft_dir).map_err(|e| {
+        Error::Config(format!(
+            "{e}; check that --data {} is a writable directory Charter owns",
+            opts.data.display()
+        ))
+    })?;
+    check_identity(opts, store.is_fresh())?;
+    let (tx, rx) = std::sync::mpsc::channel::<Input>();
+    let report_tx = std::sync::Mutex::new(tx.clone());
+    let transport = GrpcTransport::new(
+        opts.id,
+        opts.tokens.peer_token(),
+        tokio::runtime::Handle::current(),
+        Arc::new(move |r| {
+            if let Ok(t) = report_tx.lock() {
+                let _ = t.send(Input::Report(r));
+            }
+        }),
+    );
+    let history_dir = opts.data.join("history");
+    let history = crate::storage::History::open(&history_dir).map_err(Error::Config)?;
+    let mut cfg = MemberConfig::new(opts.id, opts.peers.clone());
+    cfg.history = Some(Arc::new(history));
+    cfg.join = opts.join;
+    cfg.snapshot_entries = opts.snapshot_entries;
+    cfg.tick = opts.tick;
+    (cfg.election_tick, cfg.heartbeat_tick) = opts.timing;
+    // Each campaign after 1-2x the election timeout.
+    cfg.election_spread = cfg.election_tick;
+    let clock: Arc<dyn Clock> = Arc::new(crate::clock::SteadyClock::new(SystemClock));
+    let (driver, member) = Driver::new(cfg, store, transport, clock, tx, rx, rand::random())?;
+    write_identity(opts)?;
+    let (done_tx, driver_done) = tokio::sync::oneshot::channel();
+    let driver = std::thread::Builder::new()
+        .name(format!("raft-{}", opts.id))
+        .spawn(move || {
+            let r = driver.run();
+            let _ = done_tx.send(());
+            r
+        })
+        .map_err(|e| Error::Config(format!("cannot start the raft thread: {e}")))?;
+    Ok((member, driver, driver_done))
+}
+
+/// Serves every gRPC service behind the token interceptor, and the raft
+/// peer service with its larger message cap, until `stop`. Every answer
+/// names the leader this member knows, so clients go there first
+/// (`charter_proto::conn`). With TLS (the process's identity,
+/// `charter_proto::tls`) the port speaks nothing else: a plaintext client
+/// fails the handshake.
+fn serve_grpc(
+    opts: &ServerOptions,
+    member: &MemberHandle,
+    api: &Api,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let peer = Peer::new(member.clone(), api);
+    let icpt = opts.tokens.interceptor();
+    let named = member.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = charter_proto::tls::installed() {
+        builder = builder
+            .tls_config(t.server().map_err(Error::Config)?)
+            .map_err(|e| Error::Config(format!("cannot use the TLS settings: {e}")))?;
+    }
+    let a = || (api.clone(), icpt.clone());
+    let router = builder
+        .tcp_nodelay(true)
+        .layer(SetResponseHeaderLayer::overriding(
+            ::http::HeaderName::from_static(charter_proto::conn::LEADER_HEADER),
+            move |_: &::http::Response<tonic::body::Body>| {
+                named
+                    .leader_addr()
+                    .and_then(|a| ::http::HeaderValue::from_str(&a).ok())
+            },
+        ))
+        .add_service({
+            let (api, i) = a();
+            pb::cluster_server::ClusterServer::with_interceptor(api, i)
+        })
+        .add_service({
+            let (api, i) = a();
+            pb::nodes_server::NodesServer::with_interceptor(api, i)
+        })
+        .add_service({
+            let (api, i) = a();
+            pb::leases_server::LeasesServer::with_interceptor(api, i)
+        })
+        .add_service({
+            let (api, i) = a();
+            pb::tasks_server::TasksServer::with_interceptor(api, i)
+        })
+        .add_service({
+            let (api, i) = a();
+            pb::agents_server::AgentsServer::with_interceptor(api, i)
+        })
+        .add_service({
+            let (api, i) = a();
+            pb::cron_server::CronServer::with_interceptor(api, i)
+        })
+        .add_service({
+            let (api, i) = a();
+            pb::deploy_server::DeployServer::with_interceptor(api, i)
+        })
+        .add_service({
+            let (api, i) = a();
+            pb::locks_server::LocksServer::with_interceptor(api, i)
+        })
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::raft_peer_server::RaftPeerServer::new(peer)
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+            icpt.clone(),
+        ));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    Ok(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }))
+}
+
+/// Serves the HTTP port (health, metrics, webhooks, locks, events, the
+/// dashboard, and whatever the caller added) until `stop`.
+fn serve_http(
+    opts: &ServerOptions,
+    member: &MemberHandle,
+    api: Api,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut app = http::router(member.clone())
+        .merge(crate::service::locks::http::router(
+            api.clone(),
+            opts.tokens.clone(),
+        ))
+        .merge(crate::service::events::http::router(
+            api.clone(),
+            opts.tokens.clone(),
+        ))
+        .merge(crate::service::dashboard::router(api, opts.tokens.clone()));
+    if let Some(extra) = opts.http_extra.clone() {
+        app = app.merge(extra);
+    }
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
+
+/// The leader-only loops: ticks (expiry, liveness, the queue), retention,
+/// and pools that grow.
+fn start_controllers(
+    opts: &ServerOptions,
+    member: &MemberHandle,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut scaling = opts.scaling.clone();
+    if scaling.dir.as_os_str().is_empty() {
+        scaling.dir = opts.data.join("pools");
+    }
+    if scaling.token.is_none() {
+        scaling.token = opts.tokens.peer_token();
+    }
+    vec![
+        tokio::spawn(controller::ticks(member.clone(), stop.clone())),
+        tokio::spawn(controller::retention(
+            member.clone(),
+            opts.retention,
+            opts.history,
+            stop.clone(),
+        )),
+        tokio::spawn(controller::provision::run(member.clone(), scaling, stop)),
+    ]
 }

@@ -294,89 +294,107 @@ pub async fn run_remote(g: &Global, cmd: CronCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {
         CronCmd::Next { .. } => unreachable!("handled offline"),
-        CronCmd::Apply { file } => apply(g, &c, &file, false).await?,
-        CronCmd::Diff { file } => apply(g, &c, &file, true).await?,
-        CronCmd::List => {
-            let r = list(&c).await?;
-            let rows: Vec<JobJson> = r.jobs.iter().map(job_json).collect();
-            if g.json {
-                output::json(&serde_json::json!({ "version": r.version, "jobs": rows }))?;
-            } else {
-                output::table(
-                    &["JOB", "SCHEDULE", "TZ", "NEXT", "LAST", "RESULT"],
-                    rows.iter()
-                        .map(|j| {
-                            vec![
-                                j.name.clone(),
-                                j.schedule.clone(),
-                                j.timezone.clone(),
-                                if j.paused {
-                                    "paused".into()
-                                } else {
-                                    j.next.clone().unwrap_or_else(|| "-".into())
-                                },
-                                j.last
-                                    .as_ref()
-                                    .map(|l| l.scheduled_at.clone())
-                                    .unwrap_or_else(|| "-".into()),
-                                j.last.as_ref().map(|l| l.state.clone()).unwrap_or_default(),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
-        }
-        CronCmd::Show { name } => print_job(g.json, &get_job(&c, &name).await?)?,
-        CronCmd::History { name, n } => {
-            let r = c
-                .call("cron history", |ch| {
-                    let req = c.req(pb::CronHistoryRequest {
-                        job: name.clone(),
-                        n,
-                        stale: false,
-                    });
-                    async move { CronClient::new(ch).history(req).await }
-                })
-                .await?;
-            print_runs(g.json, &r.runs)?;
-        }
-        CronCmd::Trigger { name } => {
-            let job = get_job(&c, &name).await?;
-            let l = load(&job).map_err(|e| fail("cannot read the job", e, ""))?;
-            let mut req =
-                fire_request(&l, millis(chrono::Utc::now().timestamp_millis()), true, &[]);
-            req.idempotency_key = new_key();
-            let r = c
-                .call("cron trigger", |ch| {
-                    let req = c.req(req.clone());
-                    async move { CronClient::new(ch).fire(req).await }
-                })
-                .await?;
-            print_runs(g.json, &[r])?;
-        }
-        CronCmd::Pause { name } => set_paused(g, &c, name, true).await?,
-        CronCmd::Resume { name } => set_paused(g, &c, name, false).await?,
-        CronCmd::Delete { name } => {
-            let key = new_key();
-            let r = c
-                .call("cron delete", |ch| {
-                    let req = c.req(pb::CronJobRequest {
-                        idempotency_key: key.clone(),
-                        job: name.clone(),
-                    });
-                    async move { CronClient::new(ch).delete(req).await }
-                })
-                .await?;
-            if g.json {
-                output::json(&job_json(&r))?;
-            } else {
-                println!(
-                    "deleted cron job {} (its history stays: cron history {})",
-                    r.name, r.name
-                );
-            }
-        }
+        CronCmd::Apply { file } => apply(g, &c, &file, false).await.map(|()| 0),
+        CronCmd::Diff { file } => apply(g, &c, &file, true).await.map(|()| 0),
+        CronCmd::List => list_cmd(g, &c).await,
+        CronCmd::Show { name } => print_job(g.json, &get_job(&c, &name).await?).map(|()| 0),
+        CronCmd::History { name, n } => history(g, &c, name, n).await,
+        CronCmd::Trigger { name } => trigger(g, &c, name).await,
+        CronCmd::Pause { name } => set_paused(g, &c, name, true).await.map(|()| 0),
+        CronCmd::Resume { name } => set_paused(g, &c, name, false).await.map(|()| 0),
+        CronCmd::Delete { name } => delete(g, &c, name).await,
     }
+}
+
+/// `cron list`.
+async fn list_cmd(g: &Global, c: &Client) -> anyhow::Result<i32> {
+    let r = list(c).await?;
+    let rows: Vec<JobJson> = r.jobs.iter().map(job_json).collect();
+    if g.json {
+        output::json(&serde_json::json!({ "version": r.version, "jobs": rows }))?;
+    } else {
+        output::table(
+            &["JOB", "SCHEDULE", "TZ", "NEXT", "LAST", "RESULT"],
+            rows.iter()
+                .map(|j| {
+                    vec![
+                        j.name.clone(),
+                        j.schedule.clone(),
+                        j.timezone.clone(),
+                        if j.paused {
+                            "paused".into()
+                        } else {
+                            j.next.clone().unwrap_or_else(|| "-".into())
+                        },
+                        j.last
+                            .as_ref()
+                            .map(|l| l.scheduled_at.clone())
+                            .unwrap_or_else(|| "-".into()),
+                        j.last.as_ref().map(|l| l.state.clone()).unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+
+    Ok(0)
+}
+
+/// `cron history NAME`.
+async fn history(g: &Global, c: &Client, name: String, n: u32) -> anyhow::Result<i32> {
+    let r = c
+        .call("cron history", |ch| {
+            let req = c.req(pb::CronHistoryRequest {
+                job: name.clone(),
+                n,
+                stale: false,
+            });
+            async move { CronClient::new(ch).history(req).await }
+        })
+        .await?;
+    print_runs(g.json, &r.runs)?;
+
+    Ok(0)
+}
+
+/// `cron trigger NAME`.
+async fn trigger(g: &Global, c: &Client, name: String) -> anyhow::Result<i32> {
+    let job = get_job(c, &name).await?;
+    let l = load(&job).map_err(|e| fail("cannot read the job", e, ""))?;
+    let mut req = fire_request(&l, millis(chrono::Utc::now().timestamp_millis()), true, &[]);
+    req.idempotency_key = new_key();
+    let r = c
+        .call("cron trigger", |ch| {
+            let req = c.req(req.clone());
+            async move { CronClient::new(ch).fire(req).await }
+        })
+        .await?;
+    print_runs(g.json, &[r])?;
+
+    Ok(0)
+}
+
+/// `cron delete NAME`.
+async fn delete(g: &Global, c: &Client, name: String) -> anyhow::Result<i32> {
+    let key = new_key();
+    let r = c
+        .call("cron delete", |ch| {
+            let req = c.req(pb::CronJobRequest {
+                idempotency_key: key.clone(),
+                job: name.clone(),
+            });
+            async move { CronClient::new(ch).delete(req).await }
+        })
+        .await?;
+    if g.json {
+        output::json(&job_json(&r))?;
+    } else {
+        println!(
+            "deleted cron job {} (its history stays: cron history {})",
+            r.name, r.name
+        );
+    }
+
     Ok(0)
 }
 

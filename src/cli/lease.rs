@@ -494,144 +494,173 @@ async fn exec(c: &Client, id: u64, env: &[String], argv: Vec<String>) -> anyhow:
 pub async fn run(g: &Global, cmd: LeaseCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {
-        LeaseCmd::Request { args, file } => {
-            let req = build_request(*args, load_lease(file.as_deref())?)?;
-            let key = req.idempotency_key.clone();
-            let r = c
-                .call_keyed(
-                    "lease request",
-                    &key,
-                    &format!("`charter lease list --key {key}`"),
-                    |ch| {
-                        let req = c.req(req.clone());
-                        async move { LeasesClient::new(ch).request(req).await }
-                    },
-                )
-                .await?;
-            let mut l = r.lease.unwrap_or_default();
-            if state(&l) == LeaseState::Pending {
-                l = wait_for_grant(g, &c, l).await?;
-            }
-            print_lease(g, &l)?;
-            if state(&l) != LeaseState::Granted {
-                return Ok(1);
-            }
-        }
+        LeaseCmd::Request { args, file } => request(g, &c, args, file).await,
         LeaseCmd::List {
             all,
             state,
             stale,
             key,
-        } => {
-            let states = charter_scheduler::state::LeaseState::NAMES;
-            if let Some(st) = state.as_deref().filter(|s| !states.contains(s)) {
-                return Err(fail(
-                    format!("bad --state `{st}`"),
-                    "not a lease state",
-                    format!("use one of {}", states.join(", ")),
-                ));
-            }
-            let r = c
-                .call("lease list", |ch| {
-                    let req = c.req(pb::ListLeasesRequest {
-                        all: all || state.is_some(),
-                        stale,
-                        key: key.clone().unwrap_or_default(),
-                    });
-                    async move { LeasesClient::new(ch).list(req).await }
+        } => list(g, &c, all, state, stale, key).await,
+        LeaseCmd::Show { id } => print_lease(g, &show(&c, id).await?).map(|()| 0),
+        LeaseCmd::Renew { id, duration } => renew(g, &c, id, duration).await,
+        LeaseCmd::Release { id } => print_lease(g, &end_lease(&c, id, false).await?).map(|()| 0),
+        LeaseCmd::Revoke { id } => print_lease(g, &end_lease(&c, id, true).await?).map(|()| 0),
+        LeaseCmd::Exec { id, env, command } => exec(&c, id, &env, command).await,
+        LeaseCmd::Why { id } => why_cmd(g, &c, id).await,
+    }
+}
+
+/// `lease request`: with `--wait`, follows the request until granted.
+async fn request(
+    g: &Global,
+    c: &Client,
+    args: Box<RequestArgs>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    let req = build_request(*args, load_lease(file.as_deref())?)?;
+    let key = req.idempotency_key.clone();
+    let r = c
+        .call_keyed(
+            "lease request",
+            &key,
+            &format!("`charter lease list --key {key}`"),
+            |ch| {
+                let req = c.req(req.clone());
+                async move { LeasesClient::new(ch).request(req).await }
+            },
+        )
+        .await?;
+    let mut l = r.lease.unwrap_or_default();
+    if state(&l) == LeaseState::Pending {
+        l = wait_for_grant(g, c, l).await?;
+    }
+    print_lease(g, &l)?;
+    if state(&l) != LeaseState::Granted {
+        return Ok(1);
+    }
+
+    Ok(0)
+}
+
+/// `lease list`.
+async fn list(
+    g: &Global,
+    c: &Client,
+    all: bool,
+    state: Option<String>,
+    stale: bool,
+    key: Option<String>,
+) -> anyhow::Result<i32> {
+    let states = charter_scheduler::state::LeaseState::NAMES;
+    if let Some(st) = state.as_deref().filter(|s| !states.contains(s)) {
+        return Err(fail(
+            format!("bad --state `{st}`"),
+            "not a lease state",
+            format!("use one of {}", states.join(", ")),
+        ));
+    }
+    let r = c
+        .call("lease list", |ch| {
+            let req = c.req(pb::ListLeasesRequest {
+                all: all || state.is_some(),
+                stale,
+                key: key.clone().unwrap_or_default(),
+            });
+            async move { LeasesClient::new(ch).list(req).await }
+        })
+        .await?;
+    let rows: Vec<LeaseJson> = r
+        .leases
+        .iter()
+        .filter(|l| state.as_ref().is_none_or(|s| *s == l.state))
+        .map(lease_json)
+        .collect();
+    if g.json {
+        output::json(&serde_json::json!({ "leases": rows }))?;
+    } else {
+        output::table(
+            &[
+                "ID",
+                "STATE",
+                "NODES",
+                "PRINCIPAL",
+                "CPU",
+                "MEM",
+                "EXPIRES",
+                "FENCING",
+                "COST/H",
+            ],
+            rows.iter()
+                .map(|l| {
+                    vec![
+                        l.id.to_string(),
+                        l.state.clone(),
+                        l.nodes.join(","),
+                        l.principal.clone(),
+                        units::format_cores(l.cpu_millis),
+                        units::format_size(l.memory_bytes),
+                        l.expires_at.clone().unwrap_or_else(|| "-".into()),
+                        l.fencing_token.to_string(),
+                        format!("{:.2}", l.cost_per_hour),
+                    ]
                 })
-                .await?;
-            let rows: Vec<LeaseJson> = r
-                .leases
-                .iter()
-                .filter(|l| state.as_ref().is_none_or(|s| *s == l.state))
-                .map(lease_json)
-                .collect();
-            if g.json {
-                output::json(&serde_json::json!({ "leases": rows }))?;
-            } else {
-                output::table(
-                    &[
-                        "ID",
-                        "STATE",
-                        "NODES",
-                        "PRINCIPAL",
-                        "CPU",
-                        "MEM",
-                        "EXPIRES",
-                        "FENCING",
-                        "COST/H",
-                    ],
-                    rows.iter()
-                        .map(|l| {
-                            vec![
-                                l.id.to_string(),
-                                l.state.clone(),
-                                l.nodes.join(","),
-                                l.principal.clone(),
-                                units::format_cores(l.cpu_millis),
-                                units::format_size(l.memory_bytes),
-                                l.expires_at.clone().unwrap_or_else(|| "-".into()),
-                                l.fencing_token.to_string(),
-                                format!("{:.2}", l.cost_per_hour),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
+                .collect(),
+        );
+    }
+
+    Ok(0)
+}
+
+/// `lease renew ID [--for D]`.
+async fn renew(g: &Global, c: &Client, id: u64, duration: Option<String>) -> anyhow::Result<i32> {
+    let duration_ms = match duration {
+        Some(d) => parse_flag("--for", &d, units::parse_duration)?,
+        None => {
+            let l = show(c, id).await?;
+            (l.expires_at_ms - l.granted_at_ms).max(1) as u64
         }
-        LeaseCmd::Show { id } => print_lease(g, &show(&c, id).await?)?,
-        LeaseCmd::Renew { id, duration } => {
-            let duration_ms = match duration {
-                Some(d) => parse_flag("--for", &d, units::parse_duration)?,
-                None => {
-                    let l = show(&c, id).await?;
-                    (l.expires_at_ms - l.granted_at_ms).max(1) as u64
-                }
-            };
-            let key = new_key();
-            let r = c
-                .call("lease renew", |ch| {
-                    let req = c.req(pb::RenewLeaseRequest {
-                        idempotency_key: key.clone(),
-                        id,
-                        duration_ms,
-                    });
-                    async move { LeasesClient::new(ch).renew(req).await }
-                })
-                .await?;
-            let l = r.lease.unwrap_or_default();
-            // Say so when the lease got less than asked (its max total).
-            let asked = chrono::Utc::now().timestamp_millis() + duration_ms as i64;
-            if l.expires_at_ms + 1_000 < asked {
-                eprintln!(
-                    "note: lease {id} now ends at {}, not {}: its max total is {} from its grant (set --max-total on a request to renew longer)",
-                    output::time(l.expires_at_ms),
-                    output::time(asked),
-                    units::format_duration(l.max_total_ms)
-                );
-            }
-            print_lease(g, &l)?;
-        }
-        LeaseCmd::Release { id } => print_lease(g, &end_lease(&c, id, false).await?)?,
-        LeaseCmd::Revoke { id } => print_lease(g, &end_lease(&c, id, true).await?)?,
-        LeaseCmd::Exec { id, env, command } => {
-            return exec(&c, id, &env, command).await;
-        }
-        LeaseCmd::Why { id } => {
-            let w = why(&c, id).await?;
-            if g.json {
-                output::json(
-                    &serde_json::json!({"state": w.state, "summary": w.summary, "reasons": w.reasons}),
-                )?;
-            } else {
-                println!("lease {id}: {}", w.summary);
-                for r in &w.reasons {
-                    println!("  {r}");
-                }
-            }
+    };
+    let key = new_key();
+    let r = c
+        .call("lease renew", |ch| {
+            let req = c.req(pb::RenewLeaseRequest {
+                idempotency_key: key.clone(),
+                id,
+                duration_ms,
+            });
+            async move { LeasesClient::new(ch).renew(req).await }
+        })
+        .await?;
+    let l = r.lease.unwrap_or_default();
+    // Say so when the lease got less than asked (its max total).
+    let asked = chrono::Utc::now().timestamp_millis() + duration_ms as i64;
+    if l.expires_at_ms + 1_000 < asked {
+        eprintln!(
+            "note: lease {id} now ends at {}, not {}: its max total is {} from its grant (set --max-total on a request to renew longer)",
+            output::time(l.expires_at_ms),
+            output::time(asked),
+            units::format_duration(l.max_total_ms)
+        );
+    }
+    print_lease(g, &l)?;
+
+    Ok(0)
+}
+
+/// `lease why ID`.
+async fn why_cmd(g: &Global, c: &Client, id: u64) -> anyhow::Result<i32> {
+    let w = why(c, id).await?;
+    if g.json {
+        output::json(
+            &serde_json::json!({"state": w.state, "summary": w.summary, "reasons": w.reasons}),
+        )?;
+    } else {
+        println!("lease {id}: {}", w.summary);
+        for r in &w.reasons {
+            println!("  {r}");
         }
     }
+
     Ok(0)
 }
 

@@ -251,28 +251,7 @@ const HEADER: [&str; 7] = [
 /// Runs a lock verb.
 pub async fn run(g: &Global, cmd: LockCmd) -> anyhow::Result<i32> {
     match cmd {
-        LockCmd::Acquire { name, opts, wait } => {
-            let c = lock_client(g)?;
-            let o = options(&c, &name, &opts, Some(wait.as_deref().unwrap_or("0s")))?;
-            let lock = o
-                .acquire()
-                .await
-                .map_err(|s| lock_error(&format!("acquiring lock {name}"), &s))?;
-            let ttl = duration("ttl", &opts.ttl)?;
-            let (id, token) = lock.detach();
-            if g.json {
-                output::json(&serde_json::json!({
-                    "lock": name, "id": id, "token": token, "ttl_ms": ttl.as_millis() as u64
-                }))?;
-            } else {
-                println!("lock {name} acquisition {id} held, fencing token {token}");
-                println!(
-                    "it ends in {} unless renewed: charter lock renew {name} {id}; let go: charter lock release {name} {id}",
-                    units::format_duration(ttl.as_millis() as u64)
-                );
-            }
-            Ok(0)
-        }
+        LockCmd::Acquire { name, opts, wait } => acquire(g, name, opts, wait).await,
         LockCmd::Renew { name, id } | LockCmd::Release { name, id } if id == 0 => Err(fail(
             format!("cannot change lock {name} acquisition 0"),
             "acquisition ids start at 1",
@@ -280,93 +259,137 @@ pub async fn run(g: &Global, cmd: LockCmd) -> anyhow::Result<i32> {
         )),
         LockCmd::Renew { name, id } => change(g, &name, id, true).await,
         LockCmd::Release { name, id } => change(g, &name, id, false).await,
-        LockCmd::Show { name, recent } => {
-            let c = Client::new(g)?;
-            let req = pb::ShowLockRequest {
-                name: name.clone(),
-                stale: false,
-                recent,
-            };
-            let l = c
-                .call(&format!("showing lock {name}"), |ch| {
-                    let r = c.req(req.clone());
-                    async move { LocksClient::new(ch).show(r).await }
-                })
-                .await?;
-            if g.json {
-                output::json(&lock_out(&l))?;
-                return Ok(0);
-            }
-            if l.holders.is_empty() && l.waiters.is_empty() {
-                println!("lock {name}: free");
-            } else {
-                println!(
-                    "lock {name}: {} of {} held, {} waiting",
-                    l.holders.len(),
-                    l.limit,
-                    l.waiters.len()
-                );
-            }
-            let mut all = l.holders.clone();
-            all.extend(l.waiters.iter().cloned());
-            all.extend(l.recent.iter().cloned());
-            if !all.is_empty() {
-                output::table(&HEADER, rows(&all));
-            }
-            Ok(0)
-        }
-        LockCmd::List => {
-            let c = Client::new(g)?;
-            let l = c
-                .call("listing locks", |ch| {
-                    let r = c.req(pb::ListLocksRequest { stale: false });
-                    async move { LocksClient::new(ch).list(r).await }
-                })
-                .await?;
-            if g.json {
-                output::json(&l.locks.iter().map(lock_out).collect::<Vec<_>>())?;
-                return Ok(0);
-            }
-            let table: Vec<Vec<String>> = l
-                .locks
-                .iter()
-                .map(|l| {
-                    vec![
-                        l.name.clone(),
-                        format!("{}/{}", l.holders.len(), l.limit),
-                        l.waiters.len().to_string(),
-                        l.holders
-                            .iter()
-                            .map(|h| format!("{} (token {})", h.principal, h.token))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ]
-                })
-                .collect();
-            output::table(&["LOCK", "HELD", "WAITING", "HOLDERS"], table);
-            Ok(0)
-        }
+        LockCmd::Show { name, recent } => show(g, name, recent).await,
+        LockCmd::List => list(g).await,
         LockCmd::Run {
             name,
             opts,
             wait,
             command,
-        } => {
-            let c = lock_client(g)?;
-            let ttl = duration("ttl", &opts.ttl)?;
-            let o = options(&c, &name, &opts, wait.as_deref())?;
-            let lock = o
-                .acquire()
-                .await
-                .map_err(|s| lock_error(&format!("acquiring lock {name}"), &s))?;
-            eprintln!(
-                "charter: lock {name} held (acquisition {}, token {})",
-                lock.id(),
-                lock.token()
-            );
-            supervise(lock, ttl, &command).await
-        }
+        } => run_cmd(g, name, opts, wait, command).await,
     }
+}
+
+/// `lock acquire NAME`.
+async fn acquire(
+    g: &Global,
+    name: String,
+    opts: LockArgs,
+    wait: Option<String>,
+) -> anyhow::Result<i32> {
+    let c = lock_client(g)?;
+    let o = options(&c, &name, &opts, Some(wait.as_deref().unwrap_or("0s")))?;
+    let lock = o
+        .acquire()
+        .await
+        .map_err(|s| lock_error(&format!("acquiring lock {name}"), &s))?;
+    let ttl = duration("ttl", &opts.ttl)?;
+    let (id, token) = lock.detach();
+    if g.json {
+        output::json(&serde_json::json!({
+            "lock": name, "id": id, "token": token, "ttl_ms": ttl.as_millis() as u64
+        }))?;
+    } else {
+        println!("lock {name} acquisition {id} held, fencing token {token}");
+        println!(
+            "it ends in {} unless renewed: charter lock renew {name} {id}; let go: charter lock release {name} {id}",
+            units::format_duration(ttl.as_millis() as u64)
+        );
+    }
+    Ok(0)
+}
+
+/// `lock show NAME`.
+async fn show(g: &Global, name: String, recent: u32) -> anyhow::Result<i32> {
+    let c = Client::new(g)?;
+    let req = pb::ShowLockRequest {
+        name: name.clone(),
+        stale: false,
+        recent,
+    };
+    let l = c
+        .call(&format!("showing lock {name}"), |ch| {
+            let r = c.req(req.clone());
+            async move { LocksClient::new(ch).show(r).await }
+        })
+        .await?;
+    if g.json {
+        output::json(&lock_out(&l))?;
+        return Ok(0);
+    }
+    if l.holders.is_empty() && l.waiters.is_empty() {
+        println!("lock {name}: free");
+    } else {
+        println!(
+            "lock {name}: {} of {} held, {} waiting",
+            l.holders.len(),
+            l.limit,
+            l.waiters.len()
+        );
+    }
+    let mut all = l.holders.clone();
+    all.extend(l.waiters.iter().cloned());
+    all.extend(l.recent.iter().cloned());
+    if !all.is_empty() {
+        output::table(&HEADER, rows(&all));
+    }
+    Ok(0)
+}
+
+/// `lock list`.
+async fn list(g: &Global) -> anyhow::Result<i32> {
+    let c = Client::new(g)?;
+    let l = c
+        .call("listing locks", |ch| {
+            let r = c.req(pb::ListLocksRequest { stale: false });
+            async move { LocksClient::new(ch).list(r).await }
+        })
+        .await?;
+    if g.json {
+        output::json(&l.locks.iter().map(lock_out).collect::<Vec<_>>())?;
+        return Ok(0);
+    }
+    let table: Vec<Vec<String>> = l
+        .locks
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                format!("{}/{}", l.holders.len(), l.limit),
+                l.waiters.len().to_string(),
+                l.holders
+                    .iter()
+                    .map(|h| format!("{} (token {})", h.principal, h.token))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]
+        })
+        .collect();
+    output::table(&["LOCK", "HELD", "WAITING", "HOLDERS"], table);
+    Ok(0)
+}
+
+/// `lock run NAME -- CMD`.
+async fn run_cmd(
+    g: &Global,
+    name: String,
+    opts: LockArgs,
+    wait: Option<String>,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    let c = lock_client(g)?;
+    let ttl = duration("ttl", &opts.ttl)?;
+    let o = options(&c, &name, &opts, wait.as_deref())?;
+    let lock = o
+        .acquire()
+        .await
+        .map_err(|s| lock_error(&format!("acquiring lock {name}"), &s))?;
+    eprintln!(
+        "charter: lock {name} held (acquisition {}, token {})",
+        lock.id(),
+        lock.token()
+    );
+    supervise(lock, ttl, &command).await
 }
 
 async fn change(g: &Global, name: &str, id: u64, renew: bool) -> anyhow::Result<i32> {

@@ -311,130 +311,158 @@ async fn show(c: &Client, id: u64) -> anyhow::Result<pb::TaskReply> {
 pub async fn run(g: &Global, cmd: TaskCmd) -> anyhow::Result<i32> {
     let c = Client::new(g)?;
     match cmd {
-        TaskCmd::Submit(a) => {
-            let (task, base) = spec(&a)?;
-            let lease = build_request(a.lease, base)?;
-            let key = if lease.idempotency_key.is_empty() {
-                new_key()
-            } else {
-                lease.idempotency_key.clone()
-            };
-            let r = c
-                .call_keyed(
-                    "task submit",
-                    &key,
-                    &format!("`charter task list --key {key}`"),
-                    |ch| {
-                        let req = c.req(pb::SubmitTaskRequest {
-                            idempotency_key: key.clone(),
-                            lease: Some(lease.clone()),
-                            task: Some(task.clone()),
-                        });
-                        async move { TasksClient::new(ch).submit(req).await }
-                    },
-                )
-                .await?;
-            print_task(g, &r.task.unwrap_or_default())?;
-        }
-        TaskCmd::List { all, state, key } => {
-            let r = c
-                .call("task list", |ch| {
-                    let req = c.req(pb::ListTasksRequest {
-                        all,
-                        state: state.clone().unwrap_or_default(),
-                        stale: false,
-                        key: key.clone().unwrap_or_default(),
-                    });
-                    async move { TasksClient::new(ch).list(req).await }
+        TaskCmd::Submit(a) => submit(g, &c, a).await,
+        TaskCmd::List { all, state, key } => list(g, &c, all, state, key).await,
+        TaskCmd::Show { id } => show_cmd(g, &c, id).await,
+        TaskCmd::Cancel { id } => cancel(g, &c, id).await,
+        TaskCmd::Logs { id, follow } => logs(g, &c, id, follow).await,
+    }
+}
+
+/// `task submit`.
+async fn submit(g: &Global, c: &Client, a: Box<SubmitArgs>) -> anyhow::Result<i32> {
+    let (task, base) = spec(&a)?;
+    let lease = build_request(a.lease, base)?;
+    let key = if lease.idempotency_key.is_empty() {
+        new_key()
+    } else {
+        lease.idempotency_key.clone()
+    };
+    let r = c
+        .call_keyed(
+            "task submit",
+            &key,
+            &format!("`charter task list --key {key}`"),
+            |ch| {
+                let req = c.req(pb::SubmitTaskRequest {
+                    idempotency_key: key.clone(),
+                    lease: Some(lease.clone()),
+                    task: Some(task.clone()),
+                });
+                async move { TasksClient::new(ch).submit(req).await }
+            },
+        )
+        .await?;
+    print_task(g, &r.task.unwrap_or_default())?;
+
+    Ok(0)
+}
+
+/// `task list`.
+async fn list(
+    g: &Global,
+    c: &Client,
+    all: bool,
+    state: Option<String>,
+    key: Option<String>,
+) -> anyhow::Result<i32> {
+    let r = c
+        .call("task list", |ch| {
+            let req = c.req(pb::ListTasksRequest {
+                all,
+                state: state.clone().unwrap_or_default(),
+                stale: false,
+                key: key.clone().unwrap_or_default(),
+            });
+            async move { TasksClient::new(ch).list(req).await }
+        })
+        .await?;
+    let rows: Vec<TaskJson> = r.tasks.iter().map(task_json).collect();
+    if g.json {
+        output::json(&serde_json::json!({ "tasks": rows }))?;
+    } else {
+        output::table(
+            &["ID", "STATE", "NODE", "EXIT", "AMP", "COMMAND"],
+            rows.iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.state.clone(),
+                        t.node.clone(),
+                        t.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                        t.amp.clone(),
+                        t.command.join(" "),
+                    ]
                 })
-                .await?;
-            let rows: Vec<TaskJson> = r.tasks.iter().map(task_json).collect();
-            if g.json {
-                output::json(&serde_json::json!({ "tasks": rows }))?;
-            } else {
-                output::table(
-                    &["ID", "STATE", "NODE", "EXIT", "AMP", "COMMAND"],
-                    rows.iter()
-                        .map(|t| {
-                            vec![
-                                t.id.to_string(),
-                                t.state.clone(),
-                                t.node.clone(),
-                                t.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-                                t.amp.clone(),
-                                t.command.join(" "),
-                            ]
-                        })
-                        .collect(),
-                );
+                .collect(),
+        );
+    }
+
+    Ok(0)
+}
+
+/// `task show ID`.
+async fn show_cmd(g: &Global, c: &Client, id: u64) -> anyhow::Result<i32> {
+    let r = show(c, id).await?;
+    print_task(g, &r.task.unwrap_or_default())?;
+
+    Ok(0)
+}
+
+/// `task cancel ID`.
+async fn cancel(g: &Global, c: &Client, id: u64) -> anyhow::Result<i32> {
+    let key = new_key();
+    let r = c
+        .call("task cancel", |ch| {
+            let req = c.req(pb::CancelTaskRequest {
+                idempotency_key: key.clone(),
+                id,
+            });
+            async move { TasksClient::new(ch).cancel(req).await }
+        })
+        .await?;
+    print_task(g, &r.task.unwrap_or_default())?;
+
+    Ok(0)
+}
+
+/// `task logs ID [--follow]`.
+async fn logs(g: &Global, c: &Client, id: u64, follow: bool) -> anyhow::Result<i32> {
+    // Following a task not placed yet waits for it to start, woken
+    // by task events rather than by polling.
+    let mut wake = None;
+    let mut s = loop {
+        let r = c
+            .try_call(|ch| {
+                let req = c.req(pb::LogsRequest {
+                    task_id: id,
+                    follow,
+                });
+                async move { TasksClient::new(ch).logs(req).await }
+            })
+            .await;
+        match r {
+            Ok(s) => break s,
+            Err(e)
+                if follow
+                    && e.status.code() == tonic::Code::FailedPrecondition
+                    && e.status.message().contains("not been placed") =>
+            {
+                wake.get_or_insert_with(|| super::events::Wake::on(g, &["task"]))
+                    .next()
+                    .await;
+            }
+            Err(e) => {
+                return Err(super::client::status_error("task logs", &e.addr, &e.status).into());
             }
         }
-        TaskCmd::Show { id } => {
-            let r = show(&c, id).await?;
-            print_task(g, &r.task.unwrap_or_default())?;
-        }
-        TaskCmd::Cancel { id } => {
-            let key = new_key();
-            let r = c
-                .call("task cancel", |ch| {
-                    let req = c.req(pb::CancelTaskRequest {
-                        idempotency_key: key.clone(),
-                        id,
-                    });
-                    async move { TasksClient::new(ch).cancel(req).await }
-                })
-                .await?;
-            print_task(g, &r.task.unwrap_or_default())?;
-        }
-        TaskCmd::Logs { id, follow } => {
-            // Following a task not placed yet waits for it to start, woken
-            // by task events rather than by polling.
-            let mut wake = None;
-            let mut s = loop {
-                let r = c
-                    .try_call(|ch| {
-                        let req = c.req(pb::LogsRequest {
-                            task_id: id,
-                            follow,
-                        });
-                        async move { TasksClient::new(ch).logs(req).await }
-                    })
-                    .await;
-                match r {
-                    Ok(s) => break s,
-                    Err(e)
-                        if follow
-                            && e.status.code() == tonic::Code::FailedPrecondition
-                            && e.status.message().contains("not been placed") =>
-                    {
-                        wake.get_or_insert_with(|| super::events::Wake::on(g, &["task"]))
-                            .next()
-                            .await;
-                    }
-                    Err(e) => {
-                        return Err(
-                            super::client::status_error("task logs", &e.addr, &e.status).into()
-                        );
-                    }
+    };
+    loop {
+        match s.message().await {
+            Ok(Some(chunk)) => {
+                if chunk.stream == "stderr" {
+                    std::io::stderr().write_all(&chunk.data)?;
+                } else {
+                    std::io::stdout().write_all(&chunk.data)?;
+                    std::io::stdout().flush()?;
                 }
-            };
-            loop {
-                match s.message().await {
-                    Ok(Some(chunk)) => {
-                        if chunk.stream == "stderr" {
-                            std::io::stderr().write_all(&chunk.data)?;
-                        } else {
-                            std::io::stdout().write_all(&chunk.data)?;
-                            std::io::stdout().flush()?;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Err(super::client::status_error("task logs", "", &e).into());
-                    }
-                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(super::client::status_error("task logs", "", &e).into());
             }
         }
     }
+
     Ok(0)
 }

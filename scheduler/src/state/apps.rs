@@ -372,31 +372,52 @@ impl State {
         }
         let now = self.time;
         if step.failed {
-            if d.promoted_at.is_some() {
-                // Past promotion there is no way back: note it, retry.
-                let r = self
-                    .apps
-                    .deployments
-                    .get_mut(&step.id)
-                    .and_then(|d| d.steps.last_mut());
-                if let Some(r) = r {
-                    r.message = step.message.clone();
-                }
-            } else {
-                if !step.build_log.is_empty()
-                    && let Some(d) = self.apps.deployments.get_mut(&step.id)
-                {
-                    d.build_log = step.build_log.clone();
-                }
-                self.end_deployment(
-                    step.id,
-                    DeployStatus::RolledBack,
-                    StepState::Failed,
-                    step.message.clone(),
-                );
-            }
+            self.step_failed(step, d.promoted_at.is_some());
             return deployed(self.apps.deployments.get(&step.id), false, "");
         }
+        if let Some(ended) = self.step_done(&d, step)? {
+            return ended;
+        }
+        self.next_step(&d, step, now);
+        deployed(self.apps.deployments.get(&d.id), false, "")
+    }
+
+    /// A failed step: before promotion the deployment rolls back (keeping
+    /// the build's log); after it there is no way back, so the failure is
+    /// only noted and the step tried again.
+    fn step_failed(&mut self, step: &StepReport, promoted: bool) {
+        if promoted {
+            // Past promotion there is no way back: note it, retry.
+            let r = self
+                .apps
+                .deployments
+                .get_mut(&step.id)
+                .and_then(|d| d.steps.last_mut());
+            if let Some(r) = r {
+                r.message = step.message.clone();
+            }
+        } else {
+            if !step.build_log.is_empty()
+                && let Some(d) = self.apps.deployments.get_mut(&step.id)
+            {
+                d.build_log = step.build_log.clone();
+            }
+            self.end_deployment(
+                step.id,
+                DeployStatus::RolledBack,
+                StepState::Failed,
+                step.message.clone(),
+            );
+        }
+    }
+
+    /// What a step's success changes beyond moving on: fetch resolves the
+    /// commit (and ends the deployment unchanged when that version is
+    /// active or being deployed), build records the artifact, promote makes
+    /// it the active version, retire ends the one it replaced. `Some` when
+    /// the deployment ended here.
+    fn step_done(&mut self, d: &Deployment, step: &StepReport) -> Result<Option<Outcome>, Refusal> {
+        let now = self.time;
         match step.step {
             DeployStep::Fetch => {
                 let commit = step.commit.trim().to_ascii_lowercase();
@@ -424,7 +445,7 @@ impl State {
                 let same = same.or_else(|| step.behind.then(|| step.message.clone()));
                 if let Some(why) = same {
                     self.end_deployment(d.id, DeployStatus::Unchanged, StepState::Done, why);
-                    return deployed(self.apps.deployments.get(&d.id), false, "");
+                    return Ok(Some(deployed(self.apps.deployments.get(&d.id), false, "")));
                 }
             }
             DeployStep::Build => {
@@ -474,6 +495,12 @@ impl State {
             | DeployStep::Start
             | DeployStep::AwaitHealthy => {}
         }
+        Ok(None)
+    }
+
+    /// Closes the current step as done and opens the next, or makes the
+    /// deployment active after the last; notes the step's event.
+    fn next_step(&mut self, d: &Deployment, step: &StepReport, now: Millis) {
         let x = self
             .apps
             .deployments
@@ -514,7 +541,6 @@ impl State {
             detail,
             took,
         );
-        deployed(self.apps.deployments.get(&d.id), false, "")
     }
 
     /// Submits the build task or the servers' tasks of a deployment's
