@@ -154,6 +154,126 @@ fn command(f: &Fields<'_, '_>, example: &str) -> Vec<String> {
     c
 }
 
+/// The `[build]` table; `None` when a diagnostic was recorded.
+fn read_build(f: &Fields<'_, '_>) -> Option<BuildConfig> {
+    match f.table("build") {
+        Some(b) => {
+            let command = command(&b, "[\"sh\", \"build.sh\"]");
+            let artifact = b.req_str(
+                "artifact",
+                "the file the build makes, like artifact = \"out/app\"",
+            );
+            let out = BuildConfig {
+                command,
+                artifact: artifact.unwrap_or_default(),
+                cpu_millis: b.cores("cpu").unwrap_or(1_000),
+                memory_bytes: b.size("mem").unwrap_or(512 << 20),
+                timeout_ms: b.duration("timeout").unwrap_or(600_000),
+            };
+            b.finish();
+            Some(out)
+        }
+        None => {
+            f.missing("build", "a [build] table: command and artifact");
+            None
+        }
+    }
+}
+
+/// The `[run]` table; `None` when a diagnostic was recorded.
+fn read_run(f: &Fields<'_, '_>) -> Option<RunConfig> {
+    match f.table("run") {
+        Some(r) => {
+            let out = RunConfig {
+                command: command(&r, "[\"./app\"]"),
+                ports: {
+                    let p = r.str_list("ports");
+                    if p.is_empty() { vec!["http".into()] } else { p }
+                },
+                env: r.str_map("env"),
+                secret_env: r.str_map("secret_env"),
+            };
+            if let Some(k) = out.secret_env.keys().find(|k| out.env.contains_key(*k)) {
+                r.error_at("secret_env", format!("{k} is in env too; keep it in one"));
+            }
+            if let Err(e) = crate::limits::env(out.env.iter().chain(&out.secret_env)) {
+                r.error_at("env", e);
+            }
+            r.finish();
+            Some(out)
+        }
+        None => {
+            f.missing("run", "a [run] table: how the artifact runs");
+            None
+        }
+    }
+}
+
+/// The `[health]` table; `None` when a diagnostic was recorded.
+fn read_health(f: &Fields<'_, '_>) -> Option<AppHealth> {
+    match f.table("health") {
+        Some(h) => {
+            let http = h.str("http");
+            let tcp = h.bool("tcp").unwrap_or(false);
+            if http.is_some() == tcp {
+                h.error_at("http", "give one check: http = \"/healthz\" or tcp = true");
+            }
+            let status = h.u64("status").unwrap_or(200);
+            if !(100..=599).contains(&status) {
+                h.error_at("status", format!("expected an HTTP status, got {status}"));
+            }
+            let out = AppHealth {
+                kind: if tcp {
+                    crate::spec::CheckKind::Tcp
+                } else {
+                    crate::spec::CheckKind::Http
+                },
+                path: http.unwrap_or_default(),
+                status: status as u16,
+                interval_ms: h.duration("interval").unwrap_or(1_000),
+                timeout_ms: h.duration("timeout").unwrap_or(1_000),
+                min_healthy_ms: h.duration("min_healthy").unwrap_or(3_000),
+            };
+            h.finish();
+            Some(out)
+        }
+        None => {
+            f.missing(
+                "health",
+                "a [health] table: http = \"/healthz\" or tcp = true",
+            );
+            None
+        }
+    }
+}
+
+/// The `[requirements]` table, or its defaults.
+fn read_requirements(f: &Fields<'_, '_>) -> Requirements {
+    match f.table("requirements") {
+        Some(r) => {
+            let constraints = r.str_list("constraints");
+            for c in &constraints {
+                if let Err(e) = Constraint::parse(c) {
+                    r.error_at("constraints", e);
+                }
+            }
+            let out = Requirements {
+                cpu_millis: r.cores("cpu").unwrap_or(500),
+                memory_bytes: r.size("mem").unwrap_or(256 << 20),
+                labels: r.str_map("labels"),
+                constraints,
+            };
+            r.finish();
+            out
+        }
+        None => Requirements {
+            cpu_millis: 500,
+            memory_bytes: 256 << 20,
+            ..Requirements::default()
+        },
+    }
+}
+
 impl AppConfig {
     /// Reads an app; `None` when a diagnostic was recorded.
     pub fn read(f: &Fields<'_, '_>) -> Option<AppConfig> {
@@ -202,110 +322,10 @@ impl AppConfig {
             f.error_at("fingerprint", e);
         }
         let keep = f.u64("keep").unwrap_or(5).clamp(1, 1_000) as u32;
-        let build = match f.table("build") {
-            Some(b) => {
-                let command = command(&b, "[\"sh\", \"build.sh\"]");
-                let artifact = b.req_str(
-                    "artifact",
-                    "the file the build makes, like artifact = \"out/app\"",
-                );
-                let out = BuildConfig {
-                    command,
-                    artifact: artifact.unwrap_or_default(),
-                    cpu_millis: b.cores("cpu").unwrap_or(1_000),
-                    memory_bytes: b.size("mem").unwrap_or(512 << 20),
-                    timeout_ms: b.duration("timeout").unwrap_or(600_000),
-                };
-                b.finish();
-                Some(out)
-            }
-            None => {
-                f.missing("build", "a [build] table: command and artifact");
-                None
-            }
-        };
-        let run = match f.table("run") {
-            Some(r) => {
-                let out = RunConfig {
-                    command: command(&r, "[\"./app\"]"),
-                    ports: {
-                        let p = r.str_list("ports");
-                        if p.is_empty() { vec!["http".into()] } else { p }
-                    },
-                    env: r.str_map("env"),
-                    secret_env: r.str_map("secret_env"),
-                };
-                if let Some(k) = out.secret_env.keys().find(|k| out.env.contains_key(*k)) {
-                    r.error_at("secret_env", format!("{k} is in env too; keep it in one"));
-                }
-                if let Err(e) = crate::limits::env(out.env.iter().chain(&out.secret_env)) {
-                    r.error_at("env", e);
-                }
-                r.finish();
-                Some(out)
-            }
-            None => {
-                f.missing("run", "a [run] table: how the artifact runs");
-                None
-            }
-        };
-        let health = match f.table("health") {
-            Some(h) => {
-                let http = h.str("http");
-                let tcp = h.bool("tcp").unwrap_or(false);
-                if http.is_some() == tcp {
-                    h.error_at("http", "give one check: http = \"/healthz\" or tcp = true");
-                }
-                let status = h.u64("status").unwrap_or(200);
-                if !(100..=599).contains(&status) {
-                    h.error_at("status", format!("expected an HTTP status, got {status}"));
-                }
-                let out = AppHealth {
-                    kind: if tcp {
-                        crate::spec::CheckKind::Tcp
-                    } else {
-                        crate::spec::CheckKind::Http
-                    },
-                    path: http.unwrap_or_default(),
-                    status: status as u16,
-                    interval_ms: h.duration("interval").unwrap_or(1_000),
-                    timeout_ms: h.duration("timeout").unwrap_or(1_000),
-                    min_healthy_ms: h.duration("min_healthy").unwrap_or(3_000),
-                };
-                h.finish();
-                Some(out)
-            }
-            None => {
-                f.missing(
-                    "health",
-                    "a [health] table: http = \"/healthz\" or tcp = true",
-                );
-                None
-            }
-        };
-        let requirements = match f.table("requirements") {
-            Some(r) => {
-                let constraints = r.str_list("constraints");
-                for c in &constraints {
-                    if let Err(e) = Constraint::parse(c) {
-                        r.error_at("constraints", e);
-                    }
-                }
-                let out = Requirements {
-                    cpu_millis: r.cores("cpu").unwrap_or(500),
-                    memory_bytes: r.size("mem").unwrap_or(256 << 20),
-                    labels: r.str_map("labels"),
-                    constraints,
-                };
-                r.finish();
-                out
-            }
-            None => Requirements {
-                cpu_millis: 500,
-                memory_bytes: 256 << 20,
-                ..Requirements::default()
-            },
-        };
+        let build = read_build(f);
+        let run = read_run(f);
+        let health = read_health(f);
+        let requirements = read_requirements(f);
         Some(AppConfig {
             name: name.filter(|n| crate::node::valid_name(n))?,
             repo: repo?,

@@ -259,25 +259,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         if cfg.id == 0 {
             return Err(Error::Config("member id must be 1 or more".into()));
         }
-        let fresh = store.initial_state()?.hard_state == Default::default()
-            && store.latest_snapshot().is_none()
-            && store.last_index()? == 0;
-        if fresh && !cfg.join {
-            if !cfg.peers.contains_key(&cfg.id) {
-                return Err(Error::Config(format!(
-                    "--peers does not name this member's id {}; list every initial member as ID=ADDR",
-                    cfg.id
-                )));
-            }
-            let mut snap = Snapshot::default();
-            snap.set_data(State::new(cfg.peers.clone()).to_bytes().into());
-            let m = snap.mut_metadata();
-            m.index = 1;
-            m.term = 1;
-            m.mut_conf_state().voters = cfg.peers.keys().copied().collect();
-            store.apply_snapshot(&snap)?;
-            store.sync()?;
-        }
+        bootstrap(&cfg, &mut store)?;
         let (state, applied, snapshot_bytes) = match store.latest_snapshot() {
             Some(s) => (
                 State::from_bytes(&s.data).map_err(|e| corrupt(s.get_metadata().index, e))?,
@@ -293,20 +275,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 transport.set_peer(*id, addr);
             }
         }
-        let rcfg = Config {
-            id: cfg.id,
-            election_tick: cfg.election_tick,
-            heartbeat_tick: cfg.heartbeat_tick,
-            applied,
-            check_quorum: true,
-            pre_vote: true,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            read_only_option: ReadOnlyOption::Safe,
-            min_election_tick: cfg.election_tick,
-            max_election_tick: cfg.election_tick + cfg.election_spread.max(1),
-            ..Config::default()
-        };
+        let rcfg = raft_config(&cfg, applied);
         rcfg.validate()?;
         let mut raw = RawNode::new(&rcfg, store, &logger())?;
         // The only voter: no one to wait for, so no election timeout either
@@ -1029,5 +998,53 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         for (_, r) in self.batch.drain(..) {
             let _ = r.send(Err(err()));
         }
+    }
+}
+
+/// A fresh store of a member that bootstraps (not `join`): the initial
+/// members' state as the snapshot at index 1, so every founding member
+/// starts from the same entry.
+fn bootstrap<S: LogStore>(cfg: &MemberConfig, store: &mut S) -> Result<()> {
+    let fresh = store.initial_state()?.hard_state == Default::default()
+        && store.latest_snapshot().is_none()
+        && store.last_index()? == 0;
+    if !fresh || cfg.join {
+        return Ok(());
+    }
+    if !cfg.peers.contains_key(&cfg.id) {
+        return Err(Error::Config(format!(
+            "--peers does not name this member's id {}; list every initial member as ID=ADDR",
+            cfg.id
+        )));
+    }
+    let mut snap = Snapshot::default();
+    snap.set_data(State::new(cfg.peers.clone()).to_bytes().into());
+    let m = snap.mut_metadata();
+    m.index = 1;
+    m.term = 1;
+    m.mut_conf_state().voters = cfg.peers.keys().copied().collect();
+    store.apply_snapshot(&snap)?;
+    store.sync()?;
+    Ok(())
+}
+
+/// raft-rs's settings: pre-vote and check-quorum on (a partitioned member
+/// neither disrupts nor keeps leading), linearizable reads by ReadIndex,
+/// 1 MiB messages and 256 in flight per peer, and an election timeout
+/// spread over `election_spread` ticks.
+fn raft_config(cfg: &MemberConfig, applied: u64) -> Config {
+    Config {
+        id: cfg.id,
+        election_tick: cfg.election_tick,
+        heartbeat_tick: cfg.heartbeat_tick,
+        applied,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        read_only_option: ReadOnlyOption::Safe,
+        min_election_tick: cfg.election_tick,
+        max_election_tick: cfg.election_tick + cfg.election_spread.max(1),
+        ..Config::default()
     }
 }

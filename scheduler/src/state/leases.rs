@@ -88,6 +88,45 @@ impl State {
         spec: &LeaseSpec,
         hint: Option<&[String]>,
     ) -> Outcome {
+        let (spec, cheap_until) = self.admit(principal, spec)?;
+        let effective = if cheap_until > self.time {
+            self.cheap_only(&spec)
+        } else {
+            spec.clone()
+        };
+        let placed = match hint.filter(|h| self.hint_fits(h, &effective)) {
+            Some(h) => Ok(h.to_vec()),
+            None => placement::place(&self.nodes, &effective),
+        };
+        let nodes = match placed {
+            Ok(nodes) => Some(nodes),
+            Err(nf) if spec.wait_ms == 0 => {
+                return Err(Refusal::NoCapacity {
+                    reason: self.refusal_now(&spec, &nf),
+                });
+            }
+            Err(_) => {
+                if let Err(nf) = placement::could_ever_fit(&self.nodes, &spec) {
+                    return Err(Refusal::NoCapacity {
+                        reason: format!("no node could ever hold it: {}", nf.summary()),
+                    });
+                }
+                None
+            }
+        };
+        let id = self.new_lease(principal, spec, cheap_until);
+        match nodes {
+            Some(nodes) => self.grant(id, nodes),
+            None => self.enqueue(id),
+        }
+        Ok(Applied::Lease(self.leases[&id].clone()))
+    }
+
+    /// A request checked and completed: its renewal cap (a week, or the
+    /// principal's quota), its quota, and with a deadline how long it may
+    /// wait and until when it takes only the cheapest capacity (the first
+    /// half of that wait).
+    fn admit(&self, principal: &str, spec: &LeaseSpec) -> Result<(LeaseSpec, Millis), Refusal> {
         let invalid = |reason: &str| {
             Err(Refusal::Invalid {
                 reason: reason.into(),
@@ -115,9 +154,6 @@ impl State {
                 .max(spec.duration_ms);
         }
         self.check_quota(principal, &spec)?;
-        // A deadline: the request may wait until it could still finish in
-        // time, and takes only the cheapest capacity for the first half of that.
-        let mut wait_ms = spec.wait_ms;
         let mut cheap_until = self.time;
         if let Some(d) = spec.deadline {
             let latest_start = d.saturating_sub(ms(spec.duration_ms));
@@ -131,39 +167,18 @@ impl State {
                 });
             }
             let room = u64::try_from(latest_start - self.time).unwrap_or(0);
-            wait_ms = if wait_ms == 0 {
+            spec.wait_ms = if spec.wait_ms == 0 {
                 room
             } else {
-                wait_ms.min(room)
+                spec.wait_ms.min(room)
             };
             cheap_until = self.time.saturating_add(ms(room / 2));
         }
-        spec.wait_ms = wait_ms;
-        let effective = if cheap_until > self.time {
-            self.cheap_only(&spec)
-        } else {
-            spec.clone()
-        };
-        let placed = match hint.filter(|h| self.hint_fits(h, &effective)) {
-            Some(h) => Ok(h.to_vec()),
-            None => placement::place(&self.nodes, &effective),
-        };
-        let nodes = match placed {
-            Ok(nodes) => Some(nodes),
-            Err(nf) if spec.wait_ms == 0 => {
-                return Err(Refusal::NoCapacity {
-                    reason: self.refusal_now(&spec, &nf),
-                });
-            }
-            Err(_) => {
-                if let Err(nf) = placement::could_ever_fit(&self.nodes, &spec) {
-                    return Err(Refusal::NoCapacity {
-                        reason: format!("no node could ever hold it: {}", nf.summary()),
-                    });
-                }
-                None
-            }
-        };
+        Ok((spec, cheap_until))
+    }
+
+    /// A new pending lease for `spec`, counted in its principal's total.
+    fn new_lease(&mut self, principal: &str, spec: LeaseSpec, cheap_until: Millis) -> u64 {
         let id = self.leases.next_id;
         self.leases.next_id += 1;
         let lease = Lease {
@@ -182,7 +197,6 @@ impl State {
             gpu_ids: Default::default(),
             spec,
         };
-        self.leases.all.insert(id, lease.clone());
         self.hold(principal, &lease.spec, true);
         self.note(
             EventKind::LeaseRequested,
@@ -190,19 +204,26 @@ impl State {
             id,
             lease_ask(&lease.spec),
         );
-        match nodes {
-            Some(nodes) => self.grant(id, nodes),
-            None => {
-                self.leases
-                    .queue
-                    .insert((-(lease.spec.priority as i64), lease.requested_at, id));
-                self.leases.timeouts.insert((lease.wait_until, id));
-                if lease.cheap_until > lease.requested_at {
-                    self.leases.price_steps.insert((lease.cheap_until, id));
-                }
-            }
+        self.leases.all.insert(id, lease);
+        id
+    }
+
+    /// Puts pending lease `id` in the queue, the timeouts and (with a
+    /// deadline) the price steps.
+    fn enqueue(&mut self, id: u64) {
+        let Some(l) = self.leases.all.get(&id) else {
+            return;
+        };
+        let (key, wait_until, cheap_until) = (
+            (-(l.spec.priority as i64), l.requested_at, id),
+            l.wait_until,
+            (l.cheap_until > l.requested_at).then_some(l.cheap_until),
+        );
+        self.leases.queue.insert(key);
+        self.leases.timeouts.insert((wait_until, id));
+        if let Some(at) = cheap_until {
+            self.leases.price_steps.insert((at, id));
         }
-        Ok(Applied::Lease(self.leases[&id].clone()))
     }
 
     /// Grants pending lease `id` on `nodes` (placement checked them).
