@@ -133,123 +133,149 @@ pub fn expiry(
     let ch = channel(&c.members[leader].grpc)?;
     let mut metrics = BTreeMap::new();
     rt.block_on(async {
-        // Wait for the agent's node.
-        let t = Instant::now();
-        loop {
-            let r = pb::nodes_client::NodesClient::new(ch.clone())
-                .list(authed(pb::ListNodesRequest { stale: true }))
-                .await;
-            if r.is_ok_and(|r| r.into_inner().nodes.iter().any(|n| n.name == "bench")) {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(20) {
-                return Err(fail("the bench agent never registered", "", ""));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        metrics.insert("agent_idle_rss_mib".into(), rss_mib(pid));
-        // Running tasks: the agent's RSS with them.
-        let mut held = Vec::new();
-        for i in 0..agent_tasks as u64 {
-            let r = TasksClient::new(ch.clone())
-                .submit(authed(submit_req(i, &["sleep", "600"], 10, 600_000)))
-                .await?
-                .into_inner();
-            held.push(r.task.unwrap_or_default().id);
-        }
-        let t = Instant::now();
-        loop {
-            let mut running = 0;
-            for id in &held {
-                if task(&ch, *id)
-                    .await
-                    .is_some_and(|r| r.task.is_some_and(|t| state(&t) == TaskState::Running))
-                {
-                    running += 1;
-                }
-            }
-            if running == held.len() || t.elapsed() > Duration::from_secs(60) {
-                metrics.insert("agent_tasks_running".into(), running as f64);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        metrics.insert("agent_rss_mib_with_tasks".into(), rss_mib(pid));
-        for id in held {
-            let _ = TasksClient::new(ch.clone())
-                .cancel(authed(pb::CancelTaskRequest {
-                    idempotency_key: format!("bench-cancel-{id}"),
-                    id,
-                }))
-                .await;
-        }
-        // Leases of 2 s running `sleep 600`, a few at a time.
-        let mut state_ms = Vec::new();
-        let mut gone_ms = Vec::new();
-        let mut pending: Vec<(u64, u64, i64, Vec<u32>)> = Vec::new();
-        let (mut next, mut done) = (0u64, 0usize);
-        while done < leases {
-            while pending.len() < 10 && (next as usize) < leases {
-                let r = TasksClient::new(ch.clone())
-                    .submit(authed(submit_req(
-                        1000 + next,
-                        &["sleep", "600"],
-                        10,
-                        2_000,
-                    )))
-                    .await?
-                    .into_inner();
-                let t = r.task.unwrap_or_default();
-                let l = r.lease.unwrap_or_default();
-                pending.push((t.id, l.id, l.expires_at_ms, Vec::new()));
-                next += 1;
-            }
-            let now = now_ms();
-            let mut keep = Vec::new();
-            for (tid, lid, exp, mut pids) in pending.drain(..) {
-                if pids.is_empty() && now < exp {
-                    pids = charter_agent::sandbox::lease_pids(&charter_agent::sandbox::Scope {
-                        agent: dir.clone(),
-                        lease: lid,
-                        uid: None,
-                    });
-                }
-                if now < exp || pids.iter().any(|p| alive(*p)) {
-                    keep.push((tid, lid, exp, pids));
-                    continue;
-                }
-                done += 1;
-                // A lease whose process was never seen running is no sample.
-                if pids.is_empty() {
-                    continue;
-                }
-                gone_ms.push(u64::try_from(now - exp).unwrap_or(0) * 1000);
-                if let Some(r) = task(&ch, tid).await
-                    && let Some(l) = r.lease
-                    && l.ended_at_ms > 0
-                {
-                    state_ms.push(u64::try_from(l.ended_at_ms - exp).unwrap_or(0) * 1000);
-                }
-            }
-            pending = keep;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        gone_ms.sort_unstable();
-        state_ms.sort_unstable();
-        metrics.insert("leases".into(), gone_ms.len() as f64);
-        metrics.insert("to_state_p50_ms".into(), percentile_ms(&state_ms, 0.5));
-        metrics.insert("to_state_p99_ms".into(), percentile_ms(&state_ms, 0.99));
-        metrics.insert("to_gone_p50_ms".into(), percentile_ms(&gone_ms, 0.5));
-        metrics.insert("to_gone_p99_ms".into(), percentile_ms(&gone_ms, 0.99));
-        metrics.insert("to_gone_max_ms".into(), percentile_ms(&gone_ms, 1.0));
-        Ok::<(), anyhow::Error>(())
+        await_node(&ch, "bench").await?;
+        agent_rss(&ch, pid, agent_tasks, &mut metrics).await?;
+        lateness(&ch, &dir, leases, &mut metrics).await
     })?;
     drop(agent);
     Ok(Report {
         scenario: "expiry".into(),
         metrics,
     })
+}
+
+/// Waits (up to 20 s) for node `name` to be registered.
+async fn await_node(ch: &Channel, name: &str) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        let r = pb::nodes_client::NodesClient::new(ch.clone())
+            .list(authed(pb::ListNodesRequest { stale: true }))
+            .await;
+        if r.is_ok_and(|r| r.into_inner().nodes.iter().any(|n| n.name == name)) {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            return Err(fail("the bench agent never registered", "", ""));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The agent's RSS idle, then with `n` running tasks (cancelled after).
+async fn agent_rss(
+    ch: &Channel,
+    pid: u32,
+    n: usize,
+    metrics: &mut BTreeMap<String, f64>,
+) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    metrics.insert("agent_idle_rss_mib".into(), rss_mib(pid));
+    // Running tasks: the agent's RSS with them.
+    let mut held = Vec::new();
+    for i in 0..n as u64 {
+        let r = TasksClient::new(ch.clone())
+            .submit(authed(submit_req(i, &["sleep", "600"], 10, 600_000)))
+            .await?
+            .into_inner();
+        held.push(r.task.unwrap_or_default().id);
+    }
+    let t = Instant::now();
+    loop {
+        let mut running = 0;
+        for id in &held {
+            if task(ch, *id)
+                .await
+                .is_some_and(|r| r.task.is_some_and(|t| state(&t) == TaskState::Running))
+            {
+                running += 1;
+            }
+        }
+        if running == held.len() || t.elapsed() > Duration::from_secs(60) {
+            metrics.insert("agent_tasks_running".into(), running as f64);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    metrics.insert("agent_rss_mib_with_tasks".into(), rss_mib(pid));
+    for id in held {
+        let _ = TasksClient::new(ch.clone())
+            .cancel(authed(pb::CancelTaskRequest {
+                idempotency_key: format!("bench-cancel-{id}"),
+                id,
+            }))
+            .await;
+    }
+    Ok(())
+}
+
+/// Leases of 2 s running `sleep 600`, ten at a time: from `expires_at` to
+/// the lease ended in the state, and to its last process gone.
+async fn lateness(
+    ch: &Channel,
+    dir: &Path,
+    leases: usize,
+    metrics: &mut BTreeMap<String, f64>,
+) -> anyhow::Result<()> {
+    // Leases of 2 s running `sleep 600`, a few at a time.
+    let mut state_ms = Vec::new();
+    let mut gone_ms = Vec::new();
+    let mut pending: Vec<(u64, u64, i64, Vec<u32>)> = Vec::new();
+    let (mut next, mut done) = (0u64, 0usize);
+    while done < leases {
+        while pending.len() < 10 && (next as usize) < leases {
+            let r = TasksClient::new(ch.clone())
+                .submit(authed(submit_req(
+                    1000 + next,
+                    &["sleep", "600"],
+                    10,
+                    2_000,
+                )))
+                .await?
+                .into_inner();
+            let t = r.task.unwrap_or_default();
+            let l = r.lease.unwrap_or_default();
+            pending.push((t.id, l.id, l.expires_at_ms, Vec::new()));
+            next += 1;
+        }
+        let now = now_ms();
+        let mut keep = Vec::new();
+        for (tid, lid, exp, mut pids) in pending.drain(..) {
+            if pids.is_empty() && now < exp {
+                pids = charter_agent::sandbox::lease_pids(&charter_agent::sandbox::Scope {
+                    agent: dir.to_path_buf(),
+                    lease: lid,
+                    uid: None,
+                });
+            }
+            if now < exp || pids.iter().any(|p| alive(*p)) {
+                keep.push((tid, lid, exp, pids));
+                continue;
+            }
+            done += 1;
+            // A lease whose process was never seen running is no sample.
+            if pids.is_empty() {
+                continue;
+            }
+            gone_ms.push(u64::try_from(now - exp).unwrap_or(0) * 1000);
+            if let Some(r) = task(ch, tid).await
+                && let Some(l) = r.lease
+                && l.ended_at_ms > 0
+            {
+                state_ms.push(u64::try_from(l.ended_at_ms - exp).unwrap_or(0) * 1000);
+            }
+        }
+        pending = keep;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gone_ms.sort_unstable();
+    state_ms.sort_unstable();
+    metrics.insert("leases".into(), gone_ms.len() as f64);
+    metrics.insert("to_state_p50_ms".into(), percentile_ms(&state_ms, 0.5));
+    metrics.insert("to_state_p99_ms".into(), percentile_ms(&state_ms, 0.99));
+    metrics.insert("to_gone_p50_ms".into(), percentile_ms(&gone_ms, 0.5));
+    metrics.insert("to_gone_p99_ms".into(), percentile_ms(&gone_ms, 0.99));
+    metrics.insert("to_gone_max_ms".into(), percentile_ms(&gone_ms, 1.0));
+    Ok(())
 }
 
 /// The `tasks` scenario.

@@ -69,44 +69,25 @@ fn gauge(http: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Runs the soak.
-pub fn soak(
-    rt: &tokio::runtime::Runtime,
-    exe: &std::path::Path,
-    s: Soak,
-) -> anyhow::Result<Report> {
-    let _in = rt.enter();
-    // Extra member flags, to compare settings (e.g. `--idempotency-max 10000`).
-    let flags = std::env::var("CHARTER_SOAK_SERVER_FLAGS").unwrap_or_default();
-    let flags: Vec<&str> = flags.split_whitespace().collect();
-    let mut c = Cluster::start(exe, 3, &flags)
-        .map_err(|e| fail("cannot start the bench cluster", e, ""))?;
-    let leader = c
-        .wait_leader(Duration::from_secs(20))
-        .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
-    let ch = channel(&c.members[leader].grpc)?;
-    rt.block_on(async {
-        let req = authed(pb::RegisterNodeRequest {
-            name: "soak".into(),
-            capacity: Some(pb::Resources {
-                cpu_millis: 1_000_000,
-                memory_bytes: 1 << 40,
-                ..Default::default()
-            }),
-            pool: "bench".into(),
-            ..Default::default()
-        });
-        pb::nodes_client::NodesClient::new(ch.clone())
-            .register(req)
-            .await
-    })?;
+/// What the load's workers share: cycles done, the stop flag, and grant
+/// latencies (µs) since the last window took them.
+struct Load {
+    done: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    lat: Arc<Mutex<Vec<u64>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// 32 clients, each requesting and releasing one lease in a loop (each call
+/// with its own idempotency key, as the CLI sends them), until stopped or
+/// `limit` cycles (0: no limit) are done.
+fn start_load(rt: &tokio::runtime::Runtime, ch: &tonic::transport::Channel, limit: u64) -> Load {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let lat: Arc<Mutex<Vec<u64>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..32u64 {
         let (ch, done, stop, lat) = (ch.clone(), done.clone(), stop.clone(), lat.clone());
-        let limit = s.cycles;
         workers.push(rt.spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed)
@@ -142,6 +123,55 @@ pub fn soak(
             }
         }));
     }
+    Load {
+        done,
+        stop,
+        lat,
+        workers,
+    }
+}
+
+/// Registers the one big node every lease of the soak lands on.
+fn register_soak_node(
+    rt: &tokio::runtime::Runtime,
+    ch: &tonic::transport::Channel,
+) -> anyhow::Result<()> {
+    rt.block_on(async {
+        let req = authed(pb::RegisterNodeRequest {
+            name: "soak".into(),
+            capacity: Some(pb::Resources {
+                cpu_millis: 1_000_000,
+                memory_bytes: 1 << 40,
+                ..Default::default()
+            }),
+            pool: "bench".into(),
+            ..Default::default()
+        });
+        pb::nodes_client::NodesClient::new(ch.clone())
+            .register(req)
+            .await
+    })?;
+    Ok(())
+}
+
+/// Runs the soak.
+pub fn soak(
+    rt: &tokio::runtime::Runtime,
+    exe: &std::path::Path,
+    s: Soak,
+) -> anyhow::Result<Report> {
+    let _in = rt.enter();
+    // Extra member flags, to compare settings (e.g. `--idempotency-max 10000`).
+    let flags = std::env::var("CHARTER_SOAK_SERVER_FLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let mut c = Cluster::start(exe, 3, &flags)
+        .map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    let leader = c
+        .wait_leader(Duration::from_secs(20))
+        .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
+    let ch = channel(&c.members[leader].grpc)?;
+    register_soak_node(rt, &ch)?;
+    let load = start_load(rt, &ch, s.cycles);
     let pid = c.members[leader]
         .child
         .as_ref()
@@ -152,23 +182,40 @@ pub fn soak(
         c.members[leader].data.clone(),
     );
     let start = Instant::now();
+    let windows = sample(&s, &load, (pid, &http, &data));
+    load.stop.store(true, Ordering::Relaxed);
+    for w in load.workers {
+        let _ = rt.block_on(w);
+    }
+    let mut m = summary(&windows, start.elapsed().as_secs_f64(), s.every);
+    m.insert(
+        "restart_healthy_ms".into(),
+        restart_follower(&mut c, leader, &http)?,
+    );
+    Ok(Report {
+        scenario: "soak".into(),
+        metrics: m,
+    })
+}
+
+/// Every `s.every`, a window of what the leader holds and how grants went,
+/// printed as it is taken, until the duration or the cycle count is done.
+fn sample(s: &Soak, load: &Load, (pid, http, data): (u32, &str, &std::path::Path)) -> Vec<Window> {
+    let start = Instant::now();
     let mut windows: Vec<Window> = Vec::new();
     eprintln!(
         "soak: MINUTE  CYCLES  CYCLES/S  RSS_MIB  DATA_MIB  SNAPSHOT_MIB  STATE_LEASES  GRANT_P99_MS"
     );
-    let mut last = 0u64;
-    let mut last_at = 0.0f64;
+    let (mut last, mut last_at) = (0u64, 0.0f64);
+    let over = |n: u64| start.elapsed() >= s.duration || (s.cycles > 0 && n >= s.cycles);
     loop {
         let next = s.every * (windows.len() as u32 + 1);
-        while start.elapsed() < next {
+        while start.elapsed() < next && !over(load.done.load(Ordering::Relaxed)) {
             std::thread::sleep(Duration::from_millis(100));
-            let n = done.load(Ordering::Relaxed);
-            if start.elapsed() >= s.duration || (s.cycles > 0 && n >= s.cycles) {
-                break;
-            }
         }
-        let n = done.load(Ordering::Relaxed);
-        let mut l = lat
+        let n = load.done.load(Ordering::Relaxed);
+        let mut l = load
+            .lat
             .lock()
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default();
@@ -176,19 +223,18 @@ pub fn soak(
         let w = Window {
             cycles: n,
             rss_mib: rss_mib(pid),
-            data_mib: dir_mib(&data),
-            snapshot_mib: gauge(&http, "charter_raft_snapshot_bytes") / (1 << 20) as f64,
-            state_leases: gauge(&http, "charter_state_leases"),
+            data_mib: dir_mib(data),
+            snapshot_mib: gauge(http, "charter_raft_snapshot_bytes") / (1 << 20) as f64,
+            state_leases: gauge(http, "charter_state_leases"),
             p99_ms: percentile_ms(&l, 0.99),
             secs: (start.elapsed().as_secs_f64() - last_at).max(1e-3),
         };
-        let secs = w.secs;
         last_at = start.elapsed().as_secs_f64();
         eprintln!(
             "soak: {:>6.1}  {:>6}  {:>8.0}  {:>7.1}  {:>8.1}  {:>12.1}  {:>12}  {:>12.2}",
             start.elapsed().as_secs_f64() / 60.0,
             n,
-            (n - last) as f64 / secs,
+            (n - last) as f64 / w.secs,
             w.rss_mib,
             w.data_mib,
             w.snapshot_mib,
@@ -197,17 +243,18 @@ pub fn soak(
         );
         last = n;
         windows.push(w);
-        if start.elapsed() >= s.duration || (s.cycles > 0 && n >= s.cycles) {
-            break;
+        if over(n) {
+            return windows;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = rt.block_on(w);
-    }
+}
+
+/// The figures of the first and the last window. A short trailing window
+/// (the cycle count ran out) has too few samples for a p99: the last full
+/// one stands for the end.
+fn summary(windows: &[Window], secs: f64, every: Duration) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     let (first, end) = (&windows[0], &windows[windows.len() - 1]);
-    let secs = start.elapsed().as_secs_f64();
     m.insert("cycles".into(), end.cycles as f64);
     m.insert("cycles_per_s".into(), end.cycles as f64 / secs);
     m.insert("rss_first_mib".into(), first.rss_mib);
@@ -217,17 +264,20 @@ pub fn soak(
     m.insert("snapshot_last_mib".into(), end.snapshot_mib);
     m.insert("state_leases_last".into(), end.state_leases);
     m.insert("grant_p99_first_ms".into(), first.p99_ms);
-    // A short trailing window (the cycle count ran out) has too few
-    // samples for a p99: the last full one stands for the end.
     let tail = windows
         .iter()
         .rev()
-        .find(|w| w.secs >= s.every.as_secs_f64() / 2.0)
+        .find(|w| w.secs >= every.as_secs_f64() / 2.0)
         .unwrap_or(end);
     m.insert("grant_p99_last_ms".into(), tail.p99_ms);
-    // A restart of a follower: from start to healthy (serving, caught up).
+    m
+}
+
+/// Restarts a follower and times it from start to healthy (serving and
+/// caught up with the leader's commit index), in ms.
+fn restart_follower(c: &mut Cluster, leader: usize, http: &str) -> anyhow::Result<f64> {
     let f = (leader + 1) % 3;
-    let commit = gauge(&http, "charter_raft_commit_index") as u64;
+    let commit = gauge(http, "charter_raft_commit_index") as u64;
     c.stop(f).map_err(|e| fail("cannot stop a member", e, ""))?;
     let t = Instant::now();
     c.spawn(f, false)
@@ -239,12 +289,5 @@ pub fn soak(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    m.insert(
-        "restart_healthy_ms".into(),
-        t.elapsed().as_secs_f64() * 1000.0,
-    );
-    Ok(Report {
-        scenario: "soak".into(),
-        metrics: m,
-    })
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
