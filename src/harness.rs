@@ -4,6 +4,8 @@
 //!
 //! Free ports come from below the kernel's ephemeral range, where only a
 //! `bind` can take them (see [`free_ports`]).
+//!
+//! Over 500 lines: the process cluster the tests and benches share.
 
 use serde_json::Value;
 use std::net::TcpListener;

@@ -22,6 +22,8 @@
 //!   exits. A signal (SIGINT, SIGTERM) does the same: nothing may outlive
 //!   its lease without an agent to end it. An agent that crashes or is
 //!   killed leaves its leases' processes running; restarted, it adopts them.
+//!
+//! Over 500 lines: the agent's main loop: registration, heartbeats, the assignment watch, reports and usage.
 
 use crate::conn::{Servers, retryable};
 use crate::sandbox::Isolation;
@@ -113,6 +115,8 @@ fn refused(what: &str, addr: &str, s: &tonic::Status) -> AgentError {
 }
 
 /// Runs the agent until `stop` resolves or the node is removed.
+///
+/// Over 80 lines: the agent's main loop: register, then one select over heartbeats, watch, reports, usage and stop.
 pub async fn run(opts: AgentOptions, stop: impl Future<Output = ()>) -> Result<Exit, AgentError> {
     let servers = Arc::new(
         Servers::new(&opts.servers, opts.token.clone()).map_err(|e| AgentError {

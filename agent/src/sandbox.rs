@@ -220,6 +220,8 @@ fn marker(s: &Scope) -> (String, String) {
 }
 
 /// Starts `argv` in the lease's sandbox with stdout/stderr as given.
+///
+/// Over 80 lines: the child's setup, in the order the kernel needs it (session, user, limits, environment).
 pub fn spawn(
     l: &Launch,
     iso: &Isolation,

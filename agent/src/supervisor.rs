@@ -24,6 +24,8 @@
 //! - reports a task whose exit file is there but was never reported;
 //! - kills the processes and removes the sandboxes of leases no longer
 //!   assigned.
+//!
+//! Over 500 lines: a lease's life on the agent (sandbox, start, wait, fence, end) and its task's work, which call each other.
 
 use crate::amp::{Amp, Next};
 use crate::logs;
@@ -328,6 +330,7 @@ enum Wake {
     Stop,
 }
 
+/// Over 80 lines: one select loop over every event of a lease; its arms call out to functions.
 async fn run_lease(
     ctx: Ctx,
     lease: LeaseInfo,

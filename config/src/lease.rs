@@ -119,6 +119,8 @@ impl LeaseConfig {
     }
 
     /// Reads a lease request from a table; `None` when a diagnostic was recorded.
+    ///
+    /// Over 80 lines: one step per field of a lease request, each with its own diagnostic.
     pub fn read(f: &Fields<'_, '_>) -> Option<LeaseConfig> {
         let cpu = f.cores("cpu");
         let mem = f.size("mem");

@@ -236,6 +236,7 @@ impl ServerConfig {
 }
 
 impl PoolConfig {
+    /// Over 80 lines: one step per server.toml table, each with its own diagnostics.
     fn read(f: &Fields<'_, '_>) -> Option<PoolConfig> {
         let name = f.req_str("name", "the pool's name, like name = \"burst\"");
         let max_nodes = f.u64("max_nodes");

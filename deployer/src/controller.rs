@@ -8,6 +8,8 @@
 //! servers' leases and polls branch heads. Embedded in a server it acts only
 //! while that member leads; a new leader's controller resumes from the
 //! replicated state (an interrupted fetch is simply done again).
+//!
+//! Over 500 lines: the deployer's loop and the actions the planner asks for (fetch, build, servers, steps, renewals, polling).
 
 use crate::pipeline::{self, Action, Desired};
 use charter_config::app::AppConfig;
@@ -220,66 +222,7 @@ impl Controller {
     ) -> Result<(), String> {
         match action {
             Action::Wait => Ok(()),
-            Action::Fetch => {
-                let Some(h) = self.fetching.get(&d.id) else {
-                    let (repo, branch, commit) =
-                        (app.repo.clone(), app.branch.clone(), d.commit.clone());
-                    // A push never rolls back: a pushed commit that the
-                    // active version already contains deploys nothing (an
-                    // old push replayed with a new delivery id, say).
-                    let behind_of = active
-                        .filter(|_| d.trigger == Trigger::Webhook)
-                        .map(str::to_string);
-                    let mirror = self
-                        .opts
-                        .work
-                        .join("mirrors")
-                        .join(format!("{}.git", app.name));
-                    tracing::info!(deployment = d.id, app = %app.name, commit = %d.commit, "fetching");
-                    self.fetching.insert(
-                        d.id,
-                        tokio::task::spawn_blocking(move || {
-                            if let Some(dir) = mirror.parent() {
-                                std::fs::create_dir_all(dir)
-                                    .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-                            }
-                            let c = crate::git::resolve(&repo, &mirror, &commit, &branch)
-                                .map_err(|e| e.to_string())?;
-                            let behind = match behind_of {
-                                Some(a) if a != c => crate::git::is_ancestor(&mirror, &c, &a)
-                                    .map_err(|e| e.to_string())?
-                                    .then_some(a),
-                                _ => None,
-                            };
-                            Ok((c, behind))
-                        }),
-                    );
-                    return Ok(());
-                };
-                if !h.is_finished() {
-                    return Ok(());
-                }
-                let h = self.fetching.remove(&d.id).ok_or("fetch vanished")?;
-                let step = match h.await {
-                    Ok(Ok((commit, None))) => pb::DeployStepRequest {
-                        commit,
-                        ..step_req(d.id, DeployStep::Fetch)
-                    },
-                    Ok(Ok((commit, Some(active)))) => pb::DeployStepRequest {
-                        message: format!(
-                            "pushed commit {} is an ancestor of the active version's {}: a push never rolls back (`charter deploy rollback` does)",
-                            charter_config::deployment::short_commit(&commit),
-                            charter_config::deployment::short_commit(&active),
-                        ),
-                        commit,
-                        behind: true,
-                        ..step_req(d.id, DeployStep::Fetch)
-                    },
-                    Ok(Err(e)) => failed(d.id, DeployStep::Fetch, e),
-                    Err(e) => failed(d.id, DeployStep::Fetch, format!("the fetch stopped: {e}")),
-                };
-                self.step(step).await
-            }
+            Action::Fetch => self.fetch(app, d, active).await,
             Action::SubmitBuild => {
                 let pair = build_task(app, d);
                 self.submit(d.id, DeployStep::Build, vec![pair]).await
@@ -320,6 +263,75 @@ impl Controller {
                 .await
             }
         }
+    }
+
+    /// The fetch step: starts resolving the commit in the app's mirror
+    /// (off the controller's task), and once that finished reports the full
+    /// commit, or that a pushed commit is behind the active version (a push
+    /// never rolls back), or the failure.
+    async fn fetch(
+        &mut self,
+        app: &AppConfig,
+        d: &Deployment,
+        active: Option<&str>,
+    ) -> Result<(), String> {
+        let Some(h) = self.fetching.get(&d.id) else {
+            let (repo, branch, commit) = (app.repo.clone(), app.branch.clone(), d.commit.clone());
+            // A push never rolls back: a pushed commit that the
+            // active version already contains deploys nothing (an
+            // old push replayed with a new delivery id, say).
+            let behind_of = active
+                .filter(|_| d.trigger == Trigger::Webhook)
+                .map(str::to_string);
+            let mirror = self
+                .opts
+                .work
+                .join("mirrors")
+                .join(format!("{}.git", app.name));
+            tracing::info!(deployment = d.id, app = %app.name, commit = %d.commit, "fetching");
+            self.fetching.insert(
+                d.id,
+                tokio::task::spawn_blocking(move || {
+                    if let Some(dir) = mirror.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+                    }
+                    let c = crate::git::resolve(&repo, &mirror, &commit, &branch)
+                        .map_err(|e| e.to_string())?;
+                    let behind = match behind_of {
+                        Some(a) if a != c => crate::git::is_ancestor(&mirror, &c, &a)
+                            .map_err(|e| e.to_string())?
+                            .then_some(a),
+                        _ => None,
+                    };
+                    Ok((c, behind))
+                }),
+            );
+            return Ok(());
+        };
+        if !h.is_finished() {
+            return Ok(());
+        }
+        let h = self.fetching.remove(&d.id).ok_or("fetch vanished")?;
+        let step = match h.await {
+            Ok(Ok((commit, None))) => pb::DeployStepRequest {
+                commit,
+                ..step_req(d.id, DeployStep::Fetch)
+            },
+            Ok(Ok((commit, Some(active)))) => pb::DeployStepRequest {
+                message: format!(
+                    "pushed commit {} is an ancestor of the active version's {}: a push never rolls back (`charter deploy rollback` does)",
+                    charter_config::deployment::short_commit(&commit),
+                    charter_config::deployment::short_commit(&active),
+                ),
+                commit,
+                behind: true,
+                ..step_req(d.id, DeployStep::Fetch)
+            },
+            Ok(Err(e)) => failed(d.id, DeployStep::Fetch, e),
+            Err(e) => failed(d.id, DeployStep::Fetch, format!("the fetch stopped: {e}")),
+        };
+        self.step(step).await
     }
 
     async fn step(&self, r: pb::DeployStepRequest) -> Result<(), String> {

@@ -68,6 +68,7 @@ async fn apps(servers: &Servers) -> Result<Vec<AppConfig>, String> {
         .collect()
 }
 
+/// Over 80 lines: a webhook's checks in the order they must run (app, signature, branch, delivery), each with its answer.
 async fn hook(
     State(link): State<Link>,
     Query(q): Query<HashMap<String, String>>,

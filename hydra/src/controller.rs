@@ -174,6 +174,8 @@ pub fn view(reply: &pb::CronPlanReply) -> (Vec<Loaded>, History, Vec<String>) {
 
 /// One look: reads the state, decides what is due at `now`, proposes it.
 /// Returns the next time any job ticks, to sleep until then.
+///
+/// Over 80 lines: one turn of Hydra: read, plan, propose each decision.
 pub async fn step(
     servers: &Servers,
     only_leader: bool,

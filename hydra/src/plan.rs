@@ -172,103 +172,119 @@ pub fn due(jobs: &[Job], history: &History, now: DateTime<Utc>) -> Vec<Decision>
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = Vec::new();
     for job in sorted {
-        let cursor = history
-            .newest(&job.name)
-            .map_or(job.since, |n| n.max(job.since));
-        let mut ticks = Vec::new();
-        let mut t = cursor;
-        while let Some(s) = job.schedule.next_after(t) {
-            if s > now || ticks.len() >= MAX_TICKS {
-                break;
-            }
-            ticks.push(s);
-            t = s;
+        due_of(job, history, now, &mut out);
+    }
+    out
+}
+
+/// `job`'s ticks after its newest decided one (or when it was applied), up
+/// to `now`.
+fn ticks(job: &Job, history: &History, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let cursor = history
+        .newest(&job.name)
+        .map_or(job.since, |n| n.max(job.since));
+    let mut ticks = Vec::new();
+    let mut t = cursor;
+    while let Some(s) = job.schedule.next_after(t) {
+        if s > now || ticks.len() >= MAX_TICKS {
+            break;
         }
-        let late: Vec<DateTime<Utc>> = ticks
+        ticks.push(s);
+        t = s;
+    }
+    ticks
+}
+
+/// Of the late ticks, those the missed policy still fires.
+fn kept_late(job: &Job, late: &[DateTime<Utc>]) -> Vec<DateTime<Utc>> {
+    match job.missed {
+        Missed::Skip => Vec::new(),
+        Missed::Latest => late.last().copied().into_iter().collect(),
+        Missed::All => late
             .iter()
+            .rev()
+            .take(job.max_catch_up.max(1) as usize)
+            .rev()
             .copied()
-            .filter(|s| now - *s > LATE_AFTER)
-            .collect();
-        let keep_late: Vec<DateTime<Utc>> = match job.missed {
-            Missed::Skip => Vec::new(),
-            Missed::Latest => late.last().copied().into_iter().collect(),
-            Missed::All => late
-                .iter()
-                .rev()
-                .take(job.max_catch_up.max(1) as usize)
-                .rev()
-                .copied()
-                .collect(),
+            .collect(),
+    }
+}
+
+/// Why a late tick is skipped, by the missed policy.
+fn missed_why(job: &Job) -> String {
+    match job.missed {
+        Missed::Skip => "missed: no leader fired it in time (missed = skip)".to_string(),
+        Missed::Latest => "missed: a later tick was fired instead (missed = latest)".to_string(),
+        Missed::All => format!("missed: beyond max_catch_up = {}", job.max_catch_up.max(1)),
+    }
+}
+
+/// The decisions for one job's due ticks, in order.
+fn due_of(job: &Job, history: &History, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+    let ticks = ticks(job, history, now);
+    let late: Vec<DateTime<Utc>> = ticks
+        .iter()
+        .copied()
+        .filter(|s| now - *s > LATE_AFTER)
+        .collect();
+    let keep_late = kept_late(job, &late);
+    let dropped: Vec<DateTime<Utc>> = late
+        .iter()
+        .copied()
+        .filter(|s| !keep_late.contains(s))
+        .collect();
+    let unrecorded = dropped.len().saturating_sub(MAX_SKIPS_RECORDED);
+    let first_recorded = dropped.get(unrecorded).copied();
+    let mut running = history.running(&job.name);
+    for s in ticks {
+        let skip = |reason: String| Decision::Skip {
+            job: job.name.clone(),
+            scheduled_at: s,
+            reason,
         };
-        let dropped: Vec<DateTime<Utc>> = late
-            .iter()
-            .copied()
-            .filter(|s| !keep_late.contains(s))
-            .collect();
-        let unrecorded = dropped.len().saturating_sub(MAX_SKIPS_RECORDED);
-        let first_recorded = dropped.get(unrecorded).copied();
-        let mut running = history.running(&job.name);
-        for s in ticks {
-            let skip = |reason: String| Decision::Skip {
-                job: job.name.clone(),
-                scheduled_at: s,
-                reason,
-            };
-            if now - s > LATE_AFTER && !keep_late.contains(&s) {
-                if first_recorded.is_none_or(|f| s < f) {
-                    continue; // counted below, not recorded one by one
-                }
-                let mut why = match job.missed {
-                    Missed::Skip => {
-                        "missed: no leader fired it in time (missed = skip)".to_string()
-                    }
-                    Missed::Latest => {
-                        "missed: a later tick was fired instead (missed = latest)".to_string()
-                    }
-                    Missed::All => {
-                        format!("missed: beyond max_catch_up = {}", job.max_catch_up.max(1))
-                    }
-                };
-                if unrecorded > 0 && Some(s) == first_recorded {
-                    why.push_str(&format!(" (and {unrecorded} earlier missed ticks)"));
-                }
+        if now - s > LATE_AFTER && !keep_late.contains(&s) {
+            if first_recorded.is_none_or(|f| s < f) {
+                continue; // counted below, not recorded one by one
+            }
+            let mut why = missed_why(job);
+            if unrecorded > 0 && Some(s) == first_recorded {
+                why.push_str(&format!(" (and {unrecorded} earlier missed ticks)"));
+            }
+            out.push(skip(why));
+            continue;
+        }
+        match upstream(job, history, s, now) {
+            Upstream::Wait => break, // later ticks wait behind this one
+            Upstream::Failed(why) | Upstream::Late(why) => {
                 out.push(skip(why));
                 continue;
             }
-            match upstream(job, history, s, now) {
-                Upstream::Wait => break, // later ticks wait behind this one
-                Upstream::Failed(why) | Upstream::Late(why) => {
-                    out.push(skip(why));
-                    continue;
-                }
-                Upstream::Ok => {}
+            Upstream::Ok => {}
+        }
+        match job.concurrency {
+            Concurrency::Forbid if !running.is_empty() => {
+                out.push(skip(
+                    "the previous run is still going (concurrency = forbid)".into(),
+                ));
             }
-            match job.concurrency {
-                Concurrency::Forbid if !running.is_empty() => {
-                    out.push(skip(
-                        "the previous run is still going (concurrency = forbid)".into(),
-                    ));
-                }
-                Concurrency::Replace => {
-                    out.push(Decision::Fire {
-                        job: job.name.clone(),
-                        scheduled_at: s,
-                        replaces: std::mem::take(&mut running),
-                    });
-                    running.push(s);
-                }
-                _ => {
-                    out.push(Decision::Fire {
-                        job: job.name.clone(),
-                        scheduled_at: s,
-                        replaces: Vec::new(),
-                    });
-                    running.push(s);
-                }
+            Concurrency::Replace => {
+                out.push(Decision::Fire {
+                    job: job.name.clone(),
+                    scheduled_at: s,
+                    replaces: std::mem::take(&mut running),
+                });
+                running.push(s);
+            }
+            Concurrency::Allow | Concurrency::Forbid => {
+                out.push(Decision::Fire {
+                    job: job.name.clone(),
+                    scheduled_at: s,
+                    replaces: Vec::new(),
+                });
+                running.push(s);
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

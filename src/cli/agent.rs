@@ -122,6 +122,8 @@ fn unit<T>(
 }
 
 /// Runs the agent until a signal or until its node is removed.
+///
+/// Over 80 lines: the agent command: flags checked in order, each with its own error, then the agent started.
 pub async fn run(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
     super::server::init_tracing();
     let data = a.data.unwrap_or_else(|| charter_home().join("agent"));

@@ -18,6 +18,8 @@
 //!   (not part of `all`);
 //! - `race`: Charter's grants beside etcd's lease grants, one Rust client,
 //!   alternating rounds, see `bench_etcd` (not part of `all`; needs etcd).
+//!
+//! Over 500 lines: the bench command: its flags, its scenarios' table and the shared measuring helpers.
 
 use super::output::{self, fail};
 use charter::harness::{Cluster, TOKEN};
@@ -408,6 +410,7 @@ where
     (v.len() as u64, v)
 }
 
+/// Over 80 lines: a benchmark script, read top to bottom.
 fn placement_bench(sizes: &[usize], dur: Duration) -> Report {
     let mut metrics = BTreeMap::new();
     for &n in sizes {

@@ -12,6 +12,8 @@
 //! - `tasks`: `charter dev` (one member, its in-process agent); tiny tasks
 //!   (`true`) submitted by 16 clients, run and finished per second, and
 //!   submit → running latency.
+//!
+//! Over 500 lines: the expiry, tasks and cron scenarios, which share an agent and their helpers.
 
 use super::bench::{Report, authed, channel, percentile_ms, rss_mib};
 use super::output::fail;
@@ -279,6 +281,8 @@ async fn lateness(
 }
 
 /// The `tasks` scenario.
+///
+/// Over 80 lines: a benchmark script, read top to bottom: start, submit, wait, measure.
 pub fn tasks(rt: &tokio::runtime::Runtime, exe: &Path, dur: Duration) -> anyhow::Result<Report> {
     let _ctx = rt.enter();
     let home = tempfile::tempdir()?;
@@ -417,6 +421,7 @@ fn tick_of(t: &pb::Task) -> Option<i64> {
         .map(|d| d.timestamp_millis())
 }
 
+/// Over 80 lines: a benchmark script, read top to bottom: apply, kill leaders, read the runs, measure.
 pub fn cron(
     rt: &tokio::runtime::Runtime,
     exe: &Path,

@@ -132,6 +132,8 @@ fn run_of(count: u64, lat: &[u64], cpu_s: f64, dur: Duration) -> Run {
 }
 
 /// `charter bench --scenario race`.
+///
+/// Over 80 lines: a benchmark script: alternating rounds of both sides.
 pub fn race(
     rt: &tokio::runtime::Runtime,
     exe: &Path,

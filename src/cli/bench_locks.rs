@@ -35,6 +35,8 @@ fn sorted(mut v: Vec<u64>) -> Vec<u64> {
 }
 
 /// Runs the scenario.
+///
+/// Over 80 lines: a benchmark script, read top to bottom.
 pub fn locks(
     rt: &tokio::runtime::Runtime,
     exe: &Path,
@@ -126,6 +128,7 @@ pub fn locks(
     })
 }
 
+/// Over 80 lines: a benchmark script, read top to bottom.
 async fn library(
     client: &charter_client::Client,
     dur: Duration,

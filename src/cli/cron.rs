@@ -3,6 +3,8 @@
 //! again by the server, nothing applied if any job is wrong); `list`,
 //! `show`, `history`, `trigger`, `pause`, `resume` and `delete` work on the
 //! applied jobs.
+//!
+//! Over 500 lines: every cron verb and its output.
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};

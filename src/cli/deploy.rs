@@ -2,6 +2,8 @@
 //! its app.toml (checked here and again by the server), `list` shows the
 //! apps, `trigger` and `rollback` start deployments, `status` and `history`
 //! show them.
+//!
+//! Over 500 lines: every deploy verb and its output.
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};

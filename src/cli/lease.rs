@@ -1,4 +1,6 @@
 //! `charter lease request|list|show|renew|release|revoke|why`.
+//!
+//! Over 500 lines: every lease verb and its output.
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};

@@ -8,6 +8,8 @@
 //! passed and SIGKILL at nine tenths, so it has stopped before the cluster
 //! can give the lock to anyone else; a lock the cluster says is over
 //! stops it at once. The command dies with this process (PDEATHSIG).
+//!
+//! Over 500 lines: every lock verb, `lock run`'s supervision of its command and elections.
 
 use super::client::{Client, Global, lock_client, new_key, status_error};
 use super::output::{self, fail};
@@ -460,6 +462,8 @@ fn signal(pid: Option<u32>, sig: libc::c_int) {
 
 /// Runs `command` while `lock` holds, and stops it before the lock can
 /// run out; releases the lock when the command ends. Returns its exit code.
+///
+/// Over 80 lines: one select loop over the lock and its command.
 async fn supervise(lock: Lock, ttl: Duration, command: &[String]) -> anyhow::Result<i32> {
     use std::os::unix::process::CommandExt;
     use tokio::signal::unix::{SignalKind, signal as on};

@@ -1,4 +1,6 @@
 //! `charter node register|list`.
+//!
+//! Over 500 lines: every node verb and its output.
 
 use super::client::{Client, Global, new_key};
 use super::output::{self, fail};
@@ -266,6 +268,8 @@ pub async fn run(g: &Global, cmd: NodeCmd) -> anyhow::Result<i32> {
 }
 
 /// `node register NAME ...` or `-f node.toml`.
+///
+/// Over 80 lines: one step per `node register` flag, each with its own error.
 async fn register(g: &Global, a: RegisterArgs) -> anyhow::Result<i32> {
     let RegisterArgs {
         name,

@@ -1,4 +1,6 @@
 //! `charter server` and `charter dev`: run a member until SIGINT/SIGTERM.
+//!
+//! Over 500 lines: the server, dev, Hydra and deployer commands share their flags and start-up steps.
 
 use super::client::{charter_home, dev_token_path};
 use super::output::fail;
@@ -615,6 +617,7 @@ pub async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
     serve(opts, None, (!a.no_hydra, deployer)).await
 }
 
+/// Over 80 lines: the server command: flags checked in order, each with its own error.
 async fn serve(
     mut opts: ServerOptions,
     agent: Option<AgentOptions>,
@@ -744,6 +747,8 @@ fn ensure_dev_tokens(data: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the one-member dev cluster.
+///
+/// Over 80 lines: `charter dev` in order: home, token, TLS, member, agent.
 pub async fn run_dev(a: DevArgs) -> anyhow::Result<i32> {
     init_tracing();
     let data = a.data.unwrap_or_else(|| charter_home().join("dev"));

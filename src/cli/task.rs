@@ -192,6 +192,7 @@ fn print_task(g: &Global, t: &pb::Task) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Over 80 lines: one step per `task submit` flag, each with its own error.
 fn spec(a: &SubmitArgs) -> anyhow::Result<(pb::TaskSpec, charter_config::lease::LeaseConfig)> {
     let mut t = match &a.file {
         Some(f) => match charter_config::load_file(f) {

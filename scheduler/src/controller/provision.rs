@@ -17,6 +17,8 @@
 //! State the loop keeps (nodes in flight, idle times) lives only on the
 //! leader: after a failover the new leader starts its idle clocks afresh,
 //! which only delays a retirement.
+//!
+//! Over 500 lines: pools that grow: provisioning, retiring and the local provisioner.
 
 use super::scaling::{self, Inflight};
 use crate::raft_driver::MemberHandle;

@@ -23,6 +23,7 @@ use crate::fleet::{Fleet, LabelIndex, Node, price_key};
 use charter_config::constraint::Op;
 use charter_config::spec::{LeaseSpec, Prefer, Resources};
 use charter_config::states::NodeState;
+use imbl::OrdSet;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -268,81 +269,23 @@ pub fn pick(
         let n = fleet.get(name)?;
         rule_out(n, spec, false).is_none().then_some(n)
     };
-    let mut found = 0usize;
     let empty = LabelIndex::default();
     let (by_free, by_price) = match narrowest(fleet, spec) {
         Some(ix) => (&ix.by_free, &ix.by_price),
         None if has_missing_label(fleet, spec) => (&empty.by_free, &empty.by_price),
         None => (&fleet.index.by_free, &fleet.index.by_price),
     };
+    let walk = Walk {
+        need,
+        count,
+        fits: &fits,
+    };
     match spec.prefer {
-        Prefer::Binpack => {
-            for (free, name) in by_free.range((need, String::new())..) {
-                if let Some(n) = fits(name) {
-                    cands.push((n, free - need));
-                    found += 1;
-                    if found == count {
-                        break;
-                    }
-                }
-            }
-        }
-        Prefer::Spread => {
-            // Free-CPU levels from the top; names ascending within a level.
-            let mut level = by_free.iter().next_back().map(|(f, _)| *f);
-            while let Some(l) = level {
-                if l < need || found == count {
-                    break;
-                }
-                let from = (l, String::new());
-                let entries: Box<dyn Iterator<Item = &(u64, String)>> = match l.checked_add(1) {
-                    Some(next) => Box::new(by_free.range(from..(next, String::new()))),
-                    None => Box::new(by_free.range(from..)),
-                };
-                for (free, name) in entries {
-                    if let Some(n) = fits(name) {
-                        cands.push((n, free - need));
-                        found += 1;
-                        if found == count {
-                            break;
-                        }
-                    }
-                }
-                level = by_free
-                    .range(..(l, String::new()))
-                    .next_back()
-                    .map(|(f, _)| *f);
-            }
-        }
+        Prefer::Binpack => walk.binpack(by_free, &mut cands),
+        Prefer::Spread => walk.spread(by_free, &mut cands),
         Prefer::Cheapest => {
-            // Price levels from the cheapest; within a level, free CPU from
-            // the tightest fit: the order `better` ranks in.
             let max = spec.max_cost_per_hour.map(price_key);
-            let mut from = (0u64, need, String::new());
-            'levels: loop {
-                let mut next = None;
-                for (price, free, name) in by_price.range(from.clone()..) {
-                    if max.is_some_and(|m| *price > m) {
-                        break 'levels;
-                    }
-                    if *free < need {
-                        // The next level's nodes that cannot fit: skip them.
-                        next = Some(*price);
-                        break;
-                    }
-                    if let Some(n) = fits(name) {
-                        cands.push((n, free - need));
-                        found += 1;
-                        if found == count {
-                            break 'levels;
-                        }
-                    }
-                }
-                match next {
-                    Some(p) => from = (p, need, String::new()),
-                    None => break,
-                }
-            }
+            walk.cheapest(by_price, max, &mut cands)
         }
     }
     if cands.len() < count {
@@ -462,6 +405,95 @@ pub fn pools_that_fit(fleet: &Fleet, spec: &LeaseSpec) -> Vec<String> {
         .filter(|p| rule_out(&p.new_node(""), spec, true).is_none())
         .map(|p| p.name.clone())
         .collect()
+}
+
+/// A walk of an index for `count` nodes with `need` millicores free that
+/// pass `fits`, each pushed with the CPU it would leave free.
+struct Walk<'a, 'f> {
+    need: u64,
+    count: usize,
+    fits: &'f dyn Fn(&String) -> Option<&'a Node>,
+}
+
+impl<'a> Walk<'a, '_> {
+    /// From the tightest fit up.
+    fn binpack(&self, by_free: &OrdSet<(u64, String)>, cands: &mut Vec<(&'a Node, u64)>) {
+        let mut found = 0;
+        for (free, name) in by_free.range((self.need, String::new())..) {
+            if let Some(n) = (self.fits)(name) {
+                cands.push((n, free - self.need));
+                found += 1;
+                if found == self.count {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Free-CPU levels from the top; names ascending within a level.
+    fn spread(&self, by_free: &OrdSet<(u64, String)>, cands: &mut Vec<(&'a Node, u64)>) {
+        let mut found = 0;
+        let mut level = by_free.iter().next_back().map(|(f, _)| *f);
+        while let Some(l) = level {
+            if l < self.need || found == self.count {
+                return;
+            }
+            let from = (l, String::new());
+            let entries: Box<dyn Iterator<Item = &(u64, String)>> = match l.checked_add(1) {
+                Some(next) => Box::new(by_free.range(from..(next, String::new()))),
+                None => Box::new(by_free.range(from..)),
+            };
+            for (free, name) in entries {
+                if let Some(n) = (self.fits)(name) {
+                    cands.push((n, free - self.need));
+                    found += 1;
+                    if found == self.count {
+                        return;
+                    }
+                }
+            }
+            level = by_free
+                .range(..(l, String::new()))
+                .next_back()
+                .map(|(f, _)| *f);
+        }
+    }
+
+    /// Price levels from the cheapest (up to `max`); within a level, free
+    /// CPU from the tightest fit: the order `better` ranks in.
+    fn cheapest(
+        &self,
+        by_price: &OrdSet<(u64, u64, String)>,
+        max: Option<u64>,
+        cands: &mut Vec<(&'a Node, u64)>,
+    ) {
+        let mut found = 0;
+        let mut from = (0u64, self.need, String::new());
+        loop {
+            let mut next = None;
+            for (price, free, name) in by_price.range(from.clone()..) {
+                if max.is_some_and(|m| *price > m) {
+                    return;
+                }
+                if *free < self.need {
+                    // The next level's nodes that cannot fit: skip them.
+                    next = Some(*price);
+                    break;
+                }
+                if let Some(n) = (self.fits)(name) {
+                    cands.push((n, free - self.need));
+                    found += 1;
+                    if found == self.count {
+                        return;
+                    }
+                }
+            }
+            match next {
+                Some(p) => from = (p, self.need, String::new()),
+                None => return,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

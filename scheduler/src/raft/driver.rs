@@ -1,4 +1,6 @@
 //! The member thread: owns the `RawNode`, storage, transport and state machine.
+//!
+//! Over 500 lines: one driver in raft-rs's Ready order (propose, persist, send, apply, advance, snapshot) kept together so the order reads in one place.
 
 use super::{MemberHandle, Role, Status};
 use crate::clock::Clock;
@@ -247,6 +249,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     /// Opens a member over `store`. A fresh store bootstraps from `cfg.peers`
     /// unless `cfg.join`. `tx`/`rx` are the driver's inbox (`std::sync::mpsc::channel()`),
     /// made by the caller so the transport can report into it.
+    ///
+    /// Over 80 lines: the driver's fields, built once; its steps are functions.
     pub fn new(
         cfg: MemberConfig,
         mut store: S,

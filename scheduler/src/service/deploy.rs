@@ -2,6 +2,8 @@
 //! history, the deployer controller's view and step changes) and the
 //! member's artifact store (agents upload a build's artifact and fetch it
 //! for a server, checking its sha256).
+//!
+//! Over 500 lines: the Deploy service: apps, deployments, the deployer's view and the artifact store's streams.
 
 use super::auth::{Scope, agent_caller, controller, principal, principal_or};
 use super::{Api, convert};

@@ -87,6 +87,7 @@ const HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Over 80 lines: one request proxied in the order HTTP needs: pick, connect, copy.
 async fn forward(
     AxState(m): AxState<MemberHandle>,
     app: String,

@@ -1,6 +1,8 @@
 //! Tasks (for people and controllers) and Agents (for agents): submitting,
 //! inspecting and cancelling tasks, streaming their logs from the agent
 //! through this member, and the agents' assignment watch and reports.
+//!
+//! Over 500 lines: the Tasks and Agents services, which share the task's record.
 
 use super::auth::{Scope, agent_caller, own_node, principal, principal_or};
 use super::{Api, convert};

@@ -14,6 +14,8 @@
 //!
 //! Limitations: a step is one raft tick (10 virtual ms) for every member at
 //! once.
+//!
+//! Over 500 lines: the simulation (a test-only feature): the cluster, its workload and its fault menu; invariants, network, store and membership are files of their own.
 
 pub mod invariants;
 mod membership;

@@ -48,6 +48,7 @@ pub fn record(index: u64, seq: u32, p: &Proposal, out: &Outcome) -> Option<Audit
     })
 }
 
+/// Over 80 lines: a table: one arm per command.
 fn describe(cmd: &Command, out: &Outcome) -> Option<(String, String)> {
     let lease = |id: u64| format!("lease {id}");
     if let Command::Refused {

@@ -1,6 +1,3 @@
-//! Over 500 lines: nine plain records, each with its two conversions;
-//! split, the pairs are harder to keep in step.
-//!
 //! What the log and the state keep of an applied file: cron jobs and apps,
 //! in types of their own. A config file's types
 //! (`charter_config::cron::JobConfig`, `charter_config::app::AppConfig`) are
@@ -11,6 +8,8 @@
 //! with a serde default (older entries lack it); the codec's fixture test
 //! decodes entries of every command with these types. Conversions to and
 //! from the config types are here, one per type.
+//!
+//! Over 500 lines: nine plain records, each with its two conversions; split, the pairs are harder to keep in step.
 
 use charter_config::cron::{Concurrency, Missed};
 use charter_config::spec::{Amp, CheckKind, Prefer, Restart};

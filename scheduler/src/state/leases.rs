@@ -1,5 +1,7 @@
 //! Leases: request (grant, queue or refuse), release, renew, revoke, and the
 //! time-based changes of a tick (expiry, queue timeouts, queue grants).
+//!
+//! Over 500 lines: the leases room and every command on leases (request, grant, renew, end, queue, why), which share its indexes.
 
 use super::events::EventKind;
 use super::{Applied, Lease, LeaseSpec, LeaseState, Millis, Outcome, Quota, Refusal, State};

@@ -19,6 +19,8 @@
 //! Live state holds live things: an ended acquisition leaves at once (to the
 //! history store), and a lock with no holder and no waiter leaves too.
 //! Live acquisitions count against the principal's `max_leases` quota.
+//!
+//! Over 500 lines: the locks room and every lock command.
 
 use super::{Applied, Millis, Outcome, Refusal, State, Trimmed};
 use imbl::{OrdMap, OrdSet};

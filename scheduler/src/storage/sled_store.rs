@@ -85,6 +85,8 @@ fn to_raft(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// Over 80 lines: opening the older sled log with each failure named (kept for moving logs over).
     pub fn open(dir: &Path) -> StoreResult<SledStore> {
         std::fs::create_dir_all(dir).map_err(|e| st(dir, "cannot create the data directory", e))?;
         // The log is read back only by lagging followers: a small cache
