@@ -12,9 +12,8 @@
 //!
 //! An amp only decides; the supervisor starts, waits and kills.
 
-use crate::health::Check;
 use crate::supervisor::TaskInfo;
-use charter_config::spec::{Amp as AmpKind, Restart};
+use charter_config::spec::{Amp as AmpKind, Health, Restart};
 use charter_config::states::TaskState;
 
 /// What follows a process's exit.
@@ -41,7 +40,7 @@ pub trait Amp: Send + Sync {
     /// Its name in task configs.
     fn name(&self) -> &'static str;
     /// The health check to run while the process lives, if any.
-    fn health(&self) -> Option<Check> {
+    fn health(&self) -> Option<Health> {
         None
     }
     /// What follows an exit with `code` (None: killed by a signal we did not
@@ -99,7 +98,7 @@ pub struct Service {
     /// Most restarts (0: no limit).
     pub max_restarts: u32,
     /// Its health check.
-    pub check: Option<Check>,
+    pub check: Option<Health>,
 }
 
 impl Amp for Service {
@@ -107,7 +106,7 @@ impl Amp for Service {
         "service"
     }
 
-    fn health(&self) -> Option<Check> {
+    fn health(&self) -> Option<Health> {
         self.check.clone()
     }
 
@@ -146,7 +145,7 @@ pub fn for_task(t: &TaskInfo) -> Box<dyn Amp> {
         AmpKind::Service => Box::new(Service {
             restart: t.spec.restart,
             max_restarts: t.spec.max_restarts,
-            check: t.spec.health.as_ref().map(Check::from),
+            check: t.spec.health.clone(),
         }),
         AmpKind::Batch => Box::new(Batch {
             retries: t.spec.retries,

@@ -11,35 +11,16 @@ use charter_config::states::HealthState;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// What to check, and how often.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Check {
-    /// The probe.
-    pub probe: Probe,
-    /// Between checks.
-    pub interval: Duration,
-    /// One check's limit.
-    pub timeout: Duration,
-    /// Passes in a row to become healthy.
-    pub healthy_after: u32,
-    /// Failures in a row to become unhealthy.
-    pub unhealthy_after: u32,
-}
-
-/// One probe: the task spec's check.
+/// The probe a health check runs: the task spec's check.
 pub use charter_config::spec::Check as Probe;
 
-impl From<&Health> for Check {
-    /// A task's health check, checked no more often than every 100 ms.
-    fn from(h: &Health) -> Check {
-        Check {
-            probe: h.check.clone(),
-            interval: Duration::from_millis(h.interval_ms.max(100)),
-            timeout: Duration::from_millis(h.timeout_ms.max(100)),
-            healthy_after: h.healthy_after.max(1),
-            unhealthy_after: h.unhealthy_after.max(1),
-        }
-    }
+/// How long between checks, and one check's limit: what the task's spec
+/// says, never less than 100 ms.
+fn timing(h: &Health) -> (Duration, Duration) {
+    (
+        Duration::from_millis(h.interval_ms.max(100)),
+        Duration::from_millis(h.timeout_ms.max(100)),
+    )
 }
 
 /// A running health monitor.
@@ -50,18 +31,19 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts checking; a command probe runs as `launch` says.
-    pub fn start(check: Check, launch: Launch, iso: Isolation) -> Monitor {
+    pub fn start(check: Health, launch: Launch, iso: Isolation) -> Monitor {
+        let (interval, timeout) = timing(&check);
         let (tx, rx) = watch::channel(HealthState::Starting);
         let task = tokio::spawn(async move {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let client = reqwest::Client::builder()
-                .timeout(check.timeout)
+                .timeout(timeout)
                 .no_proxy()
                 .build()
                 .ok();
             let (mut pass, mut fail) = (0u32, 0u32);
             loop {
-                tokio::time::sleep(check.interval).await;
+                tokio::time::sleep(interval).await;
                 let ok = probe(&check, client.as_ref(), (&launch, &iso)).await;
                 if ok {
                     pass += 1;
@@ -108,12 +90,12 @@ impl Monitor {
 
 /// One probe, bounded by the check's timeout.
 async fn probe(
-    check: &Check,
+    check: &Health,
     client: Option<&reqwest::Client>,
     (launch, iso): (&Launch, &Isolation),
 ) -> bool {
-    let limit = check.timeout;
-    match &check.probe {
+    let (_, limit) = timing(check);
+    match &check.check {
         Probe::Http { port, path, status } => {
             let Some(c) = client else { return false };
             let url = format!("http://127.0.0.1:{port}{path}");

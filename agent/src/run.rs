@@ -28,7 +28,7 @@
 use crate::conn::{Servers, retryable};
 use crate::sandbox::Isolation;
 use crate::serve::AgentService;
-use crate::supervisor::{Ctx, LeaseInfo, Report, Supervisor, TaskInfo};
+use crate::supervisor::{Host, LeaseInfo, Report, Supervisor, TaskInfo};
 use crate::users::Users;
 use charter_config::spec::TaskSpec;
 use charter_proto as pb;
@@ -290,7 +290,7 @@ async fn life(
     tracing::info!(node = %opts.name, pool = %opts.pool, agent = %addr, "registered");
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let (usage_tx, usage_rx) = mpsc::unbounded_channel();
-    let ctx = Ctx {
+    let ctx = Host {
         usage: usage_tx,
         data: opts.data.clone(),
         sandboxes: shared.sandboxes,

@@ -110,9 +110,10 @@ pub struct Report {
 /// The leases with a live sandbox here, and who their processes run as.
 pub type Sandboxed = Arc<Mutex<BTreeMap<u64, (LeaseInfo, Option<Identity>)>>>;
 
-/// Shared facts every runner needs.
+/// The agent's host as every lease's runner sees it: its data directory,
+/// node, servers, isolation, users, and the channels reports go out on.
 #[derive(Clone)]
-pub struct Ctx {
+pub struct Host {
     /// The agent's data directory.
     pub data: PathBuf,
     /// Where the leases' sandboxes are ([`sandbox::root`]).
@@ -152,7 +153,7 @@ struct Runner {
 
 /// Runs the node's leases.
 pub struct Supervisor {
-    ctx: Ctx,
+    ctx: Host,
     runners: BTreeMap<u64, Runner>,
     /// Leases whose runner has finished: never started again.
     finished: BTreeSet<u64>,
@@ -174,7 +175,7 @@ fn until(ms: i64) -> Duration {
 
 impl Supervisor {
     /// A supervisor with nothing running yet.
-    pub fn new(ctx: Ctx) -> Supervisor {
+    pub fn new(ctx: Host) -> Supervisor {
         Supervisor {
             ctx,
             runners: BTreeMap::new(),
@@ -332,7 +333,7 @@ enum Wake {
 
 /// Over 80 lines: one select loop over every event of a lease; its arms call out to functions.
 async fn run_lease(
-    ctx: Ctx,
+    ctx: Host,
     lease: LeaseInfo,
     task: Option<TaskInfo>,
     mut expires: watch::Receiver<i64>,
@@ -476,7 +477,7 @@ fn grace_of(lease: &LeaseInfo, task: Option<&TaskInfo>) -> Duration {
 /// How the lease's processes are started: its scope, user, limits and the
 /// task's environment.
 fn launch_for(
-    ctx: &Ctx,
+    ctx: &Host,
     lease: &LeaseInfo,
     task: Option<&TaskInfo>,
     user: Option<Identity>,
@@ -502,7 +503,7 @@ fn launch_for(
 /// No heartbeat was answered for the node's TTL: the lease's processes are
 /// stopped (SIGTERM, SIGKILL after the fence grace) and nothing starts until
 /// the servers answer; the task's next exit says it was fenced.
-async fn fenced(ctx: &Ctx, mut work: Option<&mut Work>, scope: &Scope, grace: Duration) {
+async fn fenced(ctx: &Host, mut work: Option<&mut Work>, scope: &Scope, grace: Duration) {
     if let Some(w) = work.as_deref_mut() {
         w.stopping = true;
         w.next_start = None;
@@ -541,7 +542,7 @@ async fn stop_processes(scope: &Scope, iso: &Isolation, until: i64) -> Option<us
 /// The lease's identity and its sandbox, made for it. `None` (reported on
 /// its task) when either cannot be had; `Some(None)` means "as the agent".
 fn sandbox_for(
-    ctx: &Ctx,
+    ctx: &Host,
     lease: &LeaseInfo,
     task: Option<&TaskInfo>,
     dir: &std::path::Path,
@@ -583,7 +584,7 @@ fn sandbox_for(
 
 /// A task's processes within its lease.
 struct Work {
-    ctx: Ctx,
+    ctx: Host,
     task: TaskInfo,
     lease: u64,
     child: Option<tokio::process::Child>,
@@ -602,7 +603,7 @@ struct Work {
 }
 
 impl Work {
-    fn new(ctx: &Ctx, lease: u64, task: TaskInfo) -> Work {
+    fn new(ctx: &Host, lease: u64, task: TaskInfo) -> Work {
         let amp = crate::amp::for_task(&task);
         let mut w = Work {
             ctx: ctx.clone(),
@@ -788,7 +789,7 @@ impl Work {
             if let (
                 Some(p),
                 crate::health::Probe::Http { port, .. } | crate::health::Probe::Tcp { port },
-            ) = (first, &mut c.probe)
+            ) = (first, &mut c.check)
                 && *port == 0
             {
                 *port = p;

@@ -50,7 +50,7 @@ pub type Millis = i64;
 
 pub use error::{Diagnostic, Diagnostics};
 
-use reader::{Ctx, Fields};
+use reader::{Fields, Source};
 
 /// A parsed, validated config of any kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,7 +112,7 @@ pub fn load_with(
     src: &str,
     check_schedule: cron::ScheduleCheck<'_>,
 ) -> Result<AnyConfig, Diagnostics> {
-    let ctx = Ctx::new(file, src);
+    let ctx = Source::new(file, src);
     let doc = ctx.parse()?;
     let top = Fields::root(&ctx, doc.as_table());
     let default = if top.has("job") { "cron" } else { "lease" };

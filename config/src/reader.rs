@@ -13,16 +13,16 @@ use std::ops::Range;
 use toml_edit::{Document, Item, TableLike, Value};
 
 /// One file being read: its name, text and the diagnostics so far.
-pub struct Ctx<'a> {
+pub struct Source<'a> {
     file: &'a str,
     src: &'a str,
     diags: RefCell<Vec<Diagnostic>>,
 }
 
-impl<'a> Ctx<'a> {
+impl<'a> Source<'a> {
     /// A reader for `src`, called `file` in messages.
-    pub fn new(file: &'a str, src: &'a str) -> Ctx<'a> {
-        Ctx {
+    pub fn new(file: &'a str, src: &'a str) -> Source<'a> {
+        Source {
             file,
             src,
             diags: RefCell::new(Vec::new()),
@@ -85,7 +85,7 @@ impl<'a> Ctx<'a> {
 
 /// One table of a config, read field by field.
 pub struct Fields<'c, 'a> {
-    ctx: &'c Ctx<'a>,
+    ctx: &'c Source<'a>,
     table: &'a dyn TableLike,
     prefix: String,
     seen: RefCell<Vec<String>>,
@@ -97,7 +97,7 @@ fn shown(v: &Value) -> String {
 
 impl<'c, 'a> Fields<'c, 'a> {
     /// The document's top-level table.
-    pub fn root(ctx: &'c Ctx<'a>, table: &'a dyn TableLike) -> Fields<'c, 'a> {
+    pub fn root(ctx: &'c Source<'a>, table: &'a dyn TableLike) -> Fields<'c, 'a> {
         Fields {
             ctx,
             table,

@@ -189,7 +189,7 @@ pub(super) async fn serve_batch(
     let mut held = Vec::new();
     if member.is_leader() {
         for p in &mut proposals {
-            held.push(placer.hint(member, p));
+            held.push(placer.reserve(member, p));
         }
     }
     member.metrics().forward_batches.inc();

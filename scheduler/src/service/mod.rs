@@ -282,7 +282,7 @@ impl Api {
                 let st = self.member.status();
                 let res = if st.role == Role::Leader {
                     let mut p = p.clone();
-                    let _held = self.placer.hint(&self.member, &mut p);
+                    let _held = self.placer.reserve(&self.member, &mut p);
                     tracing::debug!(hint = ?p.hint, "propose");
                     self.member.propose(p).await
                 } else if let Some(addr) = st.leader_id.and_then(|l| st.members.get(&l)) {
@@ -1050,7 +1050,7 @@ impl pb::raft_peer_server::RaftPeer for Peer {
         let mut p: Proposal = codec::decode(codec::Kind::Forward, &req.get_ref().proposal)
             .map_err(|e| Status::invalid_argument(format!("undecodable forwarded write: {e}")))?;
         let _held = if self.member.is_leader() {
-            self.placer.hint(&self.member, &mut p)
+            self.placer.reserve(&self.member, &mut p)
         } else {
             None
         };

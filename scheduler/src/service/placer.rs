@@ -40,9 +40,10 @@ impl Drop for Reservation {
 }
 
 impl Placer {
-    /// Places a lease request on this (leader) member's view and sets the
-    /// proposal's hint; other proposals are left alone.
-    pub fn hint(
+    /// Places a lease request on this (leader) member's view, sets the
+    /// proposal's hint, and holds the chosen capacity until the proposal is
+    /// applied (the reservation); other proposals are left alone.
+    pub fn reserve(
         self: &Arc<Placer>,
         member: &MemberHandle,
         p: &mut Proposal,
