@@ -68,7 +68,7 @@ pub struct Batch {
 
 impl Amp for Batch {
     fn name(&self) -> &'static str {
-        "batch"
+        AmpKind::Batch.as_str()
     }
 
     fn after_exit(&self, code: Option<i32>, starts: u32) -> Next {
@@ -103,7 +103,7 @@ pub struct Service {
 
 impl Amp for Service {
     fn name(&self) -> &'static str {
-        "service"
+        AmpKind::Service.as_str()
     }
 
     fn health(&self) -> Option<Health> {

@@ -148,7 +148,7 @@ async fn hook(
     let req = pb::TriggerDeployRequest {
         app: app.name.clone(),
         commit: push.commit.clone(),
-        trigger: "webhook".into(),
+        trigger: charter_config::deployment::Trigger::Webhook.to_string(),
         delivery: push.delivery.clone(),
         ..Default::default()
     };

@@ -60,62 +60,28 @@ pub struct LockSpec {
     pub value: String,
 }
 
-/// Where an acquisition is in its life.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HoldState {
-    /// In line for the lock.
-    #[default]
-    Waiting,
-    /// Holds the lock until `expires_at` (or a renewal).
-    Held,
-    /// Let go by its holder (or given up while waiting).
-    Released,
-    /// Not renewed before `expires_at`.
-    Expired,
-    /// Waited longer than it was willing to.
-    TimedOut,
+charter_config::named! {
+    /// Where an acquisition is in its life.
+    #[derive(Default)]
+    pub enum HoldState: "lock state" {
+        /// In line for the lock.
+        #[default]
+        Waiting = "waiting",
+        /// Holds the lock until `expires_at` (or a renewal).
+        Held = "held",
+        /// Let go by its holder (or given up while waiting).
+        Released = "released",
+        /// Not renewed before `expires_at`.
+        Expired = "expired",
+        /// Waited longer than it was willing to.
+        TimedOut = "timed_out",
+    }
 }
 
 impl HoldState {
     /// Whether the acquisition is over.
     pub fn is_ended(self) -> bool {
         !matches!(self, HoldState::Waiting | HoldState::Held)
-    }
-
-    /// The snake_case name used in output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HoldState::Waiting => "waiting",
-            HoldState::Held => "held",
-            HoldState::Released => "released",
-            HoldState::Expired => "expired",
-            HoldState::TimedOut => "timed_out",
-        }
-    }
-}
-
-impl std::fmt::Display for HoldState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for HoldState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<HoldState, String> {
-        [
-            HoldState::Waiting,
-            HoldState::Held,
-            HoldState::Released,
-            HoldState::Expired,
-            HoldState::TimedOut,
-        ]
-        .into_iter()
-        .find(|h| h.as_str() == s)
-        .ok_or_else(|| {
-            format!("unknown lock state `{s}`: waiting, held, released, expired or timed_out")
-        })
     }
 }
 
