@@ -224,7 +224,21 @@ impl Dev {
 }
 
 impl Drop for Dev {
+    /// Stops `charter dev` as a person does (SIGTERM): its agent then ends
+    /// its leases' processes (the deployed app's server among them), which
+    /// a `kill -9` would leave running, as an agent's crash does.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
