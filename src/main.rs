@@ -78,3 +78,33 @@ fn steady_heap() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// Hands the heap's free pages back to the system every `every` (glibc
+/// only), for a member's lifetime: what the member frees under churn
+/// (ended leases and idempotency records trimmed, a snapshot's encoding)
+/// leaves free pages inside the heap that glibc keeps until asked.
+/// Measured with `bench --scenario soak --cycles 1000000` (README): the
+/// leader ended at 88.8 MiB without it and 72.7 MiB trimmed every 10 s,
+/// with no loss of grant rate.
+pub fn return_free_heap(every: std::time::Duration) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("heap-trim".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    // SAFETY: malloc_trim only releases free memory; it
+                    // takes the allocator's own locks.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the heap trimmer; the member runs without it");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = every;
+}

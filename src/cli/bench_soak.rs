@@ -6,7 +6,10 @@
 //! snapshot's size, the live state's lease count and the grant p99 of that
 //! window; at the end, how each grew from the first window to the last,
 //! and how long a member takes to restart and be healthy again.
-//! `CHARTER_SOAK_SERVER_FLAGS` passes extra flags to the members.
+//! `CHARTER_SOAK_SERVER_FLAGS` passes extra flags to the members;
+//! `CHARTER_SOAK_WRAP` runs each member under a program (a heap profiler:
+//! a script that runs `heaptrack -o /tmp/ht/m$$ "$@"`); the RSS printed is
+//! then the wrapper's, not the member's.
 
 use super::bench::{Report, authed, channel, percentile_ms, rss_mib};
 use super::output::fail;
@@ -164,8 +167,15 @@ pub fn soak(
     // Extra member flags, to compare settings (e.g. `--idempotency-max 10000`).
     let flags = std::env::var("CHARTER_SOAK_SERVER_FLAGS").unwrap_or_default();
     let flags: Vec<&str> = flags.split_whitespace().collect();
-    let mut c = Cluster::start(exe, 3, &flags)
+    let mut c = Cluster::prepare(exe, 3, &flags)
         .map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    // A profiler to run the members under (e.g. `heaptrack -o /tmp/soak`).
+    let wrap = std::env::var("CHARTER_SOAK_WRAP").unwrap_or_default();
+    for i in 0..3 {
+        c.members[i].wrap = wrap.split_whitespace().map(str::to_string).collect();
+        c.spawn(i, false)
+            .map_err(|e| fail("cannot start the bench cluster", e, ""))?;
+    }
     let leader = c
         .wait_leader(Duration::from_secs(20))
         .map_err(|e| fail("the bench cluster elected no leader", e, ""))?;
