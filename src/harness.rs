@@ -300,25 +300,7 @@ impl Cluster {
         let Some(mut c) = self.members[i].child.take() else {
             return Ok(None);
         };
-        // SAFETY: kill(2) with a pid we own and a valid signal number.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = c.try_wait().map_err(|e| e.to_string())? {
-                return Ok(st.code());
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return Err(format!(
-                    "member {} did not stop within 10 s of SIGTERM",
-                    i + 1
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_child(&mut c, Duration::from_secs(10)).map_err(|e| format!("member {}: {e}", i + 1))
     }
 
     /// Whether member `i` has a running process.
@@ -525,4 +507,26 @@ pub fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Stops `c` as a person does: SIGTERM, then up to `grace` for it to exit
+/// (an agent ends its leases' processes in that time), then SIGKILL.
+/// Its exit code, or an error when it had to be killed.
+pub fn stop_child(c: &mut Child, grace: Duration) -> Result<Option<i32>> {
+    // SAFETY: kill(2) with a pid we own and a valid signal number.
+    unsafe {
+        libc::kill(c.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Some(st) = c.try_wait().map_err(|e| e.to_string())? {
+            return Ok(st.code());
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            return Err(format!("did not stop within {grace:?} of SIGTERM"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

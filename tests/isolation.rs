@@ -88,11 +88,7 @@ impl Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
+        let _ = charter::harness::stop_child(&mut self.child, Duration::from_secs(15));
     }
 }
 

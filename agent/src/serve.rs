@@ -2,7 +2,7 @@
 //! must present the secret the agent registered with its node.
 
 use crate::logs;
-use crate::sandbox::{self, Isolation, Launch, Scope};
+use crate::sandbox::{self, Isolation};
 use crate::supervisor::Sandboxed;
 use charter_proto as pb;
 use std::collections::BTreeSet;
@@ -107,22 +107,12 @@ impl pb::agent_server::Agent for AgentService {
                 ))
             })?;
         // As the lease's user, like its task: never as the agent.
-        let launch = Launch {
-            scope: Scope {
-                agent: self.data.clone(),
-                lease: lease.id,
-                uid: user.filter(|u| u.dynamic).map(|u| u.uid),
-            },
-            node: self.node.clone(),
-            expires_at: lease.expires_at,
-            fencing_token: lease.fencing_token,
-            dir: sandbox::lease_dir(&self.sandboxes, lease.id),
+        let launch = crate::supervisor::launch_for(
+            (&self.data, &self.sandboxes, &self.node),
+            &lease,
             user,
-            cpu_millis: lease.cpu_millis,
-            memory_bytes: lease.memory_bytes,
-            gpus: lease.gpus.clone(),
-            env: r.env.into_iter().collect(),
-        };
+            r.env.into_iter().collect(),
+        );
         let mut child = sandbox::spawn(&launch, &self.iso, &r.argv, Stdio::piped(), Stdio::piped())
             .map_err(|e| Status::failed_precondition(format!("cannot run {:?}: {e}", r.argv[0])))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ExecOutput, Status>>(16);

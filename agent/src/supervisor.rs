@@ -34,7 +34,7 @@ use crate::users::{self, Identity, Users};
 use charter_config::spec::TaskSpec;
 use charter_config::states::{HealthState, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -343,7 +343,11 @@ async fn run_lease(
     let Some(user) = sandbox_for(&ctx, &lease, task.as_ref(), &dir) else {
         return;
     };
-    let launch = launch_for(&ctx, &lease, task.as_ref(), user);
+    let env = task
+        .as_ref()
+        .map(|t| t.spec.env.clone())
+        .unwrap_or_default();
+    let launch = launch_for((&ctx.data, &ctx.sandboxes, &ctx.node), &lease, user, env);
     let scope = &launch.scope;
     if let Ok(mut l) = ctx.leases.lock() {
         l.insert(lease.id, (lease.clone(), user));
@@ -474,29 +478,30 @@ fn grace_of(lease: &LeaseInfo, task: Option<&TaskInfo>) -> Duration {
     g.min(Duration::from_millis(granted / 4))
 }
 
-/// How the lease's processes are started: its scope, user, limits and the
-/// task's environment.
-fn launch_for(
-    ctx: &Host,
+/// How a process of `lease` starts on this node (`data`, `sandboxes`,
+/// `node`): in its sandbox, as its user, within its resources, with `env`
+/// beside the lease's own variables. A task and `lease exec` both start so.
+pub(crate) fn launch_for(
+    (data, sandboxes, node): (&Path, &Path, &str),
     lease: &LeaseInfo,
-    task: Option<&TaskInfo>,
     user: Option<Identity>,
+    env: BTreeMap<String, String>,
 ) -> Launch {
     Launch {
         scope: Scope {
-            agent: ctx.data.clone(),
+            agent: data.to_path_buf(),
             lease: lease.id,
             uid: user.filter(|u| u.dynamic).map(|u| u.uid),
         },
-        node: ctx.node.clone(),
+        node: node.to_string(),
         expires_at: lease.expires_at,
         fencing_token: lease.fencing_token,
-        dir: sandbox::lease_dir(&ctx.sandboxes, lease.id),
+        dir: sandbox::lease_dir(sandboxes, lease.id),
         user,
         cpu_millis: lease.cpu_millis,
         memory_bytes: lease.memory_bytes,
         gpus: lease.gpus.clone(),
-        env: task.map(|t| t.spec.env.clone()).unwrap_or_default(),
+        env,
     }
 }
 

@@ -106,11 +106,6 @@ impl PoolOffer {
     }
 }
 
-/// A node's key in [`NodeIndexes::by_free`]: only ready nodes take grants.
-pub fn free_key(n: &Node) -> Option<(u64, String)> {
-    (n.state == NodeState::Ready).then(|| (n.free().cpu_millis, n.name.clone()))
-}
-
 /// `cost` as a key that sorts as [`f64::total_cmp`] does.
 pub fn price_key(cost: f64) -> u64 {
     let b = cost.to_bits();
@@ -153,11 +148,11 @@ pub fn node_key(n: &Node) -> Option<NodeKey> {
 /// Placement's indexes of a fleet.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeIndexes {
-    /// See [`NodeIndexes::by_free`].
+    /// The ready nodes by `(free cpu_millis, name)`.
     pub by_free: OrdSet<(u64, String)>,
-    /// See [`State::by_price`].
+    /// The ready nodes by `(price_key(cost), free cpu_millis, name)`.
     pub by_price: OrdSet<(u64, u64, String)>,
-    /// See [`State::by_label`].
+    /// The ready nodes that carry each `(label, value)`.
     pub by_label: OrdMap<(String, String), LabelIndex>,
 }
 
@@ -213,18 +208,7 @@ pub struct Fleet {
     pub index: NodeIndexes,
 }
 
-impl std::ops::Deref for Fleet {
-    type Target = OrdMap<String, Node>;
-    fn deref(&self) -> &OrdMap<String, Node> {
-        &self.nodes
-    }
-}
-
-impl std::ops::DerefMut for Fleet {
-    fn deref_mut(&mut self) -> &mut OrdMap<String, Node> {
-        &mut self.nodes
-    }
-}
+room_map!(Fleet, nodes: OrdMap<String, Node>);
 
 impl Fleet {
     /// A node's current placement key, if it takes grants.

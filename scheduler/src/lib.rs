@@ -13,6 +13,26 @@
 //! - `sim` (feature `sim`, on for this crate's tests only): a deterministic
 //!   simulation of a whole cluster with invariants.
 
+/// A room of the state reads as its main map (`state.leases.get(&id)`):
+/// `room_map!(Leases, all: OrdMap<u64, Lease>)` gives `Leases` a `Deref`
+/// and `DerefMut` to its field `all`.
+macro_rules! room_map {
+    ($room:ty, $field:ident: $map:ty) => {
+        impl std::ops::Deref for $room {
+            type Target = $map;
+            fn deref(&self) -> &$map {
+                &self.$field
+            }
+        }
+
+        impl std::ops::DerefMut for $room {
+            fn deref_mut(&mut self) -> &mut $map {
+                &mut self.$field
+            }
+        }
+    };
+}
+
 pub mod clock;
 pub mod codec;
 pub mod controller;

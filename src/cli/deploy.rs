@@ -9,7 +9,7 @@ use super::client::{Client, Global, new_key};
 use super::output::{self, fail};
 use charter_config::codec::{self, CodecError, Kind};
 use charter_config::deployment::short_commit;
-use charter_config::deployment::{DeployStatus, DeployStep};
+use charter_config::deployment::{DeployStatus, DeployStep, Trigger};
 use charter_proto as pb;
 use charter_proto::deploy_client::DeployClient;
 use clap::Subcommand;
@@ -392,21 +392,32 @@ async fn trigger(
     app: String,
     commit: Option<String>,
 ) -> anyhow::Result<i32> {
-    let key = new_key();
     let commit = commit.unwrap_or_default();
-    let r = c
-        .call("deploy trigger", |ch| {
+    send_trigger(g, c, ("deploy trigger", Trigger::Manual), app, commit).await
+}
+
+/// Starts a deployment of `app` at `commit` (empty: the branch head) for
+/// `trigger`, and prints what started.
+async fn send_trigger(
+    g: &Global,
+    c: &Client,
+    (what, trigger): (&str, Trigger),
+    app: String,
+    commit: String,
+) -> anyhow::Result<i32> {
+    let key = new_key();
+    let mut r = c
+        .call(what, |ch| {
             let req = c.req(pb::TriggerDeployRequest {
                 idempotency_key: key.clone(),
                 app: app.clone(),
                 commit: commit.clone(),
-                trigger: charter_config::deployment::Trigger::Manual.to_string(),
+                trigger: trigger.to_string(),
                 delivery: String::new(),
             });
             async move { DeployClient::new(ch).trigger(req).await }
         })
         .await?;
-    let mut r = r;
     if commit.is_empty() {
         settled_trigger(c, &mut r).await?;
     }
@@ -575,25 +586,8 @@ async fn rollback(g: &Global, c: &Client, app: String, to: Option<String>) -> an
             "charter deploy history APP shows the fingerprints; pass one with --to",
         ));
     };
-    let key = new_key();
     let commit = target.commit.clone();
-    let r = c
-        .call("deploy rollback", |ch| {
-            let req = c.req(pb::TriggerDeployRequest {
-                idempotency_key: key.clone(),
-                app: app.clone(),
-                commit: commit.clone(),
-                trigger: charter_config::deployment::Trigger::Rollback.to_string(),
-                delivery: String::new(),
-            });
-            async move { DeployClient::new(ch).trigger(req).await }
-        })
-        .await?;
-    let mut r = r;
-    if commit.is_empty() {
-        settled_trigger(c, &mut r).await?;
-    }
-    trigger_out(g, &r)
+    send_trigger(g, c, ("deploy rollback", Trigger::Rollback), app, commit).await
 }
 
 /// A deployment of the branch head started: waits (up to 10 s) for its

@@ -205,18 +205,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         // A stopped agent ends its leases' processes.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = charter::harness::stop_child(&mut self.child, Duration::from_secs(15));
     }
 }
 

@@ -131,6 +131,9 @@ where
 
 /// Returns when no call is out, or after [`PATIENCE`].
 async fn wait_for_calls_out(slots: &Semaphore, back: &Notify) {
+    if slots.available_permits() == MAX_IN_FLIGHT {
+        return;
+    }
     let patience = tokio::time::sleep(PATIENCE);
     tokio::pin!(patience);
     // A call that comes back between the check and the wait leaves a permit

@@ -63,18 +63,7 @@ pub struct Apps {
     pub next_deploy_id: u64,
 }
 
-impl std::ops::Deref for Apps {
-    type Target = OrdMap<String, App>;
-    fn deref(&self) -> &OrdMap<String, App> {
-        &self.all
-    }
-}
-
-impl std::ops::DerefMut for Apps {
-    fn deref_mut(&mut self) -> &mut OrdMap<String, App> {
-        &mut self.all
-    }
-}
+room_map!(Apps, all: OrdMap<String, App>);
 
 impl State {
     pub(super) fn app_apply(

@@ -54,18 +54,7 @@ pub struct Leases {
     pub next_id: u64,
 }
 
-impl std::ops::Deref for Leases {
-    type Target = OrdMap<u64, Lease>;
-    fn deref(&self) -> &OrdMap<u64, Lease> {
-        &self.all
-    }
-}
-
-impl std::ops::DerefMut for Leases {
-    fn deref_mut(&mut self) -> &mut OrdMap<u64, Lease> {
-        &mut self.all
-    }
-}
+room_map!(Leases, all: OrdMap<u64, Lease>);
 
 impl Leases {
     /// Counts one live lease (or lock acquisition) holding `cpu`
@@ -217,7 +206,7 @@ impl State {
             return;
         };
         let (key, wait_until, cheap_until) = (
-            (-(l.spec.priority as i64), l.requested_at, id),
+            l.queue_key(),
             l.wait_until,
             (l.cheap_until > l.requested_at).then_some(l.cheap_until),
         );
@@ -290,9 +279,7 @@ impl State {
             cost += node.cost_per_hour;
             moved.push((old_key, super::node_key(node)));
         }
-        self.leases
-            .queue
-            .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
+        self.leases.queue.remove(&lease.queue_key());
         self.leases.timeouts.remove(&(lease.wait_until, id));
         self.leases.price_steps.remove(&(lease.cheap_until, id));
         lease.nodes = nodes;
@@ -459,9 +446,7 @@ impl State {
             .expect("caller checked the lease exists");
         match lease.state {
             LeaseState::Pending => {
-                self.leases
-                    .queue
-                    .remove(&(-(lease.spec.priority as i64), lease.requested_at, id));
+                self.leases.queue.remove(&lease.queue_key());
                 self.leases.timeouts.remove(&(lease.wait_until, id));
                 self.leases.price_steps.remove(&(lease.cheap_until, id));
             }
@@ -645,7 +630,7 @@ impl State {
             summary = format!("{summary}; {line}");
             lines.push(line);
         }
-        let key = (-(l.spec.priority as i64), l.requested_at, l.id);
+        let key = l.queue_key();
         let ahead: Vec<u64> = self
             .leases
             .queue

@@ -193,18 +193,7 @@ pub struct Locks {
     pub next_hold_id: u64,
 }
 
-impl std::ops::Deref for Locks {
-    type Target = OrdMap<String, Lock>;
-    fn deref(&self) -> &OrdMap<String, Lock> {
-        &self.all
-    }
-}
-
-impl std::ops::DerefMut for Locks {
-    fn deref_mut(&mut self) -> &mut OrdMap<String, Lock> {
-        &mut self.all
-    }
-}
+room_map!(Locks, all: OrdMap<String, Lock>);
 
 impl Locks {
     /// When the next acquisition expires or gives up.

@@ -78,8 +78,8 @@ pub use charter_config::constraint::{Constraint, Op, version_cmp};
 pub use types::*;
 
 pub use crate::fleet::{
-    AgentEndpoint, Fleet, LabelIndex, Node, NodeIndexes, NodeKey, PoolOffer, free_key,
-    node_indexes, node_key, price_key,
+    AgentEndpoint, Fleet, LabelIndex, Node, NodeIndexes, NodeKey, PoolOffer, node_indexes,
+    node_key, price_key,
 };
 
 use imbl::OrdMap;
@@ -478,18 +478,7 @@ pub struct Members {
     pub term: u64,
 }
 
-impl std::ops::Deref for Members {
-    type Target = BTreeMap<u64, String>;
-    fn deref(&self) -> &BTreeMap<u64, String> {
-        &self.ids
-    }
-}
-
-impl std::ops::DerefMut for Members {
-    fn deref_mut(&mut self) -> &mut BTreeMap<u64, String> {
-        &mut self.ids
-    }
-}
+room_map!(Members, ids: BTreeMap<u64, String>);
 
 /// Objects on their way from the live state to a member's history store.
 /// Two states are equal whatever their outboxes hold.

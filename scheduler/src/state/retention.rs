@@ -140,18 +140,7 @@ pub struct Keys {
     pub legacy: OrdMap<String, Outcome>,
 }
 
-impl std::ops::Deref for Keys {
-    type Target = OrdMap<u128, (Millis, KeyOutcome)>;
-    fn deref(&self) -> &OrdMap<u128, (Millis, KeyOutcome)> {
-        &self.all
-    }
-}
-
-impl std::ops::DerefMut for Keys {
-    fn deref_mut(&mut self) -> &mut OrdMap<u128, (Millis, KeyOutcome)> {
-        &mut self.all
-    }
-}
+room_map!(Keys, all: OrdMap<u128, (Millis, KeyOutcome)>);
 
 impl Keys {
     /// Keeps `out` for key `id`, applied at `at`.

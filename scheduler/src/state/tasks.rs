@@ -65,18 +65,7 @@ pub struct Tasks {
     pub next_id: u64,
 }
 
-impl std::ops::Deref for Tasks {
-    type Target = OrdMap<u64, Task>;
-    fn deref(&self) -> &OrdMap<u64, Task> {
-        &self.all
-    }
-}
-
-impl std::ops::DerefMut for Tasks {
-    fn deref_mut(&mut self) -> &mut OrdMap<u64, Task> {
-        &mut self.all
-    }
-}
+room_map!(Tasks, all: OrdMap<u64, Task>);
 
 impl State {
     pub(super) fn submit_task(

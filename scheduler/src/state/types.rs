@@ -60,6 +60,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Its place in the queue while pending: higher priority first, then
+    /// the older request, then the lower id.
+    pub fn queue_key(&self) -> (i64, Millis, u64) {
+        (-(self.spec.priority as i64), self.requested_at, self.id)
+    }
+
     /// The cost of the lease so far or in all: price per hour × granted hours.
     pub fn cost(&self) -> f64 {
         if self.fencing_token == 0 {

@@ -8,22 +8,15 @@ use crate::state::{LeaseState, Resources};
 /// Fails on an over-committed node or an allocation that does not add up.
 pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
     for v in views {
-        let want: imbl::OrdSet<(u64, String)> = v
-            .state
-            .nodes
-            .values()
-            .filter_map(crate::state::free_key)
-            .collect();
-        if want != v.state.nodes.index.by_free {
+        let ix = crate::state::node_indexes(v.state.nodes.values());
+        let have = &v.state.nodes.index;
+        if ix.by_free != have.by_free {
             return Err(format!(
                 "member {}: the free-CPU index {:?} disagrees with the nodes {:?}",
-                v.id, v.state.nodes.index.by_free, want
+                v.id, have.by_free, ix.by_free
             ));
         }
-        let ix = crate::state::node_indexes(v.state.nodes.values());
-        if ix.by_price != v.state.nodes.index.by_price
-            || ix.by_label != v.state.nodes.index.by_label
-        {
+        if ix.by_price != have.by_price || ix.by_label != have.by_label {
             return Err(format!(
                 "member {}: the price or label index disagrees with the nodes",
                 v.id

@@ -11,10 +11,7 @@ pub fn check(views: &[MemberView<'_>]) -> Result<(), String> {
     for v in views {
         let s = &v.state;
         for l in s.leases.values() {
-            let queued =
-                s.leases
-                    .queue
-                    .contains(&(-(l.spec.priority as i64), l.requested_at, l.id));
+            let queued = s.leases.queue.contains(&l.queue_key());
             let timing = s.leases.timeouts.contains(&(l.wait_until, l.id));
             let expiring = s.leases.expiries.contains(&(l.expires_at, l.id));
             let want = match l.state {
