@@ -30,7 +30,7 @@ impl Api {
     pub(super) fn lease_anywhere(&self, id: u64) -> Result<Lease, Status> {
         let (live, next) = self
             .member
-            .read(|s| (s.leases.get(&id).cloned(), s.leases.next_id));
+            .read(|s| (s.leases.get(&id).map(|l| Lease::clone(l)), s.leases.next_id));
         live.or_else(|| self.member.history()?.lease(id))
             .ok_or_else(|| self.not_kept("lease", id, next))
     }
@@ -41,7 +41,7 @@ impl Api {
             let found = s
                 .tasks
                 .get(&id)
-                .map(|t| (t.clone(), s.leases.get(&t.lease).cloned()));
+                .map(|t| (t.clone(), s.leases.get(&t.lease).map(|l| Lease::clone(l))));
             (found, s.tasks.next_id)
         });
         if let Some(found) = live {
@@ -82,5 +82,7 @@ pub(super) fn live_leases(s: &State) -> Vec<&Lease> {
         .chain(s.leases.queue.iter().map(|(_, _, id)| *id))
         .collect();
     ids.sort_unstable();
-    ids.iter().filter_map(|id| s.leases.get(id)).collect()
+    ids.iter()
+        .filter_map(|id| s.leases.get(id).map(|l| &**l))
+        .collect()
 }

@@ -923,7 +923,7 @@ impl pb::leases_server::Leases for Api {
                 s.leases
                     .values()
                     .filter(|l| mine(l))
-                    .map(convert::lease)
+                    .map(|l| convert::lease(l))
                     .collect()
             } else {
                 history::live_leases(s)

@@ -221,7 +221,7 @@ impl pb::tasks_server::Tasks for Api {
             s.tasks
                 .values()
                 .filter(|t| wanted(t))
-                .map(|t| listed(t, s.leases.get(&t.lease)))
+                .map(|t| listed(t, s.leases.get(&t.lease).map(|l| &**l)))
                 .collect()
         });
         if r.all || want.is_some_and(|w| w.is_ended()) {

@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_TOTAL_MS: u64 = 7 * 24 * 3_600_000;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Leases {
     /// Leases by id.
-    pub all: OrdMap<u64, Lease>,
+    pub all: OrdMap<u64, Box<Lease>>,
     /// Granted leases ordered by expiry: `(expires_at, id)`.
     pub expiries: OrdSet<(Millis, u64)>,
     /// The queue: `(-priority, requested_at, id)` of pending requests.
@@ -54,7 +54,7 @@ pub struct Leases {
     pub next_id: u64,
 }
 
-room_map!(Leases, all: OrdMap<u64, Lease>);
+room_map!(Leases, all: OrdMap<u64, Box<Lease>>);
 
 impl Leases {
     /// Counts one live lease (or lock acquisition) holding `cpu`
@@ -110,7 +110,7 @@ impl State {
             Some(nodes) => self.grant(id, nodes),
             None => self.enqueue(id),
         }
-        Ok(Applied::Lease(self.leases[&id].clone()))
+        Ok(Applied::Lease(Lease::clone(&self.leases[&id])))
     }
 
     /// A request checked and completed: its renewal cap (a week, or the
@@ -195,7 +195,7 @@ impl State {
             id,
             lease_ask(&lease.spec),
         );
-        self.leases.all.insert(id, lease);
+        self.leases.all.insert(id, Box::new(lease));
         id
     }
 
@@ -373,7 +373,7 @@ impl State {
         lease.expires_at = new;
         self.leases.expiries.remove(&(old, id));
         self.leases.expiries.insert((new, id));
-        let out = lease.clone();
+        let out = Lease::clone(lease);
         self.note(EventKind::LeaseRenewed, &out.principal, id, "");
         Ok(Applied::Lease(out))
     }
@@ -463,7 +463,7 @@ impl State {
                 }
                 lease.state = to;
                 lease.ended_at = Some(now);
-                let out = lease.clone();
+                let out = Lease::clone(lease);
                 for (old, new) in moved {
                     self.nodes.reindex(old, new);
                 }
@@ -471,11 +471,11 @@ impl State {
                 self.end_task_of(id, to);
                 return out;
             }
-            _ => return lease.clone(),
+            _ => return Lease::clone(lease),
         }
         lease.state = to;
         lease.ended_at = Some(now);
-        let out = lease.clone();
+        let out = Lease::clone(lease);
         self.ended_lease(&out);
         self.end_task_of(id, to);
         out

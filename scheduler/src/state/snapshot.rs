@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 pub struct Stored {
     time: Millis,
     nodes: OrdMap<String, Node>,
-    leases: OrdMap<u64, Lease>,
+    leases: OrdMap<u64, Box<Lease>>,
     expiries: OrdSet<(Millis, u64)>,
     queue: OrdSet<(i64, Millis, u64)>,
     timeouts: OrdSet<(Millis, u64)>,

@@ -134,7 +134,7 @@ impl State {
             .ok_or_else(|| Refusal::NotFound {
                 what: format!("lease {} of task {id}", task.lease),
             })?;
-        Ok((task.clone(), lease.clone()))
+        Ok((task.clone(), Lease::clone(lease)))
     }
 
     pub(super) fn task_report(&mut self, r: &TaskReport, admin: bool) -> Outcome {
@@ -311,7 +311,7 @@ impl State {
                     .get(&l.id)
                     .and_then(|t| self.tasks.all.get(t))
                     .cloned();
-                (l.clone(), task)
+                (Lease::clone(l), task)
             })
             .collect()
     }

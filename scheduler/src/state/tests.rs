@@ -1209,6 +1209,27 @@ fn a_retry_inside_the_window_gets_its_result_and_after_it_is_new() {
 }
 
 #[test]
+fn key_times_stay_oldest_first_and_equal_their_rebuild() {
+    use super::retention::KeyTimes;
+    let mut t = KeyTimes::default();
+    let big = u128::MAX - 1; // both halves of the id matter
+    for (at, id) in [(5, 1), (7, big), (6, 3), (7, 2), (1, 9)] {
+        t.push(at, id);
+    }
+    let rebuilt: KeyTimes = [(7, 2), (1, 9), (7, big), (5, 1), (6, 3)]
+        .into_iter()
+        .collect();
+    assert_eq!(t, rebuilt);
+    let mut order = Vec::new();
+    while let Some(o) = t.oldest() {
+        order.push(o);
+        t.pop_oldest();
+    }
+    assert_eq!(order, [(1, 9), (5, 1), (6, 3), (7, 2), (7, big)]);
+    assert!(t.is_empty());
+}
+
+#[test]
 fn a_retry_whose_lease_left_names_it() {
     let mut s = retained(Retention {
         history_ms: 0,
