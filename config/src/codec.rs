@@ -97,14 +97,21 @@ pub enum CodecError {
 /// Encodes `v` as `kind` in the current format version.
 pub fn encode<T: Serialize>(kind: Kind, v: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(kind as u8);
-    rmp_serde::encode::write_named(&mut out, v).map_err(|e| CodecError::Encode {
-        kind,
-        why: e.to_string(),
-    })?;
+    encode_to(kind, v, &mut out)?;
     Ok(out)
+}
+
+/// Encodes `v` as `kind` in the current format version into `out`, as it
+/// goes (a large value, such as a snapshot, is never whole in memory).
+pub fn encode_to<T: Serialize, W: std::io::Write + ?Sized>(
+    kind: Kind,
+    v: &T,
+    out: &mut W,
+) -> Result<(), CodecError> {
+    let failed = |why: String| CodecError::Encode { kind, why };
+    out.write_all(&[MAGIC[0], MAGIC[1], VERSION, kind as u8])
+        .map_err(|e| failed(e.to_string()))?;
+    rmp_serde::encode::write_named(out, v).map_err(|e| failed(e.to_string()))
 }
 
 /// Decodes bytes of `kind` in the current format version.

@@ -14,6 +14,7 @@ use ::raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, M
 use ::raft::{Config, RawNode, ReadOnlyOption, ReadState, SnapshotStatus, StateRole};
 use protobuf::Message as _;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -109,8 +110,11 @@ pub enum Input {
         index: u64,
         /// The conf state at that index.
         conf_state: ConfState,
-        /// The serialised state.
+        /// The serialised state, when the store keeps it in memory (empty
+        /// when it streamed it to a file).
         data: Vec<u8>,
+        /// How many bytes the serialised state holds.
+        bytes: u64,
     },
     /// Writing a snapshot's data failed: fatal for the member.
     SnapshotFailed(Error),
@@ -456,6 +460,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 index,
                 conf_state,
                 data,
+                bytes,
             } => {
                 self.snapshotting = false;
                 // The log up to `index` is about to go: what its entries
@@ -465,7 +470,6 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                 {
                     tracing::error!(member = self.cfg.id, error = %e, "cannot flush the history store");
                 }
-                let bytes = data.len() as u64;
                 match self.raw.mut_store().compact_to(index, &conf_state, data) {
                     Ok(true) => {
                         self.snapshot_index = self.snapshot_index.max(index);
@@ -890,12 +894,12 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let writer = self.raw.store().snapshot_writer();
         let tx = self.tx.clone();
         if !self.cfg.background_snapshots {
-            let data = state.to_bytes();
-            let input = match writer(index, &data) {
-                Ok(()) => Input::SnapshotData {
+            let input = match writer(index, &mut |w: &mut dyn Write| state.write_to(w)) {
+                Ok(written) => Input::SnapshotData {
                     index,
                     conf_state,
-                    data,
+                    data: written.data,
+                    bytes: written.bytes,
                 },
                 Err(e) => Input::SnapshotFailed(e),
             };
@@ -906,14 +910,14 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-{}", self.cfg.id))
             .spawn(move || {
-                let data = state.to_bytes();
-                match writer(index, &data) {
+                match writer(index, &mut |w: &mut dyn Write| state.write_to(w)) {
                     // The driver may have stopped meanwhile; then nobody needs it.
-                    Ok(()) => {
+                    Ok(written) => {
                         let _ = tx.send(Input::SnapshotData {
                             index,
                             conf_state,
-                            data,
+                            data: written.data,
+                            bytes: written.bytes,
                         });
                     }
                     Err(e) => {

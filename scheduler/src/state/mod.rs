@@ -624,6 +624,13 @@ impl State {
         crate::codec::encode(crate::codec::Kind::Snapshot, self)
     }
 
+    /// Writes what [`State::to_bytes`] makes into `out` as it goes, so a
+    /// snapshot is never whole in memory.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        charter_config::codec::encode_to(crate::codec::Kind::Snapshot, self, out)
+            .map_err(std::io::Error::other)
+    }
+
     /// Reads a snapshot's state, in any format version this member knows.
     pub fn from_bytes(b: &[u8]) -> Result<State, crate::codec::CodecError> {
         let mut s: State = crate::codec::decode_stored(crate::codec::Kind::Snapshot, b)?;

@@ -168,7 +168,16 @@ impl LogStore for MemStore {
         self.conf_state.clone()
     }
     fn snapshot_writer(&self) -> SnapshotWriter {
-        std::sync::Arc::new(|_, _| Ok(()))
+        std::sync::Arc::new(|index, encode| {
+            let mut data = Vec::new();
+            encode(&mut data).map_err(|e| {
+                Error::Storage(format!("memory store: cannot encode snapshot {index}: {e}"))
+            })?;
+            Ok(super::Written {
+                bytes: data.len() as u64,
+                data,
+            })
+        })
     }
     fn take_snapshot_request(&mut self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::SeqCst)

@@ -26,9 +26,30 @@ pub use memory::MemStore;
 pub use sled_store::SledStore;
 pub use snapshot_files::SnapshotData;
 
-/// Writes a snapshot's data durably (from any thread) before the driver
-/// records it with [`LogStore::compact_to`].
-pub type SnapshotWriter = std::sync::Arc<dyn Fn(u64, &[u8]) -> StoreResult<()> + Send + Sync>;
+/// Writes the data of the snapshot at an index durably (from any thread)
+/// before the driver records it with [`LogStore::compact_to`]: the data is
+/// what [`Encode`] writes, streamed to its file by a store that keeps
+/// snapshots on disk (so a large state is never whole in memory).
+pub type SnapshotWriter =
+    std::sync::Arc<dyn Fn(u64, &mut Encode<'_>) -> StoreResult<Written> + Send + Sync>;
+
+/// Writes a snapshot's data into the writer it is given.
+pub type Encode<'a> = dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()> + 'a;
+
+/// What a [`SnapshotWriter`] wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// How many bytes the data holds.
+    pub bytes: u64,
+    /// The data, for a store that keeps it in memory; empty for one that
+    /// keeps it on disk.
+    pub data: Vec<u8>,
+}
+
+/// Writes `data` as the data of the snapshot at `index` through `writer`.
+pub fn write_snapshot(writer: &SnapshotWriter, index: u64, data: &[u8]) -> StoreResult<Written> {
+    writer(index, &mut |w: &mut dyn std::io::Write| w.write_all(data))
+}
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 

@@ -2,7 +2,7 @@
 //! log, whichever store keeps the log.
 
 use super::sled_store::{open_db, st};
-use super::{SnapshotWriter, StoreResult};
+use super::{Encode, SnapshotWriter, StoreResult, Written};
 use raft::eraftpb::Snapshot;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,20 +30,36 @@ impl SnapshotData {
         self.dir.join(format!("{index:020}.snap"))
     }
 
-    /// Writes the data of the snapshot at `index` and makes it durable.
+    /// Writes `data` as the data of the snapshot at `index` and makes it
+    /// durable.
     pub fn write(&self, index: u64, data: &[u8]) -> StoreResult<()> {
-        use std::io::Write;
+        self.write_with(index, &mut |w: &mut dyn std::io::Write| w.write_all(data))
+            .map(drop)
+    }
+
+    /// Writes the data of the snapshot at `index`, as `encode` makes it,
+    /// and makes it durable; returns how many bytes it holds.
+    pub fn write_with(&self, index: u64, encode: &mut Encode<'_>) -> StoreResult<u64> {
         let tmp = self.dir.join(format!("{index:020}.snap.tmp"));
         let io = |what: &str, e: std::io::Error| st(&self.dir, what, e);
-        let mut f = File::create(&tmp).map_err(|e| io("cannot write snapshot data", e))?;
-        f.write_all(data)
-            .map_err(|e| io("cannot write snapshot data", e))?;
+        let f = File::create(&tmp).map_err(|e| io("cannot write snapshot data", e))?;
+        let mut out = Counted {
+            inner: std::io::BufWriter::with_capacity(256 << 10, f),
+            bytes: 0,
+        };
+        encode(&mut out).map_err(|e| io("cannot write snapshot data", e))?;
+        let bytes = out.bytes;
+        let f = out
+            .inner
+            .into_inner()
+            .map_err(|e| io("cannot write snapshot data", e.into_error()))?;
         f.sync_data()
             .map_err(|e| io("cannot fsync snapshot data", e))?;
         std::fs::rename(&tmp, self.file(index)).map_err(|e| io("cannot write snapshot data", e))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| io("cannot fsync the snapshot directory", e))
+            .map_err(|e| io("cannot fsync the snapshot directory", e))?;
+        Ok(bytes)
     }
 
     pub(super) fn read(&self, index: u64) -> StoreResult<Option<Vec<u8>>> {
@@ -178,6 +194,29 @@ impl Snapshots {
     /// A handle that writes snapshot data durably from another thread.
     pub(super) fn writer(&self) -> SnapshotWriter {
         let sink = self.sink.clone();
-        std::sync::Arc::new(move |index, data| sink.write(index, data))
+        std::sync::Arc::new(move |index, encode| {
+            Ok(Written {
+                bytes: sink.write_with(index, encode)?,
+                data: Vec::new(),
+            })
+        })
+    }
+}
+
+/// A writer that counts what goes through it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

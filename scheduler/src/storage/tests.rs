@@ -53,6 +53,7 @@ on_both!(
     a_directory_that_is_a_file_is_a_clear_error,
     a_snapshot_whose_data_vanished_is_a_clear_error,
     a_stored_commit_behind_the_snapshot_is_raised_to_it_on_open,
+    a_state_streamed_to_a_snapshot_reads_back_whole,
 );
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
@@ -123,7 +124,7 @@ fn compaction_keeps_a_snapshot_and_drops_the_prefix<S: Opened>() {
             ..Default::default()
         };
         s.set_conf_state(&cs).unwrap();
-        (s.snapshot_writer())(7, b"state@7").unwrap();
+        write_snapshot(&s.snapshot_writer(), 7, b"state@7").unwrap();
         assert!(s.compact_to(7, &cs, b"state@7".to_vec()).unwrap());
         assert!(
             !s.compact_to(3, &cs, b"gone".to_vec()).unwrap(),
@@ -154,7 +155,7 @@ fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew<S: Opene
         ..Default::default()
     };
     s.set_conf_state(&cs).unwrap();
-    (s.snapshot_writer())(3, b"old").unwrap();
+    write_snapshot(&s.snapshot_writer(), 3, b"old").unwrap();
     s.compact_to(3, &cs, b"old".to_vec()).unwrap();
     assert!(!s.take_snapshot_request());
     // Member 4 joined after that snapshot: it would refuse it.
@@ -167,7 +168,7 @@ fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew<S: Opene
     assert!(s.take_snapshot_request());
     assert!(!s.take_snapshot_request(), "the request is taken once");
     cs.voters.push(4);
-    (s.snapshot_writer())(5, b"new").unwrap();
+    write_snapshot(&s.snapshot_writer(), 5, b"new").unwrap();
     s.compact_to(5, &cs, b"new".to_vec()).unwrap();
     assert_eq!(&s.snapshot(0, 4).unwrap().data[..], b"new");
 }
@@ -230,6 +231,42 @@ fn a_received_snapshot_replaces_the_log<S: Opened>() {
     assert_eq!((got[0].term, got[0].data.to_vec()), (6, b"new".to_vec()));
 }
 
+fn a_state_streamed_to_a_snapshot_reads_back_whole<S: Opened>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = S::open_at(dir.path()).unwrap();
+    let es: Vec<Entry> = (1..=4).map(|i| entry(i, 1, b"x")).collect();
+    s.append(&es).unwrap();
+    let cs = ConfState {
+        voters: vec![1],
+        ..Default::default()
+    };
+    s.set_conf_state(&cs).unwrap();
+    // A state of many leases, large enough to pass through the file's
+    // buffer several times, written as it encodes.
+    let mut state = crate::state::State::new(Default::default());
+    for id in 0..20_000u64 {
+        let mut l = crate::state::Lease {
+            id,
+            principal: format!("user-{id}"),
+            ..Default::default()
+        };
+        l.spec.reason = "streamed".into();
+        state.leases.all.insert(id, Box::new(l));
+    }
+    let whole = state.to_bytes();
+    assert!(whole.len() > 512 << 10, "{} bytes", whole.len());
+    let written =
+        (s.snapshot_writer())(3, &mut |w: &mut dyn std::io::Write| state.write_to(w)).unwrap();
+    assert_eq!(written.bytes, whole.len() as u64);
+    s.compact_to(3, &cs, written.data).unwrap();
+    let snap = s.snapshot(0, 1).unwrap();
+    assert_eq!(snap.data.len(), whole.len());
+    assert!(
+        snap.data[..] == whole[..],
+        "the file holds what to_bytes makes"
+    );
+}
+
 fn a_directory_that_is_a_file_is_a_clear_error<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("data");
@@ -285,7 +322,7 @@ fn a_stored_commit_behind_the_snapshot_is_raised_to_it_on_open<S: Opened>() {
             ..Default::default()
         })
         .unwrap();
-        (s.snapshot_writer())(7, b"state@7").unwrap();
+        write_snapshot(&s.snapshot_writer(), 7, b"state@7").unwrap();
         assert!(s.compact_to(7, &cs, b"state@7".to_vec()).unwrap());
         s.sync().unwrap();
     }
@@ -312,7 +349,7 @@ fn snapshot_data_is_a_file_and_a_store_from_before_moves_its_data_over() {
         let es: Vec<Entry> = (1..=9).map(|i| entry(i, 1, b"x")).collect();
         s.append(&es).unwrap();
         for (index, data) in [(4u64, b"four".to_vec()), (8, b"eight".to_vec())] {
-            (s.snapshot_writer())(index, &data).unwrap();
+            write_snapshot(&s.snapshot_writer(), index, &data).unwrap();
             s.compact_to(index, &cs, data).unwrap();
         }
         s.sync().unwrap();
@@ -484,7 +521,7 @@ fn the_engine_drops_log_files_after_compaction() {
         }
         let live = s.log_bytes();
         assert!(live > 90 << 20, "{live}");
-        (s.snapshot_writer())(to - 6, b"state").unwrap();
+        write_snapshot(&s.snapshot_writer(), to - 6, b"state").unwrap();
         assert!(s.compact_to(to - 6, &cs, b"state".to_vec()).unwrap());
         s.sync().unwrap();
         // The purge thread drops (or keeps for reuse, up to 24 MiB) files
@@ -537,7 +574,7 @@ fn a_log_kept_in_sled_moves_to_the_engine_when_opened() {
         s.append(&es).unwrap();
         s.set_conf_state(&cs).unwrap();
         s.set_hard_state(&hs).unwrap();
-        (s.snapshot_writer())(7, b"state@7").unwrap();
+        write_snapshot(&s.snapshot_writer(), 7, b"state@7").unwrap();
         assert!(s.compact_to(7, &cs, b"state@7".to_vec()).unwrap());
         s.sync().unwrap();
     }
