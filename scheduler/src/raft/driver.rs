@@ -379,6 +379,9 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             }
         }
         self.fail_all(|| Error::Stopped);
+        if result.is_ok() {
+            self.snapshot_at_stop();
+        }
         // Best effort: make what was written durable before the thread ends.
         let _ = self.raw.mut_store().sync();
         result
@@ -873,6 +876,49 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         Ok(())
     }
 
+    /// Serialises `state` (at `index`) on this thread and compacts the log
+    /// to it.
+    fn snapshot_here(
+        &mut self,
+        state: &State,
+        index: u64,
+        conf_state: ConfState,
+        writer: &crate::storage::SnapshotWriter,
+    ) {
+        let input = match writer(index, &mut |w: &mut dyn Write| state.write_to(w)) {
+            Ok(written) => Input::SnapshotData {
+                index,
+                conf_state,
+                data: written.data,
+                bytes: written.bytes,
+            },
+            Err(e) => Input::SnapshotFailed(e),
+        };
+        self.snapshotting = true;
+        self.handle(input);
+    }
+
+    /// On a graceful stop, a snapshot at the applied index (unless one is
+    /// being written or the last is there already), so a restart loads it
+    /// instead of applying the log since the last snapshot again (what a
+    /// `kill -9` still costs). A failure only costs that replay.
+    fn snapshot_at_stop(&mut self) {
+        if self.snapshotting || self.applied <= self.snapshot_index {
+            return;
+        }
+        let state = match self.state.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let index = self.applied;
+        let conf_state = self.raw.store().conf_state();
+        let writer = self.raw.store().snapshot_writer();
+        self.snapshot_here(&state, index, conf_state, &writer);
+        if let Some(e) = self.fatal.take() {
+            tracing::warn!(member = self.cfg.id, error = %e, "no snapshot at stop");
+        }
+    }
+
     /// Starts a snapshot when enough entries were applied since the last one
     /// or raft asked for a fresh one. The state is cloned here (a consistent
     /// cut at `applied`) and serialised on another thread, so a large state
@@ -894,17 +940,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let writer = self.raw.store().snapshot_writer();
         let tx = self.tx.clone();
         if !self.cfg.background_snapshots {
-            let input = match writer(index, &mut |w: &mut dyn Write| state.write_to(w)) {
-                Ok(written) => Input::SnapshotData {
-                    index,
-                    conf_state,
-                    data: written.data,
-                    bytes: written.bytes,
-                },
-                Err(e) => Input::SnapshotFailed(e),
-            };
-            self.snapshotting = true;
-            self.handle(input);
+            self.snapshot_here(&state, index, conf_state, &writer);
             return;
         }
         let spawned = std::thread::Builder::new()

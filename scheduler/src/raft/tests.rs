@@ -260,3 +260,25 @@ fn a_failed_fsync_stops_the_member_and_answers_nobody() {
     assert!(lost_rx.try_recv().is_err());
     assert!(h.read(|s| !s.nodes.contains_key("b")));
 }
+
+#[test]
+fn a_graceful_stop_leaves_a_snapshot_at_the_applied_index() {
+    let (mut d, h, _, _) = lone_leader();
+    for i in 0..3 {
+        let (reply, mut rx) = oneshot::channel();
+        h.send_input(Input::Propose {
+            proposal: register(&format!("n{i}")),
+            reply,
+        })
+        .unwrap();
+        d.turn().unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Ok(Ok(Applied::Node(_))))));
+    }
+    let applied = h.status().applied;
+    assert_eq!(h.status().snapshot_bytes, 0, "far from a periodic snapshot");
+    h.shutdown();
+    d.run().unwrap();
+    let s = h.status();
+    assert!(s.snapshot_bytes > 0, "no snapshot at stop: {s:?}");
+    assert_eq!(s.applied, applied);
+}
