@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::state::{Event, EventKind, Millis, Outcome, Proposal, State};
-use crate::storage::{History, LogStore};
+use crate::storage::{History, LogStore, SnapshotWriter, Written};
 use crate::transport::{Report, Transport};
 use crate::{Error, Result};
 use ::raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
@@ -110,11 +110,9 @@ pub enum Input {
         index: u64,
         /// The conf state at that index.
         conf_state: ConfState,
-        /// The serialised state, when the store keeps it in memory (empty
-        /// when it streamed it to a file).
-        data: Vec<u8>,
-        /// How many bytes the serialised state holds.
-        bytes: u64,
+        /// What the store wrote: its size, and the bytes when it keeps
+        /// them in memory.
+        written: Written,
     },
     /// Writing a snapshot's data failed: fatal for the member.
     SnapshotFailed(Error),
@@ -173,6 +171,36 @@ fn log_events(member: u64, index: u64, events: &[Event]) {
                 "{}",
                 e.kind
             );
+        }
+    }
+}
+
+/// A snapshot to be: the state at an applied index and what serialising
+/// it needs, so it can be done on any thread.
+struct SnapshotCut {
+    state: State,
+    index: u64,
+    conf_state: ConfState,
+    writer: SnapshotWriter,
+}
+
+impl SnapshotCut {
+    /// Streams the state through the store's writer; what the driver
+    /// compacts with, or why it could not.
+    fn serialise(self) -> Input {
+        let SnapshotCut {
+            state,
+            index,
+            conf_state,
+            writer,
+        } = self;
+        match writer(index, &mut |w: &mut dyn Write| state.write_to(w)) {
+            Ok(written) => Input::SnapshotData {
+                index,
+                conf_state,
+                written,
+            },
+            Err(e) => Input::SnapshotFailed(e),
         }
     }
 }
@@ -462,8 +490,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             Input::SnapshotData {
                 index,
                 conf_state,
-                data,
-                bytes,
+                written: Written { bytes, data },
             } => {
                 self.snapshotting = false;
                 // The log up to `index` is about to go: what its entries
@@ -479,6 +506,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
                         self.snapshot_bytes = bytes;
                         if let Ok(mut s) = self.status.lock() {
                             s.snapshot_bytes = bytes;
+                            s.snapshot_index = self.snapshot_index;
                         }
                         tracing::debug!(
                             member = self.cfg.id,
@@ -876,25 +904,24 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         Ok(())
     }
 
-    /// Serialises `state` (at `index`) on this thread and compacts the log
-    /// to it.
-    fn snapshot_here(
-        &mut self,
-        state: &State,
-        index: u64,
-        conf_state: ConfState,
-        writer: &crate::storage::SnapshotWriter,
-    ) {
-        let input = match writer(index, &mut |w: &mut dyn Write| state.write_to(w)) {
-            Ok(written) => Input::SnapshotData {
-                index,
-                conf_state,
-                data: written.data,
-                bytes: written.bytes,
+    /// The state at `applied` (a clone: a consistent cut) with what
+    /// serialising it needs.
+    fn cut(&self) -> SnapshotCut {
+        SnapshotCut {
+            state: match self.state.read() {
+                Ok(g) => g.clone(),
+                Err(p) => p.into_inner().clone(),
             },
-            Err(e) => Input::SnapshotFailed(e),
-        };
+            index: self.applied,
+            conf_state: self.raw.store().conf_state(),
+            writer: self.raw.store().snapshot_writer(),
+        }
+    }
+
+    /// Serialises `cut` on this thread and compacts the log to it.
+    fn snapshot_here(&mut self, cut: SnapshotCut) {
         self.snapshotting = true;
+        let input = cut.serialise();
         self.handle(input);
     }
 
@@ -906,14 +933,7 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         if self.snapshotting || self.applied <= self.snapshot_index {
             return;
         }
-        let state = match self.state.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        let index = self.applied;
-        let conf_state = self.raw.store().conf_state();
-        let writer = self.raw.store().snapshot_writer();
-        self.snapshot_here(&state, index, conf_state, &writer);
+        self.snapshot_here(self.cut());
         if let Some(e) = self.fatal.take() {
             tracing::warn!(member = self.cfg.id, error = %e, "no snapshot at stop");
         }
@@ -930,37 +950,17 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         if self.snapshotting || !(due || wanted) || self.applied <= self.snapshot_index {
             return;
         }
-        let state = match self.state.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let cut = self.cut();
         self.log_bytes = 0;
-        let index = self.applied;
-        let conf_state = self.raw.store().conf_state();
-        let writer = self.raw.store().snapshot_writer();
-        let tx = self.tx.clone();
         if !self.cfg.background_snapshots {
-            self.snapshot_here(&state, index, conf_state, &writer);
+            self.snapshot_here(cut);
             return;
         }
+        let tx = self.tx.clone();
+        // The driver may have stopped meanwhile; then nobody needs it.
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-{}", self.cfg.id))
-            .spawn(move || {
-                match writer(index, &mut |w: &mut dyn Write| state.write_to(w)) {
-                    // The driver may have stopped meanwhile; then nobody needs it.
-                    Ok(written) => {
-                        let _ = tx.send(Input::SnapshotData {
-                            index,
-                            conf_state,
-                            data: written.data,
-                            bytes: written.bytes,
-                        });
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Input::SnapshotFailed(e));
-                    }
-                }
-            });
+            .spawn(move || drop(tx.send(cut.serialise())));
         match spawned {
             Ok(_) => self.snapshotting = true,
             Err(e) => {

@@ -280,5 +280,5 @@ fn a_graceful_stop_leaves_a_snapshot_at_the_applied_index() {
     d.run().unwrap();
     let s = h.status();
     assert!(s.snapshot_bytes > 0, "no snapshot at stop: {s:?}");
-    assert_eq!(s.applied, applied);
+    assert_eq!((s.applied, s.snapshot_index), (applied, applied));
 }

@@ -46,11 +46,6 @@ pub struct Written {
     pub data: Vec<u8>,
 }
 
-/// Writes `data` as the data of the snapshot at `index` through `writer`.
-pub fn write_snapshot(writer: &SnapshotWriter, index: u64, data: &[u8]) -> StoreResult<Written> {
-    writer(index, &mut |w: &mut dyn std::io::Write| w.write_all(data))
-}
-
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 /// Errors of a storage write. Any of them stops the member.

@@ -56,6 +56,25 @@ on_both!(
     a_state_streamed_to_a_snapshot_reads_back_whole,
 );
 
+/// Writes `data` as the data of the snapshot at `index` through `writer`.
+fn write_snapshot(writer: &SnapshotWriter, index: u64, data: &[u8]) -> StoreResult<Written> {
+    writer(index, &mut |w: &mut dyn std::io::Write| w.write_all(data))
+}
+
+/// A store opened at `dir` holding entries 1 to `last` of term 1, with
+/// `voters` as its conf state.
+fn with_log<S: Opened>(dir: &Path, last: u64, voters: &[u64]) -> (S, ConfState) {
+    let mut s = S::open_at(dir).unwrap();
+    let es: Vec<Entry> = (1..=last).map(|i| entry(i, 1, b"x")).collect();
+    s.append(&es).unwrap();
+    let cs = ConfState {
+        voters: voters.to_vec(),
+        ..Default::default()
+    };
+    s.set_conf_state(&cs).unwrap();
+    (s, cs)
+}
+
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
     Entry {
         index,
@@ -116,14 +135,7 @@ fn append_truncates_a_conflicting_suffix<S: Opened>() {
 fn compaction_keeps_a_snapshot_and_drops_the_prefix<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = S::open_at(dir.path()).unwrap();
-        let es: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
-        s.append(&es).unwrap();
-        let cs = ConfState {
-            voters: vec![1, 2],
-            ..Default::default()
-        };
-        s.set_conf_state(&cs).unwrap();
+        let (mut s, cs) = with_log::<S>(dir.path(), 10, &[1, 2]);
         write_snapshot(&s.snapshot_writer(), 7, b"state@7").unwrap();
         assert!(s.compact_to(7, &cs, b"state@7".to_vec()).unwrap());
         assert!(
@@ -147,14 +159,7 @@ fn compaction_keeps_a_snapshot_and_drops_the_prefix<S: Opened>() {
 
 fn a_snapshot_from_before_a_member_joined_is_refused_and_requested_anew<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = S::open_at(dir.path()).unwrap();
-    let es: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
-    s.append(&es).unwrap();
-    let mut cs = ConfState {
-        voters: vec![1, 2, 3],
-        ..Default::default()
-    };
-    s.set_conf_state(&cs).unwrap();
+    let (mut s, mut cs) = with_log::<S>(dir.path(), 5, &[1, 2, 3]);
     write_snapshot(&s.snapshot_writer(), 3, b"old").unwrap();
     s.compact_to(3, &cs, b"old".to_vec()).unwrap();
     assert!(!s.take_snapshot_request());
@@ -233,14 +238,7 @@ fn a_received_snapshot_replaces_the_log<S: Opened>() {
 
 fn a_state_streamed_to_a_snapshot_reads_back_whole<S: Opened>() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = S::open_at(dir.path()).unwrap();
-    let es: Vec<Entry> = (1..=4).map(|i| entry(i, 1, b"x")).collect();
-    s.append(&es).unwrap();
-    let cs = ConfState {
-        voters: vec![1],
-        ..Default::default()
-    };
-    s.set_conf_state(&cs).unwrap();
+    let (mut s, cs) = with_log::<S>(dir.path(), 4, &[1]);
     // A state of many leases, large enough to pass through the file's
     // buffer several times, written as it encodes.
     let mut state = crate::state::State::new(Default::default());
@@ -307,14 +305,7 @@ fn a_stored_commit_behind_the_snapshot_is_raised_to_it_on_open<S: Opened>() {
     // refuses to start on such a hard state.
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut s = S::open_at(dir.path()).unwrap();
-        let es: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
-        s.append(&es).unwrap();
-        let cs = ConfState {
-            voters: vec![1],
-            ..Default::default()
-        };
-        s.set_conf_state(&cs).unwrap();
+        let (mut s, cs) = with_log::<S>(dir.path(), 10, &[1]);
         s.set_hard_state(&HardState {
             term: 1,
             vote: 1,
