@@ -437,4 +437,37 @@ mod tests {
         let e = decode::<State>(Kind::Snapshot, b"CH\x01S\xff").unwrap_err();
         assert!(matches!(e, CodecError::Corrupt { version: 1, .. }), "{e}");
     }
+
+    /// A snapshot whose map or set header claims 2^32-1 entries that are
+    /// not there is refused as corrupt. imbl's own decoding reserved room
+    /// for all of them first, and the member aborted on a terabyte
+    /// allocation (found by the fuzz test in `service::convert`).
+    #[test]
+    fn a_snapshot_claiming_more_entries_than_it_has_is_refused_not_an_abort() {
+        let field = |name: &str, body: &[u8]| {
+            let mut b = b"CH\x01S\x81".to_vec(); // a map of one field
+            b.push(0xa0 | name.len() as u8); // fixstr
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(body);
+            b
+        };
+        let map32 = b"\xdf\xff\xff\xff\xff";
+        let array32 = b"\xdd\xff\xff\xff\xff";
+        let mut job_runs = b"\x81\xa1j".to_vec(); // {"j": <runs of job j>}
+        job_runs.extend_from_slice(map32);
+        for (what, bytes) in [
+            ("nodes", field("nodes", map32)),
+            ("leases", field("leases", map32)),
+            ("expiries", field("expiries", array32)),
+            ("keys", field("keys", map32)),
+            ("cron_runs", field("cron_runs", map32)),
+            ("one job's cron runs", field("cron_runs", &job_runs)),
+        ] {
+            let e = decode::<State>(Kind::Snapshot, &bytes).unwrap_err();
+            assert!(
+                matches!(e, CodecError::Corrupt { version: 1, .. }),
+                "{what}: {e}"
+            );
+        }
+    }
 }
