@@ -4,8 +4,9 @@
 //! the heap held and what each large map takes, and how long a clone (what
 //! the raft thread does per snapshot) takes.
 //!
-//! `cargo run --release -p charter-scheduler --example state_heap [CYCLES]`
-//! (default 200,000).
+//! `cargo run --release -p charter-scheduler --example state_heap [CYCLES]
+//! [PER_MS]` (default 200,000 cycles, 2 in each ms of state time: the soak
+//! runs 1,500-4,000 cycles a second, so several keys share a millisecond).
 
 use charter_scheduler::state::{Applied, Command, LeaseSpec, Millis, Proposal, Resources, State};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -64,6 +65,14 @@ fn main() -> Result<(), String> {
             .map_err(|e| format!("CYCLES {a:?}: {e}: give a whole number"))?,
         None => 200_000,
     };
+    let per_ms: u64 = match std::env::args().nth(2) {
+        Some(a) => a
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(format!("PER_MS {a:?}: give a whole number above 0"))?,
+        None => 2,
+    };
     let mut s = State::new(Default::default());
     let register = Command::RegisterNode {
         name: "soak".into(),
@@ -81,8 +90,9 @@ fn main() -> Result<(), String> {
     s.apply(&proposal(1, "node".into(), register))
         .map_err(|r| format!("register: {r:?}"))?;
     let start = mib();
+    let began = Instant::now();
     for n in 0..cycles {
-        let at = 1_000_000 + n as Millis;
+        let at = 1_000_000 + (n / per_ms) as Millis;
         let mut spec = LeaseSpec::simple(
             Resources {
                 cpu_millis: 10,
@@ -111,7 +121,8 @@ fn main() -> Result<(), String> {
         s.events.0.clear();
     }
     println!(
-        "{cycles} cycles: state heap {:.2} MiB, {} leases, {} keys",
+        "{cycles} cycles ({per_ms} per ms) in {:?}: state heap {:.2} MiB, {} leases, {} keys",
+        began.elapsed(),
         mib() - start,
         s.leases.len(),
         s.keys.len()

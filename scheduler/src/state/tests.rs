@@ -1229,6 +1229,46 @@ fn key_times_stay_oldest_first_and_equal_their_rebuild() {
     assert!(t.is_empty());
 }
 
+proptest::proptest! {
+    /// Keys pushed in time order, many in the same millisecond, with
+    /// trims and rebuilds (a restore from a snapshot) between: the order is
+    /// always that of a sorted list of `(at, id)`, and equal to its rebuild.
+    #[test]
+    fn key_times_match_a_sorted_list_through_pushes_trims_and_rebuilds(
+        ops in proptest::collection::vec((0i64..3, proptest::prelude::any::<u128>(), 0u8..10), 1..300)
+    ) {
+        use super::retention::KeyTimes;
+        let (mut t, mut model, mut at) = (KeyTimes::default(), Vec::new(), 0);
+        for (dt, id, what) in ops {
+            at += dt;
+            match what {
+                0 => {
+                    t.pop_oldest();
+                    if !model.is_empty() {
+                        model.remove(0);
+                    }
+                }
+                1 => t = model.iter().copied().collect(),
+                _ => {
+                    t.push(at, id);
+                    let i = model.partition_point(|m| *m <= (at, id));
+                    model.insert(i, (at, id));
+                }
+            }
+            proptest::prop_assert_eq!(t.len(), model.len());
+            proptest::prop_assert_eq!(t.oldest(), model.first().copied());
+        }
+        let rebuilt: KeyTimes = model.iter().copied().collect();
+        proptest::prop_assert_eq!(&t, &rebuilt);
+        let mut order = Vec::new();
+        while let Some(o) = t.oldest() {
+            order.push(o);
+            t.pop_oldest();
+        }
+        proptest::prop_assert_eq!(order, model);
+    }
+}
+
 #[test]
 fn a_retry_whose_lease_left_names_it() {
     let mut s = retained(Retention {
