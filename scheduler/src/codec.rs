@@ -470,4 +470,27 @@ mod tests {
             );
         }
     }
+
+    /// A key id is written as the `u128` it was before it was kept as two
+    /// halves, and either reads back as the other.
+    #[test]
+    fn a_key_id_is_written_as_its_u128() {
+        use crate::state::retention::KeyId;
+        for id in [
+            0,
+            1,
+            u128::from(u64::MAX),
+            u128::MAX - 1,
+            0x0123_4567_89ab_cdef << 60,
+        ] {
+            let as_u128 = rmp_serde::to_vec_named(&id).unwrap();
+            assert_eq!(rmp_serde::to_vec_named(&KeyId::from(id)).unwrap(), as_u128);
+            let back: KeyId = rmp_serde::from_slice(&as_u128).unwrap();
+            assert_eq!(u128::from(back), id);
+        }
+        assert!(
+            KeyId::from(1u128 << 64) > KeyId::from(u128::from(u64::MAX)),
+            "ordered as the u128"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 use super::apps::App;
 use super::cron::{CronJob, Runs};
 use super::locks::{Lock, LockHold};
-use super::retention::KeyOutcome;
+use super::retention::{KeyId, KeyOutcome};
 use super::{Lease, Millis, Node, Outcome, PoolOffer, Quota, Retention, State, Task};
 use charter_config::deployment::Deployment;
 use imbl::{OrdMap, OrdSet};
@@ -57,7 +57,7 @@ pub struct Stored {
     next_lease_id: u64,
     fencing_token: u64,
     #[serde(default, deserialize_with = "bounded::map")]
-    keys: OrdMap<u128, (Millis, KeyOutcome)>,
+    keys: OrdMap<KeyId, (Millis, KeyOutcome)>,
     /// Read from snapshots written before retention, never written.
     #[serde(default, skip_serializing, deserialize_with = "bounded::map")]
     applied_keys: OrdMap<String, Outcome>,

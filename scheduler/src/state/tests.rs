@@ -1213,11 +1213,13 @@ fn key_times_stay_oldest_first_and_equal_their_rebuild() {
     use super::retention::KeyTimes;
     let mut t = KeyTimes::default();
     let big = u128::MAX - 1; // both halves of the id matter
+    let k = |id: u128| super::retention::KeyId::from(id);
     for (at, id) in [(5, 1), (7, big), (6, 3), (7, 2), (1, 9)] {
-        t.push(at, id);
+        t.push(at, k(id));
     }
     let rebuilt: KeyTimes = [(7, 2), (1, 9), (7, big), (5, 1), (6, 3)]
         .into_iter()
+        .map(|(at, id)| (at, k(id)))
         .collect();
     assert_eq!(t, rebuilt);
     let mut order = Vec::new();
@@ -1225,7 +1227,11 @@ fn key_times_stay_oldest_first_and_equal_their_rebuild() {
         order.push(o);
         t.pop_oldest();
     }
-    assert_eq!(order, [(1, 9), (5, 1), (6, 3), (7, 2), (7, big)]);
+    let want: Vec<_> = [(1, 9), (5, 1), (6, 3), (7, 2), (7, big)]
+        .into_iter()
+        .map(|(at, id)| (at, k(id)))
+        .collect();
+    assert_eq!(order, want);
     assert!(t.is_empty());
 }
 
@@ -1240,6 +1246,7 @@ proptest::proptest! {
         use super::retention::KeyTimes;
         let (mut t, mut model, mut at) = (KeyTimes::default(), Vec::new(), 0);
         for (dt, id, what) in ops {
+            let id = super::retention::KeyId::from(id);
             at += dt;
             match what {
                 0 => {
