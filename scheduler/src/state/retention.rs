@@ -131,7 +131,7 @@ pub fn principal_key_id(principal: &str, key: &str) -> KeyId {
 /// and written to snapshots as one (the format is unchanged). Halves
 /// because a `u128` aligns to 16 bytes, which made a kept key's map entry
 /// 48 bytes instead of 40.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyId(u64, u64);
 
 impl From<u128> for KeyId {
@@ -205,15 +205,18 @@ impl Keys {
 /// millisecond (a batch of writes, or a busy one) and their ids are
 /// hashes, so the order within a millisecond is by id: a restored member
 /// rebuilds the same order, and trimming by count takes the same keys on
-/// every member. The keys of the newest millisecond wait in a small sorted
-/// `newest`; when a later one comes they are pushed at the back of a
-/// persistent vector, which trimming pops at the front. So an entry takes
-/// 24 bytes in dense chunks ([`KeyId`]'s halves: a `u128` would align it
-/// to 32) and a clone for a snapshot stays O(1). Sorted inserts
+/// every member. The newest millisecond's keys are kept apart in a small
+/// sorted `newest`; when a later one comes they are pushed at the back of
+/// a persistent vector, which trimming pops at the front. So an entry
+/// takes 24 bytes in dense chunks ([`KeyId`]'s halves: a `u128` would
+/// align it to 32) and a clone for a snapshot stays O(1). Sorted inserts
 /// into the vector itself (the way before) split its chunks: 200,000
 /// cycles of `scheduler/examples/state_heap.rs` took 3.9 s at 2 keys per
 /// ms and 10.5 s at 16.
-#[derive(Clone, Debug, Default)]
+///
+/// Always: `newest` holds exactly the keys of the newest millisecond there
+/// is, `done` every older one, so two equal sequences are split alike.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct KeyTimes {
     /// Older than the newest millisecond, in order.
     done: Vector<(Millis, KeyId)>,
@@ -226,38 +229,22 @@ impl KeyTimes {
     pub fn push(&mut self, at: Millis, id: KeyId) {
         let e = (at, id);
         match self.newest.first() {
-            Some(n) if n.0 < at => self.settle(),
-            Some(n) if n.0 > at => return self.insert_late(e),
-            Some(_) => {}
-            None => {
-                // After a rebuild the newest millisecond is in `done`.
-                while self.done.back().is_some_and(|b| b.0 == at) {
-                    if let Some(b) = self.done.pop_back() {
-                        self.newest.insert(0, b);
-                    }
-                }
-                if self.done.back().is_some_and(|b| b.0 > at) {
-                    return self.insert_late(e);
+            Some(n) if n.0 < at => {
+                for n in self.newest.drain(..) {
+                    self.done.push_back(n);
                 }
             }
+            Some(n) if n.0 > at => {
+                // Older than the newest millisecond: the state never
+                // makes one, but the order holds whatever the caller does.
+                let i = self.done.binary_search(&e).unwrap_or_else(|i| i);
+                self.done.insert(i, e);
+                return;
+            }
+            _ => {}
         }
         let i = self.newest.partition_point(|n| *n <= e);
         self.newest.insert(i, e);
-    }
-
-    /// Moves the newest millisecond's keys into `done`.
-    fn settle(&mut self) {
-        for n in self.newest.drain(..) {
-            self.done.push_back(n);
-        }
-    }
-
-    /// A key older than the newest millisecond (the state never makes
-    /// one; kept so that the order holds whatever the caller does).
-    fn insert_late(&mut self, e: (Millis, KeyId)) {
-        self.settle();
-        let i = self.done.binary_search(&e).unwrap_or_else(|i| i);
-        self.done.insert(i, e);
     }
 
     /// The oldest key and when it was applied.
@@ -281,28 +268,20 @@ impl KeyTimes {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Every key, oldest first.
-    fn iter(&self) -> impl Iterator<Item = &(Millis, KeyId)> {
-        self.done.iter().chain(self.newest.iter())
-    }
-}
-
-/// Equal when they hold the same keys in the same order, wherever the
-/// newest millisecond waits (a rebuilt one holds it in `done`).
-impl PartialEq for KeyTimes {
-    fn eq(&self, other: &KeyTimes) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
-    }
 }
 
 impl FromIterator<(Millis, KeyId)> for KeyTimes {
     fn from_iter<I: IntoIterator<Item = (Millis, KeyId)>>(it: I) -> KeyTimes {
         let mut v: Vec<(Millis, KeyId)> = it.into_iter().collect();
         v.sort_unstable();
+        let split = match v.last() {
+            Some(&(last, _)) => v.partition_point(|e| e.0 < last),
+            None => 0,
+        };
+        let newest = v.split_off(split);
         KeyTimes {
             done: v.into_iter().collect(),
-            newest: Vec::new(),
+            newest,
         }
     }
 }
