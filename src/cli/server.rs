@@ -636,7 +636,6 @@ async fn serve(
         let _ = link.set(s);
     }
     tracing::info!(id = server.member.id(), grpc = %server.listen, http = %server.http, data = %data.display(), "charter member serving");
-    crate::return_free_heap(Duration::from_secs(10));
     let (agent_stop, agent_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = agent.map(|mut a| {
         a.servers = vec![server.listen.to_string()];
