@@ -8,9 +8,9 @@ mod cli;
 /// `charter bench` (README, Performance): over 1,000,000 soak cycles with
 /// glibc's malloc a member's RSS and grant p99 crept up and its cycle rate
 /// fell by a quarter (2,966 -> 2,138/s, `_int_malloc` taking a growing
-/// share of the CPU); jemalloc kept all three flat
-/// (RSS within 2%), and took about a fifth off the members' CPU per grant
-/// at 64 in flight, for about 8 MiB more resident heap.
+/// share of the CPU); jemalloc kept all three flat (RSS within 2%), and
+/// took about a fifth off the members' CPU per grant at 64 in flight, for
+/// about 8 MiB more resident heap.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -77,8 +77,10 @@ fn quiet_on_closed_stdout() {
 
 #[cfg(test)]
 mod tests {
-    /// The allocator runs with `MALLOC_CONF`'s settings, not jemalloc's
-    /// defaults (four arenas per core, ten-second decay).
+    /// jemalloc runs with `MALLOC_CONF`'s settings, not its defaults (four
+    /// arenas per core, ten-second decay). That it is the global allocator
+    /// is the `#[global_allocator]` line; this build of jemalloc keeps no
+    /// statistics a test could read that from.
     #[test]
     fn jemalloc_takes_charters_settings() {
         // SAFETY: reads of jemalloc options, with the C types its manual
