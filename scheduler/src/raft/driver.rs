@@ -123,11 +123,21 @@ pub enum Input {
 type MembersReply = oneshot::Sender<Result<BTreeMap<u64, String>>>;
 
 enum Waiter {
-    /// Clients of one proposed entry, with a digest of the entry's data: an
-    /// entry from another proposer that happens to carry the same context is
-    /// never mistaken for ours.
-    Batch(u64, Instant, Vec<oneshot::Sender<Result<Outcome>>>),
+    Batch(Proposed),
     Conf(MembersReply),
+}
+
+/// An entry this member proposed, waiting to be applied.
+struct Proposed {
+    /// A digest of the entry's data: an entry from another proposer that
+    /// happens to carry the same context is never mistaken for ours.
+    sum: u64,
+    at: Instant,
+    /// What the entry holds, as it was encoded: applied as it is, so the
+    /// leader does not decode its own entries (the codec's round trip is
+    /// exact: `codec::tests` checks every command).
+    props: Vec<Proposal>,
+    replies: Vec<oneshot::Sender<Result<Outcome>>>,
 }
 
 /// FNV-1a of an entry's data.
@@ -601,8 +611,13 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
         let sum = digest(&data);
         match self.raw.propose(ctx.clone(), data) {
             Ok(()) => {
-                self.waiters
-                    .insert(ctx, Waiter::Batch(sum, Instant::now(), replies));
+                let proposed = Proposed {
+                    sum,
+                    at: Instant::now(),
+                    props,
+                    replies,
+                };
+                self.waiters.insert(ctx, Waiter::Batch(proposed));
             }
             Err(_) => {
                 for r in replies {
@@ -737,8 +752,29 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     }
 
     fn apply_batch(&mut self, e: &Entry) -> Result<()> {
-        let props: Vec<Proposal> = crate::codec::decode_stored(crate::codec::Kind::Entry, &e.data)
-            .map_err(|err| corrupt(e.index, err))?;
+        // Ours (this member proposed it, as leader): its proposals as they
+        // were encoded. Anyone else's: decoded, and our waiter for this
+        // context, if any, learns its entry was lost.
+        let (props, ours) = match self.waiters.remove(&e.context[..]) {
+            Some(Waiter::Batch(w)) if w.sum == digest(&e.data) => {
+                let Proposed {
+                    at, props, replies, ..
+                } = w;
+                (props, Some((at, replies)))
+            }
+            other => {
+                if let Some(Waiter::Batch(w)) = other {
+                    // Not our entry: ours was lost; the clients retry with their keys.
+                    for r in w.replies {
+                        let _ = r.send(Err(Error::LeaderChanged));
+                    }
+                }
+                let props: Vec<Proposal> =
+                    crate::codec::decode_stored(crate::codec::Kind::Entry, &e.data)
+                        .map_err(|err| corrupt(e.index, err))?;
+                (props, None)
+            }
+        };
         tracing::debug!(
             member = self.cfg.id,
             index = e.index,
@@ -792,19 +828,13 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
             }
             outs
         };
-        if let Some(Waiter::Batch(sum, proposed, replies)) = self.waiters.remove(&e.context[..]) {
-            if sum == digest(&e.data) && replies.len() == outcomes.len() {
-                self.metrics
-                    .propose_to_apply
-                    .observe(proposed.elapsed().as_secs_f64());
-                for (r, o) in replies.into_iter().zip(outcomes) {
-                    let _ = r.send(Ok(o));
-                }
-            } else {
-                // Not our entry: ours was lost; the clients retry with their keys.
-                for r in replies {
-                    let _ = r.send(Err(Error::LeaderChanged));
-                }
+        if let Some((proposed, replies)) = ours {
+            // One reply per proposal, in order (the batch was made so).
+            self.metrics
+                .propose_to_apply
+                .observe(proposed.elapsed().as_secs_f64());
+            for (r, o) in replies.into_iter().zip(outcomes) {
+                let _ = r.send(Ok(o));
             }
         }
         Ok(())
@@ -1029,8 +1059,8 @@ impl<S: LogStore, T: Transport> Driver<S, T> {
     fn fail_all(&mut self, err: impl Fn() -> Error) {
         for (_, w) in self.waiters.drain() {
             match w {
-                Waiter::Batch(_, _, rs) => {
-                    for r in rs {
+                Waiter::Batch(w) => {
+                    for r in w.replies {
                         let _ = r.send(Err(err()));
                     }
                 }

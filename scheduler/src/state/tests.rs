@@ -105,6 +105,43 @@ fn grants_never_overcommit_and_tokens_grow() {
     assert_eq!(s.nodes["n1"].allocated.cpu_millis, 1500);
 }
 
+/// Grants, releases and expiries move a node's entries in placement's
+/// indexes (free CPU, price, each label) without rebuilding them: after
+/// each, they equal the indexes built from the nodes.
+#[test]
+fn grants_and_ends_keep_placements_indexes_exact() {
+    let mut s = State::new(Default::default());
+    for (i, cost) in [(0, 0.5), (1, 0.9), (2, 0.5)] {
+        let mut cmd = priced(&format!("n{i}"), 4000, cost, None);
+        if let Command::RegisterNode { labels, .. } = &mut cmd {
+            labels.insert("zone".into(), format!("z{}", i % 2));
+            labels.insert("gpu".into(), "a100".into());
+        }
+        s.apply(&p(10, "root", None, cmd)).unwrap();
+    }
+    let agrees = |s: &State, what: &str| {
+        let want = node_indexes(s.nodes.values());
+        assert_eq!(s.nodes.index, want, "after {what}");
+    };
+    let mut ids = Vec::new();
+    for (i, cpu) in [1500, 700, 2500, 300, 1000].into_iter().enumerate() {
+        let at = 20 + i as Millis;
+        let l = got(s.apply(&p(at, "ann", None, lease(cpu, 100 + 10 * i as u64))));
+        agrees(&s, &format!("granting {cpu} millicores"));
+        ids.push(l.id);
+    }
+    s.apply(&p(40, "ann", None, Command::ReleaseLease { id: ids[1] }))
+        .unwrap();
+    agrees(&s, "a release");
+    let (expired, _, _) = tick(&mut s, 135);
+    assert!(!expired.is_empty(), "a lease expired at 135");
+    agrees(&s, "expiries");
+    assert!(
+        s.nodes.values().any(|n| n.allocated.cpu_millis > 0),
+        "some leases still hold cpu"
+    );
+}
+
 #[test]
 fn idempotent_keys_return_the_first_outcome() {
     let mut s = State::new(Default::default());
