@@ -5,7 +5,8 @@
 //!
 //! Scenarios:
 //! - `grant`: lease grants/s and p50/p99/p999 latency at 1, 16 and 64
-//!   concurrent clients, through the leader and through a follower;
+//!   concurrent clients, through the leader and through a follower (each
+//!   on a fresh cluster);
 //! - `placement`: placement decisions/s and ns per decision at 1k/10k/50k
 //!   nodes with a label constraint (in process; placement is a pure function);
 //! - `failover`: time from `kill -9` of the leader process to the first
@@ -218,27 +219,36 @@ pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
+/// Grants through the leader, then through a follower, each on a cluster
+/// of its own started fresh: the leases granted (an hour each) pile up in
+/// the state, so on one cluster the target measured second would run
+/// against a larger state than the first.
 fn grant(
     rt: &tokio::runtime::Runtime,
     exe: &std::path::Path,
     dur: Duration,
     nodes: usize,
 ) -> anyhow::Result<Report> {
-    let (c, leader) = start_cluster(exe)?;
-    let follower = (leader + 1) % 3;
     let mut metrics = BTreeMap::new();
-    rt.block_on(async {
-        let ch = channel(&c.members[leader].grpc)?;
-        register_fleet(&ch, nodes).await?;
-        // What the members burn with no load (raft ticks, heartbeats,
-        // controllers), to read the per-grant figures against.
-        let idle0 = members_cpu_s(&c);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        metrics.insert(
-            "idle_server_cpu_pct".into(),
-            (members_cpu_s(&c) - idle0) / 2.0 * 100.0,
-        );
-        for (target, idx) in [("leader", leader), ("follower", follower)] {
+    for target in ["leader", "follower"] {
+        let (c, leader) = start_cluster(exe)?;
+        let idx = match target {
+            "leader" => leader,
+            _ => (leader + 1) % 3,
+        };
+        rt.block_on(async {
+            let ch = channel(&c.members[leader].grpc)?;
+            register_fleet(&ch, nodes).await?;
+            if target == "leader" {
+                // What the members burn with no load (raft ticks, heartbeats,
+                // controllers), to read the per-grant figures against.
+                let idle0 = members_cpu_s(&c);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                metrics.insert(
+                    "idle_server_cpu_pct".into(),
+                    (members_cpu_s(&c) - idle0) / 2.0 * 100.0,
+                );
+            }
             let ch = channel(&c.members[idx].grpc)?;
             for clients in [1usize, 16, 64] {
                 let cpu0 = members_cpu_s(&c);
@@ -271,10 +281,10 @@ fn grant(
                     percentile_ms(&lat, 0.999),
                 );
             }
-        }
-        metrics.insert("nodes".into(), nodes as f64);
-        Ok::<(), anyhow::Error>(())
-    })?;
+            Ok::<(), anyhow::Error>(())
+        })?;
+    }
+    metrics.insert("nodes".into(), nodes as f64);
     Ok(Report {
         scenario: "grant".into(),
         metrics,
