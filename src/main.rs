@@ -78,11 +78,30 @@ fn quiet_on_closed_stdout() {
 #[cfg(test)]
 mod tests {
     /// jemalloc runs with `MALLOC_CONF`'s settings, not its defaults (four
-    /// arenas per core, ten-second decay). That it is the global allocator
-    /// is the `#[global_allocator]` line; this build of jemalloc keeps no
-    /// statistics a test could read that from.
+    /// arenas per core, ten-second decay), and is the global allocator: a
+    /// `Box` lives in one of its two arenas (`arenas.lookup`). Without the
+    /// `#[global_allocator]` line the lookup is refused or faults on a
+    /// pointer jemalloc never handed out; either way the test fails.
     #[test]
-    fn jemalloc_takes_charters_settings() {
+    fn jemalloc_is_the_allocator_with_charters_settings() {
+        let held = Box::new([7u64; 8]);
+        let mut ptr: *const [u64; 8] = &*held;
+        let mut arena: u32 = u32::MAX;
+        let mut len = std::mem::size_of::<u32>();
+        // SAFETY: `arenas.lookup` takes a pointer (`void *`) and gives an
+        // arena index (`unsigned`); both buffers are the sizes passed.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"arenas.lookup".as_ptr(),
+                (&raw mut arena).cast(),
+                &mut len,
+                (&raw mut ptr).cast(),
+                std::mem::size_of::<*const [u64; 8]>(),
+            )
+        };
+        assert_eq!(rc, 0, "jemalloc does not know a Box's memory");
+        assert!(arena < 2, "a Box in arena {arena}");
+        drop(held);
         // SAFETY: reads of jemalloc options, with the C types its manual
         // gives them (unsigned, ssize_t).
         let (narenas, dirty, muzzy) = unsafe {
