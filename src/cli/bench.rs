@@ -251,9 +251,13 @@ fn grant(
             }
             let ch = channel(&c.members[idx].grpc)?;
             for clients in [1usize, 16, 64] {
-                let cpu0 = members_cpu_s(&c);
+                let (cpu0, steal0) = (members_cpu_s(&c), Steal::now());
                 let (count, lat) = load(ch.clone(), clients, dur).await;
                 let cpu = members_cpu_s(&c) - cpu0;
+                metrics.insert(
+                    format!("{target}_c{clients}_steal_pct"),
+                    Steal::now().pct_since(steal0),
+                );
                 let secs = dur.as_secs_f64();
                 // What a grant costs the servers, whatever the client does.
                 metrics.insert(
@@ -307,6 +311,49 @@ pub fn cpu_s(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (ticks(11) + ticks(12)) / hz
+}
+
+/// A reading of the machine's CPU time and how much of it the host stole
+/// (`steal` in `/proc/stat`): on a shared VM a window with much steal is
+/// not comparable with a quiet one, so the benches print it beside their
+/// figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Steal {
+    steal: u64,
+    total: u64,
+}
+
+impl Steal {
+    /// The reading now (zeros where `/proc/stat` cannot be read).
+    pub fn now() -> Steal {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().next().and_then(Steal::parse))
+            .unwrap_or_default()
+    }
+
+    /// The `cpu` line of `/proc/stat`: user, nice, system, idle, iowait,
+    /// irq, softirq, steal, ... in ticks (guest time is already in user).
+    fn parse(line: &str) -> Option<Steal> {
+        let mut f = line.split_whitespace();
+        if f.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = f.take(8).map(|v| v.parse().ok()).collect::<Option<_>>()?;
+        Some(Steal {
+            steal: *ticks.get(7)?,
+            total: ticks.iter().sum(),
+        })
+    }
+
+    /// The per cent of all CPU time since `earlier` that was stolen.
+    pub fn pct_since(self, earlier: Steal) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal.saturating_sub(earlier.steal) as f64 * 100.0 / total as f64
+    }
 }
 
 /// CPU seconds all running members of `c` have used.
@@ -688,5 +735,22 @@ async fn write_loop(
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Steal;
+
+    #[test]
+    fn steal_is_the_stolen_share_of_all_ticks_between_readings() {
+        let a = Steal::parse("cpu  100 0 50 800 40 0 2 8 0 0").unwrap();
+        let b = Steal::parse("cpu  160 0 70 880 60 0 2 28 0 0").unwrap();
+        // 200 ticks passed, 20 of them stolen.
+        assert_eq!(b.pct_since(a), 10.0);
+        assert_eq!(a.pct_since(a), 0.0);
+        // A per-CPU line or a short one is not the machine's reading.
+        assert!(Steal::parse("cpu0 1 2 3 4 5 6 7 8").is_none());
+        assert!(Steal::parse("cpu 1 2 3").is_none());
     }
 }

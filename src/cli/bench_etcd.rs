@@ -15,7 +15,7 @@
 //! (etcd's `rpc.proto`), so no etcd crate or generated code is needed.
 
 use super::bench::{
-    Report, channel, closed_loop, cpu_s, grant_once, percentile_ms, register_fleet,
+    Report, Steal, channel, closed_loop, cpu_s, grant_once, percentile_ms, register_fleet,
 };
 use super::output::fail;
 use charter::harness::Cluster;
@@ -172,7 +172,7 @@ pub fn race(
                     } else {
                         (charter_ch.clone(), charter_pids.clone())
                     };
-                    let cpu0 = cpu(&pids);
+                    let (cpu0, steal0) = (cpu(&pids), Steal::now());
                     let (count, lat) = closed_loop(clients, dur, move |w, n| {
                         let ch = ch.clone();
                         async move {
@@ -189,8 +189,12 @@ pub fn race(
                     .await;
                     let run = run_of(count, &lat, cpu(&pids) - cpu0, dur);
                     eprintln!(
-                        "bench: round {round} c{clients} {side}: {:.0} grants/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} µs CPU/grant",
-                        run.grants_per_s, run.p50, run.p99, run.cpu_us_per_grant
+                        "bench: round {round} c{clients} {side}: {:.0} grants/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} µs CPU/grant, {:.0}% steal",
+                        run.grants_per_s,
+                        run.p50,
+                        run.p99,
+                        run.cpu_us_per_grant,
+                        Steal::now().pct_since(steal0)
                     );
                     runs.entry((side, clients)).or_default().push(run);
                 }

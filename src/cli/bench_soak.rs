@@ -3,15 +3,16 @@
 //! idempotency key, as the CLI sends them) against a 3-member cluster for a
 //! duration or a number of cycles. Every `--soak-every` it prints the
 //! leader's resident memory, its data directory's size, its newest
-//! snapshot's size, the live state's lease count and the grant p99 of that
-//! window; at the end, how each grew from the first window to the last,
+//! snapshot's size, the live state's lease count, the grant p99 of that
+//! window and the share of the machine's CPU its host stole (a window
+//! with much steal is slower for reasons outside Charter); at the end, how each grew from the first window to the last,
 //! and how long a member takes to restart and be healthy again.
 //! `CHARTER_SOAK_SERVER_FLAGS` passes extra flags to the members;
 //! `CHARTER_SOAK_WRAP` runs each member under a program (a heap profiler:
 //! a script that runs `heaptrack -o /tmp/ht/m$$ "$@"`); the RSS printed is
 //! then the wrapper's, not the member's.
 
-use super::bench::{Report, authed, channel, percentile_ms, rss_mib};
+use super::bench::{Report, Steal, authed, channel, percentile_ms, rss_mib};
 use super::output::fail;
 use charter::harness::Cluster;
 use charter_proto as pb;
@@ -39,6 +40,8 @@ struct Window {
     snapshot_mib: f64,
     state_leases: f64,
     p99_ms: f64,
+    /// The share of the machine's CPU time its host stole in the window.
+    steal_pct: f64,
     /// How long the window lasted (the last may be short).
     secs: f64,
 }
@@ -214,9 +217,9 @@ fn sample(s: &Soak, load: &Load, (pid, http, data): (u32, &str, &std::path::Path
     let start = Instant::now();
     let mut windows: Vec<Window> = Vec::new();
     eprintln!(
-        "soak: MINUTE  CYCLES  CYCLES/S  RSS_MIB  DATA_MIB  SNAPSHOT_MIB  STATE_LEASES  GRANT_P99_MS"
+        "soak: MINUTE  CYCLES  CYCLES/S  RSS_MIB  DATA_MIB  SNAPSHOT_MIB  STATE_LEASES  GRANT_P99_MS  STEAL_PCT"
     );
-    let (mut last, mut last_at) = (0u64, 0.0f64);
+    let (mut last, mut last_at, mut last_steal) = (0u64, 0.0f64, Steal::now());
     let over = |n: u64| start.elapsed() >= s.duration || (s.cycles > 0 && n >= s.cycles);
     loop {
         let next = s.every * (windows.len() as u32 + 1);
@@ -237,11 +240,13 @@ fn sample(s: &Soak, load: &Load, (pid, http, data): (u32, &str, &std::path::Path
             snapshot_mib: gauge(http, "charter_raft_snapshot_bytes") / (1 << 20) as f64,
             state_leases: gauge(http, "charter_state_leases"),
             p99_ms: percentile_ms(&l, 0.99),
+            steal_pct: Steal::now().pct_since(last_steal),
             secs: (start.elapsed().as_secs_f64() - last_at).max(1e-3),
         };
         last_at = start.elapsed().as_secs_f64();
+        last_steal = Steal::now();
         eprintln!(
-            "soak: {:>6.1}  {:>6}  {:>8.0}  {:>7.1}  {:>8.1}  {:>12.1}  {:>12}  {:>12.2}",
+            "soak: {:>6.1}  {:>6}  {:>8.0}  {:>7.1}  {:>8.1}  {:>12.1}  {:>12}  {:>12.2}  {:>9.1}",
             start.elapsed().as_secs_f64() / 60.0,
             n,
             (n - last) as f64 / w.secs,
@@ -249,7 +254,8 @@ fn sample(s: &Soak, load: &Load, (pid, http, data): (u32, &str, &std::path::Path
             w.data_mib,
             w.snapshot_mib,
             w.state_leases,
-            w.p99_ms
+            w.p99_ms,
+            w.steal_pct
         );
         last = n;
         windows.push(w);
@@ -280,6 +286,8 @@ fn summary(windows: &[Window], secs: f64, every: Duration) -> BTreeMap<String, f
         .find(|w| w.secs >= every.as_secs_f64() / 2.0)
         .unwrap_or(end);
     m.insert("grant_p99_last_ms".into(), tail.p99_ms);
+    let busiest = windows.iter().map(|w| w.steal_pct).fold(0.0, f64::max);
+    m.insert("steal_max_pct".into(), busiest);
     m
 }
 
