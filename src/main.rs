@@ -86,8 +86,9 @@ fn quiet_on_closed_stdout() {
 #[cfg(test)]
 mod tests {
     /// jemalloc runs with `MALLOC_CONF`'s settings, not its defaults (four
-    /// arenas per core, ten-second decay, 32 KiB thread caches), and is the global allocator: a
-    /// `Box` lives in one of its two arenas (`arenas.lookup`). Without the
+    /// arenas per core, ten-second decay, 32 KiB thread caches), and is the
+    /// global allocator: a `Box` lives in one of its two arenas
+    /// (`arenas.lookup`). Without the
     /// `#[global_allocator]` line the lookup is refused or faults on a
     /// pointer jemalloc never handed out; either way the test fails.
     #[test]

@@ -5,8 +5,9 @@
 //! leader's resident memory, its data directory's size, its newest
 //! snapshot's size, the live state's lease count, the grant p99 of that
 //! window and the share of the machine's CPU its host stole (a window
-//! with much steal is slower for reasons outside Charter); at the end, how each grew from the first window to the last,
-//! and how long a member takes to restart and be healthy again.
+//! with much steal is slower for reasons outside Charter); at the end, how
+//! each grew from the first window to the last, and how long a member
+//! takes to restart and be healthy again.
 //! `CHARTER_SOAK_SERVER_FLAGS` passes extra flags to the members;
 //! `CHARTER_SOAK_WRAP` runs each member under a program (a heap profiler:
 //! a script that runs `heaptrack -o /tmp/ht/m$$ "$@"`); the RSS printed is
