@@ -234,6 +234,7 @@ fn sample(s: &Soak, load: &Load, (pid, http, data): (u32, &str, &std::path::Path
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default();
         l.sort_unstable();
+        let steal = Steal::now();
         let w = Window {
             cycles: n,
             rss_mib: rss_mib(pid),
@@ -241,11 +242,11 @@ fn sample(s: &Soak, load: &Load, (pid, http, data): (u32, &str, &std::path::Path
             snapshot_mib: gauge(http, "charter_raft_snapshot_bytes") / (1 << 20) as f64,
             state_leases: gauge(http, "charter_state_leases"),
             p99_ms: percentile_ms(&l, 0.99),
-            steal_pct: Steal::now().pct_since(last_steal),
+            steal_pct: steal.pct_since(last_steal),
             secs: (start.elapsed().as_secs_f64() - last_at).max(1e-3),
         };
         last_at = start.elapsed().as_secs_f64();
-        last_steal = Steal::now();
+        last_steal = steal;
         eprintln!(
             "soak: {:>6.1}  {:>6}  {:>8.0}  {:>7.1}  {:>8.1}  {:>12.1}  {:>12}  {:>12.2}  {:>9.1}",
             start.elapsed().as_secs_f64() / 60.0,
